@@ -1,0 +1,1 @@
+"""P1: Coinbase WebSocket ingest → validated, stamped events → framed TCP to P2."""

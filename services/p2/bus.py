@@ -1,0 +1,157 @@
+"""The in-process message bus: pub/sub over batches with a bounded, drop-oldest queue per subscriber.
+
+Publishing never waits: the reader that publishes must not slow down because a consumer does.
+Each subscriber's queue is bounded in events; when a batch would overflow it, the oldest events
+are dropped and counted against that subscriber alone. Events move as :class:`Batch` objects so
+the hot path pays one queue operation and one wake-up per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+
+class Batch:
+    """Events that arrived together.
+
+    ``events`` are the parsed JSON objects (with ``recv_ts_ms``); ``lines`` are the same events as
+    bytes, exactly as received plus the receive stamps, for the recorder and the flight recorder.
+    Both lists are shared by every subscriber and must not be mutated.
+    """
+
+    __slots__ = ("events", "lines", "recv_ts_us")
+
+    def __init__(self, events: list[dict[str, Any]], lines: list[bytes], recv_ts_us: int) -> None:
+        self.events = events
+        self.lines = lines
+        self.recv_ts_us = recv_ts_us
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def tail(self, start: int) -> Batch:
+        """The events from ``start`` on, as a new batch (used when the oldest part is dropped)."""
+        return Batch(self.events[start:], self.lines[start:], self.recv_ts_us)
+
+
+class Subscription:
+    """One subscriber's bounded queue. Only the bus puts; only the owning consumer takes."""
+
+    __slots__ = ("_queue", "_ready", "capacity", "delivered", "depth", "dropped", "name", "on_drop")
+
+    def __init__(self, name: str, capacity: int, on_drop: Callable[[str, int], None] | None = None) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.name = name
+        self.capacity = capacity
+        self.on_drop = on_drop
+        self._queue: deque[Batch] = deque()
+        self._ready = asyncio.Event()
+        self.depth = 0
+        self.dropped = 0
+        self.delivered = 0
+
+    def offer(self, batch: Batch) -> None:
+        """Enqueue without waiting, dropping the oldest queued events beyond ``capacity``."""
+        n = len(batch)
+        if n == 0:
+            return
+        queue = self._queue
+        overflow = self.depth + n - self.capacity
+        if overflow > 0:
+            to_drop = overflow
+            while to_drop > 0 and queue:
+                head = queue[0]
+                h = len(head)
+                if h <= to_drop:
+                    queue.popleft()
+                    self.depth -= h
+                    to_drop -= h
+                else:
+                    queue[0] = head.tail(to_drop)
+                    self.depth -= to_drop
+                    to_drop = 0
+            if to_drop:
+                batch = batch.tail(to_drop)
+                n -= to_drop
+            self.dropped += overflow
+            if self.on_drop is not None:
+                self.on_drop(self.name, overflow)
+        queue.append(batch)
+        self.depth += n
+        self._ready.set()
+
+    def take_nowait(self, max_events: int = 0) -> list[Batch]:
+        """Everything queued (or about ``max_events`` of it, in whole batches), oldest first."""
+        queue = self._queue
+        if max_events <= 0 or self.depth <= max_events:
+            out = list(queue)
+            queue.clear()
+            taken = self.depth
+        else:
+            out = []
+            taken = 0
+            while queue and taken < max_events:
+                b = queue.popleft()
+                out.append(b)
+                taken += len(b)
+        self.depth -= taken
+        self.delivered += taken
+        if not queue:
+            self._ready.clear()
+        return out
+
+    async def take(self, max_events: int = 0) -> list[Batch]:
+        """Wait until something is queued, then take it."""
+        while not self._queue:
+            await self._ready.wait()
+            self._ready.clear()
+        return self.take_nowait(max_events)
+
+    async def wait(self) -> None:
+        """Return once something is queued or :meth:`wake` was called."""
+        if not self._queue:
+            await self._ready.wait()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    @property
+    def empty(self) -> bool:
+        return not self._queue
+
+
+class Bus:
+    """Fan-out of batches to every subscriber."""
+
+    def __init__(self, on_drop: Callable[[str, int], None] | None = None) -> None:
+        self._subs: list[Subscription] = []
+        self._on_drop = on_drop
+        self.published = 0
+
+    def subscribe(self, name: str, capacity: int) -> Subscription:
+        if any(s.name == name for s in self._subs):
+            raise ValueError(f"subscriber {name!r} already exists")
+        sub = Subscription(name, capacity, self._on_drop)
+        self._subs.append(sub)
+        return sub
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs)
+
+    def publish(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        self.published += len(batch)
+        for sub in self._subs:
+            sub.offer(batch)
+
+    def depths(self) -> dict[str, int]:
+        return {s.name: s.depth for s in self._subs}
+
+    def drained(self) -> bool:
+        return all(s.empty for s in self._subs)

@@ -1,0 +1,1 @@
+"""Code both services share: config loading, logging, the trade model, the wire codec."""

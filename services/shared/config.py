@@ -1,0 +1,82 @@
+"""Environment configuration: one validated settings object per service.
+
+Every service reads its variables once at start through :func:`load_settings`. A bad value
+ends the process with exit code 2 and one line naming the variable and what it accepts,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EXIT_CONFIG = 2
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+Symbols = Annotated[list[str], NoDecode]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class CommonSettings(BaseSettings):
+    """Variables every service understands."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    LOG_LEVEL: LogLevel = "INFO"
+    LOG_JSON: bool = False
+    STATUS_INTERVAL_S: float = Field(5.0, gt=0)
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+
+def parse_symbols(value: object) -> object:
+    """Split ``BTC-USD, eth-usd`` into ``["BTC-USD", "ETH-USD"]``; empty entries are an error."""
+    if isinstance(value, str):
+        parts = [p.strip().upper() for p in value.split(",")]
+        if not all(parts):
+            raise ValueError("expected comma-separated product ids like BTC-USD,ETH-USD")
+        return parts
+    return value
+
+
+class ConfigError(Exception):
+    """A variable failed validation; ``str()`` is the one line to show the user."""
+
+
+def describe_error(exc: ValidationError) -> str:
+    """Turn the first pydantic error into ``VAR='value': what it accepts``."""
+    err = exc.errors(include_url=False)[0]
+    var = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    given = err.get("input")
+    if isinstance(given, (str, int, float)) and not isinstance(given, bool):
+        return f"{var}={given!r}: {msg}"
+    return f"{var}: {msg}"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def build_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings from the environment, raising :class:`ConfigError` with a one-line reason."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_error(exc)) from None
+
+
+def load_settings(cls: type[S], service: str) -> S:
+    """Build settings or exit 2 with one line on stderr."""
+    try:
+        return build_settings(cls)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
