@@ -1,0 +1,40 @@
+"""P2's settings, read from the environment once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from mercurystream.shared.config import CommonSettings, Port
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+
+
+class P2Settings(CommonSettings):
+    HOST: str = Field("127.0.0.1", min_length=1)
+    PORT: Port = 9001
+    METRICS_PORT: Port = 9090
+    MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
+    BUS_QUEUE_EVENTS: int = Field(50000, gt=0)
+
+    RECORD: bool = False
+    RECORD_FILE: Path = Path("data/btcusd.jsonl")
+    ENABLE_SLOW: bool = False
+    SLOW_DELAY_MS: float = Field(50.0, ge=0)
+
+    VWAP_WINDOW_S: float = Field(300.0, gt=0)
+    VOL_WINDOW: int = Field(100, ge=3)
+
+    FORENSICS: bool = True
+    LATENCY_SPIKE_THRESHOLD_MS: float = Field(100.0, gt=0)
+    LATENCY_BUFFER_SIZE: int = Field(3000, gt=0)
+    LATENCY_EVAL_EVERY: int = Field(100, gt=0)
+    LATENCY_SPIKE_CONSECUTIVE: int = Field(2, gt=0)
+    DUPLICATE_LRU_MAX: int = Field(50000, gt=0)
+    GAP_REORDER_WINDOW: int = Field(50, ge=0)
+    FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
+    FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
+    FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
+    INCIDENTS_DIR: Path = Path("data/incidents")
+    DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
+    DRIFT_SAMPLES_PER_MIN: int = Field(100, ge=0)

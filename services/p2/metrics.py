@@ -1,0 +1,134 @@
+"""P2's Prometheus metrics, in a registry of its own so tests can run several P2s in one process.
+
+Names follow the seed's contract (``mercurystream_*``). The P1→P2 latency histogram is observed
+once per event on the hot path, so it is a plain bucket array fed a batch at a time and exported
+by a custom collector, rather than a ``prometheus_client.Histogram`` paying a lock per sample.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+
+LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class BatchHistogram:
+    """A cumulative histogram exported as a Prometheus histogram; ``observe_many`` takes a batch."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts = self.counts
+        bounds = self.bounds
+        total = 0.0
+        n = 0
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+            total += v
+            n += 1
+        self.sum += total
+        self.count += n
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative = 0
+        buckets = []
+        for bound, c in zip(self.bounds, self.counts, strict=False):
+            cumulative += c
+            buckets.append((_fmt(bound), cumulative))
+        buckets.append(("+Inf", cumulative + self.counts[-1]))
+        family.add_metric([], buckets, self.sum)
+        yield family
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class P2Metrics:
+    """Every metric P2 exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.events_total = Counter(
+            "mercurystream_events", "Events received by P2 and published to the bus", registry=r
+        )
+        self.events_per_second = Gauge(
+            "mercurystream_events_per_second", "Events per second over the last status interval", registry=r
+        )
+        self.latency_ms = BatchHistogram(
+            "mercurystream_latency_ms", "P1 ingest to P2 receive latency in milliseconds", LATENCY_BUCKETS_MS
+        )
+        r.register(self.latency_ms)
+        self.anomalies_total = Counter(
+            "mercurystream_anomalies", "Data-quality anomalies detected, by type", ["type"], registry=r
+        )
+        self.incidents_total = Counter(
+            "mercurystream_incidents", "Incident bundles written, by trigger type", ["type"], registry=r
+        )
+        self.incident_write_errors_total = Counter(
+            "mercurystream_incident_write_errors", "Incident bundles that failed to write", registry=r
+        )
+        self.incident_triggers_suppressed_total = Counter(
+            "mercurystream_incident_triggers_suppressed",
+            "Triggers not captured because a capture was active or in cooldown",
+            ["type"],
+            registry=r,
+        )
+        self.drift_samples_total = Counter(
+            "mercurystream_drift_samples", "Schema drift samples written to the sample file", registry=r
+        )
+        self.drops_total = Counter(
+            "mercurystream_drops", "Events dropped from a full subscriber queue (drop-oldest)", ["consumer"], registry=r
+        )
+        self.consumer_events_total = Counter(
+            "mercurystream_consumer_events", "Events processed by each consumer", ["consumer"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "mercurystream_queue_depth", "Events waiting in each subscriber queue", ["consumer"], registry=r
+        )
+        self.subscribers = Gauge("mercurystream_subscribers", "Bus subscribers", registry=r)
+        self.frame_errors_total = Counter(
+            "mercurystream_frame_errors", "Frames skipped or connections closed for bad framing", ["reason"], registry=r
+        )
+        self.connections = Gauge("mercurystream_connections", "Open P1 connections", registry=r)
+        self.connections_total = Counter("mercurystream_connections_accepted", "P1 connections accepted", registry=r)
+        self.analytics_skipped_total = Counter(
+            "mercurystream_analytics_skipped",
+            "Events an analytics consumer did not count, by reason",
+            ["consumer", "reason"],
+            registry=r,
+        )
+        self.vwap = Gauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S", ["product_id"], registry=r)
+        self.age_p99_ms = Gauge(
+            "mercurystream_event_age_p99_ms", "P1 ingest to VWAP consumer age, p99, in milliseconds", registry=r
+        )
+        self.volatility = Gauge(
+            "mercurystream_volatility_annualized",
+            "Annualized volatility from the last VOL_WINDOW trades' log returns",
+            ["product_id"],
+            registry=r,
+        )
+        self.volume_usd_1m = Gauge(
+            "mercurystream_volume_usd_1m", "USD notional traded over the last 60 s", ["product_id"], registry=r
+        )
+        self.trades_1m = Gauge("mercurystream_trades_1m", "Trades over the last 60 s", ["product_id"], registry=r)
+        self.recorded_total = Counter("mercurystream_recorded_events", "Events written by the recorder", registry=r)
+        self.recorder_errors_total = Counter(
+            "mercurystream_recorder_errors", "Recorder write failures (events lost from the file)", registry=r
+        )

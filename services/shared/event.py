@@ -1,0 +1,33 @@
+"""The normalized event's timestamp fields and the one definition of P1→P2 latency.
+
+P1 stamps ``ingest_ts_ms`` (the seed's field) and ``ingest_ts_us``; P2 stamps ``recv_ts_ms`` and
+``recv_ts_us`` unless the frame already carries them (a replay with ``--keep-timestamps``), so a
+recorded stream replays with its original latencies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INGEST_MS = "ingest_ts_ms"
+INGEST_US = "ingest_ts_us"
+RECV_MS = "recv_ts_ms"
+RECV_US = "recv_ts_us"
+
+
+def latency_ms(event: dict[str, Any]) -> float | None:
+    """P1 ingest → P2 receive in milliseconds, at microsecond resolution when both stamps have it."""
+    recv_us = event.get(RECV_US)
+    ingest_us = event.get(INGEST_US)
+    if type(recv_us) is int and type(ingest_us) is int:
+        return (recv_us - ingest_us) / 1000.0
+    recv_ms = event.get(RECV_MS)
+    ingest_ms = event.get(INGEST_MS)
+    if type(recv_ms) is int and type(ingest_ms) is int:
+        return float(recv_ms - ingest_ms)
+    return None
+
+
+def recv_suffix(recv_us: int) -> bytes:
+    """What P2 appends inside a received JSON object: ``,"recv_ts_ms":…,"recv_ts_us":…}``."""
+    return b',"recv_ts_ms":%d,"recv_ts_us":%d}' % (recv_us // 1000, recv_us)
