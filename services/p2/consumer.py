@@ -12,6 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 
 from loguru import logger
+
 from mercurystream.p2.bus import Batch, Bus, Subscription
 
 

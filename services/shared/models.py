@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from mercurystream.shared.timeparse import IsoTimeParser
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -18,6 +17,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from mercurystream.shared.timeparse import IsoTimeParser
 
 TRADE_TYPES = frozenset({"match", "ticker"})
 """Message types P1 forwards as trades. ``last_match`` (sent once per subscribe) repeats a trade
