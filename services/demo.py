@@ -1,0 +1,405 @@
+"""``make demo``: the seed's five steps, offline, as local processes, in well under two minutes.
+
+1. start the offline exchange, P1, a live P2 (recording ``data/btcusd.jsonl``), an isolated
+   P2 for replays, and Prometheus when its binary is installed;
+2. verify every service answers, and show the live status lines for a while;
+3. replay the recording into the isolated P2 with duplicates, shuffled order, drift and gaps;
+4. wait until the flight recorder has written the incident bundles;
+5. (re)generate the reports, and print where the bundles, reports and charts are.
+
+Everything started here is stopped on the way out, whatever happens. ``--docker`` runs the same
+steps against ``docker compose`` for users with a Docker engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from mercurystream.shared.scrape import scrape
+
+BIN = Path(sys.executable).parent
+WIDTH = 66
+
+
+def banner(text: str) -> None:
+    print("╔" + "═" * WIDTH + "╗")
+    print("║" + text.center(WIDTH) + "║")
+    print("╚" + "═" * WIDTH + "╝", flush=True)
+
+
+def step(n: int, text: str) -> None:
+    print(f"\n→ Step {n}/5: {text}", flush=True)
+
+
+class DemoError(Exception):
+    """A step failed; the message is the one line shown to the user."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class Service:
+    """A child process whose output goes to a log file, optionally echoed to the console."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._echo = threading.Event()
+        self._echo_filter: Callable[[str], bool] = lambda line: True
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, name=f"log-{self.name}", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._log.write(raw)
+            self._log.flush()
+            if self._echo.is_set():
+                line = raw.decode(errors="replace").rstrip()
+                if self._echo_filter(line):
+                    print(f"  [{self.name}] {line}", flush=True)
+
+    def echo(self, on: bool, keep: Callable[[str], bool] | None = None) -> None:
+        if keep is not None:
+            self._echo_filter = keep
+        (self._echo.set if on else self._echo.clear)()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, services: list[Service]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in services:
+            if not s.alive():
+                raise DemoError(f"{s.name} exited early (code {s.proc.returncode}); see {s.log_path}")
+        with contextlib.suppress(OSError, ValueError):
+            if check():
+                return
+        time.sleep(0.25)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status == 200
+
+
+class LocalDemo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(args.data_dir)
+        self.run_dir = self.root / "run"
+        self.incidents = self.root / "incidents"
+        self.recording = self.root / "btcusd.jsonl"
+        self.services: list[Service] = []
+        if args.free_ports:
+            self.ports = {
+                k: free_port()
+                for k in ("exchange", "p2", "p2_metrics", "p1_metrics", "replay", "replay_metrics", "prom")
+            }
+        else:
+            self.ports = {
+                "exchange": 8765, "p2": 9001, "p2_metrics": 9090, "p1_metrics": 9100,
+                "replay": 9002, "replay_metrics": 9092, "prom": 9091,
+            }  # fmt: skip
+            busy = [f"{k}={p}" for k, p in self.ports.items() if not port_is_free(p)]
+            if busy:
+                raise DemoError(f"ports already in use: {', '.join(busy)} (stop what uses them, or pass --free-ports)")
+
+    def env(self, **extra: object) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _OUR_VARS}
+        env.update({k: str(v) for k, v in extra.items()})
+        env.setdefault("STATUS_INTERVAL_S", str(self.args.status_interval))
+        return env
+
+    def spawn(self, name: str, argv: list[str], **env: object) -> Service:
+        svc = Service(name, argv, self.env(**env), self.run_dir)
+        svc.start()
+        self.services.append(svc)
+        return svc
+
+    def run(self) -> None:
+        a, p = self.args, self.ports
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.incidents.mkdir(parents=True, exist_ok=True)
+        self.recording.unlink(missing_ok=True)
+        before = set(self._bundles())
+
+        step(1, "Starting services...")
+        self.spawn(
+            "exchange",
+            [str(BIN / "mercury-exchange"), "--port", str(p["exchange"]), "--rate", str(a.rate), "--seed", "7"],
+        )
+        p2 = self.spawn(
+            "p2", [str(BIN / "mercury-p2")],
+            PORT=p["p2"], METRICS_PORT=p["p2_metrics"], RECORD="true", RECORD_FILE=self.recording,
+            INCIDENTS_DIR=self.incidents, DRIFT_SAMPLE_FILE=self.root / "drift_samples.jsonl",
+        )  # fmt: skip
+        self.spawn(
+            "p2-replay", [str(BIN / "mercury-p2")],
+            PORT=p["replay"], METRICS_PORT=p["replay_metrics"], INCIDENTS_DIR=self.incidents,
+            DRIFT_SAMPLE_FILE=self.root / "drift_samples.jsonl", FLIGHT_COOLDOWN_S=a.cooldown,
+        )  # fmt: skip
+        self.spawn(
+            "p1", [str(BIN / "mercury-p1")],
+            COINBASE_WS_URL=f"ws://127.0.0.1:{p['exchange']}", P2_PORT=p["p2"], P1_METRICS_PORT=p["p1_metrics"],
+        )  # fmt: skip
+        prom = shutil.which("prometheus")
+        if prom and not a.no_prometheus:
+            cfg = self._prometheus_config()
+            self.spawn(
+                "prometheus",
+                [prom, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{p['prom']}",
+                 f"--storage.tsdb.path={self.run_dir / 'prometheus'}", "--log.level=warn"],
+            )  # fmt: skip
+        else:
+            print("  (prometheus binary not installed: skipping it; metrics are still served by P1 and P2)")
+        print("  exchange, p1, p2 (live, recording), p2-replay (isolated, for injected anomalies) started")
+
+        step(2, "Verifying services are running...")
+        wait_for("the exchange", lambda: http_ok(f"http://127.0.0.1:{p['exchange']}/healthz"), 20, self.services)
+        wait_for("P2 metrics", lambda: http_ok(f"http://127.0.0.1:{p['p2_metrics']}/metrics"), 20, self.services)
+        wait_for("P1 metrics", lambda: http_ok(f"http://127.0.0.1:{p['p1_metrics']}/metrics"), 20, self.services)
+        wait_for("P2-replay", lambda: http_ok(f"http://127.0.0.1:{p['replay_metrics']}/metrics"), 20, self.services)
+        if any(s.name == "prometheus" for s in self.services):
+            wait_for("Prometheus", lambda: http_ok(f"http://127.0.0.1:{p['prom']}/-/ready"), 30, self.services)
+            print(f"  Prometheus: http://127.0.0.1:{p['prom']}")
+        print(
+            f"  P2 metrics: http://127.0.0.1:{p['p2_metrics']}/metrics   P1 metrics: http://127.0.0.1:{p['p1_metrics']}/metrics"
+        )
+        print(f"  live status lines for {a.warmup:.0f}s while P2 records {self.recording}:")
+        p2.echo(True, keep=lambda line: any(tag in line for tag in _STATUS_TAGS))
+        shown_from = time.monotonic()
+        p2_url = f"http://127.0.0.1:{p['p2_metrics']}/metrics"
+        enough = lambda: scrape(p2_url).value("mercurystream_events_total") >= a.min_events  # noqa: E731
+        wait_for(f"{a.min_events} recorded events", enough, 60, self.services)
+        time.sleep(max(0.0, a.warmup - (time.monotonic() - shown_from)))
+        p2.echo(False)
+        live = scrape(f"http://127.0.0.1:{p['p2_metrics']}/metrics")
+        print(f"  P2 received {live.value('mercurystream_events_total'):.0f} events from P1")
+
+        step(3, "Injecting anomalies (duplicates + shuffled order)...")
+        snapshot = self.run_dir / "replay_input.jsonl"
+        n = self._snapshot(snapshot, a.replay_events)
+        replay = [
+            str(BIN / "mercury-replay"), "--file", str(snapshot), "--port", str(p["replay"]),
+            "--rate", str(a.replay_rate), "--duplicate-rate", "0.05", "--shuffle-window", "10",
+            "--drift-rate", "0.01", "--gap-rate", "0.01", "--seed", "42",
+        ]  # fmt: skip
+        print(f"  replaying {n} recorded events into p2-replay: 5% duplicates, shuffle window 10, 1% drift, 1% gaps")
+        result = subprocess.run(replay, env=self.env(), capture_output=True, text=True, timeout=120)
+        for line in (result.stdout + result.stderr).strip().splitlines()[-6:]:
+            print(f"  [replay] {line}")
+        if result.returncode != 0:
+            raise DemoError(f"replay failed with exit code {result.returncode}")
+
+        step(4, "Waiting for incident capture to complete...")
+        rp = f"http://127.0.0.1:{p['replay_metrics']}/metrics"
+        wait_for("an incident bundle", lambda: len(set(self._bundles()) - before) >= 1, 60, self.services)
+        time.sleep(1.0)
+        m = scrape(rp)
+        anomalies = m.by_label("mercurystream_anomalies_total", "type")
+        print("  anomalies detected by p2-replay: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(anomalies.items())))
+        print(f"  incidents written: {m.total('mercurystream_incidents_total'):.0f}")
+
+        step(5, "Generating incident reports...")
+        rep = subprocess.run(
+            [str(BIN / "mercury-report"), str(self.incidents)], env=self.env(), capture_output=True, text=True
+        )
+        if rep.returncode != 0:
+            raise DemoError(f"mercury-report failed: {(rep.stderr or rep.stdout).strip()}")
+        new = sorted(set(self._bundles()) - before)
+        self.stop()
+        banner("Demo Complete!")
+        print(f"\nRecording:      {self.recording}")
+        print(f"Drift samples:  {self.root / 'drift_samples.jsonl'}")
+        print(f"Incidents ({len(new)} new) in {self.incidents}/:")
+        for b in new:
+            meta = _read_meta(b)
+            chart = b / "chart.png"
+            print(
+                f"  {b.name}  type={meta.get('type', '?')}  report={b / 'report.md'}"
+                + (f"  chart={chart}" if chart.exists() else "")
+            )
+        if new:
+            report = new[0] / "report.md"
+            print(f"\n$ head -30 {report}")
+            with contextlib.suppress(OSError):
+                print("\n".join(report.read_text().splitlines()[:30]))
+        print(f"\nService logs: {self.run_dir}/*.log")
+
+    def _bundles(self) -> list[Path]:
+        if not self.incidents.is_dir():
+            return []
+        return [
+            d
+            for d in self.incidents.iterdir()
+            if d.is_dir() and (d / "meta.json").exists() and not d.name.startswith(".")
+        ]
+
+    def _snapshot(self, dest: Path, limit: int) -> int:
+        n = 0
+        with open(self.recording, "rb") as src, open(dest, "wb") as out:
+            for line in src:
+                if not line.endswith(b"\n"):
+                    break
+                out.write(line)
+                n += 1
+                if n >= limit:
+                    break
+        return n
+
+    def _prometheus_config(self) -> Path:
+        """The repo's prometheus.local.yml, with the ports this run uses."""
+        text = Path("prometheus.local.yml").read_text() if Path("prometheus.local.yml").exists() else ""
+        for default, key in (("9090", "p2_metrics"), ("9100", "p1_metrics")):
+            text = text.replace(f"127.0.0.1:{default}", f"127.0.0.1:{self.ports[key]}")
+            text = text.replace(f"localhost:{default}", f"127.0.0.1:{self.ports[key]}")
+        cfg = self.run_dir / "prometheus.yml"
+        cfg.write_text(text)
+        return cfg
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.echo(False)
+            svc.stop()
+        self.services.clear()
+
+
+_OUR_VARS = {
+    "PORT", "HOST", "METRICS_PORT", "RECORD", "RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE",
+    "P2_PORT", "P2_HOST", "P1_METRICS_PORT", "COINBASE_WS_URL", "FLIGHT_COOLDOWN_S",
+}  # fmt: skip
+_STATUS_TAGS = ("VWAP", "VOLATILITY", "VOLUME", "HEALTH", "FORENSICS", "RECORDER")
+
+
+def _read_meta(bundle: Path) -> dict:
+    try:
+        return json.loads((bundle / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def docker_demo() -> int:
+    """The same steps against docker compose (needs a Docker engine)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        print("make demo DOCKER=1: no Docker engine is reachable (`docker info` failed)", file=sys.stderr)
+        return 2
+    banner("MercuryStream Incident Detection Demo")
+    cmds = [
+        (1, "Starting services...", ["docker", "compose", "--profile", "replay", "up", "--build", "-d"]),
+        (2, "Verifying services are running...", ["docker", "compose", "ps"]),
+        (3, "Injecting anomalies (duplicates + shuffled order)...",
+         ["docker", "compose", "--profile", "replay", "run", "--rm", "replay"]),
+    ]  # fmt: skip
+    try:
+        for n, text, cmd in cmds:
+            step(n, text)
+            if subprocess.run(cmd).returncode != 0:
+                print(f"step {n} failed: {' '.join(cmd)}", file=sys.stderr)
+                return 1
+        step(4, "Waiting for incident capture to complete...")
+        time.sleep(15)
+        step(5, "Generating incident reports...")
+        subprocess.run([str(BIN / "mercury-report"), "data/incidents"])
+        banner("Demo Complete!")
+        return 0
+    finally:
+        subprocess.run(["docker", "compose", "--profile", "replay", "down"])
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mercury-demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--docker", action="store_true", help="run against docker compose instead of local processes")
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--rate", type=float, default=400.0, help="exchange trades/s")
+    ap.add_argument("--warmup", type=float, default=12.0, help="seconds of live status lines")
+    ap.add_argument("--min-events", type=int, default=3000, help="events to record before the replay")
+    ap.add_argument("--replay-events", type=int, default=8000)
+    ap.add_argument("--replay-rate", type=float, default=4000.0)
+    ap.add_argument("--cooldown", type=float, default=3.0, help="FLIGHT_COOLDOWN_S of the replay P2")
+    ap.add_argument("--status-interval", type=float, default=3.0)
+    ap.add_argument("--free-ports", action="store_true", help="use free ports instead of the defaults")
+    ap.add_argument("--no-prometheus", action="store_true")
+    args = ap.parse_args(argv)
+    if args.docker:
+        return docker_demo()
+    banner("MercuryStream Incident Detection Demo")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    demo = None
+    try:
+        demo = LocalDemo(args)
+        demo.run()
+        return 0
+    except DemoError as exc:
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping services", file=sys.stderr)
+        return 130
+    finally:
+        if demo is not None:
+            demo.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
