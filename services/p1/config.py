@@ -19,6 +19,7 @@ class P1Settings(CommonSettings):
     BACKOFF_MAX: float = Field(10.0, gt=0)
     P1_BUFFER_EVENTS: int = Field(10000, gt=0)
     P1_METRICS_PORT: Port = 9100
+    P1_METRICS_HOST: str = Field("127.0.0.1", min_length=1)
     P1_SHUTDOWN_TIMEOUT_S: float = Field(5.0, ge=0)
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
 
