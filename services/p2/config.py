@@ -32,9 +32,11 @@ class P2Settings(CommonSettings):
     LATENCY_SPIKE_CONSECUTIVE: int = Field(2, gt=0)
     DUPLICATE_LRU_MAX: int = Field(50000, gt=0)
     GAP_REORDER_WINDOW: int = Field(50, ge=0)
+    FLIGHT_RECORDER: bool = True
     FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
     FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
     FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
+    INCIDENT_CHARTS: bool = True
     INCIDENTS_DIR: Path = Path("data/incidents")
     DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
     DRIFT_SAMPLES_PER_MIN: int = Field(100, ge=0)
