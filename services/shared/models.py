@@ -34,7 +34,8 @@ def _no_bool(v: Any) -> Any:
 
 
 Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
-Integer = Annotated[int, BeforeValidator(_no_bool)]
+# Bounded to what orjson can serialize: an out-of-range id would otherwise pass validation and fail at dumps.
+Integer = Annotated[int, BeforeValidator(_no_bool), Field(ge=-(1 << 63), le=(1 << 64) - 1)]
 
 _time_parser = IsoTimeParser()
 

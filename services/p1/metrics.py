@@ -1,0 +1,75 @@
+"""P1's Prometheus metrics, in a registry of its own so tests can run several P1s in one process.
+
+Every counter here is incremented once per batch with the batch's count, never once per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+DROP_REASONS = ("buffer_full", "unacked_at_disconnect", "shutdown", "oversize")
+TARGETS = ("websocket", "p2")
+PRESET_TYPES = ("match", "ticker", "last_match", "subscriptions", "heartbeat", "error", "malformed")
+
+
+class P1Metrics:
+    """Every metric P1 exports, plus the HTTP endpoint that serves them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.messages_total = Counter(
+            "mercurystream_p1_messages", "WebSocket messages received, by message type", ["type"], registry=r
+        )
+        self.validation_failures_total = Counter(
+            "mercurystream_p1_validation_failures",
+            "Trade messages that failed validation (forwarded as received)",
+            registry=r,
+        )
+        self.forwarded_total = Counter(
+            "mercurystream_p1_forwarded", "Frames written to P2, resends included", registry=r
+        )
+        self.acked_total = Counter("mercurystream_p1_acked", "Events P2 acknowledged", registry=r)
+        self.resent_total = Counter(
+            "mercurystream_p1_resent", "Events requeued for resend after P2's final ack", registry=r
+        )
+        self.buffered = Gauge(
+            "mercurystream_p1_buffered", "Events held for P2: not yet sent, or sent and not acknowledged", registry=r
+        )
+        self.dropped_total = Counter(
+            "mercurystream_p1_dropped", "Events P1 gave up on, by reason", ["reason"], registry=r
+        )
+        self.reconnects_total = Counter(
+            "mercurystream_p1_reconnects", "Connection attempts after the first, by target", ["target"], registry=r
+        )
+        self.connected = Gauge("mercurystream_p1_connected", "1 while connected, by target", ["target"], registry=r)
+        for reason in DROP_REASONS:
+            self.dropped_total.labels(reason)
+        for target in TARGETS:
+            self.reconnects_total.labels(target)
+            self.connected.labels(target)
+        self._type_children = {t: self.messages_total.labels(t) for t in PRESET_TYPES}
+        self._server = None
+        self._thread = None
+
+    def count_messages(self, counts: dict[str, int]) -> None:
+        """Add one batch's per-type counts; children are cached because ``labels()`` takes a lock."""
+        children = self._type_children
+        for type_, n in counts.items():
+            child = children.get(type_)
+            if child is None:
+                child = children[type_] = self.messages_total.labels(type_)
+            child.inc(n)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Start ``/metrics`` on a daemon thread; returns the bound port (useful with port 0)."""
+        self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+        return self._server.server_port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None

@@ -1,0 +1,138 @@
+"""P1: Coinbase WebSocket ingest → validated, stamped events → framed TCP to P2 (``mercury-p1``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from mercurystream.p1.config import P1Settings
+from mercurystream.p1.feed import CoinbaseFeed
+from mercurystream.p1.metrics import P1Metrics
+from mercurystream.p1.pipeline import IngestPipeline
+from mercurystream.p1.sink import TcpSink
+from mercurystream.shared.clock import now_us
+from mercurystream.shared.config import load_settings
+from mercurystream.shared.logger import setup_logging
+
+
+class P1App:
+    """Feed → pipeline → sink, the metrics endpoint and the status line, with one start/stop."""
+
+    def __init__(
+        self, settings: P1Settings, registry: CollectorRegistry | None = None, metrics_host: str | None = None
+    ) -> None:
+        self.settings = settings
+        # Until a P1_METRICS_HOST setting exists, bind loopback like P2's HOST default does.
+        self.metrics_host = metrics_host or getattr(settings, "P1_METRICS_HOST", "127.0.0.1")
+        self.metrics = P1Metrics(registry)
+        self.pipeline = IngestPipeline()
+        self.sink = TcpSink(
+            settings.P2_HOST,
+            settings.P2_PORT,
+            settings.P1_BUFFER_EVENTS,
+            settings.BACKOFF_MAX,
+            settings.MAX_FRAME_BYTES,
+            self.metrics,
+        )
+        self.feed = CoinbaseFeed(
+            settings.COINBASE_WS_URL,
+            settings.SYMBOLS,
+            settings.FEED_CHANNEL,
+            settings.BACKOFF_MAX,
+            self._on_trades,
+            self.metrics,
+            max_size=settings.MAX_FRAME_BYTES,
+        )
+        self.metrics_port: int | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._invalid_counter = self.metrics.validation_failures_total
+        self._publish = self.sink.publish
+
+    def _on_trades(self, trades: list[dict[str, Any]]) -> None:
+        payloads, invalid = self.pipeline.process(trades, now_us())
+        if invalid:
+            self._invalid_counter.inc(invalid)
+        self._publish(payloads)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.metrics_port = self.metrics.serve(s.P1_METRICS_PORT, self.metrics_host)
+        logger.info(
+            "P1 starting: feed {} channel={} symbols={} → P2 {}:{}; metrics on {}:{}",
+            s.COINBASE_WS_URL,
+            s.FEED_CHANNEL,
+            ",".join(s.SYMBOLS),
+            s.P2_HOST,
+            s.P2_PORT,
+            self.metrics_host,
+            self.metrics_port,
+        )
+        await self.sink.start()
+        await self.feed.start()
+        self._status_task = asyncio.create_task(self._status_loop(), name="p1-status")
+
+    async def stop(self) -> None:
+        """Stop reading the feed, flush what is held to P2 (bounded), then close the endpoint."""
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+            self._status_task = None
+        await self.feed.stop()
+        await self.sink.stop(self.settings.P1_SHUTDOWN_TIMEOUT_S)
+        logger.info(self.status_line())
+        self.metrics.close()
+
+    def status_line(self) -> str:
+        b = self.sink.buffer
+        return (
+            f"P1 | msgs={self.feed.protocol.messages} valid={self.pipeline.valid} invalid={self.pipeline.invalid} "
+            f"forwarded={b.forwarded} acked={b.acked} buffered={b.held} dropped={b.dropped_total} "
+            f"reconnects ws={self.feed.reconnects} p2={self.sink.reconnects}"
+        )
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.STATUS_INTERVAL_S)
+            logger.info(self.status_line())
+
+
+async def run(settings: P1Settings) -> int:
+    """Run until SIGINT or SIGTERM; returns the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = P1App(settings)
+    try:
+        await app.start()
+    except OSError as exc:
+        logger.error("P1 cannot start: {}", exc)
+        await app.stop()
+        return 1
+    await stop.wait()
+    logger.info("P1 stopping: flushing what is held for up to {:g} s", settings.P1_SHUTDOWN_TIMEOUT_S)
+    await app.stop()
+    return 0
+
+
+def main() -> None:
+    settings = load_settings(P1Settings, "mercury-p1")
+    setup_logging("p1", settings.LOG_LEVEL, settings.LOG_JSON)
+    try:
+        import uvloop
+    except ImportError:
+        code = asyncio.run(run(settings))
+    else:
+        code = uvloop.run(run(settings))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""P1's side of the P1→P2 transport: a bounded buffer, batched frames, and P2's acknowledgements.
+
+:class:`SendBuffer` is the whole protocol without a socket: what is held, what was sent on the
+current connection, what an ack releases, what a final ack puts back and what a disconnect
+costs. :class:`TcpSink` is the asyncio shell around it. At every moment
+``published == acked + dropped (all reasons) + held``: nothing is lost without being counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+
+import orjson
+from loguru import logger
+
+from mercurystream.p1.backoff import Backoff
+from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.framing import FrameDecoder, FrameTooLarge, encode_frames
+from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.transport import EventSink
+
+ACK_MAX_FRAME_BYTES = 4096
+"""Acks are a few bytes; anything bigger is not P2 and the connection is not trusted."""
+
+
+class AckProtocolError(Exception):
+    """The peer's acks cannot be trusted (oversize frame, or a count outside what was sent)."""
+
+
+class SendBuffer:
+    """Held events (``pending``: not yet sent on this connection; ``unacked``: sent, not acknowledged).
+
+    Both count toward ``capacity``. When a publish would overflow it, the oldest *pending*
+    events are dropped (``buffer_full``): events already written cannot be recalled, and P2 may
+    yet deliver them, so counting them as dropped could make them count twice.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_sampler",
+        "acked",
+        "bad_acks",
+        "capacity",
+        "closed",
+        "conn_acked",
+        "conn_sent",
+        "connected",
+        "dropped",
+        "forwarded",
+        "max_frame_bytes",
+        "pending",
+        "published",
+        "resent",
+        "unacked",
+    )
+
+    def __init__(self, capacity: int, max_frame_bytes: int) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.max_frame_bytes = max_frame_bytes
+        self.pending: deque[bytes] = deque()
+        self.unacked: deque[bytes] = deque()
+        self.published = 0
+        self.acked = 0
+        self.forwarded = 0
+        self.resent = 0
+        self.bad_acks = 0
+        self.dropped: dict[str, int] = {"buffer_full": 0, "unacked_at_disconnect": 0, "shutdown": 0, "oversize": 0}
+        self.connected = False
+        self.closed = False
+        self.conn_sent = 0
+        self.conn_acked = 0
+        self._decoder = FrameDecoder(ACK_MAX_FRAME_BYTES)
+        self._sampler = LogSampler()
+
+    @property
+    def held(self) -> int:
+        return len(self.pending) + len(self.unacked)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
+        """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
+        n = len(payloads)
+        if not n:
+            return 0, 0
+        self.published += n
+        if self.closed:
+            self.dropped["shutdown"] += n
+            return 0, 0
+        oversize = 0
+        if max(map(len, payloads)) > self.max_frame_bytes:
+            limit = self.max_frame_bytes
+            kept = [p for p in payloads if len(p) <= limit]
+            oversize = n - len(kept)
+            self.dropped["oversize"] += oversize
+            self._sampler.warning("oversize", "{} events over MAX_FRAME_BYTES={} dropped", oversize, limit)
+            payloads = kept
+            n = len(kept)
+        pending = self.pending
+        overflow = len(pending) + len(self.unacked) + n - self.capacity
+        if overflow > 0:
+            from_pending = min(overflow, len(pending))
+            if from_pending == len(pending):
+                pending.clear()
+            else:
+                popleft = pending.popleft
+                for _ in range(from_pending):
+                    popleft()
+            if overflow > from_pending:
+                payloads = payloads[overflow - from_pending :]
+            self.dropped["buffer_full"] += overflow
+        else:
+            overflow = 0
+        pending.extend(payloads)
+        return overflow, oversize
+
+    def on_connect(self) -> None:
+        self.connected = True
+        self.conn_sent = 0
+        self.conn_acked = 0
+        self._decoder = FrameDecoder(ACK_MAX_FRAME_BYTES)
+
+    def take(self, max_events: int) -> list[bytes]:
+        """The next events to write on this connection, oldest first; they become unacked."""
+        pending = self.pending
+        if not self.connected or not pending:
+            return []
+        if len(pending) <= max_events:
+            batch = list(pending)
+            pending.clear()
+        else:
+            popleft = pending.popleft
+            batch = [popleft() for _ in range(max_events)]
+        self.unacked.extend(batch)
+        self.conn_sent += len(batch)
+        self.forwarded += len(batch)
+        return batch
+
+    def on_bytes(self, data: bytes) -> tuple[int, bool]:
+        """Feed bytes read from P2; returns ``(events newly acknowledged, final ack seen)``."""
+        try:
+            payloads = self._decoder.feed(data)
+        except FrameTooLarge as exc:
+            raise AckProtocolError(f"ack frame too large: {exc}") from None
+        acked = 0
+        for payload in payloads:
+            try:
+                msg = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                msg = None
+            n = msg.get("ack") if type(msg) is dict else None
+            if type(n) is not int:
+                self.bad_acks += 1
+                self._sampler.warning("bad_ack", "P2 sent a frame that is not an ack: {!r}", payload[:200])
+                continue
+            acked += self.on_ack(n)
+            if msg.get("final") is True:
+                self.on_final()
+                return acked, True
+        return acked, False
+
+    def on_ack(self, n: int) -> int:
+        """P2 has the first ``n`` frames of this connection; release them. Returns how many were new."""
+        if not self.connected:
+            return 0
+        if n < self.conn_acked or n > self.conn_sent:
+            raise AckProtocolError(f"ack {n} outside [{self.conn_acked}, {self.conn_sent}]")
+        k = n - self.conn_acked
+        unacked = self.unacked
+        if k == len(unacked):
+            unacked.clear()
+        else:
+            popleft = unacked.popleft
+            for _ in range(k):
+                popleft()
+        self.conn_acked = n
+        self.acked += k
+        return k
+
+    def on_final(self) -> int:
+        """P2 closed gracefully and never read the unacked frames: put them back, first in line."""
+        back = len(self.unacked)
+        if back:
+            self.pending.extendleft(reversed(self.unacked))
+            self.unacked.clear()
+            self.resent += back
+        self.connected = False
+        return back
+
+    def on_disconnect(self) -> int:
+        """The connection ended without a final ack: P2 may or may not have the unacked frames.
+
+        Counted as dropped, never resent: a resend could duplicate a trade P2 already published.
+        """
+        lost = len(self.unacked)
+        if lost:
+            self.unacked.clear()
+            self.dropped["unacked_at_disconnect"] += lost
+        self.connected = False
+        return lost
+
+    def close(self) -> int:
+        """Give up on everything held (shutdown); later publishes are counted as dropped too."""
+        left = self.held
+        self.pending.clear()
+        self.unacked.clear()
+        self.dropped["shutdown"] += left
+        self.connected = False
+        self.closed = True
+        return left
+
+
+class TcpSink(EventSink):
+    """Length-prefixed frames to P2 over TCP, reconnecting with capped backoff while P1 keeps reading."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        buffer_events: int,
+        backoff_max: float,
+        max_frame_bytes: int,
+        metrics: P1Metrics,
+        *,
+        max_batch: int = 4096,
+        connect_timeout_s: float = 5.0,
+        backoff_base_s: float = 0.25,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.buffer = SendBuffer(buffer_events, max_frame_bytes)
+        self.backoff = Backoff(backoff_max, backoff_base_s)
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.connect_timeout_s = connect_timeout_s
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sampler = LogSampler()
+        m = metrics
+        self._m_forwarded = m.forwarded_total
+        self._m_acked = m.acked_total
+        self._m_resent = m.resent_total
+        self._m_buffered = m.buffered
+        self._m_drop = {r: m.dropped_total.labels(r) for r in self.buffer.dropped}
+        self._m_connected = m.connected.labels("p2")
+        self._m_reconnects = m.reconnects_total.labels("p2")
+
+    @property
+    def held(self) -> int:
+        return self.buffer.held
+
+    async def start(self) -> None:
+        self._stop_requested.clear()
+        self._task = asyncio.create_task(self._run(), name="p1-sink")
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        buffer = self.buffer
+        if buffer.closed:
+            buffer.publish(payloads)
+            self._m_drop["shutdown"].inc(len(payloads))
+            return
+        full, oversize = buffer.publish(payloads)
+        if full:
+            self._m_drop["buffer_full"].inc(full)
+            self._sampler.warning("buffer_full", "P2 not keeping up: dropped {} oldest held events", full)
+        if oversize:
+            self._m_drop["oversize"].inc(oversize)
+        self._m_buffered.set(buffer.held)
+        self._wake.set()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Send and wait for acks of what is held, for at most ``timeout_s``; count the rest as ``shutdown``."""
+        self._stop_requested.set()
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        left = self.buffer.close()
+        if left:
+            self._m_drop["shutdown"].inc(left)
+            logger.warning("sink: {} events not acknowledged by P2 within {:g} s, counted as dropped", left, timeout_s)
+        self._m_buffered.set(0)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._task = None
+
+    def _done(self) -> bool:
+        return self._stop_requested.is_set() and self.buffer.held == 0
+
+    async def _run(self) -> None:
+        first = True
+        while not self._done():
+            if not first:
+                self.reconnects += 1
+                self._m_reconnects.inc()
+            first = False
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout_s
+                )
+            except (OSError, TimeoutError) as exc:
+                await self._pause(f"cannot connect: {exc or type(exc).__name__}")
+                continue
+            self.connects += 1
+            self._set_connected(True)
+            try:
+                healthy = await self._session(reader, writer)
+            except Exception:
+                logger.exception("sink: unexpected error in the P2 session; reconnecting")
+                healthy = False
+            finally:
+                self._set_connected(False)
+                writer.close()
+            if self._done():
+                return
+            if healthy:
+                self.backoff.reset()
+            await self._pause("connection closed")
+
+    async def _pause(self, reason: str) -> None:
+        delay = self.backoff.next_delay()
+        if self._sampler.should_log("reconnect"):
+            logger.warning(
+                "sink: P2 {}:{} {}; {} events held; retrying in {:.2f} s",
+                self.host,
+                self.port,
+                reason,
+                self.buffer.held,
+                delay,
+            )
+        if self._stop_requested.is_set():
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Write batches until the connection ends; returns whether P2 acknowledged anything."""
+        buffer = self.buffer
+        buffer.on_connect()
+        logger.info("sink: connected to P2 {}:{}; {} events held", self.host, self.port, buffer.held)
+        acks = asyncio.create_task(self._read_acks(reader, writer), name="p1-sink-acks")
+        wake = self._wake
+        take = buffer.take
+        max_batch = self.max_batch
+        forwarded = self._m_forwarded
+        try:
+            while not acks.done():
+                batch = take(max_batch)
+                if batch:
+                    writer.write(encode_frames(batch))
+                    forwarded.inc(len(batch))
+                    await writer.drain()
+                    continue
+                if self._done():
+                    break
+                wake.clear()
+                await wake.wait()
+        except (ConnectionError, OSError) as exc:
+            logger.warning("sink: write to P2 failed: {}", exc or type(exc).__name__)
+        finally:
+            if not acks.done():
+                acks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acks
+            lost = buffer.on_disconnect()
+            if lost:
+                self._m_drop["unacked_at_disconnect"].inc(lost)
+                logger.warning("sink: P2 connection lost with {} unacknowledged events, counted as dropped", lost)
+            self._m_buffered.set(buffer.held)
+        return buffer.conn_acked > 0
+
+    async def _read_acks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Apply P2's acks until EOF, a final ack or a protocol error, then cut the connection.
+
+        The transport is aborted rather than closed: the sender may be blocked in ``drain`` on a
+        peer that no longer reads, and whatever it still buffers is unacked and accounted for.
+        """
+        buffer = self.buffer
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    logger.warning("sink: P2 closed the connection without a final ack")
+                    break
+                resent_before = buffer.resent
+                acked, final = buffer.on_bytes(data)
+                if acked:
+                    self._m_acked.inc(acked)
+                    self._m_buffered.set(buffer.held)
+                if final:
+                    resent = buffer.resent - resent_before
+                    if resent:
+                        self._m_resent.inc(resent)
+                    logger.info("sink: P2 closed gracefully; {} events it never read will be resent", resent)
+                    break
+                if acked and self._stop_requested.is_set():
+                    self._wake.set()
+        except AckProtocolError as exc:
+            logger.error("sink: closing the P2 connection: {}", exc)
+        except (ConnectionError, OSError) as exc:
+            logger.warning("sink: reading acks from P2 failed: {}", exc or type(exc).__name__)
+        self._wake.set()
+        writer.transport.abort()
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._m_connected.set(1 if up else 0)

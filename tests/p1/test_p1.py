@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mercurystream.p1.config import P1Settings
+from mercurystream.p1.p1 import P1App
+from mercurystream.shared.config import build_settings
+from mercurystream.shared.scrape import scrape
+
+from .conftest import FakeVenue, match, wait_until
+
+P1_BIN = Path(sys.executable).with_name("mercury-p1")
+
+
+def settings_for(venue: FakeVenue, p2_port: int, **extra: object) -> P1Settings:
+    return build_settings(
+        P1Settings,
+        COINBASE_WS_URL=venue.url,
+        SYMBOLS="BTC-USD,ETH-USD",
+        P2_HOST="127.0.0.1",
+        P2_PORT=p2_port,
+        P1_METRICS_PORT=0,
+        BACKOFF_MAX=0.2,
+        **extra,
+    )
+
+
+async def test_venue_to_p2_with_invalid_trades_forwarded_as_received(fake_p2):
+    bad = match(3, price="oops")
+
+    async def script(ws, n):
+        if n == 0:
+            for msg in (
+                {"type": "heartbeat", "product_id": "BTC-USD", "sequence": 1, "last_trade_id": 0},
+                match(0, type="last_match"),
+                match(1),
+                match(2, product_id="ETH-USD"),
+                bad,
+            ):
+                await ws.send(orjson.dumps(msg).decode())
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    p2 = await fake_p2()
+    app = P1App(settings_for(venue, p2.port))
+    await app.start()
+    try:
+        await wait_until(lambda: app.sink.buffer.acked == 3, what="three trades acknowledged")
+        s = scrape(f"http://127.0.0.1:{app.metrics_port}/metrics")
+        status = app.status_line()
+    finally:
+        await app.stop()
+        await venue.stop()
+    events = p2.events
+    assert [e["trade_id"] for e in events] == [1, 2, 3]
+    assert events[0]["price"] == 64388.01 and events[0]["last_size"] == 0.00512
+    assert events[2] == {**bad, "ingest_ts_ms": events[2]["ingest_ts_ms"], "ingest_ts_us": events[2]["ingest_ts_us"]}
+    assert all(type(e["ingest_ts_us"]) is int and e["ingest_ts_us"] // 1000 == e["ingest_ts_ms"] for e in events)
+    assert s.value("mercurystream_p1_messages_total", type="match") == 3
+    assert s.value("mercurystream_p1_messages_total", type="last_match") == 1
+    assert s.value("mercurystream_p1_messages_total", type="heartbeat") == 1
+    assert s.value("mercurystream_p1_validation_failures_total") == 1
+    assert s.value("mercurystream_p1_forwarded_total") == 3
+    assert s.value("mercurystream_p1_acked_total") == 3
+    assert s.value("mercurystream_p1_connected", target="websocket") == 1
+    assert s.value("mercurystream_p1_connected", target="p2") == 1
+    assert status.startswith("P1 | msgs=6 valid=2 invalid=1 forwarded=3 acked=3 buffered=0 dropped=0")
+
+
+async def test_keeps_reading_the_feed_while_p2_is_down(fake_p2):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def script(ws, n):
+        for i in range(200):
+            await ws.send(orjson.dumps(match(i)).decode())
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    app = P1App(settings_for(venue, port, P1_BUFFER_EVENTS=150))
+    await app.start()
+    try:
+        await wait_until(lambda: app.feed.protocol.trades == 200, what="the feed read on")
+        assert app.sink.held == 150
+        assert app.sink.buffer.dropped["buffer_full"] == 50
+        p2 = await fake_p2(port=port)
+        await wait_until(lambda: app.sink.buffer.acked == 150, what="held events delivered")
+    finally:
+        await app.stop()
+        await venue.stop()
+    assert [e["trade_id"] for e in p2.events] == list(range(50, 200))
+
+
+# --- the console script --------------------------------------------------------------------
+
+
+def p1_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in P1Settings.model_fields}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("P1_METRICS_PORT", "abc"), ("FEED_CHANNEL", "level2"), ("P1_BUFFER_EVENTS", "-5"), ("SYMBOLS", "BTC-USD,,")],
+)
+async def test_bad_config_exits_2_with_one_line(var, value):
+    proc = await asyncio.create_subprocess_exec(
+        str(P1_BIN),
+        env=p1_env(**{var: value}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1, lines
+    assert var in lines[0] and "Traceback" not in lines[0]
+    assert out == b""
+
+
+async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):
+    async def script(ws, n):
+        for i in range(100):
+            await ws.send(orjson.dumps(match(i)).decode())
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    p2 = await fake_p2()
+    proc = await asyncio.create_subprocess_exec(
+        str(P1_BIN),
+        env=p1_env(
+            COINBASE_WS_URL=venue.url,
+            P2_HOST="127.0.0.1",
+            P2_PORT=str(p2.port),
+            P1_METRICS_PORT="0",
+            STATUS_INTERVAL_S="0.2",
+            LOG_LEVEL="INFO",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until(lambda: len(p2.payloads) == 100, timeout=60, what="P1 forwarding")
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await venue.stop()
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log
+    assert "P1 | msgs=101 valid=100 invalid=0 forwarded=100 acked=100 buffered=0 dropped=0" in log

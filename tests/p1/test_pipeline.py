@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mercurystream.p1.pipeline import IngestPipeline, fast_event
+from mercurystream.shared.models import normalize_trade
+from mercurystream.shared.timeparse import IsoTimeParser
+
+from .conftest import match
+
+
+def test_valid_trades_are_normalized_and_stamped_once_per_batch():
+    pipe = IngestPipeline()
+    out, invalid = pipe.process([match(1), match(2, product_id="ETH-USD")], now_us=1_714_566_896_789_012)
+    assert invalid == 0
+    first, second = (orjson.loads(p) for p in out)
+    assert first == {
+        "type": "match",
+        "product_id": "BTC-USD",
+        "price": 64388.01,
+        "last_size": 0.00512,
+        "time": "2024-05-01T12:34:56.789012Z",
+        "trade_id": 1,
+        "sequence": 1001,
+        "side": "sell",
+        "ingest_ts_ms": 1_714_566_896_789,
+        "ingest_ts_us": 1_714_566_896_789_012,
+    }
+    assert second["product_id"] == "ETH-USD"
+    assert second["ingest_ts_us"] == first["ingest_ts_us"]
+    assert (pipe.valid, pipe.invalid) == (2, 0)
+
+
+def test_invalid_trade_is_forwarded_as_received_and_counted():
+    pipe = IngestPipeline()
+    bad = match(3, price="not-a-price", venue_extra={"kept": True})
+    out, invalid = pipe.process([match(1), bad, match(4, time="yesterday")], now_us=2_000_000)
+    assert invalid == 2
+    assert (pipe.valid, pipe.invalid) == (1, 2)
+    forwarded = orjson.loads(out[1])
+    assert forwarded == {**bad, "ingest_ts_ms": 2000, "ingest_ts_us": 2_000_000}
+    assert list(forwarded)[: len(bad)] == list(bad), "field order as received"
+    assert orjson.loads(out[2])["time"] == "yesterday"
+
+
+def test_empty_batch():
+    assert IngestPipeline().process([], now_us=1) == ([], 0)
+
+
+# --- the fast path builds exactly what the model builds ------------------------------------
+
+TICKER = {
+    "type": "ticker",
+    "sequence": 37475248783,
+    "product_id": "ETH-USD",
+    "price": "1285.22",
+    "open_24h": "1310.79",
+    "best_bid": "1285.04",
+    "best_bid_size": "0.46688654",
+    "best_ask": "1285.27",
+    "side": "buy",
+    "time": "2022-10-19T23:28:22.061769Z",
+    "trade_id": 370843401,
+    "last_size": "11.4396987",
+}
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "1.5",
+            ".5",
+            "5.",
+            "1_000",
+            " 2.5 ",
+            "+3",
+            "1e3",
+            "inf",
+            "-inf",
+            "NaN",
+            "nan",
+            "1e400",
+            "\u0663",
+            "\uff11",
+            "abc",
+            "match",
+            "ticker",
+            "buy",
+            "sell",
+            "BUY",
+            "BTC-USD",
+            "2024-05-01T12:34:56.789012Z",
+            "2024-05-01T12:34:56Z",
+            "2024-05-01T12:34:56.7+00:00",
+            "2024-05-01T12:34:56+02:00",
+            "2024-05-01T12:34",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T12:34:5_6Z",
+        ]
+    ),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=2),
+)
+FIELDS = [
+    "type",
+    "product_id",
+    "price",
+    "size",
+    "last_size",
+    "time",
+    "trade_id",
+    "sequence",
+    "side",
+    "best_bid",
+    "best_ask",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    base=st.sampled_from([match(1), TICKER]),
+    changes=st.dictionaries(st.sampled_from(FIELDS), ODD_VALUES, max_size=3),
+    removed=st.sets(st.sampled_from(FIELDS), max_size=2),
+)
+def test_fast_path_agrees_with_the_model(base, changes, removed):
+    msg = {k: v for k, v in {**base, **changes}.items() if k not in removed}
+    fast = fast_event(dict(msg), IsoTimeParser().parse)
+    model_event, reason = normalize_trade(dict(msg))
+    if fast is not None:
+        assert reason is None, f"fast path accepted what the model rejects: {reason}"
+        assert orjson.dumps(fast) == orjson.dumps(model_event)
+
+
+@pytest.mark.parametrize("msg", [match(1), match(2, side=None, sequence=None), TICKER])
+def test_fast_path_takes_coinbase_shapes(msg):
+    fast = fast_event(msg, IsoTimeParser().parse)
+    assert fast is not None
+    assert orjson.dumps(fast) == orjson.dumps(normalize_trade(msg)[0])

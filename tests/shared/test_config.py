@@ -1,0 +1,98 @@
+"""Settings: a bad value is one line naming the variable and what it accepts, and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from mercurystream.p1.config import P1Settings
+from mercurystream.shared.config import (
+    EXIT_CONFIG,
+    CommonSettings,
+    ConfigError,
+    build_settings,
+    load_settings,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in P1Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults():
+    s = build_settings(P1Settings)
+    assert s.SYMBOLS == ["BTC-USD", "ETH-USD", "SOL-USD"]
+    assert s.FEED_CHANNEL == "matches"
+    assert s.P2_HOST == "127.0.0.1" and s.P2_PORT == 9001
+    assert s.P1_BUFFER_EVENTS == 10000 and s.P1_METRICS_PORT == 9100
+    assert s.COINBASE_WS_URL == "wss://ws-feed.exchange.coinbase.com"
+    assert s.LOG_LEVEL == "INFO" and s.LOG_JSON is False and s.STATUS_INTERVAL_S == 5.0
+
+
+def test_environment_is_read_and_normalized(monkeypatch):
+    monkeypatch.setenv("SYMBOLS", " btc-usd , Eth-Usd ")
+    monkeypatch.setenv("FEED_CHANNEL", "ticker")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("LOG_JSON", "true")
+    monkeypatch.setenv("p2_port", "9999")
+    s = build_settings(P1Settings)
+    assert s.SYMBOLS == ["BTC-USD", "ETH-USD"]
+    assert s.FEED_CHANNEL == "ticker"
+    assert s.LOG_LEVEL == "DEBUG" and s.LOG_JSON is True
+    assert s.P2_PORT == 9999
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("P1_METRICS_PORT", "abc", "valid integer"),
+        ("P2_PORT", "70000", "less than or equal to 65535"),
+        ("P1_BUFFER_EVENTS", "-5", "greater than 0"),
+        ("BACKOFF_MAX", "0", "greater than 0"),
+        ("FEED_CHANNEL", "level2", "'matches' or 'ticker'"),
+        ("SYMBOLS", "BTC-USD,,ETH-USD", "comma-separated product ids"),
+        ("COINBASE_WS_URL", "http://example.com", "pattern"),
+        ("LOG_LEVEL", "verbose", "INFO"),
+        ("LOG_JSON", "maybe", "boolean"),
+        ("STATUS_INTERVAL_S", "-1", "greater than 0"),
+        ("MAX_FRAME_BYTES", "1.5", "integer"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(monkeypatch, var, value, says):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        build_settings(P1Settings)
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith(f"{var}=")
+    assert repr(value.upper() if var == "LOG_LEVEL" else value) in line
+    assert says in line
+
+
+def test_value_with_a_newline_stays_on_one_line(monkeypatch):
+    monkeypatch.setenv("P2_PORT", "90\n01")
+    with pytest.raises(ConfigError) as info:
+        build_settings(P1Settings)
+    assert "\n" not in str(info.value)
+
+
+def test_load_settings_exits_2_with_one_line_on_stderr(monkeypatch, capsys):
+    monkeypatch.setenv("P1_METRICS_PORT", "abc")
+    with pytest.raises(SystemExit) as info:
+        load_settings(P1Settings, "mercury-p1")
+    assert info.value.code == EXIT_CONFIG == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("mercury-p1: configuration error: P1_METRICS_PORT='abc'")
+    assert "Traceback" not in err
+
+
+def test_unknown_variables_are_ignored(monkeypatch):
+    monkeypatch.setenv("SOMETHING_ELSE", "x")
+    assert build_settings(CommonSettings).LOG_LEVEL == "INFO"
+
+
+def test_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("P2_PORT", "1234")
+    assert build_settings(P1Settings, P2_PORT=4321).P2_PORT == 4321
