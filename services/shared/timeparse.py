@@ -34,11 +34,10 @@ class IsoTimeParser:
             tail = tail[:-6]
         else:
             return self._slow(s)
-        try:
-            sec = float(tail)
-        except ValueError:
+        if not _is_seconds(tail):
             return None
-        if not 0.0 <= sec < 61.0:
+        sec = float(tail)
+        if sec >= 61.0:
             return None
         return self._epoch + sec
 
@@ -53,3 +52,10 @@ class IsoTimeParser:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         return dt.timestamp()
+
+
+def _is_seconds(tail: str) -> bool:
+    """``SS`` or ``SS.fff…`` in ASCII digits: ``float()`` alone would take ``5_6``, ``+5`` or `` 5``."""
+    if len(tail) < 2 or not tail.isascii() or not tail[:2].isdigit():
+        return False
+    return len(tail) == 2 or (tail[2] == "." and len(tail) > 3 and tail[3:].isdigit())
