@@ -19,12 +19,17 @@ DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
 
 class FrameTooLarge(Exception):
-    """A frame header announced more than the decoder's limit; the stream cannot be resynchronized."""
+    """A frame header announced more than the decoder's limit; the stream cannot be resynchronized.
 
-    def __init__(self, length: int, limit: int) -> None:
+    ``payloads`` are the whole frames that preceded the bad header in the same ``feed``: they were
+    received intact and are counted in ``FrameDecoder.frames``, so the caller must still handle them.
+    """
+
+    def __init__(self, length: int, limit: int, payloads: list[bytes] | None = None) -> None:
         super().__init__(f"frame of {length} bytes exceeds the limit of {limit} bytes")
         self.length = length
         self.limit = limit
+        self.payloads = payloads if payloads is not None else []
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -100,7 +105,7 @@ class FrameDecoder:
                 self._closed = True
                 self._buf = b""
                 self.frames += len(out)
-                raise FrameTooLarge(length, limit)
+                raise FrameTooLarge(length, limit, out)
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break

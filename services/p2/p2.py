@@ -1,0 +1,229 @@
+"""P2: the TCP ingest, the bus, the consumers, the metrics endpoint and the status lines, as one app.
+
+:class:`P2App` owns the lifecycle; :func:`main` (``mercury-p2``) adds configuration, logging,
+uvloop and signal handling around it. Consumers are built by factories ``(bus, settings, metrics)``
+so tests and tools can run P2 with any subset; :func:`default_consumers` is the production set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry, start_http_server
+
+from mercurystream.p2.bus import Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.server import TcpSource
+from mercurystream.shared.config import load_settings
+from mercurystream.shared.logger import setup_logging
+
+ConsumerFactory = Callable[[Bus, P2Settings, P2Metrics], Consumer]
+
+DRAIN_TIMEOUT_S = 5.0
+
+
+def default_consumers(settings: P2Settings) -> list[ConsumerFactory]:
+    """The production consumers for these settings.
+
+    Imported here, not at module level, so a consumer module that is missing or broken fails when
+    P2 is wired with it, not whenever anything imports this module.
+    """
+    from mercurystream.p2.consumer import (
+        HealthConsumer,
+        SlowConsumer,
+        VolatilityConsumer,
+        VolumeConsumer,
+        VwapConsumer,
+    )
+
+    factories: list[ConsumerFactory] = [VwapConsumer, VolatilityConsumer, VolumeConsumer, HealthConsumer]
+    if settings.ENABLE_SLOW:
+        factories.append(SlowConsumer)
+    if settings.FORENSICS:
+        from mercurystream.p2.forensics import ForensicsConsumer
+
+        factories.append(ForensicsConsumer)
+    if settings.RECORD:
+        from mercurystream.p2.recorder import RecorderConsumer
+
+        factories.append(RecorderConsumer)
+    return factories
+
+
+class P2App:
+    """Bus, TCP source, consumers, ``/metrics`` and the periodic status lines."""
+
+    def __init__(
+        self,
+        settings: P2Settings,
+        registry: CollectorRegistry | None = None,
+        consumers: Sequence[ConsumerFactory] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = P2Metrics(registry)
+        m = self.metrics
+        self._drop_counters: dict[str, Any] = {}
+        self.bus = Bus(on_drop=self._on_drop)
+        self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
+        factories = default_consumers(settings) if consumers is None else consumers
+        self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
+        self._processed_counters = {c.name: m.consumer_events_total.labels(c.name) for c in self.consumers}
+        self._depth_gauges: dict[str, Any] = {}
+        for sub in self.bus.subscriptions:
+            self._drop_counter(sub.name)
+            self._depth_gauges[sub.name] = m.queue_depth.labels(sub.name)
+        for c in self.consumers:
+            c.on_processed(self._on_processed)
+        self.metrics_port: int | None = None
+        self._httpd = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._started = False
+
+    def _drop_counter(self, name: str) -> Any:
+        counter = self._drop_counters.get(name)
+        if counter is None:
+            counter = self._drop_counters[name] = self.metrics.drops_total.labels(name)
+        return counter
+
+    def _on_drop(self, name: str, n: int) -> None:
+        self._drop_counter(name).inc(n)
+
+    def _on_processed(self, name: str, n: int) -> None:
+        self._processed_counters[name].inc(n)
+
+    @property
+    def port(self) -> int:
+        return self.source.port
+
+    async def start(self) -> None:
+        """Consumers first, so nothing published waits for a consumer; then metrics, then the port.
+
+        If any step fails (a port in use), :meth:`stop` still undoes the steps that succeeded.
+        """
+        s = self.settings
+        self._started = True
+        for c in self.consumers:
+            await c.start()
+        self._httpd, _ = start_http_server(s.METRICS_PORT, addr=s.HOST, registry=self.metrics.registry)
+        self.metrics_port = self._httpd.server_address[1]
+        await self.source.start()
+        self._status_task = asyncio.create_task(self._report_status(), name="p2-status")
+        names = ", ".join(c.name for c in self.consumers) or "none"
+        logger.info(
+            f"P2 listening on tcp://{s.HOST}:{self.source.port}, "
+            f"metrics on http://{s.HOST}:{self.metrics_port}/metrics, consumers: {names}"
+        )
+
+    async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop accepting, let the consumers drain and flush, stop serving metrics.
+
+        Consumers stop concurrently, each draining its own queue within ``drain_timeout_s``
+        (:meth:`Consumer.stop`), so the whole drain is bounded by one timeout, and a consumer that
+        gives up its backlog on stop (the slow demo) does not hold the others.
+        """
+        if not self._started:
+            return
+        self._started = False
+        await self.source.stop()
+        results = await asyncio.gather(*(c.stop(drain_timeout_s) for c in self.consumers), return_exceptions=True)
+        for c, result in zip(self.consumers, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.opt(exception=result).error(f"{c.name}: failed to stop cleanly")
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        self.report_status()
+        if self._httpd is not None:
+            httpd, self._httpd = self._httpd, None
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
+        logger.info(f"P2 stopped after {self.source.events} events")
+
+    def drained(self) -> bool:
+        """No queued events and every consumer has finished the batches it took."""
+        if not self.bus.drained():
+            return False
+        return all(c.processed >= c.subscription.delivered for c in self.consumers)
+
+    async def wait_drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.drained():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def report_status(self) -> None:
+        """One status line per consumer, and the queue gauges."""
+        m = self.metrics
+        subs = self.bus.subscriptions
+        m.subscribers.set(len(subs))
+        gauges = self._depth_gauges
+        for sub in subs:
+            gauge = gauges.get(sub.name)
+            if gauge is None:
+                gauge = gauges[sub.name] = m.queue_depth.labels(sub.name)
+            gauge.set(sub.depth)
+        logger.info(f"{'INGEST':<10} | {self.source.status_line()}")
+        for c in self.consumers:
+            try:
+                line = c.status()
+            except Exception:
+                logger.exception(f"{c.name}: status line failed")
+                continue
+            logger.info(line)
+
+    async def _report_status(self) -> None:
+        interval = self.settings.STATUS_INTERVAL_S
+        while True:
+            await asyncio.sleep(interval)
+            self.report_status()
+
+
+async def serve(settings: P2Settings) -> int:
+    """Run P2 until SIGINT or SIGTERM; the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = P2App(settings)
+    try:
+        await app.start()
+    except OSError as exc:
+        logger.error(f"P2 cannot start: {exc}")
+        await app.stop()
+        return 1
+    await stop.wait()
+    logger.info("P2 stopping: no new connections, draining the consumers")
+    await app.stop()
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main() -> None:
+    settings = load_settings(P2Settings, "mercury-p2")
+    setup_logging("p2", settings.LOG_LEVEL, settings.LOG_JSON)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        code = runner.run(serve(settings))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""P2 as a whole: in process on free ports, and ``mercury-p2`` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from loguru import logger
+
+from mercurystream.p2 import consumer as consumer_module
+from mercurystream.p2 import p2 as p2_module
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.p2 import P2App, default_consumers
+from mercurystream.p2.recorder import RecorderConsumer
+from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
+
+BIN = Path(sys.executable).parent
+SEED_METRICS = (
+    "mercurystream_events_total",
+    "mercurystream_events_per_second",
+    "mercurystream_latency_ms_bucket",
+    "mercurystream_anomalies_total",
+    "mercurystream_incidents_total",
+    "mercurystream_drops_total",
+    "mercurystream_consumer_events_total",
+    "mercurystream_queue_depth",
+)
+
+
+class Counting(Consumer):
+    name = "counting"
+    label = "COUNTING"
+    capacity = 100_000
+
+    def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
+        super().__init__(bus, self.capacity or settings.BUS_QUEUE_EVENTS)
+        self.ids: list[int] = []
+
+    def handle(self, batch: Batch) -> None:
+        self.ids.extend(e["trade_id"] for e in batch.events)
+
+    def status_line(self) -> str:
+        return f"seen={len(self.ids)}"
+
+
+class Sleepy(Counting):
+    name = "sleepy"
+    label = "SLEEPY"
+    capacity = 0  # the settings' BUS_QUEUE_EVENTS
+
+    async def handle_async(self, batch: Batch) -> None:
+        await asyncio.sleep(0.2)
+        self.handle(batch)
+
+
+def trade(i: int) -> bytes:
+    return orjson.dumps(
+        {"type": "match", "product_id": "BTC-USD", "price": 100.0, "last_size": 1.0, "trade_id": i, "ingest_ts_ms": 1}
+    )
+
+
+def settings_for(tmp_path: Path, **kw: object) -> P2Settings:
+    base = {
+        "HOST": "127.0.0.1",
+        "PORT": 0,
+        "METRICS_PORT": 0,
+        "STATUS_INTERVAL_S": 0.05,
+        "RECORD_FILE": tmp_path / "rec.jsonl",
+    }
+    return P2Settings(**{**base, **kw})
+
+
+async def send_and_wait_ack(port: int, payloads: list[bytes]) -> list[dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode_frames(payloads))
+    await writer.drain()
+    decoder = FrameDecoder()
+    acks: list[dict] = []
+    while not acks or acks[-1]["ack"] < len(payloads):
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        assert data, f"EOF before the ack, got {acks}"
+        acks.extend(decode_object(p)[0] for p in decoder.feed(data))
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return acks
+
+
+def sample(app: P2App, name: str, **labels: str) -> float:
+    value = app.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+@pytest.fixture
+def log_lines():
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    yield lines
+    logger.remove(sink)
+
+
+async def test_events_in_metrics_out_status_lines_and_recording(tmp_path: Path, log_lines: list[str]) -> None:
+    settings = settings_for(tmp_path, RECORD=True)
+    app = P2App(settings, consumers=[Counting, RecorderConsumer])
+    await app.start()
+    try:
+        assert app.port > 0 and app.metrics_port > 0
+        assert any(f"tcp://127.0.0.1:{app.port}" in line for line in log_lines)
+        await send_and_wait_ack(app.port, [trade(i) for i in range(100)])
+        assert await app.wait_drained(10)
+        counting = app.consumers[0]
+        assert counting.ids == list(range(100))
+        assert sample(app, "mercurystream_events_total") == 100
+        assert sample(app, "mercurystream_consumer_events_total", consumer="counting") == 100
+        assert sample(app, "mercurystream_consumer_events_total", consumer="recorder") == 100
+        assert sample(app, "mercurystream_drops_total", consumer="counting") == 0
+
+        text = await asyncio.to_thread(scrape, app.metrics_port)
+        for name in SEED_METRICS:
+            assert name in text, name
+        assert re.search(r"^mercurystream_events_total 100\.0$", text, re.M)
+
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("COUNTING   | seen=100") for line in log_lines):
+            assert time.monotonic() < deadline, log_lines[-5:]
+            await asyncio.sleep(0.02)
+        assert any(line.startswith("RECORDER   | file=") for line in log_lines)
+        assert sample(app, "mercurystream_subscribers") == 2
+        assert sample(app, "mercurystream_queue_depth", consumer="counting") == 0
+    finally:
+        await app.stop()
+    assert len((tmp_path / "rec.jsonl").read_bytes().splitlines()) == 100
+    with pytest.raises(OSError):
+        await asyncio.to_thread(scrape, app.metrics_port)
+
+
+async def test_drops_of_a_slow_consumer_are_counted_per_consumer(tmp_path: Path) -> None:
+    app = P2App(settings_for(tmp_path, BUS_QUEUE_EVENTS=10), consumers=[Counting, Sleepy])
+    await app.start()
+    try:
+        for k in range(5):
+            await send_and_wait_ack(app.port, [trade(k * 20 + i) for i in range(20)])
+        sleepy = app.consumers[1]
+        assert sleepy.subscription.dropped > 0
+        assert sample(app, "mercurystream_drops_total", consumer="sleepy") == sleepy.subscription.dropped
+        assert await app.wait_drained(10)
+        assert app.consumers[0].ids == list(range(100))
+        assert sample(app, "mercurystream_drops_total", consumer="counting") == 0
+    finally:
+        await app.stop()
+    assert len(sleepy.ids) + sleepy.subscription.dropped == 100
+
+
+async def test_stop_drains_what_was_published(tmp_path: Path) -> None:
+    app = P2App(settings_for(tmp_path), consumers=[Sleepy])
+    await app.start()
+    await send_and_wait_ack(app.port, [trade(i) for i in range(30)])
+    await app.stop()
+    assert app.consumers[0].ids == list(range(30))
+
+
+async def test_a_port_in_use_fails_start_and_stop_cleans_up(tmp_path: Path) -> None:
+    first = P2App(settings_for(tmp_path), consumers=[Counting])
+    await first.start()
+    try:
+        second = P2App(settings_for(tmp_path, PORT=first.port), consumers=[Counting])
+        with pytest.raises(OSError):
+            await second.start()
+        await second.stop()
+        with pytest.raises(OSError):
+            await asyncio.to_thread(scrape, second.metrics_port)
+    finally:
+        await first.stop()
+
+
+def fake_consumer(name: str) -> type[Consumer]:
+    class Fake(Counting):
+        pass
+
+    Fake.name = name
+    Fake.__name__ = name
+    return Fake
+
+
+@pytest.fixture
+def fake_consumers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cls in ("VwapConsumer", "VolatilityConsumer", "VolumeConsumer", "HealthConsumer", "SlowConsumer"):
+        monkeypatch.setattr(consumer_module, cls, fake_consumer(cls), raising=False)
+    forensics = types.ModuleType("mercurystream.p2.forensics")
+    forensics.ForensicsConsumer = fake_consumer("ForensicsConsumer")
+    monkeypatch.setitem(sys.modules, "mercurystream.p2.forensics", forensics)
+
+
+@pytest.mark.parametrize(
+    ("flags", "extra"),
+    [
+        ({"FORENSICS": False}, []),
+        ({}, ["ForensicsConsumer"]),
+        ({"ENABLE_SLOW": True, "RECORD": True}, ["SlowConsumer", "ForensicsConsumer", "RecorderConsumer"]),
+    ],
+)
+def test_default_wiring_follows_the_flags(fake_consumers: None, flags: dict, extra: list[str]) -> None:
+    names = [f.__name__ for f in default_consumers(P2Settings(**flags))]
+    assert names == ["VwapConsumer", "VolatilityConsumer", "VolumeConsumer", "HealthConsumer", *extra]
+
+
+async def test_default_wiring_builds_the_app(fake_consumers: None, tmp_path: Path) -> None:
+    app = P2App(settings_for(tmp_path, RECORD=True))
+    assert [c.name for c in app.consumers][-2:] == ["ForensicsConsumer", "recorder"]
+    assert {s.name for s in app.bus.subscriptions} == {c.name for c in app.consumers}
+
+
+# ---------------------------------------------------------------- the real process
+
+
+def p2_env(**kw: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORT", "METRICS_PORT", "HOST"))}
+    env.update({"HOST": "127.0.0.1", "PORT": "0", "METRICS_PORT": "0", "LOG_LEVEL": "INFO", **kw})
+    return env
+
+
+def test_bad_port_exits_2_with_one_line() -> None:
+    proc = subprocess.run([str(BIN / "mercury-p2")], env=p2_env(PORT="abc"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "PORT" in lines[0] and "Traceback" not in proc.stderr
+
+
+STUB_MAIN = "import mercurystream.p2.p2 as m; m.default_consumers = lambda settings: []; m.main()"
+
+
+async def run_until_signal(
+    argv: list[str], env: dict[str, str], sig: signal.Signals = signal.SIGTERM
+) -> tuple[int, str, list[dict]]:
+    """Start P2, send it a few events, signal it; exit code, stderr, the acks it sent."""
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
+    err: list[str] = []
+    try:
+        port = None
+        while port is None:
+            raw = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert raw, "P2 exited before listening: " + "".join(err)
+            err.append(raw.decode())
+            m = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", err[-1])
+            port = int(m.group(1)) if m else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frames([trade(i) for i in range(5)]))
+        await writer.drain()
+        decoder = FrameDecoder()
+        acks: list[dict] = []
+        while not acks or acks[-1]["ack"] < 5:
+            acks.extend(decode_object(p)[0] for p in decoder.feed(await asyncio.wait_for(reader.read(4096), 30)))
+        proc.send_signal(sig)
+        while data := await asyncio.wait_for(reader.read(4096), 30):
+            acks.extend(decode_object(p)[0] for p in decoder.feed(data))
+        writer.close()
+        rest = await asyncio.wait_for(proc.stderr.read(), 60)
+        err.append(rest.decode())
+        code = await asyncio.wait_for(proc.wait(), 60)
+        return code, "".join(err), acks
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_gracefully_with_exit_0(sig: signal.Signals) -> None:
+    code, err, acks = await run_until_signal([sys.executable, "-c", STUB_MAIN], p2_env(), sig)
+    assert code == 0, err
+    assert acks[-1] == {"ack": 5, "final": True}
+    assert "P2 stopped after 5 events" in err
+    assert "Traceback" not in err
+
+
+def _consumers_available() -> bool:
+    try:
+        default_consumers(P2Settings(FORENSICS=True))
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _consumers_available(), reason="the analytics/forensics consumers are not in the tree yet")
+async def test_mercury_p2_with_every_consumer_stops_on_sigterm(tmp_path: Path) -> None:
+    env = p2_env(
+        RECORD="true",
+        RECORD_FILE=str(tmp_path / "rec.jsonl"),
+        INCIDENTS_DIR=str(tmp_path / "incidents"),
+        DRIFT_SAMPLE_FILE=str(tmp_path / "drift.jsonl"),
+        ENABLE_SLOW="true",
+        SLOW_DELAY_MS="1",
+    )
+    code, err, acks = await run_until_signal([str(BIN / "mercury-p2")], env)
+    assert code == 0, err
+    assert acks[-1] == {"ack": 5, "final": True}
+    assert "Traceback" not in err
+    assert len((tmp_path / "rec.jsonl").read_bytes().splitlines()) == 5
+
+
+def test_module_exposes_main() -> None:
+    assert callable(p2_module.main)

@@ -1,0 +1,162 @@
+"""The recorder: exact JSONL off the loop, bounded handoff, counted errors, flushed on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.recorder import JsonlWriter, RecorderConsumer
+
+
+def batch(start: int, n: int) -> Batch:
+    lines = [b'{"i":%d,"recv_ts_ms":1,"recv_ts_us":1000}' % i for i in range(start, start + n)]
+    return Batch([{"i": i} for i in range(start, start + n)], lines, 1000)
+
+
+def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def eventually(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def make(tmp_path: Path, **kw: object) -> tuple[RecorderConsumer, Bus, P2Metrics, Path]:
+    path = tmp_path / "deep" / "dir" / "rec.jsonl"
+    settings = P2Settings(RECORD=True, RECORD_FILE=path, **kw)
+    bus = Bus()
+    metrics = P2Metrics()
+    return RecorderConsumer(bus, settings, metrics), bus, metrics, path
+
+
+async def test_every_line_is_written_in_order_and_flushed_on_stop(tmp_path: Path) -> None:
+    rec, bus, metrics, path = make(tmp_path)
+    await rec.start()
+    for i in range(50):
+        bus.publish(batch(i * 7, 7))
+        if i % 10 == 0:
+            await asyncio.sleep(0)
+    await rec.stop()
+    expected = b"".join(b'{"i":%d,"recv_ts_ms":1,"recv_ts_us":1000}\n' % i for i in range(350))
+    assert path.read_bytes() == expected
+    assert rec.writer.written == 350
+    assert sample(metrics, "mercurystream_recorded_events_total") == 350
+    assert rec.status() == f"RECORDER   | file={path} written=350 errors=0 drops=0"
+
+
+async def test_lines_reach_the_file_while_running(tmp_path: Path) -> None:
+    rec, bus, _, path = make(tmp_path)
+    await rec.start()
+    bus.publish(batch(0, 3))
+    await eventually(lambda: path.exists() and path.read_bytes().count(b"\n") == 3)
+    await rec.stop()
+
+
+async def test_appends_to_an_existing_recording(tmp_path: Path) -> None:
+    rec, bus, _, path = make(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"old":1}\n')
+    await rec.start()
+    bus.publish(batch(0, 1))
+    await rec.stop()
+    assert path.read_bytes().splitlines()[0] == b'{"old":1}'
+    assert len(path.read_bytes().splitlines()) == 2
+
+
+async def test_a_write_error_is_counted_and_recording_resumes(tmp_path: Path) -> None:
+    rec, bus, metrics, path = make(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.mkdir()  # opening a directory as the file fails
+    await rec.start()
+    bus.publish(batch(0, 4))
+    await eventually(lambda: rec.writer.errors == 4)
+    assert sample(metrics, "mercurystream_recorder_errors_total") == 4
+    path.rmdir()
+    bus.publish(batch(4, 2))
+    await eventually(lambda: rec.writer.written == 2)
+    await rec.stop()
+    assert path.read_bytes().splitlines() == batch(4, 2).lines
+    assert "errors=4" in rec.status()
+
+
+async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_path: Path) -> None:
+    """With the writer stuck, the handoff stops at its bound and the bus drops on this subscription only."""
+    path = tmp_path / "rec.jsonl"
+    settings = P2Settings(RECORD=True, RECORD_FILE=path, BUS_QUEUE_EVENTS=100)
+    bus = Bus()
+    other = bus.subscribe("other", 1_000_000)
+    rec = RecorderConsumer(bus, settings, P2Metrics(), max_pending_batches=2)
+    gate = threading.Event()
+    real_write = rec.writer._write
+
+    def stuck_write(batches: list[list[bytes]], n: int) -> None:
+        gate.wait(30)
+        real_write(batches, n)
+
+    rec.writer._write = stuck_write
+    await rec.start()
+    t0 = time.perf_counter()
+    for i in range(100):
+        bus.publish(batch(i * 10, 10))
+        await asyncio.sleep(0)
+    assert time.perf_counter() - t0 < 5
+    await eventually(lambda: rec.subscription.depth == 100)
+    assert rec.subscription.dropped > 0
+    assert other.dropped == 0 and other.depth == 1000
+    gate.set()
+    await rec.stop()
+    written = rec.writer.written
+    assert written + rec.subscription.dropped == 1000
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == written
+    assert lines[-1] == b'{"i":999,"recv_ts_ms":1,"recv_ts_us":1000}'
+
+
+def test_writer_joins_batches_and_closes_without_a_loop(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    writer = JsonlWriter(path)
+    writer.start()
+    writer.submit([b"a", b"b"])
+    writer.submit([])
+    writer.submit([b"c"])
+    assert writer.close(timeout_s=10)
+    assert path.read_bytes() == b"a\nb\nc\n"
+    assert (writer.submitted, writer.done, writer.pending) == (3, 3, 0)
+    assert writer.written == 3
+
+
+def test_an_unexpected_error_is_counted_and_the_thread_survives(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    writer = JsonlWriter(path)
+    writer.start()
+    writer.submit([b"ok"])
+    writer.submit(["not bytes"])  # a bug upstream must cost its batch, not the writer
+    assert _wait(lambda: writer.done == 2)
+    writer.submit([b"after"])
+    assert writer.close(timeout_s=10)
+    assert writer.errors in (1, 2)  # the bad batch alone, or with the good one if they shared a write
+    assert writer.written + writer.errors == 3
+    assert path.read_bytes().endswith(b"after\n")
+
+
+def _wait(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_closing_a_writer_that_never_started_is_fine(tmp_path: Path) -> None:
+    assert JsonlWriter(tmp_path / "never.jsonl").close(1)
+    assert not (tmp_path / "never.jsonl").exists()

@@ -1,0 +1,425 @@
+"""TCP ingest: the sans-I/O receive path byte for byte, then the real server over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mercurystream.p2.bus import Bus, Subscription
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.server import ACK_HIGH_WATER, IngestDecoder, TcpSource, _Connection, ack_frame
+from mercurystream.shared.event import latency_ms
+from mercurystream.shared.framing import HEADER, FrameDecoder, decode_object, encode_frame, encode_frames
+
+RECV_US = 1_700_000_000_123_456
+SUFFIX = b',"recv_ts_ms":1700000000123,"recv_ts_us":1700000000123456}'
+
+
+class FixedClock:
+    def __init__(self, us: int = RECV_US) -> None:
+        self.us = us
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.us
+
+
+def trade(i: int, **extra: object) -> dict:
+    return {"type": "match", "product_id": "BTC-USD", "price": 100.5, "last_size": 0.25, "trade_id": i, **extra}
+
+
+# ---------------------------------------------------------------- the receive path, no sockets
+
+
+def test_one_read_is_one_batch_with_one_clock_read() -> None:
+    clock = FixedClock()
+    ingest = IngestDecoder(clock_us=clock)
+    payloads = [orjson.dumps(trade(i)) for i in range(3)]
+    got = ingest.feed(encode_frames(payloads))
+    assert clock.calls == 1
+    assert got.errors == [] and got.oversize is None
+    batch = got.batch
+    assert len(batch) == 3
+    assert batch.recv_ts_us == RECV_US
+    assert batch.lines == [p[:-1] + SUFFIX for p in payloads]
+    for i, event in enumerate(batch.events):
+        assert event == {**trade(i), "recv_ts_ms": RECV_US // 1000, "recv_ts_us": RECV_US}
+    assert ingest.frames == 3
+
+
+def test_a_read_without_a_whole_frame_reads_no_clock() -> None:
+    clock = FixedClock()
+    ingest = IngestDecoder(clock_us=clock)
+    frame = encode_frame(b'{"a":1}')
+    got = ingest.feed(frame[:5])
+    assert got.batch is None and clock.calls == 0
+    assert ingest.feed(frame[5:]).batch.lines == [b'{"a":1' + SUFFIX]
+
+
+@pytest.mark.parametrize(
+    ("payload", "line"),
+    [
+        (b'{"a":1}', b'{"a":1' + SUFFIX),
+        (b'{"a":1}  \n\t\r', b'{"a":1' + SUFFIX),
+        (b'{"a":1 }\n', b'{"a":1 ' + SUFFIX),
+        (b' \n{"a":{"b":{}}}', b' \n{"a":{"b":{}}' + SUFFIX),
+        (b"{}", b"{" + SUFFIX[1:]),
+        (b" { } \n", b"{" + SUFFIX[1:]),
+    ],
+)
+def test_recorded_line_splices_the_stamps_before_the_closing_brace(payload: bytes, line: bytes) -> None:
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
+    assert got.batch.lines == [line]
+    assert orjson.loads(line) == got.batch.events[0]
+
+
+def test_existing_recv_stamps_are_kept_with_the_payload_unchanged() -> None:
+    payload = orjson.dumps(trade(1, ingest_ts_us=5_000, recv_ts_ms=9, recv_ts_us=9_500))
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
+    assert got.batch.lines == [payload]
+    assert got.batch.events == [orjson.loads(payload)]
+    assert got.latencies == [4.5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    obj=st.dictionaries(
+        st.text(max_size=6).filter(lambda k: not k.startswith("recv_ts")),
+        st.integers(-(2**53), 2**53) | st.text(max_size=6) | st.booleans() | st.none(),
+        max_size=6,
+    ),
+    pad=st.sampled_from([b"", b" ", b"\n", b" \r\n\t"]),
+    ingest=st.sampled_from(["none", "ms", "us", "both", "bad"]),
+)
+def test_every_line_parses_to_its_event_and_latency_matches_the_definition(obj: dict, pad: bytes, ingest: str) -> None:
+    if ingest in ("ms", "both"):
+        obj["ingest_ts_ms"] = RECV_US // 1000 - 3
+    if ingest in ("us", "both"):
+        obj["ingest_ts_us"] = RECV_US - 2_345
+    if ingest == "bad":
+        obj["ingest_ts_us"] = "soon"
+    payload = orjson.dumps(obj) + pad
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
+    (event,) = got.batch.events
+    assert orjson.loads(got.batch.lines[0]) == event
+    expected = latency_ms(event)
+    assert got.latencies == ([] if expected is None else [expected])
+
+
+def test_frame_errors_are_classified_and_counted_in_frames() -> None:
+    ingest = IngestDecoder(clock_us=FixedClock())
+    stream = encode_frames([b"{nope", b"[1]", orjson.dumps(trade(1)), b"", b"7"])
+    got = ingest.feed(stream)
+    assert got.errors == [
+        ("invalid_json", b"{nope"),
+        ("not_object", b"[1]"),
+        ("invalid_json", b""),
+        ("not_object", b"7"),
+    ]
+    assert [e["trade_id"] for e in got.batch.events] == [1]
+    assert ingest.frames == 5
+
+
+def test_only_errors_publish_nothing() -> None:
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(b"null"))
+    assert got.batch is None
+    assert got.errors == [("not_object", b"null")]
+
+
+def test_oversize_keeps_the_frames_before_it() -> None:
+    ingest = IngestDecoder(max_frame_bytes=64, clock_us=FixedClock())
+    got = ingest.feed(encode_frame(b'{"a":1}') + HEADER.pack(65) + b"x" * 65)
+    assert got.oversize is not None and got.oversize.length == 65
+    assert got.batch.lines == [b'{"a":1' + SUFFIX]
+    assert ingest.frames == 1
+
+
+def test_ack_frames() -> None:
+    assert decode_object(FrameDecoder().feed(ack_frame(7))[0])[0] == {"ack": 7}
+    assert decode_object(FrameDecoder().feed(ack_frame(0, final=True))[0])[0] == {"ack": 0, "final": True}
+
+
+# ---------------------------------------------------------------- the protocol shell with a fake transport
+
+
+class FakeTransport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered = buffered
+        self.written: list[bytes] = []
+        self.closing = False
+        self.paused = False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else None
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def acks(self) -> list[dict]:
+        return [decode_object(p)[0] for p in FrameDecoder().feed(b"".join(self.written))]
+
+
+def make_source(**kw: object) -> tuple[TcpSource, Bus, Subscription, P2Metrics]:
+    bus = Bus()
+    sub = bus.subscribe("test", 1_000_000)
+    metrics = P2Metrics()
+    source = TcpSource("127.0.0.1", 0, bus, metrics, clock_us=FixedClock(), **kw)
+    return source, bus, sub, metrics
+
+
+async def test_no_acks_to_a_peer_that_does_not_read_them() -> None:
+    source, _, sub, _ = make_source()
+    conn = _Connection(source)
+    transport = FakeTransport(buffered=ACK_HIGH_WATER + 1)
+    conn.connection_made(transport)
+    conn.data_received(encode_frames([b'{"a":1}'] * 3))
+    assert transport.written == []
+    assert sub.depth == 3
+    transport.buffered = 0
+    conn.data_received(encode_frame(b'{"a":1}'))
+    assert transport.acks() == [{"ack": 4}]
+    conn.data_received(encode_frame(b'{"a":1}')[:3])  # no new frame: no new ack
+    assert transport.acks() == [{"ack": 4}]
+    conn.finish()
+    assert transport.paused and transport.closing
+    assert transport.acks() == [{"ack": 4}, {"ack": 4, "final": True}]
+    conn.connection_lost(None)
+    assert source.frame_errors["truncated"] == 0  # we stopped reading: the partial frame will be resent
+
+
+# ---------------------------------------------------------------- the real server over loopback
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.acks: list[dict] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_acks(self, timeout: float = 10.0) -> bool:
+        """Read until at least one more ack arrives; ``False`` at EOF."""
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return False
+            payloads = self.decoder.feed(data)
+            if payloads:
+                self.acks.extend(decode_object(p)[0] for p in payloads)
+                return True
+
+    async def wait_ack(self, n: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.acks or self.acks[-1]["ack"] < n:
+            assert time.monotonic() < deadline, f"no ack {n}, got {self.acks}"
+            assert await self.read_acks(timeout), f"EOF before ack {n}, got {self.acks}"
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def eventually(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def events_of(sub: Subscription) -> tuple[list[dict], list[bytes]]:
+    events: list[dict] = []
+    lines: list[bytes] = []
+    for b in sub.take_nowait():
+        events.extend(b.events)
+        lines.extend(b.lines)
+    return events, lines
+
+
+def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def server():
+    source, _, sub, metrics = make_source(max_frame_bytes=4096)
+    await source.start()
+    try:
+        yield source, sub, metrics
+    finally:
+        await source.stop(timeout_s=5)
+
+
+async def test_chunked_frames_arrive_stamped_in_order_and_acked(server) -> None:
+    source, sub, metrics = server
+    assert source.port > 0
+    payloads = [orjson.dumps(trade(i, ingest_ts_ms=RECV_US // 1000 - 1, ingest_ts_us=RECV_US - 700)) for i in range(20)]
+    stream = encode_frames(payloads)
+    client = await Client.connect(source.port)
+    for i in range(0, len(stream), 7):
+        await client.send(stream[i : i + 7])
+    await client.wait_ack(20)
+    events, lines = events_of(sub)
+    assert [e["trade_id"] for e in events] == list(range(20))
+    assert lines == [p[:-1] + SUFFIX for p in payloads]
+    assert all(e["recv_ts_us"] == RECV_US and e["recv_ts_ms"] == RECV_US // 1000 for e in events)
+    assert sample(metrics, "mercurystream_events_total") == 20
+    assert metrics.latency_ms.count == 20
+    assert metrics.latency_ms.sum == pytest.approx(20 * 0.7)
+    acks = [a["ack"] for a in client.acks]
+    assert acks == sorted(acks) and acks[-1] == 20
+    await client.close()
+
+
+async def test_present_recv_stamps_are_kept(server) -> None:
+    source, sub, _ = server
+    payload = orjson.dumps(trade(1, recv_ts_ms=42, recv_ts_us=42_000))
+    client = await Client.connect(source.port)
+    await client.send(encode_frame(payload))
+    await client.wait_ack(1)
+    events, lines = events_of(sub)
+    assert lines == [payload]
+    assert events[0]["recv_ts_ms"] == 42 and events[0]["recv_ts_us"] == 42_000
+    await client.close()
+
+
+async def test_bad_frames_are_counted_and_the_connection_goes_on(server) -> None:
+    source, sub, metrics = server
+    client = await Client.connect(source.port)
+    await client.send(encode_frames([b"not json", orjson.dumps(trade(1)), b"[1,2]", b'"s"']))
+    await client.wait_ack(4)
+    await client.send(encode_frame(orjson.dumps(trade(2))))
+    await client.wait_ack(5)
+    events, _ = events_of(sub)
+    assert [e["trade_id"] for e in events] == [1, 2]
+    assert sample(metrics, "mercurystream_frame_errors_total", reason="invalid_json") == 1
+    assert sample(metrics, "mercurystream_frame_errors_total", reason="not_object") == 2
+    assert sample(metrics, "mercurystream_events_total") == 2
+    assert source.connections == 1
+    await client.close()
+
+
+async def test_oversize_header_closes_only_that_connection(server) -> None:
+    source, sub, metrics = server
+    other = await Client.connect(source.port)
+    client = await Client.connect(source.port)
+    await client.send(encode_frame(orjson.dumps(trade(1))) + HEADER.pack(4097) + b"x" * 100)
+    while await client.read_acks():
+        pass
+    assert client.acks[-1] == {"ack": 1}
+    assert sample(metrics, "mercurystream_frame_errors_total", reason="oversize") == 1
+    await other.send(encode_frame(orjson.dumps(trade(2))))
+    await other.wait_ack(1)
+    events, _ = events_of(sub)
+    assert [e["trade_id"] for e in events] == [1, 2]
+    await eventually(lambda: source.connections == 1)
+    await other.close()
+    await client.close()
+
+
+async def test_several_connections_at_once(server) -> None:
+    source, sub, metrics = server
+    clients = [await Client.connect(source.port) for _ in range(4)]
+    await eventually(lambda: sample(metrics, "mercurystream_connections") == 4)
+
+    async def run(k: int, client: Client) -> None:
+        for j in range(10):
+            await client.send(encode_frames([orjson.dumps(trade(k * 1000 + j * 10 + m)) for m in range(10)]))
+        await client.wait_ack(100)
+
+    await asyncio.gather(*(run(k, c) for k, c in enumerate(clients)))
+    events, _ = events_of(sub)
+    assert len(events) == 400
+    for k in range(4):
+        mine = [e["trade_id"] for e in events if e["trade_id"] // 1000 == k]
+        assert mine == [k * 1000 + i for i in range(100)]
+    for c in clients:
+        await c.close()
+    await eventually(lambda: sample(metrics, "mercurystream_connections") == 0)
+    assert sample(metrics, "mercurystream_connections_accepted_total") == 4
+    assert source.connections == 0
+
+
+async def test_disconnect_mid_frame_counts_truncated(server) -> None:
+    source, sub, metrics = server
+    client = await Client.connect(source.port)
+    frame = encode_frame(orjson.dumps(trade(1)))
+    await client.send(frame + frame[:6])
+    await client.wait_ack(1)
+    await client.close()
+    await eventually(lambda: sample(metrics, "mercurystream_frame_errors_total", reason="truncated") == 1)
+    assert len(events_of(sub)[0]) == 1
+
+
+async def test_stop_sends_a_final_ack_for_what_was_read_and_closes() -> None:
+    source, _, sub, metrics = make_source()
+    await source.start()
+    client = await Client.connect(source.port)
+    frame = encode_frame(orjson.dumps(trade(1)))
+    await client.send(frame * 3 + frame[:10])
+    await client.wait_ack(3)
+    await source.stop(timeout_s=5)
+    while await client.read_acks():
+        pass
+    assert client.acks[-1] == {"ack": 3, "final": True}
+    assert len(events_of(sub)[0]) == 3
+    assert source.connections == 0
+    assert sample(metrics, "mercurystream_frame_errors_total", reason="truncated") == 0
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", source.port)
+    await client.close()
+
+
+async def test_stop_aborts_a_connection_that_does_not_close_in_time() -> None:
+    """A peer that never reads its final ack cannot hold P2's shutdown past the bound."""
+
+    class Stuck(FakeTransport):
+        def close(self) -> None:
+            self.closing = True  # the final ack never drains, so connection_lost never comes
+
+        def abort(self) -> None:
+            self.aborted = True
+            conn.connection_lost(None)
+
+    source, _, sub, _ = make_source()
+    await source.start()
+    conn = _Connection(source)
+    transport = Stuck()
+    conn.connection_made(transport)
+    conn.data_received(encode_frame(b'{"a":1}'))
+    t0 = time.monotonic()
+    await source.stop(timeout_s=0.2)
+    assert time.monotonic() - t0 < 5
+    assert transport.aborted
+    assert transport.acks()[-1] == {"ack": 1, "final": True}
+    assert source.connections == 0
+    assert sub.depth == 1
