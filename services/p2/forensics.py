@@ -1,0 +1,190 @@
+"""The forensics consumer: detectors → anomaly metrics → flight recorder → incident bundles.
+
+All the logic is in plain classes (:mod:`detectors`, :mod:`flight_recorder`, :mod:`incident.bundle`);
+this shell wires them per batch: one wall-clock read, one detector pass, metric increments per type
+per batch, one recorder feed. Disk writes (bundles, drift samples) happen on the writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.detectors import (
+    ANOMALY_TYPES,
+    DUPLICATE,
+    LATENCY_SPIKE,
+    OUT_OF_ORDER,
+    SCHEMA_DRIFT,
+    SEQUENCE_GAP,
+    TRIGGER_TYPES,
+    Anomaly,
+    Detectors,
+)
+from mercurystream.p2.flight_recorder import Capture, FlightRecorder, iso_utc
+from mercurystream.p2.incident.bundle import BundleWriter
+from mercurystream.p2.metrics import P2Metrics
+
+CONFIG_KEYS = (
+    "LATENCY_SPIKE_THRESHOLD_MS",
+    "LATENCY_BUFFER_SIZE",
+    "LATENCY_EVAL_EVERY",
+    "LATENCY_SPIKE_CONSECUTIVE",
+    "DUPLICATE_LRU_MAX",
+    "GAP_REORDER_WINDOW",
+    "FLIGHT_PRE_EVENTS",
+    "FLIGHT_POST_EVENTS",
+    "FLIGHT_COOLDOWN_S",
+    "INCIDENTS_DIR",
+    "DRIFT_SAMPLE_FILE",
+    "DRIFT_SAMPLES_PER_MIN",
+)
+"""The settings in force that a bundle's meta.json records."""
+
+
+class ForensicsConsumer(Consumer):
+    """Detects anomalies on every event and captures incidents around the triggering ones."""
+
+    name = "forensics"
+    label = "FORENSICS"
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: P2Settings,
+        metrics: P2Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        chart: bool = True,
+        close_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(bus, settings.BUS_QUEUE_EVENTS)
+        self.settings = settings
+        self.metrics = metrics
+        self._wall = wall_clock
+        self.close_timeout_s = close_timeout_s
+        self.detectors = Detectors.from_settings(settings)
+        self.recorder = FlightRecorder(
+            settings.FLIGHT_PRE_EVENTS,
+            settings.FLIGHT_POST_EVENTS,
+            settings.FLIGHT_COOLDOWN_S,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self.writer = BundleWriter(settings.INCIDENTS_DIR, metrics, drift_file=settings.DRIFT_SAMPLE_FILE, chart=chart)
+        self.config = {k: _plain(getattr(settings, k)) for k in CONFIG_KEYS}
+        self._anomaly_metric = {t: metrics.anomalies_total.labels(type=t) for t in ANOMALY_TYPES}
+        self._suppressed_metric = {t: metrics.incident_triggers_suppressed_total.labels(type=t) for t in TRIGGER_TYPES}
+        for t in TRIGGER_TYPES:
+            metrics.incidents_total.labels(type=t)
+        self.captures_started = 0
+        self.finalized_incomplete = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Exact anomaly counts by type since start."""
+        return self.detectors.counts
+
+    @property
+    def incidents_written(self) -> int:
+        return self.writer.written
+
+    @property
+    def last_bundle_path(self) -> Path | None:
+        return self.writer.last_path
+
+    async def start(self) -> None:
+        self.writer.start()
+        await super().start()
+
+    def handle(self, batch: Batch) -> None:
+        wall = self._wall()
+        anomalies = self.detectors.process(batch.events, wall)
+        if not anomalies:
+            completed = self.recorder.feed(batch.lines).completed
+        else:
+            completed = self._on_anomalies(batch, anomalies, wall)
+        for cap in completed:
+            self.writer.submit(cap)
+
+    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> list[Capture]:
+        per_type: dict[str, int] = {}
+        triggers: list[Anomaly] = []
+        samples: list[bytes] = []
+        for a in anomalies:
+            t = a.type
+            per_type[t] = per_type.get(t, 0) + a.count
+            if t in TRIGGER_TYPES:
+                triggers.append(a)
+            elif t == SCHEMA_DRIFT and a.detail["sampled"]:
+                samples.append(_drift_sample(a, batch.lines[a.index], wall))
+        for t, n in per_type.items():
+            self._anomaly_metric[t].inc(n)
+        if samples:
+            self.writer.append_drift(samples)
+        res = self.recorder.feed(batch.lines, triggers)
+        for cap in res.started:
+            self.captures_started += 1
+            cap.context = {
+                "counters_at_trigger": self._counters_at(anomalies, per_type, cap.anomaly.index),
+                "config": self.config,
+            }
+        for a in res.suppressed:
+            self._suppressed_metric[a.type].inc()
+        return res.completed
+
+    def _counters_at(self, anomalies: list[Anomaly], per_type: dict[str, int], index: int) -> dict[str, int]:
+        """Counters as they stood right after the trigger event (inclusive), not at the batch's end."""
+        now = self.detectors.counts
+        at = {t: now[t] - per_type.get(t, 0) for t in ANOMALY_TYPES}
+        for a in anomalies:
+            if a.index > index:
+                break
+            at[a.type] += a.count
+        return {"processed": self.processed + index + 1, **at, "incidents_written": self.writer.written}
+
+    def status_line(self) -> str:
+        c = self.detectors.counts
+        return (
+            f"processed={self.processed} | drift={c[SCHEMA_DRIFT]} | dup={c[DUPLICATE]} | ooo={c[OUT_OF_ORDER]} "
+            f"| gaps={c[SEQUENCE_GAP]} | spikes={c[LATENCY_SPIKE]} | incidents={self.writer.written}"
+        )
+
+    def finalize(self) -> Capture | None:
+        """Hand an active capture to the writer as it stands, marked incomplete."""
+        cap = self.recorder.finalize()
+        if cap is not None:
+            self.finalized_incomplete += 1
+            self.writer.submit(cap)
+        return cap
+
+    async def close(self) -> None:
+        """On stop (SIGTERM included): finalize the active capture, then wait, bounded, for the writes."""
+        self.finalize()
+        await asyncio.to_thread(self.writer.stop, self.close_timeout_s)
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+
+
+def _drift_sample(a: Anomaly, line: bytes, wall: float) -> bytes:
+    d = a.detail
+    return orjson.dumps(
+        {
+            "time": iso_utc(wall),
+            "missing": d["missing"],
+            "mismatched": d["mismatched"],
+            "unexpected": d["unexpected"],
+            "event": orjson.Fragment(line),
+        }
+    )

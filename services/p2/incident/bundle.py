@@ -1,0 +1,327 @@
+"""Incident bundles on disk, written atomically by one thread off the event loop.
+
+A bundle is ``INCIDENTS_DIR/<YYYYmmdd_HHMMSS>_<8 hex>/`` with ``events.jsonl``, ``meta.json``,
+``report.md`` and, when a renderer is installed, ``chart.png``. It is assembled in a temporary
+directory inside ``INCIDENTS_DIR`` (a dot name, which readers skip) and renamed into place, so a
+crash leaves at worst a stale temporary directory, never a half bundle under its final name.
+
+The chart runs as ``python -m mercurystream.p2.incident.chart <dir>`` in a subprocess: P2 never
+imports matplotlib, which would cost tens of MB of resident memory for one picture per incident.
+The same thread appends drift samples, so P2 has one writer thread for all forensic output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from loguru import logger
+
+from mercurystream.p2.detectors import LATENCY_SPIKE, describe
+from mercurystream.p2.flight_recorder import Capture, iso_utc
+from mercurystream.p2.incident.report import CHART_FILE, EVENTS_FILE, META_FILE, REPORT_FILE, render_report
+from mercurystream.shared.event import latency_ms
+from mercurystream.shared.logger import LogSampler
+
+CHART_MODULE = "mercurystream.p2.incident.chart"
+TMP_PREFIX = ".tmp_"
+
+ChartCommand = Callable[[Path], list[str]]
+
+
+def chart_command(bundle_dir: Path) -> list[str]:
+    """The subprocess that renders ``chart.png`` into ``bundle_dir``."""
+    return [sys.executable, "-m", CHART_MODULE, str(bundle_dir)]
+
+
+def chart_available() -> bool:
+    """Whether the chart module is installed, without importing it (or matplotlib)."""
+    try:
+        return importlib.util.find_spec(CHART_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def affected_symbols(capture: Capture) -> list[str]:
+    """The trigger's product and those of triggers suppressed into the capture; for a latency spike
+    (which has no product), the products of the captured events above the threshold, else all."""
+    symbols = {capture.anomaly.product_id, *(s.get("product_id") for s in capture.suppressed)}
+    symbols.discard(None)
+    if capture.type == LATENCY_SPIKE:
+        thr = capture.anomaly.detail.get("threshold_ms", 0.0)
+        every: set[str] = set()
+        for line in capture.lines():
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict) or not isinstance(event.get("product_id"), str):
+                continue
+            every.add(event["product_id"])
+            lat = latency_ms(event)
+            if lat is not None and lat > thr:
+                symbols.add(event["product_id"])
+        if not symbols:
+            symbols = every
+    return sorted(str(s) for s in symbols)
+
+
+def build_meta(capture: Capture) -> dict[str, Any]:
+    """``meta.json``: everything needed to understand and reproduce the incident without P2."""
+    a = capture.anomaly
+    a.resolve()
+    ctx = capture.context
+    return {
+        "incident_id": capture.id,
+        "type": a.type,
+        "reason": describe(a),
+        "detail": a.detail,
+        "product_id": a.product_id,
+        "triggered_at": iso_utc(capture.triggered_at),
+        "affected_symbols": affected_symbols(capture),
+        "total_events": capture.pre_count + capture.post_count,
+        "pre_events": capture.pre_count,
+        "post_events": capture.post_count,
+        "post_target": capture.post_target,
+        "trigger_line": capture.trigger_line,
+        "complete": capture.complete,
+        "counters_at_trigger": ctx.get("counters_at_trigger", {}),
+        "config": ctx.get("config", {}),
+        "suppressed_triggers": capture.suppressed,
+    }
+
+
+def write_bundle(
+    incidents_dir: Path,
+    capture: Capture,
+    *,
+    chart: ChartCommand | None = None,
+    chart_timeout_s: float = 20.0,
+) -> Path:
+    """Write one bundle atomically and return its final path; raises ``OSError`` (nothing left behind)."""
+    incidents_dir.mkdir(parents=True, exist_ok=True)
+    final = incidents_dir / capture.id
+    if final.exists():
+        raise FileExistsError(f"{final} already exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{capture.id}_", dir=incidents_dir))
+    try:
+        os.chmod(tmp, 0o755)
+        (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
+        (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
+        replay_path = str(final / EVENTS_FILE)
+        (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path), encoding="utf-8")
+        if chart is not None:
+            if _run_chart(chart(tmp), chart_timeout_s):
+                if (tmp / CHART_FILE).is_file():
+                    (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path), encoding="utf-8")
+            else:
+                (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _jsonl(lines: list[bytes]) -> bytes:
+    """The lines as JSONL. A raw CR or LF inside a JSON text can only be insignificant whitespace,
+    so it becomes a space: the file keeps one event per line and line numbers stay exact."""
+    if not lines:
+        return b""
+    body = b"\n".join(lines)
+    if body.count(b"\n") != len(lines) - 1 or b"\r" in body:
+        body = b"\n".join(line.replace(b"\r", b" ").replace(b"\n", b" ") for line in lines)
+    return body + b"\n"
+
+
+def _run_chart(cmd: list[str], timeout_s: float) -> bool:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        logger.warning(f"incident chart: no result within {timeout_s:g} s; bundle written without it")
+        return False
+    except OSError as exc:
+        logger.warning(f"incident chart: cannot run the renderer ({exc}); bundle written without it")
+        return False
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        logger.warning(f"incident chart: renderer exited {proc.returncode}: {tail[0][:300]}")
+        return False
+    return True
+
+
+class BundleWriter:
+    """One daemon thread that writes bundles and appends drift samples, fed from the event loop.
+
+    ``submit`` and ``append_drift`` never block. Failures are logged and counted
+    (``incident_write_errors_total``) and the pipeline goes on. At most ``max_pending`` bundles
+    wait at once; one more is counted as a write error rather than held in memory.
+    """
+
+    def __init__(
+        self,
+        incidents_dir: Path,
+        metrics: Any = None,
+        *,
+        drift_file: Path | None = None,
+        chart: bool | ChartCommand = True,
+        chart_timeout_s: float = 20.0,
+        max_pending: int = 16,
+    ) -> None:
+        self.incidents_dir = Path(incidents_dir)
+        self.drift_file = Path(drift_file) if drift_file is not None else None
+        self._metrics = metrics
+        self._chart_opt = chart
+        self._chart: ChartCommand | None = None
+        self.chart_timeout_s = chart_timeout_s
+        self.max_pending = max_pending
+        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self._pending = 0
+        self._pending_bundles = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._drift_fh: Any = None
+        self._log = LogSampler()
+        self.written = 0
+        self.written_by_type: dict[str, int] = {}
+        self.errors = 0
+        self.last_path: Path | None = None
+        self.drift_written = 0
+        self.drift_errors = 0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping = False
+        if self._chart_opt is True:
+            self._chart = chart_command if chart_available() else None
+            if self._chart is None:
+                logger.info(f"incident chart: {CHART_MODULE} not installed; bundles are written without chart.png")
+        elif callable(self._chart_opt):
+            self._chart = self._chart_opt
+        self._thread = threading.Thread(target=self._run, name="incident-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, capture: Capture) -> bool:
+        """Queue a completed (or finalized) capture; ``False`` if it was refused and counted."""
+        if self._pending_bundles >= self.max_pending:
+            self._failed(capture, "too many bundles waiting to be written")
+            return False
+        self.start()
+        with self._cv:
+            self._pending += 1
+            self._pending_bundles += 1
+        self._queue.put(("bundle", capture))
+        return True
+
+    def append_drift(self, lines: list[bytes]) -> None:
+        """Queue drift sample lines (without newlines) for the sample file."""
+        if not lines or self.drift_file is None:
+            return
+        self.start()
+        with self._cv:
+            self._pending += 1
+        self._queue.put(("drift", lines))
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until everything queued so far is written; ``False`` on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Write what is queued (up to ``timeout``), then end the thread; ``False`` if it had to be left."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._stopping = True  # bundles still queued are written without a chart: shutdown is bounded
+        self._queue.put(None)
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning(f"incident writer: {self._pending} writes still pending after {timeout:g} s")
+            return False
+        self._thread = None
+        return True
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            kind, payload = job
+            try:
+                if kind == "bundle":
+                    self._write(payload)
+                else:
+                    self._append(payload)
+            except Exception:
+                logger.exception(f"incident writer: unexpected failure on a {kind} job")
+            finally:
+                with self._cv:
+                    self._pending -= 1
+                    if kind == "bundle":
+                        self._pending_bundles -= 1
+                    self._cv.notify_all()
+        if self._drift_fh is not None:
+            with contextlib.suppress(OSError):
+                self._drift_fh.close()
+            self._drift_fh = None
+
+    def _write(self, capture: Capture) -> None:
+        try:
+            chart = None if self._stopping else self._chart
+            path = write_bundle(self.incidents_dir, capture, chart=chart, chart_timeout_s=self.chart_timeout_s)
+        except Exception as exc:
+            self._failed(capture, str(exc))
+            return
+        self.written += 1
+        self.written_by_type[capture.type] = self.written_by_type.get(capture.type, 0) + 1
+        self.last_path = path
+        if self._metrics is not None:
+            self._metrics.incidents_total.labels(type=capture.type).inc()
+        state = "complete" if capture.complete else "incomplete"
+        logger.info(
+            f"incident {capture.id} ({capture.type}, {state}): {capture.pre_count} pre + "
+            f"{capture.post_count} post events -> {path}"
+        )
+
+    def _failed(self, capture: Capture, why: str) -> None:
+        with self._cv:
+            self.errors += 1
+        if self._metrics is not None:
+            self._metrics.incident_write_errors_total.inc()
+        logger.error(f"incident {capture.id} ({capture.type}) not written: {why}")
+
+    def _append(self, lines: list[bytes]) -> None:
+        try:
+            if self._drift_fh is None:
+                self.drift_file.parent.mkdir(parents=True, exist_ok=True)
+                self._drift_fh = open(self.drift_file, "ab")  # noqa: SIM115 - held open across jobs
+            self._drift_fh.write(b"\n".join(lines) + b"\n")
+            self._drift_fh.flush()
+        except OSError as exc:
+            self.drift_errors += len(lines)
+            self._log.warning("drift_sample_write", f"drift samples not written to {self.drift_file}: {exc}")
+            if self._drift_fh is not None:
+                with contextlib.suppress(OSError):
+                    self._drift_fh.close()
+                self._drift_fh = None
+            return
+        self.drift_written += len(lines)
+        if self._metrics is not None:
+            self._metrics.drift_samples_total.inc(len(lines))

@@ -1,0 +1,398 @@
+"""The incident report: ``report.md`` rendered from a bundle's ``meta.json`` and ``events.jsonl`` alone.
+
+The bundle writer renders it with every bundle; ``mercury-report data/incidents/`` regenerates all
+of them (after a template change, or for bundles copied from elsewhere). Everything taken from the
+events is escaped, so a hostile product id or a backtick in a field cannot break the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, SEQUENCE_GAP, nearest_rank
+from mercurystream.shared.event import latency_ms
+
+REPORT_FILE = "report.md"
+META_FILE = "meta.json"
+EVENTS_FILE = "events.jsonl"
+CHART_FILE = "chart.png"
+MAX_SHOWN_CHARS = 2000
+"""Longer event lines are cut in the evidence (the bundle keeps them whole)."""
+
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|<>~&\n\r\t]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+"""What can change Markdown's meaning inside a line. An underscore between two alphanumerics cannot
+open or close emphasis, so ``sequence_gap`` stays readable in the raw file."""
+_MD_REPLACE = {"&": "&amp;", "\n": " ", "\r": " ", "\t": " "}
+_BACKTICKS = re.compile(r"`+")
+
+
+class ReportError(Exception):
+    """A bundle that cannot be reported on (no or unreadable meta.json); ``str()`` is one line."""
+
+
+def md(value: object) -> str:
+    """Text safe inside a Markdown paragraph or table cell: meaningful punctuation escaped, one line."""
+    return _MD_SPECIAL.sub(_escape, str(value))
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _MD_REPLACE.get(c) or "\\" + c
+
+
+def code_block(lines: list[str], lang: str = "") -> str:
+    """A fenced block whose fence is longer than any backtick run inside, so nothing can close it."""
+    longest = max((len(m) for s in lines for m in _BACKTICKS.findall(s)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([fence + lang, *lines, fence])
+
+
+def _shown(raw: str) -> str:
+    if len(raw) <= MAX_SHOWN_CHARS:
+        return raw
+    return f"{raw[:MAX_SHOWN_CHARS]}... ({len(raw) - MAX_SHOWN_CHARS} more characters)"
+
+
+def _num(v: object) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _fmt_num(v: object) -> str:
+    return f"{v:,}" if _num(v) else md(v)
+
+
+def _fmt_ms(v: object) -> str:
+    return f"{v:.3f}" if _num(v) else "n/a"
+
+
+def _fmt_time(iso: object) -> str:
+    if isinstance(iso, str):
+        try:
+            return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except ValueError:
+            pass
+    return md(iso)
+
+
+class _Event:
+    __slots__ = ("line", "obj", "raw")
+
+    def __init__(self, line: int, raw: str, obj: dict[str, Any] | None) -> None:
+        self.line = line
+        self.raw = raw
+        self.obj = obj
+
+    def get(self, key: str) -> Any:
+        return self.obj.get(key) if self.obj is not None else None
+
+
+def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
+    try:
+        meta = orjson.loads((bundle / META_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ReportError(f"{bundle}: no {META_FILE}") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ReportError(f"{bundle}: unreadable {META_FILE}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ReportError(f"{bundle}: {META_FILE} is not a JSON object")
+    events: list[_Event] = []
+    try:
+        data = (bundle / EVENTS_FILE).read_bytes()
+    except OSError:
+        return meta, events, False
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        events.append(_Event(n, line.decode("utf-8", "replace"), obj if isinstance(obj, dict) else None))
+    return meta, events, True
+
+
+def render_report(bundle_dir: str | os.PathLike[str], replay_path: str | None = None) -> str:
+    """``report.md`` for one bundle. ``replay_path`` is the events file named in the Reproduce command
+    (the bundle writer passes the final path while it still writes into a temporary directory)."""
+    bundle = Path(bundle_dir)
+    meta, events, have_events = _load(bundle)
+    incident_id = meta.get("incident_id", bundle.name)
+    itype = str(meta.get("type", "unknown"))
+    pre = meta.get("pre_events", 0)
+    post = meta.get("post_events", 0)
+    total = len(events)
+    symbols = meta.get("affected_symbols") or []
+    suppressed = meta.get("suppressed_triggers") or []
+    complete = meta.get("complete", True)
+    trigger_line = meta.get("trigger_line")
+
+    out: list[str] = [
+        f"# Incident Report: {md(incident_id)}",
+        "",
+        "## Summary",
+        "",
+        "| Field | Value |",
+        "|-------|-------|",
+    ]
+    out.append(f"| **Type** | {md(itype)} |")
+    out.append(f"| **Triggered** | {_fmt_time(meta.get('triggered_at'))} |")
+    out.append(f"| **Affected Symbols** | {md(', '.join(str(s) for s in symbols)) or 'n/a'} |")
+    out.append(f"| **Total Events** | {total:,} ({_fmt_num(pre)} pre + {_fmt_num(post)} post) |")
+    out.append(f"| **Trigger Event** | line {_fmt_num(trigger_line)} of {EVENTS_FILE} |")
+    if complete:
+        out.append("| **Capture** | complete |")
+    else:
+        out.append(
+            f"| **Capture** | incomplete: finalized at shutdown with {_fmt_num(post)} of "
+            f"{_fmt_num(meta.get('post_target', '?'))} post events |"
+        )
+    out.append(f"| **Suppressed Triggers** | {len(suppressed)} |")
+    out += ["", f"**Reason:** {md(meta.get('reason', ''))}", ""]
+    if not have_events:
+        out += [f"> {EVENTS_FILE} is missing from this bundle.", ""]
+    elif total != (pre if _num(pre) else 0) + (post if _num(post) else 0):
+        out += [f"> {EVENTS_FILE} has {total:,} lines but meta.json counts {md(pre)} + {md(post)}.", ""]
+
+    out += ["## Evidence", ""]
+    detail = meta.get("detail") if isinstance(meta.get("detail"), dict) else {}
+    if itype == DUPLICATE:
+        out += _duplicate_evidence(meta, detail, events)
+    elif itype == SEQUENCE_GAP:
+        out += _gap_evidence(meta, detail, events)
+    elif itype == LATENCY_SPIKE:
+        out += _latency_evidence(detail, events, trigger_line)
+    else:
+        out += [code_block([orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode()], "json"), ""]
+
+    out += _symbols_section(events)
+    if suppressed:
+        out += ["## Suppressed Triggers", "", "| Line | Type | Symbol | At |", "|------|------|--------|----|"]
+        for s in suppressed[:50]:
+            if isinstance(s, dict):
+                out.append(
+                    f"| {_fmt_num(s.get('line'))} | {md(s.get('type'))} | {md(s.get('product_id') or '')} "
+                    f"| {md(s.get('at'))} |"
+                )
+        if len(suppressed) > 50:
+            out.append(f"| ... | {len(suppressed) - 50} more | | |")
+        out.append("")
+    out += _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
+    out += _kv_section("Configuration", "Setting", meta.get("config"))
+    if (bundle / CHART_FILE).is_file():
+        out += ["## Chart", "", f"![Latency and price around the trigger]({CHART_FILE})", ""]
+    path = replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
+    out += [
+        "## Reproduce",
+        "",
+        "Replay the captured events with their original timestamps into a fresh P2:",
+        "",
+        code_block([f"python replay.py --file {shlex.quote(path)} --keep-timestamps --rate 0"], "bash"),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _event_row(e: _Event) -> str:
+    return (
+        f"| {e.line:,} | {md(e.get('product_id'))} | {_fmt_num(e.get('trade_id'))} | {md(e.get('time'))} "
+        f"| {_fmt_num(e.get('price'))} | {_fmt_num(e.get('last_size'))} |"
+    )
+
+
+_EVENT_HEADER = [
+    "| Line | Symbol | Trade ID | Time | Price | Size |",
+    "|------|--------|----------|------|-------|------|",
+]
+
+
+def _duplicate_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event]) -> list[str]:
+    pid = meta.get("product_id")
+    tid = detail.get("trade_id")
+    hits = [e for e in events if e.get("product_id") == pid and e.get("trade_id") == tid and type(tid) is int]
+    out = [f"### Duplicate trade_id {_fmt_num(tid)} of {md(pid)}", ""]
+    if len(hits) < 2:
+        out += [
+            "The first occurrence is older than the bundle's pre-event window; the duplicate is shown.",
+            "",
+        ]
+    else:
+        out += [f"The trade id occurs {len(hits)} times in this bundle:", ""]
+    shown = hits[:10]
+    if shown:
+        out += [*_EVENT_HEADER, *(_event_row(e) for e in shown), ""]
+        out += [code_block([_shown(e.raw) for e in shown], "json"), ""]
+    return out
+
+
+def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event]) -> list[str]:
+    pid = meta.get("product_id")
+    ranges = [r for r in detail.get("ranges", []) if isinstance(r, list) and len(r) == 2 and all(_num(x) for x in r)]
+    missing = sum(hi - lo + 1 for lo, hi in ranges)
+    out = [f"### Missing trade ids of {md(pid)}", "", f"{missing:,} trade id(s) never arrived within the window:", ""]
+    out += ["| Missing Range | Count |", "|---------------|-------|"]
+    for lo, hi in ranges[:20]:
+        out.append(f"| {lo:,} .. {hi:,} | {hi - lo + 1:,} |")
+    if len(ranges) > 20:
+        out.append(f"| ... {len(ranges) - 20} more ranges | |")
+    out.append("")
+    matches = [
+        e for e in events if e.get("product_id") == pid and e.get("type") == "match" and type(e.get("trade_id")) is int
+    ]
+    for lo, hi in ranges[:5]:
+        around = [e for e in matches if lo - 3 <= e.get("trade_id") <= lo - 1 or hi + 1 <= e.get("trade_id") <= hi + 3]
+        late = [e for e in matches if lo <= e.get("trade_id") <= hi]
+        out += [f"#### Trade ids around {lo:,} .. {hi:,}", ""]
+        if around:
+            out += [*_EVENT_HEADER, *(_event_row(e) for e in around[:20]), ""]
+        else:
+            out += ["No neighbouring trade ids are in this bundle.", ""]
+        if late:
+            out += [
+                f"{len(late)} of the missing ids arrived after the window (first at line {late[0].line:,}).",
+                "",
+            ]
+    return out
+
+
+def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line: object) -> list[str]:
+    thr = detail.get("threshold_ms")
+    run = detail.get("run_p99_ms") or []
+    out = ["### Rolling p99 of P1 -> P2 latency", ""]
+    out += ["| Evaluation | p99 (ms) |", "|------------|----------|"]
+    out.append(f"| before the run | {_fmt_ms(detail.get('p99_before_ms'))} |")
+    for k, v in enumerate(run, 1):
+        label = "at the trigger" if k == len(run) else f"run {k}"
+        out.append(f"| {label} | {_fmt_ms(v)} |")
+    out += ["", f"Threshold: {_fmt_ms(thr)} ms over a window of {_fmt_num(detail.get('window'))} samples.", ""]
+    last = trigger_line if type(trigger_line) is int else len(events)
+    sampled: list[tuple[float, _Event]] = []
+    for e in events[:last]:
+        if e.obj is not None:
+            lat = latency_ms(e.obj)
+            if lat is not None:
+                sampled.append((lat, e))
+    if sampled:
+        values = [v for v, _ in sampled]
+        n = len(values)
+        p99 = sorted(values)[nearest_rank(n) - 1]
+        out += [f"p99 over the {n:,} pre events up to the trigger: {p99:.3f} ms.", ""]
+        worst = sorted(sampled, key=lambda x: -x[0])[:10]
+        out += ["#### Worst samples up to the trigger", ""]
+        out += ["| Line | Symbol | Trade ID | Latency (ms) |", "|------|--------|----------|--------------|"]
+        out += [
+            f"| {e.line:,} | {md(e.get('product_id'))} | {_fmt_num(e.get('trade_id'))} | {v:.3f} |" for v, e in worst
+        ]
+        out.append("")
+    return out
+
+
+def _symbols_section(events: list[_Event]) -> list[str]:
+    stats: dict[str, list[Any]] = {}
+    for e in events:
+        pid = e.get("product_id")
+        if not isinstance(pid, str):
+            continue
+        s = stats.get(pid)
+        if s is None:
+            s = stats[pid] = [0, 0, 0, None, None, None, None]
+        s[0] += 1
+        t = e.get("type")
+        if t == "match":
+            s[1] += 1
+        elif t == "ticker":
+            s[2] += 1
+        price = e.get("price")
+        if _num(price):
+            s[3] = price if s[3] is None else min(s[3], price)
+            s[4] = price if s[4] is None else max(s[4], price)
+        tid = e.get("trade_id")
+        if type(tid) is int:
+            s[5] = tid if s[5] is None else min(s[5], tid)
+            s[6] = tid if s[6] is None else max(s[6], tid)
+    out = ["## Events by Symbol", ""]
+    if not stats:
+        return [*out, "No events with a product id.", ""]
+    out += [
+        "| Symbol | Events | Match | Ticker | Price Min | Price Max | Trade IDs |",
+        "|--------|--------|-------|--------|-----------|-----------|-----------|",
+    ]
+    for pid in sorted(stats):
+        n, m, t, pmin, pmax, tmin, tmax = stats[pid]
+        ids = f"{tmin:,} .. {tmax:,}" if tmin is not None else "n/a"
+        pmin_s = f"{pmin:,}" if pmin is not None else "n/a"
+        pmax_s = f"{pmax:,}" if pmax is not None else "n/a"
+        out.append(f"| {md(pid)} | {n:,} | {m:,} | {t:,} | {pmin_s} | {pmax_s} | {ids} |")
+    out.append("")
+    return out
+
+
+def _kv_section(title: str, key_name: str, data: object) -> list[str]:
+    if not isinstance(data, dict) or not data:
+        return []
+    out = [f"## {title}", "", f"| {key_name} | Value |", "|---|---|"]
+    out += [f"| {md(k)} | {md(v)} |" for k, v in data.items()]
+    out.append("")
+    return out
+
+
+def write_report(bundle_dir: str | os.PathLike[str], replay_path: str | None = None) -> Path:
+    """Render and replace ``report.md`` atomically (a reader never sees half a report)."""
+    bundle = Path(bundle_dir)
+    text = render_report(bundle, replay_path)
+    target = bundle / REPORT_FILE
+    tmp = bundle / f".{REPORT_FILE}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def bundles_under(directory: Path) -> list[Path]:
+    """Bundle directories under ``directory`` (or ``directory`` itself if it is one), skipping the
+    writer's temporary directories (names starting with a dot)."""
+    if (directory / META_FILE).is_file():
+        return [directory]
+    return sorted(
+        p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mercury-report", description="(Re)generate report.md for every incident bundle under a directory."
+    )
+    parser.add_argument("directory", nargs="?", default="data/incidents", help="default: data/incidents")
+    args = parser.parse_args(argv)
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        print(f"mercury-report: {directory}: no such directory", file=sys.stderr)
+        return 2
+    try:
+        bundles = bundles_under(directory)
+    except OSError as exc:
+        print(f"mercury-report: {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for bundle in bundles:
+        try:
+            path = write_report(bundle, str(bundle / EVENTS_FILE))
+        except ReportError as exc:
+            failed += 1
+            print(f"mercury-report: {exc}", file=sys.stderr)
+        except OSError as exc:
+            failed += 1
+            print(f"mercury-report: {bundle}: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            print(path)
+    print(f"{len(bundles) - failed} report(s) written under {directory}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

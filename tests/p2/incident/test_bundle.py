@@ -1,0 +1,304 @@
+"""Bundle writing: layout, byte-exact events, meta, atomicity, failures counted, the chart subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, Anomaly
+from mercurystream.p2.flight_recorder import Capture, FlightRecorder
+from mercurystream.p2.incident import bundle as bundle_mod
+from mercurystream.p2.incident.bundle import BundleWriter, build_meta, write_bundle
+from mercurystream.p2.incident.report import bundles_under
+from mercurystream.p2.metrics import P2Metrics
+
+
+def event_line(tid: int, pid: str = "BTC-USD", lat_us: int = 400) -> bytes:
+    ingest = 1_714_564_800_000_000 + tid * 1000
+    return orjson.dumps(
+        {
+            "type": "match",
+            "product_id": pid,
+            "price": 60000.5 + tid,
+            "last_size": 0.01,
+            "time": f"2024-05-01T12:00:00.{tid:06d}Z",
+            "trade_id": tid,
+            "ingest_ts_ms": ingest // 1000,
+            "ingest_ts_us": ingest,
+        }
+    )[:-1] + b',"recv_ts_ms":%d,"recv_ts_us":%d}' % ((ingest + lat_us) // 1000, ingest + lat_us)
+
+
+def make_capture(pre=4, post=2, trigger_at=5, n=10, anomaly=None, complete=True) -> Capture:
+    fr = FlightRecorder(pre, post, 0, wall_clock=lambda: 1_714_564_803.25)
+    batch = [event_line(k) for k in range(1, n + 1)]
+    a = anomaly or Anomaly(DUPLICATE, trigger_at, 1, "BTC-USD", {"trade_id": trigger_at + 1})
+    res = fr.feed(batch, [a])
+    cap = res.started[0]
+    cap.context = {
+        "counters_at_trigger": {"processed": trigger_at + 1, DUPLICATE: 1},
+        "config": {"FLIGHT_PRE_EVENTS": pre},
+    }
+    if not complete:
+        fr.finalize()
+    return cap
+
+
+def wait_until(pred, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def test_bundle_layout_bytes_and_meta(tmp_path):
+    cap = make_capture()
+    path = write_bundle(tmp_path / "incidents", cap)
+    assert path == tmp_path / "incidents" / cap.id
+    assert sorted(p.name for p in path.iterdir()) == ["events.jsonl", "meta.json", "report.md"]
+    expected = b"".join(line + b"\n" for line in [event_line(k) for k in range(3, 9)])
+    assert (path / "events.jsonl").read_bytes() == expected
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    assert meta["incident_id"] == cap.id
+    assert meta["type"] == DUPLICATE
+    assert (meta["pre_events"], meta["post_events"], meta["total_events"], meta["trigger_line"]) == (4, 2, 6, 4)
+    assert meta["complete"] is True
+    assert meta["triggered_at"] == "2024-05-01T12:00:03.250000Z"
+    assert meta["affected_symbols"] == ["BTC-USD"]
+    assert meta["counters_at_trigger"] == {"processed": 6, DUPLICATE: 1}
+    assert meta["config"] == {"FLIGHT_PRE_EVENTS": 4}
+    assert meta["suppressed_triggers"] == []
+    assert "trade_id 6" in meta["reason"]
+    trigger = orjson.loads((path / "events.jsonl").read_bytes().splitlines()[meta["trigger_line"] - 1])
+    assert trigger["trade_id"] == 6
+    report = (path / "report.md").read_text()
+    assert f"--file {path / 'events.jsonl'} --keep-timestamps --rate 0" in report
+    assert not [p for p in (tmp_path / "incidents").iterdir() if p.name.startswith(".")]
+
+
+def test_incomplete_capture_is_marked_in_meta(tmp_path):
+    cap = make_capture(post=50, complete=False)
+    meta = orjson.loads((write_bundle(tmp_path, cap) / "meta.json").read_bytes())
+    assert meta["complete"] is False
+    assert (meta["post_events"], meta["post_target"]) == (4, 50)
+
+
+def test_latency_spike_affected_symbols_come_from_slow_events():
+    fr = FlightRecorder(10, 0, 0)
+    batch = [event_line(1, "BTC-USD"), event_line(2, "ETH-USD", lat_us=250_000), event_line(3, "SOL-USD")]
+    a = Anomaly(LATENCY_SPIKE, 2, 1, None, {"threshold_ms": 100.0, "run_p99_ms": [250.0], "p99_ms": 250.0})
+    cap = fr.feed(batch, [a]).started[0]
+    assert build_meta(cap)["affected_symbols"] == ["ETH-USD"]
+
+
+def test_failure_mid_write_leaves_no_bundle_and_is_counted(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle_mod, "render_report", boom)
+    incidents = tmp_path / "incidents"
+    with pytest.raises(OSError):
+        write_bundle(incidents, make_capture())
+    assert list(incidents.iterdir()) == []
+
+    metrics = P2Metrics()
+    writer = BundleWriter(incidents, metrics, chart=False)
+    writer.start()
+    try:
+        assert writer.submit(make_capture())
+        assert writer.wait_idle(30)
+    finally:
+        assert writer.stop(30)
+    assert (writer.errors, writer.written) == (1, 0)
+    assert metrics.registry.get_sample_value("mercurystream_incident_write_errors_total") == 1.0
+    assert list(incidents.iterdir()) == []
+
+
+def test_rename_failure_leaves_no_final_dir(tmp_path, monkeypatch):
+    def no_rename(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(bundle_mod.os, "rename", no_rename)
+    cap = make_capture()
+    with pytest.raises(OSError):
+        write_bundle(tmp_path, cap)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_dirs_are_ignored_by_readers(tmp_path):
+    good = write_bundle(tmp_path, make_capture())
+    stale = tmp_path / ".tmp_20240501_120000_deadbeef_x1"
+    stale.mkdir()
+    (stale / "meta.json").write_text("{}")
+    assert bundles_under(tmp_path) == [good]
+
+
+def test_unwritable_incidents_dir_is_counted_not_raised(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    metrics = P2Metrics()
+    writer = BundleWriter(blocker / "incidents", metrics, chart=False)
+    writer.start()
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert writer.errors == 1
+    assert metrics.registry.get_sample_value("mercurystream_incident_write_errors_total") == 1.0
+
+
+def test_writer_counts_bundles_by_type(tmp_path):
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path, metrics, chart=False)
+    try:
+        writer.submit(make_capture())
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert writer.written == 2 and writer.written_by_type == {DUPLICATE: 2}
+    assert metrics.registry.get_sample_value("mercurystream_incidents_total", {"type": DUPLICATE}) == 2.0
+    assert writer.last_path is not None and writer.last_path.parent == tmp_path
+
+
+def test_too_many_pending_bundles_are_refused_and_counted(tmp_path, monkeypatch):
+    gate = threading.Event()
+    real = bundle_mod.write_bundle
+
+    def slow(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_mod, "write_bundle", slow)
+    writer = BundleWriter(tmp_path, P2Metrics(), chart=False, max_pending=2)
+    try:
+        assert writer.submit(make_capture())
+        assert writer.submit(make_capture())
+        assert not writer.submit(make_capture())
+        gate.set()
+        assert writer.wait_idle(30)
+    finally:
+        gate.set()
+        writer.stop(30)
+    assert (writer.written, writer.errors) == (2, 1)
+
+
+def fake_chart(script: str):
+    def command(bundle_dir: Path) -> list[str]:
+        return [sys.executable, "-c", script, str(bundle_dir)]
+
+    return command
+
+
+def test_chart_renderer_output_is_linked_from_the_report(tmp_path):
+    script = (
+        "import sys, pathlib; d = pathlib.Path(sys.argv[1]); assert (d / 'meta.json').is_file();"
+        "(d / 'chart.png').write_bytes(b'png')"
+    )
+    path = write_bundle(tmp_path, make_capture(), chart=fake_chart(script))
+    assert (path / "chart.png").read_bytes() == b"png"
+    assert "![" in (path / "report.md").read_text() and "(chart.png)" in (path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("script", "timeout"),
+    [("import sys; sys.exit('renderer broke')", 30.0), ("import time; time.sleep(30)", 0.5)],
+)
+def test_failing_or_slow_chart_still_writes_the_bundle(tmp_path, script, timeout):
+    path = write_bundle(tmp_path, make_capture(), chart=fake_chart(script), chart_timeout_s=timeout)
+    assert not (path / "chart.png").exists()
+    assert "chart.png" not in (path / "report.md").read_text()
+    assert (path / "meta.json").is_file()
+
+
+def test_missing_chart_module_means_no_chart(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_mod, "chart_available", lambda: False)
+    writer = BundleWriter(tmp_path, None, chart=True)
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert writer.written == 1 and not (writer.last_path / "chart.png").exists()
+
+
+def test_p2_never_imports_matplotlib(tmp_path):
+    assert bundle_mod.chart_command(tmp_path) == [sys.executable, "-m", bundle_mod.CHART_MODULE, str(tmp_path)]
+    code = (
+        "import sys, mercurystream.p2.forensics, mercurystream.p2.incident.bundle;sys.exit('matplotlib' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_drift_samples_are_appended_off_the_loop(tmp_path):
+    metrics = P2Metrics()
+    target = tmp_path / "sub" / "drift.jsonl"
+    writer = BundleWriter(tmp_path / "inc", metrics, drift_file=target, chart=False)
+    try:
+        writer.append_drift([b'{"a":1}', b'{"a":2}'])
+        writer.append_drift([b'{"a":3}'])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert target.read_bytes() == b'{"a":1}\n{"a":2}\n{"a":3}\n'
+    assert writer.drift_written == 3
+    assert metrics.registry.get_sample_value("mercurystream_drift_samples_total") == 3.0
+
+
+def test_drift_sample_write_failure_is_counted(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    writer = BundleWriter(tmp_path, None, drift_file=blocker / "drift.jsonl", chart=False)
+    try:
+        writer.append_drift([b"{}"])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert (writer.drift_written, writer.drift_errors) == (0, 1)
+
+
+def test_stop_without_start_is_a_no_op(tmp_path):
+    assert BundleWriter(tmp_path).stop(1)
+
+
+def test_bundles_queued_at_stop_skip_the_chart(tmp_path, monkeypatch):
+    gate = threading.Event()
+    charts = []
+    real = bundle_mod.write_bundle
+
+    def recording(incidents_dir, capture, *, chart=None, chart_timeout_s=20.0):
+        charts.append(chart)
+        gate.wait(30)
+        return real(incidents_dir, capture)
+
+    monkeypatch.setattr(bundle_mod, "write_bundle", recording)
+    writer = BundleWriter(tmp_path, None, chart=fake_chart("pass"))
+    writer.submit(make_capture())
+    writer.submit(make_capture())
+    assert wait_until(lambda: len(charts) == 1)
+    stopper = threading.Thread(target=writer.stop, args=(30,))
+    stopper.start()
+    assert wait_until(lambda: writer._stopping)
+    gate.set()
+    stopper.join(30)
+    assert charts[0] is not None and charts[1] is None
+    assert writer.written == 2
+
+
+def test_pretty_printed_payloads_stay_one_line_each(tmp_path):
+    fr = FlightRecorder(5, 0, 0)
+    pretty = b'{\n  "type": "match",\r\n  "trade_id": 2\n}'
+    cap = fr.feed([event_line(1), pretty], [Anomaly(DUPLICATE, 1, 1, "BTC-USD", {"trade_id": 2})]).started[0]
+    path = write_bundle(tmp_path, cap)
+    rows = (path / "events.jsonl").read_bytes().splitlines()
+    assert rows[0] == event_line(1)
+    assert len(rows) == 2 and orjson.loads(rows[1]) == orjson.loads(pretty)

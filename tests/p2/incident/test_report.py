@@ -1,0 +1,201 @@
+"""report.md content for each incident type, Markdown escaping, and the mercury-report CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from mercurystream.p2.detectors import Detectors
+from mercurystream.p2.flight_recorder import FlightRecorder
+from mercurystream.p2.incident.bundle import write_bundle
+from mercurystream.p2.incident.report import code_block, main, md, render_report
+
+
+def event(tid: int, pid: str = "BTC-USD", lat_us: int = 400, price: float | None = None, **extra) -> dict:
+    ingest = 1_714_564_800_000_000 + tid * 1000
+    e = {
+        "type": "match",
+        "product_id": pid,
+        "price": price if price is not None else 60000.0 + tid,
+        "last_size": 0.01,
+        "time": f"2024-05-01T12:00:{tid // 1000:02d}.{tid % 1000:06d}Z",
+        "trade_id": tid,
+        "ingest_ts_ms": ingest // 1000,
+        "ingest_ts_us": ingest,
+        "recv_ts_ms": (ingest + lat_us) // 1000,
+        "recv_ts_us": ingest + lat_us,
+    }
+    e.update(extra)
+    return e
+
+
+def bundle_from(tmp_path, events, pre=50, post=10, **detector_kw):
+    """Run the real detectors and recorder over ``events`` and write the first capture."""
+    det = Detectors(**detector_kw)
+    fr = FlightRecorder(pre, post, 0, wall_clock=lambda: 1_714_564_803.0)
+    lines = [orjson.dumps(e) for e in events]
+    anomalies = [a for a in det.process(events) if a.type in ("duplicate", "sequence_gap", "latency_spike")]
+    res = fr.feed(lines, anomalies)
+    cap = res.started[0]
+    cap.context = {"counters_at_trigger": det.counts, "config": {"GAP_REORDER_WINDOW": 3}}
+    if cap not in res.completed:
+        fr.finalize()
+    return write_bundle(tmp_path / "incidents", cap)
+
+
+def test_duplicate_report(tmp_path):
+    events = [event(k) for k in range(1, 30)]
+    events.insert(20, event(12))
+    path = bundle_from(tmp_path, events, pre=50, post=5)
+    text = (path / "report.md").read_text()
+    assert text.startswith(f"# Incident Report: {md(path.name)}\n")
+    assert "| **Type** | duplicate |" in text
+    assert "| **Triggered** | 2024-05-01 12:00:03 UTC |" in text
+    assert "| **Affected Symbols** | BTC-USD |" in text
+    assert "| **Total Events** | 26 (21 pre + 5 post) |" in text
+    assert "| **Trigger Event** | line 21 of events.jsonl |" in text
+    assert "The trade id occurs 2 times in this bundle" in text
+    assert "| 12 | BTC-USD | 12 |" in text and "| 21 | BTC-USD | 12 |" in text
+    assert text.count('"trade_id":12,') == 2
+    assert "## Events by Symbol" in text and "| BTC-USD | 26 | 26 | 0 | 60,001.0 | 60,025.0 | 1 .. 25 |" in text
+    assert f"python replay.py --file {path / 'events.jsonl'} --keep-timestamps --rate 0" in text, (
+        "the exact replay command with the bundle's path"
+    )
+
+
+def test_gap_report(tmp_path):
+    ids = [*range(1, 11), *range(14, 20)]
+    path = bundle_from(tmp_path, [event(k) for k in ids], pre=50, post=2, gap_reorder_window=3)
+    text = (path / "report.md").read_text()
+    assert "| **Type** | sequence_gap |" in text
+    assert "3 trade id(s) never arrived" in text
+    assert "| 11 .. 13 | 3 |" in text
+    assert "#### Trade ids around 11 .. 13" in text
+    for line_no, tid in ((8, 8), (9, 9), (10, 10), (11, 14), (12, 15), (13, 16)):
+        assert f"| {line_no} | BTC-USD | {tid} |" in text
+    assert "| **Total Events** | 16 (14 pre + 2 post) |" in text
+
+
+def test_latency_report(tmp_path):
+    events = [event(k, lat_us=300) for k in range(1, 21)] + [event(k, lat_us=150_000 + k) for k in range(21, 41)]
+    path = bundle_from(
+        tmp_path,
+        events,
+        pre=100,
+        post=0,
+        latency_threshold_ms=100.0,
+        latency_buffer_size=10,
+        latency_eval_every=10,
+        latency_consecutive=2,
+    )
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    assert meta["type"] == "latency_spike" and meta["trigger_line"] == 40
+    text = (path / "report.md").read_text()
+    assert "| before the run | 0.300 |" in text
+    assert "| run 1 | 150.030 |" in text
+    assert "| at the trigger | 150.040 |" in text
+    assert "#### Worst samples up to the trigger" in text
+    assert "| 40 | BTC-USD | 40 | 150.040 |" in text
+    assert "| **Total Events** | 40 (40 pre + 0 post) |" in text
+
+
+def test_event_text_cannot_break_the_markdown(tmp_path):
+    evil = "EVIL|`x`|<script>*_[a](b)_*\n# h"
+    events = [event(k, pid=evil, side="```\n# not a heading") for k in range(1, 6)] + [event(3, pid=evil)]
+    path = bundle_from(tmp_path, events, pre=10, post=0)
+    text = (path / "report.md").read_text()
+    assert "\n````json\n" in text  # the fence outgrows the backticks inside the events
+    prose = re.sub(r"\n(`{3,})[a-z]*\n.*?\n\1\n", "\n", text, flags=re.S)
+    assert "```" not in prose
+    assert evil not in prose and "<script>" not in prose and "\n# h" not in prose
+    assert md(evil) in prose
+    table: list[int] = []
+    for line in [*prose.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(unescaped_pipes(line))
+        elif table:
+            assert len(set(table)) == 1, table  # every row has the header's cell count
+            table = []
+
+
+def unescaped_pipes(line: str) -> int:
+    return line.replace("\\\\", "").replace("\\|", "").count("|")
+
+
+def test_md_and_code_block():
+    assert md("a|b") == "a\\|b"
+    assert md("x\ny") == "x y"
+    assert md("a & <b>") == "a &amp; \\<b\\>"
+    assert md("sequence_gap _x_ *y* [l](u) ~~s~~ `c`") == (
+        "sequence_gap \\_x\\_ \\*y\\* \\[l\\](u) \\~\\~s\\~\\~ \\`c\\`"
+    )
+    block = code_block(['{"s":"```"}'], "json")
+    assert block.startswith("````json\n") and block.endswith("\n````")
+
+
+def test_incomplete_capture_is_reported(tmp_path):
+    events = [event(k) for k in range(1, 10)] + [event(5)]
+    path = bundle_from(tmp_path, events, pre=20, post=100)
+    text = (path / "report.md").read_text()
+    assert "incomplete: finalized at shutdown with 0 of 100 post events" in text
+
+
+def test_missing_events_file_is_said(tmp_path):
+    path = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    (path / "events.jsonl").unlink()
+    assert "events.jsonl is missing" in render_report(path)
+
+
+def test_cli_regenerates_every_report(tmp_path, capsys):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    b = bundle_from(tmp_path, [event(1), event(2), event(2)], pre=5, post=0)
+    (a / "report.md").unlink()
+    (b / "report.md").write_text("stale")
+    (tmp_path / "incidents" / ".tmp_half_written").mkdir()
+    assert main([str(tmp_path / "incidents")]) == 0
+    assert (a / "report.md").read_text() == render_report(a, str(a / "events.jsonl"))
+    assert (b / "report.md").read_text().startswith("# Incident Report: ")
+    out, err = capsys.readouterr()
+    assert str(a / "report.md") in out and "2 report(s) written" in err
+
+
+def test_cli_accepts_a_single_bundle(tmp_path):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    (a / "report.md").unlink()
+    assert main([str(a)]) == 0
+    assert (a / "report.md").is_file()
+
+
+def test_cli_missing_directory_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mercurystream.p2.incident.report", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"mercury-report: {tmp_path / 'nope'}: no such directory"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_broken_bundle_is_reported_and_others_still_written(tmp_path, capsys):
+    good = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    broken = tmp_path / "incidents" / "20240101_000000_00000000"
+    broken.mkdir()
+    (broken / "meta.json").write_text("{not json")
+    (good / "report.md").unlink()
+    assert main([str(tmp_path / "incidents")]) == 1
+    assert (good / "report.md").is_file()
+    err = capsys.readouterr().err
+    assert "unreadable meta.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"]])
+def test_cli_help_exits_zero(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0

@@ -1,0 +1,234 @@
+"""ForensicsConsumer end to end: batches in, metrics, status line, bundles and drift samples on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.forensics import ForensicsConsumer
+from mercurystream.p2.metrics import P2Metrics
+
+
+def event(tid: int, pid: str = "BTC-USD", lat_us: int = 400, **extra) -> dict:
+    ingest = 1_714_564_800_000_000 + tid * 1000
+    e = {
+        "type": "match",
+        "product_id": pid,
+        "price": 60000.0 + tid,
+        "last_size": 0.01,
+        "time": f"2024-05-01T12:00:00.{tid:06d}Z",
+        "trade_id": tid,
+        "ingest_ts_ms": ingest // 1000,
+        "ingest_ts_us": ingest,
+        "recv_ts_ms": (ingest + lat_us) // 1000,
+        "recv_ts_us": ingest + lat_us,
+    }
+    e.update(extra)
+    return e
+
+
+def batch(events: list[dict]) -> Batch:
+    return Batch(events, [orjson.dumps(e) for e in events], 0)
+
+
+def make(tmp_path, bus=None, **overrides):
+    values = {
+        "INCIDENTS_DIR": tmp_path / "incidents",
+        "DRIFT_SAMPLE_FILE": tmp_path / "drift.jsonl",
+        "FLIGHT_PRE_EVENTS": 10,
+        "FLIGHT_POST_EVENTS": 3,
+        "FLIGHT_COOLDOWN_S": 60.0,
+        "GAP_REORDER_WINDOW": 2,
+    }
+    values.update(overrides)
+    settings = P2Settings(**values)
+    metrics = P2Metrics()
+    clock = {"t": 100.0}
+    consumer = ForensicsConsumer(bus or Bus(), settings, metrics, clock=lambda: clock["t"], chart=False)
+    return consumer, metrics, clock
+
+
+def sample(metrics: P2Metrics, name: str, **labels) -> float:
+    return metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+
+def test_status_line_is_the_seeds(tmp_path):
+    consumer, _, _ = make(tmp_path)
+    assert consumer.status() == ("FORENSICS  | processed=0 | drift=0 | dup=0 | ooo=0 | gaps=0 | spikes=0 | incidents=0")
+    consumer.writer.stop(5)
+
+
+def test_duplicate_batch_produces_a_bundle_with_exact_meta(tmp_path):
+    consumer, metrics, _ = make(tmp_path)
+    stream = [event(k) for k in range(1, 9)] + [event(5), event(9), event(6), event(10), event(11)]
+    try:
+        consumer.handle(batch(stream))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.counts == {
+        "schema_drift": 0,
+        "duplicate": 2,
+        "out_of_order": 2,
+        "sequence_gap": 0,
+        "latency_spike": 0,
+    }
+    assert consumer.incidents_written == 1
+    path = consumer.last_bundle_path
+    assert path.parent == tmp_path / "incidents"
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    assert meta["type"] == "duplicate" and meta["product_id"] == "BTC-USD"
+    assert (meta["pre_events"], meta["post_events"], meta["trigger_line"], meta["complete"]) == (9, 3, 9, True)
+    assert meta["counters_at_trigger"] == {
+        "processed": 9,
+        "schema_drift": 0,
+        "duplicate": 1,
+        "out_of_order": 1,
+        "sequence_gap": 0,
+        "latency_spike": 0,
+        "incidents_written": 0,
+    }
+    assert [(s["type"], s["line"]) for s in meta["suppressed_triggers"]] == [("duplicate", 11)]
+    assert meta["config"]["FLIGHT_POST_EVENTS"] == 3
+    assert meta["config"]["INCIDENTS_DIR"] == str(tmp_path / "incidents")
+    lines = (path / "events.jsonl").read_bytes().splitlines()
+    assert lines == [orjson.dumps(e) for e in stream[:12]]
+    assert orjson.loads(lines[meta["trigger_line"] - 1])["trade_id"] == 5
+    assert sample(metrics, "mercurystream_anomalies_total", type="duplicate") == 2
+    assert sample(metrics, "mercurystream_anomalies_total", type="out_of_order") == 2
+    assert sample(metrics, "mercurystream_anomalies_total", type="sequence_gap") == 0
+    assert sample(metrics, "mercurystream_incidents_total", type="duplicate") == 1
+    assert sample(metrics, "mercurystream_incident_triggers_suppressed_total", type="duplicate") == 1
+    assert consumer.status_line().endswith("dup=2 | ooo=2 | gaps=0 | spikes=0 | incidents=1")
+
+
+def test_gap_capture_spans_batches_and_cooldown_suppresses_the_next(tmp_path):
+    consumer, metrics, clock = make(tmp_path, FLIGHT_POST_EVENTS=4)
+    try:
+        consumer.handle(batch([event(k) for k in (1, 2, 3, 6, 7)]))
+        assert consumer.recorder.active is None
+        consumer.handle(batch([event(8)]))  # 4, 5 due two events after 6
+        assert consumer.recorder.active is not None
+        consumer.handle(batch([event(k) for k in (9, 10, 11, 12, 13)]))
+        clock["t"] = 130.0
+        consumer.handle(batch([event(k) for k in (20, 21, 22, 23)]))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.counts["sequence_gap"] == 2 + 6
+    assert consumer.incidents_written == 1
+    meta = orjson.loads((consumer.last_bundle_path / "meta.json").read_bytes())
+    assert meta["type"] == "sequence_gap" and meta["detail"]["ranges"] == [[4, 5]]
+    assert (meta["pre_events"], meta["post_events"], meta["trigger_line"]) == (6, 4, 6)
+    assert meta["suppressed_triggers"] == []
+    assert sample(metrics, "mercurystream_incident_triggers_suppressed_total", type="sequence_gap") == 1
+    assert sample(metrics, "mercurystream_anomalies_total", type="sequence_gap") == 8
+
+
+def test_drift_samples_are_paced_and_written(tmp_path):
+    consumer, metrics, _ = make(tmp_path, DRIFT_SAMPLES_PER_MIN=2)
+    bad = [event(k, price=str(k), venue="x") for k in range(1, 6)]
+    try:
+        consumer.handle(batch(bad))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.counts["schema_drift"] == 5
+    rows = [orjson.loads(line) for line in (tmp_path / "drift.jsonl").read_bytes().splitlines()]
+    assert len(rows) == 2
+    assert rows[0]["event"] == bad[0]
+    assert rows[0]["missing"] == []
+    assert rows[0]["mismatched"] == [{"key": "price", "expected": "number", "got": "str"}]
+    assert rows[0]["unexpected"] == ["venue"]
+    assert rows[0]["time"].endswith("Z")
+    assert sample(metrics, "mercurystream_anomalies_total", type="schema_drift") == 5
+    assert sample(metrics, "mercurystream_drift_samples_total") == 2
+
+
+def test_a_failing_disk_does_not_stop_the_pipeline(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    consumer, metrics, _ = make(tmp_path, INCIDENTS_DIR=blocker / "incidents", FLIGHT_POST_EVENTS=0)
+    try:
+        consumer.handle(batch([event(1), event(1)]))
+        consumer.handle(batch([event(2)]))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.incidents_written == 0 and consumer.writer.errors == 1
+    assert sample(metrics, "mercurystream_incident_write_errors_total") == 1
+    assert consumer.counts["duplicate"] == 1
+
+
+async def wait_for(pred, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.01)
+    return pred()
+
+
+async def test_stop_during_a_capture_writes_it_incomplete(tmp_path):
+    bus = Bus()
+    settings = P2Settings(
+        INCIDENTS_DIR=tmp_path / "incidents",
+        DRIFT_SAMPLE_FILE=tmp_path / "drift.jsonl",
+        FLIGHT_PRE_EVENTS=100,
+        FLIGHT_POST_EVENTS=1000,
+    )
+    metrics = P2Metrics()
+    consumer = ForensicsConsumer(bus, settings, metrics, chart=False)
+    await consumer.start()
+    try:
+        bus.publish(batch([event(k) for k in range(1, 50)]))
+        bus.publish(batch([event(10), *[event(k) for k in range(50, 60)]]))
+        assert await wait_for(lambda: consumer.processed == 60)
+        assert consumer.recorder.active is not None
+    finally:
+        await consumer.stop()
+    assert consumer.incidents_written == 1
+    meta = orjson.loads((consumer.last_bundle_path / "meta.json").read_bytes())
+    assert meta["complete"] is False
+    assert (meta["pre_events"], meta["post_events"], meta["post_target"], meta["trigger_line"]) == (50, 10, 1000, 50)
+    assert meta["counters_at_trigger"]["processed"] == 50
+    report = (consumer.last_bundle_path / "report.md").read_text()
+    assert "incomplete: finalized at shutdown with 10 of 1,000 post events" in report
+    assert sample(metrics, "mercurystream_incidents_total", type="duplicate") == 1
+
+
+async def test_failed_batch_is_counted_by_the_shell(tmp_path):
+    bus = Bus()
+    consumer, _, _ = make(tmp_path, bus)
+    await consumer.start()
+    try:
+        bus.publish(Batch([event(1), "not a dict"], [b"{}", b"x"], 0))  # the server never does this
+        bus.publish(batch([event(2)]))
+        assert await wait_for(lambda: consumer.processed == 3)
+    finally:
+        await consumer.stop()
+    assert consumer.failed == 2
+
+
+@pytest.mark.parametrize("posts", [0, 2])
+def test_counters_at_trigger_exclude_later_events_of_the_batch(tmp_path, posts):
+    consumer, _, _ = make(tmp_path, FLIGHT_POST_EVENTS=posts, FLIGHT_COOLDOWN_S=0)
+    try:
+        consumer.handle(batch([event(1), event(2)]))
+        consumer.processed = 2
+        consumer.handle(batch([event(1, price="x"), event(3), event(2), event(4), event(1)]))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    metas = sorted(
+        (orjson.loads((p / "meta.json").read_bytes()) for p in (tmp_path / "incidents").iterdir()),
+        key=lambda m: m["counters_at_trigger"]["processed"],
+    )
+    first = metas[0]["counters_at_trigger"]
+    assert first["processed"] == 3
+    assert (first["schema_drift"], first["duplicate"], first["out_of_order"]) == (1, 1, 1)
