@@ -73,13 +73,16 @@ class ForensicsConsumer(Consumer):
         self._wall = wall_clock
         self.close_timeout_s = close_timeout_s
         self.detectors = Detectors.from_settings(settings)
-        self.recorder = FlightRecorder(
-            settings.FLIGHT_PRE_EVENTS,
-            settings.FLIGHT_POST_EVENTS,
-            settings.FLIGHT_COOLDOWN_S,
-            clock=clock,
-            wall_clock=wall_clock,
-        )
+        self.recorder: FlightRecorder | None = None
+        if settings.FLIGHT_RECORDER:
+            self.recorder = FlightRecorder(
+                settings.FLIGHT_PRE_EVENTS,
+                settings.FLIGHT_POST_EVENTS,
+                settings.FLIGHT_COOLDOWN_S,
+                clock=clock,
+                wall_clock=wall_clock,
+            )
+        chart = chart and settings.INCIDENT_CHARTS
         self.writer = BundleWriter(settings.INCIDENTS_DIR, metrics, drift_file=settings.DRIFT_SAMPLE_FILE, chart=chart)
         self.config = {k: _plain(getattr(settings, k)) for k in CONFIG_KEYS}
         self._anomaly_metric = {t: metrics.anomalies_total.labels(type=t) for t in ANOMALY_TYPES}
@@ -109,6 +112,10 @@ class ForensicsConsumer(Consumer):
     def handle(self, batch: Batch) -> None:
         wall = self._wall()
         anomalies = self.detectors.process(batch.events, wall)
+        if self.recorder is None:
+            if anomalies:
+                self._count(batch, anomalies, wall)
+            return
         if not anomalies:
             completed = self.recorder.feed(batch.lines).completed
         else:
@@ -116,7 +123,8 @@ class ForensicsConsumer(Consumer):
         for cap in completed:
             self.writer.submit(cap)
 
-    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> list[Capture]:
+    def _count(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> tuple[list[Anomaly], dict[str, int]]:
+        """Export the anomaly counts and drift samples; return the triggers and the per-type counts."""
         per_type: dict[str, int] = {}
         triggers: list[Anomaly] = []
         samples: list[bytes] = []
@@ -131,6 +139,10 @@ class ForensicsConsumer(Consumer):
             self._anomaly_metric[t].inc(n)
         if samples:
             self.writer.append_drift(samples)
+        return triggers, per_type
+
+    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> list[Capture]:
+        triggers, per_type = self._count(batch, anomalies, wall)
         res = self.recorder.feed(batch.lines, triggers)
         for cap in res.started:
             self.captures_started += 1
@@ -161,6 +173,8 @@ class ForensicsConsumer(Consumer):
 
     def finalize(self) -> Capture | None:
         """Hand an active capture to the writer as it stands, marked incomplete."""
+        if self.recorder is None:
+            return None
         cap = self.recorder.finalize()
         if cap is not None:
             self.finalized_incomplete += 1

@@ -232,3 +232,18 @@ def test_counters_at_trigger_exclude_later_events_of_the_batch(tmp_path, posts):
     first = metas[0]["counters_at_trigger"]
     assert first["processed"] == 3
     assert (first["schema_drift"], first["duplicate"], first["out_of_order"]) == (1, 1, 1)
+
+
+def test_flight_recorder_off_still_counts_every_anomaly_but_writes_no_bundle(tmp_path):
+    consumer, metrics, _ = make(tmp_path, FLIGHT_RECORDER=False)
+    stream = [event(k) for k in range(1, 9)] + [event(5), event(9), event(6), event(10), event(11)]
+    try:
+        consumer.handle(batch(stream))
+        assert consumer.finalize() is None
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.counts["duplicate"] == 2
+    assert sample(metrics, "mercurystream_anomalies_total", type="duplicate") == 2
+    assert consumer.incidents_written == 0
+    assert not (tmp_path / "incidents").exists() or not any((tmp_path / "incidents").iterdir())

@@ -69,7 +69,7 @@ def test_a_read_without_a_whole_frame_reads_no_clock() -> None:
         (b'{"a":1}', b'{"a":1' + SUFFIX),
         (b'{"a":1}  \n\t\r', b'{"a":1' + SUFFIX),
         (b'{"a":1 }\n', b'{"a":1 ' + SUFFIX),
-        (b' \n{"a":{"b":{}}}', b' \n{"a":{"b":{}}' + SUFFIX),
+        (b' \n{"a":{"b":{}}}', b'  {"a":{"b":{}}' + SUFFIX),  # a raw line break is blanked
         (b"{}", b"{" + SUFFIX[1:]),
         (b" { } \n", b"{" + SUFFIX[1:]),
     ],
@@ -423,3 +423,19 @@ async def test_stop_aborts_a_connection_that_does_not_close_in_time() -> None:
     assert transport.acks()[-1] == {"ack": 1, "final": True}
     assert source.connections == 0
     assert sub.depth == 1
+
+
+def test_pretty_printed_payload_is_recorded_on_one_line():
+    from mercurystream.p2.server import IngestDecoder
+    from mercurystream.shared.framing import encode_frame
+
+    dec = IngestDecoder(1 << 20, lambda: 1_700_000_000_000_000)
+    got = dec.feed(encode_frame(b'{\n  "type": "match",\r\n  "trade_id": 1\n}'))
+    (line,) = got.batch.lines
+    assert b"\n" not in line and b"\r" not in line
+    assert orjson.loads(line) == {
+        "type": "match",
+        "trade_id": 1,
+        "recv_ts_ms": 1_700_000_000_000,
+        "recv_ts_us": 1_700_000_000_000_000,
+    }
