@@ -71,7 +71,8 @@ def test_p2_restart_mid_stream_delivers_every_event_once(cluster):
     cluster.p1()
     cluster.wait("P2 to receive a first part", lambda: cluster.p2_metrics().value("mercurystream_events_total") >= 1000)
     assert p2.stop(timeout=15) == 0
-    cluster.wait("P1 to notice P2 is gone", lambda: cluster.p1_metrics().value("mercurystream_p1_connected", target="p2") == 0)
+    p2_gone = lambda: cluster.p1_metrics().value("mercurystream_p1_connected", target="p2") == 0  # noqa: E731
+    cluster.wait("P1 to notice P2 is gone", p2_gone)
     cluster.p2()
     wait_exhausted(cluster)
     wait_delivered(cluster)
