@@ -1,0 +1,363 @@
+"""The real server on a free loopback port, driven by a websockets client and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from mercurystream.exchange.exchange import ExchangeConfig, ExchangeServer, main
+from mercurystream.shared.models import normalize_trade
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+SUBSCRIBE = orjson.dumps({"type": "subscribe", "product_ids": PRODUCTS, "channels": ["matches", "heartbeat"]})
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 8.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def exchange(**kw) -> AsyncIterator[ExchangeServer]:
+    kw.setdefault("port", 0)
+    kw.setdefault("seed", 5)
+    server = ExchangeServer(ExchangeConfig(**kw))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def client(server: ExchangeServer, **kw) -> connect:
+    return connect(f"ws://127.0.0.1:{server.port}", compression=None, max_queue=None, **kw)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(ws: ClientConnection, pred: Callable[[dict], bool], timeout: float = 5.0) -> list[dict]:
+    """Messages up to and including the first one ``pred`` accepts."""
+    out: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = orjson.loads(await ws.recv())
+            out.append(msg)
+            if pred(msg):
+                return out
+
+
+async def http_get(server: ExchangeServer, path: str) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5.0)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"application/json" in head
+    return status, orjson.loads(body)
+
+
+async def test_subscribe_handshake_last_match_then_contiguous_matches():
+    async with exchange(rate=400.0) as server, client(server) as ws:
+        await ws.send(SUBSCRIBE)
+        sub = await recv_json(ws)
+        assert sub == {
+            "type": "subscriptions",
+            "channels": [{"name": "matches", "product_ids": PRODUCTS}, {"name": "heartbeat", "product_ids": PRODUCTS}],
+        }
+        last = {}
+        for _ in PRODUCTS:
+            lm = await recv_json(ws)
+            assert lm["type"] == "last_match"
+            last[lm["product_id"]] = lm["trade_id"]
+        assert set(last) == set(PRODUCTS)
+        msgs = await recv_until(ws, lambda m: m["type"] == "match" and m["product_id"] == "SOL-USD")
+        for m in msgs:
+            if m["type"] != "match":
+                continue
+            assert m["trade_id"] == last[m["product_id"]] + 1
+            last[m["product_id"]] = m["trade_id"]
+            assert normalize_trade(m)[1] is None
+
+
+async def test_two_clients_see_the_same_market():
+    async with exchange(rate=300.0) as server, client(server) as a, client(server) as b:
+        await a.send(SUBSCRIBE)
+        await b.send(SUBSCRIBE)
+
+        async def trades(ws):
+            got = {}
+            async with asyncio.timeout(5):
+                while len(got) < 40:
+                    m = orjson.loads(await ws.recv())
+                    if m["type"] == "match":
+                        got[(m["product_id"], m["trade_id"])] = m
+            return got
+
+        ta, tb = await asyncio.gather(trades(a), trades(b))
+        common = ta.keys() & tb.keys()
+        assert len(common) >= 20
+        assert all(ta[k] == tb[k] for k in common)
+
+
+async def test_client_that_never_subscribes_is_disconnected():
+    async with exchange(subscribe_timeout_s=0.3) as server, client(server) as ws:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5.0)
+        assert 0.25 < time.monotonic() - t0 < 4.0
+        assert ws.close_code == 1008
+        await wait_until(lambda: server.stats["disconnects"]["subscribe_timeout"] == 1)
+
+
+async def test_bad_requests_get_errors_and_the_connection_stays_open():
+    async with exchange(rate=200.0, subscribe_timeout_s=3.0) as server, client(server) as ws:
+        await ws.send("this is not json")
+        err = await recv_json(ws)
+        assert err["type"] == "error" and err["message"] == "Malformed JSON" and err["reason"]
+        await ws.send(orjson.dumps({"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level3"]}))
+        err = await recv_json(ws)
+        assert err == {"type": "error", "message": "Failed to subscribe", "reason": "level3 is not a valid channel"}
+        await ws.send(orjson.dumps({"type": "subscribe", "product_ids": ["XRP-USD"], "channels": ["matches"]}))
+        assert (await recv_json(ws))["reason"] == "XRP-USD is not a valid product"
+        await ws.send(orjson.dumps({"product_ids": ["BTC-USD"], "channels": ["matches"]}))
+        assert (await recv_json(ws))["type"] == "error"
+        await ws.send(
+            orjson.dumps({"type": "subscribe", "channels": [{"name": "matches", "product_ids": ["ETH-USD"]}]})
+        )
+        assert (await recv_json(ws))["type"] == "subscriptions"
+        assert (await recv_json(ws))["type"] == "last_match"
+        m = await recv_json(ws)
+        assert m["type"] == "match" and m["product_id"] == "ETH-USD"
+        errors = server.stats["request_errors"]
+        assert errors == {"malformed_json": 1, "unknown_channel": 1, "unknown_product": 1, "bad_type": 1}
+        assert server.stats["messages_sent"]["error"] == 4
+
+
+async def test_heartbeats_ticker_and_unsubscribe():
+    async with exchange(rate=300.0) as server, client(server) as ws:
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "subscribe",
+                    "channels": [
+                        {"name": "heartbeat", "product_ids": ["BTC-USD"]},
+                        {"name": "ticker", "product_ids": ["ETH-USD"]},
+                    ],
+                }
+            )
+        )
+        assert (await recv_json(ws))["type"] == "subscriptions"
+        msgs = await recv_until(ws, lambda m: m["type"] == "heartbeat", timeout=4.0)
+        hb = msgs[-1]
+        assert list(hb) == ["type", "sequence", "last_trade_id", "product_id", "time"]
+        assert hb["product_id"] == "BTC-USD"
+        tickers = [m for m in msgs if m["type"] == "ticker"]
+        assert tickers and all(m["product_id"] == "ETH-USD" and normalize_trade(m)[1] is None for m in tickers)
+        await ws.send(orjson.dumps({"type": "unsubscribe", "channels": ["ticker"]}))
+        rest = await recv_until(ws, lambda m: m["type"] == "subscriptions")
+        assert rest[-1]["channels"] == [{"name": "heartbeat", "product_ids": ["BTC-USD"]}]
+        after = await recv_until(ws, lambda m: m["type"] == "heartbeat", timeout=4.0)
+        assert [m["type"] for m in after] == ["heartbeat"]
+        assert server.stats["messages_sent"]["ticker"] >= len(tickers)
+
+
+async def test_disconnect_every_closes_each_connection_after_its_lifetime():
+    async with exchange(rate=200.0, disconnect_every_s=0.4) as server:
+        for _ in range(2):
+            async with client(server) as ws:
+                await ws.send(SUBSCRIBE)
+                t0 = time.monotonic()
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 5.0)
+                assert 0.3 < time.monotonic() - t0 < 4.0
+                assert ws.close_code == 1001
+        await wait_until(lambda: server.stats["disconnects"]["scheduled"] == 2)
+        assert server.stats["connections"]["total"] == 2
+
+
+async def test_stats_healthz_and_on_demand_faults():
+    async with exchange(rate=300.0) as server:
+        status, body = await http_get(server, "/healthz")
+        assert status == 200 and body["status"] == "ok"
+        status, body = await http_get(server, "/faults?kind=duplicate&count=3")
+        assert status == 409
+        async with client(server) as ws:
+            await ws.send(SUBSCRIBE)
+            await recv_until(ws, lambda m: m["type"] == "match")
+            status, body = await http_get(server, "/faults?kind=duplicate&count=3")
+            assert (status, body) == (200, {"kind": "duplicate", "count": 3, "clients": 1})
+            seen: dict[tuple[str, int], int] = {}
+            async with asyncio.timeout(5):
+                while sum(n - 1 for n in seen.values()) < 3:
+                    m = orjson.loads(await ws.recv())
+                    if m["type"] == "match":
+                        k = (m["product_id"], m["trade_id"])
+                        seen[k] = seen.get(k, 0) + 1
+            assert sorted(seen.values())[-3:] == [2, 2, 2]
+            for bad in ("/faults?kind=explode", "/faults?kind=gap&count=0", "/faults?kind=gap&count=x"):
+                assert (await http_get(server, bad))[0] == 400
+            status, stats = await http_get(server, "/stats")
+        assert status == 200
+        assert stats["faults_injected"]["duplicate"] == 3
+        assert stats["trades_generated"] > 0
+        assert stats["messages_sent"]["match"] >= len(seen) + 3
+        assert stats["messages_sent"]["subscriptions"] == 1 and stats["messages_sent"]["last_match"] == 3
+        assert stats["connections"] == {"current": 1, "subscribed": 1, "total": 1}
+        assert set(stats["products"]) == set(PRODUCTS)
+        await wait_until(lambda: server.stats["disconnects"]["client_closed"] == 1)
+        assert server.stats["faults_injected"]["duplicate"] == 3
+
+
+async def test_configured_fault_rates_reach_the_client():
+    async with (
+        exchange(rate=1000.0, duplicate_rate=0.1, gap_rate=0.1, malformed_rate=0.1) as server,
+        client(server) as ws,
+    ):
+        await ws.send(SUBSCRIBE)
+        seen: set[tuple[str, int]] = set()
+        duplicates = invalid = 0
+        async with asyncio.timeout(8):
+            while len(seen) < 400:
+                raw = await ws.recv()
+                try:
+                    m = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    invalid += 1
+                    continue
+                if m["type"] != "match":
+                    continue
+                if normalize_trade(m)[1] is not None:
+                    invalid += 1
+                    continue
+                k = (m["product_id"], m["trade_id"])
+                duplicates += k in seen
+                seen.add(k)
+        faults = server.stats["faults_injected"]
+        assert duplicates > 0 and invalid > 0
+        assert faults["duplicate"] >= duplicates and faults["malformed"] >= invalid and faults["gap"] > 0
+
+
+async def test_on_demand_disconnect():
+    async with exchange(rate=100.0) as server, client(server) as ws:
+        await ws.send(SUBSCRIBE)
+        await recv_json(ws)
+        status, body = await http_get(server, "/faults?kind=disconnect")
+        assert status == 200 and body["clients"] == 1
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5.0)
+        assert server.stats["disconnects"]["on_demand"] == 1
+
+
+async def test_max_trades_then_heartbeats_only():
+    async with exchange(rate=100.0, max_trades=50) as server, client(server) as ws:
+        await ws.send(SUBSCRIBE)
+        await wait_until(lambda: server.stats["max_trades_reached"], what="max trades")
+        msgs = await recv_until(ws, lambda m: m["type"] == "heartbeat" and server.stats["max_trades_reached"])
+        after = await recv_until(ws, lambda m: m["type"] == "heartbeat")
+        assert {m["type"] for m in after} == {"heartbeat"}
+        matches = [m for m in msgs if m["type"] == "match"]
+        stats = server.stats
+        assert stats["trades_generated"] == 50
+        assert len(matches) == stats["messages_sent"]["match"] <= 50
+        per_product: dict[str, list[int]] = {}
+        for m in matches:
+            per_product.setdefault(m["product_id"], []).append(m["trade_id"])
+        for pid, tids in per_product.items():
+            assert tids == list(range(tids[0], tids[0] + len(tids)))
+            assert stats["products"][pid]["last_trade_id"] == tids[-1]
+
+
+async def test_a_slow_client_is_dropped_without_holding_back_the_others():
+    async with exchange(rate=20_000.0, max_queue=2_000) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        async with client(server, sock=sock, close_timeout=1) as slow, client(server) as fast:
+            await slow.send(SUBSCRIBE)
+            await fast.send(SUBSCRIBE)
+            slow.transport.pause_reading()
+            received = 0
+
+            async def drain_fast():
+                nonlocal received
+                while True:
+                    await fast.recv()
+                    received += 1
+
+            reader = asyncio.create_task(drain_fast())
+            try:
+                await wait_until(lambda: server.stats["disconnects"]["slow_consumer"] == 1, 10.0, "slow consumer drop")
+                before = received
+                await wait_until(lambda: received > before + 1000, 5.0, "fast client keeps receiving")
+            finally:
+                slow.transport.resume_reading()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await reader
+            assert server.stats["connections"]["subscribed"] == 1
+
+
+def test_cli_rejects_bad_arguments_with_one_line(capsys):
+    for argv in (["--rate", "-1"], ["--products", "BTC-USD,,ETH"], ["--gap-rate", "0.7", "--duplicate-rate", "0.7"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mercury-exchange: ") and "\n" not in err, err
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "abc"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--port" in err
+
+
+async def test_cli_serves_and_exits_0_on_sigterm(tmp_path):
+    port_file = tmp_path / "port"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mercurystream.exchange.exchange",
+        "--port",
+        "0",
+        "--rate",
+        "100",
+        "--port-file",
+        str(port_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15.0)).decode()
+        assert line.startswith("mercury-exchange listening on ws://127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        assert int(port_file.read_text()) == port
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            await ws.send(SUBSCRIBE)
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 5.0))["type"] == "subscriptions"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10.0) == 0
+        assert b"Traceback" not in await proc.stderr.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
