@@ -59,8 +59,9 @@ class Cluster:
             "DRIFT_SAMPLE_FILE": self.tmp / "drift.jsonl",
             "INCIDENT_CHARTS": "false",
         }
-        svc = self._spawn("p2", [str(BIN / "mercury-p2")], {**base, **env})
-        self.wait("P2 metrics", lambda: self._http_ok(f"http://127.0.0.1:{self.p2_metrics_port}/metrics"))
+        env = {**base, **env}
+        svc = self._spawn("p2", [str(BIN / "mercury-p2")], env)
+        self.wait("P2 metrics", lambda: self._http_ok(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"))
         return svc
 
     def p1(self, **env: object) -> Service:
@@ -77,8 +78,8 @@ class Cluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.exchange_port}/stats", timeout=2) as r:
             return json.loads(r.read())
 
-    def p2_metrics(self) -> Sample:
-        return scrape(f"http://127.0.0.1:{self.p2_metrics_port}/metrics")
+    def p2_metrics(self, port: int | None = None) -> Sample:
+        return scrape(f"http://127.0.0.1:{port or self.p2_metrics_port}/metrics")
 
     def p1_metrics(self) -> Sample:
         return scrape(f"http://127.0.0.1:{self.p1_metrics_port}/metrics")

@@ -1,0 +1,79 @@
+"""A real Prometheus scrapes live P1 and P2 while the exchange and a replay with anomalies feed them;
+every dashboard panel's query must return data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from mercurystream.shared.processes import BIN, free_port
+from tests.test_dashboard import dashboard_exprs
+from tests.test_prometheus_config import render_local_config
+
+pytestmark = pytest.mark.e2e
+
+PROMETHEUS = shutil.which("prometheus")
+if PROMETHEUS is None and os.environ.get("MERCURY_REQUIRE_PROMETHEUS") != "1":
+    pytestmark = [
+        pytest.mark.e2e,
+        pytest.mark.skip(reason="the prometheus binary is not installed (apt-get install prometheus)"),
+    ]
+
+
+def query(port: int, expr: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_every_dashboard_panel_returns_data(cluster, tmp_path):
+    assert PROMETHEUS is not None, "CI must have Debian's prometheus installed (.ci/run does it)"
+    cluster.exchange("--rate", 300, "--seed", 21, "--duplicate-rate", 0.01, "--malformed-rate", 0.01)
+    cluster.p2(FLIGHT_COOLDOWN_S=1, FLIGHT_PRE_EVENTS=200, FLIGHT_POST_EVENTS=50)
+    cluster.p1()
+    prom_port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(
+        render_local_config(
+            p2=f"127.0.0.1:{cluster.p2_metrics_port}",
+            p1=f"127.0.0.1:{cluster.p1_metrics_port}",
+            prometheus=f"127.0.0.1:{prom_port}",
+        )
+    )
+    cluster._spawn(
+        "prometheus",
+        [PROMETHEUS, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{prom_port}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--log.level=warn"],
+        {},
+    )  # fmt: skip
+    cluster.wait("Prometheus to be ready", lambda: cluster._http_ok(f"http://127.0.0.1:{prom_port}/-/ready"))
+    cluster.wait("a few hundred events", lambda: cluster.p2_metrics().value("mercurystream_events_total") >= 600)
+
+    replay = subprocess.run(
+        [str(BIN / "mercury-replay"), "--file", str(cluster.record_file), "--port", str(cluster.p2_port),
+         "--limit", "500", "--rate", "2000", "--drift-rate", "0.05", "--duplicate-rate", "0.05", "--shuffle-window", "5", "--seed", "3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+
+    up = 'up{job=~"p1|p2"}'
+    cluster.wait("both targets up", lambda: sum(float(r["value"][1]) for r in query(prom_port, up)) == 2)
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    deadline = time.monotonic() + 60
+    empty = exprs
+    while time.monotonic() < deadline:
+        empty = [(title, expr) for title, expr in exprs if not query(prom_port, expr)]
+        if not empty:
+            break
+        time.sleep(2)
+    assert not empty, "panels without data:\n" + "\n".join(f"  {t}: {e}" for t, e in empty)
