@@ -1,0 +1,381 @@
+"""``mercury-replay`` and ``replay.py``: send a recorded JSONL file to P2 over the P1 wire protocol.
+
+The asyncio part is a thin shell around :mod:`.source` (reading), :mod:`.inject` (anomalies and
+timestamps) and :mod:`.protocol` (pacing and acknowledgements). It sends in batches: one clock
+read, one encode and one write per batch, never a sleep per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from mercurystream.replay.inject import InjectOptions, Injector, PayloadEncoder
+from mercurystream.replay.protocol import AckTracker, RatePacer
+from mercurystream.replay.source import EventQueue, JsonlReader
+from mercurystream.shared.clock import now_us
+
+PROG = "replay"
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_INTERRUPTED = 130
+
+MAX_BATCH = 2048
+CONNECT_TIMEOUT_S = 5.0
+CLOSE_GRACE_S = 1.0
+WRITE_HIGH_WATER = 4 << 20
+
+EPILOG = """\
+order of injection: gap (drop), drift, duplicate, shuffle, then timestamps (restamp or keep,
+then age by --latency-ms). The same file, options and --seed send the same frames in the same
+order; only restamped timestamps differ.
+
+exit status: 0 done; 2 bad option, unreadable file or no valid event in it;
+3 P2 not reachable or it closed the connection; 130 interrupted.
+"""
+
+
+class UsageError(Exception):
+    """A bad command line; ``str()`` is the one line to show."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
+
+
+_positive_int = _converter(int, lambda n: n > 0, "a positive integer")
+_non_negative_int = _converter(int, lambda n: n >= 0, "an integer >= 0")
+_non_negative_float = _converter(float, lambda x: math.isfinite(x) and x >= 0, "a number >= 0")
+_probability = _converter(float, lambda p: 0.0 <= p <= 1.0, "a probability between 0 and 1")
+_port = _converter(int, lambda n: 1 <= n <= 65535, "a port between 1 and 65535")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mercury-replay",
+        description="Replay a recorded JSONL stream into P2 over the framed TCP protocol, optionally "
+        "injecting seeded anomalies.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--file", required=True, help="JSONL recording, one event per line")
+    p.add_argument("--rate", type=_non_negative_float, default=500.0, help="events/s, 0 = as fast as possible")
+    p.add_argument("--shuffle-window", type=_non_negative_int, default=0, help="shuffle within windows of N events")
+    p.add_argument("--duplicate-rate", type=_probability, default=0.0, help="probability an event is sent twice")
+    p.add_argument("--drift-rate", type=_probability, default=0.0, help="probability an event's schema is broken")
+    p.add_argument("--gap-rate", type=_probability, default=0.0, help="probability an event is dropped")
+    p.add_argument("--latency-ms", type=_non_negative_int, default=0, help="age ingest_ts_ms/us by this much")
+    p.add_argument("--seed", type=int, default=0, help="seed of every injection (default 0)")
+    p.add_argument(
+        "--keep-timestamps",
+        action="store_true",
+        help="send ingest_ts_* and recv_ts_* as recorded (default: restamp ingest_ts_* at send, strip recv_ts_*)",
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="read at most N valid events from the file")
+    p.add_argument("--host", default="127.0.0.1", help="P2 host (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=9001, help="P2 port (default 9001)")
+    p.add_argument("--no-wait-ack", action="store_true", help="do not wait for P2 to acknowledge what was sent")
+    p.add_argument(
+        "--ack-timeout", type=_non_negative_float, default=10.0, help="seconds to wait for acks (default 10)"
+    )
+    return p
+
+
+@dataclass
+class Outcome:
+    """What happened, filled in as the run goes so an interrupted run can still be summarized."""
+
+    sent: int = 0
+    started: float | None = None
+    finished: float | None = None
+    ack_waited: bool = False
+    ack_timed_out: bool = False
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _open(path: str) -> BinaryIO:
+    """Open the recording or raise ``OSError`` with a one-line reason."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise OSError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise OSError(f"is a directory, not a JSONL file: {path}") from None
+    except PermissionError:
+        raise OSError(f"permission denied: {path}") from None
+    except OSError as exc:
+        raise OSError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def _file_size(f: BinaryIO) -> int | None:
+    try:
+        return os.fstat(f.fileno()).st_size or None
+    except (OSError, ValueError):
+        return None
+
+
+class _Progress:
+    """A bar on stderr when it is a terminal: bytes of the file, or events when ``--limit`` bounds the run."""
+
+    def __init__(self, reader: JsonlReader, limit: int | None, file_size: int | None) -> None:
+        self._reader = reader
+        self._by_events = limit is not None
+        self._done = 0
+        self._bar = tqdm(
+            total=limit if self._by_events else file_size,
+            unit=" events" if self._by_events else "B",
+            unit_scale=True,
+            unit_divisor=1000 if self._by_events else 1024,
+            desc=PROG,
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
+
+    def show(self, sent: int) -> None:
+        bar = self._bar
+        if bar.disable:
+            return
+        done = self._reader.events if self._by_events else self._reader.bytes_read
+        bar.update(done - self._done)
+        self._done = done
+        bar.set_postfix_str(f"{sent} sent", refresh=False)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+
+class Replay:
+    """One run: connect, pace batches through the encoder onto the socket, then collect acks."""
+
+    def __init__(self, args: argparse.Namespace, f: BinaryIO, options: InjectOptions, outcome: Outcome) -> None:
+        self.args = args
+        self.outcome = outcome
+        # Aging recorded stamps rewrites every event; otherwise lines stay bytes until a stage must change them.
+        parse = args.keep_timestamps and options.latency_ms > 0
+        self.reader = JsonlReader(f, parse=parse, limit=args.limit)
+        self.injector = Injector(options) if options.active else None
+        self.queue = EventQueue(self.reader.batches(), self.injector)
+        self.encoder = PayloadEncoder(args.keep_timestamps, options.latency_ms)
+        self.pacer = RatePacer(args.rate, MAX_BATCH)
+        self.acks = AckTracker()
+        self._acks_changed = asyncio.Event()
+        self.peer_closed = False
+        self._file_size = _file_size(f)
+
+    async def run(self) -> int:
+        args = self.args
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(args.host, args.port), timeout=CONNECT_TIMEOUT_S
+            )
+        except ConnectionRefusedError:
+            _fail(f"P2 is not listening on {args.host}:{args.port} (connection refused)")
+            return EXIT_CONNECTION
+        except TimeoutError:
+            _fail(f"no answer from {args.host}:{args.port} within {CONNECT_TIMEOUT_S:.0f} s")
+            return EXIT_CONNECTION
+        except socket.gaierror as exc:
+            _fail(f"cannot resolve host {args.host!r}: {exc.strerror}")
+            return EXIT_CONNECTION
+        except OSError as exc:
+            _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}")
+            return EXIT_CONNECTION
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        ack_task = asyncio.create_task(self._read_acks(reader))
+        try:
+            rc = await self._send(writer)
+            if rc == EXIT_OK and not args.no_wait_ack:
+                self.outcome.ack_waited = True
+                await self._wait_acks()
+        finally:
+            await self._close(writer, ack_task)
+        return rc
+
+    async def _send(self, writer: asyncio.StreamWriter) -> int:
+        loop_time = asyncio.get_running_loop().time
+        out = self.outcome
+        pacer, queue, encoder = self.pacer, self.queue, self.encoder
+        with _Progress(self.reader, self.args.limit, self._file_size) as progress:
+            out.started = time.perf_counter()
+            pacer.start(loop_time())
+            while True:
+                if self.acks.final or self.peer_closed:
+                    return self._lost()
+                now = loop_time()
+                n = pacer.due(now, out.sent)
+                if n == 0:
+                    await asyncio.sleep(pacer.delay(now, out.sent))
+                    continue
+                try:
+                    items = queue.take(n)
+                except OSError as exc:
+                    out.errors.append(f"reading {self.args.file} failed: {exc.strerror or exc}")
+                    return EXIT_USAGE
+                if not items:
+                    break
+                writer.write(encoder.encode(items, now_us()))
+                out.sent += len(items)
+                try:
+                    await writer.drain()
+                except OSError:
+                    return self._lost()
+                out.finished = time.perf_counter()
+                if pacer.rate <= 0:
+                    await asyncio.sleep(0)
+                progress.show(out.sent)
+        return EXIT_OK
+
+    def _lost(self) -> int:
+        how = "is shutting down (final ack)" if self.acks.final else "closed the connection"
+        self.outcome.errors.append(
+            f"P2 {how} after {self.outcome.sent} events were sent, {self.acks.acked} acknowledged"
+        )
+        return EXIT_CONNECTION
+
+    async def _read_acks(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.acks.feed(data)
+                self._acks_changed.set()
+        except OSError:
+            pass
+        self.peer_closed = True
+        self._acks_changed.set()
+
+    async def _wait_acks(self) -> None:
+        """Until P2 has acknowledged every event sent, says it is closing, or the timeout ends."""
+        deadline = time.monotonic() + self.args.ack_timeout
+        acks, sent = self.acks, self.outcome.sent
+        while acks.acked < sent and not acks.final and not self.peer_closed and not acks.broken:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.outcome.ack_timed_out = True
+                return
+            self._acks_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acks_changed.wait(), remaining)
+
+    async def _close(self, writer: asyncio.StreamWriter, ack_task: asyncio.Task[None]) -> None:
+        """Half-close, then let P2 close its side, so our close never resets a connection it still reads."""
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(ack_task), CLOSE_GRACE_S)
+        ack_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ack_task
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE_S)
+
+
+def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str]:
+    r = replay.reader
+    duration = (out.finished - out.started) if out.started and out.finished else 0.0
+    rate = out.sent / duration if duration > 0 else 0.0
+    head = "interrupted: " if out.interrupted else ""
+    lines = [
+        f"{head}sent {out.sent} events ({r.events} read from {args.file}) in {duration:.2f} s, "
+        f"{rate:,.0f} events/s (target {'max' if args.rate <= 0 else f'{args.rate:g}'})"
+    ]
+    inj = replay.injector
+    parts = [f"{k}={v}" for k, v in (inj.active_counts().items() if inj else ())]
+    if args.latency_ms:
+        parts.append(f"latency={replay.encoder.aged} (+{args.latency_ms} ms)")
+    if parts:
+        kinds = ", ".join(f"{k}={v}" for k, v in inj.drift_kinds.items() if v) if inj else ""
+        lines.append("injected anomalies: " + " ".join(parts) + (f" (drift kinds: {kinds})" if kinds else ""))
+    if r.malformed_total:
+        reasons = ", ".join(f"{k}={v}" for k, v in r.malformed.items() if v)
+        numbers = ", ".join(map(str, r.malformed_lines))
+        more = ", ..." if r.malformed_total > len(r.malformed_lines) else ""
+        lines.append(f"skipped {r.malformed_total} malformed lines ({reasons}); first at lines {numbers}{more}")
+    acks = replay.acks
+    note = ""
+    if not out.ack_waited:
+        note = " (not waited for)"
+    elif out.ack_timed_out:
+        note = f" (not all within {args.ack_timeout:g} s)"
+    elif acks.final:
+        note = " (P2 sent its final ack)"
+    elif acks.acked < out.sent and replay.peer_closed:
+        note = " (P2 closed the connection)"
+    lines.append(f"acknowledged by P2: {acks.acked} of {out.sent}{note}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        options = InjectOptions(
+            shuffle_window=args.shuffle_window,
+            duplicate_rate=args.duplicate_rate,
+            drift_rate=args.drift_rate,
+            gap_rate=args.gap_rate,
+            latency_ms=args.latency_ms,
+            seed=args.seed,
+        )
+    except (UsageError, ValueError) as exc:
+        _fail(f"{exc} (see --help)")
+        return EXIT_USAGE
+    try:
+        f = _open(args.file)
+    except OSError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    out = Outcome()
+    with f:
+        replay = Replay(args, f, options, out)
+        try:
+            rc = asyncio.run(replay.run())
+        except KeyboardInterrupt:
+            out.interrupted = True
+            rc = EXIT_INTERRUPTED
+    if out.started is None:
+        if out.interrupted:
+            _fail("interrupted before anything was sent")
+        return rc
+    for line in _summary(args, replay, out):
+        print(f"{PROG}: {line}")
+    for err in out.errors:
+        _fail(err)
+    if rc == EXIT_OK and replay.reader.events == 0 and replay.reader.malformed_total:
+        _fail(f"no valid event in {args.file}")
+        return EXIT_USAGE
+    return rc

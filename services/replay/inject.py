@@ -1,0 +1,328 @@
+"""Deterministic anomaly injection and the timestamp policy of a replay, sans I/O.
+
+An *item* is one event: ``bytes`` (a line already validated as a JSON object, sent unchanged when
+nothing must change it) or a ``dict`` (parsed because some option has to rewrite it). A line is
+re-serialized only when an option changes it; restamping cuts a line as P1 and P2 write it at its
+stamps rather than round-tripping it through a dict.
+
+Order of operations, each stage seeing only what the previous one let through:
+
+1. ``gap``        drop each event with probability ``gap_rate``;
+2. ``drift``      corrupt the schema of each remaining event with probability ``drift_rate``;
+3. ``duplicate``  emit each event twice in a row with probability ``duplicate_rate``;
+4. ``shuffle``    permute each consecutive window of ``shuffle_window`` events (the last may be short);
+5. timestamps     at send time (:class:`PayloadEncoder`): restamp ``ingest_ts_*`` and strip
+                  ``recv_ts_*``, or keep all four as recorded; then age ``ingest_ts_*`` by ``latency_ms``.
+
+A dropped event is never also counted as drifted; a duplicate repeats the event as it will be
+sent, drift included, so P2 sees a true duplicate; shuffling last lets the two copies of a
+duplicate move apart and scatters drifted events like any others.
+
+Each random stage draws from its own generator derived from the seed, one draw per event it sees,
+so enabling one option never changes what another does, and the output does not depend on how
+the input was cut into batches. Drift kinds rotate in a fixed order for the same reason.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mercurystream.shared.event import INGEST_MS, INGEST_US, RECV_MS, RECV_US
+from mercurystream.shared.framing import HEADER
+
+Item = bytes | dict[str, Any]
+
+_TAIL_START = b',"%b":' % INGEST_MS.encode()
+_STAMPED_TAIL = re.compile(
+    rb',"%b":-?\d+(?:,"%b":-?\d+)?(?:,"%b":-?\d+(?:,"%b":-?\d+)?)?\}'
+    % (INGEST_MS.encode(), INGEST_US.encode(), RECV_MS.encode(), RECV_US.encode())
+)
+"""The end of a line as P1 and P2 write it: only the four stamps, in their order, then the closing brace.
+
+A match at the last ``,"ingest_ts_ms":`` of a valid JSON object is a top-level member sequence
+(an unescaped quote cannot occur inside a string, and the single brace must close the object)."""
+
+REQUIRED_KEYS = ("type", "product_id", "price", "last_size", "time", "trade_id")
+"""Required keys of P2's drift detector that a replay may break (``ingest_ts_ms`` is restamped)."""
+
+
+def _missing_key(ev: dict[str, Any], n: int) -> None:
+    ev.pop(REQUIRED_KEYS[n % len(REQUIRED_KEYS)], None)
+
+
+def _price_string(ev: dict[str, Any], n: int) -> None:
+    ev["price"] = str(ev.get("price"))
+
+
+def _trade_id_float(ev: dict[str, Any], n: int) -> None:
+    tid = ev.get("trade_id")
+    ev["trade_id"] = float(tid) if isinstance(tid, int | float) else 0.5
+
+
+def _trade_id_bool(ev: dict[str, Any], n: int) -> None:
+    ev["trade_id"] = True
+
+
+def _last_size_null(ev: dict[str, Any], n: int) -> None:
+    ev["last_size"] = None
+
+
+def _time_number(ev: dict[str, Any], n: int) -> None:
+    ms = ev.get(INGEST_MS)
+    ev["time"] = ms if type(ms) is int else 0
+
+
+DRIFT_KINDS = (
+    ("missing_key", _missing_key),
+    ("price_string", _price_string),
+    ("trade_id_float", _trade_id_float),
+    ("trade_id_bool", _trade_id_bool),
+    ("last_size_null", _last_size_null),
+    ("time_number", _time_number),
+)
+"""The schema breaks a replay injects, in rotation: each one is ``schema_drift`` by P2's definition.
+
+Breaking ``trade_id`` also hides that id from P2's gap detector, which then counts it missing:
+the same thing real upstream drift would do."""
+
+
+@dataclass(frozen=True, slots=True)
+class InjectOptions:
+    """What to inject; invalid values raise ``ValueError`` with a message fit for the user."""
+
+    shuffle_window: int = 0
+    duplicate_rate: float = 0.0
+    drift_rate: float = 0.0
+    gap_rate: float = 0.0
+    latency_ms: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("duplicate_rate", "drift_rate", "gap_rate"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {p}")
+        if self.shuffle_window < 0:
+            raise ValueError(f"--shuffle-window must be 0 (off) or a window size, got {self.shuffle_window}")
+        if self.latency_ms < 0:
+            raise ValueError(f"--latency-ms must be 0 or more, got {self.latency_ms}")
+
+    @property
+    def active(self) -> bool:
+        """True when some stage of :class:`Injector` changes the stream (latency is the encoder's)."""
+        return self.shuffle_window > 1 or self.duplicate_rate > 0 or self.drift_rate > 0 or self.gap_rate > 0
+
+
+def _stage_rng(seed: int, stage: str) -> random.Random:
+    return random.Random(f"mercury-replay:{seed}:{stage}")
+
+
+class Injector:
+    """Stages 1-4 over a stream fed in batches of any size; :meth:`flush` ends the stream.
+
+    Input items are never mutated: a drifted event is a new dict.
+    """
+
+    def __init__(self, options: InjectOptions) -> None:
+        self.options = options
+        self._gap = _stage_rng(options.seed, "gap")
+        self._drift = _stage_rng(options.seed, "drift")
+        self._dup = _stage_rng(options.seed, "duplicate")
+        self._shuffle = _stage_rng(options.seed, "shuffle")
+        self._window: list[Item] = []
+        self.counts: dict[str, int] = {"gap": 0, "drift": 0, "duplicate": 0, "shuffle": 0}
+        """Events dropped, drifted, sent twice, and moved from their place by a shuffle."""
+        self.drift_kinds: dict[str, int] = {name: 0 for name, _ in DRIFT_KINDS}
+
+    def active_counts(self) -> dict[str, int]:
+        """The counts of the stages that are switched on."""
+        opts = self.options
+        on = {
+            "gap": opts.gap_rate > 0,
+            "drift": opts.drift_rate > 0,
+            "duplicate": opts.duplicate_rate > 0,
+            "shuffle": opts.shuffle_window > 1,
+        }
+        return {k: v for k, v in self.counts.items() if on[k]}
+
+    def feed(self, batch: list[Item]) -> list[Item]:
+        """The items ready to send after this batch (a shuffle holds back an incomplete window)."""
+        opts = self.options
+        if opts.gap_rate > 0:
+            batch = self._apply_gap(batch)
+        if opts.drift_rate > 0:
+            batch = self._apply_drift(batch)
+        if opts.duplicate_rate > 0:
+            batch = self._apply_duplicate(batch)
+        if opts.shuffle_window > 1:
+            batch = self._apply_shuffle(batch, final=False)
+        return batch
+
+    def flush(self) -> list[Item]:
+        """What is still held at the end of the stream: the last, shorter shuffle window."""
+        if self.options.shuffle_window > 1:
+            return self._apply_shuffle([], final=True)
+        return []
+
+    def run(self, items: Iterable[Item]) -> list[Item]:
+        """The whole stream at once (tests, small files)."""
+        return self.feed(list(items)) + self.flush()
+
+    def _apply_gap(self, batch: list[Item]) -> list[Item]:
+        draw = self._gap.random
+        p = self.options.gap_rate
+        kept = [it for it in batch if draw() >= p]
+        self.counts["gap"] += len(batch) - len(kept)
+        return kept
+
+    def _apply_drift(self, batch: list[Item]) -> list[Item]:
+        draw = self._drift.random
+        p = self.options.drift_rate
+        out = batch
+        for i, it in enumerate(batch):
+            if draw() < p:
+                if out is batch:
+                    out = list(batch)
+                out[i] = self._drift_one(it)
+        return out
+
+    def _drift_one(self, item: Item) -> dict[str, Any]:
+        ev = orjson.loads(item) if type(item) is bytes else dict(item)
+        n = self.counts["drift"]
+        name, breaker = DRIFT_KINDS[n % len(DRIFT_KINDS)]
+        breaker(ev, n // len(DRIFT_KINDS))
+        self.counts["drift"] = n + 1
+        self.drift_kinds[name] += 1
+        return ev
+
+    def _apply_duplicate(self, batch: list[Item]) -> list[Item]:
+        draw = self._dup.random
+        p = self.options.duplicate_rate
+        out: list[Item] = []
+        append = out.append
+        for it in batch:
+            append(it)
+            if draw() < p:
+                append(it)
+        self.counts["duplicate"] += len(out) - len(batch)
+        return out
+
+    def _apply_shuffle(self, batch: list[Item], final: bool) -> list[Item]:
+        w = self.options.shuffle_window
+        held = self._window + batch if self._window else batch
+        full = len(held) if final else len(held) - len(held) % w
+        self._window = held[full:]
+        out: list[Item] = []
+        shuffle = self._shuffle.shuffle
+        moved = 0
+        for start in range(0, full, w):
+            size = min(w, full - start)
+            order = list(range(size))
+            shuffle(order)
+            out.extend(held[start + i] for i in order)
+            moved += sum(1 for pos, i in enumerate(order) if pos != i)
+        self.counts["shuffle"] += moved
+        return out
+
+
+class PayloadEncoder:
+    """Stage 5: items → one buffer of frames, stamped for this send.
+
+    Restamping puts one send time on a whole batch: the stamp bytes are formatted once and
+    appended to every event, so the cost per event is one ``dumps`` and no clock read.
+    Dicts handed in are consumed (their recorded stamps may be removed in place).
+    """
+
+    def __init__(self, keep_timestamps: bool, latency_ms: int = 0) -> None:
+        if latency_ms < 0:
+            raise ValueError("latency_ms must be 0 or more")
+        self.keep_timestamps = keep_timestamps
+        self.latency_ms = latency_ms
+        self.aged = 0
+        """Events sent with ``ingest_ts_*`` aged by ``latency_ms``."""
+
+    def encode(self, items: list[Item], now_us: int) -> bytes:
+        if not self.keep_timestamps:
+            return self._restamp(items, now_us)
+        if self.latency_ms:
+            return self._age_recorded(items)
+        return self._as_is(items)
+
+    @staticmethod
+    def _as_is(items: list[Item]) -> bytes:
+        parts: list[bytes] = []
+        append = parts.append
+        pack = HEADER.pack
+        dumps = orjson.dumps
+        for it in items:
+            payload = it if type(it) is bytes else dumps(it)
+            append(pack(len(payload)))
+            append(payload)
+        return b"".join(parts)
+
+    def _restamp(self, items: list[Item], now_us: int) -> bytes:
+        stamp_us = now_us - self.latency_ms * 1000
+        stamps = b'"%b":%d,"%b":%d}' % (INGEST_MS.encode(), stamp_us // 1000, INGEST_US.encode(), stamp_us)
+        after_key = b"," + stamps
+        parts: list[bytes] = []
+        append = parts.append
+        pack = HEADER.pack
+        dumps = orjson.dumps
+        loads = orjson.loads
+        pop = dict.pop
+        stamped_tail = _STAMPED_TAIL.fullmatch
+        for it in items:
+            if type(it) is bytes:
+                # P1's stamps come last and P2 splices its own after them: cut the line there
+                # instead of a loads/dumps round trip.
+                cut = it.rfind(_TAIL_START)
+                if cut > 0 and stamped_tail(it, cut):
+                    payload = it[:cut] + after_key
+                    append(pack(len(payload)))
+                    append(payload)
+                    continue
+                it = loads(it)
+            pop(it, INGEST_MS, None)
+            pop(it, INGEST_US, None)
+            pop(it, RECV_MS, None)
+            pop(it, RECV_US, None)
+            body = dumps(it)
+            payload = body[:-1] + after_key if len(body) > 2 else b"{" + stamps
+            append(pack(len(payload)))
+            append(payload)
+        if self.latency_ms:
+            self.aged += len(items)
+        return b"".join(parts)
+
+    def _age_recorded(self, items: list[Item]) -> bytes:
+        shift_ms = self.latency_ms
+        shift_us = shift_ms * 1000
+        parts: list[bytes] = []
+        append = parts.append
+        pack = HEADER.pack
+        dumps = orjson.dumps
+        loads = orjson.loads
+        aged = 0
+        for it in items:
+            ev = loads(it) if type(it) is bytes else dict(it)
+            ms = ev.get(INGEST_MS)
+            us = ev.get(INGEST_US)
+            if type(ms) is int:
+                ev[INGEST_MS] = ms - shift_ms
+            if type(us) is int:
+                ev[INGEST_US] = us - shift_us
+            if type(ms) is int or type(us) is int:
+                aged += 1
+                payload = dumps(ev)
+            else:
+                payload = it if type(it) is bytes else dumps(ev)
+            append(pack(len(payload)))
+            append(payload)
+        self.aged += aged
+        return b"".join(parts)

@@ -1,0 +1,166 @@
+"""Reading a recording: a streaming JSONL reader and the queue the sender takes batches from, sans I/O.
+
+The file is read in fixed-size chunks and split on newlines, never loaded whole and never read a
+line at a time: memory stays bounded by the chunk plus the longest allowed line, even for a file
+that is one gigantic line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from mercurystream.replay.inject import Injector, Item
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+
+CHUNK_BYTES = 256 * 1024
+MAX_REPORTED_LINES = 10
+
+MALFORMED_REASONS = ("invalid_json", "not_object", "oversize")
+"""Why a line is skipped: not JSON, JSON but not an object, longer than P2 accepts in one frame."""
+
+
+class JsonlReader:
+    """Validated events from a JSONL stream, in batches of one chunk's lines.
+
+    ``parse=False`` yields the stripped line bytes (validated, then sent as they are);
+    ``parse=True`` yields the parsed dicts, for when every event has to be rewritten anyway.
+    Blank lines are ignored; malformed ones are counted by reason and their first line numbers kept.
+    """
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        parse: bool = False,
+        limit: int | None = None,
+        max_line_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self._f = f
+        self._parse = parse
+        self._limit = limit
+        self._max = max_line_bytes
+        self._chunk = chunk_bytes
+        self.lines = 0
+        self.events = 0
+        self.blank = 0
+        self.bytes_read = 0
+        self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
+        self.malformed_lines: list[int] = []
+        """The first :data:`MAX_REPORTED_LINES` malformed line numbers (1-based)."""
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
+
+    def batches(self) -> Iterator[list[Item]]:
+        read = self._f.read
+        size = self._chunk
+        carry = b""
+        skipping = False
+        while not self._full():
+            chunk = read(size)
+            if not chunk:
+                if carry and not skipping:
+                    batch = self._validate([carry])
+                    if batch:
+                        yield batch
+                return
+            self.bytes_read += len(chunk)
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                chunk = chunk[nl + 1 :]
+                skipping = False
+            lines = chunk.split(b"\n")
+            if carry:
+                lines[0] = carry + lines[0]
+            carry = lines.pop()
+            batch = self._validate(lines)
+            if batch:
+                yield batch
+            if len(carry) > self._max and not self._full():
+                self.lines += 1
+                self._bad("oversize", self.lines)
+                carry = b""
+                skipping = True
+
+    def _full(self) -> bool:
+        return self._limit is not None and self.events >= self._limit
+
+    def _validate(self, lines: list[bytes]) -> list[Item]:
+        """Valid items of ``lines``, stopping at the event limit so nothing past it is read or counted."""
+        out: list[Item] = []
+        append = out.append
+        loads = orjson.loads
+        bad_json = orjson.JSONDecodeError
+        parse = self._parse
+        max_len = self._max
+        room = len(lines) if self._limit is None else self._limit - self.events
+        lineno = self.lines
+        blank = 0
+        for raw in lines:
+            if len(out) >= room:
+                break
+            lineno += 1
+            line = raw.strip()
+            if not line:
+                blank += 1
+                continue
+            if len(line) > max_len:
+                self._bad("oversize", lineno)
+                continue
+            try:
+                obj = loads(line)
+            except bad_json:
+                self._bad("invalid_json", lineno)
+                continue
+            if type(obj) is not dict:
+                self._bad("not_object", lineno)
+                continue
+            append(obj if parse else line)
+        self.lines = lineno
+        self.blank += blank
+        self.events += len(out)
+        return out
+
+    def _bad(self, reason: str, lineno: int) -> None:
+        self.malformed[reason] += 1
+        if len(self.malformed_lines) < MAX_REPORTED_LINES:
+            self.malformed_lines.append(lineno)
+
+
+class EventQueue:
+    """Takes exactly ``n`` ready items at a time from reader batches passed through the injector."""
+
+    def __init__(self, batches: Iterator[list[Item]], injector: Injector | None = None) -> None:
+        self._batches = batches
+        self._injector = injector
+        self._pending: list[Item] = []
+        self._pos = 0
+        self._exhausted = False
+
+    def take(self, n: int) -> list[Item]:
+        """Up to ``n`` items; fewer only at the end of the stream, then ``[]``."""
+        while len(self._pending) - self._pos < n and not self._exhausted:
+            self._refill()
+        out = self._pending[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def _refill(self) -> None:
+        batch = next(self._batches, None)
+        inj = self._injector
+        if batch is None:
+            self._exhausted = True
+            more = inj.flush() if inj is not None else []
+        else:
+            more = inj.feed(batch) if inj is not None else batch
+        if not more:
+            return
+        rest = self._pending[self._pos :] if self._pos < len(self._pending) else []
+        self._pending = rest + more if rest else more
+        self._pos = 0

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mercurystream.replay.cli import main
+from mercurystream.shared.framing import FrameDecoder, encode_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+RESTAMP_TAIL = re.compile(rb',"ingest_ts_ms":\d+,"ingest_ts_us":\d+\}$')
+
+
+def recorded_line(i: int) -> bytes:
+    """A line as P2's recorder writes it: P1's payload with the receive stamps spliced in."""
+    ingest_us = 1_735_000_000_000_000 + i * 1000
+    return orjson.dumps(
+        {
+            "type": "match",
+            "product_id": ("BTC-USD", "ETH-USD")[i % 2],
+            "price": 87000.5 + i,
+            "last_size": 0.125,
+            "time": f"2025-12-24T17:{i // 60 % 60:02d}:{i % 60:02d}.000000Z",
+            "trade_id": 5000 + i,
+            "side": "sell",
+            "ingest_ts_ms": ingest_us // 1000,
+            "ingest_ts_us": ingest_us,
+            "recv_ts_ms": ingest_us // 1000 + 3,
+            "recv_ts_us": ingest_us + 3000,
+        }
+    )
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> tuple[Path, list[bytes]]:
+    lines = [recorded_line(i) for i in range(500)]
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, lines
+
+
+class FakeP2:
+    """P2's side of the wire: decodes each connection's frames and acknowledges them as P2 does."""
+
+    def __init__(self, ack: bool = True, close_after: int | None = None) -> None:
+        self.ack = ack
+        self.close_after = close_after
+        self.connections: list[list[bytes]] = []
+        self.port = 0
+
+    async def __aenter__(self) -> FakeP2:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames: list[bytes] = []
+        self.connections.append(frames)
+        decoder = FrameDecoder()
+        try:
+            while data := await reader.read(65536):
+                frames += decoder.feed(data)
+                if self.close_after is not None and len(frames) >= self.close_after:
+                    return
+                if self.ack:
+                    writer.write(encode_frame(orjson.dumps({"ack": len(frames)})))
+        finally:
+            writer.close()
+
+
+async def replay(*argv: str) -> int:
+    """The CLI in a worker thread (it runs its own event loop), so the fake P2 can serve meanwhile."""
+    return await asyncio.wait_for(asyncio.to_thread(main, list(argv)), timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def without_send_stamps(frames: list[bytes]) -> list[bytes]:
+    out = []
+    for f in frames:
+        stripped, n = RESTAMP_TAIL.subn(b"}", f)
+        assert n == 1, f
+        out.append(stripped)
+    return out
+
+
+INJECT_ALL = [
+    "--rate=0",
+    "--shuffle-window=8",
+    "--duplicate-rate=0.05",
+    "--drift-rate=0.05",
+    "--gap-rate=0.05",
+    "--latency-ms=20",
+]
+
+
+async def test_same_seed_sends_the_same_frames(recording, capsys) -> None:
+    path, _ = recording
+    async with FakeP2() as p2:
+        for seed in ("7", "7", "8"):
+            assert await replay("--file", str(path), "--port", str(p2.port), "--seed", seed, *INJECT_ALL) == 0
+    first, second, other = (without_send_stamps(c) for c in p2.connections)
+    assert first == second
+    assert first != other
+    out = capsys.readouterr().out
+    assert re.search(r"injected anomalies: gap=\d+ drift=\d+ duplicate=\d+ shuffle=\d+ latency=\d+ \(\+20 ms\)", out)
+    assert f"acknowledged by P2: {len(first)} of {len(first)}" in out
+
+
+async def test_keep_timestamps_sends_recorded_lines_byte_for_byte(recording, capsys) -> None:
+    path, lines = recording
+    async with FakeP2() as p2:
+        for _ in range(2):
+            rc = await replay("--file", str(path), "--port", str(p2.port), "--rate=0", "--keep-timestamps")
+            assert rc == 0
+    assert p2.connections[0] == lines
+    assert p2.connections[1] == lines
+    out = capsys.readouterr().out
+    assert "sent 500 events (500 read from" in out
+    assert "injected" not in out
+
+
+async def test_keep_timestamps_with_injection_is_fully_deterministic(recording) -> None:
+    path, _ = recording
+    async with FakeP2() as p2:
+        for _ in range(2):
+            rc = await replay("--file", str(path), "--port", str(p2.port), "--keep-timestamps", "--seed=3", *INJECT_ALL)
+            assert rc == 0
+    assert p2.connections[0] == p2.connections[1]
+
+
+async def test_default_restamps_ingest_and_strips_recv(recording) -> None:
+    path, lines = recording
+    async with FakeP2() as p2:
+        before_us = time.time_ns() // 1000
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=0", "--limit=50") == 0
+        after_us = time.time_ns() // 1000
+    (frames,) = p2.connections
+    assert len(frames) == 50
+    for raw, frame in zip(lines, frames, strict=False):
+        ev = orjson.loads(frame)
+        assert "recv_ts_ms" not in ev and "recv_ts_us" not in ev
+        assert before_us <= ev["ingest_ts_us"] <= after_us
+        assert ev["ingest_ts_ms"] == ev["ingest_ts_us"] // 1000
+        rec = orjson.loads(raw)
+        assert {k: ev[k] for k in ("trade_id", "price", "time")} == {k: rec[k] for k in ("trade_id", "price", "time")}
+
+
+async def test_malformed_lines_are_skipped_and_reported(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(recorded_line(0) + b"\n\n{oops\n" + recorded_line(1) + b"\n[1]\n\n" + recorded_line(2) + b"\n")
+    async with FakeP2() as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=0") == 0
+    assert len(p2.connections[0]) == 3
+    out = capsys.readouterr().out
+    assert "skipped 2 malformed lines (invalid_json=1, not_object=1); first at lines 3, 5" in out
+
+
+async def test_a_file_with_no_valid_event_is_bad_input(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "meta.json"
+    path.write_text('{\n  "id": 1\n}\n')
+    async with FakeP2() as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port)) == 2
+    err = capsys.readouterr().err
+    assert f"no valid event in {path}" in err
+
+
+async def test_rate_is_honoured(recording, capsys) -> None:
+    path, _ = recording
+    async with FakeP2() as p2:
+        t0 = time.monotonic()
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=400", "--limit=200") == 0
+        elapsed = time.monotonic() - t0
+    assert len(p2.connections[0]) == 200
+    # 200 events at 400/s: the last is due 199/400 s after the first. Pacing can't be early; under
+    # load it may be late, so only the upper bound is loose.
+    assert 0.45 <= elapsed < 15
+    rate = float(re.search(r"([\d,]+) events/s", capsys.readouterr().out).group(1).replace(",", ""))
+    assert 100 <= rate <= 420
+
+
+async def test_acks_not_waited_for_and_timing_out(recording, capsys) -> None:
+    path, _ = recording
+    async with FakeP2(ack=False) as p2:
+        args = ("--file", str(path), "--port", str(p2.port), "--rate=0", "--limit=10")
+        assert await replay(*args, "--no-wait-ack") == 0
+        assert "acknowledged by P2: 0 of 10 (not waited for)" in capsys.readouterr().out
+        assert await replay(*args, "--ack-timeout=0.3") == 0
+        assert "acknowledged by P2: 0 of 10 (not all within 0.3 s)" in capsys.readouterr().out
+    assert [len(c) for c in p2.connections] == [10, 10]
+
+
+async def test_p2_closing_mid_replay_is_exit_3(recording, capsys) -> None:
+    path, _ = recording
+    async with FakeP2(close_after=100) as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=2000") == 3
+    captured = capsys.readouterr()
+    assert "P2 closed the connection after" in captured.err
+    assert "sent " in captured.out
+
+
+async def test_missing_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    assert await replay("--file", str(tmp_path / "nope.jsonl")) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "no such file" in captured.err
+    assert captured.out == ""
+
+
+async def test_nothing_listening_is_one_line_exit_3(recording, capsys) -> None:
+    path, _ = recording
+    assert await replay("--file", str(path), "--port", str(free_port())) == 3
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "not listening" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--rate=-1"], ["--duplicate-rate=1.5"], ["--gap-rate=x"], ["--shuffle-window=-2"], ["--port=70000"], ["--x"]],
+)
+async def test_invalid_options_are_one_line_exit_2(recording, capsys, bad: list[str]) -> None:
+    path, _ = recording
+    assert await replay("--file", str(path), *bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("replay: error:")
+
+
+def run_tool(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+TOOLS = [
+    pytest.param([sys.executable, str(ROOT / "replay.py")], id="replay.py"),
+    pytest.param([str(Path(sys.executable).parent / "mercury-replay")], id="mercury-replay"),
+]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tools_missing_file(tool: list[str], tmp_path: Path) -> None:
+    if not Path(tool[-1]).exists():
+        pytest.skip(f"{tool[-1]} is not installed")
+    proc = run_tool([*tool, "--file", str(tmp_path / "nope.jsonl")])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tools_nothing_listening(tool: list[str], recording) -> None:
+    if not Path(tool[-1]).exists():
+        pytest.skip(f"{tool[-1]} is not installed")
+    path, _ = recording
+    proc = run_tool([*tool, "--file", str(path), "--port", str(free_port())])
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and "not listening" in proc.stderr
+
+
+def test_replay_py_without_the_package_says_how_to_install(tmp_path: Path) -> None:
+    # -S skips site-packages, where the editable install lives.
+    proc = run_tool([sys.executable, "-S", str(ROOT / "replay.py"), "--file", str(tmp_path / "x")])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "make install" in proc.stderr and ".venv/bin/python" in proc.stderr
+
+
+async def test_interrupt_still_prints_the_summary(recording) -> None:
+    path, _ = recording
+    # A child started from a non-interactive shell may inherit SIGINT ignored; ask for the default.
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from mercurystream.replay.cli import main; sys.exit(main())"
+    )
+    async with FakeP2() as p2:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            "--file",
+            str(path),
+            "--port",
+            str(p2.port),
+            "--rate=100",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not (p2.connections and len(p2.connections[0]) >= 5) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 130, stderr
+    assert re.search(rb"replay: interrupted: sent \d+ events", stdout)
+    assert b"Traceback" not in stderr

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import io
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mercurystream.replay.inject import InjectOptions, Injector
+from mercurystream.replay.source import EventQueue, JsonlReader
+
+MIXED = (
+    b'{"trade_id":1}\n'  # 1
+    b"\n"  # 2 blank
+    b"not json\n"  # 3
+    b'{"trade_id":2}\r\n'  # 4 CRLF
+    b"[1,2]\n"  # 5 not an object
+    b"   \n"  # 6 blank
+    b'"a string"\n'  # 7 not an object
+    b'{"trade_id":3,"x":"\xff"}\n'  # 8 invalid UTF-8
+    b'  {"trade_id":4}  \n'  # 9
+    b'{"trade_id":5}'  # 10, no final newline
+)
+
+
+def read_all(data: bytes, **kwargs) -> tuple[JsonlReader, list]:
+    reader = JsonlReader(io.BytesIO(data), **kwargs)
+    items = [it for batch in reader.batches() for it in batch]
+    return reader, items
+
+
+def test_valid_lines_pass_as_stripped_bytes_and_the_rest_is_counted_by_line() -> None:
+    reader, items = read_all(MIXED)
+    assert items == [b'{"trade_id":1}', b'{"trade_id":2}', b'{"trade_id":4}', b'{"trade_id":5}']
+    assert reader.lines == 10
+    assert reader.events == 4
+    assert reader.blank == 2
+    assert reader.malformed == {"invalid_json": 2, "not_object": 2, "oversize": 0}
+    assert reader.malformed_lines == [3, 5, 7, 8]
+    assert reader.bytes_read == len(MIXED)
+
+
+def test_parse_yields_dicts() -> None:
+    _, items = read_all(MIXED, parse=True)
+    assert items == [{"trade_id": n} for n in (1, 2, 4, 5)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=64))
+def test_chunking_does_not_change_the_result(chunk: int) -> None:
+    ref, ref_items = read_all(MIXED)
+    reader, items = read_all(MIXED, chunk_bytes=chunk)
+    assert items == ref_items
+    assert (reader.lines, reader.malformed, reader.malformed_lines) == (ref.lines, ref.malformed, ref.malformed_lines)
+
+
+def test_oversize_lines_are_skipped_without_being_held_whole() -> None:
+    big = b'{"pad":"' + b"x" * 5000 + b'"}'
+    data = b'{"a":1}\n' + big + b"\n" + b'{"a":2}\n' + big + b"\n" + b'{"a":3}\n' + big
+    for chunk in (16, 100, 1 << 16):
+        reader, items = read_all(data, max_line_bytes=1000, chunk_bytes=chunk)
+        assert items == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
+        assert reader.malformed["oversize"] == 3
+        assert reader.malformed_lines == [2, 4, 6]
+        assert reader.lines == 6
+
+
+def test_limit_stops_reading_and_counting() -> None:
+    data = b"".join(b'{"n":%d}\nbad\n' % i for i in range(100))
+    reader, items = read_all(data, limit=3, chunk_bytes=1 << 16)
+    assert items == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert reader.events == 3
+    assert reader.malformed_lines == [2, 4]
+
+
+def test_only_the_first_line_numbers_are_kept() -> None:
+    reader, _ = read_all(b"x\n" * 50)
+    assert reader.malformed_total == 50
+    assert reader.malformed_lines == list(range(1, 11))
+
+
+def test_queue_takes_exact_counts_across_batches_and_flushes_the_injector() -> None:
+    data = b"".join(orjson.dumps({"trade_id": i}) + b"\n" for i in range(1000))
+    opts = InjectOptions(shuffle_window=64, seed=1)
+    reader = JsonlReader(io.BytesIO(data), chunk_bytes=300)
+    queue = EventQueue(reader.batches(), Injector(opts))
+    taken = []
+    sizes = []
+    while batch := queue.take(37):
+        sizes.append(len(batch))
+        taken += batch
+    assert sizes[:-1] == [37] * (len(sizes) - 1)
+    assert len(taken) == 1000
+    expected = Injector(opts).run(read_all(data)[1])
+    assert taken == expected
+    assert queue.take(5) == []
