@@ -99,6 +99,7 @@ class LocalDemo:
             "p2-replay", [str(BIN / "mercury-p2")],
             PORT=p["replay"], METRICS_PORT=p["replay_metrics"], INCIDENTS_DIR=self.incidents,
             DRIFT_SAMPLE_FILE=self.root / "drift_samples.jsonl", FLIGHT_COOLDOWN_S=a.cooldown,
+            FLIGHT_POST_EVENTS=a.post_events,
         )  # fmt: skip
         self.spawn(
             "p1", [str(BIN / "mercury-p1")],
@@ -141,6 +142,8 @@ class LocalDemo:
         step(3, "Injecting anomalies (duplicates + shuffled order)...")
         snapshot = self.run_dir / "replay_input.jsonl"
         n = self._snapshot(snapshot, a.replay_events)
+        if n < 2 * a.post_events:
+            raise DemoError(f"only {n} events recorded; a capture needs more than {a.post_events} after its trigger")
         replay = [
             str(BIN / "mercury-replay"), "--file", str(snapshot), "--port", str(p["replay"]),
             "--rate", str(a.replay_rate), "--duplicate-rate", "0.05", "--shuffle-window", "10",
@@ -283,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay-events", type=int, default=8000)
     ap.add_argument("--replay-rate", type=float, default=4000.0)
     ap.add_argument("--cooldown", type=float, default=3.0, help="FLIGHT_COOLDOWN_S of the replay P2")
+    ap.add_argument("--post-events", type=int, default=1000, help="FLIGHT_POST_EVENTS of the replay P2")
     ap.add_argument("--status-interval", type=float, default=3.0)
     ap.add_argument("--free-ports", action="store_true", help="use free ports instead of the defaults")
     ap.add_argument("--no-prometheus", action="store_true")

@@ -86,7 +86,7 @@ def test_p2_restart_mid_stream_delivers_every_event_once(cluster):
 
 
 def test_websocket_drops_mid_stream_recover_with_every_sent_trade_delivered(cluster):
-    cluster.exchange("--rate", 1500, "--max-trades", 5000, "--seed", 13, "--disconnect-every", 1.0)
+    cluster.exchange("--rate", 800, "--max-trades", 5000, "--seed", 13, "--disconnect-every", 1.0)
     cluster.p2()
     cluster.p1(BACKOFF_MAX="0.5")
     wait_exhausted(cluster)

@@ -60,7 +60,8 @@ def test_every_dashboard_panel_returns_data(cluster, tmp_path):
 
     replay = subprocess.run(
         [str(BIN / "mercury-replay"), "--file", str(cluster.record_file), "--port", str(cluster.p2_port),
-         "--limit", "500", "--rate", "2000", "--drift-rate", "0.05", "--duplicate-rate", "0.05", "--shuffle-window", "5", "--seed", "3"],
+         "--limit", "500", "--rate", "2000", "--drift-rate", "0.05", "--duplicate-rate", "0.05",
+         "--shuffle-window", "5", "--seed", "3"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
