@@ -47,14 +47,15 @@ run-p2: $(STAMP)
 report: $(STAMP)
 	$(BIN)/mercury-report data/incidents
 
+# P2 writes ./data as your user, so bind-mounted recordings and incidents stay yours.
 up:
-	$(COMPOSE) up --build -d
+	MERCURY_UID=$$(id -u) MERCURY_GID=$$(id -g) $(COMPOSE) up --build -d
 
 down:
-	$(COMPOSE) down
+	$(COMPOSE) --profile replay down
 
 logs:
-	$(COMPOSE) logs -f --tail=100
+	$(COMPOSE) logs -f --tail=200
 
 clean:
 	rm -rf data/run data/incidents data/*.jsonl .pytest_cache .ruff_cache

@@ -365,9 +365,13 @@ def bundles_under(directory: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="mercury-report", description="(Re)generate report.md for every incident bundle under a directory."
+        prog="mercury-report",
+        description="(Re)generate report.md, and chart.png where missing, for every incident bundle under a directory.",
     )
     parser.add_argument("directory", nargs="?", default="data/incidents", help="default: data/incidents")
+    charts = parser.add_mutually_exclusive_group()
+    charts.add_argument("--charts", action="store_true", help="redraw every chart.png, not only missing ones")
+    charts.add_argument("--no-charts", action="store_true", help="write reports only")
     args = parser.parse_args(argv)
     directory = Path(args.directory)
     if not directory.is_dir():
@@ -380,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failed = 0
     for bundle in bundles:
+        if not args.no_charts and (args.charts or not (bundle / CHART_FILE).exists()):
+            _draw_chart(bundle)
         try:
             path = write_report(bundle, str(bundle / EVENTS_FILE))
         except ReportError as exc:
@@ -392,6 +398,16 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
     print(f"{len(bundles) - failed} report(s) written under {directory}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _draw_chart(bundle: Path) -> None:
+    """A chart is evidence, not the report: failing to draw one is reported and the report still written."""
+    from mercurystream.p2.incident.chart import ChartError, render_chart
+
+    try:
+        render_chart(bundle)
+    except (ChartError, OSError, ValueError) as exc:
+        print(f"mercury-report: {bundle}: no chart: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,18 @@ def test_cli_help_exits_zero(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def test_cli_draws_missing_charts_and_the_report_links_them(tmp_path):
+    a = bundle_from(tmp_path, [event(1), event(2), event(2)], pre=5, post=0)
+    assert not (a / "chart.png").exists()
+    assert main([str(tmp_path / "incidents")]) == 0
+    assert (a / "chart.png").stat().st_size > 1000
+    assert "chart.png" in (a / "report.md").read_text()
+
+
+def test_cli_no_charts_writes_reports_only(tmp_path):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    assert main(["--no-charts", str(tmp_path / "incidents")]) == 0
+    assert not (a / "chart.png").exists()
+    assert "chart.png" not in (a / "report.md").read_text()
