@@ -243,33 +243,56 @@ def _read_meta(bundle: Path) -> dict:
         return {}
 
 
-def docker_demo() -> int:
-    """The same steps against docker compose (needs a Docker engine)."""
+def docker_demo(args: argparse.Namespace) -> int:
+    """The same five steps against ``docker compose`` (needs a Docker engine; P1 reads the real feed)."""
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
         print("make demo DOCKER=1: no Docker engine is reachable (`docker info` failed)", file=sys.stderr)
         return 2
+    compose = [docker, "compose", "--profile", "replay"]
+    env = {**os.environ, "RECORD": "true", "MERCURY_UID": str(os.getuid()), "MERCURY_GID": str(os.getgid())}
+    recording = Path(args.data_dir) / "btcusd.jsonl"
+    incidents = Path(args.data_dir) / "replay_incidents"
+    before = {d.name for d in incidents.iterdir()} if incidents.is_dir() else set()
     banner("MercuryStream Incident Detection Demo")
-    cmds = [
-        (1, "Starting services...", ["docker", "compose", "--profile", "replay", "up", "--build", "-d"]),
-        (2, "Verifying services are running...", ["docker", "compose", "ps"]),
-        (3, "Injecting anomalies (duplicates + shuffled order)...",
-         ["docker", "compose", "--profile", "replay", "run", "--rm", "replay"]),
-    ]  # fmt: skip
     try:
-        for n, text, cmd in cmds:
-            step(n, text)
-            if subprocess.run(cmd).returncode != 0:
-                print(f"step {n} failed: {' '.join(cmd)}", file=sys.stderr)
-                return 1
+        step(1, "Starting services...")
+        if subprocess.run([*compose, "up", "--build", "-d", "--wait"], env=env).returncode != 0:
+            raise DemoError("docker compose up failed")
+        step(2, "Verifying services are running...")
+        subprocess.run([*compose, "ps"], env=env)
+        print(f"  waiting for {args.min_events} recorded trades from Coinbase in {recording} ...")
+        wait_for(f"{args.min_events} recorded events", lambda: _count_lines(recording) >= args.min_events, 600, [])
+        step(3, "Injecting anomalies (duplicates + shuffled order)...")
+        replay = [
+            "--file", f"data/{recording.name}", "--limit", str(args.replay_events), "--rate", str(args.replay_rate),
+            "--duplicate-rate", "0.05", "--shuffle-window", "10", "--drift-rate", "0.01", "--gap-rate", "0.01",
+            "--seed", "42",
+        ]  # fmt: skip
+        if subprocess.run([*compose, "run", "--rm", "replay", *replay], env=env).returncode != 0:
+            raise DemoError("the replay failed")
         step(4, "Waiting for incident capture to complete...")
-        time.sleep(15)
+        new = lambda: {d.name for d in incidents.iterdir() if (d / "meta.json").exists()} - before  # noqa: E731
+        wait_for("an incident bundle", lambda: incidents.is_dir() and bool(new()), 120, [])
         step(5, "Generating incident reports...")
-        subprocess.run([str(BIN / "mercury-report"), "data/incidents"])
+        subprocess.run([str(BIN / "mercury-report"), str(incidents)])
         banner("Demo Complete!")
+        print(f"Incidents in {incidents}/: {', '.join(sorted(new()))}")
+        print("The demo stops its containers now; `make up` runs the stack to explore Grafana on :3000.")
         return 0
+    except (DemoError, ServiceError) as exc:
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        return 1
     finally:
-        subprocess.run(["docker", "compose", "--profile", "replay", "down"])
+        subprocess.run([*compose, "down"], env=env)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -292,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-prometheus", action="store_true")
     args = ap.parse_args(argv)
     if args.docker:
-        return docker_demo()
+        return docker_demo(args)
     banner("MercuryStream Incident Detection Demo")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     demo = None
