@@ -1,0 +1,240 @@
+"""The benchmark's processes: P2, P1, the exchange, the baseline reader and the load generator, on free ports.
+
+Every service is a real child process (:class:`mercurystream.shared.processes.Service`) with its own
+log file under the run's work directory. :class:`Lab` tracks what it started and stops all of it,
+whatever happens, so no benchmark leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mercurystream.shared.processes import BIN, Service, ServiceError, free_port, http_ok, wait_for
+from mercurystream.shared.scrape import Sample, scrape
+
+SCRUB = {
+    "PORT", "HOST", "METRICS_PORT", "RECORD", "RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE", "P2_HOST",
+    "P2_PORT", "P1_METRICS_PORT", "P1_METRICS_HOST", "COINBASE_WS_URL", "SYMBOLS", "FEED_CHANNEL", "FORENSICS",
+    "FLIGHT_RECORDER", "BUS_QUEUE_EVENTS", "ENABLE_SLOW", "INCIDENT_CHARTS", "LOG_LEVEL", "LOG_JSON",
+    "STATUS_INTERVAL_S", "P1_BUFFER_EVENTS",
+}  # fmt: skip
+"""Variables a developer's shell might set that would change the services under test."""
+
+READY_TIMEOUT_S = 60.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def proc_status_mb(pid: int, field: str = "VmHWM") -> float:
+    """A memory field of ``/proc/<pid>/status`` in MiB: ``VmHWM`` is the peak resident set, ``VmRSS`` the current."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024.0
+    raise ServiceError(f"no {field} for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a live process (all its threads) has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Endpoint:
+    """A started service and where to reach it."""
+
+    def __init__(self, service: Service, port: int, metrics_port: int, files: dict[str, Path]) -> None:
+        self.service = service
+        self.port = port
+        self.metrics_port = metrics_port
+        self.files = files
+
+    @property
+    def pid(self) -> int:
+        assert self.service.proc is not None
+        return self.service.proc.pid
+
+    def metrics(self) -> Sample:
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def peak_rss_mb(self) -> float:
+        return proc_status_mb(self.pid, "VmHWM")
+
+    def rss_mb(self) -> float:
+        return proc_status_mb(self.pid, "VmRSS")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+
+class Lab:
+    """Starts processes for one measurement and stops them all on :meth:`stop_all`."""
+
+    def __init__(self, workdir: Path, pool: Path) -> None:
+        self.workdir = workdir
+        self.pool = pool
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.services: list[Service] = []
+        self.loadgens: list[LoadGen] = []
+        self._seq = 0
+
+    def env(self, extra: dict[str, Any] | None = None) -> dict[str, str]:
+        """The environment for a child: ours minus :data:`SCRUB`, with the repo importable, plus ``extra``."""
+        extra = extra or {}
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, Any]) -> Service:
+        self._seq += 1
+        svc = Service(f"{self._seq:03d}-{name}", argv, self.env(env), self.logs)
+        svc.start()
+        self.services.append(svc)
+        return svc
+
+    def _ready(self, what: str, svc: Service, check: Callable[[], bool]) -> None:
+        wait_for(what, check, READY_TIMEOUT_S, [svc])
+
+    def p2(self, **settings: Any) -> Endpoint:
+        """P2 with every consumer its settings turn on; ``settings`` override the environment."""
+        port, metrics_port = free_port(), free_port()
+        d = self.workdir / f"p2-{self._seq + 1:03d}"
+        d.mkdir()
+        files = {"record": d / "record.jsonl", "incidents": d / "incidents", "drift": d / "drift.jsonl"}
+        env = {
+            "HOST": "127.0.0.1",
+            "PORT": port,
+            "METRICS_PORT": metrics_port,
+            "RECORD_FILE": files["record"],
+            "INCIDENTS_DIR": files["incidents"],
+            "DRIFT_SAMPLE_FILE": files["drift"],
+            **settings,
+        }
+        svc = self._spawn("p2", [str(BIN / "mercury-p2")], env)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self._ready("P2 metrics", svc, lambda: http_ok(url))
+        return Endpoint(svc, port, metrics_port, files)
+
+    def baseline(self) -> Endpoint:
+        port, metrics_port = free_port(), free_port()
+        argv = [sys.executable, "-m", "benchmarks.baseline_reader", "--port", str(port)]
+        svc = self._spawn("baseline", [*argv, "--metrics-port", str(metrics_port)], {})
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self._ready("the baseline reader", svc, lambda: http_ok(url))
+        return Endpoint(svc, port, metrics_port, {})
+
+    def exchange(self, rate: float, max_queue: int = 100_000) -> Endpoint:
+        port = free_port()
+        argv = [str(BIN / "mercury-exchange"), "--port", str(port), "--rate", str(rate), "--max-queue", str(max_queue)]
+        svc = self._spawn("exchange", argv, {})
+        self._ready("the exchange", svc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
+        return Endpoint(svc, port, port, {})
+
+    def p1(self, exchange: Endpoint, p2: Endpoint, **settings: Any) -> Endpoint:
+        metrics_port = free_port()
+        env = {
+            "COINBASE_WS_URL": f"ws://127.0.0.1:{exchange.port}",
+            "P2_HOST": "127.0.0.1",
+            "P2_PORT": p2.port,
+            "P1_METRICS_PORT": metrics_port,
+            **settings,
+        }
+        svc = self._spawn("p1", [str(BIN / "mercury-p1")], env)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self._ready("P1 metrics", svc, lambda: http_ok(url))
+        return Endpoint(svc, 0, metrics_port, {})
+
+    def loadgen(self, port: int, rate: float, *, duration: float | None = None, count: int | None = None) -> LoadGen:
+        argv = [sys.executable, "-m", "benchmarks.loadgen", "--pool", str(self.pool), "--port", str(port)]
+        argv += ["--rate", str(rate)]
+        argv += ["--duration", str(duration)] if duration is not None else ["--count", str(count)]
+        self._seq += 1
+        gen = LoadGen(argv, self.env({}), self.logs / f"{self._seq:03d}-loadgen.err")
+        self.loadgens.append(gen)
+        return gen
+
+    def stop(self, *endpoints: Endpoint) -> None:
+        for ep in endpoints:
+            ep.service.stop(timeout=15)
+
+    def stop_all(self) -> None:
+        for gen in self.loadgens:
+            gen.kill()
+        self.loadgens.clear()
+        for svc in reversed(self.services):
+            svc.stop(timeout=15)
+        self.services.clear()
+
+
+class LoadGen:
+    """One load generator process: :meth:`sent` blocks until it has written its last frame."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], err_path: Path) -> None:
+        self.err_path = err_path
+        self._err = open(err_path, "wb")  # noqa: SIM115 - closed in finish()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        self._lines: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="loadgen-stdout", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(b"")
+
+    def _line(self, timeout_s: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            line = b""
+        if not line:
+            code = self.proc.poll()
+            why = f"exited with code {code}" if code is not None else f"said nothing for {timeout_s:.0f}s"
+            raise ServiceError(f"load generator {why}; see {self.err_path}")
+        return orjson.loads(line)
+
+    def sent(self, timeout_s: float) -> dict[str, Any]:
+        return self._line(timeout_s)
+
+    def finish(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait for the receiver to close the connection and the process to exit."""
+        try:
+            closed = self._line(timeout_s)
+            self.proc.wait(timeout_s)
+            return closed
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(5)
+        if not self._err.closed:
+            self._err.close()
+
+
+def poll_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Call ``check`` until it is true or ``timeout_s`` passes; scrapes that fail count as false."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if check():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)

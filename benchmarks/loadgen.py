@@ -1,0 +1,247 @@
+"""The load generator: a separate process that sends the benchmark stream to a TCP receiver at a paced rate.
+
+``python -m benchmarks.loadgen --pool FILE --port N --rate R --duration S`` connects (retrying while
+the receiver starts), then every ~1 ms writes the frames owed by then, all stamped with that moment's
+wall clock, as P1 stamps a batch. It reads the receiver's acks as P1 does, so P2 keeps paying for them.
+
+It prints one JSON line when the last frame is written (the harness starts its grace period then)
+and one when the receiver has closed the connection. The first line says whether the target rate
+was *achieved*: the last frame must be written within 1 % of the nominal duration. A receiver that
+reads too slowly fills the socket and shows up as ``blocked_s``; a generator that cannot render fast
+enough would show up as a miss with little ``blocked_s`` (``generator_limited``).
+
+Exit status: 0 sent everything; 2 bad arguments; 3 could not connect or the receiver went away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from benchmarks.stream import FrameStream, read_pool
+from mercurystream.shared.clock import now_us
+from mercurystream.shared.framing import FrameDecoder
+
+TICK_S = 0.001
+MAX_CHUNK_S = 0.01
+"""A generator that fell behind catches up in chunks of at most this much time's events."""
+ACHIEVED_TOLERANCE = 0.99
+EXIT_OK, EXIT_USAGE, EXIT_CONNECTION = 0, 2, 3
+
+
+class Pacer:
+    """How many frames are owed at a given moment to send ``total`` at ``rate`` from :meth:`start`, sans I/O."""
+
+    def __init__(self, rate: float, total: int, tick_s: float = TICK_S, max_chunk_s: float = MAX_CHUNK_S) -> None:
+        if rate <= 0 or total < 0:
+            raise ValueError("rate must be positive and total >= 0")
+        self.rate = rate
+        self.total = total
+        self.tick_s = tick_s
+        self.max_chunk = max(1, int(rate * max_chunk_s))
+        self.sent = 0
+        self.t0 = 0.0
+        self.max_lag_s = 0.0
+
+    def start(self, now: float) -> None:
+        self.t0 = now
+        self.sent = 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= self.total
+
+    def owed(self, now: float) -> int:
+        return min(self.total, int((now - self.t0) * self.rate)) - self.sent
+
+    def due(self, now: float) -> int:
+        """Frames to write now (capped at one catch-up chunk); records how far behind the schedule we are."""
+        owed = self.owed(now)
+        if owed <= 0:
+            return 0
+        lag = owed / self.rate - self.tick_s
+        if lag > self.max_lag_s:
+            self.max_lag_s = lag
+        return min(owed, self.max_chunk)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next tick at which a frame is owed."""
+        next_due = self.t0 + (self.sent + 1) / self.rate
+        return max(self.tick_s, next_due - now) if next_due > now else 0.0
+
+    def record(self, n: int) -> None:
+        self.sent += n
+
+
+class AckReader:
+    """Keeps the latest ``{"ack": N}`` the receiver sent; the receiver's frames are parsed, the rest ignored."""
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder()
+        self.acked = 0
+        self.final = False
+
+    def feed(self, data: bytes) -> None:
+        payloads = self._decoder.feed(data)
+        if payloads:
+            msg = orjson.loads(payloads[-1])
+            if isinstance(msg, dict) and isinstance(msg.get("ack"), int):
+                self.acked = msg["ack"]
+                self.final = bool(msg.get("final"))
+
+
+def connect(host: str, port: int, timeout_s: float) -> socket.socket:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=2.0)
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def _drain(sock: socket.socket, acks: AckReader) -> bool:
+    """Read whatever the receiver sent without blocking; ``False`` once it closed the connection."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not data:
+            return False
+        acks.feed(data)
+
+
+def send(sock: socket.socket, stream: FrameStream, pacer: Pacer) -> tuple[dict[str, float | int | bool], AckReader]:
+    """The paced loop: the send-side figures (the first JSON line) and the acks read so far."""
+    sock.setblocking(False)
+    acks = AckReader()
+    clock = time.perf_counter
+    sleep = time.sleep
+    take = stream.take
+    blocked = render = 0.0
+    pending = memoryview(b"")
+    open_ = True
+    pacer.start(clock())
+    while open_:
+        open_ = _drain(sock, acks)
+        if pending:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                pending = pending[sock.send(pending) :]
+            if pending:
+                t = clock()
+                select.select([sock], [sock], [], 0.005)
+                blocked += clock() - t
+            continue
+        if pacer.done:
+            break
+        now = clock()
+        n = pacer.due(now)
+        if n == 0:
+            sleep(pacer.wait(now))
+            continue
+        data = take(n, now_us())
+        render += clock() - now
+        pacer.record(n)
+        pending = memoryview(data)
+    elapsed = clock() - pacer.t0
+    nominal = pacer.total / pacer.rate
+    achieved = pacer.sent / elapsed if elapsed > 0 else 0.0
+    ok = open_ and pacer.done and elapsed <= nominal / ACHIEVED_TOLERANCE
+    figures = {
+        "event": "sent",
+        "target_rate": pacer.rate,
+        "sent": pacer.sent,
+        "elapsed_s": round(elapsed, 4),
+        "nominal_s": round(nominal, 4),
+        "achieved_rate": round(achieved, 1),
+        "achieved": ok,
+        "receiver_closed": not open_,
+        "max_lag_ms": round(pacer.max_lag_s * 1000, 3),
+        "blocked_s": round(blocked, 4),
+        "render_s": round(render, 4),
+        "generator_limited": not ok and blocked < 0.02 * elapsed,
+        "acked_at_end": acks.acked,
+    }
+    return figures, acks
+
+
+def linger(sock: socket.socket, acks: AckReader, timeout_s: float) -> bool:
+    """Half-close and read acks until the receiver closes, so our close never resets unread data."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+    sock.setblocking(True)
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        acks.feed(data)
+    return False
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pool", type=Path, required=True, help="pool JSONL written by benchmarks.stream.write_pool")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--rate", type=float, required=True, help="events per second")
+    p.add_argument("--duration", type=float, default=None, help="seconds of sending (or --count)")
+    p.add_argument("--count", type=int, default=None, help="events to send (or --duration)")
+    p.add_argument("--connect-timeout", type=float, default=15.0)
+    p.add_argument("--linger", type=float, default=60.0, help="seconds to wait for the receiver to close")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    if args.rate <= 0 or (args.duration is None) == (args.count is None):
+        print("loadgen: error: give a positive --rate and exactly one of --duration, --count", file=sys.stderr)
+        return EXIT_USAGE
+    total = args.count if args.count is not None else round(args.rate * args.duration)
+    try:
+        stream = FrameStream(read_pool(args.pool))
+    except (OSError, ValueError) as exc:
+        print(f"loadgen: error: pool {args.pool}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sock = connect(args.host, args.port, args.connect_timeout)
+    except OSError as exc:
+        print(f"loadgen: error: cannot connect to {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    with sock:
+        result, acks = send(sock, stream, Pacer(args.rate, total))
+        _emit(result)
+        closed = result["receiver_closed"] or linger(sock, acks, args.linger)
+        _emit({"event": "closed", "acked": acks.acked, "final_ack": acks.final, "receiver_closed": closed})
+    return EXIT_OK if result["sent"] == total and not result["receiver_closed"] else EXIT_CONNECTION
+
+
+if __name__ == "__main__":
+    sys.exit(main())

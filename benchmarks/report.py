@@ -1,0 +1,191 @@
+"""From per-run measurements to the report: medians with their values, the goals as pass/fail, the table.
+
+Ratios (P2 over the parsing limit, the flight recorder's cost) are computed within each run, from
+figures measured minutes apart on the same machine, and then their median is taken: a ratio of
+medians would mix runs that saw different background load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    metric: str
+    op: str
+    target: float
+    unit: str
+
+
+GOALS = (
+    Goal("P2 throughput >= 0.3 x parsing limit", "p2_over_baseline", ">=", 0.3, "x"),
+    Goal("P2 throughput >= 200,000 ev/s", "p2_events_per_s", ">=", 200_000, "ev/s"),
+    Goal("latency p99 < 1 ms at 10k ev/s", "latency_10000_p99_us", "<", 1_000, "us"),
+    Goal("latency p99 < 5 ms at 50k ev/s", "latency_50000_p99_us", "<", 5_000, "us"),
+    Goal("P2 peak RSS < 60 MB", "p2_peak_rss_mb", "<", 60, "MB"),
+    Goal("P1 peak RSS < 50 MB", "p1_peak_rss_mb", "<", 50, "MB"),
+    Goal("P1 >= 50,000 msg/s WebSocket -> TCP", "p1_msgs_per_s", ">=", 50_000, "msg/s"),
+    Goal("replay >= 300,000 ev/s", "replay_events_per_s", ">=", 300_000, "ev/s"),
+    Goal("flight recorder overhead < 10 %", "flight_recorder_overhead", "<", 0.10, "fraction"),
+)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
+    """The flat figures of one run (only those its sections measured)."""
+    out: dict[str, float] = {}
+    if "p2" in run:
+        out["p2_events_per_s"] = run["p2"]["events_per_s"]
+    if "baseline" in run:
+        out["baseline_events_per_s"] = run["baseline"]["events_per_s"]
+        if "p2" in run:
+            out["p2_over_baseline"] = _ratio(run["p2"]["events_per_s"], run["baseline"]["events_per_s"])
+    if "p2_no_flight_recorder" in run:
+        off = run["p2_no_flight_recorder"]["events_per_s"]
+        out["p2_no_flight_recorder_events_per_s"] = off
+        if "p2" in run:
+            out["flight_recorder_overhead"] = _ratio(off - run["p2"]["events_per_s"], off)
+    for rate, lat in run.get("latency", {}).items():
+        for pct, v in lat["us"].items():
+            out[f"latency_{rate}_{pct}_us"] = v
+    if "p2_rss" in run:
+        out["p2_peak_rss_mb"] = run["p2_rss"]["peak_rss_mb"]
+    if "p1" in run:
+        out["p1_msgs_per_s"] = run["p1"]["acked_per_s"]
+        if run["p1"].get("per_cpu_second"):
+            out["p1_msgs_per_cpu_s"] = run["p1"]["per_cpu_second"]
+        out["p1_peak_rss_mb"] = run["p1"]["peak_rss_mb"]
+    if "replay" in run:
+        out["replay_events_per_s"] = run["replay"]["events_per_s"]
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{metric: {"median": m, "values": [...]}}`` over the runs."""
+    flat = [per_run_metrics(r) for r in runs]
+    names = sorted({k for f in flat for k in f}, key=lambda k: (k.split("_")[0], k))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = [f[name] for f in flat if name in f]
+        finite = [v for v in values if not math.isnan(v)]
+        out[name] = {
+            "median": statistics.median(finite) if finite else math.nan,
+            "values": [round(v, 4) if isinstance(v, float) else v for v in values],
+        }
+    return out
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": lambda a, b: a >= b, "<": lambda a, b: a < b}
+
+
+def evaluate_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal with its median value and ``passed`` (``None`` when the run did not measure it)."""
+    out = []
+    for g in GOALS:
+        value = summary.get(g.metric, {}).get("median")
+        passed = None if value is None or math.isnan(value) else _OPS[g.op](value, g.target)
+        out.append({"goal": g.name, "metric": g.metric, "op": g.op, "target": g.target, "unit": g.unit,
+                    "value": value, "passed": passed})  # fmt: skip
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "event_loop": loop,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit == "fraction":
+        return f"{value * 100:.1f} %"
+    if unit == "x":
+        return f"{value:.2f}"
+    if unit == "MB":
+        return f"{value:.1f}"
+    if unit == "us":
+        return f"{value:,.0f}"
+    return f"{value:,.0f}"
+
+
+ROWS = (
+    ("P2 sustained, all consumers (ev/s)", "p2_events_per_s", "ev/s"),
+    ("P2 sustained, flight recorder off (ev/s)", "p2_no_flight_recorder_events_per_s", "ev/s"),
+    ("Parsing limit: baseline reader (ev/s)", "baseline_events_per_s", "ev/s"),
+    ("P2 / parsing limit", "p2_over_baseline", "x"),
+    ("Flight recorder overhead", "flight_recorder_overhead", "fraction"),
+    ("P1 WebSocket -> P2, acked (msg/s)", "p1_msgs_per_s", "msg/s"),
+    ("P1 per CPU-second it got (msg/s)", "p1_msgs_per_cpu_s", "msg/s"),
+    ("replay --rate 0 (ev/s)", "replay_events_per_s", "ev/s"),
+    ("P2 peak RSS after {rss_events:,} events (MB)", "p2_peak_rss_mb", "MB"),
+    ("P1 peak RSS (MB)", "p1_peak_rss_mb", "MB"),
+)
+
+
+def table(
+    summary: dict[str, dict[str, Any]], goals: list[dict[str, Any]], latency_rates: list[str], rss_events: int
+) -> str:
+    lines = []
+    w = 44
+
+    def row(label: str, metric: str, unit: str) -> None:
+        s = summary.get(metric)
+        if s is None:
+            return
+        vals = ", ".join(_fmt(v, unit) for v in s["values"])
+        lines.append(f"{label:<{w}} {_fmt(s['median'], unit):>12}   [{vals}]")
+
+    lines.append(f"{'metric (median over runs)':<{w}} {'median':>12}   [runs]")
+    lines.append("-" * (w + 40))
+    for label, metric, unit in ROWS:
+        row(label.format(rss_events=rss_events), metric, unit)
+    for rate in latency_rates:
+        for pct in ("p50", "p95", "p99", "p99_9"):
+            row(f"P1->P2 latency @ {int(rate):,} ev/s {pct.replace('_', '.')} (us)", f"latency_{rate}_{pct}_us", "us")
+    lines.append("")
+    lines.append("goals")
+    lines.append("-" * (w + 40))
+    for g in goals:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[g["passed"]]
+        target = _fmt(g["target"], g["unit"])
+        lines.append(f"{mark}  {g['goal']:<{w}} value {_fmt(g['value'], g['unit'])} (target {g['op']} {target})")
+    return "\n".join(lines)

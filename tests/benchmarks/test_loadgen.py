@@ -1,0 +1,67 @@
+"""Pacing and ack reading of the load generator, without a socket; one run against a local listener."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from benchmarks.loadgen import AckReader, Pacer, send
+from benchmarks.stream import FrameStream, generate_pool
+from mercurystream.shared.framing import FrameDecoder, encode_frame
+
+
+def test_pacer_owes_events_linearly_and_caps_catch_up():
+    p = Pacer(rate=100_000, total=1_000_000, tick_s=0.001, max_chunk_s=0.01)
+    p.start(0.0)
+    assert p.due(0.0) == 0
+    assert p.due(0.001) == 100
+    p.record(100)
+    assert p.due(0.0015) == 50
+    assert p.due(1.0) == 1_000  # a second behind: one 10 ms chunk at a time
+    assert p.max_lag_s == pytest.approx(1.0 - 0.001 - 0.001, abs=1e-3)
+
+
+def test_pacer_waits_a_tick_at_high_rates_and_until_due_at_low_ones():
+    fast = Pacer(rate=1_000_000, total=10)
+    fast.start(0.0)
+    assert fast.wait(0.0) == fast.tick_s
+    slow = Pacer(rate=10, total=10)
+    slow.start(0.0)
+    assert slow.wait(0.0) == pytest.approx(0.1)
+    slow.record(10)
+    assert slow.done and slow.due(5.0) == 0
+
+
+def test_ack_reader_keeps_the_latest_ack_across_split_reads():
+    acks = AckReader()
+    data = encode_frame(b'{"ack":3}') + encode_frame(b'{"ack":7,"final":true}')
+    acks.feed(data[:5])
+    assert acks.acked == 0
+    acks.feed(data[5:])
+    assert acks.acked == 7 and acks.final
+
+
+def test_send_delivers_every_frame_at_the_rate():
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                received.extend(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    stream = FrameStream(generate_pool(500))
+    with socket.create_connection(listener.getsockname()) as sock:
+        figures, _ = send(sock, stream, Pacer(rate=20_000, total=4_000))
+        sock.shutdown(socket.SHUT_WR)
+        t.join(10)
+    listener.close()
+    assert figures["sent"] == 4_000 and not figures["receiver_closed"]
+    assert figures["elapsed_s"] >= 0.199
+    decoder = FrameDecoder()
+    assert len(decoder.feed(bytes(received))) == 4_000 and decoder.buffered == 0

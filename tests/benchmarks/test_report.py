@@ -1,0 +1,39 @@
+"""Medians, per-run ratios and goals from run records."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.report import evaluate_goals, per_run_metrics, summarize, table
+
+
+def run(p2: float, base: float, off: float, p99_10k: float) -> dict:
+    return {
+        "p2": {"events_per_s": p2},
+        "baseline": {"events_per_s": base},
+        "p2_no_flight_recorder": {"events_per_s": off},
+        "latency": {"10000": {"us": {"p50": 100.0, "p95": 200.0, "p99": p99_10k, "p99_9": 2_000.0}}},
+    }
+
+
+def test_ratios_are_per_run_then_median():
+    runs = [run(200_000, 500_000, 210_000, 800), run(100_000, 200_000, 100_000, 900), run(250_000, 1e6, 300_000, 5e3)]
+    s = summarize(runs)
+    assert s["p2_over_baseline"]["values"] == [0.4, 0.5, 0.25]
+    assert s["p2_over_baseline"]["median"] == 0.4
+    assert s["p2_events_per_s"]["median"] == 200_000
+    assert math.isclose(s["flight_recorder_overhead"]["median"], 10_000 / 210_000)
+    assert per_run_metrics(runs[0])["latency_10000_p99_us"] == 800
+
+
+def test_goals_pass_fail_and_unmeasured():
+    goals = {g["metric"]: g for g in evaluate_goals(summarize([run(200_000, 500_000, 210_000, 999)]))}
+    assert goals["p2_over_baseline"]["passed"] is True
+    assert goals["p2_events_per_s"]["passed"] is True
+    assert goals["latency_10000_p99_us"]["passed"] is True
+    assert goals["flight_recorder_overhead"]["passed"] is True
+    assert goals["latency_50000_p99_us"]["passed"] is None
+    assert goals["replay_events_per_s"]["passed"] is None
+    failing = summarize([run(150_000, 500_000, 150_000, 1_500)])
+    text = table(failing, evaluate_goals(failing), ["10000"], 1_000_000)
+    assert "FAIL" in text and "n/a" in text and "P2 / parsing limit" in text
