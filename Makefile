@@ -35,6 +35,9 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+benchmark-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.run --smoke --out /tmp/mercury-bench-smoke
+
 run-exchange: $(STAMP)
 	$(BIN)/mercury-exchange
 

@@ -123,7 +123,8 @@ async def run(settings: P1Settings) -> int:
 
 
 def main() -> None:
-    settings = load_settings(P1Settings, "mercury-p1")
+    summary = "P1: Coinbase WebSocket ingest → framed TCP to P2."
+    settings = load_settings(P1Settings, "mercury-p1", sys.argv[1:], summary)
     setup_logging("p1", settings.LOG_LEVEL, settings.LOG_JSON)
     try:
         import uvloop

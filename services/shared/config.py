@@ -73,8 +73,27 @@ def build_settings(cls: type[S], **overrides: object) -> S:
         raise ConfigError(describe_error(exc)) from None
 
 
-def load_settings(cls: type[S], service: str) -> S:
-    """Build settings or exit 2 with one line on stderr."""
+def usage(cls: type[BaseSettings], service: str, summary: str) -> str:
+    """``--help`` text: the service takes no arguments, so list the variables it reads."""
+    lines = [f"usage: {service}", "", summary, "", "Configured only through environment variables (defaults shown):"]
+    for name, field in cls.model_fields.items():
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        lines.append(f"  {name}={default}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], service: str, argv: list[str] | None = None, summary: str = "") -> S:
+    """Build settings or exit 2 with one line on stderr; ``--help`` prints :func:`usage` and exits 0."""
+    args = argv or []
+    if args:
+        if args[0] in ("-h", "--help"):
+            print(usage(cls, service, summary))
+            raise SystemExit(0)
+        print(f"{service}: takes no arguments ({args[0]!r}); configure it with environment variables, see --help",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_CONFIG)
     try:
         return build_settings(cls)
     except ConfigError as exc:

@@ -96,3 +96,21 @@ def test_unknown_variables_are_ignored(monkeypatch):
 def test_overrides_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("P2_PORT", "1234")
     assert build_settings(P1Settings, P2_PORT=4321).P2_PORT == 4321
+
+
+def test_help_lists_every_variable_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        load_settings(P1Settings, "mercury-p1", ["--help"], "P1")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in P1Settings.model_fields:
+        assert f"  {name}=" in out
+    assert "  SYMBOLS=BTC-USD,ETH-USD,SOL-USD" in out
+
+
+def test_arguments_are_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        load_settings(P1Settings, "mercury-p1", ["--port", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "environment variables" in err
