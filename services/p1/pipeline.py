@@ -124,7 +124,8 @@ class IngestPipeline:
                     self._sampler.warning("validation", "invalid {} forwarded as received: {}", msg.get("type"), reason)
             event[INGEST_MS] = ts_ms
             event[INGEST_US] = now_us
-            append(dumps(event))
+            # orjson's result keeps its 4 KiB work buffer; held payloads get an exact-size copy instead.
+            append(bytes(memoryview(dumps(event))))
         self.invalid += invalid
         self.valid += len(trades) - invalid
         return out, invalid

@@ -145,3 +145,21 @@ def test_fast_path_takes_coinbase_shapes(msg):
     fast = fast_event(msg, IsoTimeParser().parse)
     assert fast is not None
     assert orjson.dumps(fast) == orjson.dumps(normalize_trade(msg)[0])
+
+
+def test_payloads_held_in_the_buffer_cost_their_size_not_orjsons_work_buffer():
+    import tracemalloc
+
+    from mercurystream.p1.pipeline import IngestPipeline
+
+    msg = {"type": "match", "trade_id": 1, "sequence": 5, "time": "2024-05-01T12:00:00.000001Z",
+           "product_id": "BTC-USD", "size": "0.01000000", "price": "60000.01000000", "side": "buy"}  # fmt: skip
+    pipeline = IngestPipeline()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [pipeline.process([dict(msg, trade_id=i)], 1_700_000_000_000_000)[0][0] for i in range(2000)]
+        per_payload = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_payload < 1024, f"{per_payload:.0f} bytes held per ~250-byte payload"
