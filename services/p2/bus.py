@@ -11,7 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
+
+
+class Derived(Protocol):
+    """Data computed from a batch's events once and shared by every subscriber (see :meth:`Batch.derived`)."""
+
+    @classmethod
+    def of(cls, batch: Batch) -> Self: ...
+
+    def tail(self, start: int) -> Self:
+        """The same data for ``events[start:]``."""
+        ...
+
+
+D = TypeVar("D", bound=Derived)
 
 
 class Batch:
@@ -22,19 +36,60 @@ class Batch:
     Both lists are shared by every subscriber and must not be mutated.
     """
 
-    __slots__ = ("events", "lines", "recv_ts_us")
+    __slots__ = ("_derived", "events", "ingest_us", "latencies_ms", "lines", "recv_ts_us")
 
-    def __init__(self, events: list[dict[str, Any]], lines: list[bytes], recv_ts_us: int) -> None:
+    def __init__(
+        self,
+        events: list[dict[str, Any]],
+        lines: list[bytes],
+        recv_ts_us: int,
+        derived: dict[type, Any] | None = None,
+        *,
+        latencies_ms: list[float] | None = None,
+        ingest_us: list[int] | None = None,
+    ) -> None:
         self.events = events
         self.lines = lines
         self.recv_ts_us = recv_ts_us
+        self.latencies_ms = latencies_ms
+        """Every event's P1→P2 latency (``shared.event.latency_ms``) in event order, as the receiver
+        computed them; ``None`` when not every event has one (or nobody computed them)."""
+        self.ingest_us = ingest_us
+        """Every event's ``ingest_ts_us`` in event order when all are ints, else ``None``."""
+        self._derived = derived
 
     def __len__(self) -> int:
         return len(self.events)
 
+    def derived(self, kind: type[D]) -> D:
+        """``kind.of(self)``, computed by the first subscriber that asks and shared with the others.
+
+        Several consumers need the same per-event work (the analytics all validate every trade and
+        parse its time); doing it once per batch instead of once per consumer is the difference.
+        Everything runs on the loop's thread, so no lock is needed.
+        """
+        memo = self._derived
+        if memo is None:
+            memo = self._derived = {}
+        value = memo.get(kind)
+        if value is None:
+            value = memo[kind] = kind.of(self)
+        return value
+
     def tail(self, start: int) -> Batch:
         """The events from ``start`` on, as a new batch (used when the oldest part is dropped)."""
-        return Batch(self.events[start:], self.lines[start:], self.recv_ts_us)
+        memo = self._derived
+        derived = {k: v.tail(start) for k, v in memo.items()} if memo else None
+        lat = self.latencies_ms
+        ing = self.ingest_us
+        return Batch(
+            self.events[start:],
+            self.lines[start:],
+            self.recv_ts_us,
+            derived,
+            latencies_ms=None if lat is None else lat[start:],
+            ingest_us=None if ing is None else ing[start:],
+        )
 
 
 class Subscription:

@@ -7,14 +7,18 @@ checked by every other detector whose fields it carries with the right JSON type
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_right
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from heapq import nlargest
+from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
+
+from mercurystream.shared.event import EventColumns, increasing, nondecreasing, pick
 
 SCHEMA_DRIFT = "schema_drift"
 DUPLICATE = "duplicate"
@@ -51,6 +55,10 @@ KNOWN_KEYS = frozenset(REQUIRED) | {
 MAX_PRODUCTS = 10_000
 """Per-product state is created for at most this many product ids per detector, so a stream of
 random product ids cannot exhaust memory; events of products beyond it are counted as untracked."""
+
+_COMPACT_MIN = 4096
+"""A sightings list drops its forgotten head once it is this long and at least half the list."""
+
 
 _JSON_NAMES = {str: "str", int: "int", float: "float", bool: "bool", type(None): "null", list: "array", dict: "object"}
 
@@ -152,13 +160,183 @@ class DriftDetector:
         }
 
 
+class RecentIds:
+    """One product's last ``max_ids`` distinct ids, oldest first, with O(1) lookup.
+
+    While the ids come as one increasing run without holes (a feed's trade ids), the memory is the
+    run's two ends: adding a batch and forgetting the oldest are O(1) and nothing is kept per id,
+    so a product costs a few bytes instead of a set and a list of ``max_ids`` ints. Anything else
+    (a hole, a late id, an id seen again) switches to the general form: a set to look up and a list
+    of sightings, oldest at ``head``, for age. A repeated sighting (:meth:`seen_again`) is appended
+    again and its earlier copy becomes stale (``stale`` counts them); forgetting skips stale
+    copies, and the list is rebuilt without them once they are half of it, so memory stays
+    O(max_ids). Once every irregular sighting has been forgotten, the live ids are a run again and
+    the memory goes back to its two ends.
+    """
+
+    __slots__ = ("head", "hi", "high", "ids", "irregular", "lo", "max_ids", "order", "stale")
+
+    def __init__(self, max_ids: int) -> None:
+        self.max_ids = max_ids
+        self.lo = 0
+        self.hi = -1
+        """The run ``lo..hi`` (empty while ``lo > hi``), while :attr:`ids` is ``None``."""
+        self.ids: set[int] | None = None
+        self.order: list[int] = []
+        self.head = 0
+        self.stale: dict[int, int] = {}
+        self.irregular = -1
+        """The last index of :attr:`order` not known to continue a run from the sighting before it."""
+        self.high: float = -math.inf
+        """The highest id ever added: higher ids cannot be remembered."""
+
+    def __len__(self) -> int:
+        return self.hi - self.lo + 1 if self.ids is None else len(self.ids)
+
+    def __contains__(self, tid: int) -> bool:
+        if self.ids is None:
+            return self.lo <= tid <= self.hi
+        return tid in self.ids
+
+    @property
+    def is_run(self) -> bool:
+        """Whether the memory is just the two ends of a run."""
+        return self.ids is None
+
+    def remembered(self) -> list[int]:
+        """The remembered ids, least recent first (for tests and introspection; O(max_ids))."""
+        if self.ids is None:
+            return list(range(self.lo, self.hi + 1))
+        latest: dict[int, None] = {}
+        for tid in self.order[self.head :]:
+            latest.pop(tid, None)
+            latest[tid] = None
+        return list(latest)
+
+    def add(self, tid: int) -> None:
+        """Remember a new id (the caller checked it is not remembered) as the most recent."""
+        if tid > self.high:
+            self.high = tid
+        if self.ids is None:
+            if self.lo > self.hi:
+                self.lo = self.hi = tid
+                return
+            if tid == self.hi + 1:
+                self.hi = tid
+                if tid - self.lo >= self.max_ids:
+                    self.lo += 1
+                return
+            self._general()
+        order = self.order
+        regular = len(order) > self.head and tid == order[-1] + 1
+        self.ids.add(tid)  # type: ignore[union-attr]
+        order.append(tid)
+        if not regular:
+            self.irregular = len(order) - 1
+        if len(self.ids) > self.max_ids:  # type: ignore[arg-type]
+            self._forget(1)
+
+    def add_run(self, tids: Sequence[int]) -> None:
+        """Remember increasing ids all above :attr:`high`; O(1) while they continue the run."""
+        first = tids[0]
+        last = tids[-1]
+        self.high = last
+        holes = last - first != len(tids) - 1
+        if self.ids is None:
+            if not holes and (self.lo > self.hi or first == self.hi + 1):
+                if self.lo > self.hi:
+                    self.lo = first
+                self.hi = last
+                if last - self.lo >= self.max_ids:
+                    self.lo = last - self.max_ids + 1
+                return
+            self._general()
+        order = self.order
+        regular = not holes and (len(order) == self.head or first == order[-1] + 1)
+        self.ids.update(tids)  # type: ignore[union-attr]
+        order.extend(tids)
+        if not regular:
+            self.irregular = len(order) - 1
+        excess = len(self.ids) - self.max_ids  # type: ignore[arg-type]
+        if excess > 0:
+            self._forget(excess)
+
+    def seen_again(self, tid: int) -> None:
+        """A remembered id was seen again: it becomes the most recent."""
+        self._general()
+        self.order.append(tid)
+        self.stale[tid] = self.stale.get(tid, 0) + 1
+        self.irregular = len(self.order) - 1
+        if len(self.order) - self.head > 2 * len(self.ids) + _COMPACT_MIN:  # type: ignore[arg-type]
+            self._rebuild()
+
+    def _general(self) -> None:
+        if self.ids is None:
+            self.order = list(range(self.lo, self.hi + 1))
+            self.ids = set(self.order)
+            self.head = 0
+            self.stale = {}
+            self.irregular = -1
+
+    def _forget(self, k: int) -> None:
+        order = self.order
+        head = self.head
+        ids = self.ids
+        assert ids is not None
+        if not self.stale:
+            ids.difference_update(order[head : head + k])
+            head += k
+        else:
+            stale = self.stale
+            while k:
+                tid = order[head]
+                head += 1
+                copies = stale.get(tid)
+                if copies is None:
+                    ids.discard(tid)
+                    k -= 1
+                elif copies == 1:
+                    del stale[tid]
+                else:
+                    stale[tid] = copies - 1
+        self.head = head
+        if head > self.irregular:
+            # Every irregular sighting is forgotten: what is left is one run.
+            self.lo, self.hi = (order[head], order[-1]) if head < len(order) else (0, -1)
+            self.ids = None
+            self.order = []
+            self.head = 0
+            self.stale = {}
+            self.irregular = -1
+        elif head >= _COMPACT_MIN and head * 2 >= len(order):
+            del order[:head]
+            self.irregular -= head
+            self.head = 0
+
+    def _rebuild(self) -> None:
+        """The sightings list without stale copies: each id at its most recent sighting."""
+        kept: list[int] = []
+        seen: set[int] = set()
+        for tid in reversed(self.order[self.head :]):
+            if tid not in seen:
+                seen.add(tid)
+                kept.append(tid)
+        kept.reverse()
+        self.order = kept
+        self.head = 0
+        self.stale = {}
+        self.irregular = len(kept) - 1
+
+
 class DuplicateDetector:
     """``duplicate``: per product, a trade id already among its last ``max_ids`` distinct trade ids.
 
     "Last" is by most recent occurrence, as in an LRU: every sighting of an id (a duplicate too)
     makes it the most recent, and when a new id would make ``max_ids + 1`` distinct ids, the one
-    seen longest ago is forgotten. An ``OrderedDict`` keeps that order with O(1) lookup, move and
-    eviction (its linked list finds the oldest without scanning, unlike a plain dict).
+    seen longest ago is forgotten (:class:`RecentIds`, O(1) amortized per sighting, O(1) per batch
+    and almost no memory while a product's ids run without holes). :meth:`observe_new` takes a
+    product's ids of a batch at once when they increase from above every id the product ever had,
+    so none can be a duplicate.
     """
 
     def __init__(self, max_ids: int = 50_000) -> None:
@@ -167,34 +345,57 @@ class DuplicateDetector:
         self.max_ids = max_ids
         self.count = 0
         self.untracked = 0
-        self._state: dict[str, OrderedDict[int, None]] = {}
+        self._state: dict[str, RecentIds] = {}
+
+    @property
+    def products(self) -> int:
+        """Products with state (at most :data:`MAX_PRODUCTS`)."""
+        return len(self._state)
 
     def observe(self, product_id: str, trade_id: int) -> bool:
         """Remember ``trade_id``; ``True`` (and counted) if it is a duplicate."""
         return bool(self.observe_many([(0, product_id, trade_id)]))
 
-    def observe_many(self, items: list[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+    def observe_many(self, items: Iterable[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
         """Feed ``(index, product_id, trade_id)`` in arrival order; the items that are duplicates."""
         state = self._state
         max_ids = self.max_ids
         hits = []
         for item in items:
             _, pid, tid = item
-            ids = state.get(pid)
-            if ids is None:
+            recent = state.get(pid)
+            if recent is None:
                 if len(state) >= MAX_PRODUCTS:
                     self.untracked += 1
                     continue
-                ids = state[pid] = OrderedDict()
-            if tid in ids:
-                ids.move_to_end(tid)
+                recent = state[pid] = RecentIds(max_ids)
+            if tid in recent:
+                recent.seen_again(tid)
                 hits.append(item)
                 continue
-            ids[tid] = None
-            if len(ids) > max_ids:
-                ids.popitem(last=False)
+            recent.add(tid)
         self.count += len(hits)
         return hits
+
+    def observe_new(self, product_id: str, trade_ids: Sequence[int], rising: bool | None = None) -> bool:
+        """Take one product's ids of a batch if none can be a duplicate; ``False`` (nothing done) if not.
+
+        ``rising`` is whether ``trade_ids`` strictly increase, when the caller knows.
+        """
+        if not trade_ids:
+            return True
+        recent = self._state.get(product_id)
+        if recent is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                return False
+        elif not trade_ids[0] > recent.high:
+            return False
+        if not (increasing(trade_ids) if rising is None else rising):
+            return False
+        if recent is None:
+            recent = self._state[product_id] = RecentIds(self.max_ids)
+        recent.add_run(trade_ids)
+        return True
 
 
 _FIXED_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
@@ -229,6 +430,11 @@ class OutOfOrderDetector:
         self.untracked = 0
         # product -> [latest time string, it is in fixed form, its microseconds or None until needed]
         self._state: dict[str, list[Any]] = {}
+
+    @property
+    def products(self) -> int:
+        """Products with state (at most :data:`MAX_PRODUCTS`)."""
+        return len(self._state)
 
     def observe(self, product_id: str, time: str) -> str | None:
         """The latest time ``time`` is earlier than (counted), or ``None``."""
@@ -270,6 +476,29 @@ class OutOfOrderDetector:
                     state[pid] = [t, False, us]
         self.count += len(hits)
         return hits
+
+    def observe_fixed(self, product_id: str, times: Sequence[str]) -> bool:
+        """Take one product's fixed-form times of a batch if they are in order from its latest; else ``False``.
+
+        The caller has checked the fixed form (``timeparse.all_fixed_form``); nothing is done on ``False``.
+        """
+        if not times:
+            return True
+        st = self._state.get(product_id)
+        if st is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                return False
+        elif not st[1] or times[0] < st[0]:
+            return False
+        if not nondecreasing(times):
+            return False
+        last = times[-1]
+        if st is None:
+            self._state[product_id] = [last, True, None]
+        elif last != st[0]:
+            st[0] = last
+            st[2] = None
+        return True
 
     def _slow(self, st: list[Any], time: str) -> str | None:
         us = parse_time_us(time)
@@ -328,6 +557,11 @@ class SequenceGapDetector:
         self.untracked = 0
         self._state: dict[str, _GapState] = {}
 
+    @property
+    def products(self) -> int:
+        """Products with state (at most :data:`MAX_PRODUCTS`)."""
+        return len(self._state)
+
     def observe(self, product_id: str, trade_id: int) -> list[list[int]] | None:
         """Feed one match event; the ``[lo, hi]`` ranges it confirms missing (counted), or ``None``."""
         hits = self.observe_many([(0, product_id, trade_id)])
@@ -363,6 +597,30 @@ class SequenceGapDetector:
                 self.count += missing
                 hits.append((i, pid, confirmed, missing))
         return hits
+
+    def observe_contiguous(self, product_id: str, trade_ids: Sequence[int], rising: bool | None = None) -> bool:
+        """Take one product's match ids of a batch if they continue its ids with none skipped; else ``False``.
+
+        Nothing can be skipped, arrive late or fall due then, so only the position moves.
+        """
+        if not trade_ids:
+            return True
+        st = self._state.get(product_id)
+        k = len(trade_ids)
+        first = trade_ids[0]
+        if st is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                return False
+        elif st.ranges or first != st.high + 1:
+            return False
+        if trade_ids[-1] - first != k - 1 or not (increasing(trade_ids) if rising is None else rising):
+            return False
+        if st is None:
+            st = self._state[product_id] = _GapState(first)
+            k -= 1
+        st.high = trade_ids[-1]
+        st.n += k
+        return True
 
     def pending(self, product_id: str) -> list[tuple[int, int]]:
         """Ranges of ``product_id`` skipped but not yet due (for tests and introspection)."""
@@ -416,10 +674,11 @@ class LatencySpikeDetector:
     a spike is counted and the run restarts from zero.
 
     The test needs no sorted structure: the p99 exceeds the threshold exactly when at least
-    ``n - rank + 1`` window samples do, so the detector keeps a count of samples above the threshold
-    and pays O(1) per sample. A spike keeps a copy of the samples behind it (:class:`SpikeEvidence`);
-    the p99 values are computed from it only if the spike becomes an incident, so a sustained
-    overload (a spike every few evaluations) does not add selection work to an already late stream.
+    ``n - rank + 1`` window samples do, so the detector keeps a count of samples above the threshold,
+    brought up to date a batch at a time (:meth:`observe_many`). A spike keeps a copy of the samples
+    behind it (:class:`SpikeEvidence`); the p99 values are computed from it only if the spike becomes
+    an incident, so a sustained overload (a spike every few evaluations) does not add selection work
+    to an already late stream.
     """
 
     def __init__(
@@ -436,7 +695,7 @@ class LatencySpikeDetector:
         self.evaluations = 0
         self.run = 0
         self.above = 0
-        self._window: deque[float] = deque()
+        self._window: deque[float] = deque(maxlen=buffer_size)
         self._evicted: deque[float] = deque(maxlen=eval_every * consecutive)
 
     def observe(self, latency_ms: float) -> SpikeEvidence | None:
@@ -444,47 +703,83 @@ class LatencySpikeDetector:
         spikes = self.observe_many((latency_ms,))
         return spikes[0][1] if spikes else None
 
-    def observe_many(self, values: list[float] | tuple[float, ...]) -> list[tuple[int, SpikeEvidence]]:
-        """Add samples in order; ``(position in values, spike)`` for each spike."""
+    def observe_many(self, values: Sequence[float]) -> list[tuple[int, SpikeEvidence]]:
+        """Add samples in order; ``(position in values, spike)`` for each spike.
+
+        Only an evaluation needs the count above the threshold, and that count is the window's
+        before the batch, plus the new samples above it so far, minus those that have left the
+        window: two prefix sums over the batch (C-level passes) give it at any position, so the
+        Python-level work is one step per ``eval_every`` samples, late stream or not.
+        """
+        k = len(values)
+        if not k:
+            return []
         window = self._window
-        evicted = self._evicted
         thr = self.threshold_ms
+        above_thr = thr.__lt__
         size = self.buffer_size
         every = self.eval_every
-        above = self.above
-        samples = self.samples
+        before = self.samples
+        w = len(window)
+        leaving = max(0, w + k - size)
+        """How many of the window's samples and then of ``values`` leave the window in this batch."""
+        new_above = list(accumulate(map(above_thr, values), initial=0))
+        gone_above = list(accumulate(map(above_thr, islice(chain(window, values), leaving)), initial=0))
         out: list[tuple[int, SpikeEvidence]] = []
-        for pos, v in enumerate(values):
-            if len(window) == size:
-                old = window.popleft()
-                if old > thr:
-                    above -= 1
-                evicted.append(old)
-            window.append(v)
-            if v > thr:
-                above += 1
-            samples += 1
-            if samples % every == 0:
-                n = len(window)
-                self.evaluations += 1
-                if above >= n - nearest_rank(n) + 1:
-                    self.run += 1
-                    if self.run >= self.consecutive:
-                        self.run = 0
-                        self.count += 1
-                        out.append((pos, self._spike(samples)))
-                else:
+        for pos in range((every - 1 - before) % every, k, every):
+            end = w + pos + 1
+            start = max(0, end - size)
+            n = end - start
+            self.evaluations += 1
+            if self.above + new_above[pos + 1] - gone_above[start] >= n - nearest_rank(n) + 1:
+                self.run += 1
+                if self.run >= self.consecutive:
                     self.run = 0
-        self.above = above
-        self.samples = samples
+                    self.count += 1
+                    out.append((pos, self._spike(values, start, end, before + pos + 1)))
+            else:
+                self.run = 0
+        if leaving:
+            self._evicted.extend(islice(chain(window, values), leaving))
+        window.extend(values)
+        self.above += new_above[k] - gone_above[leaving]
+        self.samples = before + k
         return out
 
-    def _spike(self, samples: int) -> SpikeEvidence:
-        history = list(self._evicted)
-        history.extend(self._window)
+    def observe_quiet(self, values: Sequence[float]) -> bool:
+        """:meth:`observe_many` for a batch with no sample above the threshold in it or in the window.
+
+        Then every evaluation in it finds none above, which only resets the run: a ``max`` and two
+        ``extend`` calls. ``False`` (and nothing done) for any other batch.
+        """
+        if self.above or not values or max(values) > self.threshold_ms:
+            return False
+        window = self._window
+        overflow = len(window) + len(values) - self.buffer_size
+        if overflow > 0:
+            self._evicted.extend(islice(chain(window, values), overflow))
+        window.extend(values)
+        every = self.eval_every
+        before = self.samples
+        self.samples = before + len(values)
+        evaluations = self.samples // every - before // every
+        if evaluations:
+            self.evaluations += evaluations
+            self.run = 0
+        return True
+
+    def _spike(self, values: Sequence[float], start: int, end: int, samples: int) -> SpikeEvidence:
+        """The evidence of a spike at the sample ending ``window + values[: end - len(window)]``.
+
+        ``start``/``end`` index that sequence; the evicted samples before it come first.
+        """
+        evicted = self._evicted
+        sequence = [*evicted, *self._window, *values]
+        offset = len(evicted)
+        history = sequence[max(0, offset + start - evicted.maxlen) : offset + end]  # type: ignore[operator]
         summary = {
             "threshold_ms": self.threshold_ms,
-            "window": len(self._window),
+            "window": end - start,
             "sample": samples,
             "evaluation": self.evaluations,
         }
@@ -540,6 +835,7 @@ def _p99(values: list[float]) -> float:
 
 
 _BY_INDEX = attrgetter("index")
+_FIRST = itemgetter(0)
 
 
 class Detectors:
@@ -660,32 +956,99 @@ class Detectors:
                 if type(rm) is int:
                     lat_append(float(rm - ing))
                     at_append(i)
+        dups = self.duplicate.observe_many(keyed) if keyed else []
+        late = self.out_of_order.observe_many(timed) if timed else []
+        gaps = self.sequence_gap.observe_many(matches) if matches else []
+        return self._anomalies(events, out, dups, late, gaps, lats, lat_at)
+
+    def process_batch(self, batch: Any, now_s: float = 0.0) -> list[Anomaly]:
+        """:meth:`process` for a bus batch, the same anomalies and counts in fewer steps.
+
+        A batch whose :class:`EventColumns` are well typed has no drift, and each detector first
+        tries its column test per product (ids increasing from above any seen, times in order,
+        match ids contiguous, latencies all below the threshold), falling back to its per-item
+        path for that product only; the receiver's latencies are reused. Any other batch, or one
+        that could take the product count to :data:`MAX_PRODUCTS` (where the order in which
+        products appear matters), goes through :meth:`process`.
+        """
+        cols = batch.derived(EventColumns)
+        events = batch.events
+        if not cols.typed or not len(cols):
+            return self.process(events, now_s)
+        groups = cols.groups()
+        dup = self.duplicate
+        ooo = self.out_of_order
+        gap = self.sequence_gap
+        if max(dup.products, ooo.products, gap.products) + len(groups) >= MAX_PRODUCTS:
+            return self.process(events, now_s)
+        tids = cols.trade_ids
+        times = cols.times
+        types = cols.types
+        fixed = cols.fixed_times
+        all_match = types.count("match") == len(types)
+        dups: list[tuple[int, str, int]] = []
+        late: list[tuple[int, str, str, str]] = []
+        gaps: list[tuple[int, str, list[list[int]], int]] = []
+        ids_by_product = cols.ids_by_product()
+        for pid, idx in groups.items():
+            p_tids, rising = ids_by_product[pid]
+            if not dup.observe_new(pid, p_tids, rising):
+                dups.extend(dup.observe_many(zip(idx, repeat(pid), p_tids)))
+            p_times = pick(times, idx)
+            if not (fixed and ooo.observe_fixed(pid, p_times)):
+                late.extend(ooo.observe_many(zip(idx, repeat(pid), p_times)))
+            if all_match:
+                m_idx, m_tids, m_rising = idx, p_tids, rising
+            else:
+                m_idx = [i for i in idx if types[i] == "match"]
+                if not m_idx:
+                    continue
+                m_tids = pick(tids, m_idx)
+                m_rising = None
+            if not gap.observe_contiguous(pid, m_tids, m_rising):
+                gaps.extend(gap.observe_many(zip(m_idx, repeat(pid), m_tids)))
+        lats = batch.latencies_ms
+        if lats is not None and len(lats) == len(events):
+            lat_at: Sequence[int] = range(len(lats))
+        else:
+            lats, lat_at = _latencies(events)
+        if len(groups) > 1:
+            dups.sort(key=_FIRST)
+            late.sort(key=_FIRST)
+            gaps.sort(key=_FIRST)
+        return self._anomalies(events, [], dups, late, gaps, lats, lat_at)
+
+    def _anomalies(
+        self,
+        events: list[dict[str, Any]],
+        out: list[Anomaly],
+        dups: list[tuple[int, str, int]],
+        late: list[tuple[int, str, str, str]],
+        gaps: list[tuple[int, str, list[list[int]], int]],
+        lats: Sequence[float],
+        lat_at: Sequence[int],
+    ) -> list[Anomaly]:
+        """The anomalies of each detector's hits (drift already in ``out``), in event order."""
         sources = 1 if out else 0
-        if keyed:
-            dups = self.duplicate.observe_many(keyed)
-            if dups:
-                sources += 1
-                lru = self.duplicate.max_ids
-                out.extend(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tid, "lru_max": lru}) for i, pid, tid in dups)
-        if timed:
-            late = self.out_of_order.observe_many(timed)
-            if late:
-                sources += 1
-                out.extend(
-                    Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": t, "latest_time": latest}) for i, pid, t, latest in late
+        if dups:
+            sources += 1
+            lru = self.duplicate.max_ids
+            out.extend(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tid, "lru_max": lru}) for i, pid, tid in dups)
+        if late:
+            sources += 1
+            out.extend(
+                Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": t, "latest_time": latest}) for i, pid, t, latest in late
+            )
+        if gaps:
+            sources += 1
+            window = self.sequence_gap.window
+            out.extend(
+                Anomaly(
+                    SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": events[i]["trade_id"], "window": window}
                 )
-        if matches:
-            gaps = self.sequence_gap.observe_many(matches)
-            if gaps:
-                sources += 1
-                window = self.sequence_gap.window
-                out.extend(
-                    Anomaly(
-                        SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": events[i]["trade_id"], "window": window}
-                    )
-                    for i, pid, ranges, n in gaps
-                )
-        if lats:
+                for i, pid, ranges, n in gaps
+            )
+        if lats and not self.latency.observe_quiet(lats):
             spikes = self.latency.observe_many(lats)
             if spikes:
                 sources += 1
@@ -693,6 +1056,25 @@ class Detectors:
         if sources > 1:
             out.sort(key=_BY_INDEX)
         return out
+
+
+def _latencies(events: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """Each event's latency (the rule of ``shared.event.latency_ms``, inlined) and its index."""
+    lats: list[float] = []
+    lat_at: list[int] = []
+    for i, e in enumerate(events):
+        ru = e.get("recv_ts_us")
+        iu = e.get("ingest_ts_us")
+        if type(ru) is int and type(iu) is int:
+            lats.append((ru - iu) / 1000.0)
+            lat_at.append(i)
+        else:
+            ing = e.get("ingest_ts_ms")
+            rm = e.get("recv_ts_ms")
+            if type(ing) is int and type(rm) is int:
+                lats.append(float(rm - ing))
+                lat_at.append(i)
+    return lats, lat_at
 
 
 def describe(anomaly: Anomaly) -> str:

@@ -105,13 +105,12 @@ class ForensicsConsumer(Consumer):
     def last_bundle_path(self) -> Path | None:
         return self.writer.last_path
 
-    async def start(self) -> None:
+    def open(self) -> None:
         self.writer.start()
-        await super().start()
 
     def handle(self, batch: Batch) -> None:
         wall = self._wall()
-        anomalies = self.detectors.process(batch.events, wall)
+        anomalies = self.detectors.process_batch(batch, wall)
         if self.recorder is None:
             if anomalies:
                 self._count(batch, anomalies, wall)

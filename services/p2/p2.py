@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
@@ -209,7 +210,33 @@ async def serve(settings: P2Settings) -> int:
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+GC_THRESHOLDS = (50_000, 20, 20)
+"""Young-generation collection every 50,000 container allocations instead of 700."""
+
+SWITCH_INTERVAL_S = 0.0005
+"""How long a thread waiting for the GIL lets the running one go on (CPython's default: 5 ms)."""
+
+
+def tune_runtime() -> None:
+    """Interpreter settings for one busy loop thread beside a few I/O threads.
+
+    Garbage collection: P2 allocates short-lived containers by the batch and almost never a
+    cycle, so the default threshold runs a collection every couple of batches for nothing
+    (about 0.2 µs an event here); frozen startup objects drop out of every full collection.
+
+    GIL switching: the recorder's and the bundle writer's threads need the GIL for a moment per
+    write, and with the loop busy each of those moments waited up to 5 ms, which throttled the
+    recorder below the ingest rate at saturation. The loop pays only when a thread asks, so a
+    shorter interval costs nothing while the threads are idle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (cheaper reads and callbacks), else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -220,7 +247,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main() -> None:
     settings = load_settings(P2Settings, "mercury-p2")
     setup_logging("p2", settings.LOG_LEVEL, settings.LOG_JSON)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    tune_runtime()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         code = runner.run(serve(settings))
     sys.exit(code)
 

@@ -34,8 +34,12 @@ from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.logger import LogSampler
 
-MAX_PENDING_BATCHES = 32
+MAX_PENDING_BATCHES = 8
 PENDING_POLL_S = 0.001
+COALESCE_LINES = 4096
+"""Lines per handoff to the writer thread under load (about 1 MB of P1 events)."""
+COALESCE_S = 0.02
+"""The longest a line waits in the loop before its handoff."""
 
 _STOP = object()
 
@@ -84,6 +88,7 @@ class JsonlWriter:
     def close(self, timeout_s: float | None = None) -> bool:
         """Write what is queued, flush, close the file. ``False`` if the thread did not finish in time."""
         if self._thread is None:
+            self._close_file()
             return True
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
@@ -104,6 +109,10 @@ class JsonlWriter:
             if len(batches) != len(items):
                 self._close_file()
                 return
+
+    def write(self, batches: list[list[bytes]]) -> None:
+        """The writer thread's step, done on the caller's thread instead (profiling, tools)."""
+        self._write(batches, sum(len(b) for b in batches))
 
     def _write(self, batches: list[list[bytes]], n: int) -> None:
         """One write and one flush for everything that was waiting; on any failure count ``n`` lost."""
@@ -144,7 +153,15 @@ class JsonlWriter:
 
 
 class RecorderConsumer(Consumer):
-    """Records every event as received (plus the receive stamps) to ``RECORD_FILE``."""
+    """Records every event as received (plus the receive stamps) to ``RECORD_FILE``.
+
+    Batches are handed to the writer thread in chunks of up to ``COALESCE_LINES`` lines, or after
+    ``COALESCE_S`` when fewer arrive: every handoff wakes the thread, which must then take the GIL
+    from the busy loop (``p2.tune_runtime``), and a handoff per socket read starved the writer and
+    cost about a microsecond an event at saturation (``benchmarks/profile_p2.py``). Handoffs wait
+    while the writer is at its bound, so a stalled disk still stops them and the bus drops on this
+    subscription.
+    """
 
     name = "recorder"
     label = "RECORDER"
@@ -162,23 +179,56 @@ class RecorderConsumer(Consumer):
         self.writer = JsonlWriter(
             self.path, on_written=metrics.recorded_total.inc, on_error=metrics.recorder_errors_total.inc
         )
+        self.coalesce_lines = max(1, min(COALESCE_LINES, settings.BUS_QUEUE_EVENTS // 4))
+        """A chunk stays a small part of this consumer's backlog, which belongs in its bus queue
+        (where drop-oldest applies), not in the chunk."""
+        self._chunk: list[list[bytes]] = []
+        self._chunk_lines = 0
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def start(self) -> None:
+    def open(self) -> None:
         self.writer.start()
-        await super().start()
 
     def handle(self, batch: Batch) -> None:
-        """Hand a batch to the writer; :meth:`handle_async` first waits for room under the bound."""
-        self.writer.submit(batch.lines)
+        """Add a batch to the chunk; hand the chunk over once it is large enough."""
+        self._chunk.append(batch.lines)
+        self._chunk_lines += len(batch)
+        if self._chunk_lines >= self.coalesce_lines:
+            self.flush()
 
     async def handle_async(self, batch: Batch) -> None:
+        """Wait for room under the writer's bound, then :meth:`handle`; a timer hands over a small chunk."""
         writer = self.writer
         limit = self.max_pending_batches
         while writer.pending >= limit:
             await asyncio.sleep(PENDING_POLL_S)
         self.handle(batch)
+        if self._chunk and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        if not self._chunk:
+            return
+        if self.writer.pending < self.max_pending_batches:
+            self.flush()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self._flush_due)
+
+    def flush(self) -> None:
+        """Hand what is collected to the writer now, as one submission."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        chunk = self._chunk
+        if not chunk:
+            return
+        self._chunk = []
+        self._chunk_lines = 0
+        self.writer.submit(chunk[0] if len(chunk) == 1 else [line for lines in chunk for line in lines])
 
     async def close(self) -> None:
+        self.flush()
         if not await asyncio.to_thread(self.writer.close, 10.0):
             logger.error(f"recorder: writer for {self.path} did not finish within 10s")
 

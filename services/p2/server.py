@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from loguru import logger
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.event import INGEST_MS, INGEST_US, RECV_MS, RECV_US, latency_ms, recv_suffix
+from mercurystream.shared.event import INGEST_US, RECV_MS, RECV_US, latency_ms, recv_suffix
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.transport import EventSource
@@ -64,13 +65,19 @@ class IngestDecoder:
     read. The recorded line is the payload as received with the stamps spliced before its closing
     brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
     keeping its timestamps) is kept as is, stamps and line alike.
+
+    The per-event loop only parses and stamps, while each object is in cache; lines and latencies
+    are built afterwards by comprehensions over the whole read, with the rare shapes (existing
+    stamps, ``{}``, raw line breaks, missing ingest stamps) fixed up apart.
     """
 
-    __slots__ = ("_clock", "decoder")
+    __slots__ = ("_clock", "_dirty", "decoder")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, clock_us: Callable[[], int] = now_us) -> None:
         self.decoder = FrameDecoder(max_frame_bytes)
         self._clock = clock_us
+        self._dirty = False
+        """The decoder holds bytes of a partial frame that may contain a raw line break."""
 
     @property
     def frames(self) -> int:
@@ -88,24 +95,27 @@ class IngestDecoder:
         except FrameTooLarge as exc:
             payloads = exc.payloads
             oversize = exc
+        # One scan of the read instead of two per payload; a header byte may match, which only
+        # costs the per-payload check below.
+        dirty = self._dirty or b"\n" in data or b"\r" in data
+        self._dirty = dirty and self.decoder.buffered > 0
         if not payloads:
             return Received(None, (), (), oversize)
-        events: list[dict] = []
-        lines: list[bytes] = []
-        latencies: list[float] = []
-        errors: list[tuple[str, bytes]] = []
+        if dirty:
+            # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
+            payloads = [_one_line(p) for p in payloads]
         recv_us = self._clock()
         recv_ms = recv_us // 1000
-        suffix = recv_suffix(recv_us)
+        events: list[dict] = []
+        kept: list[bytes] = []
+        errors: list[tuple[str, bytes]] = []
+        as_is: list[int] = []
+        empty: list[int] = []
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         add_event = events.append
-        add_line = lines.append
-        add_latency = latencies.append
+        add_kept = kept.append
         for p in payloads:
-            if b"\n" in p or b"\r" in p:
-                # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
-                p = p.replace(b"\n", b" ").replace(b"\r", b" ")
             try:
                 obj = loads(p)
             except decode_error:
@@ -115,29 +125,44 @@ class IngestDecoder:
                 errors.append(("not_object", p))
                 continue
             if RECV_MS in obj:
-                lat = latency_ms(obj)
-                if lat is not None:
-                    add_latency(lat)
-                add_line(p)
-                add_event(obj)
-                continue
-            # event.latency_ms inlined for the hot path; tests pin that both agree.
-            iu = obj.get(INGEST_US)
-            if type(iu) is int:
-                add_latency((recv_us - iu) / 1000.0)
+                as_is.append(len(events))
             else:
-                im = obj.get(INGEST_MS)
-                if type(im) is int:
-                    add_latency(float(recv_ms - im))
-            if p[-1] == 125 and obj:  # ends in "}" and is not "{}"
-                add_line(p[:-1] + suffix)
-            else:
-                add_line(p.rstrip()[:-1] + suffix if obj else b"{" + suffix[1:])
-            obj[RECV_MS] = recv_ms
-            obj[RECV_US] = recv_us
+                if not obj:
+                    empty.append(len(events))
+                obj[RECV_MS] = recv_ms
+                obj[RECV_US] = recv_us
             add_event(obj)
-        batch = Batch(events, lines, recv_us) if events else None
+            add_kept(p)
+        if not events:
+            return Received(None, (), errors, oversize)
+        suffix = recv_suffix(recv_us)
+        lines = [p[:-1] + suffix if p[-1] == 125 else p.rstrip()[:-1] + suffix for p in kept]
+        for i in as_is:
+            lines[i] = kept[i]
+        if empty:
+            line = b"{" + suffix[1:]
+            for i in empty:
+                lines[i] = line
+        ingest: list[int] | None = list(map(_GET_INGEST_US, events))
+        if set(map(type, ingest)) != _INT_ONLY:
+            ingest = None
+        if ingest is not None and not as_is:
+            latencies = [(recv_us - iu) / 1000.0 for iu in ingest]
+        else:
+            latencies = [lat for lat in map(latency_ms, events) if lat is not None]
+        aligned = latencies if len(latencies) == len(events) else None
+        batch = Batch(events, lines, recv_us, latencies_ms=aligned, ingest_us=ingest)
         return Received(batch, latencies, errors, oversize)
+
+
+_GET_INGEST_US = methodcaller("get", INGEST_US)
+_INT_ONLY = {int}
+
+
+def _one_line(payload: bytes) -> bytes:
+    if b"\n" in payload or b"\r" in payload:
+        return payload.replace(b"\n", b" ").replace(b"\r", b" ")
+    return payload
 
 
 class _Connection(asyncio.Protocol):
@@ -169,13 +194,8 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         got = self._ingest.feed(data)
-        source = self._source
-        if got.batch is not None:
-            source._publish(got.batch, got.latencies)
-        if got.errors:
-            source._frame_errors(got.errors, self.peer)
+        self._source.accept(got, self.peer)
         if got.oversize is not None:
-            source._oversize(got.oversize, self.peer)
             self._ack()
             self._closing = True
             self.transport.close()
@@ -249,10 +269,14 @@ class TcpSource(EventSource):
     def connections(self) -> int:
         return len(self._conns)
 
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol of one new connection (what the server makes per accept; tools drive it directly)."""
+        return _Connection(self)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopping = False
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
+        self._server = await loop.create_server(self.protocol, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, timeout_s: float = 5.0) -> None:
@@ -292,6 +316,15 @@ class TcpSource(EventSource):
             self.metrics.connections.dec()
         how = f" ({exc})" if exc is not None else ""
         logger.info(f"{conn.peer}: closed after {conn.frames} frames{how}")
+
+    def accept(self, got: Received, peer: str) -> None:
+        """Publish what one read of ``peer`` produced and count its frame errors (no I/O)."""
+        if got.batch is not None:
+            self._publish(got.batch, got.latencies)
+        if got.errors:
+            self._frame_errors(got.errors, peer)
+        if got.oversize is not None:
+            self._oversize(got.oversize, peer)
 
     def _publish(self, batch: Batch, latencies: Sequence[float]) -> None:
         n = len(batch)

@@ -99,18 +99,23 @@ class FrameDecoder:
         limit = self.max_frame_bytes
         pos = 0
         end = len(buf)
-        while end - pos >= HEADER_SIZE:
-            (length,) = unpack(buf, pos)
-            if length > limit:
-                self._closed = True
-                self._buf = b""
-                self.frames += len(out)
-                raise FrameTooLarge(length, limit, out)
-            stop = pos + HEADER_SIZE + length
-            if stop > end:
-                break
-            append(buf[pos + HEADER_SIZE : stop])
-            pos = stop
+        # The loop ends where fewer than HEADER_SIZE bytes are left (unpack raises) or a frame is cut.
+        try:
+            while True:
+                (length,) = unpack(buf, pos)
+                if length > limit:
+                    self._closed = True
+                    self._buf = b""
+                    self.frames += len(out)
+                    raise FrameTooLarge(length, limit, out)
+                start = pos + HEADER_SIZE
+                stop = start + length
+                if stop > end:
+                    break
+                append(buf[start:stop])
+                pos = stop
+        except struct.error:
+            pass
         rest = buf[pos:] if pos else buf
         if len(rest) >= HEADER_SIZE:
             self._need = HEADER_SIZE + HEADER.unpack_from(rest)[0]

@@ -1,24 +1,101 @@
 """Fast parsing of Coinbase's ISO-8601 times (``2024-05-01T12:34:56.789012Z``) to epoch seconds.
 
 Analytics need exchange time as a number for every trade. ``datetime.fromisoformat`` costs about a
-microsecond; trades arrive in order, so the minute prefix repeats and is parsed once per minute.
+microsecond; trades arrive in order, so the minute prefix repeats and is parsed once per minute,
+and in the fixed form (``…SS.ffffffZ``, the only one Coinbase sends) the second prefix repeats
+too, so most times only need their six fraction digits checked. :meth:`IsoTimeParser.parse_fixed`
+converts a whole batch of fixed-form times with C-level loops.
+
+A fixed-form time is ``epoch(second) + int(ffffff) / 1e6`` on every path, so a string has one
+value whichever path parses it; other forms are ``epoch(minute) + float(seconds)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import repeat
+from operator import add, itemgetter, truediv
+
+FIXED_LEN = 27
+_FIXED_TEMPLATE = "0000-00-00T00:00:00.000000Z"
+_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+_SECOND = itemgetter(slice(0, 19))
+_FRACTION = itemgetter(slice(20, 26))
+_MAX_SECONDS = 4096
+"""Second prefixes whose epoch :meth:`IsoTimeParser.parse_fixed` remembers (a replay jumps around)."""
+_UNKNOWN = object()
+_NO_SECOND = "\0" * (FIXED_LEN + 1)
+"""Longer than any fixed-form time, so no string starts with it: the second cache starts empty."""
+
+
+def all_fixed_form(times: Sequence[object]) -> bool:
+    """Every item is a ``str`` in the fixed form ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with ASCII digits.
+
+    One C pass over the joined strings (digits mapped to ``0``, compared with the template),
+    about 20 ns a time; a regex per time costs ten times that. Says nothing of calendar validity.
+    """
+    try:
+        joined = "".join(times)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return (
+        len(joined) == FIXED_LEN * len(times)
+        and set(map(len, times)) <= {FIXED_LEN}
+        and (joined.translate(_DIGITS_TO_ZERO) == _FIXED_TEMPLATE * len(times))
+    )
 
 
 class IsoTimeParser:
-    """Parse ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (or ``+00:00``) to float epoch seconds; ``None`` if not a time."""
+    """Parse ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (or ``+00:00``) to float epoch seconds; ``None`` if not a time.
 
-    __slots__ = ("_epoch", "_prefix")
+    The result for a string never depends on what was parsed before: the caches only skip checks
+    that an earlier string with the same prefix already passed.
+    """
+
+    __slots__ = ("_epoch", "_prefix", "_second", "_second_epoch", "_seconds")
 
     def __init__(self) -> None:
         self._prefix = ""
         self._epoch = 0.0
+        self._second = _NO_SECOND
+        self._second_epoch = 0.0
+        self._seconds: dict[str, float | None] = {}
 
     def parse(self, s: object) -> float | None:
+        # ``YYYY-MM-DDTHH:MM:SS.`` validated before; only ``ffffffZ`` is new.
+        if type(s) is str and s.startswith(self._second) and len(s) == FIXED_LEN and s[26] == "Z":
+            frac = s[20:26]
+            if frac.isdigit() and frac.isascii():
+                return self._second_epoch + int(frac) / 1e6
+        return self._parse(s)
+
+    def parse_fixed(self, times: Sequence[str]) -> list[float] | None:
+        """:meth:`parse` of every time, for times that passed :func:`all_fixed_form`.
+
+        ``None`` if any of them is not a valid time (a calendar error, second 61): the caller then
+        parses one by one to tell which. Each distinct second is looked up once.
+        """
+        seconds = list(map(_SECOND, times))
+        get = self._second_epoch_of
+        epochs = {sec: get(sec) for sec in set(seconds)}
+        if None in epochs.values():
+            return None
+        bases = map(epochs.__getitem__, seconds)
+        fractions = map(truediv, map(int, map(_FRACTION, times)), repeat(1e6))
+        return list(map(add, bases, fractions))
+
+    def _second_epoch_of(self, second: str) -> float | None:
+        """The epoch of ``YYYY-MM-DDTHH:MM:SS`` as :meth:`parse` computes it, remembered."""
+        epochs = self._seconds
+        epoch = epochs.get(second, _UNKNOWN)
+        if epoch is _UNKNOWN:
+            if len(epochs) >= _MAX_SECONDS:
+                epochs.clear()
+            epoch = epochs[second] = self._parse(second + ".000000Z")
+        return epoch  # type: ignore[return-value]
+
+    def _parse(self, s: object) -> float | None:
         if not isinstance(s, str) or len(s) < 20 or s[16] != ":":
             return self._slow(s)
         prefix = s[:16]
@@ -36,6 +113,13 @@ class IsoTimeParser:
             return self._slow(s)
         if not _is_seconds(tail):
             return None
+        if len(s) == FIXED_LEN and s[19] == "." and s[26] == "Z":
+            whole = int(tail[:2])
+            if whole >= 61:
+                return None
+            self._second = s[:20]
+            self._second_epoch = self._epoch + whole
+            return self._second_epoch + int(tail[3:]) / 1e6
         sec = float(tail)
         if sec >= 61.0:
             return None

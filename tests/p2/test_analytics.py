@@ -1,6 +1,7 @@
 import math
 import random
 import statistics
+from collections import deque
 from datetime import UTC, datetime
 from fractions import Fraction
 from itertools import pairwise
@@ -11,12 +12,14 @@ from hypothesis import strategies as st
 
 from mercurystream.p2.analytics import (
     SECONDS_PER_YEAR,
+    CheckedTrades,
     RollingQuantile,
     TradeFilter,
     VolatilityWindow,
     VolumeWindow,
     VwapWindow,
 )
+from mercurystream.p2.bus import Batch
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -390,3 +393,280 @@ def test_volume_matches_brute_force_over_long_run():
             usd, n = snap.get(pid, (0.0, 0))
             assert n == len(inside)
             assert usd == pytest.approx(math.fsum(inside), rel=1e-11, abs=1e-6)
+
+
+# --- the column paths against the per-trade reference -----------------------------------------------
+#
+# Every step has a column path (C-level loops over a batch) and a per-trade path. The references
+# below are the per-trade definitions written out plainly (as the windows were before the column
+# paths): the column paths must give the same counts and the same figures up to float summation
+# order, whatever the batch holds.
+
+
+def _time_str(offset_s: float) -> str:
+    return iso(round(offset_s, 6))
+
+
+bad_values = st.sampled_from(
+    [
+        ("product_id", ""),
+        ("product_id", None),
+        ("trade_id", "7"),
+        ("trade_id", True),
+        ("price", 0.0),
+        ("price", math.nan),
+        ("price", 10**400),
+        ("last_size", -1.0),
+        ("last_size", math.inf),
+        ("time", "not a time"),
+        ("time", "2024-05-01T12:00:61.000000Z"),
+        ("time", "2024-05-01T12:00:01Z"),
+        ("type", None),
+        ("ingest_ts_ms", None),
+    ]
+)
+
+
+@st.composite
+def event_batches(draw, max_batches: int = 6, max_len: int = 12):
+    """Batches of events on up to three products: mostly increasing ids and times, with repeats,
+    late and very late trades, zero sizes and, now and then, a malformed field. Prices and sizes
+    are of one scale, so running sums are comparable with exact ones at a tight tolerance."""
+    batches = []
+    tid = {"A": 100, "B": 500, "C": 900}
+    t = 0.0
+    for _ in range(draw(st.integers(1, max_batches))):
+        batch = []
+        for _ in range(draw(st.integers(0, max_len))):
+            pid = draw(st.sampled_from("AAB" + ("C" if draw(st.booleans()) else "")))
+            step = draw(st.sampled_from([1, 1, 1, 1, 2, 0, -1, -3]))
+            tid[pid] += step
+            dt = draw(st.sampled_from([0.0, 0.001, 0.25, 1.0, 7.5, -0.5, -40.0, -400.0]))
+            t = max(t + dt, 0.0) if dt >= 0 else t
+            when = t + dt if dt < 0 else t
+            ev = trade(
+                tid=tid[pid],
+                product=pid,
+                price=draw(st.sampled_from([100.0, 101.5, 99.25, 97])),
+                size=draw(st.sampled_from([0.5, 2.0, 0.0, 3])),
+                t=max(when, 0.0),
+                ingest_ts_ms=1,
+            )
+            if draw(st.integers(0, 9)) == 0:
+                key, value = draw(bad_values)
+                ev[key] = value
+            batch.append(ev)
+        batches.append(batch)
+    return batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_batches(max_batches=1, max_len=20))
+def test_checked_trades_column_path_is_the_per_event_check(batches):
+    (events,) = batches
+    fast = CheckedTrades.of(Batch(events, [], 0))
+    ref = CheckedTrades.check(events)
+    assert fast.trades.tuples() == ref.trades.tuples()
+    assert list(fast.ids) == list(ref.ids)
+    assert [(i, r, id(e)) for i, r, e in fast.rejects] == [(i, r, id(e)) for i, r, e in ref.rejects]
+    for k in range(len(events) + 1):
+        a, b = fast.tail(k), ref.tail(k)
+        assert a.trades.tuples() == b.trades.tuples() == CheckedTrades.check(events[k:]).trades.tuples()
+        assert [(i, r) for i, r, _ in a.rejects] == [(i, r) for i, r, _ in b.rejects]
+        for position in range(len(a.trades)):
+            assert a.event_of(position) is b.event_of(position)
+
+
+class ReferenceFilter:
+    """The dedupe as first written: a set and a deque per product, one trade at a time."""
+
+    def __init__(self, lru_max: int, max_products: int) -> None:
+        self.lru_max = lru_max
+        self.max_products = max_products
+        self.seen: dict[str, tuple[set, deque]] = {}
+        self.skipped: dict[str, int] = {}
+
+    def filter(self, events):
+        out = []
+        for _, reason, _ in CheckedTrades.check(events).rejects:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        checked = CheckedTrades.check(events)
+        for trade_, tid in zip(checked.trades.tuples(), checked.ids, strict=True):
+            pid = trade_[0]
+            if pid not in self.seen:
+                if len(self.seen) >= self.max_products:
+                    self.skipped["too_many_products"] = self.skipped.get("too_many_products", 0) + 1
+                    continue
+                self.seen[pid] = (set(), deque())
+            ids, order = self.seen[pid]
+            if tid in ids:
+                self.skipped["duplicate"] = self.skipped.get("duplicate", 0) + 1
+                continue
+            ids.add(tid)
+            order.append(tid)
+            if len(order) > self.lru_max:
+                ids.discard(order.popleft())
+            out.append(trade_)
+        return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_batches(), st.sampled_from([1, 3, 50]), st.sampled_from([1, 2, 1024]))
+def test_trade_filter_accept_is_the_per_trade_dedupe(batches, lru_max, max_products):
+    f = TradeFilter(lru_max, max_products)
+    ref = ReferenceFilter(lru_max, max_products)
+    for events in batches:
+        got = f.accept(CheckedTrades.of(Batch(events, [], 0))).tuples()
+        assert got == ref.filter(events)
+        assert {k: v for k, v in f.skipped.items() if v} == ref.skipped
+
+
+def test_trade_filter_last_rejected_names_the_event_behind_a_duplicate():
+    f = TradeFilter(lru_max=10)
+    first = [trade(tid=1), trade(tid=2, price="x")]
+    f.filter(first)
+    again = trade(tid=1)
+    f.filter([trade(tid=5, price=None), again])
+    assert f.last_rejected["duplicate"] is again
+    assert f.last_rejected["invalid_price"]["trade_id"] == 5
+
+
+class ReferenceVwap:
+    """The VWAP window as first written: a deque of (time, price*size, size) per product."""
+
+    def __init__(self, window_s):
+        self.window_s = window_s
+        self.states = {}
+        self.outside = 0
+
+    def add_many(self, trades):
+        touched = set()
+        for pid, px, sz, t in trades:
+            st_ = self.states.setdefault(pid, {"entries": deque(), "latest": -math.inf})
+            if t > st_["latest"]:
+                st_["latest"] = t
+            elif t < st_["latest"] - self.window_s:
+                self.outside += 1
+                continue
+            touched.add(pid)
+            if sz:
+                st_["entries"].append((t, px * sz, sz))
+        for pid in touched:
+            st_ = self.states[pid]
+            entries = st_["entries"]
+            while entries and entries[0][0] < st_["latest"] - self.window_s:
+                entries.popleft()
+        return touched
+
+    def vwap(self, pid):
+        entries = self.states.get(pid, {}).get("entries")
+        if not entries:
+            return None
+        return math.fsum(e[1] for e in entries) / math.fsum(e[2] for e in entries)
+
+
+class ReferenceVolume:
+    def __init__(self, window_s):
+        self.window_s = window_s
+        self.now = -math.inf
+        self.entries = {}
+        self.outside = 0
+
+    def add_many(self, trades):
+        for pid, px, sz, t in trades:
+            if t > self.now:
+                self.now = t
+            elif t < self.now - self.window_s:
+                self.outside += 1
+                continue
+            self.entries.setdefault(pid, deque()).append((t, px * sz))
+        for entries in self.entries.values():
+            while entries and entries[0][0] < self.now - self.window_s:
+                entries.popleft()
+
+    def volume(self, pid):
+        entries = self.entries.get(pid)
+        return (math.fsum(e[1] for e in entries), len(entries)) if entries else (0.0, 0)
+
+
+def _accepted_batches(batches):
+    f = TradeFilter(lru_max=1000)
+    return [f.accept(CheckedTrades.of(Batch(events, [], 0))) for events in batches]
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_batches(), st.sampled_from([0.5, 5.0, 30.0]))
+def test_vwap_column_path_matches_the_reference(batches, window_s):
+    fast, slow, ref = VwapWindow(window_s), VwapWindow(window_s), ReferenceVwap(window_s)
+    for cols in _accepted_batches(batches):
+        touched = fast.add_trades(cols)
+        assert touched == slow.add_many(cols.tuples()) == ref.add_many(cols.tuples())
+        assert fast.skipped == slow.skipped == {"outside_window": ref.outside}
+        assert len(fast) == len(slow) == sum(len(s["entries"]) for s in ref.states.values())
+        for pid in ("A", "B", "C"):
+            expected = ref.vwap(pid)
+            for w in (fast, slow):
+                assert w.vwap(pid) == (None if expected is None else pytest.approx(expected, rel=1e-9))
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_batches(), st.sampled_from([0.5, 5.0, 60.0]))
+def test_volume_column_path_matches_the_reference(batches, window_s):
+    fast, slow, ref = VolumeWindow(window_s), VolumeWindow(window_s), ReferenceVolume(window_s)
+    for cols in _accepted_batches(batches):
+        fast.add_trades(cols)
+        slow.add_many(cols.tuples())
+        ref.add_many(cols.tuples())
+        assert fast.now == slow.now == ref.now
+        assert fast.skipped == slow.skipped == {"outside_window": ref.outside}
+        for pid in ("A", "B", "C"):
+            usd, n = ref.volume(pid)
+            for w in (fast, slow):
+                got_usd, got_n = w.volume(pid)
+                assert got_n == n
+                assert got_usd == pytest.approx(usd, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_batches(), st.sampled_from([3, 4, 10]))
+def test_volatility_column_path_matches_the_per_trade_path(batches, n):
+    fast, slow = VolatilityWindow(n), VolatilityWindow(n)
+    kept: dict[str, list[tuple[float, float]]] = {}
+    for cols in _accepted_batches(batches):
+        assert fast.add_trades(cols) == slow.add_many(cols.tuples())
+        assert fast.skipped == slow.skipped
+        for pid, px, _, t in cols.tuples():
+            trades_ = kept.setdefault(pid, [])
+            if not trades_ or t >= trades_[-1][1]:
+                trades_.append((px, t))
+        for pid in ("A", "B", "C"):
+            last = kept.get(pid, [])[-n:]
+            rets = [math.log(b[0] / a[0]) for a, b in pairwise(last)]
+            expected = None
+            if len(rets) >= 2 and (last[-1][1] - last[0][1]) / len(rets) > 0:
+                var = max(statistics.variance(rets), 0.0)
+                expected = math.sqrt(var * SECONDS_PER_YEAR / ((last[-1][1] - last[0][1]) / len(rets)))
+            for w in (fast, slow):
+                got = w.volatility(pid)
+                if expected is None:
+                    assert got is None
+                else:
+                    assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_windows_keep_their_memory_bounded_over_a_long_run():
+    vwap, volume, vol = VwapWindow(10.0), VolumeWindow(10.0), VolatilityWindow(50)
+    f = TradeFilter(lru_max=100)
+    t = 0.0
+    for b in range(400):
+        events = [trade(tid=b * 100 + i, product="AB"[i % 2], t=(t := t + 0.01)) for i in range(100)]
+        cols = f.accept(CheckedTrades.of(Batch(events, [], 0)))
+        vwap.add_trades(cols)
+        volume.add_trades(cols)
+        vol.add_trades(cols)
+    assert 1000 <= len(vwap) <= 1004  # 10 s at 100 trades/s (float times: an edge may fall either way)
+    for st_ in vwap._states.values():
+        assert len(st_.entries.times) < 2 * 4096 + 1000
+    for st_ in vol._states.values():
+        assert len(st_.returns) - st_.head == 49 and len(st_.returns) < 2 * 4096 + 100
+    assert all(len(seen.order) < 2 * 4096 + 200 for seen in f._seen.values())

@@ -239,3 +239,62 @@ async def test_consumer_stop_drains_and_a_failing_batch_is_counted() -> None:
     assert sum(processed) == 20
     assert c.seen == [*range(5), *range(10, 20)]
     assert c.status() == "FAST       | seen=15"
+
+
+# --- data derived once per batch ------------------------------------------------------------------
+
+
+class Squares:
+    """A derived column: each event's ``i`` squared."""
+
+    made = 0
+
+    def __init__(self, values: list[int]) -> None:
+        self.values = values
+
+    @classmethod
+    def of(cls, b: Batch) -> Squares:
+        cls.made += 1
+        return cls([e["i"] ** 2 for e in b.events])
+
+    def tail(self, start: int) -> Squares:
+        return Squares(self.values[start:])
+
+
+def test_derived_data_is_computed_once_and_shared_by_every_subscriber() -> None:
+    Squares.made = 0
+    bus = Bus()
+    subs = [bus.subscribe(name, 100) for name in ("a", "b", "c")]
+    bus.publish(batch(0, 4))
+    seen = [sub.take_nowait()[0].derived(Squares) for sub in subs]
+    assert Squares.made == 1
+    assert all(s is seen[0] for s in seen)
+    assert seen[0].values == [0, 1, 4, 9]
+
+
+def test_a_dropped_head_slices_what_was_derived_and_the_receiver_columns() -> None:
+    Squares.made = 0
+    bus = Bus()
+    early = bus.subscribe("early", 100)
+    late = bus.subscribe("late", 3)
+    b = Batch(
+        [{"i": i} for i in range(5)], [b"x"] * 5, 0, latencies_ms=[0.5, 1.5, 2.5, 3.5, 4.5], ingest_us=[1, 2, 3, 4, 5]
+    )
+    b.derived(Squares)
+    bus.publish(b)
+    (tail,) = late.take_nowait()
+    assert [e["i"] for e in tail.events] == [2, 3, 4]
+    assert tail.derived(Squares).values == [4, 9, 16]
+    assert Squares.made == 1  # sliced, not recomputed
+    assert tail.latencies_ms == [2.5, 3.5, 4.5] and tail.ingest_us == [3, 4, 5]
+    (whole,) = early.take_nowait()
+    assert whole is b
+
+
+def test_a_tail_of_a_batch_without_derived_data_derives_its_own() -> None:
+    Squares.made = 0
+    b = Batch([{"i": i} for i in range(4)], [b"x"] * 4, 0)
+    tail = b.tail(2)
+    assert tail.latencies_ms is None and tail.ingest_us is None
+    assert tail.derived(Squares).values == [4, 9]
+    assert Squares.made == 1

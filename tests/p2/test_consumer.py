@@ -283,3 +283,56 @@ async def test_slow_consumer_drops_oldest_and_slows_no_one():
     assert time.monotonic() - started < 5  # the backlog is abandoned, not slept through
     assert slow.handled + slow.subscription.dropped + slow.abandoned == total
     assert vwap.subscription.dropped == 0
+
+
+# --- the shell without a loop, and the shared per-batch work --------------------------------------
+
+
+def test_process_pending_handles_everything_queued_and_reports_once():
+    bus, metrics = Bus(), P2Metrics()
+    vwap = VwapConsumer(bus, make_settings(), metrics)
+    reported: list[tuple[str, int]] = []
+    vwap.on_processed(lambda name, n: reported.append((name, n)))
+    for k in range(3):
+        bus.publish(batch([trade(k * 10 + i, t=k) for i in range(10)]))
+    assert vwap.process_pending() == 30
+    assert vwap.processed == 30 and reported == [("vwap", 30)]
+    assert vwap.process_pending() == 0 and reported == [("vwap", 30)]
+
+
+def test_process_pending_counts_a_failing_batch_and_goes_on():
+    bus, metrics = Bus(), P2Metrics()
+    vwap = VwapConsumer(bus, make_settings(), metrics)
+    bus.publish(Batch([trade(1), "not a dict"], [b"{}", b"x"], NOW_US))
+    bus.publish(batch([trade(2)]))
+    assert vwap.process_pending() == 3
+    assert vwap.failed == 2 and vwap.processed == 3
+    assert vwap.trade_filter.accepted == 1
+
+
+def test_the_analytics_check_each_batch_once_and_count_each_trade_once_each():
+    bus, metrics = Bus(), P2Metrics()
+    settings = make_settings()
+    consumers = [VwapConsumer(bus, settings, metrics), VolatilityConsumer(bus, settings, metrics)]
+    volume = VolumeConsumer(bus, settings, metrics)
+    b = batch([trade(1), trade(2, t=1.0), trade(2, t=1.0), trade(3, price="x")])
+    bus.publish(b)
+    bus.publish(batch([trade(2, t=2.0), trade(4, t=3.0)]))
+    for c in (*consumers, volume):
+        c.process_pending()
+    for c in (*consumers, volume):
+        assert c.trade_filter.accepted == 3
+        assert c.trade_filter.skipped["duplicate"] == 2
+        assert c.trade_filter.skipped["invalid_price"] == 1
+        assert sample(metrics, "mercurystream_analytics_skipped_total", consumer=c.name, reason="duplicate") == 2
+    assert volume.window.volume("BTC-USD") == (300.0, 3)
+
+
+def test_vwap_age_uses_the_receiver_column_when_every_event_has_one():
+    bus, metrics = Bus(), P2Metrics()
+    vwap = VwapConsumer(bus, make_settings(), metrics, clock_us=lambda: NOW_US)
+    events = [trade(1, age_us=1000), trade(2, age_us=3000)]
+    b = Batch(events, [b"{}"] * 2, NOW_US, ingest_us=[NOW_US - 1000, NOW_US - 3000])
+    bus.publish(b)
+    vwap.process_pending()
+    assert sorted(vwap.ages_us._window) == [1000, 3000]

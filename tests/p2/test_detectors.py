@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections import OrderedDict, deque
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mercurystream.p2.bus import Batch
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import (
     DUPLICATE,
@@ -21,6 +24,7 @@ from mercurystream.p2.detectors import (
     DuplicateDetector,
     LatencySpikeDetector,
     OutOfOrderDetector,
+    RecentIds,
     SequenceGapDetector,
     describe,
     nearest_rank,
@@ -479,7 +483,7 @@ def streams(draw):
         if r < 0.05:
             e["price"] = rng.choice(("1", True, None))
         elif r < 0.08:
-            e.pop(rng.choice(("type", "time", "trade_id", "ingest_ts_ms", "last_size")))
+            e.pop(rng.choice(("type", "time", "trade_id", "ingest_ts_ms", "last_size")), None)  # a replay may lack it
         elif r < 0.1:
             e["trade_id"] = rng.choice((True, 1.0, "7"))
         elif r < 0.12:
@@ -518,3 +522,279 @@ def test_counts_match_the_reference_definitions(events, lru, window, batch, ever
     assert det.counts == expected
     for t, n in expected.items():
         assert sum(a.count for a in seen if a.type == t) == n
+
+
+# --- the column paths (process_batch) against process ----------------------------------------------
+
+
+@st.composite
+def clean_streams(draw):
+    """Mostly what P1 sends (contiguous ids, increasing times, low latency) with rare faults, so the
+    column paths run most of the time and fall back now and then."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    n = draw(st.integers(1, 300))
+    next_id = {"A": 1000, "B": 5000, "C": 9000}
+    t_us = 0
+    out = []
+    for _ in range(n):
+        pid = rng.choice("AAB" + "C" * rng.randint(0, 1))
+        t_us += rng.choice((0, 1, 7, 1000))
+        fault = rng.random()
+        next_id[pid] += 1
+        tid = next_id[pid]
+        when = t_us
+        lat = 300
+        typ = "match"
+        if fault < 0.01:
+            tid -= 1  # a repeat
+        elif fault < 0.02:
+            next_id[pid] += 3  # a gap
+        elif fault < 0.03:
+            when -= 5000  # late
+        elif fault < 0.035:
+            lat = 250_000
+        elif fault < 0.04:
+            typ = "ticker"
+        e = ev(tid, pid, typ=typ, t_us=max(when, 0), lat_us=lat)
+        if fault > 0.995:
+            e["price"] = None
+        out.append(e)
+    return out
+
+
+def server_batch(chunk: list[dict], aligned: bool) -> Batch:
+    lats = [latency_ms(e) for e in chunk]
+    ok = aligned and None not in lats
+    return Batch(chunk, [b"{}"] * len(chunk), 0, latencies_ms=lats if ok else None)
+
+
+def anomaly_view(anomalies):
+    return [(a.type, a.index, a.count, a.product_id, a.resolve()) for a in anomalies]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=clean_streams() | streams(),
+    lru=st.integers(1, 30),
+    window=st.integers(0, 6),
+    batch=st.integers(1, 60),
+    every=st.integers(1, 7),
+    size=st.integers(1, 25),
+    consec=st.integers(1, 3),
+    aligned=st.booleans(),
+)
+def test_process_batch_is_process(events, lru, window, batch, every, size, consec, aligned):
+    params = dict(
+        duplicate_lru_max=lru,
+        gap_reorder_window=window,
+        latency_threshold_ms=100.0,
+        latency_buffer_size=size,
+        latency_eval_every=every,
+        latency_consecutive=consec,
+    )
+    fast, slow = Detectors(**params), Detectors(**params)
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        got = fast.process_batch(server_batch(chunk, aligned), 0.0)
+        assert anomaly_view(got) == anomaly_view(slow.process(chunk, 0.0))
+        assert fast.counts == slow.counts
+        for g in ("A", "B", "C"):
+            assert fast.sequence_gap.pending(g) == slow.sequence_gap.pending(g)
+    assert fast.counts == reference_counts(events, lru, window, 100.0, size, every, consec)
+    assert fast.latency.samples == slow.latency.samples
+    assert fast.latency.evaluations == slow.latency.evaluations
+    assert list(fast.latency._window) == list(slow.latency._window)
+    assert list(fast.latency._evicted) == list(slow.latency._evicted)
+
+
+def test_process_batch_of_an_untyped_batch_is_process():
+    det = Detectors()
+    out = det.process_batch(Batch([ev(1), ev(2, price="x"), ev(2)], [b"{}"] * 3, 0))
+    assert types_of(out) == [(SCHEMA_DRIFT, 1), (DUPLICATE, 2)]
+
+
+class ReferenceLru:
+    """The duplicate memory as an OrderedDict, as first written."""
+
+    def __init__(self, max_ids: int) -> None:
+        self.max_ids = max_ids
+        self.ids: OrderedDict[int, None] = OrderedDict()
+
+    def observe(self, tid: int) -> bool:
+        if tid in self.ids:
+            self.ids.move_to_end(tid)
+            return True
+        self.ids[tid] = None
+        if len(self.ids) > self.max_ids:
+            self.ids.popitem(last=False)
+        return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 40), max_size=30) | st.lists(st.integers(0, 10_000), max_size=200), max_size=8),
+    st.integers(1, 12),
+)
+def test_duplicate_memory_is_the_lru_by_recency(batches, max_ids):
+    d = DuplicateDetector(max_ids)
+    ref = ReferenceLru(max_ids)
+    for tids in batches:
+        ordered = sorted(set(tids))
+        for chunk in (tids, ordered):
+            if chunk is ordered and d.observe_new("P", chunk):
+                assert not any([ref.observe(t) for t in chunk])
+                continue
+            hits = d.observe_many([(i, "P", t) for i, t in enumerate(chunk)])
+            assert [i for i, _, _ in hits] == [i for i, t in enumerate(chunk) if ref.observe(t)]
+    recent = d._state.get("P")
+    if recent is not None:
+        assert recent.remembered() == list(ref.ids)
+        assert len(recent) == len(ref.ids)
+        assert len(recent.order) - recent.head <= 2 * len(recent) + 4096 + 1
+
+
+def test_a_flood_of_one_repeated_id_keeps_the_sightings_list_bounded():
+    d = DuplicateDetector(max_ids=10)
+    d.observe_many([(i, "P", i) for i in range(10)])
+    for _ in range(20):
+        assert len(d.observe_many([(0, "P", 3)] * 1000)) == 1000
+    recent = d._state["P"]
+    assert not recent.is_run
+    assert len(recent.order) - recent.head <= 2 * 10 + 4096 + 1
+    assert not d.observe("P", 11)  # forgets 0, the id seen longest ago
+    assert not d.observe("P", 0)
+    assert d.observe("P", 3)
+
+
+class ReferenceSpikes:
+    """The latency detector one sample at a time, as first written."""
+
+    def __init__(self, thr: float, size: int, every: int, consec: int) -> None:
+        self.thr, self.size, self.every, self.consec = thr, size, every, consec
+        self.window: deque[float] = deque()
+        self.evicted: deque[float] = deque(maxlen=every * consec)
+        self.above = self.samples = self.evaluations = self.run = self.count = 0
+
+    def observe_many(self, values):
+        out = []
+        for pos, v in enumerate(values):
+            if len(self.window) == self.size:
+                old = self.window.popleft()
+                self.above -= old > self.thr
+                self.evicted.append(old)
+            self.window.append(v)
+            self.above += v > self.thr
+            self.samples += 1
+            if self.samples % self.every == 0:
+                n = len(self.window)
+                self.evaluations += 1
+                if self.above >= n - nearest_rank(n) + 1:
+                    self.run += 1
+                    if self.run >= self.consec:
+                        self.run = 0
+                        self.count += 1
+                        summary = {"window": n, "sample": self.samples, "evaluation": self.evaluations}
+                        out.append((pos, summary, [*self.evicted, *self.window]))
+                else:
+                    self.run = 0
+        return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from([1.0, 50.0, 99.0, 100.0, 150.0, 400.0]), max_size=40), max_size=10),
+    st.integers(1, 20),
+    st.integers(1, 7),
+    st.integers(1, 3),
+)
+def test_latency_batches_are_taken_as_one_sample_at_a_time(batches, size, every, consec):
+    fast = LatencySpikeDetector(100.0, size, every, consec)
+    ref = ReferenceSpikes(100.0, size, every, consec)
+    quiet = LatencySpikeDetector(100.0, size, every, consec)
+    for values in batches:
+        got = fast.observe_many(values)
+        expected = ref.observe_many(values)
+        if not quiet.observe_quiet(values):
+            assert [pos for pos, _ in quiet.observe_many(values)] == [pos for pos, _ in got]
+        else:
+            assert got == []
+        assert list(quiet._window) == list(fast._window) and list(quiet._evicted) == list(fast._evicted)
+        assert (quiet.samples, quiet.evaluations, quiet.run, quiet.above) == (
+            fast.samples,
+            fast.evaluations,
+            fast.run,
+            fast.above,
+        )
+        assert [pos for pos, _ in got] == [pos for pos, _, _ in expected]
+        for (_, spike), (_, summary, history) in zip(got, expected, strict=True):
+            assert {k: spike.summary[k] for k in summary} == summary
+            assert spike._history == history
+        assert (fast.count, fast.samples, fast.evaluations, fast.run, fast.above) == (
+            ref.count,
+            ref.samples,
+            ref.evaluations,
+            ref.run,
+            ref.above,
+        )
+        assert list(fast._window) == list(ref.window) and list(fast._evicted) == list(ref.evicted)
+
+
+def test_contiguous_match_ids_take_the_column_path_and_a_gap_does_not():
+    g = SequenceGapDetector(window=2)
+    assert g.observe_contiguous("P", [5, 6, 7])
+    assert not g.observe_contiguous("P", [9, 10])  # 8 is skipped: per-item path
+    assert g.observe_many([(0, "P", 9), (1, "P", 10), (2, "P", 11)]) == [(2, "P", [[8, 8]], 1)]
+    assert not g.observe_contiguous("P", [12, 12])
+
+
+def test_fixed_times_in_order_take_the_column_path():
+    d = OutOfOrderDetector()
+    assert d.observe_fixed("P", [iso(1), iso(1), iso(5)])
+    assert not d.observe_fixed("P", [iso(4)])
+    assert d.observe_many([(0, "P", iso(4))]) == [(0, "P", iso(4), iso(5))]
+    d.observe("Q", "2024-05-01T12:00:00+00:00")
+    assert not d.observe_fixed("Q", [iso(9)])  # the latest is not in the fixed form
+
+
+def test_recent_ids_of_a_run_are_two_numbers_and_come_back_to_that_after_an_irregularity():
+    r = RecentIds(max_ids=5)
+    r.add_run([10, 11, 12])
+    r.add(13)
+    r.add_run(list(range(14, 1000)))
+    assert r.is_run and r.remembered() == [995, 996, 997, 998, 999] and r.order == []
+    assert 995 in r and 994 not in r and 1000 not in r
+    r.add(1002)  # a hole: the general form
+    assert not r.is_run and r.remembered() == [996, 997, 998, 999, 1002]
+    r.seen_again(997)
+    assert r.remembered() == [996, 998, 999, 1002, 997]
+    r.add_run([1003, 1004, 1005, 1006])
+    assert not r.is_run  # 997's repeat is still remembered out of order
+    r.add_run([1007, 1008, 1009, 1010, 1011])
+    assert r.is_run and r.remembered() == [1007, 1008, 1009, 1010, 1011]
+    assert r.high == 1011
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(1, 6), st.booleans()), max_size=60),
+    st.integers(1, 8),
+)
+def test_recent_ids_is_the_lru_in_either_form(ops, max_ids):
+    """Single sightings (new or repeated) and runs above the highest id, with or without holes."""
+    r = RecentIds(max_ids)
+    ref = ReferenceLru(max_ids)
+    for is_run, tid, n, holes in ops:
+        if is_run:
+            start = tid if r.high == -math.inf else max(int(r.high) + 1, tid)
+            tids = list(range(start, start + 2 * n, 2 if holes else 1))[:n]
+            r.add_run(tids)
+            for t in tids:
+                assert not ref.observe(t)
+        elif tid in r:
+            assert ref.observe(tid)
+            r.seen_again(tid)
+        else:
+            assert not ref.observe(tid)
+            r.add(tid)
+        assert r.remembered() == list(ref.ids)
+        assert all((t in r) == (t in ref.ids) for t in range(0, 140))

@@ -320,3 +320,25 @@ async def test_mercury_p2_with_every_consumer_stops_on_sigterm(tmp_path: Path) -
 
 def test_module_exposes_main() -> None:
     assert callable(p2_module.main)
+
+
+def test_tune_runtime_collects_less_often_and_switches_threads_sooner() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    interval = sys.getswitchinterval()
+    try:
+        p2_module.tune_runtime()
+        assert gc.get_threshold() == p2_module.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == pytest.approx(p2_module.SWITCH_INTERVAL_S)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        sys.setswitchinterval(interval)
+
+
+def test_loop_factory_is_uvloop_when_installed() -> None:
+    factory = p2_module.loop_factory()
+    uvloop = pytest.importorskip("uvloop")
+    assert factory is uvloop.new_event_loop

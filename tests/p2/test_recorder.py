@@ -160,3 +160,12 @@ def _wait(cond, timeout: float = 10.0) -> bool:
 def test_closing_a_writer_that_never_started_is_fine(tmp_path: Path) -> None:
     assert JsonlWriter(tmp_path / "never.jsonl").close(1)
     assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_write_does_the_threads_step_on_the_callers_thread_and_close_closes(tmp_path: Path) -> None:
+    path = tmp_path / "sync.jsonl"
+    writer = JsonlWriter(path)
+    writer.write([[b"a", b"b"], [], [b"c"]])
+    assert writer.written == 3
+    assert writer.close(1)
+    assert path.read_bytes() == b"a\nb\nc\n"

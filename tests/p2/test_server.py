@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from itertools import pairwise
 
 import orjson
 import pytest
@@ -439,3 +440,83 @@ def test_pretty_printed_payload_is_recorded_on_one_line():
         "recv_ts_ms": 1_700_000_000_000,
         "recv_ts_us": 1_700_000_000_000_000,
     }
+
+
+# ---------------------------------------------------------------- batch-wide work in the receive path
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(
+        st.sampled_from(
+            [
+                orjson.dumps(trade(1, ingest_ts_us=RECV_US - 700)),
+                b'{\n"a": 1}',
+                b'{"a":\r2}\r\n',
+                b'{"b":3}',
+                b"{}",
+                b"not json\n",
+                orjson.dumps(trade(2, ingest_ts_ms=RECV_US // 1000 - 1)),
+                orjson.dumps(trade(3, ingest_ts_us=5_000, recv_ts_ms=9, recv_ts_us=9_500)),
+            ]
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 400), max_size=6),
+)
+def test_any_chunking_gives_what_one_payload_per_read_gives(payloads: list[bytes], cuts: list[int]) -> None:
+    """Line breaks are found by one scan per read, carried over a frame cut between reads."""
+    stream = encode_frames(payloads)
+    one_by_one = IngestDecoder(clock_us=FixedClock())
+    expected_lines: list[bytes] = []
+    expected_errors: list[tuple[str, bytes]] = []
+    expected_latencies: list[float] = []
+    for p in payloads:
+        got = one_by_one.feed(encode_frame(p))
+        expected_errors.extend(got.errors)
+        expected_latencies.extend(got.latencies)
+        if got.batch is not None:
+            expected_lines.extend(got.batch.lines)
+    chunked = IngestDecoder(clock_us=FixedClock())
+    lines: list[bytes] = []
+    errors: list[tuple[str, bytes]] = []
+    latencies: list[float] = []
+    bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    for a, b in pairwise(bounds):
+        got = chunked.feed(stream[a:b])
+        errors.extend(got.errors)
+        latencies.extend(got.latencies)
+        if got.batch is not None:
+            lines.extend(got.batch.lines)
+            assert all(b"\n" not in line and b"\r" not in line for line in got.batch.lines)
+            if got.batch.latencies_ms is not None:
+                assert got.batch.latencies_ms == [latency_ms(e) for e in got.batch.events]
+    assert (lines, errors, latencies) == (expected_lines, expected_errors, expected_latencies)
+
+
+def test_a_batch_carries_every_latency_and_ingest_stamp_when_all_events_have_them() -> None:
+    payloads = [orjson.dumps(trade(i, ingest_ts_us=RECV_US - 1000 * i)) for i in range(3)]
+    batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads)).batch
+    assert batch.latencies_ms == [0.0, 1.0, 2.0]
+    assert batch.ingest_us == [RECV_US, RECV_US - 1000, RECV_US - 2000]
+    mixed = [payloads[0], orjson.dumps(trade(9))]
+    batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
+    assert batch.latencies_ms is None and batch.ingest_us is None
+
+
+def test_accept_publishes_and_counts_without_a_socket() -> None:
+    source, _, sub, metrics = make_source()
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frames([b'{"a":1}', b"[1]", b'{"b":2}']))
+    source.accept(got, "peer")
+    assert sub.depth == 2 and source.events == 2
+    assert source.frame_errors["not_object"] == 1
+    assert metrics.events_total._value.get() == 2
+
+
+async def test_protocol_is_a_connection_of_this_source() -> None:
+    source, _, sub, _ = make_source()
+    conn = source.protocol()
+    conn.connection_made(FakeTransport())
+    conn.data_received(encode_frame(b'{"a":1}'))
+    assert sub.depth == 1 and source.connections == 1

@@ -1,10 +1,11 @@
+import re
 from datetime import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercurystream.shared.timeparse import IsoTimeParser
+from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
@@ -46,3 +47,76 @@ def test_offset_form_and_naive_time_are_utc():
     p = IsoTimeParser()
     assert p.parse("2024-05-01T12:34:56+00:00") == p.parse("2024-05-01T12:34:56Z")
     assert p.parse("2024-05-01T12:34:56") == p.parse("2024-05-01T12:34:56Z")
+
+
+# --- the fixed form, one by one and a batch at a time -------------------------------------------
+
+_FIXED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+fixed_like = st.builds(
+    lambda y, mo, d, h, mi, s, f: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{f:06d}Z",
+    st.integers(1999, 2101),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 24),
+    st.integers(0, 60),
+    st.integers(0, 61),
+    st.integers(0, 999_999),
+)
+"""Fixed-form strings, calendar errors and second 60/61 included."""
+
+
+def _mutations(s: str) -> st.SearchStrategy[str]:
+    return st.integers(0, len(s)).flatmap(
+        lambda i: st.sampled_from(["", "0", "a", "Z", ".", " ", "٣", "1Z"]).map(lambda c: s[:i] + c + s[i + 1 :])
+    )
+
+
+any_time = fixed_like | fixed_like.flatmap(_mutations)
+
+
+@settings(max_examples=500)
+@given(st.lists(any_time, max_size=8))
+def test_all_fixed_form_is_the_regex_on_every_item(times: list[str]) -> None:
+    assert all_fixed_form(times) == all(_FIXED.fullmatch(t) is not None for t in times)
+
+
+def test_all_fixed_form_rejects_non_strings_and_shifted_lengths() -> None:
+    good = "2024-05-01T12:34:56.123456Z"
+    assert all_fixed_form([]) and all_fixed_form([good, good])
+    assert not all_fixed_form([good, None])
+    assert not all_fixed_form([good[:-1], "Z" + good])  # joined, it would match the template
+
+
+@settings(max_examples=500)
+@given(st.lists(fixed_like, max_size=12), st.lists(fixed_like, max_size=12))
+def test_parse_fixed_is_parse_of_each_and_does_not_depend_on_history(history: list[str], times: list[str]) -> None:
+    warm = IsoTimeParser()
+    for t in history:
+        warm.parse(t)
+    warm.parse_fixed(history)
+    one_by_one = [IsoTimeParser().parse(t) for t in times]
+    batch = warm.parse_fixed(times)
+    if None in one_by_one:
+        assert batch is None
+    else:
+        assert batch == one_by_one
+    assert [warm.parse(t) for t in times] == one_by_one
+    ordered = sorted(times)
+    expected = [IsoTimeParser().parse(t) for t in ordered]
+    assert warm.parse_fixed(ordered) == (None if None in expected else expected)
+
+
+def test_second_60_is_accepted_and_61_is_not() -> None:
+    p = IsoTimeParser()
+    minute = p.parse("2024-05-01T12:34:00.000000Z")
+    assert p.parse("2024-05-01T12:34:60.500000Z") == minute + 60.5
+    assert p.parse("2024-05-01T12:34:61.000000Z") is None
+    assert p.parse_fixed(["2024-05-01T12:34:60.500000Z", "2024-05-01T12:34:61.000000Z"]) is None
+
+
+def test_a_cached_second_does_not_accept_a_bad_fraction() -> None:
+    p = IsoTimeParser()
+    assert p.parse("2024-05-01T12:34:56.000001Z") is not None
+    for bad in ("2024-05-01T12:34:56.00000aZ", "2024-05-01T12:34:56.٣00000Z", "2024-05-01T12:34:56.000001X"):
+        assert p.parse(bad) is None

@@ -1,0 +1,366 @@
+"""In-process profile of P2, stage by stage, against the parsing limit measured in the same run.
+
+Why in-process: the real benchmark drives P2 over TCP and finds the zero-drop rate by a sweep,
+which says *whether* P2 keeps up but not *where* its time goes. This builds the stream P1 sends
+(the offline exchange's trades on three products, normalized and stamped by P1's own pipeline,
+framed), cuts it into socket-sized reads, and pushes every read through the production objects
+built by :class:`P2App` from :class:`P2Settings` (every consumer on, the flight recorder on,
+``RECORD=true`` to a temporary file): ``IngestDecoder.feed`` → ``TcpSource`` publish → each
+consumer's pending batches, timing each stage. The parse-only baseline (frame decoding plus
+``orjson.loads`` of every payload, nothing else) runs on the same reads in the same process.
+A third figure sends the same reads through the real asyncio shells on uvloop (consumer tasks,
+per-batch metrics, the recorder's thread), which is what a saturated P2 pays short of the socket.
+Over TCP, with the load generator on the same two cores, P2 measured about 20 % slower again.
+
+    .venv/bin/python benchmarks/profile_p2.py                 # table
+    .venv/bin/python benchmarks/profile_p2.py --cprofile 25   # plus the top functions
+    .venv/bin/python benchmarks/profile_p2.py --json          # one JSON object, for tools
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from mercurystream.exchange.market import MATCH, Market
+from mercurystream.p1.pipeline import IngestPipeline
+from mercurystream.p2.analytics import CheckedTrades
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.p2 import P2App, loop_factory, tune_runtime
+from mercurystream.p2.server import IngestDecoder
+from mercurystream.shared.event import EventColumns
+from mercurystream.shared.framing import FrameDecoder, encode_frames
+
+P1_BATCH = 64
+"""Messages P1 normalizes and stamps together (one clock read each)."""
+
+WIRE_DELAY_US = 300
+"""P1 stamp to P2 read, for the stream's latencies: well below any spike threshold."""
+
+WIRE_RATE = 200_000
+"""Events/s at which P1 stamps the stream (the target rate), whatever the exchange time says."""
+
+
+class Stream:
+    """The framed bytes of ``n`` P1 events, cut into reads of ``chunk_bytes``, with a receive clock per read."""
+
+    def __init__(self, n: int, chunk_bytes: int, exchange_rate: float, seed: int = 7) -> None:
+        start_us = time.time_ns() // 1000 - int(n / exchange_rate * 1e6) - 10_000_000
+        market = Market(rate=exchange_rate, seed=seed, start_us=start_us)
+        market.tickers = False
+        pipeline = IngestPipeline()
+        payloads: list[bytes] = []
+        ingest: list[int] = []
+        offset = 0
+        step = max(1, int(P1_BATCH / exchange_rate * 1e6))
+        wire_start_us = time.time_ns() // 1000
+        while len(payloads) < n:
+            offset += step
+            msgs = [orjson.loads(text) for _, kind, text in market.advance(offset) if kind == MATCH]
+            for i in range(0, len(msgs), P1_BATCH):
+                group = msgs[i : i + P1_BATCH]
+                now = wire_start_us + len(payloads) * 1_000_000 // WIRE_RATE
+                out, _ = pipeline.process(group, now)
+                payloads.extend(out)
+                ingest.extend([now] * len(out))
+        del payloads[n:], ingest[n:]
+        self.events = n
+        self.payload_bytes = sum(len(p) for p in payloads)
+        data = encode_frames(payloads)
+        self.chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+        # The receive clock of each read: the newest P1 stamp the read completes, plus the wire.
+        self.clock: list[int] = []
+        pos = 0
+        frame = 0
+        end_of_frame = []
+        for p in payloads:
+            pos += 4 + len(p)
+            end_of_frame.append(pos)
+        read_end = 0
+        for chunk in self.chunks:
+            read_end += len(chunk)
+            while frame < n and end_of_frame[frame] <= read_end:
+                frame += 1
+            self.clock.append(ingest[max(frame - 1, 0)] + WIRE_DELAY_US)
+
+
+class ReplayClock:
+    """Returns the stream's receive stamps in order, one per read."""
+
+    def __init__(self, stamps: list[int]) -> None:
+        self._it = iter(stamps)
+        self._last = stamps[0]
+
+    def __call__(self) -> int:
+        self._last = next(self._it, self._last)
+        return self._last
+
+
+def parse_only(stream: Stream) -> float:
+    """Seconds for the parsing limit: frames out of each read, ``orjson.loads`` on each payload."""
+    decoder = FrameDecoder()
+    loads = orjson.loads
+    n = 0
+    t0 = time.perf_counter()
+    for chunk in stream.chunks:
+        for p in decoder.feed(chunk):
+            loads(p)
+            n += 1
+    elapsed = time.perf_counter() - t0
+    assert n == stream.events, (n, stream.events)
+    return elapsed
+
+
+def build_app(tmp: Path) -> P2App:
+    settings = P2Settings(
+        PORT=0,
+        METRICS_PORT=0,
+        RECORD=True,
+        RECORD_FILE=tmp / "record.jsonl",
+        FORENSICS=True,
+        FLIGHT_RECORDER=True,
+        INCIDENTS_DIR=tmp / "incidents",
+        DRIFT_SAMPLE_FILE=tmp / "drift.jsonl",
+        BUS_QUEUE_EVENTS=10_000_000,
+    )
+    return P2App(settings, registry=CollectorRegistry())
+
+
+def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    """Seconds per stage over the whole stream, with the production objects of one :class:`P2App`."""
+    app = build_app(tmp)
+    source = app.source
+    consumers = app.consumers
+    for c in consumers:
+        c.open()
+    recorder = next(c for c in consumers if c.name == "recorder")
+    ingest = IngestDecoder(source.max_frame_bytes, ReplayClock(stream.clock))
+    names = ["ingest", "publish", "shared: columns", "shared: trades", *(c.name for c in consumers), "release"]
+    spent = dict.fromkeys(names, 0)
+    pending = [(c.name, c.process_pending) for c in consumers]
+    clock = time.perf_counter_ns
+    feed = ingest.feed
+    accept = source.accept
+    recorded: list[list[bytes]] = []
+    if profiler is not None:
+        profiler.enable()
+    wall0 = clock()
+    for chunk in stream.chunks:
+        t0 = clock()
+        got = feed(chunk)
+        t1 = clock()
+        accept(got, "profile")
+        t2 = clock()
+        spent["ingest"] += t1 - t0
+        spent["publish"] += t2 - t1
+        batch = got.batch
+        if batch is not None:
+            recorded.append(batch.lines)
+            # What the first consumer to ask would compute for all of them, timed on its own.
+            t0 = clock()
+            batch.derived(EventColumns)
+            t1 = clock()
+            batch.derived(CheckedTrades).trades.by_product()
+            t2 = clock()
+            spent["shared: columns"] += t1 - t0
+            spent["shared: trades"] += t2 - t1
+            batch = None
+        for name, process in pending:
+            t0 = clock()
+            process()
+            spent[name] += clock() - t0
+        # The last reference to the batch's events goes here: freeing them is a cost of its own.
+        t0 = clock()
+        got = None
+        spent["release"] += clock() - t0
+    wall = clock() - wall0
+    if profiler is not None:
+        profiler.disable()
+    # The recorder's writer thread ran beside the loop above: wait for it, then time the same writes
+    # done synchronously, so its share of the one core is in the table too.
+    asyncio.run(_close(consumers))
+    lines = recorder.writer.written
+    writer = type(recorder.writer)(tmp / "record-sync.jsonl")
+    t0 = clock()
+    chunk: list[list[bytes]] = []
+    size = 0
+    for lines_of_batch in recorded:  # in the recorder's handoffs: about coalesce_lines lines each
+        chunk.append(lines_of_batch)
+        size += len(lines_of_batch)
+        if size >= recorder.coalesce_lines:
+            writer.write(chunk)
+            chunk, size = [], 0
+    writer.write(chunk)
+    writer.close()
+    spent["recorder thread"] = clock() - t0
+    for c in consumers:
+        if c.processed != stream.events:
+            raise SystemExit(f"{c.name} processed {c.processed} of {stream.events} events")
+    if lines != stream.events:
+        raise SystemExit(f"recorder wrote {lines} of {stream.events} events")
+    return {"stages_s": {k: v / 1e9 for k, v in spent.items()}, "wall_s": wall / 1e9, "batches": len(recorded)}
+
+
+class _Transport:
+    """Enough of an asyncio transport for one connection's acks."""
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 0) if name == "peername" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_loop(stream: Stream, tmp: Path) -> float:
+    """Seconds for the whole stream through the real asyncio shells on uvloop (no socket).
+
+    One read is handed to the connection per loop iteration, as a saturated reader would: the
+    consumer tasks wake, take whatever is queued, and yield; the scheduling, the per-batch
+    metrics and the recorder's thread are all in the figure.
+    """
+
+    async def drive() -> float:
+        app = build_app(tmp)
+        app.source.clock_us = ReplayClock(stream.clock)
+        for c in app.consumers:
+            await c.start()
+        conn = app.source.protocol()
+        conn.connection_made(_Transport())
+        t0 = time.perf_counter()
+        for chunk in stream.chunks:
+            conn.data_received(chunk)
+            await asyncio.sleep(0)
+        while not app.drained():
+            await asyncio.sleep(0)
+        elapsed = time.perf_counter() - t0
+        for c in app.consumers:
+            await c.stop()
+        return elapsed
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(drive())
+
+
+async def _close(consumers: list[Any]) -> None:
+    for c in consumers:
+        await c.stop()
+
+
+def combine(runs: list[dict[str, Any]], stat: Any) -> dict[str, float]:
+    return {k: stat(r["stages_s"][k] for r in runs) for k in runs[0]["stages_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000, help="events per run (default 200000)")
+    ap.add_argument("--chunk-bytes", type=int, default=64 * 1024, help="bytes per socket read (default 65536)")
+    ap.add_argument("--exchange-rate", type=float, default=2_000.0, help="trades/s of exchange time (default 2000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs (default 3)")
+    ap.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="per-stage statistic over the runs (min: A/B on a noisy host)",
+    )
+    ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print the top N functions")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = ap.parse_args(argv)
+    if args.events <= 0 or args.chunk_bytes <= 0 or args.repeat <= 0 or not args.exchange_rate > 0:
+        print("profile_p2: --events, --chunk-bytes, --repeat and --exchange-rate must be positive", file=sys.stderr)
+        return 2
+    tune_runtime()
+    stream = Stream(args.events, args.chunk_bytes, args.exchange_rate)
+    n = stream.events
+    parse_runs: list[float] = []
+    runs: list[dict[str, Any]] = []
+    loop_runs: list[float] = []
+    profiler = cProfile.Profile() if args.cprofile else None
+    with tempfile.TemporaryDirectory(prefix="profile_p2-") as tmpdir:
+        for r in range(args.repeat):
+            gc.collect()
+            parse_runs.append(parse_only(stream))
+            gc.collect()
+            run_dir = Path(tmpdir) / f"run{r}"
+            run_dir.mkdir()
+            runs.append(run_pipeline(stream, run_dir, profiler if r == args.repeat - 1 else None))
+            gc.collect()
+            loop_dir = Path(tmpdir) / f"loop{r}"
+            loop_dir.mkdir()
+            loop_runs.append(run_loop(stream, loop_dir))
+    stat = statistics.median if args.stat == "median" else min
+    parse_s = stat(parse_runs)
+    stages = combine(runs, stat)
+    wall_s = stat(r["wall_s"] for r in runs)
+    loop_s = stat(loop_runs)
+    total_s = sum(stages.values())
+    result = {
+        "events": n,
+        "reads": len(stream.chunks),
+        "events_per_read": n / len(stream.chunks),
+        "payload_bytes_mean": stream.payload_bytes / n,
+        "parse_only_us": parse_s / n * 1e6,
+        "stages_us": {k: v / n * 1e6 for k, v in stages.items()},
+        "total_us": total_s / n * 1e6,
+        "loop_wall_us": wall_s / n * 1e6,
+        "events_per_s": n / total_s,
+        "parse_only_events_per_s": n / parse_s,
+        "ratio": parse_s / total_s,
+        "asyncio_us": loop_s / n * 1e6,
+        "asyncio_events_per_s": n / loop_s,
+        "asyncio_ratio": parse_s / loop_s,
+    }
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(
+            f"{n} events, {len(stream.chunks)} reads of {args.chunk_bytes} B "
+            f"({result['events_per_read']:.0f} events/read, {result['payload_bytes_mean']:.0f} B/event), "
+            f"{args.stat} of {args.repeat}"
+        )
+        print(f"{'stage':<18}{'µs/event':>10}{'share':>8}")
+        for k, v in result["stages_us"].items():
+            print(f"{k:<18}{v:>10.3f}{v / result['total_us']:>8.1%}")
+        print(f"{'total':<18}{result['total_us']:>10.3f}   → {result['events_per_s']:,.0f} events/s on one core")
+        print(f"{'  (loop wall)':<18}{result['loop_wall_us']:>10.3f}   (incl. the writer thread's GIL share)")
+        print(
+            f"{'parse only':<18}{result['parse_only_us']:>10.3f}   → {result['parse_only_events_per_s']:,.0f} events/s"
+        )
+        print(f"ratio to the parsing limit: {result['ratio']:.2f}")
+        print(
+            f"through the asyncio shells (uvloop, consumer tasks, recorder thread): {result['asyncio_us']:.3f} µs/event"
+            f" → {result['asyncio_events_per_s']:,.0f} events/s, ratio {result['asyncio_ratio']:.2f}"
+        )
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+        print(out.getvalue(), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

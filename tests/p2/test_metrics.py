@@ -1,0 +1,48 @@
+"""BatchHistogram: a batch at a time gives what one value at a time gives, bounds included."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from mercurystream.p2.metrics import LATENCY_BUCKETS_MS, BatchHistogram, P2Metrics
+
+values = st.lists(
+    st.sampled_from(LATENCY_BUCKETS_MS) | st.floats(-1.0, 20_000.0, allow_nan=False) | st.integers(-5, 12_000),
+    max_size=60,
+)
+
+
+@given(st.lists(values, max_size=5))
+def test_observe_many_is_observe_of_each(batches: list[list[float]]) -> None:
+    many = BatchHistogram("h", "doc", LATENCY_BUCKETS_MS)
+    one = BatchHistogram("h", "doc", LATENCY_BUCKETS_MS)
+    for b in batches:
+        many.observe_many(b)
+        for v in b:
+            one.observe(v)
+    assert many.counts == one.counts
+    assert many.count == one.count
+    assert many.sum == pytest.approx(one.sum, rel=1e-12, abs=1e-9)
+
+
+def test_a_value_on_a_bound_is_in_that_bucket_and_the_input_is_not_reordered() -> None:
+    h = BatchHistogram("h", "doc", (1, 2))
+    batch = [2.0, 1.0, 0.5, 3.0]
+    h.observe_many(batch)
+    assert batch == [2.0, 1.0, 0.5, 3.0]
+    assert h.counts == [2, 1, 1]
+    h.observe_many([])
+    assert h.count == 4
+
+
+def test_the_exported_histogram_is_cumulative() -> None:
+    registry = CollectorRegistry()
+    metrics = P2Metrics(registry)
+    metrics.latency_ms.observe_many([0.04, 0.3, 0.3, 20_000.0])
+    assert registry.get_sample_value("mercurystream_latency_ms_bucket", {"le": "0.05"}) == 1
+    assert registry.get_sample_value("mercurystream_latency_ms_bucket", {"le": "0.5"}) == 3
+    assert registry.get_sample_value("mercurystream_latency_ms_bucket", {"le": "+Inf"}) == 4
+    assert registry.get_sample_value("mercurystream_latency_ms_count") == 4
