@@ -245,7 +245,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main() -> None:
-    settings = load_settings(P2Settings, "mercury-p2")
+    summary = "P2: framed TCP from P1 → bus → VWAP, volatility, volume, health, forensics, recorder."
+    settings = load_settings(P2Settings, "mercury-p2", sys.argv[1:], summary)
     setup_logging("p2", settings.LOG_LEVEL, settings.LOG_JSON)
     tune_runtime()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

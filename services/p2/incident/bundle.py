@@ -147,7 +147,7 @@ def _jsonl(lines: list[bytes]) -> bytes:
 
 def _run_chart(cmd: list[str], timeout_s: float) -> bool:
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, preexec_fn=_lower_priority)
     except subprocess.TimeoutExpired:
         logger.warning(f"incident chart: no result within {timeout_s:g} s; bundle written without it")
         return False
@@ -325,3 +325,8 @@ class BundleWriter:
         self.drift_written += len(lines)
         if self._metrics is not None:
             self._metrics.drift_samples_total.inc(len(lines))
+
+
+def _lower_priority() -> None:
+    """Chart rendering yields the CPU to the pipeline: an incident often means P2 is already behind."""
+    os.nice(10)
