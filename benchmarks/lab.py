@@ -20,16 +20,8 @@ from typing import Any
 
 import orjson
 
-from mercurystream.shared.processes import BIN, Service, ServiceError, free_port, http_ok, wait_for
+from mercurystream.shared.processes import BIN, Service, ServiceError, child_env, free_port, http_ok, wait_for
 from mercurystream.shared.scrape import Sample, scrape
-
-SCRUB = {
-    "PORT", "HOST", "METRICS_PORT", "RECORD", "RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE", "P2_HOST",
-    "P2_PORT", "P1_METRICS_PORT", "P1_METRICS_HOST", "COINBASE_WS_URL", "SYMBOLS", "FEED_CHANNEL", "FORENSICS",
-    "FLIGHT_RECORDER", "BUS_QUEUE_EVENTS", "ENABLE_SLOW", "INCIDENT_CHARTS", "LOG_LEVEL", "LOG_JSON",
-    "STATUS_INTERVAL_S", "P1_BUFFER_EVENTS",
-}  # fmt: skip
-"""Variables a developer's shell might set that would change the services under test."""
 
 READY_TIMEOUT_S = 60.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +82,10 @@ class Lab:
         self._seq = 0
 
     def env(self, extra: dict[str, Any] | None = None) -> dict[str, str]:
-        """The environment for a child: ours minus :data:`SCRUB`, with the repo importable, plus ``extra``."""
-        extra = extra or {}
-        env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+        """The environment for a child: :func:`child_env`, with the repo importable, plus ``extra``."""
+        env = child_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        env.update({k: str(v) for k, v in extra.items()})
+        env.update({k: str(v) for k, v in (extra or {}).items()})
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, Any]) -> Service:

@@ -24,7 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from mercurystream.shared.processes import BIN, Service, ServiceError, free_port, http_ok, port_is_free, wait_for
+from mercurystream.shared.processes import (
+    BIN,
+    Service,
+    ServiceError,
+    child_env,
+    free_port,
+    http_ok,
+    port_is_free,
+    wait_for,
+)
 from mercurystream.shared.scrape import scrape
 
 WIDTH = 66
@@ -67,8 +76,7 @@ class LocalDemo:
                 raise DemoError(f"ports already in use: {', '.join(busy)} (stop what uses them, or pass --free-ports)")
 
     def env(self, **extra: object) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _OUR_VARS}
-        env.update({k: str(v) for k, v in extra.items()})
+        env = child_env(extra, keep=("LOG_LEVEL", "LOG_JSON"))
         env.setdefault("STATUS_INTERVAL_S", str(self.args.status_interval))
         return env
 
@@ -229,10 +237,6 @@ class LocalDemo:
         self.services.clear()
 
 
-_OUR_VARS = {
-    "PORT", "HOST", "METRICS_PORT", "RECORD", "RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE",
-    "P2_PORT", "P2_HOST", "P1_METRICS_PORT", "COINBASE_WS_URL", "FLIGHT_COOLDOWN_S",
-}  # fmt: skip
 _STATUS_TAGS = ("VWAP", "VOLATILITY", "VOLUME", "HEALTH", "FORENSICS", "RECORDER")
 
 

@@ -22,6 +22,26 @@ BIN = Path(sys.executable).parent
 """Where the console scripts of this environment are."""
 
 
+def service_variables() -> frozenset[str]:
+    """Every environment variable P1 or P2 reads, taken from their settings classes so it cannot go stale."""
+    from mercurystream.p1.config import P1Settings
+    from mercurystream.p2.config import P2Settings
+
+    return frozenset(P1Settings.model_fields) | frozenset(P2Settings.model_fields)
+
+
+def child_env(extra: dict[str, object] | None = None, keep: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment minus the services' variables (except ``keep``), plus ``extra``.
+
+    A developer's shell may export ``PORT`` or ``RECORD_FILE``; the demo, the end-to-end tests and
+    the benchmark set up their services themselves and must not be redirected by it.
+    """
+    drop = {v.upper() for v in service_variables()} - set(keep)
+    env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
 class ServiceError(Exception):
     """A service died or did not become ready; the message is one line for the user."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections.abc import Callable
@@ -11,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mercurystream.shared.processes import BIN, Service, free_port, wait_for
+from mercurystream.shared.processes import BIN, Service, child_env, free_port, wait_for
 from mercurystream.shared.scrape import Sample, scrape
-
-# Variables a developer's shell might set that would redirect the services under test.
-_SCRUB = {
-    "PORT", "HOST", "METRICS_PORT", "RECORD", "RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE", "P2_HOST",
-    "P2_PORT", "P1_METRICS_PORT", "P1_METRICS_HOST", "COINBASE_WS_URL", "SYMBOLS", "FEED_CHANNEL", "FORENSICS",
-}  # fmt: skip
 
 
 class Cluster:
@@ -35,9 +28,7 @@ class Cluster:
         self.incidents = tmp / "incidents"
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, object]) -> Service:
-        full = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-        full.update({"STATUS_INTERVAL_S": "1", "LOG_LEVEL": "INFO"})
-        full.update({k: str(v) for k, v in env.items()})
+        full = child_env({"STATUS_INTERVAL_S": "1", "LOG_LEVEL": "INFO", **env})
         svc = Service(f"{name}-{sum(s.name.startswith(name) for s in self.services)}", argv, full, self.logs)
         svc.start()
         self.services.append(svc)
