@@ -159,13 +159,6 @@ class Subscription:
             self._ready.clear()
         return out
 
-    async def take(self, max_events: int = 0) -> list[Batch]:
-        """Wait until something is queued, then take it."""
-        while not self._queue:
-            await self._ready.wait()
-            self._ready.clear()
-        return self.take_nowait(max_events)
-
     async def wait(self) -> None:
         """Return once something is queued or :meth:`wake` was called."""
         if not self._queue:

@@ -138,14 +138,15 @@ def test_empty_batch_is_ignored() -> None:
     assert bus.published == 0
 
 
-async def test_take_waits_for_a_batch() -> None:
+async def test_wait_returns_once_a_batch_is_published() -> None:
     bus = Bus()
     sub = bus.subscribe("a", 10)
-    waiter = asyncio.create_task(sub.take())
+    waiter = asyncio.create_task(sub.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
     bus.publish(batch(0, 2))
-    got = await asyncio.wait_for(waiter, 5)
+    await asyncio.wait_for(waiter, 5)
+    got = sub.take_nowait()
     assert [len(b) for b in got] == [2]
 
 
