@@ -9,6 +9,7 @@ the hot path pays one queue operation and one wake-up per batch, not per event.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, Self, TypeVar
@@ -31,12 +32,15 @@ D = TypeVar("D", bound=Derived)
 class Batch:
     """Events that arrived together.
 
-    ``events`` are the parsed JSON objects (with ``recv_ts_ms``); ``lines`` are the same events as
-    bytes, exactly as received plus the receive stamps, for the recorder and the flight recorder.
-    Both lists are shared by every subscriber and must not be mutated.
+    ``events`` are the parsed JSON objects as received; ``lines`` are the same events as bytes,
+    exactly as received plus the receive stamps (``recv_ts_ms``, ``recv_ts_us``: the batch's
+    ``recv_ts_us``, unless the event arrived with stamps of its own), for the recorder and the
+    flight recorder. The stamps live in the lines and here, not in the event objects: adding two
+    keys to every parsed object cost a dict resize each, and nearly doubled its size. Both lists
+    are shared by every subscriber and must not be mutated.
     """
 
-    __slots__ = ("_derived", "events", "ingest_us", "latencies_ms", "lines", "recv_ts_us")
+    __slots__ = ("_derived", "events", "ingest_us", "latencies_ms", "latency_at", "lines", "recv_ts_us")
 
     def __init__(
         self,
@@ -46,14 +50,18 @@ class Batch:
         derived: dict[type, Any] | None = None,
         *,
         latencies_ms: list[float] | None = None,
+        latency_at: list[int] | None = None,
         ingest_us: list[int] | None = None,
     ) -> None:
         self.events = events
         self.lines = lines
         self.recv_ts_us = recv_ts_us
         self.latencies_ms = latencies_ms
-        """Every event's P1→P2 latency (``shared.event.latency_ms``) in event order, as the receiver
-        computed them; ``None`` when not every event has one (or nobody computed them)."""
+        """The P1→P2 latency (``shared.event.latency_ms`` of each recorded line) of every event that
+        has one, in event order, as the receiver computed them; ``None`` when nobody did (a batch
+        built by hand from stamped events), and then a consumer applies the rule to the events."""
+        self.latency_at = latency_at
+        """The event index of each of ``latencies_ms``; ``None`` when every event has one."""
         self.ingest_us = ingest_us
         """Every event's ``ingest_ts_us`` in event order when all are ints, else ``None``."""
         self._derived = derived
@@ -81,13 +89,21 @@ class Batch:
         memo = self._derived
         derived = {k: v.tail(start) for k, v in memo.items()} if memo else None
         lat = self.latencies_ms
+        at = self.latency_at
+        if lat is not None and at is not None:
+            k = bisect_left(at, start)
+            lat = lat[k:]
+            at = [i - start for i in at[k:]]
+        elif lat is not None:
+            lat = lat[start:]
         ing = self.ingest_us
         return Batch(
             self.events[start:],
             self.lines[start:],
             self.recv_ts_us,
             derived,
-            latencies_ms=None if lat is None else lat[start:],
+            latencies_ms=lat,
+            latency_at=at,
             ingest_us=None if ing is None else ing[start:],
         )
 

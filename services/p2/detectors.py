@@ -888,8 +888,17 @@ class Detectors:
             LATENCY_SPIKE: self.latency.count,
         }
 
-    def process(self, events: list[dict[str, Any]], now_s: float = 0.0) -> list[Anomaly]:
-        """Check a batch; ``now_s`` (wall clock, once per batch) paces the drift samples."""
+    def process(
+        self,
+        events: list[dict[str, Any]],
+        now_s: float = 0.0,
+        latencies: tuple[Sequence[float], Sequence[int]] | None = None,
+    ) -> list[Anomaly]:
+        """Check a batch; ``now_s`` (wall clock, once per batch) paces the drift samples.
+
+        ``latencies`` is ``(latencies, their event indices)`` when the receiver computed them (its
+        events carry no receive stamps); otherwise each event's own stamps are used.
+        """
         out: list[Anomaly] = []
         drift = self.drift.observe
         keyed: list[tuple[int, str, int]] = []
@@ -902,6 +911,7 @@ class Detectors:
         timed_append = timed.append
         lat_append = lats.append
         at_append = lat_at.append
+        given = latencies is not None
         for i, e in enumerate(events):
             try:
                 et = e["type"]
@@ -945,6 +955,8 @@ class Detectors:
                         match_append(item)
                 if tm_ok:
                     timed_append((i, pid, tm))
+            if given:
+                continue
             # The latency rule of shared.event.latency_ms, inlined for the hot loop.
             ru = e.get("recv_ts_us")
             iu = e.get("ingest_ts_us")
@@ -959,6 +971,8 @@ class Detectors:
         dups = self.duplicate.observe_many(keyed) if keyed else []
         late = self.out_of_order.observe_many(timed) if timed else []
         gaps = self.sequence_gap.observe_many(matches) if matches else []
+        if latencies is not None:
+            lats, lat_at = latencies  # type: ignore[assignment]
         return self._anomalies(events, out, dups, late, gaps, lats, lat_at)
 
     def process_batch(self, batch: Any, now_s: float = 0.0) -> list[Anomaly]:
@@ -973,14 +987,20 @@ class Detectors:
         """
         cols = batch.derived(EventColumns)
         events = batch.events
+        lats = batch.latencies_ms
+        if lats is None:
+            lats, lat_at = _latencies(events)
+        else:
+            at = batch.latency_at
+            lat_at = range(len(lats)) if at is None else at
         if not cols.typed or not len(cols):
-            return self.process(events, now_s)
+            return self.process(events, now_s, (lats, lat_at))
         groups = cols.groups()
         dup = self.duplicate
         ooo = self.out_of_order
         gap = self.sequence_gap
         if max(dup.products, ooo.products, gap.products) + len(groups) >= MAX_PRODUCTS:
-            return self.process(events, now_s)
+            return self.process(events, now_s, (lats, lat_at))
         tids = cols.trade_ids
         times = cols.times
         types = cols.types
@@ -1007,11 +1027,6 @@ class Detectors:
                 m_rising = None
             if not gap.observe_contiguous(pid, m_tids, m_rising):
                 gaps.extend(gap.observe_many(zip(m_idx, repeat(pid), m_tids)))
-        lats = batch.latencies_ms
-        if lats is not None and len(lats) == len(events):
-            lat_at: Sequence[int] = range(len(lats))
-        else:
-            lats, lat_at = _latencies(events)
         if len(groups) > 1:
             dups.sort(key=_FIRST)
             late.sort(key=_FIRST)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from operator import methodcaller
+from itertools import repeat
+from operator import add, itemgetter, methodcaller
 from typing import Any
 
 import orjson
@@ -64,11 +65,11 @@ class IngestDecoder:
     error; ``frames`` counts both, which is what an ack acknowledges. One clock read stamps the whole
     read. The recorded line is the payload as received with the stamps spliced before its closing
     brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
-    keeping its timestamps) is kept as is, stamps and line alike.
+    keeping its timestamps) is kept as is, and its own stamps define its latency.
 
-    The per-event loop only parses and stamps, while each object is in cache; lines and latencies
-    are built afterwards by comprehensions over the whole read, with the rare shapes (existing
-    stamps, ``{}``, raw line breaks, missing ingest stamps) fixed up apart.
+    The common read (every payload a non-empty object without stamps, ending in its brace) runs
+    without a Python loop per event: parsing, the checks, the lines and the latencies are each one
+    ``map`` over the read. Anything else is taken payload by payload (:meth:`_feed_mixed`).
     """
 
     __slots__ = ("_clock", "_dirty", "decoder")
@@ -105,58 +106,102 @@ class IngestDecoder:
             # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
             payloads = [_one_line(p) for p in payloads]
         recv_us = self._clock()
-        recv_ms = recv_us // 1000
+        suffix = recv_suffix(recv_us)
+        try:
+            events = list(map(orjson.loads, payloads))
+        except orjson.JSONDecodeError:
+            events = None
+        if (
+            events is None
+            or set(map(type, events)) != _DICT_ONLY
+            or any(map(dict.__contains__, events, repeat(RECV_MS)))
+            or not min(map(len, events))
+            or set(map(_LAST_BYTE, payloads)) != _CLOSING_BRACE
+        ):
+            return self._feed_mixed(payloads, recv_us, suffix, oversize)
+        lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
+        try:
+            ingest = list(map(_INGEST_US, events))
+        except KeyError:
+            ingest = None
+        if ingest is not None and set(map(type, ingest)) == _INT_ONLY:
+            latencies = [(recv_us - i) / 1000.0 for i in ingest]
+            batch = Batch(events, lines, recv_us, latencies_ms=latencies, ingest_us=ingest)
+            return Received(batch, latencies, [], oversize)
+        return self._received(events, lines, recv_us, [False] * len(events), [], oversize)
+
+    def _feed_mixed(
+        self, payloads: list[bytes], recv_us: int, suffix: bytes, oversize: FrameTooLarge | None
+    ) -> Received:
+        """The read's payloads one by one: frame errors, objects that carry their own stamps, ``{}``."""
         events: list[dict] = []
-        kept: list[bytes] = []
+        lines: list[bytes] = []
+        own: list[bool] = []
         errors: list[tuple[str, bytes]] = []
-        as_is: list[int] = []
-        empty: list[int] = []
+        empty_line = b"{" + suffix[1:]
         loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        add_event = events.append
-        add_kept = kept.append
         for p in payloads:
             try:
                 obj = loads(p)
-            except decode_error:
+            except orjson.JSONDecodeError:
                 errors.append(("invalid_json", p))
                 continue
             if type(obj) is not dict:
                 errors.append(("not_object", p))
                 continue
+            events.append(obj)
             if RECV_MS in obj:
-                as_is.append(len(events))
+                own.append(True)
+                lines.append(p)
             else:
+                own.append(False)
                 if not obj:
-                    empty.append(len(events))
-                obj[RECV_MS] = recv_ms
-                obj[RECV_US] = recv_us
-            add_event(obj)
-            add_kept(p)
+                    lines.append(empty_line)
+                elif p[-1] == 125:
+                    lines.append(p[:-1] + suffix)
+                else:
+                    lines.append(p.rstrip()[:-1] + suffix)
         if not events:
             return Received(None, (), errors, oversize)
-        suffix = recv_suffix(recv_us)
-        lines = [p[:-1] + suffix if p[-1] == 125 else p.rstrip()[:-1] + suffix for p in kept]
-        for i in as_is:
-            lines[i] = kept[i]
-        if empty:
-            line = b"{" + suffix[1:]
-            for i in empty:
-                lines[i] = line
-        ingest: list[int] | None = list(map(_GET_INGEST_US, events))
-        if set(map(type, ingest)) != _INT_ONLY:
-            ingest = None
-        if ingest is not None and not as_is:
-            latencies = [(recv_us - iu) / 1000.0 for iu in ingest]
-        else:
-            latencies = [lat for lat in map(latency_ms, events) if lat is not None]
-        aligned = latencies if len(latencies) == len(events) else None
-        batch = Batch(events, lines, recv_us, latencies_ms=aligned, ingest_us=ingest)
+        return self._received(events, lines, recv_us, own, errors, oversize)
+
+    @staticmethod
+    def _received(
+        events: list[dict],
+        lines: list[bytes],
+        recv_us: int,
+        own: list[bool],
+        errors: Sequence[tuple[str, bytes]],
+        oversize: FrameTooLarge | None,
+    ) -> Received:
+        """A batch whose latencies follow :func:`latency_ms` event by event (the uncommon shapes)."""
+        recv = {RECV_MS: recv_us // 1000, RECV_US: recv_us}
+        latencies: list[float] = []
+        at: list[int] = []
+        for i, (e, has_own) in enumerate(zip(events, own, strict=True)):
+            lat = latency_ms(e if has_own else {**e, **recv})
+            if lat is not None:
+                latencies.append(lat)
+                at.append(i)
+        ingest = list(map(_GET_INGEST_US, events))
+        batch = Batch(
+            events,
+            lines,
+            recv_us,
+            latencies_ms=latencies,
+            latency_at=None if len(at) == len(events) else at,
+            ingest_us=ingest if set(map(type, ingest)) == _INT_ONLY else None,
+        )
         return Received(batch, latencies, errors, oversize)
 
 
 _GET_INGEST_US = methodcaller("get", INGEST_US)
+_INGEST_US = itemgetter(INGEST_US)
+_ALL_BUT_LAST = itemgetter(slice(None, -1))
+_LAST_BYTE = itemgetter(-1)
+_CLOSING_BRACE = {ord("}")}
 _INT_ONLY = {int}
+_DICT_ONLY = {dict}
 
 
 def _one_line(payload: bytes) -> bytes:

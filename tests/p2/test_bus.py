@@ -292,6 +292,13 @@ def test_a_dropped_head_slices_what_was_derived_and_the_receiver_columns() -> No
     assert whole is b
 
 
+def test_a_tail_keeps_each_latency_with_its_event_when_some_have_none() -> None:
+    b = Batch([{"i": i} for i in range(6)], [b"x"] * 6, 0, latencies_ms=[0.5, 2.5, 3.5, 5.5], latency_at=[0, 2, 3, 5])
+    tail = b.tail(3)
+    assert tail.latencies_ms == [3.5, 5.5] and tail.latency_at == [0, 2]
+    assert b.tail(6).latencies_ms == [] and b.tail(6).latency_at == []
+
+
 def test_a_tail_of_a_batch_without_derived_data_derives_its_own() -> None:
     Squares.made = 0
     b = Batch([{"i": i} for i in range(4)], [b"x"] * 4, 0)

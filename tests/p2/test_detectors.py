@@ -562,9 +562,16 @@ def clean_streams(draw):
     return out
 
 
-def server_batch(chunk: list[dict], aligned: bool) -> Batch:
+def server_batch(chunk: list[dict], mode: str) -> Batch:
+    """``receiver``: as the server builds it (events without receive stamps, latencies beside them);
+    ``aligned``: stamped events with every latency given when all have one; ``absent``: none given."""
     lats = [latency_ms(e) for e in chunk]
-    ok = aligned and None not in lats
+    if mode == "receiver":
+        events = [{k: v for k, v in e.items() if k not in ("recv_ts_ms", "recv_ts_us")} for e in chunk]
+        at = [i for i, lat in enumerate(lats) if lat is not None]
+        given = [lats[i] for i in at]
+        return Batch(events, [b"{}"] * len(chunk), 0, latencies_ms=given, latency_at=at)
+    ok = mode == "aligned" and None not in lats
     return Batch(chunk, [b"{}"] * len(chunk), 0, latencies_ms=lats if ok else None)
 
 
@@ -581,9 +588,9 @@ def anomaly_view(anomalies):
     every=st.integers(1, 7),
     size=st.integers(1, 25),
     consec=st.integers(1, 3),
-    aligned=st.booleans(),
+    mode=st.sampled_from(["receiver", "aligned", "absent"]),
 )
-def test_process_batch_is_process(events, lru, window, batch, every, size, consec, aligned):
+def test_process_batch_is_process(events, lru, window, batch, every, size, consec, mode):
     params = dict(
         duplicate_lru_max=lru,
         gap_reorder_window=window,
@@ -595,7 +602,7 @@ def test_process_batch_is_process(events, lru, window, batch, every, size, conse
     fast, slow = Detectors(**params), Detectors(**params)
     for start in range(0, len(events), batch):
         chunk = events[start : start + batch]
-        got = fast.process_batch(server_batch(chunk, aligned), 0.0)
+        got = fast.process_batch(server_batch(chunk, mode), 0.0)
         assert anomaly_view(got) == anomaly_view(slow.process(chunk, 0.0))
         assert fast.counts == slow.counts
         for g in ("A", "B", "C"):

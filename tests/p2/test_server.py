@@ -20,6 +20,7 @@ from mercurystream.shared.framing import HEADER, FrameDecoder, decode_object, en
 
 RECV_US = 1_700_000_000_123_456
 SUFFIX = b',"recv_ts_ms":1700000000123,"recv_ts_us":1700000000123456}'
+STAMPS = {"recv_ts_ms": RECV_US // 1000, "recv_ts_us": RECV_US}
 
 
 class FixedClock:
@@ -50,8 +51,8 @@ def test_one_read_is_one_batch_with_one_clock_read() -> None:
     assert len(batch) == 3
     assert batch.recv_ts_us == RECV_US
     assert batch.lines == [p[:-1] + SUFFIX for p in payloads]
-    for i, event in enumerate(batch.events):
-        assert event == {**trade(i), "recv_ts_ms": RECV_US // 1000, "recv_ts_us": RECV_US}
+    assert batch.events == [trade(i) for i in range(3)]  # as received: the stamps are in the lines
+    assert [orjson.loads(line) for line in batch.lines] == [{**trade(i), **STAMPS} for i in range(3)]
     assert ingest.frames == 3
 
 
@@ -78,7 +79,7 @@ def test_a_read_without_a_whole_frame_reads_no_clock() -> None:
 def test_recorded_line_splices_the_stamps_before_the_closing_brace(payload: bytes, line: bytes) -> None:
     got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
     assert got.batch.lines == [line]
-    assert orjson.loads(line) == got.batch.events[0]
+    assert orjson.loads(line) == {**got.batch.events[0], **STAMPS}
 
 
 def test_existing_recv_stamps_are_kept_with_the_payload_unchanged() -> None:
@@ -109,9 +110,12 @@ def test_every_line_parses_to_its_event_and_latency_matches_the_definition(obj: 
     payload = orjson.dumps(obj) + pad
     got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
     (event,) = got.batch.events
-    assert orjson.loads(got.batch.lines[0]) == event
-    expected = latency_ms(event)
+    recorded = orjson.loads(got.batch.lines[0])
+    assert recorded == {**event, **STAMPS}
+    expected = latency_ms(recorded)
     assert got.latencies == ([] if expected is None else [expected])
+    assert got.batch.latencies_ms == got.latencies
+    assert got.batch.latency_at == (None if expected is not None else [])
 
 
 def test_frame_errors_are_classified_and_counted_in_frames() -> None:
@@ -292,7 +296,7 @@ async def test_chunked_frames_arrive_stamped_in_order_and_acked(server) -> None:
     events, lines = events_of(sub)
     assert [e["trade_id"] for e in events] == list(range(20))
     assert lines == [p[:-1] + SUFFIX for p in payloads]
-    assert all(e["recv_ts_us"] == RECV_US and e["recv_ts_ms"] == RECV_US // 1000 for e in events)
+    assert [orjson.loads(line) for line in lines] == [{**e, **STAMPS} for e in events]
     assert sample(metrics, "mercurystream_events_total") == 20
     assert metrics.latency_ms.count == 20
     assert metrics.latency_ms.sum == pytest.approx(20 * 0.7)
@@ -490,8 +494,11 @@ def test_any_chunking_gives_what_one_payload_per_read_gives(payloads: list[bytes
         if got.batch is not None:
             lines.extend(got.batch.lines)
             assert all(b"\n" not in line and b"\r" not in line for line in got.batch.lines)
-            if got.batch.latencies_ms is not None:
-                assert got.batch.latencies_ms == [latency_ms(e) for e in got.batch.events]
+            by_line = [latency_ms(orjson.loads(line)) for line in got.batch.lines]
+            at = got.batch.latency_at
+            at = range(len(by_line)) if at is None else at
+            assert got.batch.latencies_ms == [by_line[i] for i in at]
+            assert [i for i, lat in enumerate(by_line) if lat is not None] == list(at)
     assert (lines, errors, latencies) == (expected_lines, expected_errors, expected_latencies)
 
 
@@ -500,9 +507,10 @@ def test_a_batch_carries_every_latency_and_ingest_stamp_when_all_events_have_the
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads)).batch
     assert batch.latencies_ms == [0.0, 1.0, 2.0]
     assert batch.ingest_us == [RECV_US, RECV_US - 1000, RECV_US - 2000]
-    mixed = [payloads[0], orjson.dumps(trade(9))]
+    mixed = [payloads[0], orjson.dumps(trade(9)), payloads[2]]
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
-    assert batch.latencies_ms is None and batch.ingest_us is None
+    assert batch.latencies_ms == [0.0, 2.0] and batch.latency_at == [0, 2]
+    assert batch.ingest_us is None
 
 
 def test_accept_publishes_and_counts_without_a_socket() -> None:
