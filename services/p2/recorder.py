@@ -80,10 +80,10 @@ class JsonlWriter:
     def pending(self) -> int:
         return self.submitted - self.done
 
-    def submit(self, lines: list[bytes]) -> None:
-        """Queue one batch's lines (shared with other consumers: read, never mutated)."""
+    def submit(self, *batches: list[bytes]) -> None:
+        """Queue one handoff of one or more batches' lines (shared with other consumers: read, never mutated)."""
         self.submitted += 1
-        self._queue.put(lines)
+        self._queue.put(batches)
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Write what is queued, flush, close the file. ``False`` if the thread did not finish in time."""
@@ -101,12 +101,13 @@ class JsonlWriter:
             with contextlib.suppress(queue.Empty):
                 while True:
                     items.append(q.get_nowait())
-            batches = [item for item in items if item is not _STOP]
-            n = sum(len(b) for b in batches)
+            handoffs = [item for item in items if item is not _STOP]
+            batches = [lines for handoff in handoffs for lines in handoff]
+            n = sum(map(len, batches))
             if n:
                 self._write(batches, n)
-            self.done += len(batches)
-            if len(batches) != len(items):
+            self.done += len(handoffs)
+            if len(handoffs) != len(items):
                 self._close_file()
                 return
 
@@ -225,7 +226,7 @@ class RecorderConsumer(Consumer):
             return
         self._chunk = []
         self._chunk_lines = 0
-        self.writer.submit(chunk[0] if len(chunk) == 1 else [line for lines in chunk for line in lines])
+        self.writer.submit(*chunk)
 
     async def close(self) -> None:
         self.flush()
