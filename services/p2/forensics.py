@@ -31,6 +31,7 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.flight_recorder import Capture, FlightRecorder, iso_utc
 from mercurystream.p2.incident.bundle import BundleWriter
+from mercurystream.p2.incident.spare import SpareCpu
 from mercurystream.p2.metrics import P2Metrics
 
 CONFIG_KEYS = (
@@ -66,7 +67,10 @@ class ForensicsConsumer(Consumer):
         wall_clock: Callable[[], float] = time.time,
         chart: bool = True,
         close_timeout_s: float = 30.0,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        """``busy`` (optional, called from the writer thread) holds incident charts back while it
+        says P2 is loaded, on top of P2's own CPU share (:class:`SpareCpu`)."""
         super().__init__(bus, settings.BUS_QUEUE_EVENTS)
         self.settings = settings
         self.metrics = metrics
@@ -83,7 +87,14 @@ class ForensicsConsumer(Consumer):
                 wall_clock=wall_clock,
             )
         chart = chart and settings.INCIDENT_CHARTS
-        self.writer = BundleWriter(settings.INCIDENTS_DIR, metrics, drift_file=settings.DRIFT_SAMPLE_FILE, chart=chart)
+        self.spare_cpu = SpareCpu(busy=busy)
+        self.writer = BundleWriter(
+            settings.INCIDENTS_DIR,
+            metrics,
+            drift_file=settings.DRIFT_SAMPLE_FILE,
+            chart=chart,
+            spare=self.spare_cpu.spare,
+        )
         self.config = {k: _plain(getattr(settings, k)) for k in CONFIG_KEYS}
         self._anomaly_metric = {t: metrics.anomalies_total.labels(type=t) for t in ANOMALY_TYPES}
         self._suppressed_metric = {t: metrics.incident_triggers_suppressed_total.labels(type=t) for t in TRIGGER_TYPES}

@@ -247,3 +247,35 @@ def test_flight_recorder_off_still_counts_every_anomaly_but_writes_no_bundle(tmp
     assert sample(metrics, "mercurystream_anomalies_total", type="duplicate") == 2
     assert consumer.incidents_written == 0
     assert not (tmp_path / "incidents").exists() or not any((tmp_path / "incidents").iterdir())
+
+
+def test_chart_waits_while_p2_is_busy_and_follows_when_it_is_not(tmp_path):
+    busy = {"v": True}
+    settings = P2Settings(
+        INCIDENTS_DIR=tmp_path / "incidents", DRIFT_SAMPLE_FILE=tmp_path / "d.jsonl", FLIGHT_PRE_EVENTS=10
+    )
+    consumer = ForensicsConsumer(Bus(), settings, P2Metrics(), busy=lambda: busy["v"])
+    consumer.open()
+    try:
+        consumer.handle(batch([event(1), event(2), event(2)]))
+        consumer.finalize()
+        assert consumer.writer.wait_idle(30)
+        path = consumer.last_bundle_path
+        assert poll(lambda: consumer.spare_cpu.share is not None)
+        assert consumer.writer.charts_pending == 1 and not (path / "chart.png").exists()
+        assert "Not drawn yet" in (path / "report.md").read_text()
+        busy["v"] = False
+        assert consumer.writer.wait_charts(120)
+    finally:
+        consumer.writer.stop(30)
+    assert (path / "chart.png").stat().st_size > 1000
+    assert "](chart.png)" in (path / "report.md").read_text()
+
+
+def poll(pred, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True

@@ -7,6 +7,10 @@ crash leaves at worst a stale temporary directory, never a half bundle under its
 
 The chart runs as ``python -m mercurystream.p2.incident.chart <dir>`` in a subprocess: P2 never
 imports matplotlib, which would cost tens of MB of resident memory for one picture per incident.
+:class:`BundleWriter` draws it *after* the bundle is in place, and only when its ``spare`` gate says
+P2 has CPU to spare: incidents tend to fire when P2 is near its limit, and a CPU-second of matplotlib
+then made P2 fall further behind. Until the chart is drawn, ``report.md`` says it is pending; the
+chart lands by temporary file and rename, then the report is rewritten the same way.
 The same thread appends drift samples, so P2 has one writer thread for all forensic output.
 """
 
@@ -21,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,18 @@ from loguru import logger
 
 from mercurystream.p2.detectors import LATENCY_SPIKE, describe
 from mercurystream.p2.flight_recorder import Capture, iso_utc
-from mercurystream.p2.incident.report import CHART_FILE, EVENTS_FILE, META_FILE, REPORT_FILE, render_report
+from mercurystream.p2.incident.report import (
+    CHART_FAILED,
+    CHART_FILE,
+    CHART_NOT_DRAWN,
+    CHART_PENDING,
+    EVENTS_FILE,
+    META_FILE,
+    REPORT_FILE,
+    ReportError,
+    render_report,
+    write_report,
+)
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.logger import LogSampler
 
@@ -108,8 +125,13 @@ def write_bundle(
     *,
     chart: ChartCommand | None = None,
     chart_timeout_s: float = 20.0,
+    chart_note: str | None = None,
 ) -> Path:
-    """Write one bundle atomically and return its final path; raises ``OSError`` (nothing left behind)."""
+    """Write one bundle atomically and return its final path; raises ``OSError`` (nothing left behind).
+
+    With ``chart``, the chart is drawn before the rename (synchronously: for tools and tests, not for
+    P2's writer thread). Without, ``chart_note`` is what the report says about the missing chart.
+    """
     incidents_dir.mkdir(parents=True, exist_ok=True)
     final = incidents_dir / capture.id
     if final.exists():
@@ -120,18 +142,25 @@ def write_bundle(
         (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
         (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
         replay_path = str(final / EVENTS_FILE)
-        (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path), encoding="utf-8")
-        if chart is not None:
-            if _run_chart(chart(tmp), chart_timeout_s):
-                if (tmp / CHART_FILE).is_file():
-                    (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path), encoding="utf-8")
-            else:
-                (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written
+        if chart is not None and not run_chart(chart, tmp, chart_timeout_s):
+            (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written by a renderer that failed
+            chart_note = CHART_FAILED
+        (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path, chart_note=chart_note), encoding="utf-8")
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def run_chart(chart: ChartCommand, bundle_dir: Path, timeout_s: float) -> bool:
+    """Draw ``chart.png`` into ``bundle_dir`` with the renderer subprocess; whether it is there now.
+    A renderer that failed or was killed leaves no partial file behind."""
+    if _run_chart(chart(bundle_dir), timeout_s) and (bundle_dir / CHART_FILE).is_file():
+        return True
+    for stray in bundle_dir.glob(f".{CHART_FILE}*.tmp"):
+        stray.unlink(missing_ok=True)
+    return False
 
 
 def _jsonl(lines: list[bytes]) -> bytes:
@@ -161,12 +190,21 @@ def _run_chart(cmd: list[str], timeout_s: float) -> bool:
     return True
 
 
+_POLL = ("poll", None)
+"""What the writer thread does when no job came within a poll interval: look at pending charts."""
+
+
 class BundleWriter:
     """One daemon thread that writes bundles and appends drift samples, fed from the event loop.
 
     ``submit`` and ``append_drift`` never block. Failures are logged and counted
     (``incident_write_errors_total``) and the pipeline goes on. At most ``max_pending`` bundles
     wait at once; one more is counted as a write error rather than held in memory.
+
+    Charts are drawn after their bundle is in place, one at a time, when ``spare()`` says P2 has CPU
+    to spare (polled every ``chart_poll_s`` while charts wait; ``None`` draws at once). At most
+    ``max_pending_charts`` wait; beyond that, and for everything still waiting at :meth:`stop`, the
+    report is rewritten to say the chart was not drawn (``mercury-report`` draws it later).
     """
 
     def __init__(
@@ -178,6 +216,9 @@ class BundleWriter:
         chart: bool | ChartCommand = True,
         chart_timeout_s: float = 20.0,
         max_pending: int = 16,
+        spare: Callable[[], bool] | None = None,
+        chart_poll_s: float = 0.25,
+        max_pending_charts: int = 32,
     ) -> None:
         self.incidents_dir = Path(incidents_dir)
         self.drift_file = Path(drift_file) if drift_file is not None else None
@@ -186,10 +227,15 @@ class BundleWriter:
         self._chart: ChartCommand | None = None
         self.chart_timeout_s = chart_timeout_s
         self.max_pending = max_pending
+        self._spare = spare
+        self.chart_poll_s = chart_poll_s
+        self.max_pending_charts = max_pending_charts
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._cv = threading.Condition()
         self._pending = 0
         self._pending_bundles = 0
+        self._charts: deque[Path] = deque()
+        self._drawing = False
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._drift_fh: Any = None
@@ -200,6 +246,9 @@ class BundleWriter:
         self.last_path: Path | None = None
         self.drift_written = 0
         self.drift_errors = 0
+        self.charts_drawn = 0
+        self.charts_failed = 0
+        self.charts_not_drawn = 0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -239,17 +288,31 @@ class BundleWriter:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def charts_pending(self) -> int:
+        """Bundles in place whose chart is still to be drawn (including one being drawn)."""
+        return len(self._charts) + self._drawing
+
     def wait_idle(self, timeout: float) -> bool:
-        """Block until everything queued so far is written; ``False`` on timeout."""
+        """Block until everything queued so far is written (charts aside); ``False`` on timeout."""
         with self._cv:
             return self._cv.wait_for(lambda: self._pending == 0, timeout)
 
+    def wait_charts(self, timeout: float) -> bool:
+        """Block until no chart waits to be drawn; ``False`` on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0 and not self.charts_pending, timeout)
+
     def stop(self, timeout: float = 10.0) -> bool:
-        """Write what is queued (up to ``timeout``), then end the thread; ``False`` if it had to be left."""
+        """Write what is queued (up to ``timeout``), then end the thread; ``False`` if it had to be left.
+
+        Shutdown is bounded: bundles still queued, and those whose chart was waiting for spare CPU,
+        are left without a chart, and their reports say so.
+        """
         thread = self._thread
         if thread is None:
             return True
-        self._stopping = True  # bundles still queued are written without a chart: shutdown is bounded
+        self._stopping = True
         self._queue.put(None)
         thread.join(timeout)
         if thread.is_alive():
@@ -259,33 +322,51 @@ class BundleWriter:
         return True
 
     def _run(self) -> None:
+        get = self._queue.get
+        next_check = 0.0
         while True:
-            job = self._queue.get()
+            if self._charts:
+                try:
+                    job = get(timeout=max(0.0, next_check - time.monotonic()))
+                except queue.Empty:
+                    job = _POLL
+            else:
+                job = get()
             if job is None:
                 break
             kind, payload = job
             try:
                 if kind == "bundle":
                     self._write(payload)
-                else:
+                elif kind == "drift":
                     self._append(payload)
             except Exception:
                 logger.exception(f"incident writer: unexpected failure on a {kind} job")
             finally:
-                with self._cv:
-                    self._pending -= 1
-                    if kind == "bundle":
-                        self._pending_bundles -= 1
-                    self._cv.notify_all()
+                if kind != "poll":
+                    with self._cv:
+                        self._pending -= 1
+                        if kind == "bundle":
+                            self._pending_bundles -= 1
+                        self._cv.notify_all()
+            # Checked after any job, not only on a quiet queue: a stream of drift samples must not starve charts.
+            if self._charts and not self._stopping and time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.chart_poll_s
+                if self._is_spare():
+                    self._draw_next()
+        while self._charts:
+            self._give_up(self._charts.popleft(), CHART_NOT_DRAWN)
         if self._drift_fh is not None:
             with contextlib.suppress(OSError):
                 self._drift_fh.close()
             self._drift_fh = None
 
     def _write(self, capture: Capture) -> None:
+        note = None
+        if self._chart is not None:
+            note = CHART_NOT_DRAWN if self._stopping else CHART_PENDING
         try:
-            chart = None if self._stopping else self._chart
-            path = write_bundle(self.incidents_dir, capture, chart=chart, chart_timeout_s=self.chart_timeout_s)
+            path = write_bundle(self.incidents_dir, capture, chart_note=note)
         except Exception as exc:
             self._failed(capture, str(exc))
             return
@@ -299,6 +380,50 @@ class BundleWriter:
             f"incident {capture.id} ({capture.type}, {state}): {capture.pre_count} pre + "
             f"{capture.post_count} post events -> {path}"
         )
+        if note == CHART_NOT_DRAWN:
+            self.charts_not_drawn += 1
+        elif note == CHART_PENDING:
+            if len(self._charts) >= self.max_pending_charts:
+                self._give_up(self._charts.popleft(), CHART_NOT_DRAWN)
+            self._charts.append(path)
+
+    def _draw_next(self) -> None:
+        self._drawing = True  # before the pop, so charts_pending never reads 0 while one is drawn
+        path = self._charts.popleft()
+        try:
+            drawn = run_chart(self._chart, path, self.chart_timeout_s)
+            try:
+                write_report(path, str(path / EVENTS_FILE), chart_note=None if drawn else CHART_FAILED)
+            except (OSError, ReportError) as exc:
+                logger.warning(f"incident chart: {path}: report not updated ({exc})")
+        finally:
+            with self._cv:
+                self._drawing = False
+                self._cv.notify_all()
+        if drawn:
+            self.charts_drawn += 1
+            logger.info(f"incident chart: {path / CHART_FILE}")
+        else:
+            self.charts_failed += 1
+
+    def _is_spare(self) -> bool:
+        if self._spare is None:
+            return True
+        try:
+            return self._spare()
+        except Exception:
+            if self._log.should_log("chart_gate"):
+                logger.exception("incident chart: the spare-CPU check failed; charts wait")
+            return False
+
+    def _give_up(self, path: Path, note: str) -> None:
+        self.charts_not_drawn += 1
+        try:
+            write_report(path, str(path / EVENTS_FILE), chart_note=note)
+        except (OSError, ReportError) as exc:
+            logger.warning(f"incident chart: {path}: report not updated ({exc})")
+        with self._cv:
+            self._cv.notify_all()
 
     def _failed(self, capture: Capture, why: str) -> None:
         with self._cv:

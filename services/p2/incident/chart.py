@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,7 @@ def render_chart(bundle_dir: str | os.PathLike[str]) -> Path:
         axes[0].set_xlim(0.5, last + 0.5)
 
     out = bundle / CHART_FILE
-    tmp = bundle / f".{CHART_FILE}.tmp"
+    tmp = bundle / f".{CHART_FILE}.{secrets.token_hex(4)}.tmp"  # unique: P2 and mercury-report may draw at once
     try:
         with tmp.open("wb") as f:
             fig.savefig(f, format="png", dpi=DPI)
@@ -218,6 +219,9 @@ def render_chart(bundle_dir: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ChartError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shlex
 import sys
 from datetime import datetime
@@ -27,6 +28,16 @@ EVENTS_FILE = "events.jsonl"
 CHART_FILE = "chart.png"
 MAX_SHOWN_CHARS = 2000
 """Longer event lines are cut in the evidence (the bundle keeps them whole)."""
+
+CHART_PENDING = "pending"
+CHART_NOT_DRAWN = "not_drawn"
+CHART_FAILED = "failed"
+_CHART_NOTES = {
+    CHART_PENDING: "Not drawn yet: P2 draws it once it has CPU to spare, then rewrites this report.",
+    CHART_NOT_DRAWN: "Not drawn: P2 stopped before it had CPU to spare for it.",
+    CHART_FAILED: "Not drawn: the renderer failed (P2's log says why).",
+}
+"""Why a bundle has no chart yet, as its report says it (the bundle writer knows; the files do not)."""
 
 _MD_SPECIAL = re.compile(r"[\\`*\[\]|<>~&\n\r\t]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 """What can change Markdown's meaning inside a line. An underscore between two alphanumerics cannot
@@ -118,9 +129,13 @@ def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
     return meta, events, True
 
 
-def render_report(bundle_dir: str | os.PathLike[str], replay_path: str | None = None) -> str:
+def render_report(
+    bundle_dir: str | os.PathLike[str], replay_path: str | None = None, *, chart_note: str | None = None
+) -> str:
     """``report.md`` for one bundle. ``replay_path`` is the events file named in the Reproduce command
-    (the bundle writer passes the final path while it still writes into a temporary directory)."""
+    (the bundle writer passes the final path while it still writes into a temporary directory).
+    ``chart_note`` (``CHART_PENDING``, ``CHART_NOT_DRAWN``, ``CHART_FAILED``) says why the chart is
+    missing; it is ignored once the chart exists."""
     bundle = Path(bundle_dir)
     meta, events, have_events = _load(bundle)
     incident_id = meta.get("incident_id", bundle.name)
@@ -185,9 +200,12 @@ def render_report(bundle_dir: str | os.PathLike[str], replay_path: str | None = 
         out.append("")
     out += _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
     out += _kv_section("Configuration", "Setting", meta.get("config"))
+    path = replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
     if (bundle / CHART_FILE).is_file():
         out += ["## Chart", "", f"![Latency and price around the trigger]({CHART_FILE})", ""]
-    path = replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
+    elif chart_note in _CHART_NOTES:
+        final_dir = shlex.quote(str(Path(path).parent))
+        out += ["## Chart", "", f"{_CHART_NOTES[chart_note]} `mercury-report {final_dir}` draws it now.", ""]
     out += [
         "## Reproduce",
         "",
@@ -342,14 +360,21 @@ def _kv_section(title: str, key_name: str, data: object) -> list[str]:
     return out
 
 
-def write_report(bundle_dir: str | os.PathLike[str], replay_path: str | None = None) -> Path:
-    """Render and replace ``report.md`` atomically (a reader never sees half a report)."""
+def write_report(
+    bundle_dir: str | os.PathLike[str], replay_path: str | None = None, *, chart_note: str | None = None
+) -> Path:
+    """Render and replace ``report.md`` atomically (a reader never sees half a report). The temporary
+    name is unique: P2 and ``mercury-report`` may rewrite the same report at once."""
     bundle = Path(bundle_dir)
-    text = render_report(bundle, replay_path)
+    text = render_report(bundle, replay_path, chart_note=chart_note)
     target = bundle / REPORT_FILE
-    tmp = bundle / f".{REPORT_FILE}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    tmp = bundle / f".{REPORT_FILE}.{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

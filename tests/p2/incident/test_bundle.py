@@ -270,28 +270,163 @@ def test_stop_without_start_is_a_no_op(tmp_path):
     assert BundleWriter(tmp_path).stop(1)
 
 
-def test_bundles_queued_at_stop_skip_the_chart(tmp_path, monkeypatch):
+DRAW = "import sys, pathlib; (pathlib.Path(sys.argv[1]) / 'chart.png').write_bytes(b'png')"
+
+
+class Gate:
+    """A spare-CPU gate the test opens and closes; counts how often the writer asked."""
+
+    def __init__(self, spare: bool = False) -> None:
+        self.value = spare
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.value
+
+
+def test_chart_waits_for_spare_cpu_and_the_report_says_so(tmp_path):
+    gate = Gate(spare=False)
+    writer = BundleWriter(tmp_path, P2Metrics(), chart=fake_chart(DRAW), spare=gate, chart_poll_s=0.01)
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+        path = writer.last_path
+        assert writer.written == 1 and writer.charts_pending == 1
+        assert wait_until(lambda: gate.calls >= 3)
+        assert not (path / "chart.png").exists()
+        report = (path / "report.md").read_text()
+        assert "Not drawn yet" in report and f"mercury-report {path}" in report and "](chart.png)" not in report
+        gate.value = True
+        assert writer.wait_charts(30)
+    finally:
+        writer.stop(30)
+    assert (path / "chart.png").read_bytes() == b"png"
+    report = (path / "report.md").read_text()
+    assert "](chart.png)" in report and "Not drawn" not in report
+    assert writer.charts_drawn == 1 and not [p for p in path.iterdir() if p.name.startswith(".")]
+
+
+def test_without_a_gate_the_chart_follows_the_bundle(tmp_path):
+    writer = BundleWriter(tmp_path, None, chart=fake_chart(DRAW), chart_poll_s=0.01)
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_charts(30)
+    finally:
+        writer.stop(30)
+    assert (writer.last_path / "chart.png").is_file() and "](chart.png)" in (writer.last_path / "report.md").read_text()
+
+
+def test_a_failed_deferred_chart_is_reported_and_leaves_no_partial_file(tmp_path):
+    script = (
+        "import sys, pathlib; d = pathlib.Path(sys.argv[1]);"
+        "(d / '.chart.png.0badc0de.tmp').write_bytes(b'half'); sys.exit('renderer broke')"
+    )
+    writer = BundleWriter(tmp_path, None, chart=fake_chart(script), chart_poll_s=0.01)
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_charts(30)
+    finally:
+        writer.stop(30)
+    path = writer.last_path
+    assert sorted(p.name for p in path.iterdir()) == ["events.jsonl", "meta.json", "report.md"]
+    report = (path / "report.md").read_text()
+    assert "renderer failed" in report and "chart.png" not in report
+    assert (writer.charts_failed, writer.charts_drawn) == (1, 0)
+
+
+def test_charts_still_waiting_at_stop_are_not_drawn_and_reports_say_so(tmp_path):
+    gate = Gate(spare=False)
+    writer = BundleWriter(tmp_path, None, chart=fake_chart(DRAW), spare=gate, chart_poll_s=0.01)
+    writer.submit(make_capture())
+    writer.submit(make_capture())
+    assert writer.wait_idle(30) and writer.charts_pending == 2
+    assert writer.stop(30)
+    assert writer.charts_not_drawn == 2 and writer.charts_pending == 0
+    for bundle in bundles_under(tmp_path):
+        assert not (bundle / "chart.png").exists()
+        report = (bundle / "report.md").read_text()
+        assert "P2 stopped before it had CPU to spare" in report and "Not drawn yet" not in report
+
+
+def test_bundles_queued_at_stop_are_written_without_waiting_for_a_chart(tmp_path, monkeypatch):
     gate = threading.Event()
-    charts = []
     real = bundle_mod.write_bundle
+    notes = []
 
-    def recording(incidents_dir, capture, *, chart=None, chart_timeout_s=20.0):
-        charts.append(chart)
+    def held(incidents_dir, capture, **kwargs):
+        notes.append(kwargs.get("chart_note"))
         gate.wait(30)
-        return real(incidents_dir, capture)
+        return real(incidents_dir, capture, **kwargs)
 
-    monkeypatch.setattr(bundle_mod, "write_bundle", recording)
-    writer = BundleWriter(tmp_path, None, chart=fake_chart("pass"))
+    monkeypatch.setattr(bundle_mod, "write_bundle", held)
+    writer = BundleWriter(tmp_path, None, chart=fake_chart(DRAW), spare=Gate(spare=True), chart_poll_s=0.01)
     writer.submit(make_capture())
     writer.submit(make_capture())
-    assert wait_until(lambda: len(charts) == 1)
+    assert wait_until(lambda: len(notes) == 1)
     stopper = threading.Thread(target=writer.stop, args=(30,))
     stopper.start()
     assert wait_until(lambda: writer._stopping)
     gate.set()
     stopper.join(30)
-    assert charts[0] is not None and charts[1] is None
-    assert writer.written == 2
+    assert notes == ["pending", "not_drawn"]
+    assert writer.written == 2 and writer.charts_drawn == 0 and writer.charts_not_drawn == 2
+    assert not any((b / "chart.png").exists() for b in bundles_under(tmp_path))
+
+
+def test_too_many_waiting_charts_give_up_the_oldest(tmp_path):
+    writer = BundleWriter(
+        tmp_path, None, chart=fake_chart(DRAW), spare=Gate(spare=False), chart_poll_s=0.01, max_pending_charts=1
+    )
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+        first = writer.last_path
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+        assert writer.charts_pending == 1 and writer.charts_not_drawn == 1
+        assert "P2 stopped before" in (first / "report.md").read_text()
+    finally:
+        writer.stop(30)
+
+
+def test_a_gate_that_raises_holds_charts_and_the_writer_goes_on(tmp_path):
+    def broken() -> bool:
+        raise RuntimeError("no load signal")
+
+    writer = BundleWriter(tmp_path, None, chart=fake_chart(DRAW), spare=broken, chart_poll_s=0.01)
+    try:
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+        time.sleep(0.1)
+        writer.submit(make_capture())
+        assert writer.wait_idle(30)
+        assert writer.written == 2 and writer.charts_pending == 2
+    finally:
+        writer.stop(30)
+
+
+def test_drift_samples_do_not_starve_waiting_charts(tmp_path):
+    gate = Gate(spare=True)
+    writer = BundleWriter(
+        tmp_path, None, drift_file=tmp_path / "drift.jsonl", chart=fake_chart(DRAW), spare=gate, chart_poll_s=0.05
+    )
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            writer.append_drift([b"{}"])
+            time.sleep(0.001)
+
+    flooder = threading.Thread(target=flood)
+    try:
+        writer.submit(make_capture())
+        flooder.start()
+        assert wait_until(lambda: writer.charts_drawn == 1)
+    finally:
+        stop.set()
+        flooder.join(30)
+        writer.stop(30)
 
 
 def test_pretty_printed_payloads_stay_one_line_each(tmp_path):

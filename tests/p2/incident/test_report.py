@@ -12,7 +12,16 @@ import pytest
 from mercurystream.p2.detectors import Detectors
 from mercurystream.p2.flight_recorder import FlightRecorder
 from mercurystream.p2.incident.bundle import write_bundle
-from mercurystream.p2.incident.report import code_block, main, md, render_report
+from mercurystream.p2.incident.report import (
+    CHART_FAILED,
+    CHART_NOT_DRAWN,
+    CHART_PENDING,
+    code_block,
+    main,
+    md,
+    render_report,
+    write_report,
+)
 
 
 def event(tid: int, pid: str = "BTC-USD", lat_us: int = 400, price: float | None = None, **extra) -> dict:
@@ -214,3 +223,29 @@ def test_cli_no_charts_writes_reports_only(tmp_path):
     assert main(["--no-charts", str(tmp_path / "incidents")]) == 0
     assert not (a / "chart.png").exists()
     assert "chart.png" not in (a / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("note", "says"),
+    [
+        (CHART_PENDING, "Not drawn yet: P2 draws it once it has CPU to spare"),
+        (CHART_NOT_DRAWN, "P2 stopped before it had CPU to spare"),
+        (CHART_FAILED, "the renderer failed"),
+    ],
+)
+def test_a_missing_chart_is_explained_until_it_exists(tmp_path, note, says):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    write_report(a, chart_note=note)
+    report = (a / "report.md").read_text()
+    assert says in report and f"`mercury-report {a}` draws it now." in report
+    assert "](chart.png)" not in report
+    (a / "chart.png").write_bytes(b"png")
+    write_report(a, chart_note=note)
+    report = (a / "report.md").read_text()
+    assert "](chart.png)" in report and says not in report
+    assert not [p for p in a.iterdir() if p.name.startswith(".")], "the temporary report was renamed"
+
+
+def test_an_unknown_chart_note_adds_nothing(tmp_path):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    assert "## Chart" not in render_report(a, chart_note="whatever")
