@@ -1,20 +1,28 @@
 """The venue adapter: Coinbase Exchange's WebSocket feed in, batches of trade messages out.
 
-:class:`FeedProtocol` decides what each message means and holds no socket; :class:`CoinbaseFeed`
-is the thin asyncio shell that connects, subscribes, reconnects, and hands the protocol whatever
-the socket already has, a batch at a time.
+:class:`FeedProtocol` decides what each message means and :class:`WsClient` is the WebSocket
+connection (websockets' sans-I/O ``ClientProtocol`` plus message reassembly); neither holds a
+socket. :class:`CoinbaseFeed` is the thin asyncio shell: an ``asyncio.Protocol`` feeds each socket
+read to the client and hands every message the read completed to the feed protocol in one call,
+so there is no await, task switch or queue per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+import ssl
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
 from loguru import logger
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import BINARY, CONT, PING, TEXT
+from websockets.http11 import Response
+from websockets.protocol import OPEN
+from websockets.uri import WebSocketURI, parse_uri
 
 from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.metrics import P1Metrics
@@ -23,9 +31,11 @@ from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 
 MALFORMED = "malformed"
 OTHER = "other"
-_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", MALFORMED, OTHER}
+OVERSIZE = "oversize"
+_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", MALFORMED, OTHER, OVERSIZE}
 
 OnMessages = Callable[[list[dict[str, Any]]], None]
+Message = bytes | bytearray
 
 
 class FeedProtocol:
@@ -57,7 +67,7 @@ class FeedProtocol:
     def on_connect(self) -> None:
         self.subscribed = False
 
-    def handle(self, raws: list[bytes | str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def handle(self, raws: Sequence[bytes | bytearray | str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Return the batch's trade messages (parsed, as received) and its per-type counts."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
@@ -93,6 +103,12 @@ class FeedProtocol:
             totals[t] = totals.get(t, 0) + n
         return trades, counts
 
+    def count_unreadable(self, reason: str) -> dict[str, int]:
+        """Count one message that never reached :meth:`handle` (over the size limit); returns the count."""
+        self.messages += 1
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        return {reason: 1}
+
     def _handle_others(self, msgs: list[dict[str, Any]], counts: dict[str, int]) -> None:
         for msg in msgs:
             t = msg["type"]
@@ -114,18 +130,260 @@ class FeedProtocol:
             counts[t] = counts.get(t, 0) + 1
 
 
+class HandshakeFailed(Exception):
+    """The venue did not answer the opening handshake with a WebSocket upgrade."""
+
+
+class WsClient:
+    """One WebSocket client connection without I/O: websockets' ``ClientProtocol`` plus whole messages.
+
+    :meth:`receive` takes whatever one socket read returned and gives back every text or binary
+    message it completed, a fragmented one joined when its last fragment arrives. Whatever the
+    protocol owes the peer (the handshake request, pongs, the closing handshake) waits in
+    :meth:`data_to_send`, which the shell must flush after every call. ``max_message_bytes`` bounds
+    a whole message, fragments included; websockets checks it on each frame header, before the
+    payload is buffered, and fails the connection with close code 1009.
+    """
+
+    __slots__ = ("_fragments", "max_message_bytes", "open", "pings", "protocol", "uri")
+
+    def __init__(self, url: str, max_message_bytes: int) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+        self.uri: WebSocketURI = parse_uri(url)
+        self.max_message_bytes = max_message_bytes
+        self.protocol = ClientProtocol(self.uri, max_size=max_message_bytes)
+        self.open = False
+        """The opening handshake succeeded (it stays true once the connection starts closing)."""
+        self.pings = 0
+        self._fragments: list[Message] = []
+
+    def connect(self) -> None:
+        """Queue the opening handshake request."""
+        p = self.protocol
+        p.send_request(p.connect())
+
+    def data_to_send(self) -> list[bytes]:
+        """Bytes to write, in order; an empty item means "half-close the stream" (websockets' ``SEND_EOF``)."""
+        return self.protocol.data_to_send()
+
+    def receive(self, data: bytes) -> list[Message]:
+        """Feed one read; returns the messages it completed, oldest first."""
+        p = self.protocol
+        p.receive_data(data)
+        events = p.events_received()
+        messages: list[Message] = []
+        if not events:
+            return messages
+        if not self.open:
+            events = self._handshake(events)
+        append = messages.append
+        for ev in events:
+            op = ev.opcode
+            if op is TEXT or op is BINARY:
+                if ev.fin:
+                    append(ev.data)
+                else:
+                    self._fragments = [ev.data]
+            elif op is CONT:
+                fragments = self._fragments
+                fragments.append(ev.data)
+                if ev.fin:
+                    append(b"".join(fragments))
+                    self._fragments = []
+            elif op is PING:
+                self.pings += 1
+        return messages
+
+    def _handshake(self, events: list[Any]) -> list[Any]:
+        first = events[0]
+        if isinstance(first, Response):
+            if self.protocol.handshake_exc is None:
+                self.open = True
+            return events[1:]
+        return events
+
+    def receive_eof(self) -> None:
+        self.protocol.receive_eof()
+
+    def send_text(self, text: bytes) -> None:
+        self.protocol.send_text(text)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (only once, and only on an open connection)."""
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+
+    @property
+    def state_open(self) -> bool:
+        return self.protocol.state is OPEN
+
+    def close_expected(self) -> bool:
+        return self.protocol.close_expected()
+
+    @property
+    def oversize(self) -> PayloadTooBig | None:
+        exc = self.protocol.parser_exc
+        return exc if isinstance(exc, PayloadTooBig) else None
+
+    def failure(self) -> str | None:
+        """Why the connection is ending, from the protocol's side; ``None`` while it is healthy."""
+        p = self.protocol
+        if p.handshake_exc is not None:
+            return f"handshake failed: {p.handshake_exc}"
+        if p.parser_exc is not None:
+            return f"{type(p.parser_exc).__name__}: {p.parser_exc}"
+        if p.close_rcvd is not None:
+            close = p.close_rcvd
+            return f"the venue closed the connection: {close.code} {close.reason}".rstrip()
+        return None
+
+
+class _Connection(asyncio.Protocol):
+    """One connection's socket side: bytes in to the :class:`WsClient`, its replies out, batches on.
+
+    ``opened`` resolves when the handshake succeeds; ``closed`` when the socket is gone, whoever
+    closed it. A closing handshake (either side's) gets ``close_timeout_s`` for the venue to drop
+    TCP, as RFC 6455 has the server do, then the socket is aborted. Liveness is one timer that
+    re-arms itself from the time of the last read, so a read costs one clock read and no timer.
+    """
+
+    def __init__(
+        self,
+        client: WsClient,
+        deliver: Callable[[list[Message]], None],
+        failed: Callable[[WsClient], None],
+        close_timeout_s: float,
+    ) -> None:
+        self.client = client
+        self.deliver = deliver
+        self.failed = failed
+        self.close_timeout_s = close_timeout_s
+        self.loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.reason: str | None = None
+        self.last_read = self.loop.time()
+        self._idle_s = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # ---- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.client.connect()
+        self._write(self.client.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        messages = client.receive(data)
+        self.last_read = self.loop.time()
+        out = client.data_to_send()
+        if out:
+            self._write(out)
+        if messages:
+            self.deliver(messages)
+        if not client.state_open or not self.opened.done():
+            self._state_changed()
+
+    def eof_received(self) -> bool | None:
+        client = self.client
+        client.receive_eof()
+        self._write(client.data_to_send())
+        self._note(client.failure() or "the venue closed the socket")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._idle_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._note(f"connection lost: {exc}" if exc is not None else "connection closed")
+        if not self.opened.done():
+            self.opened.set_exception(HandshakeFailed(self.client.failure() or self.reason or "connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ---- commands from the feed --------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        self.client.send_text(text.encode())
+        self._write(self.client.data_to_send())
+
+    def watch_idle(self, idle_s: float) -> None:
+        """Abort the connection once nothing at all has been read for ``idle_s``."""
+        self._idle_s = idle_s
+        self.last_read = self.loop.time()
+        self._idle_timer = self.loop.call_later(idle_s, self._check_idle)
+
+    def close(self, reason: str) -> None:
+        """Start our side of the closing handshake; the socket goes when the venue answers, or on timeout."""
+        self._note(reason)
+        self.client.close(1000)
+        if self.transport is not None:
+            self._write(self.client.data_to_send())
+        self._state_changed()
+
+    def abort(self, reason: str) -> None:
+        self._note(reason)
+        if self.transport is not None and not self.closed.done():
+            self.transport.abort()
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _note(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def _write(self, chunks: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for chunk in chunks:
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    def _state_changed(self) -> None:
+        """The cold path of a read: the handshake ended, or the connection started closing."""
+        client = self.client
+        opened = self.opened
+        if not opened.done():
+            if client.open:
+                opened.set_result(None)
+            elif client.protocol.handshake_exc is not None:
+                opened.set_exception(HandshakeFailed(client.failure()))
+        if client.open and not client.state_open and not self._closing:
+            self._closing = True
+            self._note(client.failure() or "closing")
+            if client.protocol.parser_exc is not None:
+                self.failed(client)
+            self._close_timer = self.loop.call_later(self.close_timeout_s, self.abort, "closing handshake timed out")
+
+    def _check_idle(self) -> None:
+        quiet = self.loop.time() - self.last_read
+        if quiet >= self._idle_s:
+            self.abort(f"nothing received for {self._idle_s:g} s")
+        else:
+            self._idle_timer = self.loop.call_later(self._idle_s - quiet, self._check_idle)
+
+
 class CoinbaseFeed:
     """Connect, subscribe, read; reconnect with capped backoff and jitter, resubscribing each time.
 
-    Messages are not handed on one by one: ``recv`` returns without suspending while the socket
-    has whole messages queued, so the loop collects them and a callback scheduled with
-    ``call_soon`` flushes everything gathered the moment ``recv`` would have to wait. A batch is
-    therefore exactly what had arrived, and the pipeline downstream runs once per batch.
+    Every message one socket read completes goes to :meth:`FeedProtocol.handle` in one call (cut
+    at ``max_batch``), straight from ``data_received``: the pipeline downstream runs once per read,
+    and a read never waits for the loop to come round again.
 
-    The handshake is bounded by ``subscribe_timeout`` and the subscribe request goes out right
-    after it, inside Coinbase's 5 s limit. Silence for ``idle_timeout_s`` (heartbeats arrive every
-    second per product) means a dead connection: reconnect. Compression is off: deflate costs more
-    CPU per message than the bandwidth of a trades feed is worth.
+    The TCP connect and the handshake together are bounded by ``subscribe_timeout`` and the
+    subscribe request goes out right after, inside Coinbase's 5 s limit. Silence for
+    ``idle_timeout_s`` (heartbeats arrive every second per product) means a dead connection:
+    reconnect. A message over ``max_size`` bytes fails the connection (close code 1009); it is
+    counted as ``messages_total{type="oversize"}`` and the feed reconnects. No compression:
+    deflate costs more CPU per message than the bandwidth of a trades feed is worth.
     """
 
     def __init__(
@@ -142,8 +400,11 @@ class CoinbaseFeed:
         max_size: int = 1 << 20,
         max_batch: int = 4096,
         backoff_base_s: float = 0.5,
+        close_timeout_s: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        uri = parse_uri(url)
         self.protocol = FeedProtocol(symbols, channel)
         self.backoff = Backoff(backoff_max, backoff_base_s)
         self.on_messages = on_messages
@@ -152,12 +413,13 @@ class CoinbaseFeed:
         self.idle_timeout_s = idle_timeout_s
         self.max_size = max_size
         self.max_batch = max_batch
+        self.close_timeout_s = close_timeout_s
+        self.ssl_context = (ssl_context or ssl.create_default_context()) if uri.secure else None
         self.connects = 0
         self.reconnects = 0
+        self.oversize = 0
         self.connected = False
-        self._buf: list[bytes | str] = []
-        self._flush_scheduled = False
-        self._deadline: asyncio.Timeout | None = None
+        self._conn: _Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sampler = LogSampler()
@@ -169,13 +431,19 @@ class CoinbaseFeed:
         self._task = asyncio.create_task(self._run(), name="p1-feed")
 
     async def stop(self) -> None:
+        """Close the connection with a closing handshake (bounded by ``close_timeout_s``), then end."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._flush()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        conn = self._conn
+        if conn is not None:
+            conn.close("stopping")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self.close_timeout_s + 0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _run(self) -> None:
         first = True
@@ -184,18 +452,18 @@ class CoinbaseFeed:
                 self.reconnects += 1
                 self._reconnects_counter.inc()
             first = False
-            reason = "closed"
             try:
-                await self._session()
+                reason = await self._session()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
-                reason = f"nothing received for {self.idle_timeout_s:g} s (or handshake timeout)"
+                reason = f"no handshake within {self.subscribe_timeout:g} s"
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self._set_connected(False)
-                self._flush()
+            if self._stopping:
+                return
             if self.protocol.subscribed:
                 self.backoff.reset()
             delay = self.backoff.next_delay()
@@ -203,50 +471,45 @@ class CoinbaseFeed:
                 logger.warning("feed: {} ({}); reconnecting in {:.2f} s", self.url, reason, delay)
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
-        async with connect(
-            self.url,
-            open_timeout=self.subscribe_timeout,
-            close_timeout=2.0,
-            max_size=self.max_size,
-            max_queue=1024,
-            compression=None,
-        ) as ws:
+    async def _session(self) -> str:
+        """One connection from TCP connect to close; returns why it ended."""
+        loop = asyncio.get_running_loop()
+        client = WsClient(self.url, self.max_size)
+        uri = client.uri
+        conn = _Connection(client, self._deliver, self._failed, self.close_timeout_s)
+        try:
+            async with asyncio.timeout(self.subscribe_timeout):
+                await loop.create_connection(
+                    lambda: conn,
+                    uri.host,
+                    uri.port,
+                    ssl=self.ssl_context,
+                    server_hostname=uri.host if self.ssl_context is not None else None,
+                )
+                await conn.opened
+            self._conn = conn
             self.connects += 1
             self.protocol.on_connect()
-            await ws.send(self.protocol.subscribe_request())
+            conn.send_text(self.protocol.subscribe_request())
             self._set_connected(True)
-            async with asyncio.timeout(self.idle_timeout_s) as deadline:
-                self._deadline = deadline
-                try:
-                    await self._receive(ws)
-                finally:
-                    self._deadline = None
+            conn.watch_idle(self.idle_timeout_s)
+            await conn.closed
+            return conn.reason or "closed"
+        finally:
+            self._conn = None
+            if not conn.opened.done():
+                conn.opened.cancel()
+            conn.abort("session ended")
 
-    async def _receive(self, ws: ClientConnection) -> None:
-        recv = ws.recv
-        call_soon = asyncio.get_running_loop().call_soon
-        flush = self._flush
+    def _deliver(self, raws: list[Message]) -> None:
         max_batch = self.max_batch
-        while True:
-            raw = await recv(decode=False)
-            buf = self._buf
-            buf.append(raw)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                call_soon(flush)
-            elif len(buf) >= max_batch:
-                flush()
+        if len(raws) <= max_batch:
+            self._handle(raws)
+        else:
+            for i in range(0, len(raws), max_batch):
+                self._handle(raws[i : i + max_batch])
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        raws = self._buf
-        if not raws:
-            return
-        self._buf = []
-        deadline = self._deadline
-        if deadline is not None and not deadline.expired():
-            deadline.reschedule(asyncio.get_running_loop().time() + self.idle_timeout_s)
+    def _handle(self, raws: list[Message]) -> None:
         trades, counts = self.protocol.handle(raws)
         self.metrics.count_messages(counts)
         if trades:
@@ -254,6 +517,13 @@ class CoinbaseFeed:
                 self.on_messages(trades)
             except Exception:
                 logger.exception("feed: the pipeline failed on a batch of {} trades; they are lost", len(trades))
+
+    def _failed(self, client: WsClient) -> None:
+        exc = client.oversize
+        if exc is not None:
+            self.oversize += 1
+            self.metrics.count_messages(self.protocol.count_unreadable(OVERSIZE))
+            self._sampler.warning("oversize", "feed: message over {} bytes ({}); reconnecting", self.max_size, exc)
 
     def _set_connected(self, up: bool) -> None:
         if up != self.connected:

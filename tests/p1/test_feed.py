@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 import time
 from typing import Any
 
 import orjson
+from websockets.asyncio.server import serve
+from websockets.frames import Close, Frame, Opcode
+from websockets.streams import StreamReader
+from websockets.utils import accept_key
 
-from mercurystream.p1.feed import CoinbaseFeed, FeedProtocol
+from mercurystream.p1.feed import CoinbaseFeed, FeedProtocol, WsClient
 from mercurystream.p1.metrics import P1Metrics
 
 from .conftest import FakeVenue, match, wait_until
@@ -241,3 +247,253 @@ async def test_a_failing_pipeline_does_not_stop_the_feed():
     finally:
         await feed.stop()
         await venue.stop()
+
+
+# --- WsClient: the WebSocket connection without a socket -------------------------------------
+
+
+def opened_client(max_message_bytes: int = 1 << 20) -> WsClient:
+    """A client whose handshake the test has answered as a server would."""
+    client = WsClient("ws://venue.test/feed", max_message_bytes)
+    client.connect()
+    [request] = client.data_to_send()
+    assert request.startswith(b"GET /feed HTTP/1.1\r\n") and b"Host: venue.test\r\n" in request
+    response = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(client.protocol.key)}\r\n\r\n"
+    ).encode()
+    assert client.receive(response) == []
+    assert client.open and client.state_open
+    return client
+
+
+def server_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin).serialize(mask=False)
+
+
+def sent_frames(client: WsClient) -> list[Frame]:
+    """Parse what the client queued for the server (masked frames)."""
+    reader = StreamReader()
+    for chunk in client.data_to_send():
+        reader.feed_data(chunk)
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frames.append(done.value)
+    return frames
+
+
+def test_whole_messages_come_out_of_any_chunking():
+    client = opened_client()
+    stream = b"".join(server_frame(Opcode.TEXT, orjson.dumps(match(i))) for i in range(5))
+    got = []
+    for i in range(0, len(stream), 7):
+        got += client.receive(stream[i : i + 7])
+    assert [orjson.loads(m)["trade_id"] for m in got] == list(range(5))
+
+
+def test_a_fragmented_message_is_reassembled_once_complete():
+    client = opened_client()
+    text = orjson.dumps(match(42))
+    parts = [text[:10], text[10:50], text[50:]]
+    data = (
+        server_frame(Opcode.TEXT, parts[0], fin=False)
+        + server_frame(Opcode.PING, b"keepalive")  # control frames may interleave with fragments
+        + server_frame(Opcode.CONT, parts[1], fin=False)
+    )
+    assert client.receive(data) == []
+    assert client.receive(server_frame(Opcode.CONT, parts[2]) + server_frame(Opcode.BINARY, b"{}")) == [text, b"{}"]
+    assert [f.opcode for f in sent_frames(client)] == [Opcode.PONG]
+
+
+def test_a_ping_is_answered_with_its_payload():
+    client = opened_client()
+    assert client.receive(server_frame(Opcode.PING, b"abc")) == []
+    [pong] = sent_frames(client)
+    assert (pong.opcode, pong.data) == (Opcode.PONG, b"abc")
+    assert client.pings == 1
+
+
+def test_an_oversize_message_fails_the_connection_with_1009():
+    client = opened_client(max_message_bytes=100)
+    assert client.receive(server_frame(Opcode.TEXT, b"x" * 60, fin=False)) == []
+    assert client.receive(server_frame(Opcode.CONT, b"x" * 60)) == [], "the limit bounds the whole message"
+    assert client.oversize is not None
+    [close] = sent_frames(client)
+    assert close.opcode is Opcode.CLOSE and Close.parse(close.data).code == 1009
+    assert not client.state_open and client.close_expected()
+    assert "PayloadTooBig" in (client.failure() or "")
+
+
+def test_a_server_close_is_echoed():
+    client = opened_client()
+    assert client.receive(server_frame(Opcode.CLOSE, Close(1001, "going away").serialize())) == []
+    [echo] = sent_frames(client)
+    assert Close.parse(echo.data).code == 1001
+    assert client.close_expected()
+    assert client.failure() == "the venue closed the connection: 1001 going away"
+
+
+def test_a_refused_upgrade_is_a_handshake_failure():
+    client = WsClient("ws://venue.test/", 1 << 20)
+    client.connect()
+    client.data_to_send()
+    client.receive(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    assert not client.open
+    assert (client.failure() or "").startswith("handshake failed")
+
+
+# --- CoinbaseFeed: the socket shell around WsClient --------------------------------------------
+
+
+async def test_fragmented_messages_reach_the_pipeline_whole():
+    async def script(ws, n):
+        text = orjson.dumps(match(7)).decode()
+        await ws.send([text[:20], text[20:90], text[90:]])
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    got = Collector()
+    feed = make_feed(venue.url, got)
+    await feed.start()
+    try:
+        await wait_until(lambda: len(got.trades) == 1, what="the fragmented match")
+    finally:
+        await feed.stop()
+        await venue.stop()
+    assert got.trades == [match(7)]
+
+
+async def test_pings_are_answered():
+    pongs: list[float] = []
+
+    async def script(ws, n):
+        for _ in range(3):
+            pongs.append(await asyncio.wait_for(await ws.ping(), 5.0))
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    feed = make_feed(venue.url, Collector())
+    await feed.start()
+    try:
+        await wait_until(lambda: len(pongs) == 3, what="three pongs")
+    finally:
+        await feed.stop()
+        await venue.stop()
+
+
+async def test_a_venue_close_is_answered_and_followed_by_a_reconnect():
+    closes: list[int | None] = []
+
+    async def script(ws, n):
+        if n == 0:
+            await ws.close(1001, "maintenance")
+            closes.append(ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+        await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    feed = make_feed(venue.url, Collector())
+    await feed.start()
+    try:
+        await wait_until(lambda: venue.connections >= 2 and feed.connected, what="a reconnect after the close")
+    finally:
+        await feed.stop()
+        await venue.stop()
+    assert closes == [1001], "the feed echoed the venue's close frame"
+    assert len(venue.subscribes) >= 2, "and resubscribed"
+
+
+async def test_an_oversize_message_is_counted_and_the_feed_reconnects():
+    closes: list[int | None] = []
+
+    async def script(ws, n):
+        if n == 0:
+            await ws.send("x" * 5000)
+            await ws.wait_closed()
+            closes.append(ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+        else:
+            await ws.send(orjson.dumps(match(1)).decode())
+            await ws.wait_closed()
+
+    venue = await FakeVenue(script).start()
+    metrics = P1Metrics()
+    got = Collector()
+    feed = make_feed(venue.url, got, metrics, max_size=1000)
+    await feed.start()
+    try:
+        await wait_until(lambda: len(got.trades) == 1, what="the trade after the reconnect")
+    finally:
+        await feed.stop()
+        await venue.stop()
+    assert closes == [1009]
+    assert feed.oversize == 1 and metrics.messages_total.labels("oversize")._value.get() == 1
+    assert feed.protocol.counts["oversize"] == 1
+
+
+async def test_a_venue_that_never_answers_the_handshake_is_retried():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    feed = make_feed(f"ws://127.0.0.1:{port}", Collector(), subscribe_timeout=0.2)
+    await feed.start()
+    try:
+        await wait_until(lambda: len(accepted) >= 2, what="a second attempt after the handshake timeout")
+    finally:
+        await feed.stop()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert feed.connects == 0 and feed.reconnects >= 1
+
+
+async def test_stop_closes_with_a_normal_closure():
+    closes: list[int | None] = []
+
+    async def script(ws, n):
+        await ws.wait_closed()
+        closes.append(ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+
+    venue = await FakeVenue(script).start()
+    feed = make_feed(venue.url, Collector())
+    await feed.start()
+    await wait_until(lambda: feed.connected, what="connected")
+    await feed.stop()
+    await wait_until(lambda: closes == [1000], what="the venue to see a 1000 close")
+    await venue.stop()
+
+
+async def test_wss_with_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def handler(ws):
+        await ws.recv()
+        await ws.send(orjson.dumps(match(9)).decode())
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+        port = server.sockets[0].getsockname()[1]
+        got = Collector()
+        feed = make_feed(f"wss://127.0.0.1:{port}", got, ssl_context=client_ctx)
+        await feed.start()
+        try:
+            await wait_until(lambda: len(got.trades) == 1, what="a trade over TLS")
+        finally:
+            await feed.stop()
+    assert got.trades == [match(9)]
