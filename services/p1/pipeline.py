@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any
 
 import orjson
@@ -10,11 +12,16 @@ import orjson
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import normalize_trade
-from mercurystream.shared.timeparse import IsoTimeParser
+from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 _MISSING = object()
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
+_MATCH_COLUMNS = itemgetter("type", "product_id", "price", "size", "time", "trade_id", "sequence", "side")
+_NOT_IN_A_MATCH = ("last_size", "best_bid", "best_ask")
+"""Keys the model would use if a ``match`` had them, so a batch carrying any takes the per-event path."""
+_SECOND_PREFIX = itemgetter(slice(0, 20))
+_SIDES = frozenset({"buy", "sell"})
 
 
 def _number(v: object) -> float | None:
@@ -89,6 +96,21 @@ def fast_event(msg: dict[str, Any], parse_time: Callable[[object], float | None]
     return event
 
 
+def _floats(values: Sequence[object]) -> list[float] | None:
+    """:func:`_number` of every value, all decimal strings, in C-level passes; ``None`` if any is not finite."""
+    if set(map(type, values)) != {str}:
+        return None
+    if not "".join(values).isascii():  # type: ignore[arg-type]
+        return None
+    floats = list(map(float, values))  # type: ignore[arg-type]
+    total = sum(floats)
+    return floats if total - total == 0.0 else None
+
+
+def _ints_in_range(values: Sequence[object]) -> bool:
+    return set(map(type, values)) == {int} and min(values) >= _INT_MIN and max(values) <= _INT_MAX  # type: ignore[type-var]
+
+
 class IngestPipeline:
     """Normalize each trade, stamp the batch's receive time, serialize.
 
@@ -108,6 +130,14 @@ class IngestPipeline:
     def process(self, trades: list[dict[str, Any]], now_us: int) -> tuple[list[bytes], int]:
         """Return the serialized events and how many of them failed validation."""
         ts_ms = now_us // 1000
+        if trades:
+            try:
+                out = self._match_batch(trades, ts_ms, now_us)
+            except (KeyError, TypeError, ValueError):
+                out = None
+            if out is not None:
+                self.valid += len(out)
+                return out, 0
         fast = fast_event
         parse_time = self._parse_time
         normalize = normalize_trade
@@ -129,3 +159,61 @@ class IngestPipeline:
         self.invalid += invalid
         self.valid += len(trades) - invalid
         return out, invalid
+
+    def _match_batch(self, trades: list[dict[str, Any]], ts_ms: int, now_us: int) -> list[bytes] | None:
+        """The events of a batch of ordinary ``match`` messages, checked column by column.
+
+        The same acceptance as :func:`fast_event`, but each check is one C-level pass over a column
+        (``map``, ``set``, ``min``, one ``join``) instead of a dozen Python steps per message, and a
+        fixed-form time is validated once per distinct second. ``None`` (or an exception from a
+        column of the wrong type) sends the whole batch down the per-event path, which decides.
+        """
+        columns = list(zip(*map(_MATCH_COLUMNS, trades), strict=True))
+        types, product_ids, prices, sizes, times, trade_ids, sequences, sides = columns
+        if set(types) != {"match"} or not set(sides) <= _SIDES:
+            return None
+        for key in _NOT_IN_A_MATCH:
+            if any(map(contains, trades, repeat(key))):
+                return None
+        if set(map(type, product_ids)) != {str} or "" in product_ids:
+            return None
+        if not _ints_in_range(trade_ids) or not _ints_in_range(sequences):
+            return None
+        price_values = _floats(prices)
+        if price_values is None or not min(price_values) > 0.0:
+            return None
+        size_values = _floats(sizes)
+        if size_values is None or not min(size_values) >= 0.0:
+            return None
+        if not all_fixed_form(times):
+            return None
+        parse_time = self._parse_time
+        # A fixed-form time is valid exactly when its second is: any six digits are a valid fraction.
+        for second in set(map(_SECOND_PREFIX, times)):
+            if parse_time(second + "000000Z") is None:
+                return None
+        dumps = orjson.dumps
+        # orjson's result keeps its 4 KiB work buffer; held payloads get an exact-size copy instead.
+        return [
+            bytes(
+                memoryview(
+                    dumps(
+                        {
+                            "type": "match",
+                            "product_id": product_id,
+                            "price": price,
+                            "last_size": size,
+                            "time": time,
+                            "trade_id": trade_id,
+                            "sequence": sequence,
+                            "side": side,
+                            INGEST_MS: ts_ms,
+                            INGEST_US: now_us,
+                        }
+                    )
+                )
+            )
+            for product_id, price, size, time, trade_id, sequence, side in zip(
+                product_ids, price_values, size_values, times, trade_ids, sequences, sides, strict=True
+            )
+        ]

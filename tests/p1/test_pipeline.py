@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mercurystream.p1.pipeline import IngestPipeline, fast_event
@@ -163,3 +165,85 @@ def test_payloads_held_in_the_buffer_cost_their_size_not_orjsons_work_buffer():
     finally:
         tracemalloc.stop()
     assert per_payload < 1024, f"{per_payload:.0f} bytes held per ~250-byte payload"
+
+
+# --- the batch path builds exactly what the model builds, message by message ----------------
+
+BATCH_VALUES = st.one_of(
+    ODD_VALUES,
+    st.sampled_from(["0.5", "1e3", " 2.5 ", "+3", "64388.01000000", "0.00000001", "1e-7", "123456789012.5"]),
+    st.sampled_from(["2024-05-01T12:34:59.999999Z", "2024-05-01T12:35:00.000000Z", "2024-02-30T00:00:00.000000Z",
+                     "2024-05-01T24:00:00.000000Z", "2024-05-01T12:34:60.000000Z", "2024-05-01T12:34:56.78901Z"]),
+    st.sampled_from(['BTC-"USD', "ETH-USD", "\u00e9\u00e9", "a},{b", "x\ny"]),
+    # orjson.loads turns integers outside [-2**63, 2**64) into floats, so no others reach the pipeline.
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([2**63, 2**64 - 1, 1.5, 2.0**64]),
+)  # fmt: skip
+
+
+def wire(msg: dict) -> dict:
+    """The message as the feed would deliver it: through JSON text and ``orjson.loads``."""
+    try:
+        return orjson.loads(json.dumps(msg))
+    except orjson.JSONDecodeError:  # NaN and infinities are not JSON
+        assume(False)
+        raise
+
+
+def per_event(batch: list[dict], now_us: int) -> tuple[list[bytes], int]:
+    """What the model alone makes of each message: the reference for any fast path."""
+    out, invalid = [], 0
+    for msg in batch:
+        event, reason = normalize_trade(dict(msg))
+        invalid += reason is not None
+        out.append(orjson.dumps({**event, "ingest_ts_ms": now_us // 1000, "ingest_ts_us": now_us}))
+    return out, invalid
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    changes=st.lists(
+        st.dictionaries(st.sampled_from([*FIELDS, "maker_order_id"]), BATCH_VALUES, max_size=2), min_size=1, max_size=6
+    ),
+    removed=st.lists(st.sets(st.sampled_from(FIELDS), max_size=1), min_size=6, max_size=6),
+)
+def test_batch_path_agrees_with_the_model(changes, removed):
+    batch = [
+        wire({k: v for k, v in {**match(i), **change}.items() if k not in removed[i]})
+        for i, change in enumerate(changes)
+    ]
+    expected = per_event(batch, 1_714_566_896_789_012)
+    assert IngestPipeline().process([dict(m) for m in batch], 1_714_566_896_789_012) == expected
+
+
+def test_a_batch_of_coinbase_matches_takes_the_batch_path():
+    batch = [match(i, product_id=p) for i, p in enumerate(["BTC-USD", "ETH-USD", "SOL-USD"] * 100)]
+    batch[5]["time"] = "2024-05-01T12:35:00.000001Z"
+    pipe = IngestPipeline()
+    out = pipe._match_batch(batch, 1_714_566_896_789, 1_714_566_896_789_012)
+    assert out is not None
+    assert out == per_event(batch, 1_714_566_896_789_012)[0]
+    assert pipe.process(batch, 1_714_566_896_789_012) == (out, 0)
+    assert (pipe.valid, pipe.invalid) == (300, 0)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"type": "ticker"},
+        {"last_size": "1.0"},
+        {"best_bid": "1.0"},
+        {"sequence": None},
+        {"side": None},
+        {"price": "0"},
+        {"price": "nan"},
+        {"size": "-1"},
+        {"time": "2024-05-01T12:34:56Z"},
+        {"trade_id": 2.0**64},
+        {"product_id": ""},
+    ],
+)
+def test_one_unusual_message_sends_the_batch_down_the_per_event_path(odd):
+    batch = [match(1), {**match(2), **odd}, match(3)]
+    assert IngestPipeline()._match_batch(batch, 0, 0) is None
+    assert IngestPipeline().process([dict(m) for m in batch], 5_000) == per_event(batch, 5_000)
