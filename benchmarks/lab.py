@@ -126,9 +126,12 @@ class Lab:
         self._ready("the baseline reader", svc, lambda: http_ok(url))
         return Endpoint(svc, port, metrics_port, {})
 
-    def exchange(self, rate: float, max_queue: int = 100_000) -> Endpoint:
+    def exchange(self, rate: float, max_queue: int = 100_000, *, flood: bool = False) -> Endpoint:
+        """``flood``: trades only as fast as the slowest subscriber reads them; ``rate`` then spaces their times."""
         port = free_port()
         argv = [str(BIN / "mercury-exchange"), "--port", str(port), "--rate", str(rate), "--max-queue", str(max_queue)]
+        if flood:
+            argv.append("--flood")
         svc = self._spawn("exchange", argv, {})
         self._ready("the exchange", svc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
         return Endpoint(svc, port, port, {})

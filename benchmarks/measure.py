@@ -325,15 +325,18 @@ def p2_peak_rss(lab: Lab, events: int, rate: float) -> dict[str, Any]:
 
 
 def p1_throughput(lab: Lab, prof: Profile) -> dict[str, Any]:
-    """The exchange floods P1 (a big --max-queue so it never cuts P1 off); P1's acked events per second.
+    """The exchange in flood mode feeds P1 as fast as P1 reads; P1's acked events per second.
 
-    P2 runs at its default settings. The three share the machine's cores, and the flooding exchange
-    takes a good part of them, so the figure is P1's rate beside them; ``per_cpu_second`` divides by
-    the CPU time P1 actually got, which is what one dedicated core would give it. Each counter is
-    timed at the middle of its scrape: a busy process answers ``/metrics`` late.
+    ``--flood`` makes the exchange generate trades only as fast as P1 takes them, so it spends CPU
+    on exactly what P1 consumes and the figure measures P1, not an exchange burning a core on trades
+    nobody can read (``p1_exchange_rate`` then only spaces the trades' times). P2 runs at its default
+    settings. The three share the machine's cores, so the figure is P1's rate beside them;
+    ``per_cpu_second`` divides by the CPU time P1 actually got, which is what one dedicated core
+    would give it. Each counter is timed at the middle of its scrape: a busy process answers
+    ``/metrics`` late.
     """
     p2 = lab.p2()
-    exchange = lab.exchange(prof.p1_exchange_rate, max_queue=20_000_000)
+    exchange = lab.exchange(prof.p1_exchange_rate, max_queue=20_000_000, flood=True)
     p1 = lab.p1(exchange, p2)
 
     def acked() -> float:

@@ -4,7 +4,8 @@ One market (:mod:`.market`) is paced by the event loop's clock and fanned out to
 client, filtered by its subscriptions (:mod:`.protocol`) and passed through its own seeded fault
 injector (:mod:`.faults`). Each client has a bounded queue drained by its own writer task, so a slow
 client never holds back the others; one that falls ``max_queue`` messages behind is disconnected,
-as Coinbase does (``ErrSlowConsume``).
+as Coinbase does (``ErrSlowConsume``). With ``--flood`` (for benchmarks) the slowest subscriber's
+reading paces the market instead, so no subscriber is ever dropped as too slow.
 
 The same port answers plain HTTP: ``GET /stats`` (JSON counters), ``GET /healthz`` and
 ``GET /faults?kind=duplicate&count=3`` (kinds: duplicate, gap, reorder, malformed, disconnect).
@@ -80,6 +81,10 @@ class ExchangeConfig(BaseModel):
     cascade_prob: float = Field(0.15, ge=0, lt=1)
     start_us: int | None = Field(None, description="market start time (epoch us); default: now")
     status_interval_s: float = Field(5.0, gt=0)
+    flood: bool = Field(False, description="generate trades only as fast as the slowest subscriber reads them")
+    flood_chunk: int = Field(
+        2000, gt=0, le=1_000_000, description="trades per chunk in flood mode, and the low-water mark for the next"
+    )
 
     @field_validator("products", mode="before")
     @classmethod
@@ -183,6 +188,8 @@ class ExchangeServer:
         self._sampler = LogSampler()
         self._started_at = 0.0
         self._flushed = False
+        self._room = asyncio.Event()
+        """Flood mode: set when a subscriber may have drained below the low-water mark."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -210,14 +217,16 @@ class ExchangeServer:
             server_header="mercury-exchange",
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._pump_task = asyncio.create_task(self._pump(loop.time()), name="exchange-pump")
+        pump = self._flood_pump if cfg.flood else self._pump
+        self._pump_task = asyncio.create_task(pump(loop.time()), name="exchange-pump")
         self._pump_task.add_done_callback(self._pump_done)
         logger.info(
-            "exchange on ws://{}:{}: {} at {} trades/s, seed {}",
+            "exchange on ws://{}:{}: {} at {} trades/s{}, seed {}",
             cfg.host,
             self.port,
             ",".join(cfg.products),
             cfg.rate,
+            " (flood: as fast as the slowest subscriber reads)" if cfg.flood else "",
             cfg.seed,
         )
         return self.port
@@ -278,6 +287,48 @@ class ExchangeServer:
                 continue
             wake = min(next_hb, next_status, 1e18 if nxt is None else nxt / 1e6)
             await asyncio.sleep(min(1.0, max(cfg.tick_s, wake - (loop.time() - t0))))
+
+    async def _flood_pump(self, t0: float) -> None:
+        """Generate the next chunk whenever every subscriber's queue is under ``flood_chunk`` messages.
+
+        A benchmark of a reader must not measure the exchange: here trades are made only as fast as
+        the slowest live subscriber takes them, so the exchange spends CPU on nothing but what is
+        read, and a reader is never cut off as a slow consumer. A writer empties its queue when it
+        starts writing a batch, so the next chunk is made while that batch drains into the socket:
+        the reader does not wait for the generator. Trade times follow the market's own clock
+        (Poisson spacing at ``rate``), not the wall clock; heartbeats carry that clock too.
+        """
+        cfg = self.config
+        market = self.market
+        loop = asyncio.get_running_loop()
+        room = self._room
+        low = cfg.flood_chunk
+        live = self._live
+        far = 1 << 62
+        next_hb = 1.0
+        next_status = cfg.status_interval_s
+        while True:
+            now = loop.time() - t0
+            if now >= next_hb:
+                if cfg.heartbeat:
+                    self._fanout(market.heartbeats(market.clock_us))
+                next_hb = max(next_hb + 1.0, now + 0.5)
+            if now >= next_status:
+                next_status = now + cfg.status_interval_s
+                self._status_line()
+            if live and not market.exhausted and all(len(c.pending) < low for c in live.values()):
+                msgs = market.advance(far, low)
+                if msgs:
+                    self._fanout(msgs)
+                if market.exhausted and not self._flushed:
+                    self._flushed = True
+                    self._flush_held()
+                    logger.info("max trades reached ({}): heartbeats only from now on", market.trades)
+                await asyncio.sleep(0)  # let the writers take the chunk
+                continue
+            room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(room.wait(), max(0.001, min(next_hb, next_status) - now))
 
     @staticmethod
     def _pump_done(task: asyncio.Task) -> None:
@@ -385,6 +436,7 @@ class ExchangeServer:
         for kind, n in c.injector.injected.items():
             self._faults_done[kind] += n
         self._update_tickers()
+        self._room.set()
 
     def _on_request(self, c: _Client, raw: str | bytes) -> None:
         if c.reason is not None:
@@ -403,6 +455,7 @@ class ExchangeServer:
         else:
             self._live.pop(c.id, None)
         self._update_tickers()
+        self._room.set()
 
     def _update_tickers(self) -> None:
         if self._market is not None:
@@ -417,6 +470,7 @@ class ExchangeServer:
         self._live.pop(c.id, None)
         c.pending = []
         self._update_tickers()
+        self._room.set()
         c.closer = asyncio.create_task(c.ws.close(code, text))
 
     async def _writer(self, c: _Client) -> None:
@@ -429,6 +483,7 @@ class ExchangeServer:
         """
         ws = c.ws
         sent = self._sent
+        room = self._room
         batched = hasattr(ws, "send_context")
         try:
             while True:
@@ -438,6 +493,7 @@ class ExchangeServer:
                     await c.wake.wait()
                     continue
                 c.pending = []
+                room.set()
                 if batched:
                     data = b"".join([text_frame(m[2]) for m in batch])
                     async with ws.send_context():
@@ -550,6 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--subscribe-timeout", type=float, default=5.0, help="seconds a client has to subscribe")
     p.add_argument("--max-queue", type=int, default=100_000, help="messages queued per client before dropping it")
+    p.add_argument(
+        "--flood",
+        action="store_true",
+        help="benchmark mode: generate trades only as fast as the slowest subscriber reads them, so the "
+        "exchange spends CPU only on what is read; trade times advance by --rate's Poisson spacing, not "
+        "the wall clock, and --rate no longer paces the stream",
+    )
     p.add_argument("--port-file", default=None, help="also write the bound port to this file")
     return p
 
@@ -572,6 +635,7 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         "heartbeat": args.heartbeat,
         "subscribe_timeout_s": args.subscribe_timeout,
         "max_queue": args.max_queue,
+        "flood": args.flood,
     }
     flags = {
         "disconnect_every_s": "--disconnect-every",

@@ -215,6 +215,7 @@ class Market:
             t = -rng.randrange(1, 5_000_000)
             b.last_us = t
             self._arrival(i, t, [], 1)
+        self._clock_us = 0
         self._next_us: int | None = 0
         self._next_p = 0
         self._draw_next(0)
@@ -225,6 +226,11 @@ class Market:
     def next_us(self) -> int | None:
         """Offset of the next trade, or ``None`` once ``max_trades`` have been generated."""
         return self._next_us
+
+    @property
+    def clock_us(self) -> int:
+        """Offset of the latest trade generated (0 before the first): the market's own clock."""
+        return self._clock_us
 
     @property
     def exhausted(self) -> bool:
@@ -253,9 +259,11 @@ class Market:
         arrival = self._arrival
         draw = self._draw_next
         n = 0
+        last = self._clock_us
         while nxt is not None and nxt <= until_us and budget != 0:
             cap = MAX_CASCADE if left < 0 else min(MAX_CASCADE, left)
             k = arrival(self._next_p, nxt, out, cap)
+            last = nxt
             n += k
             if left >= 0:
                 left -= k
@@ -266,6 +274,7 @@ class Market:
             else:
                 nxt = draw(nxt)
         self.trades += n
+        self._clock_us = last
         return out
 
     def _draw_next(self, t: int) -> int:

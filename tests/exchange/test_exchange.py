@@ -10,13 +10,15 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from mercurystream.exchange.exchange import ExchangeConfig, ExchangeServer, main
+from mercurystream.exchange.exchange import ExchangeConfig, ExchangeServer, build_parser, config_from_args, main
+from mercurystream.exchange.market import MAX_CASCADE
 from mercurystream.shared.models import normalize_trade
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -44,7 +46,8 @@ async def exchange(**kw) -> AsyncIterator[ExchangeServer]:
 
 
 def client(server: ExchangeServer, **kw) -> connect:
-    return connect(f"ws://127.0.0.1:{server.port}", compression=None, max_queue=None, **kw)
+    kw.setdefault("max_queue", None)
+    return connect(f"ws://127.0.0.1:{server.port}", compression=None, **kw)
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
@@ -361,3 +364,80 @@ async def test_cli_serves_and_exits_0_on_sigterm(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- flood mode: the slowest subscriber paces the market -------------------------------------
+
+
+def ahead(server: ExchangeServer) -> int:
+    """Trades generated but not yet written to the client's socket."""
+    stats = server.stats
+    return stats["trades_generated"] - stats["messages_sent"]["match"]
+
+
+async def test_flood_paces_the_market_by_a_slow_reader_without_gaps():
+    chunk = 200
+    # Queued: under the low-water mark (one chunk) plus the chunk just made (cut between arrivals, so up
+    # to a cascade more); and at most as much again in the batch its writer is still draining.
+    bound = 2 * (2 * chunk + MAX_CASCADE)
+    async with exchange(rate=1_000.0, flood=True, flood_chunk=chunk, max_queue=1_000) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        async with client(server, sock=sock, max_queue=32) as ws:
+            await ws.send(SUBSCRIBE)
+            last: dict[str, int] = {}
+            times: list[str] = []
+            worst = 0
+            while len(times) < 3_000:
+                m = await recv_json(ws)
+                if m["type"] in ("last_match", "match"):
+                    pid = m["product_id"]
+                    if m["type"] == "match":
+                        assert m["trade_id"] == last[pid] + 1, "no gap, no reorder"
+                        times.append(m["time"])
+                    last[pid] = m["trade_id"]
+                if len(times) % 100 == 99:
+                    worst = max(worst, ahead(server))
+                    await asyncio.sleep(0.005)  # a slow reader
+            assert times == sorted(times)
+            assert worst <= bound, f"the exchange ran {worst} trades ahead of what it sent"
+            # The reader stops: the exchange stops too, a bounded amount ahead of the socket.
+            ws.transport.pause_reading()
+            await asyncio.sleep(0.3)
+            generated = server.trades
+            await asyncio.sleep(0.5)
+            assert server.trades == generated, "nothing generated while nobody reads"
+            assert ahead(server) <= bound
+            assert server.stats["disconnects"]["slow_consumer"] == 0
+            ws.transport.resume_reading()
+
+
+async def test_flood_trade_times_follow_the_market_clock_not_the_wall_clock():
+    async with exchange(rate=100.0, flood=True) as server, client(server, max_queue=1024, close_timeout=1) as ws:
+        await ws.send(SUBSCRIBE)
+        started = time.monotonic()
+        times = []
+        while len(times) < 3_000:
+            m = await recv_json(ws)
+            if m["type"] == "match":
+                times.append(m["time"])
+        wall_s = time.monotonic() - started
+    first, last = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (times[0], times[-1]))
+    span_s = (last - first).total_seconds()
+    assert 15.0 < span_s < 60.0, f"3000 trades at 100/s should span ~30 s of exchange time, not {span_s:.1f}"
+    assert wall_s < span_s, "trades came as fast as they were read, not at 100/s"
+
+
+async def test_flood_generates_nothing_without_a_subscriber():
+    async with exchange(rate=10_000.0, flood=True) as server:
+        await asyncio.sleep(0.3)
+        assert server.trades == 0
+
+
+def test_cli_flood_flag_is_documented_and_parsed():
+    parser = build_parser()
+    assert "--flood" in parser.format_help()
+    assert config_from_args(parser.parse_args(["--flood"])).flood
+    assert not config_from_args(parser.parse_args([])).flood

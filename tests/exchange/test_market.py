@@ -258,3 +258,17 @@ def test_custom_spec_is_used():
     first = next(o for o in parsed(m.advance(1_000_000)) if o["type"] == "match")
     assert abs(float(first["price"]) - 10.0) < 0.1
     assert first["trade_id"] > 5
+
+
+def test_clock_is_the_latest_trade_time():
+    m = market(rate=1_000.0)
+    assert m.clock_us == 0
+    first = m.advance(1 << 62, 50)
+    assert m.clock_us == parse_offset(first[-1][2])
+    later = m.advance(1 << 62, 50)
+    assert m.clock_us == parse_offset(later[-1][2]) > parse_offset(first[-1][2])
+
+
+def parse_offset(text: bytes) -> int:
+    """A message's time as an offset from ``START_US``, in microseconds."""
+    return round(IsoTimeParser().parse(orjson.loads(text)["time"]) * 1e6) - START_US
