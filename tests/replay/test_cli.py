@@ -309,3 +309,11 @@ async def test_interrupt_still_prints_the_summary(recording) -> None:
     assert proc.returncode == 130, stderr
     assert re.search(rb"replay: interrupted: sent \d+ events", stdout)
     assert b"Traceback" not in stderr
+
+
+def test_runs_on_uvloop_when_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    from mercurystream.replay.cli import _runner
+
+    with _runner() as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)

@@ -246,3 +246,56 @@ def test_latency_ages_recorded_stamps_and_keeps_recv() -> None:
         assert after["recv_ts_us"] == before["recv_ts_us"]
     assert frames[3] == src[3]
     assert enc.aged == 3
+
+
+MS, US = 1_735_000_000_001, 1_735_000_000_001_234
+"""Stamps of a recording: 13 and 16 digits."""
+
+
+def tail(*members: tuple[str, int]) -> bytes:
+    return b"".join(b',"%b":%d' % (key.encode(), value) for key, value in members) + b"}"
+
+
+TAIL_FORMS = {
+    "p2": lambda n: tail(("ingest_ts_ms", MS + n), ("ingest_ts_us", US + n), ("recv_ts_ms", MS), ("recv_ts_us", US)),
+    "p1": lambda n: tail(("ingest_ts_ms", MS + n), ("ingest_ts_us", US + n)),
+    "negative": lambda n: tail(("ingest_ts_ms", -n), ("ingest_ts_us", US)),
+    "narrow": lambda n: tail(("ingest_ts_ms", n), ("ingest_ts_us", n * 1000)),
+    "three": lambda n: tail(("ingest_ts_ms", MS), ("ingest_ts_us", US), ("recv_ts_ms", MS + n)),
+    "digit_in_key": lambda n: tail(("ingest_ts_ms", MS), ("ingest_ts_u5", US + n)),
+    "digit_in_key_same_width": lambda n: tail(("ingest_ts_ms", MS), ("ingest_ts_u5", US // 10 + n)),
+    "widths_moved": lambda n: tail(("ingest_ts_ms", MS * 10 + n), ("ingest_ts_us", US // 10)),
+    "other_key": lambda n: tail(("ingest_ts_ms", MS), ("x", US + n)),
+    "extra_key": lambda n: tail(("ingest_ts_ms", MS), ("ingest_ts_us", US), ("extra", n)),
+    "no_stamps": lambda n: b"}",
+}
+SEND_STAMPS = b',"ingest_ts_ms":%d,"ingest_ts_us":%d}' % (NOW_US // 1000, NOW_US)
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.tuples(st.sampled_from(sorted(TAIL_FORMS)), st.integers(0, 999)), min_size=1, max_size=12))
+def test_batch_restamp_equals_restamping_each_line(shape: list[tuple[str, int]]) -> None:
+    """Whichever path a batch takes, its frames are those of the per-line path, byte for byte."""
+    batch = [b'{"trade_id":%d,"price":1.5' % n + TAIL_FORMS[form](n) for form, n in shape]
+    assert all(type(orjson.loads(x)) is dict for x in batch)
+    assert PayloadEncoder(False).encode(list(batch), NOW_US) == PayloadEncoder._restamp_each(list(batch), SEND_STAMPS)
+
+
+@pytest.mark.parametrize("form", ["p2", "p1"])
+def test_lines_of_one_stamp_form_are_restamped_as_a_batch(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies = [b'{"trade_id":%d,"side":"buy"' % n for n in range(50)]
+    src = [body + TAIL_FORMS[form](n) for n, body in enumerate(bodies)]
+
+    def per_line(*args: object) -> bytes:
+        raise AssertionError("the per-line path was taken")
+
+    monkeypatch.setattr(PayloadEncoder, "_restamp_each", staticmethod(per_line))
+    assert decode(PayloadEncoder(False).encode(src, NOW_US)) == [body + SEND_STAMPS for body in bodies]
+
+
+def test_as_is_frames_bytes_and_dicts_alike() -> None:
+    src = lines(5)
+    mixed = [src[0], orjson.loads(src[1]), *src[2:]]
+    assert PayloadEncoder(True).encode(list(src), NOW_US) == PayloadEncoder(True).encode(mixed, NOW_US)
+    assert decode(PayloadEncoder(True).encode(list(src), NOW_US)) == src
+    assert PayloadEncoder(True).encode([], NOW_US) == b""

@@ -94,3 +94,80 @@ def test_queue_takes_exact_counts_across_batches_and_flushes_the_injector() -> N
     expected = Injector(opts).run(read_all(data)[1])
     assert taken == expected
     assert queue.take(5) == []
+
+
+LINE_KINDS = [
+    b'{"trade_id":%d}',
+    b'  {"trade_id":%d}\r',
+    b"",
+    b"   ",
+    b"not json %d",
+    b"[%d]",
+    b'{"pad":"' + b"x" * 40 + b'","n":%d}',  # oversize at max_line_bytes=40
+    b'{"bad":"\xff","n":%d}',
+]
+
+
+def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list, dict[str, int], list[int], int]:
+    """What the reader must yield, classified one line at a time with no batching at all."""
+    items, bad, where = [], dict.fromkeys(("invalid_json", "not_object", "oversize"), 0), []
+    seen = 0
+    for lineno, raw in enumerate(lines, 1):
+        if limit is not None and len(items) >= limit:
+            break
+        seen = lineno
+        line = raw.strip()
+        if not line:
+            continue
+        reason = None
+        if len(line) > max_len:
+            reason = "oversize"
+        else:
+            try:
+                reason = None if type(orjson.loads(line)) is dict else "not_object"
+            except orjson.JSONDecodeError:
+                reason = "invalid_json"
+        if reason:
+            bad[reason] += 1
+            where.append(lineno)
+        else:
+            items.append(line)
+    return items, bad, where[:10], seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kinds=st.lists(st.integers(0, len(LINE_KINDS) - 1), max_size=60),
+    clean_run=st.integers(0, 40),
+    chunk=st.integers(8, 400),
+    limit=st.one_of(st.none(), st.integers(1, 80)),
+)
+def test_whole_chunk_and_per_line_validation_agree_with_a_line_by_line_reference(
+    kinds: list[int], clean_run: int, chunk: int, limit: int | None
+) -> None:
+    picked = [0] * clean_run + kinds  # a clean stretch, so whole chunks pass the C-level check too
+    lines = [LINE_KINDS[k] % i if b"%d" in LINE_KINDS[k] else LINE_KINDS[k] for i, k in enumerate(picked)]
+    data = b"\n".join(lines)
+    reader, items = read_all(data, chunk_bytes=chunk, limit=limit, max_line_bytes=40)
+    in_file = data.split(b"\n") if data else []
+    if in_file and not in_file[-1]:
+        in_file.pop()  # a final newline ends the last line; it does not start another
+    want, bad, where, seen = reference(in_file, limit, 40)
+    assert items == want
+    assert reader.malformed == bad
+    assert reader.malformed_lines == where
+    assert (reader.events, reader.lines) == (len(want), seen)
+
+
+def test_a_clean_file_is_never_validated_line_by_line(monkeypatch) -> None:
+    def per_line(*args: object) -> list:
+        raise AssertionError("the per-line path was taken")
+
+    monkeypatch.setattr(JsonlReader, "_validate_each", per_line)
+    data = b"".join(b'{"n":%d}\r\n' % i for i in range(1000))
+    for parse in (False, True):
+        reader, items = read_all(data, chunk_bytes=1000, parse=parse)
+        assert items == [{"n": i} if parse else b'{"n":%d}' % i for i in range(1000)]
+        assert (reader.lines, reader.events, reader.malformed_total) == (1000, 1000, 0)
+    reader, items = read_all(data, chunk_bytes=1000, limit=7)
+    assert len(items) == 7 and reader.lines == 7
