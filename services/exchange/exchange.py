@@ -144,14 +144,32 @@ _H16 = struct.Struct(">BBH").pack
 _H64 = struct.Struct(">BBQ").pack
 
 
+def _frame_header(n: int) -> bytes:
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 65536:
+        return _H16(0x81, 126, n)
+    return _H64(0x81, 127, n)
+
+
+_HEADERS = [_frame_header(n) for n in range(4096)]
+"""Headers by payload length: every market message is shorter than 4 KiB."""
+
+
 def text_frame(payload: bytes) -> bytes:
     """One final, unmasked text frame (RFC 6455 section 5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return _H16(0x81, 126, n) + payload
-    return _H64(0x81, 127, n) + payload
+    return _frame_header(len(payload)) + payload
+
+
+def text_frames(msgs: list[Msg]) -> bytes:
+    """The text frames of a batch as one buffer: headers from a table, payloads copied once, by ``join``."""
+    payloads = [m[2] for m in msgs]
+    headers = _HEADERS
+    top = len(headers)
+    parts: list[bytes] = [b""] * (2 * len(payloads))
+    parts[::2] = [headers[n] if n < top else _frame_header(n) for n in map(len, payloads)]
+    parts[1::2] = payloads
+    return b"".join(parts)
 
 
 def _json_response(status: int, body: object) -> Response:
@@ -483,6 +501,7 @@ class ExchangeServer:
         """
         ws = c.ws
         sent = self._sent
+        n_kinds = len(sent)
         room = self._room
         batched = hasattr(ws, "send_context")
         try:
@@ -495,11 +514,12 @@ class ExchangeServer:
                 c.pending = []
                 room.set()
                 if batched:
-                    data = b"".join([text_frame(m[2]) for m in batch])
+                    data = text_frames(batch)
                     async with ws.send_context():
                         ws.transport.write(data)
-                    for m in batch:
-                        sent[m[1]] += 1
+                    kinds = [m[1] for m in batch]
+                    for kind in range(n_kinds):
+                        sent[kind] += kinds.count(kind)
                 else:  # pragma: no cover - websockets without send_context
                     for m in batch:
                         await ws.send(m[2], text=True)

@@ -16,8 +16,17 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
-from mercurystream.exchange.exchange import ExchangeConfig, ExchangeServer, build_parser, config_from_args, main
+from mercurystream.exchange.exchange import (
+    ExchangeConfig,
+    ExchangeServer,
+    build_parser,
+    config_from_args,
+    main,
+    text_frame,
+    text_frames,
+)
 from mercurystream.exchange.market import MAX_CASCADE
 from mercurystream.shared.models import normalize_trade
 
@@ -441,3 +450,15 @@ def test_cli_flood_flag_is_documented_and_parsed():
     assert "--flood" in parser.format_help()
     assert config_from_args(parser.parse_args(["--flood"])).flood
     assert not config_from_args(parser.parse_args([])).flood
+
+
+def test_text_frames_match_websockets_framing_for_every_header_size():
+    payloads = [b"", b"x" * 125, b"y" * 126, b"z" * 4095, b"w" * 4096, b"v" * 65535, b"u" * 65536]
+    msgs = [(0, 0, p) for p in payloads]
+    expected = []
+    for p in payloads:
+        frame = Frame(Opcode.TEXT, p).serialize(mask=False, extensions=[])
+        assert text_frame(p) == frame
+        expected.append(frame)
+    assert text_frames(msgs) == b"".join(expected)
+    assert text_frames([]) == b""
