@@ -247,8 +247,7 @@ def run_loop(stream: Stream, tmp: Path) -> float:
     async def drive() -> float:
         app = build_app(tmp)
         app.source.clock_us = ReplayClock(stream.clock)
-        for c in app.consumers:
-            await c.start()
+        await app.start_consumers()
         conn = app.source.protocol()
         conn.connection_made(_Transport())
         t0 = time.perf_counter()
@@ -258,8 +257,7 @@ def run_loop(stream: Stream, tmp: Path) -> float:
         while not app.drained():
             await asyncio.sleep(0)
         elapsed = time.perf_counter() - t0
-        for c in app.consumers:
-            await c.stop()
+        await app.stop_consumers()
         return elapsed
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -175,6 +175,14 @@ class Subscription:
             self._ready.clear()
         return out
 
+    def share_wakeup(self, ready: asyncio.Event) -> None:
+        """Set ``ready`` (shared with other subscriptions) on every offer instead of an event of its own.
+
+        The owner of a shared event must not rely on it being clear while this queue has events:
+        :meth:`take_nowait` clears it when this queue empties, whatever the others hold.
+        """
+        self._ready = ready
+
     async def wait(self) -> None:
         """Return once something is queued or :meth:`wake` was called."""
         if not self._queue:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
-from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.consumer import Consumer, SyncConsumers
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
@@ -77,6 +77,9 @@ class P2App:
         self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
+        self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
+        """Every consumer that never waits, on one task; the others (recorder, slow) have a task each."""
+        self._runners: list[Consumer | SyncConsumers] = [self.sync_consumers, *(c for c in self.consumers if c.waits)]
         self._processed_counters = {c.name: m.consumer_events_total.labels(c.name) for c in self.consumers}
         self._depth_gauges: dict[str, Any] = {}
         for sub in self.bus.subscriptions:
@@ -112,8 +115,7 @@ class P2App:
         """
         s = self.settings
         self._started = True
-        for c in self.consumers:
-            await c.start()
+        await self.start_consumers()
         self._httpd, _ = start_http_server(s.METRICS_PORT, addr=s.HOST, registry=self.metrics.registry)
         self.metrics_port = self._httpd.server_address[1]
         await self.source.start()
@@ -127,18 +129,16 @@ class P2App:
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop accepting, let the consumers drain and flush, stop serving metrics.
 
-        Consumers stop concurrently, each draining its own queue within ``drain_timeout_s``
-        (:meth:`Consumer.stop`), so the whole drain is bounded by one timeout, and a consumer that
-        gives up its backlog on stop (the slow demo) does not hold the others.
+        The consumers' tasks stop concurrently, each draining its queues within ``drain_timeout_s``
+        (:meth:`Consumer.stop`, :meth:`SyncConsumers.stop`), so the whole drain is bounded by one
+        timeout, and a consumer that gives up its backlog on stop (the slow demo) does not hold the
+        others.
         """
         if not self._started:
             return
         self._started = False
         await self.source.stop()
-        results = await asyncio.gather(*(c.stop(drain_timeout_s) for c in self.consumers), return_exceptions=True)
-        for c, result in zip(self.consumers, results, strict=True):
-            if isinstance(result, BaseException):
-                logger.opt(exception=result).error(f"{c.name}: failed to stop cleanly")
+        await self.stop_consumers(drain_timeout_s)
         if self._status_task is not None:
             self._status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,6 +149,19 @@ class P2App:
             await asyncio.to_thread(httpd.shutdown)
             httpd.server_close()
         logger.info(f"P2 stopped after {self.source.events} events")
+
+    async def start_consumers(self) -> None:
+        """Start the consumers' tasks (without the port or ``/metrics``: profiling drives them too)."""
+        for r in self._runners:
+            await r.start()
+
+    async def stop_consumers(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        runners = self._runners
+        results = await asyncio.gather(*(r.stop(drain_timeout_s) for r in runners), return_exceptions=True)
+        for r, result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                name = r.name if isinstance(r, Consumer) else "consumers"
+                logger.opt(exception=result).error(f"{name}: failed to stop cleanly")
 
     def drained(self) -> bool:
         """No queued events and every consumer has finished the batches it took."""

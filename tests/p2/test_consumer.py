@@ -18,6 +18,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import (
     HealthConsumer,
     SlowConsumer,
+    SyncConsumers,
     VolatilityConsumer,
     VolumeConsumer,
     VwapConsumer,
@@ -255,6 +256,46 @@ async def test_consumers_run_as_tasks_and_drain_on_stop():
     assert all(c.failed == 0 for c in consumers)
     assert consumers[0].trade_filter.accepted == 200
     assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") > 0
+
+
+async def test_sync_consumers_share_one_task_and_let_the_loop_in_between_them():
+    bus, metrics = Bus(), P2Metrics()
+    settings = make_settings()
+    consumers = [
+        VwapConsumer(bus, settings, metrics),
+        VolatilityConsumer(bus, settings, metrics),
+        VolumeConsumer(bus, settings, metrics),
+        HealthConsumer(bus, settings, metrics),
+    ]
+    group = SyncConsumers(consumers)
+    order: list[str] = []
+    for c in consumers:
+        c.on_processed(lambda name, n: order.append(name))
+    await group.start()
+    tasks_before = len(asyncio.all_tasks())
+
+    async def reader() -> None:  # stands for the socket: it must get the loop between two consumers
+        while sum(x != "loop" for x in order) < 4:
+            order.append("loop")
+            await asyncio.sleep(0)
+
+    bus.publish(batch([trade(i, price=100.0 + i, t=i / 10) for i in range(10)]))
+    await reader()
+    assert [x for x in order if x != "loop"] == ["vwap", "volatility", "volume", "health"]
+    consumer_positions = [i for i, x in enumerate(order) if x != "loop"]
+    assert all(b - a > 1 for a, b in pairwise(consumer_positions)), order
+    for k in range(1, 20):
+        bus.publish(batch([trade(k * 10 + i, price=100.0 + i, t=k + i / 10) for i in range(10)]))
+    await group.stop()  # drains every queue before it returns
+    assert all(c.processed == 200 and c.failed == 0 for c in consumers)
+    assert len(asyncio.all_tasks()) == tasks_before - 1
+    assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") > 0
+
+
+def test_a_consumer_that_waits_cannot_join_the_shared_task():
+    bus, metrics = Bus(), P2Metrics()
+    with pytest.raises(ValueError, match="task of its own"):
+        SyncConsumers([SlowConsumer(bus, make_settings(), metrics)])
 
 
 async def test_slow_consumer_drops_oldest_and_slows_no_one():
