@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
+from mercurystream.shared.runtime import tune_gc
 
 ConsumerFactory = Callable[[Bus, P2Settings, P2Metrics], Consumer]
 
@@ -223,9 +223,6 @@ async def serve(settings: P2Settings) -> int:
     return 0
 
 
-GC_THRESHOLDS = (50_000, 20, 20)
-"""Young-generation collection every 50,000 container allocations instead of 700."""
-
 SWITCH_INTERVAL_S = 0.0005
 """How long a thread waiting for the GIL lets the running one go on (CPython's default: 5 ms)."""
 
@@ -233,18 +230,15 @@ SWITCH_INTERVAL_S = 0.0005
 def tune_runtime() -> None:
     """Interpreter settings for one busy loop thread beside a few I/O threads.
 
-    Garbage collection: P2 allocates short-lived containers by the batch and almost never a
-    cycle, so the default threshold runs a collection every couple of batches for nothing
-    (about 0.2 µs an event here); frozen startup objects drop out of every full collection.
+    Garbage collection as every pipeline service (``shared.runtime.tune_gc``): here the default
+    threshold ran a collection every couple of batches for nothing (about 0.2 µs an event).
 
     GIL switching: the recorder's and the bundle writer's threads need the GIL for a moment per
     write, and with the loop busy each of those moments waited up to 5 ms, which throttled the
     recorder below the ingest rate at saturation. The loop pays only when a thread asks, so a
     shorter interval costs nothing while the threads are idle.
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_gc()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 

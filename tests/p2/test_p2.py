@@ -27,6 +27,7 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.p2 import P2App, default_consumers
 from mercurystream.p2.recorder import RecorderConsumer
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
+from mercurystream.shared.runtime import GC_THRESHOLDS
 
 BIN = Path(sys.executable).parent
 SEED_METRICS = (
@@ -329,7 +330,7 @@ def test_tune_runtime_collects_less_often_and_switches_threads_sooner() -> None:
     interval = sys.getswitchinterval()
     try:
         p2_module.tune_runtime()
-        assert gc.get_threshold() == p2_module.GC_THRESHOLDS
+        assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 0
         assert sys.getswitchinterval() == pytest.approx(p2_module.SWITCH_INTERVAL_S)
     finally:
