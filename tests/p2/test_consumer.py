@@ -16,6 +16,7 @@ from mercurystream.p2.analytics import SECONDS_PER_YEAR
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import (
+    YIELD_BELOW_EVENTS,
     HealthConsumer,
     SlowConsumer,
     SyncConsumers,
@@ -290,6 +291,25 @@ async def test_sync_consumers_share_one_task_and_let_the_loop_in_between_them():
     assert all(c.processed == 200 and c.failed == 0 for c in consumers)
     assert len(asyncio.all_tasks()) == tasks_before - 1
     assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") > 0
+
+
+async def test_sync_consumers_run_back_to_back_under_load():
+    bus, metrics = Bus(), P2Metrics()
+    settings = make_settings()
+    consumers = [VwapConsumer(bus, settings, metrics), VolumeConsumer(bus, settings, metrics)]
+    group = SyncConsumers(consumers)
+    order: list[str] = []
+    for c in consumers:
+        c.on_processed(lambda name, n: order.append(name))
+    await group.start()
+    n = YIELD_BELOW_EVENTS
+    bus.publish(batch([trade(i, price=100.0 + i % 7, t=i / 1000) for i in range(n)]))
+    while len(order) < 2:
+        order.append("loop")
+        await asyncio.sleep(0)
+    assert order[-2:] == ["vwap", "volume"]  # no turn for the reader in between
+    await group.stop()
+    assert all(c.processed == n for c in consumers)
 
 
 def test_a_consumer_that_waits_cannot_join_the_shared_task():
