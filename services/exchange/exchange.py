@@ -185,6 +185,21 @@ def _json_response(status: int, body: object) -> Response:
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
+class _PumpClock:
+    """When a pump's next heartbeat and status line are due, in seconds since the pump started."""
+
+    __slots__ = ("next_hb", "next_status", "status_interval_s")
+
+    def __init__(self, status_interval_s: float) -> None:
+        self.status_interval_s = status_interval_s
+        self.next_hb = 1.0
+        self.next_status = status_interval_s
+
+    @property
+    def next_due(self) -> float:
+        return min(self.next_hb, self.next_status)
+
+
 class ExchangeServer:
     """The websocket server around one :class:`Market`. ``await start()`` returns the bound port."""
 
@@ -280,30 +295,17 @@ class ExchangeServer:
         cfg = self.config
         market = self.market
         loop = asyncio.get_running_loop()
-        next_hb = 1.0
-        next_status = cfg.status_interval_s
+        clock = _PumpClock(cfg.status_interval_s)
         while True:
             now = loop.time() - t0
             now_us = int(now * 1e6)
-            msgs = market.advance(now_us, cfg.batch_limit)
-            if msgs:
-                self._fanout(msgs)
-            if market.exhausted and not self._flushed:
-                self._flushed = True
-                self._flush_held()
-                logger.info("max trades reached ({}): heartbeats only from now on", market.trades)
-            if now >= next_hb:
-                if cfg.heartbeat:
-                    self._fanout(market.heartbeats(now_us))
-                next_hb = max(next_hb + 1.0, now + 0.5)
-            if now >= next_status:
-                next_status = now + cfg.status_interval_s
-                self._status_line()
+            self._generate(now_us, cfg.batch_limit)
+            self._periodic(clock, now, now_us)
             nxt = market.next_us
             if nxt is not None and nxt <= now_us:
                 await asyncio.sleep(0)  # behind: yield to the writers, then catch up
                 continue
-            wake = min(next_hb, next_status, 1e18 if nxt is None else nxt / 1e6)
+            wake = min(clock.next_due, 1e18 if nxt is None else nxt / 1e6)
             await asyncio.sleep(min(1.0, max(cfg.tick_s, wake - (loop.time() - t0))))
 
     async def _flood_pump(self, t0: float) -> None:
@@ -323,30 +325,38 @@ class ExchangeServer:
         low = cfg.flood_chunk
         live = self._live
         far = 1 << 62
-        next_hb = 1.0
-        next_status = cfg.status_interval_s
+        clock = _PumpClock(cfg.status_interval_s)
         while True:
             now = loop.time() - t0
-            if now >= next_hb:
-                if cfg.heartbeat:
-                    self._fanout(market.heartbeats(market.clock_us))
-                next_hb = max(next_hb + 1.0, now + 0.5)
-            if now >= next_status:
-                next_status = now + cfg.status_interval_s
-                self._status_line()
+            self._periodic(clock, now, market.clock_us)
             if live and not market.exhausted and all(len(c.pending) < low for c in live.values()):
-                msgs = market.advance(far, low)
-                if msgs:
-                    self._fanout(msgs)
-                if market.exhausted and not self._flushed:
-                    self._flushed = True
-                    self._flush_held()
-                    logger.info("max trades reached ({}): heartbeats only from now on", market.trades)
+                self._generate(far, low)
                 await asyncio.sleep(0)  # let the writers take the chunk
                 continue
             room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(room.wait(), max(0.001, min(next_hb, next_status) - now))
+                await asyncio.wait_for(room.wait(), max(0.001, clock.next_due - now))
+
+    def _generate(self, until_us: int, limit: int) -> None:
+        """Trades up to ``until_us`` (at most ``limit``) out to the subscribers; at the end, what is held."""
+        market = self.market
+        msgs = market.advance(until_us, limit)
+        if msgs:
+            self._fanout(msgs)
+        if market.exhausted and not self._flushed:
+            self._flushed = True
+            self._flush_held()
+            logger.info("max trades reached ({}): heartbeats only from now on", market.trades)
+
+    def _periodic(self, clock: _PumpClock, now: float, market_us: int) -> None:
+        """Heartbeats (stamped with ``market_us``) and the status line, when due."""
+        if now >= clock.next_hb:
+            if self.config.heartbeat:
+                self._fanout(self.market.heartbeats(market_us))
+            clock.next_hb = max(clock.next_hb + 1.0, now + 0.5)
+        if now >= clock.next_status:
+            clock.next_status = now + clock.status_interval_s
+            self._status_line()
 
     @staticmethod
     def _pump_done(task: asyncio.Task) -> None:

@@ -130,13 +130,7 @@ class Consumer(ABC):
         self._stopping = True
         self.subscription.wake()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
-            except TimeoutError:
-                logger.warning(f"{self.name}: {self.subscription.depth} events still queued at stop")
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await _finish(self._task, drain_timeout_s, [self])
         await self.close()
 
     async def close(self) -> None:
@@ -144,6 +138,19 @@ class Consumer(ABC):
 
     def status(self) -> str:
         return f"{self.label:<10} | {self.status_line()}"
+
+
+async def _finish(task: asyncio.Task[None], timeout_s: float, consumers: list[Consumer]) -> None:
+    """Let a consumer task drain its queues for ``timeout_s``, then cancel it, saying what was left."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout_s)
+    except TimeoutError:
+        for c in consumers:
+            if not c.subscription.empty:
+                logger.warning(f"{c.name}: {c.subscription.depth} events still queued at stop")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 YIELD_BELOW_EVENTS = 1024
@@ -201,15 +208,7 @@ class SyncConsumers:
         self._stopping = True
         self._ready.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
-            except TimeoutError:
-                for c in self.consumers:
-                    if not c.subscription.empty:
-                        logger.warning(f"{c.name}: {c.subscription.depth} events still queued at stop")
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await _finish(self._task, drain_timeout_s, self.consumers)
         for c in self.consumers:
             await c.close()
 
