@@ -18,7 +18,7 @@ from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from mercurystream.shared.event import EventColumns, increasing, nondecreasing, pick
+from mercurystream.shared.event import EventColumns, increasing, latency_ms, nondecreasing, pick
 
 SCHEMA_DRIFT = "schema_drift"
 DUPLICATE = "duplicate"
@@ -904,14 +904,9 @@ class Detectors:
         keyed: list[tuple[int, str, int]] = []
         matches: list[tuple[int, str, int]] = []
         timed: list[tuple[int, str, str]] = []
-        lats: list[float] = []
-        lat_at: list[int] = []
         keyed_append = keyed.append
         match_append = matches.append
         timed_append = timed.append
-        lat_append = lats.append
-        at_append = lat_at.append
-        given = latencies is not None
         for i, e in enumerate(events):
             try:
                 et = e["type"]
@@ -955,24 +950,10 @@ class Detectors:
                         match_append(item)
                 if tm_ok:
                     timed_append((i, pid, tm))
-            if given:
-                continue
-            # The latency rule of shared.event.latency_ms, inlined for the hot loop.
-            ru = e.get("recv_ts_us")
-            iu = e.get("ingest_ts_us")
-            if type(ru) is int and type(iu) is int:
-                lat_append((ru - iu) / 1000.0)
-                at_append(i)
-            elif type(ing) is int:
-                rm = e.get("recv_ts_ms")
-                if type(rm) is int:
-                    lat_append(float(rm - ing))
-                    at_append(i)
         dups = self.duplicate.observe_many(keyed) if keyed else []
         late = self.out_of_order.observe_many(timed) if timed else []
         gaps = self.sequence_gap.observe_many(matches) if matches else []
-        if latencies is not None:
-            lats, lat_at = latencies  # type: ignore[assignment]
+        lats, lat_at = latencies if latencies is not None else _latencies(events)
         return self._anomalies(events, out, dups, late, gaps, lats, lat_at)
 
     def process_batch(self, batch: Any, now_s: float = 0.0) -> list[Anomaly]:
@@ -1074,21 +1055,18 @@ class Detectors:
 
 
 def _latencies(events: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
-    """Each event's latency (the rule of ``shared.event.latency_ms``, inlined) and its index."""
+    """Each event's latency by its own stamps (``shared.event.latency_ms``), and its index.
+
+    Only events that carry receive stamps get here (a batch built by hand, a recording fed to
+    :meth:`Detectors.process`); the receiver's batches bring their latencies with them.
+    """
     lats: list[float] = []
     lat_at: list[int] = []
     for i, e in enumerate(events):
-        ru = e.get("recv_ts_us")
-        iu = e.get("ingest_ts_us")
-        if type(ru) is int and type(iu) is int:
-            lats.append((ru - iu) / 1000.0)
+        lat = latency_ms(e)
+        if lat is not None:
+            lats.append(lat)
             lat_at.append(i)
-        else:
-            ing = e.get("ingest_ts_ms")
-            rm = e.get("recv_ts_ms")
-            if type(ing) is int and type(rm) is int:
-                lats.append(float(rm - ing))
-                lat_at.append(i)
     return lats, lat_at
 
 
