@@ -118,7 +118,7 @@ class IngestDecoder:
             or not min(map(len, events))
             or set(map(_LAST_BYTE, payloads)) != _CLOSING_BRACE
         ):
-            return self._feed_mixed(payloads, recv_us, suffix, oversize)
+            return self._feed_mixed(payloads, events, recv_us, suffix, oversize)
         lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
         try:
             ingest = list(map(_INGEST_US, events))
@@ -131,21 +131,33 @@ class IngestDecoder:
         return self._received(events, lines, recv_us, [False] * len(events), [], oversize)
 
     def _feed_mixed(
-        self, payloads: list[bytes], recv_us: int, suffix: bytes, oversize: FrameTooLarge | None
+        self,
+        payloads: list[bytes],
+        parsed: list[Any] | None,
+        recv_us: int,
+        suffix: bytes,
+        oversize: FrameTooLarge | None,
     ) -> Received:
-        """The read's payloads one by one: frame errors, objects that carry their own stamps, ``{}``."""
+        """The read's payloads one by one: frame errors, objects that carry their own stamps, ``{}``.
+
+        ``parsed`` is every payload already parsed, when none of them was invalid JSON (a replay
+        keeping its stamps sends nothing else), so no payload is parsed twice.
+        """
         events: list[dict] = []
         lines: list[bytes] = []
         own: list[bool] = []
         errors: list[tuple[str, bytes]] = []
         empty_line = b"{" + suffix[1:]
         loads = orjson.loads
-        for p in payloads:
-            try:
-                obj = loads(p)
-            except orjson.JSONDecodeError:
-                errors.append(("invalid_json", p))
-                continue
+        for i, p in enumerate(payloads):
+            if parsed is not None:
+                obj = parsed[i]
+            else:
+                try:
+                    obj = loads(p)
+                except orjson.JSONDecodeError:
+                    errors.append(("invalid_json", p))
+                    continue
             if type(obj) is not dict:
                 errors.append(("not_object", p))
                 continue
