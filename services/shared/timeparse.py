@@ -12,10 +12,11 @@ value whichever path parses it; other forms are ``epoch(minute) + float(seconds)
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import repeat
-from operator import add, itemgetter, truediv
+from itertools import islice, repeat
+from operator import add, itemgetter, le, truediv
 
 FIXED_LEN = 27
 _FIXED_TEMPLATE = "0000-00-00T00:00:00.000000Z"
@@ -74,16 +75,31 @@ class IsoTimeParser:
         """:meth:`parse` of every time, for times that passed :func:`all_fixed_form`.
 
         ``None`` if any of them is not a valid time (a calendar error, second 61): the caller then
-        parses one by one to tell which. Each distinct second is looked up once.
+        parses one by one to tell which. Each distinct second is looked up once. Times in order
+        (the usual batch) are cut into runs of one second by bisection, so the second's epoch is
+        found once per run rather than once per time.
         """
-        seconds = list(map(_SECOND, times))
+        fractions = map(truediv, map(int, map(_FRACTION, times)), repeat(1e6))
         get = self._second_epoch_of
+        if all(map(le, times, islice(times, 1, None))):
+            bases: list[float] = []
+            i = 0
+            n = len(times)
+            while i < n:
+                second = times[i][:19]
+                # Every character after a fixed-form second sorts below "~".
+                j = bisect_right(times, second + "~", i)
+                epoch = get(second)
+                if epoch is None:
+                    return None
+                bases += repeat(epoch, j - i)
+                i = j
+            return list(map(add, bases, fractions))
+        seconds = list(map(_SECOND, times))
         epochs = {sec: get(sec) for sec in set(seconds)}
         if None in epochs.values():
             return None
-        bases = map(epochs.__getitem__, seconds)
-        fractions = map(truediv, map(int, map(_FRACTION, times)), repeat(1e6))
-        return list(map(add, bases, fractions))
+        return list(map(add, map(epochs.__getitem__, seconds), fractions))
 
     def _second_epoch_of(self, second: str) -> float | None:
         """The epoch of ``YYYY-MM-DDTHH:MM:SS`` as :meth:`parse` computes it, remembered."""
