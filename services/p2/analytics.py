@@ -808,7 +808,7 @@ class VolatilityWindow:
         if st.evicted >= self.n - 1:
             live = returns[head:]
             st.s1 = math.fsum(live)
-            st.s2 = math.fsum(x * x for x in live)
+            st.s2 = math.fsum(map(mul, live, live))
             st.evicted = 0
         if head >= _COMPACT_MIN and head * 2 >= len(returns):
             del returns[:head]
@@ -940,3 +940,7 @@ class VolumeWindow:
     def snapshot(self) -> dict[str, tuple[float, int]]:
         self.evict()
         return {pid: self.volume(pid) for pid in sorted(self._states)}
+
+    def figures(self) -> dict[str, tuple[float, int]]:
+        """:meth:`volume` of every product as of the last batch, which evicted them all (unsorted)."""
+        return {pid: self.volume(pid) for pid in self._states}

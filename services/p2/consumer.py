@@ -416,18 +416,21 @@ class VolumeConsumer(_AnalyticsConsumer):
         trades = self.trade_filter.accept(batch.derived(CheckedTrades))
         if len(trades):
             self.window.add_trades(trades)
-            self._publish()
+            self._set(self.window.figures())
         self._skips.flush()
 
     def _publish(self) -> dict[str, tuple[float, int]]:
         """Every product's figures: the stream's clock moves a quiet product's window too."""
         snap = self.window.snapshot()
+        self._set(snap)
+        return snap
+
+    def _set(self, snap: dict[str, tuple[float, int]]) -> None:
         usd_set = self._usd.set
         trades_set = self._trades.set
         for pid, (usd, n) in snap.items():
             usd_set(pid, usd)
             trades_set(pid, n)
-        return snap
 
     def status_line(self) -> str:
         parts = [f"{pid}={_fmt_usd(usd)}/min({n}tx)" for pid, (usd, n) in self._publish().items()]

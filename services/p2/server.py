@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import add, itemgetter, methodcaller
+from operator import add, itemgetter, methodcaller, truediv
 from typing import Any
 
 import orjson
@@ -125,7 +125,7 @@ class IngestDecoder:
         except KeyError:
             ingest = None
         if ingest is not None and set(map(type, ingest)) == _INT_ONLY:
-            latencies = [(recv_us - i) / 1000.0 for i in ingest]
+            latencies = list(map(truediv, map(recv_us.__sub__, ingest), repeat(1000.0)))
             batch = Batch(events, lines, recv_us, latencies_ms=latencies, ingest_us=ingest)
             return Received(batch, latencies, [], oversize)
         return self._received(events, lines, recv_us, [False] * len(events), [], oversize)
