@@ -34,6 +34,8 @@ TICK_S = 0.001
 MAX_CHUNK_S = 0.01
 """A generator that fell behind catches up in chunks of at most this much time's events."""
 ACHIEVED_TOLERANCE = 0.99
+SEND_TIMEOUT_S = 30.0
+"""A receiver that takes nothing for this long is treated as gone."""
 EXIT_OK, EXIT_USAGE, EXIT_CONNECTION = 0, 2, 3
 
 
@@ -110,10 +112,6 @@ def connect(host: str, port: int, timeout_s: float) -> socket.socket:
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-
-
-SEND_TIMEOUT_S = 30.0
-"""A receiver that takes nothing for this long is treated as gone."""
 
 
 def _drain(sock: socket.socket, acks: AckReader) -> bool:

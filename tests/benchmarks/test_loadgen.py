@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -65,3 +66,29 @@ def test_send_delivers_every_frame_at_the_rate():
     assert figures["elapsed_s"] >= 0.199
     decoder = FrameDecoder()
     assert len(decoder.feed(bytes(received))) == 4_000 and decoder.buffered == 0
+
+
+def test_send_waits_for_a_slow_receiver_and_still_delivers_every_frame():
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            time.sleep(0.5)
+            while data := conn.recv(1 << 20):
+                received.extend(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    stream = FrameStream(generate_pool(500))
+    with socket.create_connection(listener.getsockname()) as sock:
+        # About 24 MB, more than the socket buffers hold while the receiver sleeps.
+        figures, _ = send(sock, stream, Pacer(rate=400_000, total=100_000))
+        sock.shutdown(socket.SHUT_WR)
+        t.join(10)
+    listener.close()
+    assert figures["sent"] == 100_000 and not figures["receiver_closed"]
+    assert figures["blocked_s"] > 0.05
+    decoder = FrameDecoder()
+    assert len(decoder.feed(bytes(received))) == 100_000 and decoder.buffered == 0
