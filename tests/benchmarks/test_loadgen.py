@@ -44,38 +44,15 @@ def test_ack_reader_keeps_the_latest_ack_across_split_reads():
     assert acks.acked == 7 and acks.final
 
 
-def test_send_delivers_every_frame_at_the_rate():
+def send_to_receiver(pacer: Pacer, sleep_s: float = 0.0) -> tuple[dict, bytes]:
+    """``send`` to a local receiver that sleeps ``sleep_s`` before reading; the figures and every byte it got."""
     listener = socket.create_server(("127.0.0.1", 0))
     received = bytearray()
 
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            while data := conn.recv(65536):
-                received.extend(data)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    stream = FrameStream(generate_pool(500))
-    with socket.create_connection(listener.getsockname()) as sock:
-        figures, _ = send(sock, stream, Pacer(rate=20_000, total=4_000))
-        sock.shutdown(socket.SHUT_WR)
-        t.join(10)
-    listener.close()
-    assert figures["sent"] == 4_000 and not figures["receiver_closed"]
-    assert figures["elapsed_s"] >= 0.199
-    decoder = FrameDecoder()
-    assert len(decoder.feed(bytes(received))) == 4_000 and decoder.buffered == 0
-
-
-def test_send_waits_for_a_slow_receiver_and_still_delivers_every_frame():
-    listener = socket.create_server(("127.0.0.1", 0))
-    received = bytearray()
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            time.sleep(0.5)
+            time.sleep(sleep_s)
             while data := conn.recv(1 << 20):
                 received.extend(data)
 
@@ -83,12 +60,25 @@ def test_send_waits_for_a_slow_receiver_and_still_delivers_every_frame():
     t.start()
     stream = FrameStream(generate_pool(500))
     with socket.create_connection(listener.getsockname()) as sock:
-        # About 24 MB, more than the socket buffers hold while the receiver sleeps.
-        figures, _ = send(sock, stream, Pacer(rate=400_000, total=100_000))
+        figures, _ = send(sock, stream, pacer)
         sock.shutdown(socket.SHUT_WR)
         t.join(10)
     listener.close()
+    return figures, bytes(received)
+
+
+def test_send_delivers_every_frame_at_the_rate():
+    figures, received = send_to_receiver(Pacer(rate=20_000, total=4_000))
+    assert figures["sent"] == 4_000 and not figures["receiver_closed"]
+    assert figures["elapsed_s"] >= 0.199
+    decoder = FrameDecoder()
+    assert len(decoder.feed(received)) == 4_000 and decoder.buffered == 0
+
+
+def test_send_waits_for_a_slow_receiver_and_still_delivers_every_frame():
+    # About 24 MB, more than the socket buffers hold while the receiver sleeps.
+    figures, received = send_to_receiver(Pacer(rate=400_000, total=100_000), sleep_s=0.5)
     assert figures["sent"] == 100_000 and not figures["receiver_closed"]
     assert figures["blocked_s"] > 0.05
     decoder = FrameDecoder()
-    assert len(decoder.feed(bytes(received))) == 100_000 and decoder.buffered == 0
+    assert len(decoder.feed(received)) == 100_000 and decoder.buffered == 0
