@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, Self, TypeVar
 
 
@@ -32,7 +32,8 @@ D = TypeVar("D", bound=Derived)
 class Batch:
     """Events that arrived together.
 
-    ``events`` are the parsed JSON objects as received; ``lines`` are the same events as bytes,
+    ``events`` are the parsed JSON objects as received (a ``shared.event.LazyEvents`` that parses them on
+    first use when the receiver decoded the read straight into columns); ``lines`` are the same events as bytes,
     exactly as received plus the receive stamps (``recv_ts_ms``, ``recv_ts_us``: the batch's
     ``recv_ts_us``, unless the event arrived with stamps of its own), for the recorder and the
     flight recorder. The stamps live in the lines and here, not in the event objects: adding two
@@ -44,14 +45,14 @@ class Batch:
 
     def __init__(
         self,
-        events: list[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
         lines: list[bytes],
         recv_ts_us: int,
         derived: dict[type, Any] | None = None,
         *,
         latencies_ms: list[float] | None = None,
         latency_at: list[int] | None = None,
-        ingest_us: list[int] | None = None,
+        ingest_us: Sequence[int] | None = None,
     ) -> None:
         self.events = events
         self.lines = lines

@@ -954,7 +954,7 @@ class Detectors:
         late = self.out_of_order.observe_many(timed) if timed else []
         gaps = self.sequence_gap.observe_many(matches) if matches else []
         lats, lat_at = latencies if latencies is not None else _latencies(events)
-        return self._anomalies(events, out, dups, late, gaps, lats, lat_at)
+        return self._anomalies(_trade_id_of(events), out, dups, late, gaps, lats, lat_at)
 
     def process_batch(self, batch: Any, now_s: float = 0.0) -> list[Anomaly]:
         """:meth:`process` for a bus batch, the same anomalies and counts in fewer steps.
@@ -1012,11 +1012,11 @@ class Detectors:
             dups.sort(key=_FIRST)
             late.sort(key=_FIRST)
             gaps.sort(key=_FIRST)
-        return self._anomalies(events, [], dups, late, gaps, lats, lat_at)
+        return self._anomalies(tids.__getitem__, [], dups, late, gaps, lats, lat_at)
 
     def _anomalies(
         self,
-        events: list[dict[str, Any]],
+        trade_id_at: Callable[[int], Any],
         out: list[Anomaly],
         dups: list[tuple[int, str, int]],
         late: list[tuple[int, str, str, str]],
@@ -1039,9 +1039,7 @@ class Detectors:
             sources += 1
             window = self.sequence_gap.window
             out.extend(
-                Anomaly(
-                    SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": events[i]["trade_id"], "window": window}
-                )
+                Anomaly(SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": trade_id_at(i), "window": window})
                 for i, pid, ranges, n in gaps
             )
         if lats and not self.latency.observe_quiet(lats):
@@ -1052,6 +1050,10 @@ class Detectors:
         if sources > 1:
             out.sort(key=_BY_INDEX)
         return out
+
+
+def _trade_id_of(events: Sequence[dict[str, Any]]) -> Callable[[int], Any]:
+    return lambda i: events[i]["trade_id"]
 
 
 def _latencies(events: list[dict[str, Any]]) -> tuple[list[float], list[int]]:

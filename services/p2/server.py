@@ -22,7 +22,16 @@ from loguru import logger
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.event import INGEST_US, RECV_MS, RECV_US, latency_ms, recv_suffix
+from mercurystream.shared.event import (
+    INGEST_US,
+    RECV_MS,
+    RECV_US,
+    EventColumns,
+    LazyEvents,
+    decode_columns,
+    latency_ms,
+    recv_suffix,
+)
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.transport import EventSource
@@ -67,9 +76,11 @@ class IngestDecoder:
     brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
     keeping its timestamps) is kept as is, and its own stamps define its latency.
 
-    The common read (every payload a non-empty object without stamps, ending in its brace) runs
-    without a Python loop per event: parsing, the checks, the lines and the latencies are each one
-    ``map`` over the read. Anything else is taken payload by payload (:meth:`_feed_mixed`).
+    The common read, P1's events ending in their brace, is decoded straight into columns
+    (:func:`decode_columns`); its event dicts are parsed only if a consumer asks (:class:`LazyEvents`).
+    The next most common (every payload a non-empty object without stamps) is parsed into dicts.
+    Both run without a Python loop per event: parsing, the checks, the lines and the latencies are
+    each one ``map`` over the read. Anything else is taken payload by payload (:meth:`_feed_mixed`).
     """
 
     __slots__ = ("_clock", "_dirty", "decoder")
@@ -107,6 +118,22 @@ class IngestDecoder:
             payloads = [_one_line(p) for p in payloads]
         recv_us = self._clock()
         suffix = recv_suffix(recv_us)
+        lines = None
+        if set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
+            lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
+            decoded = decode_columns(payloads)
+            if decoded is not None:
+                columns, ingest = decoded
+                latencies = list(map(truediv, map(recv_us.__sub__, ingest), repeat(1000.0)))
+                batch = Batch(
+                    LazyEvents(payloads),
+                    lines,
+                    recv_us,
+                    {EventColumns: columns},
+                    latencies_ms=latencies,
+                    ingest_us=ingest,
+                )
+                return Received(batch, latencies, [], oversize)
         try:
             events = list(map(orjson.loads, payloads))
         except orjson.JSONDecodeError:
@@ -116,10 +143,9 @@ class IngestDecoder:
             or set(map(type, events)) != _DICT_ONLY
             or any(map(dict.__contains__, events, repeat(RECV_MS)))
             or not min(map(len, events))
-            or set(map(_LAST_BYTE, payloads)) != _CLOSING_BRACE
+            or lines is None
         ):
             return self._feed_mixed(payloads, events, recv_us, suffix, oversize)
-        lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
         try:
             ingest = list(map(_INGEST_US, events))
         except KeyError:
@@ -210,8 +236,8 @@ class IngestDecoder:
 _GET_INGEST_US = methodcaller("get", INGEST_US)
 _INGEST_US = itemgetter(INGEST_US)
 _ALL_BUT_LAST = itemgetter(slice(None, -1))
-_LAST_BYTE = itemgetter(-1)
-_CLOSING_BRACE = {ord("}")}
+_LAST_BYTE = itemgetter(slice(-1, None))
+_CLOSING_BRACE = {b"}"}
 _INT_ONLY = {int}
 _DICT_ONLY = {dict}
 

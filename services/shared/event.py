@@ -7,10 +7,13 @@ recorded stream replays with its original latencies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
-from operator import itemgetter, le, lt
-from typing import Any
+from operator import attrgetter, itemgetter, le, lt
+from typing import Annotated, Any, overload
+
+import msgspec
+import orjson
 
 from mercurystream.shared.timeparse import all_fixed_form
 
@@ -71,12 +74,15 @@ class EventColumns:
         "types",
     )
 
-    def __init__(self, columns: Sequence[Sequence[Any]] | None) -> None:
+    def __init__(self, columns: Sequence[Sequence[Any]] | None, *, checked: bool = False) -> None:
+        """``checked``: the columns' types were already enforced (:func:`decode_columns`)."""
         self._groups: dict[str, list[int]] | None = None
         self._ids_by_product: dict[str, tuple[Sequence[int], bool]] | None = None
         if columns is None:
             columns = ((),) * len(REQUIRED_FIELDS)
             self.typed = False
+        elif checked:
+            self.typed = True
         else:
             types, pids, prices, sizes, times, tids, ingest = columns
             self.typed = (
@@ -171,3 +177,92 @@ def pick(column: Sequence[Any], indices: Sequence[int]) -> Sequence[Any]:
     if len(indices) == 1:
         return (column[indices[0]],)
     return itemgetter(*indices)(column)
+
+
+_Int = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+"""Within orjson's integer range (which goes on to 2**64 - 1; msgspec bounds only int64): outside it
+orjson parses a float, so such a payload must not decode as an int here; the generic path decides."""
+
+
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The exact shape of the events P1 sends, for typed decoding at P2's socket.
+
+    Every key P1 writes is declared, so a payload with any other key (a drifted message P1 passed
+    on as received, a replay that kept its receive stamps) fails to decode and takes the generic
+    path; what decodes is what ``orjson`` would parse to the same values, with every required
+    field of the kind :class:`EventColumns` checks. Not a dict: P2 reads these fields as columns.
+    """
+
+    type: str
+    product_id: str
+    price: int | float
+    last_size: int | float
+    time: str
+    trade_id: _Int
+    ingest_ts_ms: _Int
+    ingest_ts_us: _Int
+    sequence: _Int | None = None
+    side: str | None = None
+    best_bid: int | float | None = None
+    best_ask: int | float | None = None
+
+
+_decode_wire = msgspec.json.Decoder(WireEvent).decode
+_GET_COLUMNS = attrgetter(*REQUIRED_FIELDS, INGEST_US)
+
+
+def decode_columns(payloads: Sequence[bytes]) -> tuple[EventColumns, Sequence[int]] | None:
+    """The payloads' required fields as checked columns and their ``ingest_ts_us``, or ``None``.
+
+    ``None`` when any payload is not a :class:`WireEvent`; the caller then parses them generically.
+    Decoding into typed structs and transposing costs about what ``orjson`` alone costs for dicts,
+    and the columns need no type check afterwards.
+    """
+    try:
+        rows = list(map(_decode_wire, payloads))
+    except msgspec.DecodeError:
+        return None
+    if not rows:
+        return None
+    *columns, ingest_us = zip(*map(_GET_COLUMNS, rows), strict=True)
+    return EventColumns(columns, checked=True), ingest_us
+
+
+class LazyEvents(Sequence[dict[str, Any]]):
+    """A read's events as dicts, parsed from their payloads the first time anyone asks.
+
+    A batch decoded to columns (:func:`decode_columns`) usually never needs them: every consumer
+    takes its column path. The per-event paths (a reject sample, a product-limit fallback) still
+    see the same dicts the generic path would have built. Slicing stays lazy.
+    """
+
+    __slots__ = ("_events", "_payloads")
+
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        self._payloads = payloads
+        self._events: list[dict[str, Any]] | None = None
+
+    def _parsed(self) -> list[dict[str, Any]]:
+        events = self._events
+        if events is None:
+            events = self._events = list(map(orjson.loads, self._payloads))
+        return events
+
+    def __len__(self) -> int:
+        return len(self._payloads)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            if self._events is not None:
+                return self._events[index]
+            return LazyEvents(self._payloads[index])
+        return self._parsed()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._parsed())

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mercurystream.p2.bus import Bus, Subscription
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import ACK_HIGH_WATER, IngestDecoder, TcpSource, _Connection, ack_frame
-from mercurystream.shared.event import latency_ms
+from mercurystream.shared.event import EventColumns, LazyEvents, latency_ms
 from mercurystream.shared.framing import HEADER, FrameDecoder, decode_object, encode_frame, encode_frames
 
 RECV_US = 1_700_000_000_123_456
@@ -511,6 +511,44 @@ def test_a_batch_carries_every_latency_and_ingest_stamp_when_all_events_have_the
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
     assert batch.latencies_ms == [0.0, 2.0] and batch.latency_at == [0, 2]
     assert batch.ingest_us is None
+
+
+def p1_event(i: int, **extra: object) -> dict:
+    """An event exactly as P1 writes it, which P2 decodes straight into columns."""
+    return {
+        **trade(i),
+        "time": "2024-05-01T12:00:00.000001Z",
+        "sequence": 100 + i,
+        "side": "buy",
+        "ingest_ts_ms": (RECV_US - 500) // 1000,
+        "ingest_ts_us": RECV_US - 500 - i,
+        **extra,
+    }
+
+
+def test_a_p1_read_becomes_columns_and_its_dicts_are_parsed_only_when_asked() -> None:
+    payloads = [orjson.dumps(p1_event(i)) for i in range(3)]
+    batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads)).batch
+    assert isinstance(batch.events, LazyEvents) and batch.events._events is None
+    cols = batch.derived(EventColumns)
+    assert cols.typed and cols.trade_ids == (0, 1, 2)
+    assert batch.latencies_ms == [0.5, 0.501, 0.502] and batch.latency_at is None
+    assert list(batch.ingest_us) == [RECV_US - 500 - i for i in range(3)]
+    assert batch.lines == [p[:-1] + SUFFIX for p in payloads]
+    assert list(batch.events) == [p1_event(i) for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("odd", "typed"),
+    [(p1_event(1, extra=True), True), (trade(1), False), (p1_event(1, price="1.5"), False), ({}, False)],
+)
+def test_a_read_with_one_odd_event_gives_what_the_generic_path_gives(odd: dict, typed: bool) -> None:
+    good = [orjson.dumps(p1_event(i)) for i in range(3)]
+    mixed = [good[0], orjson.dumps(odd), good[2]]
+    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
+    assert type(got.events) is list and got.events == [p1_event(0), odd, p1_event(2)]
+    assert got.lines == [p[:-1] + SUFFIX if p != b"{}" else b"{" + SUFFIX[1:] for p in mixed]
+    assert got.derived(EventColumns).typed is typed
 
 
 def test_accept_publishes_and_counts_without_a_socket() -> None:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mercurystream.shared.event import REQUIRED_FIELDS, EventColumns, group_positions, latency_ms, pick
+from mercurystream.shared.event import (
+    INGEST_US,
+    REQUIRED_FIELDS,
+    EventColumns,
+    LazyEvents,
+    decode_columns,
+    group_positions,
+    latency_ms,
+    pick,
+)
 
 T0 = "2024-05-01T12:00:00.000001Z"
 
@@ -128,3 +138,103 @@ def test_latency_prefers_microseconds() -> None:
     assert latency_ms({"recv_ts_us": 2_500, "ingest_ts_us": 1_000, "recv_ts_ms": 9, "ingest_ts_ms": 1}) == 1.5
     assert latency_ms({"recv_ts_ms": 9, "ingest_ts_ms": 1}) == 8.0
     assert latency_ms({"recv_ts_ms": 9}) is None
+
+
+# ---------------------------------------------------------------- typed decoding at the socket
+
+COLUMN_NAMES = ("types", "product_ids", "prices", "sizes", "times", "trade_ids", "ingest_ms")
+
+
+def column_tuples(cols: EventColumns) -> tuple:
+    return tuple(tuple(getattr(cols, name)) for name in COLUMN_NAMES)
+
+
+def test_p1_events_decode_to_the_columns_the_dicts_give() -> None:
+    events = [
+        event(1, sequence=5, side="buy"),
+        event(2, "ETH-USD", type="ticker", price=7, last_size=0, best_bid=6.5, best_ask=7),
+        event(3, sequence=None, side=None),
+    ]
+    cols, ingest = decode_columns([orjson.dumps(e) for e in events])
+    assert cols.typed and cols.fixed_times
+    assert column_tuples(cols) == column_tuples(columns(events))
+    assert list(ingest) == [e[INGEST_US] for e in events]
+    assert type(cols.prices[1]) is int  # as orjson parses it
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        orjson.dumps(event(1, extra=1)),  # a key P1 never writes: drift, or a replay's stamps
+        orjson.dumps(event(1, recv_ts_ms=1, recv_ts_us=1000)),
+        orjson.dumps({k: v for k, v in event(1).items() if k != "time"}),
+        orjson.dumps(event(1, trade_id=True)),
+        orjson.dumps(event(1, trade_id=1.0)),
+        orjson.dumps(event(1, price="1.5")),
+        orjson.dumps(event(1, side=1)),
+        orjson.dumps(event(1, sequence=2**63)),  # orjson's int, msgspec's int64 bound: the generic path decides
+        b'{"type":"match","trade_id":123456789012345678901234567890}',
+        b"[1]",
+        b"{}",
+        b"",
+        b"{",
+    ],
+)
+def test_anything_but_p1_s_exact_shape_is_left_to_the_generic_path(payload: bytes) -> None:
+    good = orjson.dumps(event(2))
+    assert decode_columns([good, payload]) is None
+
+
+def test_a_repeated_key_takes_its_last_value_as_orjson_does() -> None:
+    payload = orjson.dumps(event(1))[:-1] + b',"trade_id":2}'
+    cols, _ = decode_columns([payload])
+    assert cols.trade_ids == (orjson.loads(payload)["trade_id"],) == (2,)
+
+
+def test_no_payloads_decode_to_nothing() -> None:
+    assert decode_columns([]) is None
+
+
+_json_value = (
+    st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+    | st.booleans()
+    | st.none()
+)
+
+
+@given(
+    changes=st.dictionaries(
+        st.sampled_from([*REQUIRED_FIELDS, INGEST_US, "sequence", "side", "best_bid", "best_ask", "extra"]),
+        _json_value,
+        max_size=3,
+    ),
+    drop=st.sets(st.sampled_from([*REQUIRED_FIELDS, INGEST_US]), max_size=1),
+)
+def test_typed_decoding_agrees_with_the_dict_columns_whenever_it_decodes(changes: dict, drop: set) -> None:
+    ev = {k: v for k, v in event(7, **changes).items() if k not in drop}
+    payload = orjson.dumps(ev)
+    decoded = decode_columns([payload])
+    if decoded is None:
+        return
+    cols, ingest = decoded
+    expected = columns([orjson.loads(payload)])
+    assert expected.typed
+    assert column_tuples(cols) == column_tuples(expected)
+    assert [type(v) for col in column_tuples(cols) for v in col] == [
+        type(v) for col in column_tuples(expected) for v in col
+    ]
+    assert list(ingest) == [ev[INGEST_US]]
+
+
+def test_lazy_events_parse_once_on_first_use_and_slice_without_parsing() -> None:
+    payloads = [orjson.dumps(event(i)) for i in range(4)]
+    lazy = LazyEvents(payloads)
+    assert len(lazy) == 4
+    tail = lazy[1:]
+    assert isinstance(tail, LazyEvents) and lazy._events is None
+    assert list(tail) == [event(i) for i in range(1, 4)]
+    assert lazy._events is None
+    assert lazy[0] == event(0) and lazy[0] is lazy[0]
+    assert lazy[2:] == [event(2), event(3)]
