@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
-from prometheus_client import Gauge
 
 from mercurystream.p2.analytics import (
     CheckedTrades,
@@ -49,7 +48,8 @@ class Consumer(ABC):
         self._on_processed = None
 
     def on_processed(self, callback) -> None:
-        """``callback(name, n)`` after each handled batch (metrics hook)."""
+        """``callback(name, n)`` after each handled batch (a progress hook for tests and tools; P2's
+        metrics read :attr:`processed` at scrape time instead)."""
         self._on_processed = callback
 
     @abstractmethod
@@ -282,20 +282,6 @@ class _SkipReporter:
                     logger.warning(f"{self._consumer}: {new} event(s) not counted ({reason}){tail}")
 
 
-class _LabelledGauges:
-    """Per-product children of a labelled gauge, looked up once per product, not per update."""
-
-    def __init__(self, gauge: Gauge) -> None:
-        self._gauge = gauge
-        self._children: dict[str, Any] = {}
-
-    def set(self, product_id: str, value: float) -> None:
-        child = self._children.get(product_id)
-        if child is None:
-            child = self._children[product_id] = self._gauge.labels(product_id)
-        child.set(value)
-
-
 class _AnalyticsConsumer(Consumer):
     """A consumer that counts each trade once: its own :class:`TradeFilter` in front of its window."""
 
@@ -325,7 +311,7 @@ class VwapConsumer(_AnalyticsConsumer):
         self.ages_us = RollingQuantile(AGE_SAMPLES)
         self._clock_us = clock_us
         self._age_due_us = 0
-        self._gauges = _LabelledGauges(metrics.vwap)
+        self._gauges = metrics.vwap
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:
@@ -380,7 +366,7 @@ class VolatilityConsumer(_AnalyticsConsumer):
     def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
         super().__init__(bus, settings, metrics)
         self.window = VolatilityWindow(settings.VOL_WINDOW)
-        self._gauges = _LabelledGauges(metrics.volatility)
+        self._gauges = metrics.volatility
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:
@@ -408,8 +394,8 @@ class VolumeConsumer(_AnalyticsConsumer):
     def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
         super().__init__(bus, settings, metrics)
         self.window = VolumeWindow(self.window_s)
-        self._usd = _LabelledGauges(metrics.volume_usd_1m)
-        self._trades = _LabelledGauges(metrics.trades_1m)
+        self._usd = metrics.volume_usd_1m
+        self._trades = metrics.trades_1m
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:

@@ -80,13 +80,11 @@ class P2App:
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
         """Every consumer that never waits, on one task; the others (recorder, slow) have a task each."""
         self._runners: list[Consumer | SyncConsumers] = [self.sync_consumers, *(c for c in self.consumers if c.waits)]
-        self._processed_counters = {c.name: m.consumer_events_total.labels(c.name) for c in self.consumers}
+        m.consumer_events_total.source = self._processed
         self._depth_gauges: dict[str, Any] = {}
         for sub in self.bus.subscriptions:
             self._drop_counter(sub.name)
             self._depth_gauges[sub.name] = m.queue_depth.labels(sub.name)
-        for c in self.consumers:
-            c.on_processed(self._on_processed)
         self.metrics_port: int | None = None
         self._httpd = None
         self._status_task: asyncio.Task[None] | None = None
@@ -101,8 +99,9 @@ class P2App:
     def _on_drop(self, name: str, n: int) -> None:
         self._drop_counter(name).inc(n)
 
-    def _on_processed(self, name: str, n: int) -> None:
-        self._processed_counters[name].inc(n)
+    def _processed(self) -> dict[str, int]:
+        """Each consumer's processed count, for ``mercurystream_consumer_events_total`` at scrape time."""
+        return {c.name: c.processed for c in self.consumers}
 
     @property
     def port(self) -> int:

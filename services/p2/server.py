@@ -345,7 +345,7 @@ class TcpSource(EventSource):
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()
         self._sampler = LogSampler()
-        self._events_counter = metrics.events_total
+        metrics.events_total.source = self._events_received
         self._error_counters = {r: metrics.frame_errors_total.labels(r) for r in FRAME_ERROR_REASONS}
 
     @property
@@ -387,6 +387,9 @@ class TcpSource(EventSource):
         errors = sum(self.frame_errors.values())
         return f"conns={len(self._conns)} | events={self.events} | frame_errors={errors}"
 
+    def _events_received(self) -> int:
+        return self.events
+
     def _opened(self, conn: _Connection) -> None:
         self._conns.add(conn)
         self.metrics.connections.inc()
@@ -413,7 +416,6 @@ class TcpSource(EventSource):
         n = len(batch)
         self.events += n
         self.bus.publish(batch)
-        self._events_counter.inc(n)
         if latencies:
             self.metrics.latency_ms.observe_many(latencies)
 

@@ -46,3 +46,30 @@ def test_the_exported_histogram_is_cumulative() -> None:
     assert registry.get_sample_value("mercurystream_latency_ms_bucket", {"le": "0.5"}) == 3
     assert registry.get_sample_value("mercurystream_latency_ms_bucket", {"le": "+Inf"}) == 4
     assert registry.get_sample_value("mercurystream_latency_ms_count") == 4
+
+
+def test_scraped_counters_read_their_owners_counts_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    metrics = P2Metrics(registry)
+    assert registry.get_sample_value("mercurystream_events_total") == 0
+    assert registry.get_sample_value("mercurystream_consumer_events_total", {"consumer": "vwap"}) is None
+    counts = {"vwap": 3, "recorder": 1}
+    metrics.events_total.source = lambda: 7
+    metrics.consumer_events_total.source = lambda: counts
+    assert registry.get_sample_value("mercurystream_events_total") == 7
+    counts["vwap"] = 5
+    assert registry.get_sample_value("mercurystream_consumer_events_total", {"consumer": "vwap"}) == 5
+    assert registry.get_sample_value("mercurystream_consumer_events_total", {"consumer": "recorder"}) == 1
+
+
+def test_product_gauges_export_the_latest_value_of_each_product() -> None:
+    registry = CollectorRegistry()
+    metrics = P2Metrics(registry)
+    metrics.vwap.set("BTC-USD", 100.0)
+    metrics.vwap.set("ETH-USD", 3.5)
+    metrics.vwap.set("BTC-USD", 101.0)
+    metrics.trades_1m.set("BTC-USD", 4)
+    assert registry.get_sample_value("mercurystream_vwap", {"product_id": "BTC-USD"}) == 101.0
+    assert registry.get_sample_value("mercurystream_vwap", {"product_id": "ETH-USD"}) == 3.5
+    assert registry.get_sample_value("mercurystream_trades_1m", {"product_id": "BTC-USD"}) == 4
+    assert registry.get_sample_value("mercurystream_volatility_annualized", {"product_id": "BTC-USD"}) is None
