@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from operator import attrgetter, itemgetter, le, lt
-from typing import Annotated, Any, overload
+from typing import Annotated, Any, Literal, overload
 
 import msgspec
 import orjson
@@ -184,27 +184,31 @@ _Int = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 orjson parses a float, so such a payload must not decode as an int here; the generic path decides."""
 
 
-class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
     """The exact shape of the events P1 sends, for typed decoding at P2's socket.
 
     Every key P1 writes is declared, so a payload with any other key (a drifted message P1 passed
     on as received, a replay that kept its receive stamps) fails to decode and takes the generic
     path; what decodes is what ``orjson`` would parse to the same values, with every required
     field of the kind :class:`EventColumns` checks. Not a dict: P2 reads these fields as columns.
+
+    ``type`` and ``side`` take only the values P1's ``Trade`` model lets through, so they decode
+    to shared strings instead of a new one per event, and the fields are declared in the order P1
+    writes them, which msgspec matches without a lookup.
     """
 
-    type: str
+    type: Literal["match", "ticker"]
     product_id: str
     price: int | float
     last_size: int | float
     time: str
     trade_id: _Int
-    ingest_ts_ms: _Int
-    ingest_ts_us: _Int
     sequence: _Int | None = None
-    side: str | None = None
+    side: Literal["buy", "sell"] | None = None
     best_bid: int | float | None = None
     best_ask: int | float | None = None
+    ingest_ts_ms: _Int
+    ingest_ts_us: _Int
 
 
 _decode_wire = msgspec.json.Decoder(WireEvent).decode
