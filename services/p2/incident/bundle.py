@@ -9,8 +9,10 @@ The chart runs as ``python -m mercurystream.p2.incident.chart <dir>`` in a subpr
 imports matplotlib, which would cost tens of MB of resident memory for one picture per incident.
 :class:`BundleWriter` draws it *after* the bundle is in place, and only when its ``spare`` gate says
 P2 has CPU to spare: incidents tend to fire when P2 is near its limit, and a CPU-second of matplotlib
-then made P2 fall further behind. Until the chart is drawn, ``report.md`` says it is pending; the
-chart lands by temporary file and rename, then the report is rewritten the same way.
+then made P2 fall further behind. Until the chart is drawn, ``report.md`` is the summary from
+``meta.json`` and says the chart and the evidence are pending (parsing every captured line for the
+evidence is tens of milliseconds of the GIL, taken from a loop that is busiest when incidents
+fire); the chart lands by temporary file and rename, then the full report replaces the summary.
 The same thread appends drift samples, so P2 has one writer thread for all forensic output.
 """
 
@@ -126,11 +128,14 @@ def write_bundle(
     chart: ChartCommand | None = None,
     chart_timeout_s: float = 20.0,
     chart_note: str | None = None,
+    summary_only: bool = False,
 ) -> Path:
     """Write one bundle atomically and return its final path; raises ``OSError`` (nothing left behind).
 
     With ``chart``, the chart is drawn before the rename (synchronously: for tools and tests, not for
-    P2's writer thread). Without, ``chart_note`` is what the report says about the missing chart.
+    P2's writer thread). Without, ``chart_note`` is what the report says about the missing chart, and
+    ``summary_only`` leaves the report's evidence to the rewrite that comes with the chart
+    (:func:`render_report`).
     """
     incidents_dir.mkdir(parents=True, exist_ok=True)
     final = incidents_dir / capture.id
@@ -145,7 +150,8 @@ def write_bundle(
         if chart is not None and not run_chart(chart, tmp, chart_timeout_s):
             (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written by a renderer that failed
             chart_note = CHART_FAILED
-        (tmp / REPORT_FILE).write_text(render_report(tmp, replay_path, chart_note=chart_note), encoding="utf-8")
+        report = render_report(tmp, replay_path, chart_note=chart_note, summary_only=summary_only and chart is None)
+        (tmp / REPORT_FILE).write_text(report, encoding="utf-8")
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -366,7 +372,7 @@ class BundleWriter:
         if self._chart is not None:
             note = CHART_NOT_DRAWN if self._stopping else CHART_PENDING
         try:
-            path = write_bundle(self.incidents_dir, capture, chart_note=note)
+            path = write_bundle(self.incidents_dir, capture, chart_note=note, summary_only=note == CHART_PENDING)
         except Exception as exc:
             self._failed(capture, str(exc))
             return

@@ -38,6 +38,7 @@ _CHART_NOTES = {
     CHART_FAILED: "Not drawn: the renderer failed (P2's log says why).",
 }
 """Why a bundle has no chart yet, as its report says it (the bundle writer knows; the files do not)."""
+_EVIDENCE_PENDING = "Not rendered yet: P2 adds the evidence and the per-symbol table with the chart."
 
 _MD_SPECIAL = re.compile(r"[\\`*\[\]|<>~&\n\r\t]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 """What can change Markdown's meaning inside a line. An underscore between two alphanumerics cannot
@@ -106,7 +107,7 @@ class _Event:
         return self.obj.get(key) if self.obj is not None else None
 
 
-def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
+def _load_meta(bundle: Path) -> dict[str, Any]:
     try:
         meta = orjson.loads((bundle / META_FILE).read_bytes())
     except FileNotFoundError:
@@ -115,6 +116,11 @@ def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
         raise ReportError(f"{bundle}: unreadable {META_FILE}: {exc}") from None
     if not isinstance(meta, dict):
         raise ReportError(f"{bundle}: {META_FILE} is not a JSON object")
+    return meta
+
+
+def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
+    meta = _load_meta(bundle)
     events: list[_Event] = []
     try:
         data = (bundle / EVENTS_FILE).read_bytes()
@@ -130,19 +136,31 @@ def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
 
 
 def render_report(
-    bundle_dir: str | os.PathLike[str], replay_path: str | None = None, *, chart_note: str | None = None
+    bundle_dir: str | os.PathLike[str],
+    replay_path: str | None = None,
+    *,
+    chart_note: str | None = None,
+    summary_only: bool = False,
 ) -> str:
     """``report.md`` for one bundle. ``replay_path`` is the events file named in the Reproduce command
     (the bundle writer passes the final path while it still writes into a temporary directory).
     ``chart_note`` (``CHART_PENDING``, ``CHART_NOT_DRAWN``, ``CHART_FAILED``) says why the chart is
-    missing; it is ignored once the chart exists."""
+    missing; it is ignored once the chart exists.
+
+    ``summary_only`` renders from ``meta.json`` alone, without reading the events: what P2 writes
+    while the chart waits for spare CPU, since parsing thousands of captured lines for the evidence
+    takes the GIL from a loop that is usually at its limit when an incident fires. The full report
+    replaces it with the chart."""
     bundle = Path(bundle_dir)
-    meta, events, have_events = _load(bundle)
+    if summary_only:
+        meta, events, have_events = _load_meta(bundle), [], True
+    else:
+        meta, events, have_events = _load(bundle)
     incident_id = meta.get("incident_id", bundle.name)
     itype = str(meta.get("type", "unknown"))
     pre = meta.get("pre_events", 0)
     post = meta.get("post_events", 0)
-    total = len(events)
+    total = len(events) if not summary_only else sum(v for v in (pre, post) if _num(v))
     symbols = meta.get("affected_symbols") or []
     suppressed = meta.get("suppressed_triggers") or []
     complete = meta.get("complete", True)
@@ -176,6 +194,11 @@ def render_report(
         out += [f"> {EVENTS_FILE} has {total:,} lines but meta.json counts {md(pre)} + {md(post)}.", ""]
 
     out += ["## Evidence", ""]
+    if summary_only:
+        final_dir = Path(replay_path).parent if replay_path is not None else bundle
+        out += [f"{_EVIDENCE_PENDING} `mercury-report {shlex.quote(str(final_dir))}` renders it now.", ""]
+        out += _tail(bundle, meta, replay_path, chart_note)
+        return "\n".join(out)
     detail = meta.get("detail") if isinstance(meta.get("detail"), dict) else {}
     if itype == DUPLICATE:
         out += _duplicate_evidence(meta, detail, events)
@@ -198,7 +221,13 @@ def render_report(
         if len(suppressed) > 50:
             out.append(f"| ... | {len(suppressed) - 50} more | | |")
         out.append("")
-    out += _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
+    out += _tail(bundle, meta, replay_path, chart_note)
+    return "\n".join(out)
+
+
+def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_note: str | None) -> list[str]:
+    """Counters, configuration, chart and the replay command: what follows the evidence."""
+    out = _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
     out += _kv_section("Configuration", "Setting", meta.get("config"))
     path = replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
     if (bundle / CHART_FILE).is_file():
@@ -214,7 +243,7 @@ def render_report(
         code_block([f"python replay.py --file {shlex.quote(path)} --keep-timestamps --rate 0"], "bash"),
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
 def _event_row(e: _Event) -> str:

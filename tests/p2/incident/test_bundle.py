@@ -297,6 +297,7 @@ def test_chart_waits_for_spare_cpu_and_the_report_says_so(tmp_path):
         assert not (path / "chart.png").exists()
         report = (path / "report.md").read_text()
         assert "Not drawn yet" in report and f"mercury-report {path}" in report and "](chart.png)" not in report
+        assert "Not rendered yet" in report and "## Events by Symbol" not in report  # the summary from meta.json
         gate.value = True
         assert writer.wait_charts(30)
     finally:
@@ -304,6 +305,7 @@ def test_chart_waits_for_spare_cpu_and_the_report_says_so(tmp_path):
     assert (path / "chart.png").read_bytes() == b"png"
     report = (path / "report.md").read_text()
     assert "](chart.png)" in report and "Not drawn" not in report
+    assert "## Events by Symbol" in report and "Not rendered yet" not in report
     assert writer.charts_drawn == 1 and not [p for p in path.iterdir() if p.name.startswith(".")]
 
 
@@ -347,6 +349,7 @@ def test_charts_still_waiting_at_stop_are_not_drawn_and_reports_say_so(tmp_path)
         assert not (bundle / "chart.png").exists()
         report = (bundle / "report.md").read_text()
         assert "P2 stopped before it had CPU to spare" in report and "Not drawn yet" not in report
+        assert "## Events by Symbol" in report and "Not rendered yet" not in report
 
 
 def test_bundles_queued_at_stop_are_written_without_waiting_for_a_chart(tmp_path, monkeypatch):

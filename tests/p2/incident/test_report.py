@@ -249,3 +249,23 @@ def test_a_missing_chart_is_explained_until_it_exists(tmp_path, note, says):
 def test_an_unknown_chart_note_adds_nothing(tmp_path):
     a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
     assert "## Chart" not in render_report(a, chart_note="whatever")
+
+
+def test_a_summary_only_report_is_rendered_from_meta_without_reading_the_events(tmp_path):
+    a = bundle_from(tmp_path, [event(k) for k in range(1, 8)] + [event(3)], pre=5, post=2)
+    full = render_report(a, chart_note=CHART_PENDING)
+    (a / "events.jsonl").unlink()  # never read: a missing file would be reported otherwise
+    summary = render_report(a, chart_note=CHART_PENDING, summary_only=True)
+    assert "is missing from this bundle" not in summary
+    assert f"Not rendered yet: P2 adds the evidence and the per-symbol table with the chart. `mercury-report {a}`" in (
+        summary
+    )
+    for shared in (
+        "## Summary",
+        "| **Type** | duplicate |",
+        "| **Total Events** | 5 (5 pre + 0 post) |",
+        "## Reproduce",
+    ):
+        assert shared in summary and shared in full
+    assert "## Configuration" in summary and "Not drawn yet" in summary
+    assert "## Events by Symbol" in full and "## Events by Symbol" not in summary
