@@ -24,8 +24,6 @@ from itertools import chain, compress, islice, repeat
 from operator import mul, truediv
 from typing import Any
 
-from sortedcontainers import SortedList
-
 from mercurystream.p2.bus import Batch
 from mercurystream.p2.detectors import RecentIds
 from mercurystream.shared.event import EventColumns, group_positions, increasing, nondecreasing, pick
@@ -599,89 +597,73 @@ class VwapWindow:
 
 
 class RollingQuantile:
-    """Exact quantiles (nearest rank) of the last ``size`` samples.
+    """Exact quantiles (nearest rank) of the last ``size`` samples, computed when asked.
 
-    Adding a sample is O(1): it goes into a bounded deque. The sorted view (a ``SortedList``) is
-    brought up to date when a quantile is asked for: incrementally, O(log n) per sample added
-    since, when few were; by re-sorting the window (C speed) when more than ``size // 8`` were.
-    A consumer adding 10^5 samples a second and asking once a second pays for one sort, not
-    10^5 sorted inserts and removals (over a microsecond each); a detector asking every 100 samples
-    pays the incremental price. Samples must be comparable and not NaN.
+    Samples are kept as the chunks they came in (``add_many`` keeps a reference to the sequence,
+    which must not change afterwards), trimmed to the chunks that still hold one of the last
+    ``size``; ``add_differences(m, values)`` adds ``m - v`` for each value without computing any of
+    them. A quantile sorts the last ``size`` samples. The consumer that uses it (the VWAP age p99)
+    adds a socket read's ingest stamps thousands of times a second and asks about once a second,
+    so a subtraction and a deque append per event bought nothing but the last query's window.
+    Samples must be comparable and not NaN.
     """
 
     def __init__(self, size: int) -> None:
         if size <= 0:
             raise ValueError("size must be positive")
         self.size = size
-        self._window: deque[float] = deque(maxlen=size)
-        self._sorted: SortedList = SortedList()
-        self._added: list[float] = []
-        self._evicted: list[float] = []
-        self._stale = False
-        self._max_incremental = max(16, size // 8)
+        self._chunks: deque[tuple[int | None, Sequence[Any]]] = deque()
+        self._count = 0
 
     def add(self, x: float) -> None:
-        window = self._window
-        if not self._stale:
-            if len(self._added) >= self._max_incremental:
-                self._go_stale()
-            else:
-                self._added.append(x)
-                if len(window) == self.size:
-                    self._evicted.append(window[0])
-        window.append(x)
+        self.add_many((x,))
 
     def add_many(self, xs: Iterable[float]) -> None:
         if not isinstance(xs, (list, tuple)):
             xs = list(xs)
-        if not xs:
+        self._add(None, xs)
+
+    def add_differences(self, minuend: int, values: Sequence[int]) -> None:
+        """Add ``minuend - v`` for each of ``values`` (a batch's clock read minus its ingest stamps)."""
+        self._add(minuend, values)
+
+    def _add(self, minuend: int | None, values: Sequence[Any]) -> None:
+        n = len(values)
+        if not n:
             return
-        window = self._window
-        if not self._stale and len(self._added) + len(xs) > self._max_incremental:
-            self._go_stale()
-        if self._stale:
-            window.extend(xs)
-            return
+        chunks = self._chunks
+        chunks.append((minuend, values))
+        self._count += n
         size = self.size
-        evicted = self._evicted
-        append = window.append
-        for x in xs:
-            if len(window) == size:
-                evicted.append(window[0])
-            append(x)
-        self._added.extend(xs)
+        while self._count - len(chunks[0][1]) >= size:
+            self._count -= len(chunks.popleft()[1])
 
-    def _go_stale(self) -> None:
-        self._stale = True
-        self._added.clear()
-        self._evicted.clear()
-
-    def _sync(self) -> None:
-        if self._stale:
-            self._sorted = SortedList(self._window)
-            self._stale = False
-            return
-        if self._added:
-            sl = self._sorted
-            sl.update(self._added)
-            for x in self._evicted:
-                sl.remove(x)
-            self._added.clear()
-            self._evicted.clear()
+    def _window(self) -> list[Any]:
+        """The last ``size`` samples (in no particular order)."""
+        out: list[Any] = []
+        need = self.size
+        for minuend, values in reversed(self._chunks):
+            take = values if len(values) <= need else values[len(values) - need :]
+            out += take if minuend is None else map(minuend.__sub__, take)
+            need -= len(take)
+            if not need:
+                break
+        return out
 
     def quantile(self, q: float) -> float | None:
         """The smallest sample with at least ``q`` of the window at or below it; ``None`` if empty."""
         if not 0.0 <= q <= 1.0:
             raise ValueError("q must be within [0, 1]")
-        n = len(self._window)
+        window = self._window()
+        n = len(window)
         if n == 0:
             return None
-        self._sync()
+        window.sort()
         k = math.ceil(q * n - 1e-9) - 1
-        return self._sorted[min(max(k, 0), n - 1)]
+        return window[min(max(k, 0), n - 1)]
 
     def __len__(self) -> int:
-        return len(self._window)
+        return min(self._count, self.size)
 
 
 class _VolState:

@@ -319,17 +319,19 @@ class VwapConsumer(_AnalyticsConsumer):
         now = self._clock_us()
         ingest = batch.ingest_us
         if ingest is not None:
-            ages = list(map(now.__sub__, ingest))
+            self.ages_us.add_differences(now, ingest)
         else:
-            ages = [now - ing for ev in events if type(ing := ev.get(INGEST_US)) is int]
-        if len(ages) < len(events):
-            now_ms = now // 1000
-            ages.extend(
-                (now_ms - ms) * 1000
-                for ev in events
-                if type(ev.get(INGEST_US)) is not int and type(ms := ev.get(INGEST_MS)) is int
-            )
-        self.ages_us.add_many(ages)
+            stamps = [ing for ev in events if type(ing := ev.get(INGEST_US)) is int]
+            self.ages_us.add_differences(now, stamps)
+            if len(stamps) < len(events):
+                self.ages_us.add_differences(
+                    now // 1000 * 1000,
+                    [
+                        ms * 1000
+                        for ev in events
+                        if type(ev.get(INGEST_US)) is not int and type(ms := ev.get(INGEST_MS)) is int
+                    ],
+                )
         window = self.window
         vwap = window.vwap
         gauges = self._gauges

@@ -232,7 +232,7 @@ def test_quantile_exact_against_sorted_reference(size):
             rq.add(x)
             seen.append(x)
         else:
-            # small batches take the incremental path, big ones force a re-sort
+            # batches of one, a few and a quarter of the window, mixed with single samples
             n = rng.choice([1, 3, size // 4 + 1])
             xs = [rng.choice([rng.random(), float(rng.randint(0, 5))]) for _ in range(n)]
             rq.add_many(xs)
@@ -248,7 +248,13 @@ def test_quantile_exact_against_sorted_reference(size):
 @given(
     size=st.integers(1, 20),
     ops=st.lists(
-        st.one_of(st.integers(-50, 50), st.lists(st.integers(-50, 50), max_size=30), st.just("q")), max_size=60
+        st.one_of(
+            st.integers(-50, 50),
+            st.lists(st.integers(-50, 50), max_size=30),
+            st.tuples(st.integers(-50, 50), st.lists(st.integers(-50, 50), max_size=30)),
+            st.just("q"),
+        ),
+        max_size=60,
     ),
 )
 def test_quantile_property(size, ops):
@@ -262,6 +268,10 @@ def test_quantile_property(size, ops):
         elif isinstance(op, list):
             rq.add_many(op)
             seen.extend(op)
+        elif isinstance(op, tuple):
+            minuend, values = op
+            rq.add_differences(minuend, values)
+            seen.extend(minuend - v for v in values)
         else:
             rq.add(op)
             seen.append(op)

@@ -396,4 +396,4 @@ def test_vwap_age_uses_the_receiver_column_when_every_event_has_one():
     b = Batch(events, [b"{}"] * 2, NOW_US, ingest_us=[NOW_US - 1000, NOW_US - 3000])
     bus.publish(b)
     vwap.process_pending()
-    assert sorted(vwap.ages_us._window) == [1000, 3000]
+    assert sorted(vwap.ages_us._window()) == [1000, 3000]
