@@ -16,15 +16,13 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import islice, repeat
-from operator import add, itemgetter, le
+from operator import add, itemgetter, le, truediv
 
 FIXED_LEN = 27
 _FIXED_TEMPLATE = "0000-00-00T00:00:00.000000Z"
 _DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
 _SECOND = itemgetter(slice(0, 19))
-_FRACTION = itemgetter(slice(19, 26))
-"""``.ffffff``: ``float`` of it is ``int(ffffff) / 1e6`` (both are the correctly rounded value of
-the same decimal) in one conversion instead of two."""
+_FRACTION = itemgetter(slice(20, 26))
 _MAX_SECONDS = 4096
 """Second prefixes whose epoch :meth:`IsoTimeParser.parse_fixed` remembers (a replay jumps around)."""
 _UNKNOWN = object()
@@ -81,7 +79,7 @@ class IsoTimeParser:
         (the usual batch) are cut into runs of one second by bisection, so the second's epoch is
         found once per run rather than once per time.
         """
-        fractions = map(float, map(_FRACTION, times))
+        fractions = map(truediv, map(int, map(_FRACTION, times)), repeat(1e6))
         get = self._second_epoch_of
         if all(map(le, times, islice(times, 1, None))):
             bases: list[float] = []

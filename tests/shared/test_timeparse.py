@@ -120,9 +120,3 @@ def test_a_cached_second_does_not_accept_a_bad_fraction() -> None:
     assert p.parse("2024-05-01T12:34:56.000001Z") is not None
     for bad in ("2024-05-01T12:34:56.00000aZ", "2024-05-01T12:34:56.٣00000Z", "2024-05-01T12:34:56.000001X"):
         assert p.parse(bad) is None
-
-
-def test_a_fraction_read_as_a_float_is_the_fraction_divided_every_time() -> None:
-    """``parse_fixed`` reads ``.ffffff`` with ``float``; ``parse`` divides ``int(ffffff)`` by 1e6."""
-    digits = [f"{i:06d}" for i in range(1_000_000)]
-    assert list(map(float, ("." + d for d in digits))) == [int(d) / 1e6 for d in digits]
