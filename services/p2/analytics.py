@@ -406,11 +406,14 @@ class _Entries:
         for col, v in zip(self.cols, values, strict=True):
             col.append(v)
 
-    def extend(self, ts: Sequence[float], columns: tuple[Sequence[float], ...]) -> None:
+    def extend(self, ts: Sequence[float], columns: tuple[Sequence[float], ...], ordered: bool | None = None) -> None:
+        """``ordered``: whether ``ts`` never decreases, when the caller already knows."""
         times = self.times
         end = len(times)
         previous = times[-1] if end > self.head else -math.inf
-        if ts[0] < previous or not nondecreasing(ts):
+        if ordered is None:
+            ordered = nondecreasing(ts)
+        if ts[0] < previous or not ordered:
             last = previous
             for i, t in enumerate(ts):
                 if t < last:
@@ -557,7 +560,7 @@ class VwapWindow:
                 sizes = list(compress(sizes, keep))
                 times = list(compress(times, keep))
             if sizes:
-                st.entries.extend(times, (pvs, sizes))
+                st.entries.extend(times, (pvs, sizes), p.ordered)
                 st.pv += sum(pvs)
                 st.v += sum(sizes)
             self._evict(st)
@@ -888,7 +891,7 @@ class VolumeWindow:
             if st is None:
                 st = states[pid] = _VolumeState()
             usd = p.notional
-            st.entries.extend(p.times, (usd,))
+            st.entries.extend(p.times, (usd,), p.ordered)
             st.usd += sum(usd)
         self.evict()
 

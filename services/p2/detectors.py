@@ -726,6 +726,9 @@ class LatencySpikeDetector:
         new_above = list(accumulate(map(above_thr, values), initial=0))
         gone_above = list(accumulate(map(above_thr, islice(chain(window, values), leaving)), initial=0))
         out: list[tuple[int, SpikeEvidence]] = []
+        samples: list[float] | None = None
+        """The evicted samples, the window and ``values`` in one list, made at the batch's first spike
+        and shared by all of them: under a sustained overload a spike comes every few evaluations."""
         for pos in range((every - 1 - before) % every, k, every):
             end = w + pos + 1
             start = max(0, end - size)
@@ -736,7 +739,9 @@ class LatencySpikeDetector:
                 if self.run >= self.consecutive:
                     self.run = 0
                     self.count += 1
-                    out.append((pos, self._spike(values, start, end, before + pos + 1)))
+                    if samples is None:
+                        samples = [*self._evicted, *window, *values]
+                    out.append((pos, self._spike(samples, start, end, before + pos + 1)))
             else:
                 self.run = 0
         if leaving:
@@ -768,34 +773,37 @@ class LatencySpikeDetector:
             self.run = 0
         return True
 
-    def _spike(self, values: Sequence[float], start: int, end: int, samples: int) -> SpikeEvidence:
+    def _spike(self, sequence: list[float], start: int, end: int, samples: int) -> SpikeEvidence:
         """The evidence of a spike at the sample ending ``window + values[: end - len(window)]``.
 
-        ``start``/``end`` index that sequence; the evicted samples before it come first.
+        ``sequence`` is the evicted samples, the window and the batch's values; ``start``/``end``
+        index the window and values part of it.
         """
         evicted = self._evicted
-        sequence = [*evicted, *self._window, *values]
         offset = len(evicted)
-        history = sequence[max(0, offset + start - evicted.maxlen) : offset + end]  # type: ignore[operator]
+        lo = max(0, offset + start - evicted.maxlen)  # type: ignore[operator]
         summary = {
             "threshold_ms": self.threshold_ms,
             "window": end - start,
             "sample": samples,
             "evaluation": self.evaluations,
         }
-        return SpikeEvidence(summary, history, self.buffer_size, self.eval_every, self.consecutive)
+        return SpikeEvidence(summary, (sequence, lo, offset + end), self.buffer_size, self.eval_every, self.consecutive)
 
 
 class SpikeEvidence:
     """One spike: a cheap ``summary`` now, and its p99 values on demand (called at most once).
 
     ``history`` is the window at the spike preceded by the samples evicted during the run, which
-    is exactly enough to rebuild the window of each evaluation of the run and of the one before.
+    is exactly enough to rebuild the window of each evaluation of the run and of the one before;
+    it is given as ``(samples, lo, hi)``, a slice not yet taken of a list other spikes share.
     """
 
     __slots__ = ("_every", "_history", "_result", "_runs", "_size", "summary")
 
-    def __init__(self, summary: dict[str, Any], history: list[float], size: int, every: int, runs: int) -> None:
+    def __init__(
+        self, summary: dict[str, Any], history: tuple[list[float], int, int], size: int, every: int, runs: int
+    ) -> None:
         self.summary = summary
         self._history = history
         self._size = size
@@ -803,10 +811,15 @@ class SpikeEvidence:
         self._runs = runs
         self._result: dict[str, Any] | None = None
 
+    @property
+    def history(self) -> list[float]:
+        samples, lo, hi = self._history
+        return samples[lo:hi]
+
     def __call__(self) -> dict[str, Any]:
         if self._result is not None:
             return self._result
-        history = self._history
+        history = self.history
         end = len(history)
         size = self._size
         every = self._every
@@ -821,7 +834,7 @@ class SpikeEvidence:
             "p99_before_ms": _p99(history[max(0, before - size) : before]) if before > 0 else None,
             "worst_ms": nlargest(5, history[max(0, end - size) :]),
         }
-        self._history = []
+        self._history = ([], 0, 0)
         return self._result
 
     def detail(self) -> dict[str, Any]:

@@ -735,7 +735,7 @@ def test_latency_batches_are_taken_as_one_sample_at_a_time(batches, size, every,
         assert [pos for pos, _ in got] == [pos for pos, _, _ in expected]
         for (_, spike), (_, summary, history) in zip(got, expected, strict=True):
             assert {k: spike.summary[k] for k in summary} == summary
-            assert spike._history == history
+            assert spike.history == history
         assert (fast.count, fast.samples, fast.evaluations, fast.run, fast.above) == (
             ref.count,
             ref.samples,
