@@ -78,9 +78,12 @@ class Consumer(ABC):
         The loop body of :meth:`run` for a consumer that never waits, and the way to drive a
         consumer without an event loop (profiling, tests).
         """
+        return self._process(self.subscription.take_nowait(self.max_batch_events))
+
+    def _process(self, batches: list[Batch]) -> int:
         handle = self.handle
         total = 0
-        for batch in self.subscription.take_nowait(self.max_batch_events):
+        for batch in batches:
             n = len(batch)
             try:
                 handle(batch)
@@ -105,7 +108,9 @@ class Consumer(ABC):
                     return
                 await sub.wait()
             if not waits:
-                self.process_pending()
+                if not self.process_pending() and not sub.empty:
+                    await asyncio.sleep(BLOCKED_POLL_S)
+                    continue
                 if sub.empty:
                     continue  # the wait above yields to the loop; a second yield per round costs 5 % at saturation
             else:
@@ -156,6 +161,10 @@ async def _finish(task: asyncio.Task[None], timeout_s: float, consumers: list[Co
 YIELD_BELOW_EVENTS = 1024
 """:class:`SyncConsumers` lets the reader in after a consumer that took fewer events than this."""
 
+BLOCKED_POLL_S = 0.001
+"""How often a consumer that left its queue untouched (the recorder, while its writer thread is at
+its bound) looks again: it waits on something other than its queue, so a wake-up would not come."""
+
 
 class SyncConsumers:
     """One task for all the consumers that never wait; under light load, one of them per loop iteration.
@@ -168,8 +177,10 @@ class SyncConsumers:
     arrived on time. Under load the consumers take more and run back to back, as before: yielding
     there let the reader slice the stream into five times as many small reads, which cost 15 % of
     the sustained rate, and the unread socket is what paces the sender by TCP backpressure.
-    Each consumer keeps its own bounded queue and drop count; :meth:`start` and :meth:`stop` are
-    the group's lifecycle (open all, drain all within one timeout, close all).
+    The recorder is one of them: with a task of its own it waited for the whole group's turn
+    (80 ms at saturation), and its writer thread idled meanwhile. Each consumer keeps its own
+    bounded queue and drop count; :meth:`start` and :meth:`stop` are the group's lifecycle (open
+    all, drain all within one timeout, close all).
     """
 
     def __init__(self, consumers: list[Consumer]) -> None:
@@ -193,9 +204,15 @@ class SyncConsumers:
                 ready.clear()
                 await ready.wait()
                 continue
+            progress = 0
             for c in consumers:
-                if not c.subscription.empty and c.process_pending() < YIELD_BELOW_EVENTS:
-                    await asyncio.sleep(0)
+                if not c.subscription.empty:
+                    n = c.process_pending()
+                    progress += n
+                    if n < YIELD_BELOW_EVENTS:
+                        await asyncio.sleep(0)
+            if not progress:
+                await asyncio.sleep(BLOCKED_POLL_S)
 
     async def start(self) -> None:
         for c in self.consumers:

@@ -78,7 +78,7 @@ class P2App:
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
-        """Every consumer that never waits, on one task; the others (recorder, slow) have a task each."""
+        """Every consumer that never waits, on one task (the recorder too); the demo's slow one has its own."""
         self._runners: list[Consumer | SyncConsumers] = [self.sync_consumers, *(c for c in self.consumers if c.waits)]
         m.consumer_events_total.source = self._processed
         self._depth_gauges: dict[str, Any] = {}

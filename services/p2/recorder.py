@@ -7,13 +7,16 @@ the thread joins every batch waiting for it into one ``write`` and flushes once 
 writes coalesce exactly when the load is high.
 
 The handoff is bounded at ``max_pending_batches``: when the disk falls behind,
-:meth:`RecorderConsumer.handle_async` waits, the recorder's bus queue fills, and the bus drops the
-oldest on this subscription alone, counted in ``mercurystream_drops_total{consumer="recorder"}``.
+:meth:`RecorderConsumer.process_pending` leaves its queue alone, the queue fills, and the bus drops
+the oldest on this subscription alone, counted in ``mercurystream_drops_total{consumer="recorder"}``.
 Nothing grows without bound. The thread never calls back into the loop: it only advances a counter
-that the consumer polls while it is at the bound. Measured here, uvloop ran callbacks scheduled with
-``call_soon_threadsafe`` up to 1.5 s late while the loop was saturated, which made the recorder
-drop at loads the disk kept up with; a 1 ms poll has no such dependency and costs nothing when the
-writer keeps up.
+that the consumer shell polls while the recorder is at the bound (``consumer.BLOCKED_POLL_S``).
+Measured here, uvloop ran callbacks scheduled with ``call_soon_threadsafe`` up to 1.5 s late while
+the loop was saturated, which made the recorder drop at loads the disk kept up with; a 1 ms poll has
+no such dependency and costs nothing when the writer keeps up.
+
+The recorder never waits on the loop, so it runs in the shared task of the consumers that never
+wait (:class:`~mercurystream.p2.consumer.SyncConsumers`), handing its writer each round's lines.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.logger import LogSampler
 
 MAX_PENDING_BATCHES = 8
-PENDING_POLL_S = 0.001
 COALESCE_LINES = 4096
 """Lines per handoff to the writer thread under load (about 1 MB of P1 events)."""
 COALESCE_S = 0.02
@@ -158,9 +160,9 @@ class RecorderConsumer(Consumer):
     Batches are handed to the writer thread in chunks of up to ``COALESCE_LINES`` lines, or after
     ``COALESCE_S`` when fewer arrive: every handoff wakes the thread, which must then take the GIL
     from the busy loop (``p2.tune_runtime``), and a handoff per socket read starved the writer and
-    cost about a microsecond an event at saturation (``benchmarks/profile_p2.py``). Handoffs wait
-    while the writer is at its bound, so a stalled disk still stops them and the bus drops on this
-    subscription.
+    cost about a microsecond an event at saturation (``benchmarks/profile_p2.py``). While the
+    writer is at its bound the recorder takes nothing from its queue, so a stalled disk still stops
+    the handoffs and the bus drops on this subscription.
     """
 
     name = "recorder"
@@ -196,15 +198,17 @@ class RecorderConsumer(Consumer):
         if self._chunk_lines >= self.coalesce_lines:
             self.flush()
 
-    async def handle_async(self, batch: Batch) -> None:
-        """Wait for room under the writer's bound, then :meth:`handle`; a timer hands over a small chunk."""
-        writer = self.writer
-        limit = self.max_pending_batches
-        while writer.pending >= limit:
-            await asyncio.sleep(PENDING_POLL_S)
-        self.handle(batch)
+    def process_pending(self) -> int:
+        """Take what fits under the writer's bound (whole batches, about the room left); a timer
+        hands over a chunk too small to go at once. 0, with the queue untouched, at the bound."""
+        room = (self.max_pending_batches - self.writer.pending) * self.coalesce_lines - self._chunk_lines
+        if room <= 0:
+            return 0
+        n = self._process(self.subscription.take_nowait(room))
         if self._chunk and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self._flush_due)
+            with contextlib.suppress(RuntimeError):  # driven without a loop (tools): close() flushes
+                self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self._flush_due)
+        return n
 
     def _flush_due(self) -> None:
         self._timer = None

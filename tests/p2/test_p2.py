@@ -228,6 +228,7 @@ async def test_default_wiring_builds_the_app(fake_consumers: None, tmp_path: Pat
     app = P2App(settings_for(tmp_path, RECORD=True))
     assert [c.name for c in app.consumers][-2:] == ["ForensicsConsumer", "recorder"]
     assert {s.name for s in app.bus.subscriptions} == {c.name for c in app.consumers}
+    assert app.sync_consumers.consumers == app.consumers  # the recorder shares the task too
 
 
 # ---------------------------------------------------------------- the real process

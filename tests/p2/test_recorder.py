@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.config import P2Settings
+from mercurystream.p2.consumer import SyncConsumers
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import JsonlWriter, RecorderConsumer
 
@@ -119,6 +120,45 @@ async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_pa
     lines = path.read_bytes().splitlines()
     assert len(lines) == written
     assert lines[-1] == b'{"i":999,"recv_ts_ms":1,"recv_ts_us":1000}'
+
+
+async def test_the_recorder_shares_the_consumers_task_and_polls_while_its_writer_is_full(tmp_path: Path) -> None:
+    """At the bound the group polls every millisecond instead of spinning, and the others go on."""
+    path = tmp_path / "rec.jsonl"
+    settings = P2Settings(RECORD=True, RECORD_FILE=path, BUS_QUEUE_EVENTS=100)
+    bus = Bus()
+    rec = RecorderConsumer(bus, settings, P2Metrics(), max_pending_batches=1)
+    assert not rec.waits
+    gate = threading.Event()
+    real_write = rec.writer._write
+
+    def stuck_write(batches: list[list[bytes]], n: int) -> None:
+        gate.wait(30)
+        real_write(batches, n)
+
+    rec.writer._write = stuck_write
+    calls = 0
+    real_process = rec.process_pending
+
+    def counted() -> int:
+        nonlocal calls
+        calls += 1
+        return real_process()
+
+    rec.process_pending = counted
+    group = SyncConsumers([rec])
+    await group.start()
+    for i in range(30):
+        bus.publish(batch(i * 10, 10))
+        await asyncio.sleep(0)
+    await eventually(lambda: rec.writer.pending == 1 and rec.subscription.depth > 0)
+    before = calls
+    await asyncio.sleep(0.2)
+    assert calls - before < 400  # about one look a millisecond, not a busy loop
+    gate.set()
+    await group.stop()
+    assert rec.writer.written + rec.subscription.dropped == 300
+    assert path.read_bytes().splitlines()[-1] == b'{"i":299,"recv_ts_ms":1,"recv_ts_us":1000}'
 
 
 def test_writer_joins_batches_and_closes_without_a_loop(tmp_path: Path) -> None:
