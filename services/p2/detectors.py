@@ -723,8 +723,18 @@ class LatencySpikeDetector:
         w = len(window)
         leaving = max(0, w + k - size)
         """How many of the window's samples and then of ``values`` leave the window in this batch."""
-        new_above = list(accumulate(map(above_thr, values), initial=0))
-        gone_above = list(accumulate(map(above_thr, islice(chain(window, values), leaving)), initial=0))
+        # In an overload every sample is above the threshold: the prefix counts are then the
+        # positions themselves, and one short-circuiting pass finds that out.
+        if all(map(above_thr, values)):
+            new_above: Sequence[int] = range(k + 1)
+            every_above = self.above == w
+        else:
+            new_above = list(accumulate(map(above_thr, values), initial=0))
+            every_above = False
+        if every_above:
+            gone_above: Sequence[int] = range(leaving + 1)
+        else:
+            gone_above = list(accumulate(map(above_thr, islice(chain(window, values), leaving)), initial=0))
         out: list[tuple[int, SpikeEvidence]] = []
         samples: list[float] | None = None
         """The evicted samples, the window and ``values`` in one list, made at the batch's first spike

@@ -715,6 +715,25 @@ class ReferenceSpikes:
     st.integers(1, 3),
 )
 def test_latency_batches_are_taken_as_one_sample_at_a_time(batches, size, every, consec):
+    _check_latency_batches(batches, size, every, consec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([150.0, 400.0]), min_size=1, max_size=40) | st.lists(st.just(1.0), max_size=3),
+        max_size=10,
+    ),
+    st.integers(1, 20),
+    st.integers(1, 7),
+    st.integers(1, 3),
+)
+def test_latency_batches_in_an_overload_are_taken_as_one_sample_at_a_time(batches, size, every, consec):
+    """Batches all above the threshold, with a window all above or not, take the overload shortcut."""
+    _check_latency_batches(batches, size, every, consec)
+
+
+def _check_latency_batches(batches, size, every, consec):
     fast = LatencySpikeDetector(100.0, size, every, consec)
     ref = ReferenceSpikes(100.0, size, every, consec)
     quiet = LatencySpikeDetector(100.0, size, every, consec)
