@@ -8,7 +8,7 @@ built by :class:`P2App` from :class:`P2Settings` (every consumer on, the flight 
 ``RECORD=true`` to a temporary file): ``IngestDecoder.feed`` → ``TcpSource`` publish → each
 consumer's pending batches, timing each stage. The parse-only baseline (frame decoding plus
 ``orjson.loads`` of every payload, nothing else) runs on the same reads in the same process.
-A third figure sends the same reads through the real asyncio shells on uvloop (consumer tasks,
+A third figure sends the same reads through the real asyncio shells on uvloop (the consumers' task,
 per-batch metrics, the recorder's thread), which is what a saturated P2 pays short of the socket.
 Over TCP, with the load generator on the same two cores, P2 measured about 20 % slower again.
 
@@ -248,8 +248,8 @@ def run_loop(stream: Stream, tmp: Path) -> float:
     """Seconds for the whole stream through the real asyncio shells on uvloop (no socket).
 
     One read is handed to the connection per loop iteration, as a saturated reader would: the
-    consumer tasks wake, take whatever is queued, and yield; the scheduling, the per-batch
-    metrics and the recorder's thread are all in the figure.
+    consumers' task wakes, each consumer takes whatever is queued, and the task yields; the
+    scheduling, the per-batch metrics and the recorder's thread are all in the figure.
     """
 
     async def drive() -> float:
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'  (typed decode)':<18}{result['typed_decode_only_us']:>10.3f}   (the same with P2's msgspec decoder)")
         print(f"ratio to the parsing limit: {result['ratio']:.2f}")
         print(
-            f"through the asyncio shells (uvloop, consumer tasks, recorder thread): {result['asyncio_us']:.3f} µs/event"
+            "through the asyncio shells (uvloop, consumers' task, recorder thread): "
+            f"{result['asyncio_us']:.3f} µs/event"
             f" → {result['asyncio_events_per_s']:,.0f} events/s, ratio {result['asyncio_ratio']:.2f}"
         )
     if profiler is not None:
