@@ -14,6 +14,7 @@ which is the reference the tests hold the column path to (equal up to float summ
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from array import array
@@ -599,15 +600,23 @@ class VwapWindow:
         return sum(len(st.entries) for st in self._states.values())
 
 
+_OWN = object()
+"""Marks a :class:`RollingQuantile` chunk whose list it made itself (samples, extendable)."""
+_SMALL_CHUNK = 64
+"""Fewer samples than this are added at once (into a list of the quantile's own), not kept as a chunk."""
+
+
 class RollingQuantile:
     """Exact quantiles (nearest rank) of the last ``size`` samples, computed when asked.
 
     Samples are kept as the chunks they came in (``add_many`` keeps a reference to the sequence,
     which must not change afterwards), trimmed to the chunks that still hold one of the last
     ``size``; ``add_differences(m, values)`` adds ``m - v`` for each value without computing any of
-    them. A quantile sorts the last ``size`` samples. The consumer that uses it (the VWAP age p99)
-    adds a socket read's ingest stamps thousands of times a second and asks about once a second,
-    so a subtraction and a deque append per event bought nothing but the last query's window.
+    them. The consumer that uses it (the VWAP age p99) adds a socket read's ingest stamps thousands
+    of times a second and asks about once a second, so a subtraction and a deque append per event
+    bought nothing but the last query's window. Small additions (a lightly loaded stream's reads)
+    go into lists of the quantile's own, so a query walks a few chunks, not thousands; it then
+    selects the rank with a bounded heap rather than a sort when the rank is near either end.
     Samples must be comparable and not NaN.
     """
 
@@ -615,11 +624,11 @@ class RollingQuantile:
         if size <= 0:
             raise ValueError("size must be positive")
         self.size = size
-        self._chunks: deque[tuple[int | None, Sequence[Any]]] = deque()
+        self._chunks: deque[tuple[Any, Sequence[Any]]] = deque()
         self._count = 0
 
     def add(self, x: float) -> None:
-        self.add_many((x,))
+        self._add(None, (x,))
 
     def add_many(self, xs: Iterable[float]) -> None:
         if not isinstance(xs, (list, tuple)):
@@ -635,7 +644,16 @@ class RollingQuantile:
         if not n:
             return
         chunks = self._chunks
-        chunks.append((minuend, values))
+        if n < _SMALL_CHUNK:
+            last = chunks[-1] if chunks else None
+            if last is not None and last[0] is _OWN and len(last[1]) < min(self.size, 4096):
+                own = last[1]
+            else:
+                own = []
+                chunks.append((_OWN, own))
+            own += values if minuend is None else map(minuend.__sub__, values)  # type: ignore[operator]
+        else:
+            chunks.append((minuend, values))
         self._count += n
         size = self.size
         while self._count - len(chunks[0][1]) >= size:
@@ -647,7 +665,7 @@ class RollingQuantile:
         need = self.size
         for minuend, values in reversed(self._chunks):
             take = values if len(values) <= need else values[len(values) - need :]
-            out += take if minuend is None else map(minuend.__sub__, take)
+            out += map(minuend.__sub__, take) if type(minuend) is int else take
             need -= len(take)
             if not need:
                 break
@@ -661,9 +679,13 @@ class RollingQuantile:
         n = len(window)
         if n == 0:
             return None
+        k = min(max(math.ceil(q * n - 1e-9) - 1, 0), n - 1)
+        if n - k <= n // 16:
+            return heapq.nlargest(n - k, window)[-1]
+        if k < n // 16:
+            return heapq.nsmallest(k + 1, window)[-1]
         window.sort()
-        k = math.ceil(q * n - 1e-9) - 1
-        return window[min(max(k, 0), n - 1)]
+        return window[k]
 
     def __len__(self) -> int:
         return min(self._count, self.size)

@@ -232,11 +232,18 @@ def test_quantile_exact_against_sorted_reference(size):
             rq.add(x)
             seen.append(x)
         else:
-            # batches of one, a few and a quarter of the window, mixed with single samples
+            # batches of one, a few and a quarter of the window, mixed with single samples; the
+            # small ones go into the quantile's own lists, the others are kept as given
             n = rng.choice([1, 3, size // 4 + 1])
-            xs = [rng.choice([rng.random(), float(rng.randint(0, 5))]) for _ in range(n)]
-            rq.add_many(xs)
-            seen.extend(xs)
+            if mode < 0.7:
+                xs = [rng.choice([rng.random(), float(rng.randint(0, 5))]) for _ in range(n)]
+                rq.add_many(xs)
+                seen.extend(xs)
+            else:
+                now = rng.randint(10**6, 2 * 10**6)
+                stamps = [now - rng.randint(0, 5000) for _ in range(n)]
+                rq.add_differences(now, stamps)
+                seen.extend(now - v for v in stamps)
         if step % rng.choice([1, 3, 17]) == 0:
             window = seen[-size:]
             assert len(rq) == len(window)
