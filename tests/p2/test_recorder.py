@@ -89,13 +89,12 @@ async def test_a_write_error_is_counted_and_recording_resumes(tmp_path: Path) ->
     assert "errors=4" in rec.status()
 
 
-async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_path: Path) -> None:
-    """With the writer stuck, the handoff stops at its bound and the bus drops on this subscription only."""
+def stuck_recorder(tmp_path: Path, max_pending_batches: int) -> tuple[RecorderConsumer, Bus, Path, threading.Event]:
+    """A recorder whose writer thread blocks in every write until the returned gate is set."""
     path = tmp_path / "rec.jsonl"
     settings = P2Settings(RECORD=True, RECORD_FILE=path, BUS_QUEUE_EVENTS=100)
     bus = Bus()
-    other = bus.subscribe("other", 1_000_000)
-    rec = RecorderConsumer(bus, settings, P2Metrics(), max_pending_batches=2)
+    rec = RecorderConsumer(bus, settings, P2Metrics(), max_pending_batches=max_pending_batches)
     gate = threading.Event()
     real_write = rec.writer._write
 
@@ -104,6 +103,13 @@ async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_pa
         real_write(batches, n)
 
     rec.writer._write = stuck_write
+    return rec, bus, path, gate
+
+
+async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_path: Path) -> None:
+    """With the writer stuck, the handoff stops at its bound and the bus drops on this subscription only."""
+    rec, bus, path, gate = stuck_recorder(tmp_path, max_pending_batches=2)
+    other = bus.subscribe("other", 1_000_000)
     await rec.start()
     t0 = time.perf_counter()
     for i in range(100):
@@ -123,20 +129,9 @@ async def test_a_stalled_disk_makes_the_bus_drop_oldest_not_the_loop_wait(tmp_pa
 
 
 async def test_the_recorder_shares_the_consumers_task_and_polls_while_its_writer_is_full(tmp_path: Path) -> None:
-    """At the bound the group polls every millisecond instead of spinning, and the others go on."""
-    path = tmp_path / "rec.jsonl"
-    settings = P2Settings(RECORD=True, RECORD_FILE=path, BUS_QUEUE_EVENTS=100)
-    bus = Bus()
-    rec = RecorderConsumer(bus, settings, P2Metrics(), max_pending_batches=1)
+    """At the writer's bound the shared task looks again every millisecond instead of spinning."""
+    rec, bus, path, gate = stuck_recorder(tmp_path, max_pending_batches=1)
     assert not rec.waits
-    gate = threading.Event()
-    real_write = rec.writer._write
-
-    def stuck_write(batches: list[list[bytes]], n: int) -> None:
-        gate.wait(30)
-        real_write(batches, n)
-
-    rec.writer._write = stuck_write
     calls = 0
     real_process = rec.process_pending
 
