@@ -195,8 +195,7 @@ def render_report(
 
     out += ["## Evidence", ""]
     if summary_only:
-        final_dir = Path(replay_path).parent if replay_path is not None else bundle
-        out += [f"{_EVIDENCE_PENDING} `mercury-report {shlex.quote(str(final_dir))}` renders it now.", ""]
+        out += [f"{_EVIDENCE_PENDING} `mercury-report {_final_dir(bundle, replay_path)}` renders it now.", ""]
         out += _tail(bundle, meta, replay_path, chart_note)
         return "\n".join(out)
     detail = meta.get("detail") if isinstance(meta.get("detail"), dict) else {}
@@ -229,12 +228,16 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
     """Counters, configuration, chart and the replay command: what follows the evidence."""
     out = _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
     out += _kv_section("Configuration", "Setting", meta.get("config"))
-    path = replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
+    path = _events_path(bundle, replay_path)
     if (bundle / CHART_FILE).is_file():
         out += ["## Chart", "", f"![Latency and price around the trigger]({CHART_FILE})", ""]
     elif chart_note in _CHART_NOTES:
-        final_dir = shlex.quote(str(Path(path).parent))
-        out += ["## Chart", "", f"{_CHART_NOTES[chart_note]} `mercury-report {final_dir}` draws it now.", ""]
+        out += [
+            "## Chart",
+            "",
+            f"{_CHART_NOTES[chart_note]} `mercury-report {_final_dir(bundle, replay_path)}` draws it now.",
+            "",
+        ]
     out += [
         "## Reproduce",
         "",
@@ -244,6 +247,15 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
         "",
     ]
     return out
+
+
+def _events_path(bundle: Path, replay_path: str | None) -> str:
+    return replay_path if replay_path is not None else str(bundle / EVENTS_FILE)
+
+
+def _final_dir(bundle: Path, replay_path: str | None) -> str:
+    """The bundle's directory once in place, shell-quoted (the writer renders in a temporary one)."""
+    return shlex.quote(str(Path(_events_path(bundle, replay_path)).parent))
 
 
 def _event_row(e: _Event) -> str:
