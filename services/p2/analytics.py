@@ -604,6 +604,8 @@ _OWN = object()
 """Marks a :class:`RollingQuantile` chunk whose list it made itself (samples, extendable)."""
 _SMALL_CHUNK = 64
 """Fewer samples than this are added at once (into a list of the quantile's own), not kept as a chunk."""
+_OWN_MAX = 4096
+"""One of those lists holds at most this many samples (or the window's size) before a new one starts."""
 
 
 class RollingQuantile:
@@ -646,7 +648,7 @@ class RollingQuantile:
         chunks = self._chunks
         if n < _SMALL_CHUNK:
             last = chunks[-1] if chunks else None
-            if last is not None and last[0] is _OWN and len(last[1]) < min(self.size, 4096):
+            if last is not None and last[0] is _OWN and len(last[1]) < min(self.size, _OWN_MAX):
                 own = last[1]
             else:
                 own = []
