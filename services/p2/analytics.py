@@ -26,7 +26,7 @@ from operator import mul, truediv
 from typing import Any
 
 from mercurystream.p2.bus import Batch
-from mercurystream.p2.detectors import RecentIds
+from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.shared.event import EventColumns, group_positions, increasing, nondecreasing, pick
 from mercurystream.shared.timeparse import IsoTimeParser
 

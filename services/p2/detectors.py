@@ -7,7 +7,6 @@ checked by every other detector whose fields it carries with the right JSON type
 
 from __future__ import annotations
 
-import math
 import re
 from bisect import bisect_right
 from collections import deque
@@ -18,6 +17,7 @@ from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.shared.event import EventColumns, increasing, latency_ms, nondecreasing, pick
 
 SCHEMA_DRIFT = "schema_drift"
@@ -55,10 +55,6 @@ KNOWN_KEYS = frozenset(REQUIRED) | {
 MAX_PRODUCTS = 10_000
 """Per-product state is created for at most this many product ids per detector, so a stream of
 random product ids cannot exhaust memory; events of products beyond it are counted as untracked."""
-
-_COMPACT_MIN = 4096
-"""A sightings list drops its forgotten head once it is this long and at least half the list."""
-
 
 _JSON_NAMES = {str: "str", int: "int", float: "float", bool: "bool", type(None): "null", list: "array", dict: "object"}
 
@@ -158,174 +154,6 @@ class DriftDetector:
             "unexpected": sorted(str(k) for k in event if k not in KNOWN_KEYS),
             "sampled": sampled,
         }
-
-
-class RecentIds:
-    """One product's last ``max_ids`` distinct ids, oldest first, with O(1) lookup.
-
-    While the ids come as one increasing run without holes (a feed's trade ids), the memory is the
-    run's two ends: adding a batch and forgetting the oldest are O(1) and nothing is kept per id,
-    so a product costs a few bytes instead of a set and a list of ``max_ids`` ints. Anything else
-    (a hole, a late id, an id seen again) switches to the general form: a set to look up and a list
-    of sightings, oldest at ``head``, for age. A repeated sighting (:meth:`seen_again`) is appended
-    again and its earlier copy becomes stale (``stale`` counts them); forgetting skips stale
-    copies, and the list is rebuilt without them once they are half of it, so memory stays
-    O(max_ids). Once every irregular sighting has been forgotten, the live ids are a run again and
-    the memory goes back to its two ends.
-    """
-
-    __slots__ = ("head", "hi", "high", "ids", "irregular", "lo", "max_ids", "order", "stale")
-
-    def __init__(self, max_ids: int) -> None:
-        self.max_ids = max_ids
-        self.lo = 0
-        self.hi = -1
-        """The run ``lo..hi`` (empty while ``lo > hi``), while :attr:`ids` is ``None``."""
-        self.ids: set[int] | None = None
-        self.order: list[int] = []
-        self.head = 0
-        self.stale: dict[int, int] = {}
-        self.irregular = -1
-        """The last index of :attr:`order` not known to continue a run from the sighting before it."""
-        self.high: float = -math.inf
-        """The highest id ever added: higher ids cannot be remembered."""
-
-    def __len__(self) -> int:
-        return self.hi - self.lo + 1 if self.ids is None else len(self.ids)
-
-    def __contains__(self, tid: int) -> bool:
-        if self.ids is None:
-            return self.lo <= tid <= self.hi
-        return tid in self.ids
-
-    @property
-    def is_run(self) -> bool:
-        """Whether the memory is just the two ends of a run."""
-        return self.ids is None
-
-    def remembered(self) -> list[int]:
-        """The remembered ids, least recent first (for tests and introspection; O(max_ids))."""
-        if self.ids is None:
-            return list(range(self.lo, self.hi + 1))
-        latest: dict[int, None] = {}
-        for tid in self.order[self.head :]:
-            latest.pop(tid, None)
-            latest[tid] = None
-        return list(latest)
-
-    def add(self, tid: int) -> None:
-        """Remember a new id (the caller checked it is not remembered) as the most recent."""
-        if tid > self.high:
-            self.high = tid
-        if self.ids is None:
-            if self.lo > self.hi:
-                self.lo = self.hi = tid
-                return
-            if tid == self.hi + 1:
-                self.hi = tid
-                if tid - self.lo >= self.max_ids:
-                    self.lo += 1
-                return
-            self._general()
-        order = self.order
-        regular = len(order) > self.head and tid == order[-1] + 1
-        self.ids.add(tid)  # type: ignore[union-attr]
-        order.append(tid)
-        if not regular:
-            self.irregular = len(order) - 1
-        if len(self.ids) > self.max_ids:  # type: ignore[arg-type]
-            self._forget(1)
-
-    def add_run(self, tids: Sequence[int]) -> None:
-        """Remember increasing ids all above :attr:`high`; O(1) while they continue the run."""
-        first = tids[0]
-        last = tids[-1]
-        self.high = last
-        holes = last - first != len(tids) - 1
-        if self.ids is None:
-            if not holes and (self.lo > self.hi or first == self.hi + 1):
-                if self.lo > self.hi:
-                    self.lo = first
-                self.hi = last
-                if last - self.lo >= self.max_ids:
-                    self.lo = last - self.max_ids + 1
-                return
-            self._general()
-        order = self.order
-        regular = not holes and (len(order) == self.head or first == order[-1] + 1)
-        self.ids.update(tids)  # type: ignore[union-attr]
-        order.extend(tids)
-        if not regular:
-            self.irregular = len(order) - 1
-        excess = len(self.ids) - self.max_ids  # type: ignore[arg-type]
-        if excess > 0:
-            self._forget(excess)
-
-    def seen_again(self, tid: int) -> None:
-        """A remembered id was seen again: it becomes the most recent."""
-        self._general()
-        self.order.append(tid)
-        self.stale[tid] = self.stale.get(tid, 0) + 1
-        self.irregular = len(self.order) - 1
-        if len(self.order) - self.head > 2 * len(self.ids) + _COMPACT_MIN:  # type: ignore[arg-type]
-            self._rebuild()
-
-    def _general(self) -> None:
-        if self.ids is None:
-            self.order = list(range(self.lo, self.hi + 1))
-            self.ids = set(self.order)
-            self.head = 0
-            self.stale = {}
-            self.irregular = -1
-
-    def _forget(self, k: int) -> None:
-        order = self.order
-        head = self.head
-        ids = self.ids
-        assert ids is not None
-        if not self.stale:
-            ids.difference_update(order[head : head + k])
-            head += k
-        else:
-            stale = self.stale
-            while k:
-                tid = order[head]
-                head += 1
-                copies = stale.get(tid)
-                if copies is None:
-                    ids.discard(tid)
-                    k -= 1
-                elif copies == 1:
-                    del stale[tid]
-                else:
-                    stale[tid] = copies - 1
-        self.head = head
-        if head > self.irregular:
-            # Every irregular sighting is forgotten: what is left is one run.
-            self.lo, self.hi = (order[head], order[-1]) if head < len(order) else (0, -1)
-            self.ids = None
-            self.order = []
-            self.head = 0
-            self.stale = {}
-            self.irregular = -1
-        elif head >= _COMPACT_MIN and head * 2 >= len(order):
-            del order[:head]
-            self.irregular -= head
-            self.head = 0
-
-    def _rebuild(self) -> None:
-        """The sightings list without stale copies: each id at its most recent sighting."""
-        kept: list[int] = []
-        seen: set[int] = set()
-        for tid in reversed(self.order[self.head :]):
-            if tid not in seen:
-                seen.add(tid)
-                kept.append(tid)
-        kept.reverse()
-        self.order = kept
-        self.head = 0
-        self.stale = {}
-        self.irregular = len(kept) - 1
 
 
 class DuplicateDetector:

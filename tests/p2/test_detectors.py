@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections import OrderedDict, deque
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,6 @@ from mercurystream.p2.detectors import (
     DuplicateDetector,
     LatencySpikeDetector,
     OutOfOrderDetector,
-    RecentIds,
     SequenceGapDetector,
     describe,
     nearest_rank,
@@ -780,47 +778,3 @@ def test_fixed_times_in_order_take_the_column_path():
     assert d.observe_many([(0, "P", iso(4))]) == [(0, "P", iso(4), iso(5))]
     d.observe("Q", "2024-05-01T12:00:00+00:00")
     assert not d.observe_fixed("Q", [iso(9)])  # the latest is not in the fixed form
-
-
-def test_recent_ids_of_a_run_are_two_numbers_and_come_back_to_that_after_an_irregularity():
-    r = RecentIds(max_ids=5)
-    r.add_run([10, 11, 12])
-    r.add(13)
-    r.add_run(list(range(14, 1000)))
-    assert r.is_run and r.remembered() == [995, 996, 997, 998, 999] and r.order == []
-    assert 995 in r and 994 not in r and 1000 not in r
-    r.add(1002)  # a hole: the general form
-    assert not r.is_run and r.remembered() == [996, 997, 998, 999, 1002]
-    r.seen_again(997)
-    assert r.remembered() == [996, 998, 999, 1002, 997]
-    r.add_run([1003, 1004, 1005, 1006])
-    assert not r.is_run  # 997's repeat is still remembered out of order
-    r.add_run([1007, 1008, 1009, 1010, 1011])
-    assert r.is_run and r.remembered() == [1007, 1008, 1009, 1010, 1011]
-    assert r.high == 1011
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(1, 6), st.booleans()), max_size=60),
-    st.integers(1, 8),
-)
-def test_recent_ids_is_the_lru_in_either_form(ops, max_ids):
-    """Single sightings (new or repeated) and runs above the highest id, with or without holes."""
-    r = RecentIds(max_ids)
-    ref = ReferenceLru(max_ids)
-    for is_run, tid, n, holes in ops:
-        if is_run:
-            start = tid if r.high == -math.inf else max(int(r.high) + 1, tid)
-            tids = list(range(start, start + 2 * n, 2 if holes else 1))[:n]
-            r.add_run(tids)
-            for t in tids:
-                assert not ref.observe(t)
-        elif tid in r:
-            assert ref.observe(tid)
-            r.seen_again(tid)
-        else:
-            assert not ref.observe(tid)
-            r.add(tid)
-        assert r.remembered() == list(ref.ids)
-        assert all((t in r) == (t in ref.ids) for t in range(0, 140))

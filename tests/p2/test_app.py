@@ -18,13 +18,13 @@ import orjson
 import pytest
 from loguru import logger
 
-from mercurystream.p2 import consumer as consumer_module
-from mercurystream.p2 import p2 as p2_module
+from mercurystream.p2 import consumers as consumer_module
+from mercurystream.p2 import app as p2_module
+from mercurystream.p2.app import P2App, default_consumers
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
-from mercurystream.p2.p2 import P2App, default_consumers
 from mercurystream.p2.recorder import RecorderConsumer
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
 from mercurystream.shared.runtime import GC_THRESHOLDS
@@ -248,7 +248,7 @@ def test_bad_port_exits_2_with_one_line() -> None:
     assert "PORT" in lines[0] and "Traceback" not in proc.stderr
 
 
-STUB_MAIN = "import mercurystream.p2.p2 as m; m.default_consumers = lambda settings: []; m.main()"
+STUB_MAIN = "import mercurystream.p2.app as m; m.default_consumers = lambda settings: []; m.main()"
 
 
 async def run_until_signal(

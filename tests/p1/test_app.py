@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from mercurystream.p1.app import P1App
 from mercurystream.p1.config import P1Settings
-from mercurystream.p1.p1 import P1App
 from mercurystream.shared.config import build_settings
 from mercurystream.shared.scrape import scrape
 

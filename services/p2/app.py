@@ -38,7 +38,7 @@ def default_consumers(settings: P2Settings) -> list[ConsumerFactory]:
     Imported here, not at module level, so a consumer module that is missing or broken fails when
     P2 is wired with it, not whenever anything imports this module.
     """
-    from mercurystream.p2.consumer import (
+    from mercurystream.p2.consumers import (
         HealthConsumer,
         SlowConsumer,
         VolatilityConsumer,

@@ -1,0 +1,51 @@
+"""Events and batches for the consumer tests: trades at fixed offsets from one instant."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.metrics import P2Metrics
+
+BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
+NOW_US = 1_714_564_800_000_000
+
+
+def iso(offset_s: float) -> str:
+    return datetime.fromtimestamp(BASE + offset_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def trade(tid, product="BTC-USD", price=100.0, size=1.0, t=0.0, age_us=420, **extra):
+    ev = {
+        "type": "match",
+        "product_id": product,
+        "price": price,
+        "last_size": size,
+        "time": iso(t),
+        "trade_id": tid,
+        "ingest_ts_ms": (NOW_US - age_us) // 1000,
+        "ingest_ts_us": NOW_US - age_us,
+    }
+    ev.update(extra)
+    return ev
+
+
+def batch(events) -> Batch:
+    return Batch(events, [json.dumps(e).encode() for e in events], NOW_US)
+
+
+def make_settings(**overrides) -> P2Settings:
+    return P2Settings(**overrides)
+
+
+def sample(metrics: P2Metrics, name: str, **labels) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def feed(bus: Bus, consumer, events) -> None:
+    """Publish through the bus and hand the consumer what its queue holds, as the run loop would."""
+    bus.publish(batch(events))
+    for b in consumer.subscription.take_nowait():
+        consumer.handle(b)
