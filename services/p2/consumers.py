@@ -14,19 +14,19 @@ from typing import Any
 from loguru import logger
 
 from mercurystream.p2.analytics import (
-    CheckedTrades,
     RollingQuantile,
     TradeFilter,
     VolatilityWindow,
     VolumeWindow,
     VwapWindow,
 )
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.rule import run
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
 
 AGE_SAMPLES = 10_000
@@ -129,30 +129,26 @@ class VwapConsumer(_AnalyticsConsumer):
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:
-        events = batch.events
         now = self._clock_us()
-        ingest = batch.ingest_us
-        if ingest is not None:
-            self.ages_us.add_differences(now, ingest)
+        ingest_us = batch.ingest_us
+        if None not in ingest_us:
+            self.ages_us.add_differences(now, ingest_us)
         else:
-            stamps = [ing for ev in events if type(ing := ev.get(INGEST_US)) is int]
-            self.ages_us.add_differences(now, stamps)
-            if len(stamps) < len(events):
-                self.ages_us.add_differences(
-                    now // 1000 * 1000,
-                    [
-                        ms * 1000
-                        for ev in events
-                        if type(ev.get(INGEST_US)) is not int and type(ms := ev.get(INGEST_MS)) is int
-                    ],
-                )
-        window = self.window
-        vwap = window.vwap
-        gauges = self._gauges
-        for pid in window.add_trades(self.trade_filter.accept(batch.derived(CheckedTrades))):
-            v = vwap(pid)
-            if v is not None:
-                gauges.set(pid, v)
+            self.ages_us.add_differences(now, [us for us in ingest_us if us is not None])
+            self.ages_us.add_differences(
+                now // 1000 * 1000,
+                [ms * 1000 for us, ms in zip(ingest_us, batch.ingest_ms, strict=True) if us is None and ms is not None],
+            )
+        trades = self.trade_filter.accept(batch)
+        if len(trades):
+            window = self.window
+            vwap = window.vwap
+            gauges = self._gauges
+            for pid, p in trades.by_product().items():
+                run(window, pid, (p.prices, p.sizes, p.times))
+                v = vwap(pid)
+                if v is not None:
+                    gauges.set(pid, v)
         self._skips.flush()
         if now >= self._age_due_us:
             self._age_due_us = now + AGE_REFRESH_US
@@ -186,13 +182,16 @@ class VolatilityConsumer(_AnalyticsConsumer):
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:
-        window = self.window
-        volatility = window.volatility
-        gauges = self._gauges
-        for pid in window.add_trades(self.trade_filter.accept(batch.derived(CheckedTrades))):
-            v = volatility(pid)
-            if v is not None:
-                gauges.set(pid, v)
+        trades = self.trade_filter.accept(batch)
+        if len(trades):
+            window = self.window
+            volatility = window.volatility
+            gauges = self._gauges
+            for pid, p in trades.by_product().items():
+                run(window, pid, (p.prices, p.times))
+                v = volatility(pid)
+                if v is not None:
+                    gauges.set(pid, v)
         self._skips.flush()
 
     def status_line(self) -> str:
@@ -215,9 +214,10 @@ class VolumeConsumer(_AnalyticsConsumer):
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
     def handle(self, batch: Batch) -> None:
-        trades = self.trade_filter.accept(batch.derived(CheckedTrades))
+        trades = self.trade_filter.accept(batch)
         if len(trades):
-            self.window.add_trades(trades)
+            run(self.window, None, (trades.product_ids, trades.prices, trades.sizes, trades.times))
+            self.window.evict()
             self._set(self.window.figures())
         self._skips.flush()
 

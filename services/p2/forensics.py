@@ -121,7 +121,7 @@ class ForensicsConsumer(Consumer):
 
     def handle(self, batch: Batch) -> None:
         wall = self._wall()
-        anomalies = self.detectors.process_batch(batch, wall)
+        anomalies = self.detectors.process(batch, wall)
         if self.recorder is None:
             if anomalies:
                 self._count(batch, anomalies, wall)

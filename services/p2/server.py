@@ -12,26 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from itertools import repeat
-from operator import add, itemgetter, methodcaller, truediv
 from typing import Any
 
-import orjson
 from loguru import logger
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch, normalize
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.event import (
-    INGEST_US,
-    RECV_MS,
-    RECV_US,
-    EventColumns,
-    LazyEvents,
-    decode_columns,
-    latency_ms,
-    recv_suffix,
-)
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.transport import EventSource
@@ -76,11 +64,7 @@ class IngestDecoder:
     brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
     keeping its timestamps) is kept as is, and its own stamps define its latency.
 
-    The common read, P1's events ending in their brace, is decoded straight into columns
-    (:func:`decode_columns`); its event dicts are parsed only if a consumer asks (:class:`LazyEvents`).
-    The next most common (every payload a non-empty object without stamps) is parsed into dicts.
-    Both run without a Python loop per event: parsing, the checks, the lines and the latencies are
-    each one ``map`` over the read. Anything else is taken payload by payload (:meth:`_feed_mixed`).
+    What the payloads are, and the batch they make, is ``p2.batch.normalize``'s one decision.
     """
 
     __slots__ = ("_clock", "_dirty", "decoder")
@@ -116,135 +100,8 @@ class IngestDecoder:
         if dirty:
             # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
             payloads = [_one_line(p) for p in payloads]
-        recv_us = self._clock()
-        suffix = recv_suffix(recv_us)
-        lines = None
-        if set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
-            lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
-            decoded = decode_columns(payloads)
-            if decoded is not None:
-                columns, ingest = decoded
-                latencies = _latencies_ms(recv_us, ingest)
-                batch = Batch(
-                    LazyEvents(payloads),
-                    lines,
-                    recv_us,
-                    {EventColumns: columns},
-                    latencies_ms=latencies,
-                    ingest_us=ingest,
-                )
-                return Received(batch, latencies, [], oversize)
-        try:
-            events = list(map(orjson.loads, payloads))
-        except orjson.JSONDecodeError:
-            events = None
-        if (
-            events is None
-            or set(map(type, events)) != _DICT_ONLY
-            or any(map(dict.__contains__, events, repeat(RECV_MS)))
-            or not min(map(len, events))
-            or lines is None
-        ):
-            return self._feed_mixed(payloads, events, recv_us, suffix, oversize)
-        try:
-            ingest = list(map(_INGEST_US, events))
-        except KeyError:
-            ingest = None
-        if ingest is not None and set(map(type, ingest)) == _INT_ONLY:
-            latencies = _latencies_ms(recv_us, ingest)
-            batch = Batch(events, lines, recv_us, latencies_ms=latencies, ingest_us=ingest)
-            return Received(batch, latencies, [], oversize)
-        return self._received(events, lines, recv_us, [False] * len(events), [], oversize)
-
-    def _feed_mixed(
-        self,
-        payloads: list[bytes],
-        parsed: list[Any] | None,
-        recv_us: int,
-        suffix: bytes,
-        oversize: FrameTooLarge | None,
-    ) -> Received:
-        """The read's payloads one by one: frame errors, objects that carry their own stamps, ``{}``.
-
-        ``parsed`` is every payload already parsed, when none of them was invalid JSON (a replay
-        keeping its stamps sends nothing else), so no payload is parsed twice.
-        """
-        events: list[dict] = []
-        lines: list[bytes] = []
-        own: list[bool] = []
-        errors: list[tuple[str, bytes]] = []
-        empty_line = b"{" + suffix[1:]
-        loads = orjson.loads
-        for i, p in enumerate(payloads):
-            if parsed is not None:
-                obj = parsed[i]
-            else:
-                try:
-                    obj = loads(p)
-                except orjson.JSONDecodeError:
-                    errors.append(("invalid_json", p))
-                    continue
-            if type(obj) is not dict:
-                errors.append(("not_object", p))
-                continue
-            events.append(obj)
-            if RECV_MS in obj:
-                own.append(True)
-                lines.append(p)
-            else:
-                own.append(False)
-                if not obj:
-                    lines.append(empty_line)
-                elif p[-1] == 125:
-                    lines.append(p[:-1] + suffix)
-                else:
-                    lines.append(p.rstrip()[:-1] + suffix)
-        if not events:
-            return Received(None, (), errors, oversize)
-        return self._received(events, lines, recv_us, own, errors, oversize)
-
-    @staticmethod
-    def _received(
-        events: list[dict],
-        lines: list[bytes],
-        recv_us: int,
-        own: list[bool],
-        errors: Sequence[tuple[str, bytes]],
-        oversize: FrameTooLarge | None,
-    ) -> Received:
-        """A batch whose latencies follow :func:`latency_ms` event by event (the uncommon shapes)."""
-        recv = {RECV_MS: recv_us // 1000, RECV_US: recv_us}
-        latencies: list[float] = []
-        at: list[int] = []
-        for i, (e, has_own) in enumerate(zip(events, own, strict=True)):
-            lat = latency_ms(e if has_own else {**e, **recv})
-            if lat is not None:
-                latencies.append(lat)
-                at.append(i)
-        ingest = list(map(_GET_INGEST_US, events))
-        batch = Batch(
-            events,
-            lines,
-            recv_us,
-            latencies_ms=latencies,
-            latency_at=None if len(at) == len(events) else at,
-            ingest_us=ingest if set(map(type, ingest)) == _INT_ONLY else None,
-        )
-        return Received(batch, latencies, errors, oversize)
-
-
-_GET_INGEST_US = methodcaller("get", INGEST_US)
-_INGEST_US = itemgetter(INGEST_US)
-_ALL_BUT_LAST = itemgetter(slice(None, -1))
-_LAST_BYTE = itemgetter(slice(-1, None))
-_CLOSING_BRACE = {b"}"}
-_INT_ONLY = {int}
-_DICT_ONLY = {dict}
-
-
-def _latencies_ms(recv_us: int, ingest_us: Sequence[int]) -> list[float]:
-    """``shared.event.latency_ms`` of every event of a read stamped ``recv_us``, in two C-level passes."""
-    return list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
+        batch, errors = normalize(payloads, self._clock())
+        return Received(batch, batch.latencies if batch is not None else (), errors, oversize)
 
 
 def _one_line(payload: bytes) -> bytes:

@@ -1,4 +1,8 @@
-"""Fast parsing of Coinbase's ISO-8601 times (``2024-05-01T12:34:56.789012Z``) to epoch seconds.
+"""Every rule about exchange time: what a valid time is, how it orders, and its value in seconds.
+
+Coinbase sends ISO-8601 UTC times (``2024-05-01T12:34:56.789012Z``). :func:`is_time` is the
+validity rule, :func:`parse_time_us` the exact value the out-of-order rule compares, and
+:class:`IsoTimeParser` the float seconds the analytics' windows run on, fast.
 
 Analytics need exchange time as a number for every trade. ``datetime.fromisoformat`` costs about a
 microsecond; trades arrive in order, so the minute prefix repeats and is parsed once per minute,
@@ -12,9 +16,10 @@ value whichever path parses it; other forms are ``epoch(minute) + float(seconds)
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice, repeat
 from operator import add, itemgetter, le, truediv
 
@@ -159,3 +164,28 @@ def _is_seconds(tail: str) -> bool:
     if len(tail) < 2 or not tail.isascii() or not tail[:2].isdigit():
         return False
     return len(tail) == 2 or (tail[2] == "." and len(tail) > 3 and tail[3:].isdigit())
+
+
+FIXED_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+"""Coinbase's fixed form with ASCII digits: two such times order like their strings."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def parse_time_us(s: str) -> int | None:
+    """An ISO-8601 time as integer microseconds since the epoch (naive means UTC); ``None`` if not a time."""
+    try:
+        dt = datetime.fromisoformat(s)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // _ONE_US
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+_validity = IsoTimeParser()
+
+
+def is_time(s: object) -> bool:
+    """Whether ``s`` is a time a trade can carry: a string :class:`IsoTimeParser` reads."""
+    return _validity.parse(s) is not None

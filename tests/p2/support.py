@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.metrics import P2Metrics
 
@@ -33,7 +33,7 @@ def trade(tid, product="BTC-USD", price=100.0, size=1.0, t=0.0, age_us=420, **ex
 
 
 def batch(events) -> Batch:
-    return Batch(events, [json.dumps(e).encode() for e in events], NOW_US)
+    return Batch.of_events(events, NOW_US)
 
 
 def make_settings(**overrides) -> P2Settings:
@@ -49,3 +49,9 @@ def feed(bus: Bus, consumer, events) -> None:
     bus.publish(batch(events))
     for b in consumer.subscription.take_nowait():
         consumer.handle(b)
+
+
+def broken(b: Batch) -> Batch:
+    """A batch no receiver makes: a trade id that is not an int, so any consumer reading ids fails on it."""
+    b.trade_ids = (b.trade_ids[0], "x", *b.trade_ids[2:])
+    return b

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from loguru import logger
 
-from mercurystream.p2 import consumers as consumer_module
 from mercurystream.p2 import app as p2_module
+from mercurystream.p2 import consumers as consumer_module
 from mercurystream.p2.app import P2App, default_consumers
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.config import P2Settings
@@ -52,7 +52,7 @@ class Counting(Consumer):
         self.ids: list[int] = []
 
     def handle(self, batch: Batch) -> None:
-        self.ids.extend(e["trade_id"] for e in batch.events)
+        self.ids.extend(batch.trade_ids)
 
     def status_line(self) -> str:
         return f"seen={len(self.ids)}"

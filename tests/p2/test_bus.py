@@ -7,20 +7,19 @@ import time
 
 import pytest
 
-from mercurystream.p2.bus import Batch, Bus, Subscription
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus, Subscription
 from mercurystream.p2.consumer import Consumer
 
 
 def batch(start: int, n: int) -> Batch:
-    events = [{"i": i} for i in range(start, start + n)]
-    return Batch(events, [b'{"i":%d}' % i for i in range(start, start + n)], 0)
+    return Batch.of_events([{"i": i} for i in range(start, start + n)])
 
 
 def queued_ids(sub: Subscription) -> list[int]:
     out = []
     for b in sub.take_nowait():
-        assert [line_id(line) for line in b.lines] == [e["i"] for e in b.events]
-        out.extend(e["i"] for e in b.events)
+        out.extend(line_id(line) for line in b.lines)
     return out
 
 
@@ -133,7 +132,7 @@ def test_subscriber_names_are_unique_and_capacity_positive() -> None:
 def test_empty_batch_is_ignored() -> None:
     bus = Bus()
     sub = bus.subscribe("a", 1)
-    bus.publish(Batch([], [], 0))
+    bus.publish(Batch.empty())
     assert sub.empty
     assert bus.published == 0
 
@@ -159,7 +158,7 @@ class Counting(Consumer):
         self.seen: list[int] = []
 
     def handle(self, batch: Batch) -> None:
-        self.seen.extend(e["i"] for e in batch.events)
+        self.seen.extend(line_id(line) for line in batch.lines)
 
     def status_line(self) -> str:
         return f"seen={len(self.seen)}"
@@ -223,7 +222,7 @@ async def test_consumer_stop_drains_and_a_failing_batch_is_counted() -> None:
         name = "flaky"
 
         def handle(self, batch: Batch) -> None:
-            if batch.events[0]["i"] == 5:
+            if line_id(batch.lines[0]) == 5:
                 raise RuntimeError("boom")
             super().handle(batch)
 
@@ -243,66 +242,3 @@ async def test_consumer_stop_drains_and_a_failing_batch_is_counted() -> None:
 
 
 # --- data derived once per batch ------------------------------------------------------------------
-
-
-class Squares:
-    """A derived column: each event's ``i`` squared."""
-
-    made = 0
-
-    def __init__(self, values: list[int]) -> None:
-        self.values = values
-
-    @classmethod
-    def of(cls, b: Batch) -> Squares:
-        cls.made += 1
-        return cls([e["i"] ** 2 for e in b.events])
-
-    def tail(self, start: int) -> Squares:
-        return Squares(self.values[start:])
-
-
-def test_derived_data_is_computed_once_and_shared_by_every_subscriber() -> None:
-    Squares.made = 0
-    bus = Bus()
-    subs = [bus.subscribe(name, 100) for name in ("a", "b", "c")]
-    bus.publish(batch(0, 4))
-    seen = [sub.take_nowait()[0].derived(Squares) for sub in subs]
-    assert Squares.made == 1
-    assert all(s is seen[0] for s in seen)
-    assert seen[0].values == [0, 1, 4, 9]
-
-
-def test_a_dropped_head_slices_what_was_derived_and_the_receiver_columns() -> None:
-    Squares.made = 0
-    bus = Bus()
-    early = bus.subscribe("early", 100)
-    late = bus.subscribe("late", 3)
-    b = Batch(
-        [{"i": i} for i in range(5)], [b"x"] * 5, 0, latencies_ms=[0.5, 1.5, 2.5, 3.5, 4.5], ingest_us=[1, 2, 3, 4, 5]
-    )
-    b.derived(Squares)
-    bus.publish(b)
-    (tail,) = late.take_nowait()
-    assert [e["i"] for e in tail.events] == [2, 3, 4]
-    assert tail.derived(Squares).values == [4, 9, 16]
-    assert Squares.made == 1  # sliced, not recomputed
-    assert tail.latencies_ms == [2.5, 3.5, 4.5] and tail.ingest_us == [3, 4, 5]
-    (whole,) = early.take_nowait()
-    assert whole is b
-
-
-def test_a_tail_keeps_each_latency_with_its_event_when_some_have_none() -> None:
-    b = Batch([{"i": i} for i in range(6)], [b"x"] * 6, 0, latencies_ms=[0.5, 2.5, 3.5, 5.5], latency_at=[0, 2, 3, 5])
-    tail = b.tail(3)
-    assert tail.latencies_ms == [3.5, 5.5] and tail.latency_at == [0, 2]
-    assert b.tail(6).latencies_ms == [] and b.tail(6).latency_at == []
-
-
-def test_a_tail_of_a_batch_without_derived_data_derives_its_own() -> None:
-    Squares.made = 0
-    b = Batch([{"i": i} for i in range(4)], [b"x"] * 4, 0)
-    tail = b.tail(2)
-    assert tail.latencies_ms is None and tail.ingest_us is None
-    assert tail.derived(Squares).values == [4, 9]
-    assert Squares.made == 1

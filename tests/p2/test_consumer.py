@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.consumer import YIELD_BELOW_EVENTS, SyncConsumers
 from mercurystream.p2.consumers import (
     HealthConsumer,
@@ -18,7 +18,7 @@ from mercurystream.p2.consumers import (
     VwapConsumer,
 )
 from mercurystream.p2.metrics import P2Metrics
-from tests.p2.support import NOW_US, batch, make_settings, sample, trade
+from tests.p2.support import batch, broken, make_settings, sample, trade
 
 # --- running as tasks ----------------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ def test_process_pending_handles_everything_queued_and_reports_once():
 def test_process_pending_counts_a_failing_batch_and_goes_on():
     bus, metrics = Bus(), P2Metrics()
     vwap = VwapConsumer(bus, make_settings(), metrics)
-    bus.publish(Batch([trade(1), "not a dict"], [b"{}", b"x"], NOW_US))
+    bus.publish(broken(batch([trade(1), trade(3)])))
     bus.publish(batch([trade(2)]))
     assert vwap.process_pending() == 3
     assert vwap.failed == 2 and vwap.processed == 3

@@ -9,7 +9,8 @@ from itertools import pairwise
 import pytest
 
 from mercurystream.p2.analytics import SECONDS_PER_YEAR
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.consumers import (
     HealthConsumer,
     VolatilityConsumer,
@@ -201,7 +202,7 @@ def test_vwap_age_uses_the_receiver_column_when_every_event_has_one():
     bus, metrics = Bus(), P2Metrics()
     vwap = VwapConsumer(bus, make_settings(), metrics, clock_us=lambda: NOW_US)
     events = [trade(1, age_us=1000), trade(2, age_us=3000)]
-    b = Batch(events, [b"{}"] * 2, NOW_US, ingest_us=[NOW_US - 1000, NOW_US - 3000])
+    b = Batch.of_events(events, NOW_US)
     bus.publish(b)
     vwap.process_pending()
     assert sorted(vwap.ages_us._window()) == [1000, 3000]

@@ -8,10 +8,12 @@ import time
 import orjson
 import pytest
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.forensics import ForensicsConsumer
 from mercurystream.p2.metrics import P2Metrics
+from tests.p2.support import broken
 
 
 def event(tid: int, pid: str = "BTC-USD", lat_us: int = 400, **extra) -> dict:
@@ -33,7 +35,7 @@ def event(tid: int, pid: str = "BTC-USD", lat_us: int = 400, **extra) -> dict:
 
 
 def batch(events: list[dict]) -> Batch:
-    return Batch(events, [orjson.dumps(e) for e in events], 0)
+    return Batch.of_events(events)
 
 
 def make(tmp_path, bus=None, **overrides):
@@ -132,7 +134,7 @@ def test_gap_capture_spans_batches_and_cooldown_suppresses_the_next(tmp_path):
 
 def test_drift_samples_are_paced_and_written(tmp_path):
     consumer, metrics, _ = make(tmp_path, DRIFT_SAMPLES_PER_MIN=2)
-    bad = [event(k, price=str(k), venue="x") for k in range(1, 6)]
+    bad = [event(k, price=str(k), vendor="x") for k in range(1, 6)]
     try:
         consumer.handle(batch(bad))
         assert consumer.writer.wait_idle(30)
@@ -144,7 +146,7 @@ def test_drift_samples_are_paced_and_written(tmp_path):
     assert rows[0]["event"] == bad[0]
     assert rows[0]["missing"] == []
     assert rows[0]["mismatched"] == [{"key": "price", "expected": "number", "got": "str"}]
-    assert rows[0]["unexpected"] == ["venue"]
+    assert rows[0]["unexpected"] == ["vendor"]
     assert rows[0]["time"].endswith("Z")
     assert sample(metrics, "mercurystream_anomalies_total", type="schema_drift") == 5
     assert sample(metrics, "mercurystream_drift_samples_total") == 2
@@ -207,7 +209,7 @@ async def test_failed_batch_is_counted_by_the_shell(tmp_path):
     consumer, _, _ = make(tmp_path, bus)
     await consumer.start()
     try:
-        bus.publish(Batch([event(1), "not a dict"], [b"{}", b"x"], 0))  # the server never does this
+        bus.publish(broken(batch([event(1), event(3)])))
         bus.publish(batch([event(2)]))
         assert await wait_for(lambda: consumer.processed == 3)
     finally:

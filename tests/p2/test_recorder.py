@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import SyncConsumers
 from mercurystream.p2.metrics import P2Metrics
@@ -15,8 +16,7 @@ from mercurystream.p2.recorder import JsonlWriter, RecorderConsumer
 
 
 def batch(start: int, n: int) -> Batch:
-    lines = [b'{"i":%d,"recv_ts_ms":1,"recv_ts_us":1000}' % i for i in range(start, start + n)]
-    return Batch([{"i": i} for i in range(start, start + n)], lines, 1000)
+    return Batch.of_events([{"i": i, "recv_ts_ms": 1, "recv_ts_us": 1000} for i in range(start, start + n)])
 
 
 def sample(metrics: P2Metrics, name: str, **labels: str) -> float:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mercurystream.p2.bus import Bus, Subscription
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import ACK_HIGH_WATER, IngestDecoder, TcpSource, _Connection, ack_frame
-from mercurystream.shared.event import EventColumns, LazyEvents, latency_ms
+from mercurystream.shared.event import latency_ms
 from mercurystream.shared.framing import HEADER, FrameDecoder, decode_object, encode_frame, encode_frames
 
 RECV_US = 1_700_000_000_123_456
@@ -31,6 +31,17 @@ class FixedClock:
     def __call__(self) -> int:
         self.calls += 1
         return self.us
+
+
+def received(batch) -> list[dict]:
+    """The batch's events as received: its recorded lines without the stamps P2 spliced in."""
+    out = []
+    for line in batch.lines:
+        obj = orjson.loads(line)
+        if obj.get("recv_ts_us") == RECV_US:
+            del obj["recv_ts_ms"], obj["recv_ts_us"]
+        out.append(obj)
+    return out
 
 
 def trade(i: int, **extra: object) -> dict:
@@ -51,7 +62,7 @@ def test_one_read_is_one_batch_with_one_clock_read() -> None:
     assert len(batch) == 3
     assert batch.recv_ts_us == RECV_US
     assert batch.lines == [p[:-1] + SUFFIX for p in payloads]
-    assert batch.events == [trade(i) for i in range(3)]  # as received: the stamps are in the lines
+    assert received(batch) == [trade(i) for i in range(3)]
     assert [orjson.loads(line) for line in batch.lines] == [{**trade(i), **STAMPS} for i in range(3)]
     assert ingest.frames == 3
 
@@ -79,14 +90,14 @@ def test_a_read_without_a_whole_frame_reads_no_clock() -> None:
 def test_recorded_line_splices_the_stamps_before_the_closing_brace(payload: bytes, line: bytes) -> None:
     got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
     assert got.batch.lines == [line]
-    assert orjson.loads(line) == {**got.batch.events[0], **STAMPS}
+    assert orjson.loads(line) == {**received(got.batch)[0], **STAMPS}
 
 
 def test_existing_recv_stamps_are_kept_with_the_payload_unchanged() -> None:
     payload = orjson.dumps(trade(1, ingest_ts_us=5_000, recv_ts_ms=9, recv_ts_us=9_500))
     got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
     assert got.batch.lines == [payload]
-    assert got.batch.events == [orjson.loads(payload)]
+    assert received(got.batch) == [orjson.loads(payload)]
     assert got.latencies == [4.5]
 
 
@@ -109,13 +120,11 @@ def test_every_line_parses_to_its_event_and_latency_matches_the_definition(obj: 
         obj["ingest_ts_us"] = "soon"
     payload = orjson.dumps(obj) + pad
     got = IngestDecoder(clock_us=FixedClock()).feed(encode_frame(payload))
-    (event,) = got.batch.events
     recorded = orjson.loads(got.batch.lines[0])
-    assert recorded == {**event, **STAMPS}
+    assert recorded == {**obj, **STAMPS}
     expected = latency_ms(recorded)
-    assert got.latencies == ([] if expected is None else [expected])
-    assert got.batch.latencies_ms == got.latencies
-    assert got.batch.latency_at == (None if expected is not None else [])
+    assert list(got.latencies) == ([] if expected is None else [expected])
+    assert list(got.batch.latency_at) == ([0] if expected is not None else [])
 
 
 def test_frame_errors_are_classified_and_counted_in_frames() -> None:
@@ -128,7 +137,7 @@ def test_frame_errors_are_classified_and_counted_in_frames() -> None:
         ("invalid_json", b""),
         ("not_object", b"7"),
     ]
-    assert [e["trade_id"] for e in got.batch.events] == [1]
+    assert [e["trade_id"] for e in received(got.batch)] == [1]
     assert ingest.frames == 5
 
 
@@ -264,7 +273,7 @@ def events_of(sub: Subscription) -> tuple[list[dict], list[bytes]]:
     events: list[dict] = []
     lines: list[bytes] = []
     for b in sub.take_nowait():
-        events.extend(b.events)
+        events.extend(received(b))
         lines.extend(b.lines)
     return events, lines
 
@@ -496,8 +505,7 @@ def test_any_chunking_gives_what_one_payload_per_read_gives(payloads: list[bytes
             assert all(b"\n" not in line and b"\r" not in line for line in got.batch.lines)
             by_line = [latency_ms(orjson.loads(line)) for line in got.batch.lines]
             at = got.batch.latency_at
-            at = range(len(by_line)) if at is None else at
-            assert got.batch.latencies_ms == [by_line[i] for i in at]
+            assert list(got.batch.latencies) == [by_line[i] for i in at]
             assert [i for i, lat in enumerate(by_line) if lat is not None] == list(at)
     assert (lines, errors, latencies) == (expected_lines, expected_errors, expected_latencies)
 
@@ -505,16 +513,16 @@ def test_any_chunking_gives_what_one_payload_per_read_gives(payloads: list[bytes
 def test_a_batch_carries_every_latency_and_ingest_stamp_when_all_events_have_them() -> None:
     payloads = [orjson.dumps(trade(i, ingest_ts_us=RECV_US - 1000 * i)) for i in range(3)]
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads)).batch
-    assert batch.latencies_ms == [0.0, 1.0, 2.0]
-    assert batch.ingest_us == [RECV_US, RECV_US - 1000, RECV_US - 2000]
+    assert list(batch.latencies) == [0.0, 1.0, 2.0]
+    assert list(batch.ingest_us) == [RECV_US, RECV_US - 1000, RECV_US - 2000]
     mixed = [payloads[0], orjson.dumps(trade(9)), payloads[2]]
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
-    assert batch.latencies_ms == [0.0, 2.0] and batch.latency_at == [0, 2]
-    assert batch.ingest_us is None
+    assert list(batch.latencies) == [0.0, 2.0] and list(batch.latency_at) == [0, 2]
+    assert list(batch.ingest_us) == [RECV_US, None, RECV_US - 2000]
 
 
 def p1_event(i: int, **extra: object) -> dict:
-    """An event exactly as P1 writes it, which P2 decodes straight into columns."""
+    """An event exactly as P1 writes it."""
     return {
         **trade(i),
         "time": "2024-05-01T12:00:00.000001Z",
@@ -526,29 +534,14 @@ def p1_event(i: int, **extra: object) -> dict:
     }
 
 
-def test_a_p1_read_becomes_columns_and_its_dicts_are_parsed_only_when_asked() -> None:
+def test_a_p1_read_becomes_clean_columns() -> None:
     payloads = [orjson.dumps(p1_event(i)) for i in range(3)]
     batch = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads)).batch
-    assert isinstance(batch.events, LazyEvents) and batch.events._events is None
-    cols = batch.derived(EventColumns)
-    assert cols.typed and cols.trade_ids == (0, 1, 2)
-    assert batch.latencies_ms == [0.5, 0.501, 0.502] and batch.latency_at is None
+    assert batch.clean and tuple(batch.trade_ids) == (0, 1, 2)
+    assert list(batch.latencies) == [0.5, 0.501, 0.502] and list(batch.latency_at) == [0, 1, 2]
     assert list(batch.ingest_us) == [RECV_US - 500 - i for i in range(3)]
     assert batch.lines == [p[:-1] + SUFFIX for p in payloads]
-    assert list(batch.events) == [p1_event(i) for i in range(3)]
-
-
-@pytest.mark.parametrize(
-    ("odd", "typed"),
-    [(p1_event(1, extra=True), True), (trade(1), False), (p1_event(1, price="1.5"), False), ({}, False)],
-)
-def test_a_read_with_one_odd_event_gives_what_the_generic_path_gives(odd: dict, typed: bool) -> None:
-    good = [orjson.dumps(p1_event(i)) for i in range(3)]
-    mixed = [good[0], orjson.dumps(odd), good[2]]
-    got = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(mixed)).batch
-    assert type(got.events) is list and got.events == [p1_event(0), odd, p1_event(2)]
-    assert got.lines == [p[:-1] + SUFFIX if p != b"{}" else b"{" + SUFFIX[1:] for p in mixed]
-    assert got.derived(EventColumns).typed is typed
+    assert received(batch) == [p1_event(i) for i in range(3)]
 
 
 def test_accept_publishes_and_counts_without_a_socket() -> None:

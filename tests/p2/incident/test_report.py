@@ -9,6 +9,7 @@ import sys
 import orjson
 import pytest
 
+from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors import Detectors
 from mercurystream.p2.flight_recorder import FlightRecorder
 from mercurystream.p2.incident.bundle import write_bundle
@@ -47,7 +48,9 @@ def bundle_from(tmp_path, events, pre=50, post=10, **detector_kw):
     det = Detectors(**detector_kw)
     fr = FlightRecorder(pre, post, 0, wall_clock=lambda: 1_714_564_803.0)
     lines = [orjson.dumps(e) for e in events]
-    anomalies = [a for a in det.process(events) if a.type in ("duplicate", "sequence_gap", "latency_spike")]
+    anomalies = [
+        a for a in det.process(Batch.of_events(events)) if a.type in ("duplicate", "sequence_gap", "latency_spike")
+    ]
     res = fr.feed(lines, anomalies)
     cap = res.started[0]
     cap.context = {"counters_at_trigger": det.counts, "config": {"GAP_REORDER_WINDOW": 3}}

@@ -1,0 +1,97 @@
+"""Each analytics consumer counts a trade once: its dedupe, and the count of everything it skips, by reason."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mercurystream.p2.batch import Batch, Trades
+from mercurystream.p2.recent_ids import RecentIds
+from mercurystream.p2.rule import run
+from mercurystream.shared.event import increasing, pick
+from mercurystream.shared.schema import REASONS
+
+DUPLICATE = "duplicate"
+TOO_MANY_PRODUCTS = "too_many_products"
+FILTER_REASONS = (*REASONS, DUPLICATE, TOO_MANY_PRODUCTS)
+"""Why a consumer does not count an event: the schema's trade checks, then this filter's own."""
+SAMPLE_BYTES = 200
+"""The example kept for each skip reason is the event's recorded line cut to this many bytes."""
+
+
+class TradeFilter:
+    """Accept each valid trade once; count everything else under a named reason.
+
+    A trade is valid by the schema's checks (``shared.schema.invalid_reason``, applied once per
+    batch by ``Batch.trades``). Then, per product, a trade id among the last ``lru_max`` distinct
+    ids this filter accepted is a duplicate (:class:`RecentIds`: O(1) per trade, and O(1) per batch
+    while the ids run without holes); only accepted trades enter it, so an invalid first copy does
+    not hide a valid second one. A product id never seen before is tracked only while fewer than
+    ``max_products`` are, which bounds memory and metric label cardinality when a feed sends
+    garbage ids.
+    """
+
+    def __init__(self, lru_max: int, max_products: int = 1024) -> None:
+        if lru_max <= 0:
+            raise ValueError("lru_max must be positive")
+        self.lru_max = lru_max
+        self.max_products = max_products
+        self._seen: dict[str, RecentIds] = {}
+        self.accepted = 0
+        self.skipped: dict[str, int] = dict.fromkeys(FILTER_REASONS, 0)
+        self.last_rejected: dict[str, bytes] = {}
+        """The recorded line of the most recent event skipped for each reason (cut), for sampled logging."""
+
+    def observe(self, product_id: str, trade_id: int) -> str | None:
+        """The reference: ``None`` when the trade counts (and is remembered), else why it does not."""
+        seen = self._seen.get(product_id)
+        if seen is None:
+            if len(self._seen) >= self.max_products:
+                return TOO_MANY_PRODUCTS
+            seen = self._seen[product_id] = RecentIds(self.lru_max)
+        if trade_id in seen:
+            return DUPLICATE
+        seen.add(trade_id)
+        return None
+
+    def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
+        """Ids increasing from above every id the product ever had: none can be a duplicate."""
+        (trade_ids,) = columns
+        seen = self._seen.get(product_id)
+        if seen is None:
+            if len(self._seen) >= self.max_products:
+                return False
+        elif not trade_ids[0] > seen.high:
+            return False
+        if not increasing(trade_ids):
+            return False
+        if seen is None:
+            seen = self._seen[product_id] = RecentIds(self.lru_max)
+        seen.add_run(trade_ids)
+        return True
+
+    def accept(self, batch: Batch) -> Trades:
+        """The trades of ``batch`` that count, in order; every other event counted under its reason."""
+        trades = batch.trades()
+        skipped = self.skipped
+        lines = batch.lines
+        for i, reason in trades.rejects:
+            skipped[reason] += 1
+            self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
+        out: list[tuple[int, str]] = []
+        ids = trades.ids
+        for pid, idx in trades.groups().items():
+            for k, reason in run(self, pid, (pick(ids, idx),), idx):
+                out.append((k, reason))
+        if not out:
+            self.accepted += len(trades)
+            return trades
+        positions = trades.positions
+        dropped = set()
+        for k, reason in out:
+            skipped[reason] += 1
+            self.last_rejected[reason] = lines[positions[k]][:SAMPLE_BYTES]
+            dropped.add(k)
+        kept = [k for k in range(len(trades)) if k not in dropped]
+        self.accepted += len(kept)
+        return trades.subset(kept)

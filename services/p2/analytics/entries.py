@@ -1,0 +1,101 @@
+"""A window's entries as ``array('d')`` columns in arrival order: the storage VWAP and volume share."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+
+from mercurystream.shared.event import nondecreasing
+
+COMPACT_MIN = 4096
+"""A column drops its evicted head once it is this long and at least half the column."""
+MIN_RECOMPUTE = 64
+"""Running sums are recomputed exactly after at least this many evictions (and as many as the window holds)."""
+
+
+class Entries:
+    """A window's entries as ``array('d')`` columns in arrival order, the oldest live one at ``head``.
+
+    Eight bytes a value instead of a tuple of float objects. A window evicts from the oldest entry
+    while it is older than the cutoff, so an entry that arrived late (older than the one before
+    it) stops the eviction where it stands. ``sorted_from`` is an index from which the times never
+    decrease: past it the eviction point is found by bisection, before it entry by entry.
+    """
+
+    __slots__ = ("cols", "head", "sorted_from", "times")
+
+    def __init__(self, width: int) -> None:
+        self.times = array("d")
+        self.cols = tuple(array("d") for _ in range(width))
+        self.head = 0
+        self.sorted_from = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def append(self, t: float, values: tuple[float, ...]) -> None:
+        times = self.times
+        end = len(times)
+        if end > self.head and t < times[-1]:
+            self.sorted_from = end
+        times.append(t)
+        for col, v in zip(self.cols, values, strict=True):
+            col.append(v)
+
+    def extend(self, ts: Sequence[float], columns: tuple[Sequence[float], ...], ordered: bool | None = None) -> None:
+        """``ordered``: whether ``ts`` never decreases, when the caller already knows."""
+        times = self.times
+        end = len(times)
+        previous = times[-1] if end > self.head else -math.inf
+        if ordered is None:
+            ordered = nondecreasing(ts)
+        if ts[0] < previous or not ordered:
+            last = previous
+            for i, t in enumerate(ts):
+                if t < last:
+                    self.sorted_from = end + i
+                last = t
+        # array.fromlist reads a list in C about twice as fast as extend() reads any iterable.
+        times.fromlist(ts if type(ts) is list else list(ts))
+        for col, vs in zip(self.cols, columns, strict=True):
+            col.fromlist(vs if type(vs) is list else list(vs))
+
+    def cut(self, cutoff: float) -> int:
+        """The index of the first entry the eviction keeps (``head`` if none goes)."""
+        times = self.times
+        i = self.head
+        end = len(times)
+        stop = min(self.sorted_from, end)
+        while i < stop:
+            if times[i] >= cutoff:
+                return i
+            i += 1
+        return bisect_left(times, cutoff, i, end)
+
+    def drop(self, stop: int) -> list[float]:
+        """Evict up to ``stop``; each value column's sum over the evicted entries."""
+        head = self.head
+        sums = [sum(col[head:stop]) for col in self.cols]
+        if stop == len(self.times):
+            self.clear()
+            return sums
+        self.head = stop
+        if stop >= COMPACT_MIN and stop * 2 >= len(self.times):
+            del self.times[:stop]
+            for col in self.cols:
+                del col[:stop]
+            self.sorted_from = max(0, self.sorted_from - stop)
+            self.head = 0
+        return sums
+
+    def clear(self) -> None:
+        self.times = array("d")
+        self.cols = tuple(array("d") for _ in self.cols)
+        self.head = 0
+        self.sorted_from = 0
+
+    def fsums(self) -> list[float]:
+        head = self.head
+        return [math.fsum(col[head:]) for col in self.cols]

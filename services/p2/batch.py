@@ -1,0 +1,474 @@
+"""The one batch type: a socket read's events, normalized once into columns, with their recorded lines.
+
+:func:`normalize` is the whole decision about a read's payloads, made once at the socket and read
+by every consumer afterwards:
+
+- a payload that decodes to ``shared.schema.WireTrade`` (the common case, whatever optional,
+  stamp or unknown keys it carries) fills every column;
+- anything else is parsed once, generically, and checked field by field with the schema's own
+  rules: a field of the wrong kind is ``None`` in its column, a broken schema is listed in
+  :attr:`Batch.drift`, a value no trade can have in :attr:`Batch.invalid`; a payload that is
+  not a JSON object is a frame error and never enters the batch.
+
+The recorded line is the payload as received with P2's receive stamps spliced before its closing
+brace, or the payload as is when it carried ``recv_ts_ms`` already (a replay keeping its stamps):
+a recording keeps P1's bytes, unknown keys included.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections.abc import Sequence
+from itertools import repeat
+from operator import add, attrgetter, itemgetter, mul, truediv
+from typing import Any
+
+import msgspec
+import orjson
+
+from mercurystream.shared.event import (
+    INGEST_MS,
+    INGEST_US,
+    RECV_MS,
+    RECV_US,
+    group_positions,
+    increasing,
+    latency_ms,
+    nondecreasing,
+    pick,
+)
+from mercurystream.shared.event import recv_suffix as _recv_suffix
+from mercurystream.shared.schema import BY_NAME, drift_of, invalid_reason, kind_ok, wire_decoder
+from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
+
+COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
+"""The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
+_ROW = attrgetter(*COLUMNS, RECV_MS, RECV_US)
+_FIELDS = tuple(BY_NAME[name] for name in COLUMNS)
+_decode = wire_decoder().decode
+_generic = msgspec.json.decode
+_ALL_BUT_LAST = itemgetter(slice(None, -1))
+_LAST_BYTE = itemgetter(slice(-1, None))
+_CLOSING_BRACE = {b"}"}
+_time_parser = IsoTimeParser()
+"""Shared by every batch: its caches skip repeated checks but never change a result."""
+
+
+class Batch:
+    """Events that arrived together, as columns in arrival order; shared by every subscriber, never mutated.
+
+    Each column holds an event's value where it has the schema's kind for that field, else
+    ``None``; :attr:`clean` says no column holds ``None`` and no event broke a rule, the case the
+    batch kernels take. ``latencies`` are the P1→P2 latencies (``shared.event.latency_ms``) of the
+    events at ``latency_at``. ``drift`` lists ``(index, detail)`` of the events that broke the
+    schema, ``invalid`` ``(index, reason)`` of those no trade can be (a bad time is found by
+    :meth:`trades`, which checks every time once).
+    """
+
+    __slots__ = (
+        "_groups",
+        "_trades",
+        "clean",
+        "drift",
+        "ingest_ms",
+        "ingest_us",
+        "invalid",
+        "latencies",
+        "latency_at",
+        "lines",
+        "prices",
+        "product_ids",
+        "recv_ts_us",
+        "sizes",
+        "times",
+        "trade_ids",
+        "types",
+    )
+
+    def __init__(
+        self,
+        lines: Sequence[bytes],
+        recv_ts_us: int,
+        columns: Sequence[Sequence[Any]],
+        latencies: Sequence[float],
+        latency_at: Sequence[int] | None = None,
+        drift: Sequence[tuple[int, dict[str, Any]]] = (),
+        invalid: Sequence[tuple[int, str]] = (),
+        clean: bool = False,
+    ) -> None:
+        self.lines = lines
+        self.recv_ts_us = recv_ts_us
+        (
+            self.types,
+            self.product_ids,
+            self.prices,
+            self.sizes,
+            self.times,
+            self.trade_ids,
+            self.ingest_ms,
+            self.ingest_us,
+        ) = columns
+        self.latencies = latencies
+        self.latency_at: Sequence[int] = range(len(lines)) if latency_at is None else latency_at
+        self.drift = drift
+        self.invalid = invalid
+        self.clean = clean
+        self._groups: dict[str, list[int]] | None = None
+        self._trades: Trades | None = None
+
+    @classmethod
+    def of_events(cls, events: Sequence[dict[str, Any]], recv_ts_us: int | None = None) -> Batch:
+        """A batch of parsed events, normalized as :func:`normalize` would (tests, bundles, tools).
+
+        With ``recv_ts_us``, events without stamps of their own get it, as at the socket; without,
+        each event's latency comes from its own stamps only.
+        """
+        payloads = [orjson.dumps(e) for e in events]
+        if recv_ts_us is not None:
+            batch, _ = normalize(payloads, recv_ts_us)
+            assert batch is not None or not payloads
+            return batch if batch is not None else cls.empty(recv_ts_us)
+        rows = [_checked_row(e) for e in events]
+        return _from_rows(payloads, rows, 0, own_only=True)
+
+    @classmethod
+    def empty(cls, recv_ts_us: int = 0) -> Batch:
+        return cls([], recv_ts_us, ((),) * len(COLUMNS), [], clean=True)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def columns(self) -> tuple[Sequence[Any], ...]:
+        return (
+            self.types,
+            self.product_ids,
+            self.prices,
+            self.sizes,
+            self.times,
+            self.trade_ids,
+            self.ingest_ms,
+            self.ingest_us,
+        )
+
+    def groups(self) -> dict[str, list[int]]:
+        """Each product's event indices in arrival order (events without a product id are in none)."""
+        groups = self._groups
+        if groups is None:
+            groups = self._groups = group_positions(self.product_ids)
+            groups.pop(None, None)  # type: ignore[call-overload]
+        return groups
+
+    def trades(self) -> Trades:
+        """The events the analytics count, checked once per batch for every analytics consumer."""
+        if self._trades is None:
+            self._trades = Trades.of(self)
+        return self._trades
+
+    def tail(self, start: int) -> Batch:
+        """The events from ``start`` on (drop-oldest cuts a queued batch here, and only here)."""
+        at = self.latency_at
+        if type(at) is range:
+            lat_start, lat_at = start, None
+        else:
+            lat_start = bisect_left(at, start)
+            lat_at = [i - start for i in at[lat_start:]]
+        return Batch(
+            self.lines[start:],
+            self.recv_ts_us,
+            [col[start:] for col in self.columns()],
+            self.latencies[lat_start:],
+            lat_at,  # type: ignore[arg-type]
+            [(i - start, d) for i, d in self.drift if i >= start],
+            [(i - start, r) for i, r in self.invalid if i >= start],
+            self.clean,
+        )
+
+
+class Trades:
+    """A batch's trades that count, as columns, and the rest with the reason each does not.
+
+    Every event is either a trade (``positions[k]`` is its index in the batch) or in ``rejects``
+    as ``(index, reason)``, both in batch order. The clean case checks the times as one fixed-form
+    column; anything else checks event by event.
+    """
+
+    __slots__ = ("_by_product", "_groups", "ids", "positions", "prices", "product_ids", "rejects", "sizes", "times")
+
+    def __init__(
+        self,
+        positions: Sequence[int],
+        product_ids: Sequence[str],
+        prices: Sequence[float],
+        sizes: Sequence[float],
+        times: Sequence[float],
+        ids: Sequence[int],
+        rejects: Sequence[tuple[int, str]],
+        groups: dict[str, list[int]] | None = None,
+    ) -> None:
+        self.positions = positions
+        self.product_ids = product_ids
+        self.prices = prices
+        self.sizes = sizes
+        self.times = times
+        self.ids = ids
+        self.rejects = rejects
+        self._groups = groups
+        self._by_product: dict[str, ProductTrades] | None = None
+
+    @classmethod
+    def of(cls, batch: Batch) -> Trades:
+        n = len(batch)
+        if batch.clean and n and all_fixed_form(batch.times):
+            times = _time_parser.parse_fixed(batch.times)
+            if times is not None:
+                return cls(
+                    range(n),
+                    batch.product_ids,
+                    batch.prices,
+                    batch.sizes,
+                    times,
+                    batch.trade_ids,
+                    (),
+                    batch.groups(),
+                )
+        invalid = dict(batch.invalid)
+        parse = _time_parser.parse
+        positions: list[int] = []
+        times: list[float] = []
+        rejects: list[tuple[int, str]] = []
+        for i, t in enumerate(batch.times):
+            reason = invalid.get(i)
+            if reason is None:
+                s = parse(t)
+                if s is not None:
+                    positions.append(i)
+                    times.append(s)
+                    continue
+                reason = "invalid_time"
+            rejects.append((i, reason))
+        if not positions:
+            return cls((), (), (), (), (), (), rejects)
+        return cls(
+            positions,
+            pick(batch.product_ids, positions),
+            pick(batch.prices, positions),
+            pick(batch.sizes, positions),
+            times,
+            pick(batch.trade_ids, positions),
+            rejects,
+        )
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def subset(self, keep: Sequence[int]) -> Trades:
+        """These trades at ``keep`` (positions into these columns, in order); the rejects unchanged."""
+        if not keep:
+            return Trades((), (), (), (), (), (), self.rejects)
+        return Trades(
+            pick(self.positions, keep),
+            pick(self.product_ids, keep),
+            pick(self.prices, keep),
+            pick(self.sizes, keep),
+            pick(self.times, keep),
+            pick(self.ids, keep),
+            self.rejects,
+        )
+
+    def groups(self) -> dict[str, list[int]]:
+        """Each product's trade positions (into these columns), products in order of first appearance."""
+        if self._groups is None:
+            self._groups = group_positions(self.product_ids)
+        return self._groups
+
+    def by_product(self) -> dict[str, ProductTrades]:
+        out = self._by_product
+        if out is None:
+            out = self._by_product = {
+                pid: ProductTrades(
+                    pick(self.prices, idx), pick(self.sizes, idx), pick(self.times, idx), pick(self.ids, idx)
+                )
+                for pid, idx in self.groups().items()
+            }
+        return out
+
+
+class ProductTrades:
+    """One product's trades of a batch in arrival order, with what several windows need computed once."""
+
+    __slots__ = ("_notional", "_ordered", "_rising", "ids", "prices", "sizes", "times")
+
+    def __init__(
+        self, prices: Sequence[float], sizes: Sequence[float], times: Sequence[float], ids: Sequence[int]
+    ) -> None:
+        self.prices = prices
+        self.sizes = sizes
+        self.times = times
+        self.ids = ids
+        self._ordered: bool | None = None
+        self._rising: bool | None = None
+        self._notional: list[float] | None = None
+
+    @property
+    def ordered(self) -> bool:
+        """Times never decrease."""
+        if self._ordered is None:
+            self._ordered = nondecreasing(self.times)
+        return self._ordered
+
+    @property
+    def rising(self) -> bool:
+        """Trade ids strictly increase."""
+        if self._rising is None:
+            self._rising = increasing(self.ids)
+        return self._rising
+
+    @property
+    def notional(self) -> list[float]:
+        """``price * size`` of each trade."""
+        if self._notional is None:
+            self._notional = list(map(mul, self.prices, self.sizes))
+        return self._notional
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+# --- normalizing a read ----------------------------------------------------------------------------
+
+
+def normalize(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, list[tuple[str, bytes]]]:
+    """A read's payloads as one batch stamped ``recv_us``, and its frame errors ``(reason, payload)``.
+
+    The common read decodes typed as a whole in one C-level pass; a read with anything else in it
+    is taken payload by payload, each parsed once.
+    """
+    if not payloads:
+        return None, []
+    try:
+        rows = list(map(_decode, payloads))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _normalize_each(payloads, recv_us)
+    columns = list(zip(*map(_ROW, rows), strict=True))
+    own_ms = columns[8]
+    n = len(payloads)
+    if own_ms.count(None) == n and set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
+        lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(_recv_suffix(recv_us))))
+        ingest_us = columns[7]
+        if None not in ingest_us:
+            latencies = list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
+        else:
+            recv_ms = recv_us // 1000
+            latencies = [
+                (recv_us - us) / 1000.0 if us is not None else float(recv_ms - ms)
+                for us, ms in zip(ingest_us, columns[6], strict=True)
+            ]
+        return Batch(lines, recv_us, columns[:8], latencies, None, clean=True), []
+    typed = [(True, row, None, None) for row in map(_ROW, rows)]
+    return _from_rows(payloads, typed, recv_us, clean=True), []
+
+
+def _normalize_each(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, list[tuple[str, bytes]]]:
+    rows: list[tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]] = []
+    kept: list[bytes] = []
+    errors: list[tuple[str, bytes]] = []
+    for p in payloads:
+        try:
+            rows.append((True, _ROW(_decode(p)), None, None))
+            kept.append(p)
+            continue
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+        obj = _parse(p)
+        if obj is _NOT_JSON:
+            errors.append(("invalid_json", p))
+        elif type(obj) is not dict:
+            errors.append(("not_object", p))
+        else:
+            rows.append(_checked_row(obj))
+            kept.append(p)
+    if not rows:
+        return None, errors
+    return _from_rows(kept, rows, recv_us), errors
+
+
+_NOT_JSON = object()
+
+
+def _parse(payload: bytes) -> Any:
+    """A payload parsed generically, or :data:`_NOT_JSON`.
+
+    msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
+    fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
+    """
+    try:
+        return _generic(payload)
+    except msgspec.DecodeError:
+        pass
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _checked_row(obj: dict[str, Any]) -> tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]:
+    """``(typed, column values + receive stamps, drift detail, invalid reason)`` of one parsed event."""
+    values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
+    own = obj.get(RECV_MS), obj.get(RECV_US)
+    own = tuple(v if type(v) is int else None for v in own) if RECV_MS in obj else (None, None)
+    if RECV_MS in obj and own[0] is None:
+        own = (_OWN_UNTYPED, None)
+    return False, values + own, drift_of(obj), invalid_reason(obj)
+
+
+_OWN_UNTYPED = object()
+"""A ``recv_ts_ms`` that is there but not an int: the line is still kept as sent, with no latency."""
+
+
+def _from_rows(
+    kept: Sequence[bytes],
+    rows: Sequence[tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]],
+    recv_us: int,
+    *,
+    clean: bool = False,
+    own_only: bool = False,
+) -> Batch:
+    """A batch built event by event: lines, latencies and the per-event verdicts."""
+    suffix = _recv_suffix(recv_us)
+    recv_ms = recv_us // 1000
+    lines: list[bytes] = []
+    latencies: list[float] = []
+    at: list[int] = []
+    drift: list[tuple[int, dict[str, Any]]] = []
+    invalid: list[tuple[int, str]] = []
+    for i, (p, (_typed, row, d, reason)) in enumerate(zip(kept, rows, strict=True)):
+        ing_ms, ing_us, own_ms, own_us = row[6], row[7], row[8], row[9]
+        if own_ms is not None or own_only:
+            lines.append(p)
+            lat = latency_ms({INGEST_MS: ing_ms, INGEST_US: ing_us, RECV_MS: own_ms, RECV_US: own_us})
+        else:
+            lines.append(_splice(p, suffix))
+            lat = (
+                (recv_us - ing_us) / 1000.0
+                if ing_us is not None
+                else (float(recv_ms - ing_ms) if ing_ms is not None else None)
+            )
+        if lat is not None:
+            latencies.append(lat)
+            at.append(i)
+        if d is not None:
+            drift.append((i, d))
+        if reason is not None:
+            invalid.append((i, reason))
+    columns = list(zip(*(row[:8] for _, row, _, _ in rows), strict=True)) or [()] * len(COLUMNS)
+    clean = clean and not drift and not invalid and all(None not in col for col in columns[:6])
+    return Batch(lines, recv_us, columns, latencies, None if len(at) == len(lines) else at, drift, invalid, clean)
+
+
+def _splice(payload: bytes, suffix: bytes) -> bytes:
+    """The payload with P2's stamps before its closing brace (``{}`` becomes an object of stamps alone)."""
+    body = payload.rstrip()[:-1]
+    if body.strip() == b"{":
+        return b"{" + suffix[1:]
+    return body + suffix

@@ -1,0 +1,207 @@
+"""Data-quality detectors: one rule per module, run over each batch by :class:`Detectors`.
+
+Each rule (``drift``, ``duplicate``, ``out_of_order``, ``sequence_gap``, ``latency_spike``) is a
+plain class whose ``observe`` is the per-event reference and whose class docstring states the
+precise rule, corner cases included; ``p2.rule.run`` drives it, taking its batch kernel where the
+kernel accepts a product's values. The detectors are independent: a drifted event is still
+checked by every other detector whose fields it carries with the right kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.detectors.drift import DriftDetector
+from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS, DuplicateDetector
+from mercurystream.p2.detectors.latency_spike import LatencySpikeDetector, SpikeEvidence, nearest_rank
+from mercurystream.p2.detectors.out_of_order import OutOfOrderDetector
+from mercurystream.p2.detectors.sequence_gap import SequenceGapDetector
+from mercurystream.p2.rule import run
+from mercurystream.shared.event import pick
+
+__all__ = [
+    "ANOMALY_TYPES",
+    "DUPLICATE",
+    "LATENCY_SPIKE",
+    "MAX_PRODUCTS",
+    "OUT_OF_ORDER",
+    "SCHEMA_DRIFT",
+    "SEQUENCE_GAP",
+    "TRIGGER_TYPES",
+    "Anomaly",
+    "Detectors",
+    "DriftDetector",
+    "DuplicateDetector",
+    "LatencySpikeDetector",
+    "OutOfOrderDetector",
+    "SequenceGapDetector",
+    "SpikeEvidence",
+    "describe",
+    "nearest_rank",
+]
+
+SCHEMA_DRIFT = "schema_drift"
+DUPLICATE = "duplicate"
+OUT_OF_ORDER = "out_of_order"
+SEQUENCE_GAP = "sequence_gap"
+LATENCY_SPIKE = "latency_spike"
+
+ANOMALY_TYPES = (SCHEMA_DRIFT, DUPLICATE, OUT_OF_ORDER, SEQUENCE_GAP, LATENCY_SPIKE)
+TRIGGER_TYPES = frozenset({DUPLICATE, SEQUENCE_GAP, LATENCY_SPIKE})
+"""Anomaly types that start a flight-recorder capture; drift and out-of-order are counted only."""
+
+
+class Anomaly:
+    """One detection: ``index`` is the position of the causing event in the batch given to :meth:`Detectors.process`.
+
+    ``count`` is how much it adds to its type's counter (the number of missing ids for a gap, else 1).
+    ``evidence``, when set, computes costly detail (a latency spike's p99 values); :meth:`resolve`
+    runs it once, so only anomalies that become incidents pay for it, on the bundle writer's thread.
+    """
+
+    __slots__ = ("count", "detail", "evidence", "index", "product_id", "type")
+
+    def __init__(
+        self,
+        type: str,
+        index: int,
+        count: int,
+        product_id: str | None,
+        detail: dict[str, Any],
+        evidence: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.type = type
+        self.index = index
+        self.count = count
+        self.product_id = product_id
+        self.detail = detail
+        self.evidence = evidence
+
+    def resolve(self) -> dict[str, Any]:
+        """``detail`` completed with the deferred evidence."""
+        if self.evidence is not None:
+            self.detail = {**self.detail, **self.evidence()}
+            self.evidence = None
+        return self.detail
+
+    def __repr__(self) -> str:
+        return f"Anomaly({self.type!r}, index={self.index}, count={self.count}, product_id={self.product_id!r})"
+
+
+_BY_INDEX = attrgetter("index")
+
+
+class Detectors:
+    """All five detectors over a batch: :meth:`process` gives the anomalies in event order, counted.
+
+    The per-product rules run product by product, in the order products first appear in the batch
+    (so per-product state is created in event order), each on the events that carry its fields
+    with the right kind; the latency rule runs on the batch's latencies.
+    """
+
+    def __init__(
+        self,
+        *,
+        duplicate_lru_max: int = 50_000,
+        gap_reorder_window: int = 50,
+        latency_threshold_ms: float = 100.0,
+        latency_buffer_size: int = 3000,
+        latency_eval_every: int = 100,
+        latency_consecutive: int = 2,
+        drift_samples_per_min: int = 100,
+        kernels: bool = True,
+    ) -> None:
+        """``kernels=False`` runs every rule by its reference alone (the tests compare the two)."""
+        self.reference_only = not kernels
+        self.drift = DriftDetector(drift_samples_per_min)
+        self.duplicate = DuplicateDetector(duplicate_lru_max)
+        self.out_of_order = OutOfOrderDetector()
+        self.sequence_gap = SequenceGapDetector(gap_reorder_window)
+        self.latency = LatencySpikeDetector(
+            latency_threshold_ms, latency_buffer_size, latency_eval_every, latency_consecutive
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Detectors:
+        return cls(
+            duplicate_lru_max=settings.DUPLICATE_LRU_MAX,
+            gap_reorder_window=settings.GAP_REORDER_WINDOW,
+            latency_threshold_ms=settings.LATENCY_SPIKE_THRESHOLD_MS,
+            latency_buffer_size=settings.LATENCY_BUFFER_SIZE,
+            latency_eval_every=settings.LATENCY_EVAL_EVERY,
+            latency_consecutive=settings.LATENCY_SPIKE_CONSECUTIVE,
+            drift_samples_per_min=settings.DRIFT_SAMPLES_PER_MIN,
+        )
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            SCHEMA_DRIFT: self.drift.count,
+            DUPLICATE: self.duplicate.count,
+            OUT_OF_ORDER: self.out_of_order.count,
+            SEQUENCE_GAP: self.sequence_gap.count,
+            LATENCY_SPIKE: self.latency.count,
+        }
+
+    def process(self, batch: Batch, now_s: float = 0.0) -> list[Anomaly]:
+        """Check a batch; ``now_s`` (wall clock, read once per batch) paces the drift samples."""
+        out: list[Anomaly] = []
+        pids = batch.product_ids
+        if batch.drift:
+            observe = self.drift.observe
+            out.extend(Anomaly(SCHEMA_DRIFT, i, 1, pids[i], observe(d, now_s)) for i, d in batch.drift)
+        tids = batch.trade_ids
+        times = batch.times
+        types = batch.types
+        clean = batch.clean
+        all_match = clean and types.count("match") == len(types)
+        lru = self.duplicate.max_ids
+        window = self.sequence_gap.window
+        for pid, idx in batch.groups().items():
+            keyed = idx if clean else [i for i in idx if tids[i] is not None]
+            if keyed:
+                p_tids = pick(tids, keyed)
+                for i, _ in run(self.duplicate, pid, (p_tids,), keyed, self.reference_only):
+                    out.append(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tids[i], "lru_max": lru}))
+                matches = keyed if all_match else [i for i in keyed if types[i] == "match"]
+                if matches:
+                    m_tids = p_tids if matches is keyed else pick(tids, matches)
+                    for i, (ranges, n) in run(self.sequence_gap, pid, (m_tids,), matches, self.reference_only):
+                        detail = {"ranges": ranges, "trade_id": tids[i], "window": window}
+                        out.append(Anomaly(SEQUENCE_GAP, i, n, pid, detail))
+            timed = idx if clean else [i for i in idx if times[i] is not None]
+            if timed:
+                for i, latest in run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only):
+                    out.append(Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": times[i], "latest_time": latest}))
+        if batch.latencies:
+            for i, spike in run(self.latency, None, (batch.latencies,), batch.latency_at, self.reference_only):
+                out.append(Anomaly(LATENCY_SPIKE, i, 1, None, spike.summary, spike))
+        out.sort(key=_BY_INDEX)
+        return out
+
+
+def describe(anomaly: Anomaly) -> str:
+    """A one-line human reason for an anomaly (meta.json's ``reason`` and the report)."""
+    d = anomaly.detail
+    pid = anomaly.product_id
+    t = anomaly.type
+    if t == DUPLICATE:
+        return f"trade_id {d.get('trade_id')} of {pid} is among its last {d.get('lru_max')} distinct trade ids"
+    if t == SEQUENCE_GAP:
+        ranges = d.get("ranges", [])
+        spans = ", ".join(f"{lo}" if lo == hi else f"{lo}..{hi}" for lo, hi in ranges[:5])
+        more = f" and {len(ranges) - 5} more ranges" if len(ranges) > 5 else ""
+        return f"{anomaly.count} trade id(s) of {pid} missing ({spans}{more}) after {d.get('window')} later events"
+    if t == LATENCY_SPIKE:
+        return (
+            f"P1->P2 latency p99 {d.get('p99_ms')} ms above {d.get('threshold_ms')} ms "
+            f"at {len(d.get('run_p99_ms', []))} evaluations in a row"
+        )
+    if t == OUT_OF_ORDER:
+        return f"time {d.get('time')} of {pid} is earlier than {d.get('latest_time')}"
+    if t == SCHEMA_DRIFT:
+        return f"missing {d.get('missing')}, mismatched {[m['key'] for m in d.get('mismatched', [])]}"
+    return t

@@ -1,0 +1,140 @@
+"""``sequence_gap``: match trade ids skipped and still missing a window of events later."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any
+
+from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS
+from mercurystream.shared.event import increasing
+
+
+class _GapState:
+    __slots__ = ("high", "n", "ranges")
+
+    def __init__(self, trade_id: int) -> None:
+        self.high = trade_id
+        self.n = 1
+        # [lo, hi, deadline]: ids lo..hi skipped and not arrived; confirmed once n >= deadline.
+        # Sorted by lo, which is also creation order, so deadlines never decrease along the list.
+        self.ranges: list[list[int]] = []
+
+
+_LO = itemgetter(0)
+
+
+class SequenceGapDetector:
+    """Per product, match trade ids skipped and still missing ``window`` events later.
+
+    Precisely, for the ``match`` events of a product that carry an int ``trade_id`` (the only events
+    this detector sees, and the only ones that advance its window):
+
+    - the first one sets the baseline: ids at or below it are never reported missing;
+    - an id above the highest seen so far, ``high``, skips ``high+1 .. id-1``; that range becomes
+      missing, due at the event ``window`` events after the one that revealed it;
+    - an id that is missing arrives late: it leaves the missing set (inside the window this is at
+      most an out-of-order event, never a gap); any other id at or below ``high`` is ignored here
+      (a duplicate is the duplicate detector's business);
+    - after each event, every missing id that is due is confirmed and counted once.
+
+    Missing ids are kept as ranges, so a jump of 10^9 ids costs one range, and a range lives at most
+    ``window`` events, so memory stays O(window) per product whatever the ids do.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        if window < 0:
+            raise ValueError("window must be >= 0")
+        self.window = window
+        self.count = 0
+        self.untracked = 0
+        self._state: dict[str, _GapState] = {}
+
+    @property
+    def products(self) -> int:
+        """Products with state (at most :data:`MAX_PRODUCTS`)."""
+        return len(self._state)
+
+    def observe(self, product_id: str, trade_id: int) -> tuple[list[list[int]], int] | None:
+        """The reference: one match event; the ``[lo, hi]`` ranges it confirms missing and their size (counted)."""
+        st = self._state.get(product_id)
+        if st is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                self.untracked += 1
+            else:
+                self._state[product_id] = _GapState(trade_id)
+            return None
+        n = st.n = st.n + 1
+        high = st.high
+        ranges = st.ranges
+        if trade_id == high + 1:
+            st.high = trade_id
+        elif trade_id > high:
+            ranges.append([high + 1, trade_id - 1, n + self.window])
+            st.high = trade_id
+        elif ranges:
+            _arrived(ranges, trade_id)
+        if not ranges or ranges[0][2] > n:
+            return None
+        confirmed = _confirm(ranges, n)
+        missing = sum(hi - lo + 1 for lo, hi in confirmed)
+        self.count += missing
+        return confirmed, missing
+
+    def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
+        """Ids continuing the product's with none skipped: nothing is missing, late or due; only the position moves."""
+        (trade_ids,) = columns
+        st = self._state.get(product_id)
+        k = len(trade_ids)
+        first = trade_ids[0]
+        if st is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                return False
+        elif st.ranges or first != st.high + 1:
+            return False
+        if trade_ids[-1] - first != k - 1 or not increasing(trade_ids):
+            return False
+        if st is None:
+            st = self._state[product_id] = _GapState(first)
+            k -= 1
+        st.high = trade_ids[-1]
+        st.n += k
+        return True
+
+    def pending(self, product_id: str) -> list[tuple[int, int]]:
+        """Ranges of ``product_id`` skipped but not yet due (for tests and introspection)."""
+        st = self._state.get(product_id)
+        return [] if st is None else [(r[0], r[1]) for r in st.ranges]
+
+
+def _confirm(ranges: list[list[int]], n: int) -> list[list[int]]:
+    """Remove and return the ranges due at event ``n`` (a prefix of the list)."""
+    done = 0
+    for r in ranges:
+        if r[2] > n:
+            break
+        done += 1
+    confirmed = [[r[0], r[1]] for r in ranges[:done]]
+    del ranges[:done]
+    return confirmed
+
+
+def _arrived(ranges: list[list[int]], trade_id: int) -> None:
+    """Take a late ``trade_id`` out of the missing ranges, splitting one if it lands inside."""
+    i = bisect_right(ranges, trade_id, key=_LO) - 1
+    if i < 0:
+        return
+    r = ranges[i]
+    lo, hi, deadline = r
+    if trade_id > hi:
+        return
+    if lo == hi:
+        del ranges[i]
+    elif trade_id == lo:
+        r[0] = lo + 1
+    elif trade_id == hi:
+        r[1] = hi - 1
+    else:
+        r[1] = trade_id - 1
+        ranges.insert(i + 1, [trade_id + 1, hi, deadline])

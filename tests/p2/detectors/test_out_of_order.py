@@ -1,0 +1,56 @@
+"""out_of_order: strictly earlier than the product's latest time."""
+
+from __future__ import annotations
+
+from mercurystream.p2.detectors import (
+    OutOfOrderDetector,
+)
+from mercurystream.p2.rule import run
+from mercurystream.shared.timeparse import parse_time_us
+from tests.p2.detectors.support import iso
+
+# --- out of order -------------------------------------------------------------------------------
+
+
+def test_out_of_order_is_strictly_earlier_per_product():
+    d = OutOfOrderDetector()
+    assert d.observe("A", iso(10)) is None
+    assert d.observe("A", iso(10)) is None  # equal is in order
+    assert d.observe("B", iso(5)) is None  # another product
+    assert d.observe("A", iso(9)) == iso(10)
+    assert d.observe("A", iso(9)) == iso(10)  # the latest does not move back
+    assert d.observe("A", iso(11)) is None
+    assert d.observe("A", iso(10)) == iso(11)
+    assert d.count == 3
+
+
+def test_out_of_order_parses_other_forms_exactly():
+    d = OutOfOrderDetector()
+    assert d.observe("A", "2024-05-01T12:00:00.000002Z") is None
+    assert d.observe("A", "2024-05-01T12:00:00.000001+00:00") == "2024-05-01T12:00:00.000002Z"
+    assert d.observe("A", "2024-05-01T12:00:00.000002+00:00") is None  # same instant
+    assert d.observe("A", "2024-05-01T14:00:00+02:00") == "2024-05-01T12:00:00.000002Z"
+    assert d.observe("A", "2024-05-01T12:00:01") is None  # naive is UTC, later
+    assert d.observe("A", "2024-05-01T12:00:00.500000Z") == "2024-05-01T12:00:01"
+    assert d.observe("A", "2024-05-01T12:00:01.000001Z") is None
+    assert d.observe("A", "2024-05-01T12:00:01.000000Z") == "2024-05-01T12:00:01.000001Z"
+    assert d.count == 4
+
+
+def test_unparseable_times_are_counted_and_skipped():
+    d = OutOfOrderDetector()
+    assert d.observe("A", "yesterday") is None
+    assert d.observe("A", iso(10)) is None
+    assert d.observe("A", "2024-05-01T1a:00:00.000000Z") is None
+    assert d.observe("A", iso(9)) == iso(10)
+    assert d.unparsed == 2
+    assert parse_time_us("2024-13-01T00:00:00Z") is None
+
+
+def test_fixed_times_in_order_take_the_kernel():
+    d = OutOfOrderDetector()
+    assert d.try_batch("P", ([iso(1), iso(1), iso(5)],), [])
+    assert not d.try_batch("P", ([iso(4)],), [])
+    assert run(d, "P", ([iso(4)],)) == [(0, iso(5))]
+    d.observe("Q", "2024-05-01T12:00:00+00:00")
+    assert not d.try_batch("Q", ([iso(9)],), [])  # the latest is not in the fixed form
