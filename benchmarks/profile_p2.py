@@ -33,18 +33,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 from prometheus_client import CollectorRegistry
 
 from mercurystream.exchange.market import MATCH, Market
 from mercurystream.p1.pipeline import IngestPipeline
-from mercurystream.p2.analytics import CheckedTrades
-from mercurystream.p2.config import P2Settings
 from mercurystream.p2.app import P2App, loop_factory, tune_runtime
+from mercurystream.p2.config import P2Settings
 from mercurystream.p2.server import IngestDecoder
-from mercurystream.shared.event import EventColumns, WireEvent
 from mercurystream.shared.framing import FrameDecoder, encode_frames
+from mercurystream.shared.schema import wire_decoder
 
 P1_BATCH = 64
 """Messages P1 normalizes and stamps together (one clock read each)."""
@@ -55,8 +53,8 @@ WIRE_DELAY_US = 300
 WIRE_RATE = 200_000
 """Events/s at which P1 stamps the stream (the target rate), whatever the exchange time says."""
 
-TYPED_DECODER = msgspec.json.Decoder(WireEvent)
-"""P2's decoder for P1's events (``shared.event.decode_columns``), for the typed parse-only figure."""
+TYPED_DECODER = wire_decoder()
+"""P2's typed decoder (``shared.schema.WireTrade``), for the typed parse-only figure."""
 
 
 class Stream:
@@ -156,7 +154,7 @@ def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = 
         c.open()
     recorder = next(c for c in consumers if c.name == "recorder")
     ingest = IngestDecoder(source.max_frame_bytes, ReplayClock(stream.clock))
-    names = ["ingest", "publish", "shared: columns", "shared: trades", *(c.name for c in consumers), "release"]
+    names = ["ingest", "publish", "shared: groups", "shared: trades", *(c.name for c in consumers), "release"]
     spent = dict.fromkeys(names, 0)
     pending = [(c.name, c.process_pending) for c in consumers]
     clock = time.perf_counter_ns
@@ -179,11 +177,11 @@ def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = 
             recorded.append(batch.lines)
             # What the first consumer to ask would compute for all of them, timed on its own.
             t0 = clock()
-            batch.derived(EventColumns)
+            batch.groups()
             t1 = clock()
-            batch.derived(CheckedTrades).trades.by_product()
+            batch.trades().by_product()
             t2 = clock()
-            spent["shared: columns"] += t1 - t0
+            spent["shared: groups"] += t1 - t0
             spent["shared: trades"] += t2 - t1
             batch = None
         for name, process in pending:

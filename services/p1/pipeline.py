@@ -12,11 +12,12 @@ import orjson
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import normalize_trade
+from mercurystream.shared.schema import INT64_MAX, INT64_MIN
 from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 _MISSING = object()
-_INT_MIN = -(1 << 63)
-_INT_MAX = (1 << 64) - 1
+_INT_MIN = INT64_MIN
+_INT_MAX = INT64_MAX
 _MATCH_COLUMNS = itemgetter("type", "product_id", "price", "size", "time", "trade_id", "sequence", "side")
 _NOT_IN_A_MATCH = ("last_size", "best_bid", "best_ask")
 """Keys the model would use if a ``match`` had them, so a batch carrying any takes the per-event path."""

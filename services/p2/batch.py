@@ -25,7 +25,6 @@ from operator import add, attrgetter, itemgetter, mul, truediv
 from typing import Any
 
 import msgspec
-import orjson
 
 from mercurystream.shared.event import (
     INGEST_MS,
@@ -121,10 +120,13 @@ class Batch:
     def of_events(cls, events: Sequence[dict[str, Any]], recv_ts_us: int | None = None) -> Batch:
         """A batch of parsed events, normalized as :func:`normalize` would (tests, bundles, tools).
 
+        They are written with the standard library, which keeps what orjson cannot (NaN, infinity,
+        integers of any size), so such values reach the schema's checks as they were.
+
         With ``recv_ts_us``, events without stamps of their own get it, as at the socket; without,
         each event's latency comes from its own stamps only.
         """
-        payloads = [orjson.dumps(e) for e in events]
+        payloads = [json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() for e in events]
         if recv_ts_us is not None:
             batch, _ = normalize(payloads, recv_ts_us)
             assert batch is not None or not payloads
@@ -155,8 +157,10 @@ class Batch:
         """Each product's event indices in arrival order (events without a product id are in none)."""
         groups = self._groups
         if groups is None:
-            groups = self._groups = group_positions(self.product_ids)
-            groups.pop(None, None)  # type: ignore[call-overload]
+            groups = group_positions(self.product_ids)
+            if None in groups:
+                groups = {k: v for k, v in groups.items() if k is not None}
+            self._groups = groups
         return groups
 
     def trades(self) -> Trades:

@@ -7,10 +7,12 @@ recorded stream replays with its original latencies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 from operator import itemgetter, le, lt
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 INGEST_MS = "ingest_ts_ms"
 INGEST_US = "ingest_ts_us"
@@ -36,8 +38,36 @@ def recv_suffix(recv_us: int) -> bytes:
     return b',"recv_ts_ms":%d,"recv_ts_us":%d}' % (recv_us // 1000, recv_us)
 
 
+def _by_identity(fn: Callable[[Sequence[Any]], T]) -> Callable[[Sequence[Any]], T]:
+    """``fn`` of a column, remembered for the last few column objects it was asked about.
+
+    Several rules test the same column of a batch (the dedupe and the gap rule both ask whether a
+    product's ids increase; VWAP and volatility whether its times do). Columns are never mutated
+    once built, and each remembered one is held, so its identity cannot be reused while cached.
+    """
+    cache: dict[int, tuple[Sequence[Any], T]] = {}
+
+    def memo(xs: Sequence[Any]) -> T:
+        hit = cache.get(id(xs))
+        if hit is not None and hit[0] is xs:
+            return hit[1]
+        if len(cache) >= _IDENTITY_CACHE:
+            cache.clear()
+        result = fn(xs)
+        cache[id(xs)] = (xs, result)
+        return result
+
+    memo.__doc__ = fn.__doc__
+    memo.__name__ = fn.__name__
+    return memo
+
+
+_IDENTITY_CACHE = 64
+
+
+@_by_identity
 def group_positions(keys: Sequence[str]) -> dict[str, list[int]]:
-    """Each key's positions in order; keys in order of first appearance."""
+    """Each key's positions in order; keys in order of first appearance (the caller must not change it)."""
     groups: dict[str, list[int]] = {}
     get = groups.get
     for i, key in enumerate(keys):
@@ -49,11 +79,13 @@ def group_positions(keys: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
+@_by_identity
 def increasing(xs: Sequence[Any]) -> bool:
     """Each item greater than the one before (a C-level pass)."""
     return all(map(lt, xs, islice(xs, 1, None)))
 
 
+@_by_identity
 def nondecreasing(xs: Sequence[Any]) -> bool:
     """No item less than the one before (a C-level pass)."""
     return all(map(le, xs, islice(xs, 1, None)))

@@ -6,19 +6,19 @@ ignored because Coinbase adds fields and message types without notice.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     ValidationError,
-    field_validator,
+    create_model,
     model_validator,
 )
+from pydantic import Field as PydanticField
 
-from mercurystream.shared.timeparse import IsoTimeParser
+from mercurystream.shared.schema import FIELDS, INT64_MAX, INT64_MIN, Field, pydantic_annotation
 
 TRADE_TYPES = frozenset({"match", "ticker"})
 """Message types P1 forwards as trades. ``last_match`` (sent once per subscribe) repeats a trade
@@ -33,28 +33,18 @@ def _no_bool(v: Any) -> Any:
     return v
 
 
-Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
-# Bounded to what orjson can serialize: an out-of-range id would otherwise pass validation and fail at dumps.
-Integer = Annotated[int, BeforeValidator(_no_bool), Field(ge=-(1 << 63), le=(1 << 64) - 1)]
-
-_time_parser = IsoTimeParser()
+Number = Annotated[float, BeforeValidator(_no_bool), PydanticField(allow_inf_nan=False)]
+Integer = Annotated[int, BeforeValidator(_no_bool), PydanticField(ge=INT64_MIN, le=INT64_MAX)]
 
 
-class Trade(BaseModel):
-    """One executed trade as P1 forwards it to P2."""
+VENUE_FIELDS = tuple(f for f in FIELDS if f.origin == "venue")
+"""The fields P1 takes from the venue's message; the stamps (and ``venue``/``feed``) P1 sets itself."""
+
+
+class _TradeRules(BaseModel):
+    """What P1 adds to the schema's fields: Coinbase's names, its time check, the wire form."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-
-    type: Literal["match", "ticker"]
-    product_id: Annotated[str, Field(min_length=1)]
-    price: Annotated[Number, Field(gt=0)]
-    last_size: Annotated[Number, Field(ge=0)]
-    time: str
-    trade_id: Integer
-    sequence: Integer | None = None
-    side: Literal["buy", "sell"] | None = None
-    best_bid: Number | None = None
-    best_ask: Number | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -65,32 +55,24 @@ class Trade(BaseModel):
             data["last_size"] = data["size"]
         return data
 
-    @field_validator("time")
-    @classmethod
-    def _iso_time(cls, v: str) -> str:
-        if _time_parser.parse(v) is None:
-            raise ValueError("expected an ISO-8601 UTC time like 2024-05-01T12:34:56.789012Z")
-        return v
-
     def to_event(self) -> dict[str, Any]:
-        """The wire form: only the fields that are set, in a fixed order."""
-        event: dict[str, Any] = {
-            "type": self.type,
-            "product_id": self.product_id,
-            "price": self.price,
-            "last_size": self.last_size,
-            "time": self.time,
-            "trade_id": self.trade_id,
-        }
-        if self.sequence is not None:
-            event["sequence"] = self.sequence
-        if self.side is not None:
-            event["side"] = self.side
-        if self.best_bid is not None:
-            event["best_bid"] = self.best_bid
-        if self.best_ask is not None:
-            event["best_ask"] = self.best_ask
-        return event
+        """The wire form: the fields that are set, in the schema's order."""
+        event = {f.name: getattr(self, f.name) for f in VENUE_FIELDS}
+        return {k: v for k, v in event.items() if v is not None}
+
+
+def _field(f: Field) -> tuple[Any, Any]:
+    annotation = pydantic_annotation(f, Number, Integer)
+    return (annotation, ...) if f.required else (annotation | None, None)
+
+
+Trade = create_model(
+    "Trade",
+    __base__=_TradeRules,
+    __module__=__name__,
+    __doc__="One executed trade as P1 forwards it to P2: the schema's venue fields (``shared.schema``).",
+    **{f.name: _field(f) for f in VENUE_FIELDS},
+)
 
 
 def normalize_trade(message: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

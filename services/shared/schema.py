@@ -93,9 +93,7 @@ REQUIRED: Mapping[str, str] = {f.name: f.kind for f in FIELDS if f.required}
 """Required keys and their kind: a missing or mistyped one is schema drift."""
 KNOWN_KEYS = frozenset(BY_NAME)
 """Every key of the normalized event; any other is kept in the recorded line and listed as unexpected."""
-TRADE_CHECKS: tuple[Field, ...] = tuple(
-    BY_NAME[n] for n in ("product_id", "trade_id", "price", "last_size", "time")
-)
+TRADE_CHECKS: tuple[Field, ...] = tuple(BY_NAME[n] for n in ("product_id", "trade_id", "price", "last_size", "time"))
 """What makes a trade count in the analytics, in the order the first failing one names the reason."""
 REASONS: tuple[str, ...] = tuple(f.reason for f in TRADE_CHECKS if f.reason)
 STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
@@ -231,8 +229,11 @@ def wire_decoder() -> msgspec.json.Decoder:
 
 def pydantic_annotation(field: Field, number: Any, integer: Any) -> Any:
     """The pydantic annotation of a venue field, with P1's ``number`` and ``integer`` base types."""
+    from pydantic import AfterValidator
     from pydantic import Field as PydanticField
 
+    if field.time:
+        return Annotated[str, AfterValidator(_pydantic_time)]
     if field.choices is not None:
         return Literal[field.choices]  # type: ignore[valid-type]
     constraints: dict[str, Any] = {}
@@ -242,6 +243,12 @@ def pydantic_annotation(field: Field, number: Any, integer: Any) -> Any:
             constraints[key] = value
     base = {"str": str, "int": integer, "number": number}[field.kind]
     return Annotated[base, PydanticField(**constraints)] if constraints else base
+
+
+def _pydantic_time(value: str) -> str:
+    if not is_time(value):
+        raise ValueError("expected an ISO-8601 UTC time like 2024-05-01T12:34:56.789012Z")
+    return value
 
 
 def markdown_table() -> str:

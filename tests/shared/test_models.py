@@ -164,11 +164,12 @@ def test_not_a_dict_is_a_failure_not_a_crash():
 
 
 def test_every_valid_event_serializes():
-    """Integers are bounded to what orjson can write, so a valid event never fails at dumps."""
-    big = {**MATCH, "trade_id": 2**64 - 1, "sequence": -(2**63)}
+    """Integers are bounded to the schema's int64, which orjson writes and P2 decodes typed."""
+    big = {**MATCH, "trade_id": 2**63 - 1, "sequence": -(2**63)}
     event, reason = normalize_trade(big)
     assert reason is None
-    assert orjson.loads(orjson.dumps(event))["trade_id"] == 2**64 - 1
+    assert orjson.loads(orjson.dumps(event))["trade_id"] == 2**63 - 1
+    assert normalize_trade({**MATCH, "trade_id": 2**63})[1] is not None
 
 
 def test_trade_is_frozen():

@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mercurystream.p2.batch import Batch, normalize
-from mercurystream.p2.bus import Batch
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import (
     DUPLICATE,

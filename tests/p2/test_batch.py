@@ -1,0 +1,169 @@
+"""Normalizing a read: every valid shape decodes typed, anything else is checked event by event, once."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mercurystream.p2.batch import COLUMNS, Batch, normalize
+from mercurystream.shared.schema import BY_NAME, conforms, drift_of, invalid_reason, kind_ok
+
+RECV_US = 1_700_000_000_000_500
+T0 = "2024-05-01T12:00:00.000001Z"
+
+
+def p1_event(tid: int = 1, **changes: object) -> dict:
+    """An event exactly as P1 writes it."""
+    ev = {
+        "type": "match",
+        "product_id": "BTC-USD",
+        "price": 100.5,
+        "last_size": 0.25,
+        "time": T0,
+        "trade_id": tid,
+        "sequence": 10 + tid,
+        "side": "buy",
+        "venue": "coinbase",
+        "feed": "exchange",
+        "ingest_ts_ms": 1_700_000_000_000,
+        "ingest_ts_us": 1_700_000_000_000_000,
+    }
+    ev.update(changes)
+    return ev
+
+
+def seed_event(tid: int = 1) -> dict:
+    """The seed's shape: no microsecond stamp, no venue or feed."""
+    ev = p1_event(tid)
+    for key in ("ingest_ts_us", "venue", "feed", "sequence", "side"):
+        del ev[key]
+    return ev
+
+
+def replayed_event(tid: int = 1) -> dict:
+    """A replayed incident line: its own receive stamps and a key the schema does not know."""
+    return {**p1_event(tid), "recv_ts_ms": 1_700_000_000_001, "recv_ts_us": 1_700_000_000_001_000, "note": "x"}
+
+
+def read(events: list[dict]) -> tuple[Batch, list]:
+    batch, errors = normalize([orjson.dumps(e) for e in events], RECV_US)
+    assert batch is not None
+    return batch, errors
+
+
+@pytest.mark.parametrize(
+    ("shape", "latency"),
+    [(p1_event, 0.5), (seed_event, 0.0), (replayed_event, 1.0)],
+)
+def test_every_valid_shape_decodes_typed(shape, latency: float) -> None:
+    events = [shape(i) for i in range(1, 4)]
+    batch, errors = read(events)
+    assert errors == [] and batch.clean and not batch.drift and not batch.invalid
+    assert list(batch.trade_ids) == [1, 2, 3]
+    assert list(batch.latencies) == [latency] * 3
+    assert batch.trades().rejects == () and len(batch.trades()) == 3
+
+
+def test_extra_keys_are_kept_byte_for_byte_in_the_recorded_line() -> None:
+    payload = orjson.dumps(p1_event(1, zz={"a": [1, 2]}))
+    batch, _ = normalize([payload], RECV_US)
+    assert batch.clean
+    assert batch.lines == [payload[:-1] + b',"recv_ts_ms":1700000000000,"recv_ts_us":1700000000000500}']
+    replay = orjson.dumps(replayed_event(1))
+    assert normalize([replay], RECV_US)[0].lines == [replay]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "kind"),
+    [
+        (b"9" * 401, "invalid_price", "int(401 digits)"),
+        (b"1e400", "invalid_price", "float(inf)"),
+        (b"NaN", "invalid_price", "float(nan)"),
+        (b"-Infinity", "invalid_price", "float(-inf)"),
+    ],
+)
+def test_a_value_no_float_holds_is_drift_and_invalid_at_decode(raw: bytes, reason: str, kind: str) -> None:
+    good = orjson.dumps(p1_event(1))
+    bad = good.replace(b'"price":100.5', b'"price":' + raw)
+    batch, errors = normalize([good, bad, orjson.dumps(p1_event(3))], RECV_US)
+    assert errors == [] and not batch.clean
+    assert [i for i, _ in batch.drift] == [1]
+    assert batch.drift[0][1]["mismatched"] == [{"key": "price", "expected": "number", "got": kind}]
+    assert batch.invalid == [(1, reason)]
+    assert batch.prices[1] is None and batch.prices[0] == 100.5
+    trades = batch.trades()
+    assert list(trades.positions) == [0, 2] and trades.rejects == [(1, reason)]
+
+
+def test_frame_errors_never_enter_the_batch() -> None:
+    batch, errors = normalize([b"{nope", b"[1]", orjson.dumps(p1_event(1)), b"null"], RECV_US)
+    assert errors == [("invalid_json", b"{nope"), ("not_object", b"[1]"), ("not_object", b"null")]
+    assert len(batch) == 1 and batch.trade_ids[0] == 1
+
+
+def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
+    batch, _ = read([p1_event(1, product_id="X" * 900_000)])
+    assert batch.product_ids[0] is None
+    assert batch.drift[0][1]["mismatched"] == [{"key": "product_id", "expected": "str", "got": "str(900000)"}]
+    assert batch.groups() == {}
+
+
+def test_an_invalid_time_is_found_by_the_trades_once() -> None:
+    batch, _ = read([p1_event(1), p1_event(2, time="2024-13-01T00:00:00.000000Z"), p1_event(3)])
+    assert batch.clean  # a string of the right kind: the time rule is the trades' to apply
+    trades = batch.trades()
+    assert list(trades.positions) == [0, 2] and list(trades.rejects) == [(1, "invalid_time")]
+
+
+def test_tail_cuts_every_column_verdict_and_latency_in_one_place() -> None:
+    events = [p1_event(1), p1_event(2, price="x"), seed_event(3), {**p1_event(4), "ingest_ts_ms": "soon"}]
+    for e in events[3:]:
+        del e["ingest_ts_us"]
+    batch, _ = read(events)
+    assert list(batch.latency_at) == [0, 1, 2]
+    tail = batch.tail(2)
+    assert len(tail) == 2 and tail.lines == batch.lines[2:]
+    assert [list(c) for c in tail.columns()] == [list(c[2:]) for c in batch.columns()]
+    assert list(tail.latency_at) == [0] and list(tail.latencies) == [batch.latencies[2]]
+    assert [i for i, _ in tail.drift] == [1] and tail.invalid == []
+    clean, _ = read([p1_event(i) for i in range(5)])
+    assert list(clean.tail(3).latency_at) == [0, 1] and list(clean.tail(3).trade_ids) == [3, 4]
+
+
+_value = (
+    st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=4)
+    | st.sampled_from(["match", "ticker", "buy", T0, "", "x" * 70])
+    | st.booleans()
+    | st.none()
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.dictionaries(st.sampled_from([*COLUMNS, "sequence", "side", "venue", "recv_ts_ms", "extra"]), _value),
+    drop=st.sets(st.sampled_from(COLUMNS), max_size=2),
+)
+def test_the_typed_path_and_the_per_event_path_agree_on_every_event(changes: dict, drop: set) -> None:
+    """Whichever path an event takes, its columns and verdicts are the schema's rules applied to it."""
+    ev = {k: v for k, v in p1_event(7, **changes).items() if k not in drop}
+    payload = json.dumps(ev).encode()
+    alone, errors = normalize([payload], RECV_US)
+    assert errors == []
+    for name, column in zip(COLUMNS, alone.columns(), strict=True):
+        value = ev.get(name)
+        expected = value if value is not None and kind_ok(BY_NAME[name], value) else None
+        got = column[0]
+        assert got == expected or (isinstance(got, float) and math.isnan(got) and expected is not None)
+    assert [d for _, d in alone.drift] == ([] if drift_of(ev) is None else [drift_of(ev)])
+    reason = invalid_reason(ev)
+    assert [r for _, r in alone.invalid] == ([] if alone.clean else [reason] if reason else [])
+    if alone.clean:
+        assert reason in (None, "invalid_time") and drift_of(ev) is None
+        assert all(conforms(BY_NAME[n], ev[n]) for n in ("type", "product_id", "price", "last_size", "trade_id"))
