@@ -132,7 +132,7 @@ class LocalDemo:
         wait_for("P2-replay", lambda: http_ok(f"http://127.0.0.1:{p['replay_metrics']}/metrics"), 20, self.services)
         if any(s.name == "prometheus" for s in self.services):
             wait_for("Prometheus", lambda: http_ok(f"http://127.0.0.1:{p['prom']}/-/ready"), 30, self.services)
-            print(f"  Prometheus: http://127.0.0.1:{p['prom']}")
+            print(f"  Prometheus: http://127.0.0.1:{p['prom']} (alert rules from alerts.yml: /alerts)")
         print(
             f"  P2 metrics: http://127.0.0.1:{p['p2_metrics']}/metrics   P1 metrics: http://127.0.0.1:{p['p1_metrics']}/metrics"
         )
@@ -228,6 +228,9 @@ class LocalDemo:
             text = text.replace(f"localhost:{default}", f"127.0.0.1:{self.ports[key]}")
         cfg = self.run_dir / "prometheus.yml"
         cfg.write_text(text)
+        # Its rule_files entry (alerts.yml) is relative to the config's directory: copy the rules beside it.
+        if Path("alerts.yml").exists():
+            shutil.copyfile("alerts.yml", self.run_dir / "alerts.yml")
         return cfg
 
     def stop(self) -> None:

@@ -40,8 +40,13 @@ def scrape_targets(config: dict) -> dict[str, list[str]]:
 
 
 def render_local_config(p2: str, p1: str, prometheus: str | None = None, scrape_interval: str = "1s") -> str:
-    """prometheus.local.yml with the p2/p1 (and self) targets replaced by ``host:port`` strings."""
+    """prometheus.local.yml with the p2/p1 (and self) targets replaced by ``host:port`` strings.
+
+    Its ``rule_files`` become absolute: the rendered file is written elsewhere, and Prometheus reads a
+    relative rule file from the config's own directory.
+    """
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    config["rule_files"] = [str(LOCAL_CONFIG.parent / f) for f in config.get("rule_files", [])]
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
     config["global"].pop("scrape_timeout", None)
@@ -91,6 +96,7 @@ def test_promtool_accepts_rendered_local_config(tmp_path: Path) -> None:
         "p1": ["127.0.0.1:45002"],
         "prometheus": ["127.0.0.1:45003"],
     }
+    assert _load(path)["rule_files"] == [str(REPO / "alerts.yml")]
 
 
 def test_compose_config_scrapes_the_compose_services_on_their_default_ports() -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_all_five_steps_and_writes_a_reported_incident(tmp_path):
@@ -34,5 +38,9 @@ def test_demo_runs_all_five_steps_and_writes_a_reported_incident(tmp_path):
         assert (b / "report.md").read_text().startswith(f"# Incident Report: {b.name}")
         assert (b / "events.jsonl").exists()
     assert "# Incident Report:" in out, "the first lines of a report are printed"
+    if shutil.which("prometheus"):
+        # The demo's Prometheus config is a rendered copy: its relative rule file must be copied beside it.
+        assert (data / "run" / "alerts.yml").read_text() == (REPO / "alerts.yml").read_text()
+        assert "alerts.yml" in (data / "run" / "prometheus.yml").read_text()
     leftover = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "the demo stops everything it started"

@@ -1,5 +1,5 @@
 """A real Prometheus scrapes live P1 and P2 while the exchange and a replay with anomalies feed them;
-every dashboard panel's query must return data."""
+it must load and evaluate every alert rule of alerts.yml, and every dashboard panel's query must return data."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from mercurystream.shared.processes import BIN, free_port
+from tests.test_alerts import alert_names
 from tests.test_dashboard import dashboard_exprs
 from tests.test_prometheus_config import render_local_config
 
@@ -35,7 +36,31 @@ def query(port: int, expr: str) -> list:
     return body["data"]["result"]
 
 
-def test_every_dashboard_panel_returns_data(cluster, tmp_path):
+# What the cluster below provokes: the replay's drift and the duplicates' incident bundles.
+EXPECTED_FIRING = {"MercurySchemaDrift", "MercuryIncidentWritten"}
+# What a healthy cluster must not raise, even pending, once P1 has connected. (Latency and consumer drops
+# are left out: a loaded machine may briefly make them pending, which is what they are for.)
+EXPECTED_INACTIVE = {
+    "MercuryTargetDown",
+    "MercuryFeedSilent",
+    "MercuryP1VenueDisconnected",
+    "MercuryP1P2Disconnected",
+    "MercuryP1Drops",
+    "MercuryFrameErrors",
+}
+
+
+def alerting_rules(port: int) -> dict[str, dict]:
+    """``{alert name: rule}`` as Prometheus's /api/v1/rules reports them (health, state, lastError)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return {
+        rule["name"]: rule for group in body["data"]["groups"] for rule in group["rules"] if rule["type"] == "alerting"
+    }
+
+
+def test_alert_rules_load_and_every_dashboard_panel_returns_data(cluster, tmp_path):
     assert PROMETHEUS is not None, "CI must have Debian's prometheus installed (.ci/run does it)"
     cluster.exchange("--rate", 300, "--seed", 21, "--duplicate-rate", 0.01, "--malformed-rate", 0.01)
     cluster.p2(FLIGHT_COOLDOWN_S=1, FLIGHT_PRE_EVENTS=200, FLIGHT_POST_EVENTS=50)
@@ -68,6 +93,27 @@ def test_every_dashboard_panel_returns_data(cluster, tmp_path):
 
     up = 'up{job=~"p1|p2"}'
     cluster.wait("both targets up", lambda: sum(float(r["value"][1]) for r in query(prom_port, up)) == 2)
+
+    # The rules file the config names is loaded, every rule evaluates without error, and the rules see the
+    # series P1 and P2 really export: the anomalies this test injects make their alerts fire.
+    names = set(alert_names())
+    assert names >= EXPECTED_FIRING | EXPECTED_INACTIVE
+    deadline = time.monotonic() + 60
+    rules: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        rules = alerting_rules(prom_port)
+        firing = {n for n, r in rules.items() if r["state"] == "firing"}
+        if set(rules) == names and all(r["health"] == "ok" for r in rules.values()) and firing >= EXPECTED_FIRING:
+            break
+        time.sleep(1)
+    assert set(rules) == names, f"loaded {sorted(rules)}, alerts.yml has {sorted(names)}"
+    unhealthy = {n: (r["health"], r.get("lastError")) for n, r in rules.items() if r["health"] != "ok"}
+    assert not unhealthy, unhealthy
+    states = {n: r["state"] for n, r in rules.items()}
+    wrong = {n: states[n] for n in EXPECTED_FIRING if states[n] != "firing"}
+    wrong |= {n: states[n] for n in EXPECTED_INACTIVE if states[n] != "inactive"}
+    assert not wrong, f"expected {sorted(EXPECTED_FIRING)} firing and {sorted(EXPECTED_INACTIVE)} inactive: {wrong}"
+    # The "Alerts firing" panel (ALERTS{alertstate="firing"}) has rows because EXPECTED_FIRING fire.
     exprs = dashboard_exprs()
     assert len(exprs) >= 20
     deadline = time.monotonic() + 60
