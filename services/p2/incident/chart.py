@@ -450,20 +450,21 @@ def _legend_title(series: Series) -> str:
 
 
 def _receive_time_axis(ax: Any, received: tuple[list[int], list[float]]) -> None:
-    """A top axis with P2's receive time for the lines below (receive stamps never go back within a
-    read, but are made monotonic here so the mapping has an inverse)."""
+    """A top axis giving P2's receive time at the lines the bottom axis labels. Receive times come in
+    bursts (one stamp per socket read), so ticks evenly spaced in seconds would crowd; the ticks
+    stay on the line grid and only their labels are times."""
     xs, ts = received
     if len(xs) < 2 or ts[-1] <= 0:
         return
     import numpy as np
+    from matplotlib.ticker import FuncFormatter
 
     x = np.asarray(xs, dtype=float)
     t = np.maximum.accumulate(np.asarray(ts, dtype=float))
-    top = ax.secondary_xaxis(
-        "top",
-        functions=(lambda v: np.interp(v, x, t), lambda v: np.interp(v, t, x)),
-    )
-    top.set_xlabel("P2 receive time, s after the first stamped line", fontsize=9)
+    decimals = min(3, max(0, 2 - math.floor(math.log10(t[-1]))))
+    top = ax.secondary_xaxis("top")
+    top.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{float(np.interp(v, x, t)):,.{decimals}f}"))
+    top.set_xlabel("P2 receive time at that line, s after the first stamped line", fontsize=9)
     top.tick_params(labelsize=8)
 
 

@@ -39,14 +39,15 @@ class MarkStyle:
     color: str
     marker: str
     words: str
+    """With its article, to go in a sentence: "an orange diamond"."""
 
 
 STYLES: dict[str, MarkStyle] = {
-    DUPLICATE: MarkStyle("#ff7f0e", "D", "orange diamond"),
-    OUT_OF_ORDER: MarkStyle("#9467bd", "|", "purple tick"),
-    SEQUENCE_GAP: MarkStyle("#8c564b", "v", "brown triangle"),
-    SCHEMA_DRIFT: MarkStyle("#e377c2", "s", "pink square"),
-    LATENCY_SPIKE: MarkStyle("#17becf", "^", "cyan triangle"),
+    DUPLICATE: MarkStyle("#ff7f0e", "D", "an orange diamond"),
+    OUT_OF_ORDER: MarkStyle("#9467bd", "|", "a purple tick"),
+    SEQUENCE_GAP: MarkStyle("#8c564b", "v", "a brown downward triangle"),
+    SCHEMA_DRIFT: MarkStyle("#e377c2", "s", "a pink square"),
+    LATENCY_SPIKE: MarkStyle("#17becf", "^", "a cyan upward triangle"),
 }
 
 _SETTINGS: dict[str, tuple[str, str]] = {
