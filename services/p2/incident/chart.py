@@ -437,7 +437,7 @@ def _rug(lines: list[int], last: int) -> list[float]:
     if len(lines) <= RUG_COLUMNS or last <= RUG_COLUMNS:
         return [float(x) for x in lines]
     step = last / RUG_COLUMNS
-    return [(c + 0.5) * step for c in sorted({int(x // step) for x in lines})]
+    return [0.5 + (c + 0.5) * step for c in sorted({int((x - 0.5) // step) for x in lines})]
 
 
 def _legend_title(series: Series) -> str:
