@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, SEQUENCE_GAP, nearest_rank
+from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, OUT_OF_ORDER, SEQUENCE_GAP, nearest_rank
+from mercurystream.p2.incident.marks import STYLES
 from mercurystream.shared.event import latency_ms
 
 REPORT_FILE = "report.md"
@@ -199,16 +200,18 @@ def render_report(
         out += _tail(bundle, meta, replay_path, chart_note)
         return "\n".join(out)
     detail = meta.get("detail") if isinstance(meta.get("detail"), dict) else {}
+    chart = (bundle / CHART_FILE).is_file()
     if itype == DUPLICATE:
-        out += _duplicate_evidence(meta, detail, events)
+        out += _duplicate_evidence(meta, detail, events, chart)
     elif itype == SEQUENCE_GAP:
-        out += _gap_evidence(meta, detail, events)
+        out += _gap_evidence(meta, detail, events, chart)
     elif itype == LATENCY_SPIKE:
-        out += _latency_evidence(detail, events, trigger_line)
+        out += _latency_evidence(detail, events, trigger_line, chart)
     else:
+        out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
         out += [code_block([orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode()], "json"), ""]
 
-    out += _symbols_section(events)
+    out += _symbols_section(events, chart)
     if suppressed:
         out += ["## Suppressed Triggers", "", "| Line | Type | Symbol | At |", "|------|------|--------|----|"]
         for s in suppressed[:50]:
@@ -230,7 +233,14 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
     out += _kv_section("Configuration", "Setting", meta.get("config"))
     path = _events_path(bundle, replay_path)
     if (bundle / CHART_FILE).is_file():
-        out += ["## Chart", "", f"![Latency and price around the trigger]({CHART_FILE})", ""]
+        out += [
+            "## Chart",
+            "",
+            _CHART_CAPTION,
+            "",
+            f"![Anomalies, price and latency around the trigger]({CHART_FILE})",
+            "",
+        ]
     elif chart_note in _CHART_NOTES:
         out += [
             "## Chart",
@@ -247,6 +257,41 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
         "",
     ]
     return out
+
+
+_CHART_LINK = f"[chart]({CHART_FILE})"
+_CHART_CAPTION = (
+    "The chart marks every anomaly in the bundle as P2's detectors find it again over the bundle's "
+    "events, with the settings in meta.json. They start cold at line 1, so what P2 saw before the "
+    "bundle is not known to them, and the counts can differ from the counters at the trigger. "
+    "The strip at the top has one row of ticks per type. "
+    + "; ".join(f"{t}: {STYLES[t].words}" for t in STYLES)
+    + f" (dense types, over a few hundred, only in the strip; {OUT_OF_ORDER} usually is one). "
+    "The trigger is the red circle on the red dashed line. The x axis is the line in events.jsonl."
+)
+
+
+def _marked(itype: str) -> str:
+    """Where the chart marks anomalies of ``itype``, as a sentence starting after "On the chart, "."""
+    style = STYLES.get(itype)
+    if style is None:
+        return ""
+    where = "the latency panel's rolling p99" if itype == LATENCY_SPIKE else "its symbol's price line"
+    return (
+        f"each {md(itype)} is {style.words} on {where} (left out when there are hundreds) "
+        f"and a tick in the strip's {md(itype)} row"
+    )
+
+
+def _trigger_at(trigger_line: object) -> str:
+    return f"; the trigger is the red circle at line {trigger_line:,}" if type(trigger_line) is int else ""
+
+
+def _chart_ref(chart: bool, where: str) -> list[str]:
+    """One sentence pointing from an evidence table to the chart (nothing while there is no chart)."""
+    if not chart or not where:
+        return []
+    return [f"On the {_CHART_LINK}, {where}.", ""]
 
 
 def _events_path(bundle: Path, replay_path: str | None) -> str:
@@ -271,7 +316,7 @@ _EVENT_HEADER = [
 ]
 
 
-def _duplicate_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event]) -> list[str]:
+def _duplicate_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event], chart: bool) -> list[str]:
     pid = meta.get("product_id")
     tid = detail.get("trade_id")
     hits = [e for e in events if e.get("product_id") == pid and e.get("trade_id") == tid and type(tid) is int]
@@ -286,11 +331,12 @@ def _duplicate_evidence(meta: dict[str, Any], detail: dict[str, Any], events: li
     shown = hits[:10]
     if shown:
         out += [*_EVENT_HEADER, *(_event_row(e) for e in shown), ""]
+        out += _chart_ref(chart, _marked(DUPLICATE) + _trigger_at(meta.get("trigger_line")))
         out += [code_block([_shown(e.raw) for e in shown], "json"), ""]
     return out
 
 
-def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event]) -> list[str]:
+def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event], chart: bool) -> list[str]:
     pid = meta.get("product_id")
     ranges = [r for r in detail.get("ranges", []) if isinstance(r, list) and len(r) == 2 and all(_num(x) for x in r)]
     missing = sum(hi - lo + 1 for lo, hi in ranges)
@@ -301,6 +347,12 @@ def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Ev
     if len(ranges) > 20:
         out.append(f"| ... {len(ranges) - 20} more ranges | |")
     out.append("")
+    out += _chart_ref(
+        chart,
+        _marked(SEQUENCE_GAP)
+        + ", at the line that confirmed the gap (the window's worth of later match events after the jump)"
+        + _trigger_at(meta.get("trigger_line")),
+    )
     matches = [
         e for e in events if e.get("product_id") == pid and e.get("type") == "match" and type(e.get("trade_id")) is int
     ]
@@ -310,6 +362,8 @@ def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Ev
         out += [f"#### Trade ids around {lo:,} .. {hi:,}", ""]
         if around:
             out += [*_EVENT_HEADER, *(_event_row(e) for e in around[:20]), ""]
+            lines = [e.line for e in around[:20]]
+            out += _chart_ref(chart, f"these are lines {min(lines):,} to {max(lines):,} of the x axis")
         else:
             out += ["No neighbouring trade ids are in this bundle.", ""]
         if late:
@@ -320,7 +374,7 @@ def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Ev
     return out
 
 
-def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line: object) -> list[str]:
+def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line: object, chart: bool) -> list[str]:
     thr = detail.get("threshold_ms")
     run = detail.get("run_p99_ms") or []
     out = ["### Rolling p99 of P1 -> P2 latency", ""]
@@ -330,6 +384,11 @@ def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line
         label = "at the trigger" if k == len(run) else f"run {k}"
         out.append(f"| {label} | {_fmt_ms(v)} |")
     out += ["", f"Threshold: {_fmt_ms(thr)} ms over a window of {_fmt_num(detail.get('window'))} samples.", ""]
+    out += _chart_ref(
+        chart,
+        "the latency panel's dark green step line is this rolling p99 as evaluated over the bundle, the "
+        "dotted line the threshold, and " + _marked(LATENCY_SPIKE) + _trigger_at(trigger_line),
+    )
     last = trigger_line if type(trigger_line) is int else len(events)
     sampled: list[tuple[float, _Event]] = []
     for e in events[:last]:
@@ -349,10 +408,11 @@ def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line
             f"| {e.line:,} | {md(e.get('product_id'))} | {_fmt_num(e.get('trade_id'))} | {v:.3f} |" for v, e in worst
         ]
         out.append("")
+        out += _chart_ref(chart, "these are the highest green dots of the latency panel, at the lines given")
     return out
 
 
-def _symbols_section(events: list[_Event]) -> list[str]:
+def _symbols_section(events: list[_Event], chart: bool) -> list[str]:
     stats: dict[str, list[Any]] = {}
     for e in events:
         pid = e.get("product_id")
@@ -389,6 +449,9 @@ def _symbols_section(events: list[_Event]) -> list[str]:
         pmax_s = f"{pmax:,}" if pmax is not None else "n/a"
         out.append(f"| {md(pid)} | {n:,} | {m:,} | {t:,} | {pmin_s} | {pmax_s} | {ids} |")
     out.append("")
+    out += _chart_ref(
+        chart, "each symbol has a price panel (the six most active), with its anomalies marked on the line"
+    )
     return out
 
 

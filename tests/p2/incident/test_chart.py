@@ -1,4 +1,4 @@
-"""chart.png from hand-built bundles, including malformed lines and a missing meta.json."""
+"""chart.png from hand-built bundles (malformed lines, no meta.json) and injected ones with every anomaly type."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, OUT_OF_ORDER, SEQUENCE_GAP
 from mercurystream.p2.incident.chart import (
+    DENSE_MARKS,
     DPI,
+    RUG_COLUMNS,
     WIDTH_IN,
     ChartError,
+    _rug,
     chart_command,
+    draw,
+    latency_limits,
     main,
     read_series,
     render_chart,
 )
+from mercurystream.p2.incident.marks import MARK_TYPES, STYLES
+from tests.p2.incident.support import injected_lines, write_bundle
 
 T0_US = 1_714_566_896_000_000
 
@@ -160,3 +168,108 @@ def test_drifted_text_cannot_break_the_drawing(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path, lines, {"trigger_line": 22, "type": "drift $x^", "incident_id": "$$"})
 
     assert _image(render_chart(bundle))[..., :3].std() > 0.05
+
+
+def _injected_bundle(tmp_path: Path, n: int = 1500) -> Path:
+    return write_bundle(tmp_path / "20240501_123456_1nj3c7ed", injected_lines(n), trigger_line=100)
+
+
+def _latency_axes(fig) -> object:
+    (ax,) = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+    return ax
+
+
+def test_every_anomaly_type_is_marked_with_its_count_in_the_legend(tmp_path: Path) -> None:
+    bundle = _injected_bundle(tmp_path)
+    series = read_series(bundle)
+    marks = series.marks
+
+    fig = draw(series)
+
+    legend = " | ".join(t.get_text() for t in fig.legends[0].get_texts())
+    for t in MARK_TYPES:
+        found = marks.by_type[t]
+        assert found, f"no {t} in the injected bundle"
+        shown = f"{t}: {marks.counter(t):,} missing ids" if t == SEQUENCE_GAP else f"{t}: {len(found):,}"
+        assert shown in legend
+    assert "re-detected" in fig.legends[0].get_title().get_text()
+    assert "start cold" in fig.legends[0].get_title().get_text()
+    strip = fig.axes[0]
+    rows = [c.get_positions() for c in strip.collections]
+    assert [len(r) for r in rows] == [len(marks.by_type[t]) for t in MARK_TYPES]
+    for row, t in zip(rows, MARK_TYPES, strict=True):
+        assert sorted(row) == marks.lines(t)
+    assert _image(render_chart(bundle))[..., :3].std() > 0.05
+
+
+def test_sparse_types_sit_on_the_data_and_dense_ones_only_in_the_strip(tmp_path: Path) -> None:
+    series = read_series(_injected_bundle(tmp_path))
+    marks = series.marks
+    assert len(marks.by_type[OUT_OF_ORDER]) > DENSE_MARKS >= len(marks.by_type[DUPLICATE])
+
+    fig = draw(series)
+
+    price_axes = fig.axes[1:-1]
+    on_prices = {t: 0 for t in MARK_TYPES}
+    for ax in price_axes:
+        for line in ax.lines:
+            for t in MARK_TYPES:
+                if line.get_marker() == STYLES[t].marker and line.get_color() == STYLES[t].color:
+                    on_prices[t] += len(line.get_xdata())
+    assert on_prices[OUT_OF_ORDER] == 0
+    marked_with_price = [m for m in marks.by_type[DUPLICATE] if m.line in series.price_at]
+    assert on_prices[DUPLICATE] == len(marked_with_price) > 0
+    spikes = [ln for ln in _latency_axes(fig).lines if ln.get_marker() == STYLES[LATENCY_SPIKE].marker]
+    assert sum(len(ln.get_xdata()) for ln in spikes) == len(marks.by_type[LATENCY_SPIKE])
+
+
+def test_legend_is_off_the_data(tmp_path: Path) -> None:
+    fig = draw(read_series(_injected_bundle(tmp_path)))
+    fig.canvas.draw()
+
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent()), ax
+    assert not any(ax.get_legend() for ax in fig.axes)
+
+
+@pytest.mark.parametrize("source", ["injected", "hand_built", "no_latency"])
+def test_latency_axis_is_log_with_several_labels(tmp_path: Path, source: str) -> None:
+    if source == "injected":
+        bundle = _injected_bundle(tmp_path)
+    elif source == "hand_built":
+        bundle = _bundle(tmp_path, _lines(), {"trigger_line": 3})
+    else:
+        bundle = _bundle(tmp_path, [{"product_id": "BTC-USD", "price": 1.0 + i} for i in range(5)], None)
+    fig = draw(read_series(bundle))
+    fig.canvas.draw()
+
+    ax = _latency_axes(fig)
+    lo, hi = ax.get_ylim()
+    labels = [t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi and t.get_text()]
+    assert len(labels) >= 3, labels
+    assert "ms" in ax.get_ylabel()
+    assert "line in events.jsonl" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize(
+    ("values", "threshold", "decades"),
+    [([0.3, 0.9], 100.0, (-1, 3)), ([0.5, 0.6], None, (-2, 0)), ([-1.0, 0.0], None, (-1, 3)), ([5e4], 1.0, (0, 5))],
+)
+def test_latency_limits_cover_the_samples_and_threshold_over_two_decades(values, threshold, decades) -> None:
+    assert latency_limits(values, threshold) == decades
+
+
+def test_the_strip_is_bounded_however_many_anomalies() -> None:
+    assert len(_rug(list(range(1, 100_001)), 100_000)) == RUG_COLUMNS
+    assert _rug([3, 7], 10) == [3.0, 7.0]
+
+
+def test_a_demo_sized_bundle_renders(tmp_path: Path) -> None:
+    """7,000 lines, as a latency spike's bundle holds: every type, thousands of them out of order."""
+    bundle = _injected_bundle(tmp_path, 6800)
+    out = render_chart(bundle)
+    assert read_series(bundle).lines > 7000
+    assert _image(out)[..., :3].std() > 0.05

@@ -13,6 +13,7 @@ from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors import Detectors
 from mercurystream.p2.flight_recorder import FlightRecorder
 from mercurystream.p2.incident.bundle import write_bundle
+from mercurystream.p2.incident.marks import STYLES
 from mercurystream.p2.incident.report import (
     CHART_FAILED,
     CHART_NOT_DRAWN,
@@ -272,3 +273,75 @@ def test_a_summary_only_report_is_rendered_from_meta_without_reading_the_events(
         assert shared in summary and shared in full
     assert "## Configuration" in summary and "Not drawn yet" in summary
     assert "## Events by Symbol" in full and "## Events by Symbol" not in summary
+
+
+def evidence_tables(text: str) -> list[tuple[int, list[str]]]:
+    """(index of the line after it, the table's lines) for each table from Evidence to Events by Symbol."""
+    lines = text.splitlines()
+    start = lines.index("## Evidence")
+    end = next(
+        i for i in range(start + 1, len(lines)) if lines[i].startswith("## ") and "Events by Symbol" not in lines[i]
+    )
+    tables, current = [], []
+    for i in range(start, end + 1):
+        if lines[i].startswith("|"):
+            current.append(lines[i])
+        elif current:
+            tables.append((i, current))
+            current = []
+    return tables
+
+
+def chart_links_after_each_table(path) -> list[str]:
+    """The sentence linking the chart within the few lines after each evidence table."""
+    (path / "chart.png").write_bytes(b"png")
+    write_report(path)
+    text = (path / "report.md").read_text()
+    lines = text.splitlines()
+    found = []
+    tables = evidence_tables(text)
+    assert len(tables) >= 2
+    for after, table in tables:
+        near = [s for s in lines[after : after + 4] if "[chart](chart.png)" in s]
+        assert near, f"no chart link after {table[0]}"
+        found.append(near[0])
+    assert "![Anomalies, price and latency around the trigger](chart.png)" in text
+    for style in STYLES.values():
+        assert style.words in text
+    assert "start cold at line 1" in text
+    return found
+
+
+def test_every_evidence_table_links_the_chart_with_its_marker(tmp_path):
+    dup = bundle_from(tmp_path, [event(k) for k in range(1, 30)] + [event(12)], pre=50, post=0)
+    links = chart_links_after_each_table(dup)
+    assert "each duplicate is an orange diamond on its symbol's price line" in links[0]
+    assert "the trigger is the red circle at line 30" in links[0]
+
+    gap = bundle_from(
+        tmp_path, [event(k) for k in [*range(1, 11), *range(14, 20)]], pre=50, post=2, gap_reorder_window=3
+    )
+    links = chart_links_after_each_table(gap)
+    assert "each sequence_gap is a brown downward triangle" in links[0]
+    assert "these are lines 8 to 13 of the x axis" in links[1]
+
+    lat_events = [event(k, lat_us=300) for k in range(1, 21)] + [event(k, lat_us=150_000) for k in range(21, 41)]
+    spike = bundle_from(
+        tmp_path,
+        lat_events,
+        pre=100,
+        post=0,
+        latency_buffer_size=10,
+        latency_eval_every=10,
+        latency_consecutive=2,
+    )
+    links = chart_links_after_each_table(spike)
+    assert "dark green step line is this rolling p99" in links[0]
+    assert "each latency_spike is a cyan upward triangle" in links[0]
+    assert "highest green dots" in links[1]
+
+
+def test_the_chart_links_are_left_out_while_there_is_no_chart(tmp_path):
+    a = bundle_from(tmp_path, [event(k) for k in range(1, 30)] + [event(12)], pre=50, post=0)
+    text = render_report(a, chart_note=CHART_PENDING)
+    assert "[chart]" not in text and "orange diamond" not in text
