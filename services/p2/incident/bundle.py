@@ -3,7 +3,10 @@
 A bundle is ``INCIDENTS_DIR/<YYYYmmdd_HHMMSS>_<8 hex>/`` with ``events.jsonl``, ``meta.json``,
 ``report.md`` and, when a renderer is installed, ``chart.png``. It is assembled in a temporary
 directory inside ``INCIDENTS_DIR`` (a dot name, which readers skip) and renamed into place, so a
-crash leaves at worst a stale temporary directory, never a half bundle under its final name.
+crash leaves at worst a stale temporary directory, never a half bundle under its final name. The
+writer holds an ``flock`` on its temporary directory while it fills it, and :class:`BundleWriter`
+removes at start the ``.tmp_*`` directories nobody holds: those a killed P2 left behind. Another P2
+writing into the same directory (the demo's two do) keeps its own.
 
 The chart runs as ``python -m mercurystream.p2.incident.chart <dir>`` in a subprocess: P2 never
 imports matplotlib, which would cost tens of MB of resident memory for one picture per incident.
@@ -19,6 +22,7 @@ The same thread appends drift samples, so P2 has one writer thread for all foren
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import queue
@@ -142,7 +146,9 @@ def write_bundle(
     if final.exists():
         raise FileExistsError(f"{final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{capture.id}_", dir=incidents_dir))
+    lock = None
     try:
+        lock = _lock_dir(tmp)
         os.chmod(tmp, 0o755)
         (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
         (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
@@ -156,7 +162,57 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return final
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive ``flock`` on a directory, held by the returned descriptor until it is closed (or
+    the process dies); ``None`` if it is already held elsewhere."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_leftovers(incidents_dir: Path) -> tuple[int, list[str]]:
+    """Remove the temporary bundle directories (``.tmp_*``, directories only, not symlinks) that no
+    writer holds: what a P2 killed mid-write left. Returns how many were removed and why others could
+    not be."""
+    try:
+        entries = list(os.scandir(incidents_dir))
+    except FileNotFoundError:
+        return 0, []
+    except OSError as exc:
+        return 0, [f"{incidents_dir}: {exc.strerror or exc}"]
+    removed = 0
+    failed: list[str] = []
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            lock = _lock_dir(Path(entry.path))
+            if lock is None:
+                continue
+            try:
+                shutil.rmtree(entry.path)
+            finally:
+                os.close(lock)
+        except OSError as exc:
+            failed.append(f"{entry.name}: {exc.strerror or exc}")
+            continue
+        removed += 1
+    return removed, failed
 
 
 def run_chart(chart: ChartCommand, bundle_dir: Path, timeout_s: float) -> bool:
@@ -255,10 +311,16 @@ class BundleWriter:
         self.charts_drawn = 0
         self.charts_failed = 0
         self.charts_not_drawn = 0
+        self.leftovers_removed = 0
+        """Unfinished bundle directories of an earlier, killed P2 removed at the first start."""
+        self._swept = False
 
     def start(self) -> None:
         if self._thread is not None:
             return
+        if not self._swept:
+            self._swept = True
+            self._sweep()
         self._stopping = False
         if self._chart_opt is True:
             self._chart = chart_command if chart_available() else None
@@ -268,6 +330,17 @@ class BundleWriter:
             self._chart = self._chart_opt
         self._thread = threading.Thread(target=self._run, name="incident-writer", daemon=True)
         self._thread.start()
+
+    def _sweep(self) -> None:
+        removed, failed = remove_leftovers(self.incidents_dir)
+        self.leftovers_removed = removed
+        if removed:
+            logger.warning(
+                f"incident writer: removed {removed} unfinished bundle directories ({TMP_PREFIX}*) "
+                f"left in {self.incidents_dir} by a P2 that stopped mid-write"
+            )
+        if failed:
+            logger.warning(f"incident writer: could not remove {len(failed)} {TMP_PREFIX}* directories: {failed[:3]}")
 
     def submit(self, capture: Capture) -> bool:
         """Queue a completed (or finalized) capture; ``False`` if it was refused and counted."""

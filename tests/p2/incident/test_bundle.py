@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from loguru import logger
 
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, Anomaly
 from mercurystream.p2.flight_recorder import Capture, FlightRecorder
@@ -440,3 +444,79 @@ def test_pretty_printed_payloads_stay_one_line_each(tmp_path):
     rows = (path / "events.jsonl").read_bytes().splitlines()
     assert rows[0] == event_line(1)
     assert len(rows) == 2 and orjson.loads(rows[1]) == orjson.loads(pretty)
+
+
+def _killed_mid_write(incidents: Path) -> Path:
+    """A real leftover: a process writing a bundle is SIGKILLed between its files and the rename."""
+    code = (
+        "import os, signal, sys; from pathlib import Path; "
+        "from tests.p2.incident.test_bundle import make_capture; "
+        "from mercurystream.p2.incident import bundle; "
+        "bundle.render_report = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "bundle.write_bundle(Path(sys.argv[1]), make_capture())"
+    )
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", code, str(incidents)], cwd=root, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (left,) = [p for p in incidents.iterdir() if p.name.startswith(".tmp_")]
+    assert (left / "events.jsonl").is_file() and (left / "meta.json").is_file()
+    return left
+
+
+def test_unfinished_bundles_left_by_a_killed_p2_are_removed_at_start_and_logged_once(tmp_path):
+    incidents = tmp_path / "incidents"
+    left = _killed_mid_write(incidents)
+    good = write_bundle(incidents, make_capture(trigger_at=6))
+    (incidents / ".tmp_not_a_dir").write_text("kept: not a directory")
+    (incidents / ".tmp_link").symlink_to(good)
+    (incidents / ".other").mkdir()
+    (incidents / "tmp_no_dot").mkdir()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    writer = BundleWriter(incidents, chart=False)
+    try:
+        writer.start()
+        writer.stop(30)
+        writer.start()
+    finally:
+        writer.stop(30)
+        logger.remove(sink)
+    assert not left.exists()
+    assert writer.leftovers_removed == 1
+    assert sorted(p.name for p in incidents.iterdir()) == sorted(
+        [good.name, ".tmp_not_a_dir", ".tmp_link", ".other", "tmp_no_dot"]
+    )
+    assert (good / "meta.json").is_file()
+    said = [line for line in lines if ".tmp_" in line]
+    assert len(said) == 1 and "removed 1 unfinished bundle" in said[0], lines
+
+
+def test_a_temporary_dir_another_writer_is_filling_is_left_alone(tmp_path):
+    incidents = tmp_path / "incidents"
+    busy = incidents / ".tmp_20240501_120003_0000abcd_x"
+    busy.mkdir(parents=True)
+    fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer = BundleWriter(incidents, chart=False)
+        writer.start()
+        writer.stop(30)
+        assert busy.is_dir() and writer.leftovers_removed == 0
+    finally:
+        os.close(fd)
+
+
+def test_a_bundle_being_written_holds_its_temporary_dir_against_cleanup(tmp_path, monkeypatch):
+    incidents = tmp_path / "incidents"
+    seen: list[bool] = []
+
+    def check_then_render(tmp, *args, **kwargs):
+        other = BundleWriter(incidents, chart=False)
+        other.start()
+        other.stop(30)
+        seen.append(Path(tmp).is_dir())
+        return "# report"
+
+    monkeypatch.setattr(bundle_mod, "render_report", check_then_render)
+    final = write_bundle(incidents, make_capture())
+    assert seen == [True] and (final / "events.jsonl").is_file()
