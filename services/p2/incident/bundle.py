@@ -22,6 +22,7 @@ The same thread appends drift samples, so P2 has one writer thread for all foren
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import os
@@ -300,7 +301,8 @@ class BundleWriter:
         self._drawing = False
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._drift_fh: Any = None
+        self._drift_fd: int | None = None
+        self._drift_cut: tuple[int, int, int, int] | None = None
         self._log = LogSampler()
         self.written = 0
         self.written_by_type: dict[str, int] = {}
@@ -435,10 +437,10 @@ class BundleWriter:
                     self._draw_next()
         while self._charts:
             self._give_up(self._charts.popleft(), CHART_NOT_DRAWN)
-        if self._drift_fh is not None:
+        if self._drift_fd is not None:
             with contextlib.suppress(OSError):
-                self._drift_fh.close()
-            self._drift_fh = None
+                os.close(self._drift_fd)
+            self._drift_fd = None
 
     def _write(self, capture: Capture) -> None:
         note = None
@@ -512,23 +514,97 @@ class BundleWriter:
         logger.error(f"incident {capture.id} ({capture.type}) not written: {why}")
 
     def _append(self, lines: list[bytes]) -> None:
+        """Append whole lines or none: a write that fails part way is cut back to where it started, so
+        the file never ends in a torn line, and the lines it held are counted as dropped. Each append
+        holds an ``flock`` on the file, as another P2 may append to the same one (the demo's two do)."""
+        data = b"\n".join(lines) + b"\n"
         try:
-            if self._drift_fh is None:
+            if self._drift_fd is None:
                 self.drift_file.parent.mkdir(parents=True, exist_ok=True)
-                self._drift_fh = open(self.drift_file, "ab")  # noqa: SIM115 - held open across jobs
-            self._drift_fh.write(b"\n".join(lines) + b"\n")
-            self._drift_fh.flush()
+                self._drift_fd = os.open(self.drift_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = self._drift_fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
-            self.drift_errors += len(lines)
-            self._log.warning("drift_sample_write", f"drift samples not written to {self.drift_file}: {exc}")
-            if self._drift_fh is not None:
-                with contextlib.suppress(OSError):
-                    self._drift_fh.close()
-                self._drift_fh = None
+            self._drift_dropped(lines, exc)
             return
+        try:
+            start = self._cut_torn_tail(fd)
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self._drift_dropped(lines, exc)
+                self._cut_back(fd, start)
+                return
+        except OSError as exc:
+            self._drift_dropped(lines, exc)
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._drift_fd is None:
+                os.close(fd)
         self.drift_written += len(lines)
         if self._metrics is not None:
             self._metrics.drift_samples_total.inc(len(lines))
+
+    def _drift_dropped(self, lines: list[bytes], exc: OSError) -> None:
+        """Count lines lost to ``exc`` and let the next append reopen the file (it may have been replaced)."""
+        self.drift_errors += len(lines)
+        reason = errno.errorcode.get(exc.errno or 0, "error").lower()
+        if self._metrics is not None:
+            self._metrics.drift_samples_dropped_total.labels(reason=reason).inc(len(lines))
+        self._log.warning(
+            "drift_sample_write", f"drift samples not written to {self.drift_file} ({len(lines)} lost): {exc}"
+        )
+        self._drift_fd = None
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Truncate to ``size``; if that fails too, the next append does it, unless the file changed."""
+        try:
+            _os_ftruncate(fd, size)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                st = os.fstat(fd)
+                self._drift_cut = (st.st_dev, st.st_ino, st.st_size, size)
+            logger.error(f"drift samples: {self.drift_file} may end in a failed write ({exc}); the next append cuts it")
+
+    def _cut_torn_tail(self, fd: int) -> int:
+        """The file's size once what a failed write left is removed: back to where that write started
+        if the file is as it left it, else a last line without its newline (a killed writer's). The
+        torn bytes are logged, since they are no whole sample."""
+        st = os.fstat(fd)
+        size = st.st_size
+        pending, self._drift_cut = self._drift_cut, None
+        if pending is not None and pending[:3] == (st.st_dev, st.st_ino, size):
+            _os_ftruncate(fd, pending[3])
+            logger.warning(
+                f"drift samples: cut the {size - pending[3]} bytes of the failed write from {self.drift_file}"
+            )
+            return pending[3]
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            nl = os.pread(fd, end - start, start).rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        _os_ftruncate(fd, end)
+        logger.warning(f"drift samples: cut {size - end} bytes of a torn last line from {self.drift_file}")
+        return end
+
+
+_os_write = os.write
+_os_ftruncate = os.ftruncate
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written: a full disk first writes short, then fails."""
+    view = memoryview(data)
+    while view:
+        view = view[_os_write(fd, view) :]
 
 
 def _lower_priority() -> None:

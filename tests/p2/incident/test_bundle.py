@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -520,3 +521,97 @@ def test_a_bundle_being_written_holds_its_temporary_dir_against_cleanup(tmp_path
     monkeypatch.setattr(bundle_mod, "render_report", check_then_render)
     final = write_bundle(incidents, make_capture())
     assert seen == [True] and (final / "events.jsonl").is_file()
+
+
+_FILL_TO_THE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from mercurystream.p2.incident.bundle import BundleWriter
+from mercurystream.p2.metrics import P2Metrics
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+metrics = P2Metrics()
+writer = BundleWriter(Path(sys.argv[1]) / "inc", metrics, drift_file=Path(sys.argv[1]) / "drift.jsonl", chart=False)
+writer.append_drift([b'{"n":1,"pad":"0123456789"}', b'{"n":2,"pad":"0123456789"}'])
+writer.append_drift([b'{"n":3,"pad":"0123456789"}', b'{"n":4,"pad":"0123456789"}'])
+writer.wait_idle(30)
+writer.stop(30)
+dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "efbig"})
+print(writer.drift_written, writer.drift_errors, dropped)
+"""
+
+
+def test_a_drift_write_cut_short_by_a_full_file_leaves_no_torn_line_and_is_counted(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILL_TO_THE_LIMIT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "2", "2.0"]
+    assert (tmp_path / "drift.jsonl").read_bytes() == b'{"n":1,"pad":"0123456789"}\n{"n":2,"pad":"0123456789"}\n'
+    assert "drift samples not written" in proc.stderr
+
+
+def test_a_torn_last_drift_line_is_cut_before_the_next_append(tmp_path):
+    target = tmp_path / "drift.jsonl"
+    target.write_bytes(b'{"a":1}\n{"a":2}\n{"a":')
+    metrics = P2Metrics()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    writer = BundleWriter(tmp_path / "inc", metrics, drift_file=target, chart=False)
+    try:
+        writer.append_drift([b'{"a":3}'])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+        logger.remove(sink)
+    assert target.read_bytes() == b'{"a":1}\n{"a":2}\n{"a":3}\n'
+    assert any("torn" in line and "5 bytes" in line for line in lines), lines
+
+
+def test_a_failed_cut_back_is_repaired_by_the_next_append(tmp_path, monkeypatch):
+    target = tmp_path / "drift.jsonl"
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path / "inc", metrics, drift_file=target, chart=False)
+    real_write, real_truncate = os.write, os.ftruncate
+    failing = {"write": True, "truncate": True}
+
+    def half_then_enospc(fd, data):
+        if failing.pop("write", False):
+            real_write(fd, bytes(data[: len(data) // 2 + 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def truncate_fails_once(fd, length):
+        if failing.pop("truncate", False):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_truncate(fd, length)
+
+    monkeypatch.setattr(bundle_mod, "_os_write", half_then_enospc)
+    monkeypatch.setattr(bundle_mod, "_os_ftruncate", truncate_fails_once)
+    try:
+        writer.append_drift([b'{"a":1}', b'{"a":2}'])
+        assert writer.wait_idle(30)
+        assert target.read_bytes() == b'{"a":1}\n{"'  # the cut-back failed: torn until the next append
+        writer.append_drift([b'{"a":3}'])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert target.read_bytes() == b'{"a":3}\n'
+    assert (writer.drift_written, writer.drift_errors) == (1, 2)
+    dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "enospc"})
+    assert dropped == 2.0
+
+
+def test_drift_samples_that_cannot_be_opened_are_counted_by_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path, metrics, drift_file=blocker / "drift.jsonl", chart=False)
+    try:
+        writer.append_drift([b"{}", b"{}"])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "eexist"})
+    assert dropped == 2.0
