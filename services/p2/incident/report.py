@@ -570,13 +570,18 @@ def _check_events_file(bundle: Path) -> None:
 
 
 def _draw_chart(bundle: Path) -> None:
-    """A chart is evidence, not the report: failing to draw one is reported and the report still written."""
-    from mercurystream.p2.incident.chart import ChartError, render_chart
-
+    """A chart is evidence, not the report: failing to draw one (matplotlib missing included) is
+    reported and the report still written."""
+    try:
+        from mercurystream.p2.incident.chart import ChartError, render_chart
+    except ImportError as exc:
+        print(f"mercury-report: {bundle}: no chart: cannot load the renderer ({exc})", file=sys.stderr)
+        return
     try:
         render_chart(bundle)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, (ChartError, OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        known = isinstance(exc, (ChartError, OSError, ValueError))
+        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         print(f"mercury-report: {bundle}: no chart: {reason}", file=sys.stderr)
 
 

@@ -435,3 +435,11 @@ def test_cli_an_events_fifo_is_refused_not_waited_on(tmp_path, capsys):
     os.mkfifo(bad / "events.jsonl")
     assert main([str(root)]) == 1
     assert _report_lines(capsys.readouterr().err) == [f"mercury-report: {bad}: events.jsonl is not a regular file"]
+
+
+def test_cli_without_the_chart_renderer_still_writes_the_report(tmp_path, capsys, monkeypatch):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    monkeypatch.setitem(sys.modules, "mercurystream.p2.incident.chart", None)
+    assert main([str(tmp_path / "incidents")]) == 0
+    assert (a / "report.md").is_file() and not (a / "chart.png").exists()
+    assert f"mercury-report: {a}: no chart: cannot load the renderer" in capsys.readouterr().err
