@@ -18,8 +18,8 @@ import orjson
 import pytest
 from loguru import logger
 
-from mercurystream.p2 import consumers as consumer_module
 from mercurystream.p2 import app as p2_module
+from mercurystream.p2 import consumers as consumer_module
 from mercurystream.p2.app import P2App, default_consumers
 from mercurystream.p2.bus import Batch, Bus
 from mercurystream.p2.config import P2Settings
