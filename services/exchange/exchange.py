@@ -7,11 +7,17 @@ client never holds back the others; one that falls ``max_queue`` messages behind
 as Coinbase does (``ErrSlowConsume``). With ``--flood`` (for benchmarks) the slowest subscriber's
 reading paces the market instead, so no subscriber is ever dropped as too slow.
 
-The same port answers plain HTTP: ``GET /stats`` (JSON counters), ``GET /healthz`` and
-``GET /faults?kind=duplicate&count=3`` (kinds: duplicate, gap, reorder, malformed, disconnect).
+The same port answers plain HTTP: ``GET /stats`` (JSON counters), ``GET /healthz`` and, only with
+``--allow-faults``, ``POST /faults?kind=duplicate&count=3`` (kinds: duplicate, gap, reorder,
+malformed, disconnect) with the run's token in an ``X-Faults-Token`` header. Fault injection on
+demand is a control, and any web page open on the machine can send a GET to localhost: so it is off
+by default, POST only, needs a token (``--faults-token``, ``MERCURY_FAULTS_TOKEN``, or one
+generated per run and printed once at start) and refuses any ``Origin`` but the server's own. A
+browser sends a cross-origin request with a custom header only after a preflight, which gets 405.
 
 On start the CLI prints one line to stdout, ``mercury-exchange listening on ws://HOST:PORT``, so a
-script that passed ``--port 0`` can read the port.
+script that passed ``--port 0`` can read the port; with ``--allow-faults`` a second line says how to
+send faults (with the token when it was generated).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import http
 import itertools
 import os
+import secrets
 import signal
 import struct
 import sys
@@ -52,6 +59,9 @@ DISCONNECT_REASONS = (
     "client_closed",
     "connection_lost",
 )
+FAULTS_TOKEN_HEADER = "X-Faults-Token"
+FAULTS_TOKEN_ENV = "MERCURY_FAULTS_TOKEN"
+MIN_TOKEN_CHARS = 16
 MAX_REQUEST_BYTES = 1 << 16
 """Largest client message accepted; bigger ones close the connection (Coinbase: "Message too big")."""
 
@@ -85,6 +95,14 @@ class ExchangeConfig(BaseModel):
     flood_chunk: int = Field(
         2000, gt=0, le=1_000_000, description="trades per chunk in flood mode, and the low-water mark for the next"
     )
+    allow_faults: bool = Field(False, description="answer POST /faults (with the token)")
+    faults_token: str | None = Field(
+        None,
+        min_length=MIN_TOKEN_CHARS,
+        max_length=256,
+        pattern=r"^[!-~]+$",
+        description="the token POST /faults must carry; default: generated per run",
+    )
 
     @field_validator("products", mode="before")
     @classmethod
@@ -105,6 +123,8 @@ class ExchangeConfig(BaseModel):
     @model_validator(mode="after")
     def _rates(self) -> ExchangeConfig:
         self.fault_rates()
+        if self.faults_token is not None and not self.allow_faults:
+            raise ValueError("a faults token needs --allow-faults")
         return self
 
     def fault_rates(self) -> FaultRates:
@@ -172,7 +192,7 @@ def text_frames(msgs: list[Msg]) -> bytes:
     return b"".join(parts)
 
 
-def _json_response(status: int, body: object) -> Response:
+def _json_response(status: int, body: object, extra: tuple[tuple[str, str], ...] = ()) -> Response:
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
     headers = Headers(
         [
@@ -180,9 +200,19 @@ def _json_response(status: int, body: object) -> Response:
             ("Content-Length", str(len(data))),
             ("Cache-Control", "no-store"),
             ("Connection", "close"),
+            *extra,
         ]
     )
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
+
+
+def _origin(host: str, port: int) -> str:
+    """The ``Origin`` a browser sends for a page served from ``host:port`` (IPv6 in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"http://{host}:{port}"
+
+
+def _method_not_allowed(method: str, allowed: str) -> Response:
+    return _json_response(405, {"error": f"{method} not allowed; use {allowed}"}, (("Allow", allowed),))
 
 
 class _PumpClock:
@@ -223,6 +253,12 @@ class ExchangeServer:
         self._flushed = False
         self._room = asyncio.Event()
         """Flood mode: set when a subscriber may have drained below the low-water mark."""
+        cfg = self.config
+        self.faults_token: str | None = None
+        """What ``POST /faults`` must carry in ``X-Faults-Token``; ``None`` while fault injection is off."""
+        if cfg.allow_faults:
+            self.faults_token = cfg.faults_token or secrets.token_urlsafe(32)
+        self._own_origins: frozenset[str] = frozenset()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -250,6 +286,8 @@ class ExchangeServer:
             server_header="mercury-exchange",
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        hosts = {cfg.host, "127.0.0.1", "localhost", "[::1]"}
+        self._own_origins = frozenset(_origin(h, self.port) for h in hosts)
         pump = self._flood_pump if cfg.flood else self._pump
         self._pump_task = asyncio.create_task(pump(loop.time()), name="exchange-pump")
         self._pump_task.add_done_callback(self._pump_done)
@@ -541,15 +579,39 @@ class ExchangeServer:
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        if url.path == "/faults":
+            return self._faults_request(connection, request, parse_qs(url.query))
+        if url.path in ("/healthz", "/stats") and request.method != "GET":
+            return _method_not_allowed(request.method, "GET")
         if url.path == "/healthz":
             return _json_response(200, {"status": "ok", "trades": self.trades})
         if url.path == "/stats":
             return _json_response(200, self.stats)
-        if url.path == "/faults":
-            return self._faults_request(parse_qs(url.query))
         return None
 
-    def _faults_request(self, query: dict[str, list[str]]) -> Response:
+    def _faults_refusal(self, request: Request) -> Response | None:
+        """Why this request may not inject faults, as its response; ``None`` when it may."""
+        if request.method != "POST":
+            return _method_not_allowed(request.method, "POST")
+        if self.faults_token is None:
+            return _json_response(403, {"error": "fault injection is off; start mercury-exchange with --allow-faults"})
+        origins = request.headers.get_all("Origin")
+        if any(o not in self._own_origins for o in origins):
+            return _json_response(403, {"error": "cross-origin request refused (the Origin is not this server)"})
+        tokens = request.headers.get_all(FAULTS_TOKEN_HEADER)
+        if len(tokens) != 1 or not secrets.compare_digest(tokens[0].encode(), self.faults_token.encode()):
+            return _json_response(403, {"error": f"missing or wrong {FAULTS_TOKEN_HEADER} token"})
+        return None
+
+    def _faults_request(self, connection: ServerConnection, request: Request, query: dict[str, list[str]]) -> Response:
+        refused = self._faults_refusal(request)
+        if refused is not None:
+            remote = "{}:{}".format(*connection.remote_address[:2]) if connection.remote_address else "?"
+            self._request_errors["faults_refused"] = self._request_errors.get("faults_refused", 0) + 1
+            self._sampler.warning(
+                "faults_refused", "/faults from {} refused: {} {}", remote, refused.status_code, request.method
+            )
+            return refused
         kind = query.get("kind", [""])[-1]
         raw_count = query.get("count", ["1"])[-1]
         if kind not in (*KINDS, "disconnect"):
@@ -644,6 +706,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the wall clock, and --rate no longer paces the stream",
     )
     p.add_argument("--port-file", default=None, help="also write the bound port to this file")
+    p.add_argument(
+        "--allow-faults",
+        action="store_true",
+        help=f"answer POST /faults?kind=K&count=N carrying the token in an {FAULTS_TOKEN_HEADER} header "
+        "(off by default: any web page open on the machine can reach a local port)",
+    )
+    p.add_argument(
+        "--faults-token",
+        default=None,
+        help=f"the token (at least {MIN_TOKEN_CHARS} printable ASCII characters, no spaces); default: "
+        f"${FAULTS_TOKEN_ENV}, else generated per run and printed once at start. The variable keeps it out of ps",
+    )
     return p
 
 
@@ -666,19 +740,31 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         "subscribe_timeout_s": args.subscribe_timeout,
         "max_queue": args.max_queue,
         "flood": args.flood,
+        "allow_faults": args.allow_faults,
     }
+    token_flag = "--faults-token"
+    if args.faults_token is not None:
+        values["faults_token"] = args.faults_token
+    elif args.allow_faults and os.environ.get(FAULTS_TOKEN_ENV):
+        values["faults_token"] = os.environ[FAULTS_TOKEN_ENV]
+        token_flag = FAULTS_TOKEN_ENV
     flags = {
         "disconnect_every_s": "--disconnect-every",
         "subscribe_timeout_s": "--subscribe-timeout",
+        "faults_token": token_flag,
     }
     try:
         return ExchangeConfig(**values)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = str(err["loc"][0]) if err["loc"] else ""
-        flag = flags.get(field, "--" + field.replace("_", "-")) if field else "fault rates"
+        flag = flags.get(field, "--" + field.replace("_", "-")) if field else "options"
         msg = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
+        if field == "faults_token":
+            raise ConfigError(
+                f"{flag}: expected at least {MIN_TOKEN_CHARS} printable ASCII characters, no spaces"
+            ) from None
         if field and isinstance(given, (str, int, float)):
             raise ConfigError(f"{flag}={given!r}: {msg}") from None
         raise ConfigError(f"{flag}: {msg}") from None
@@ -703,6 +789,10 @@ async def _serve(cfg: ExchangeConfig, port_file: str | None) -> int:
             await server.stop()
             return 1
     print(f"mercury-exchange listening on ws://{cfg.host}:{port}", flush=True)
+    if server.faults_token is not None:
+        given = cfg.faults_token is not None
+        token = f"the token given in --faults-token or ${FAULTS_TOKEN_ENV}" if given else server.faults_token
+        print(f"mercury-exchange faults: POST /faults with {FAULTS_TOKEN_HEADER}: {token}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

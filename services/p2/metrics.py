@@ -149,6 +149,12 @@ class P2Metrics:
         self.drift_samples_total = Counter(
             "mercurystream_drift_samples", "Schema drift samples written to the sample file", registry=r
         )
+        self.drift_samples_dropped_total = Counter(
+            "mercurystream_drift_samples_dropped",
+            "Schema drift samples not written to the sample file, by the error (errno name) that lost them",
+            ["reason"],
+            registry=r,
+        )
         self.drops_total = Counter(
             "mercurystream_drops", "Events dropped from a full subscriber queue (drop-oldest)", ["consumer"], registry=r
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import socket
 import sys
@@ -58,22 +57,63 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+MAX_RATE = 1e9
+MIN_RATE = 0.001
+"""Events/s: above the maximum no pacing is meaningful (``0`` is "as fast as possible"), below the
+minimum one event would wait over a quarter of an hour."""
+MAX_LATENCY_MS = 86_400_000
+"""One day: an age beyond is no latency, and a huge one made the aged stamps overflow 64 bits."""
+MAX_ACK_TIMEOUT_S = 86_400.0
+MAX_SHUFFLE_WINDOW = 1_000_000
+"""Events held in memory at once to shuffle."""
+MAX_SEED = 2**64 - 1
+MAX_LIMIT = 2**63 - 1
+MAX_HOST_CHARS = 253
+_SHOWN_CHARS = 40
+
+
 def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: the parsed value, or one line naming what was expected (the text given is cut
+    short, so a pasted megabyte stays one readable line)."""
+
     def convert(text: str) -> float:
         try:
             value = parse(text)
         except ValueError:
             value = None
         if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown!r}")
         return value
 
     return convert
 
 
-_positive_int = _converter(int, lambda n: n > 0, "a positive integer")
-_non_negative_int = _converter(int, lambda n: n >= 0, "an integer >= 0")
-_non_negative_float = _converter(float, lambda x: math.isfinite(x) and x >= 0, "a number >= 0")
+def _host(text: str) -> str:
+    """A name or address the resolver can take: an empty, overlong, control-character or
+    non-encodable host would otherwise end in a resolver error deep in the event loop."""
+    try:
+        ok = 0 < len(text) <= MAX_HOST_CHARS and text.isprintable() and " " not in text and text.encode("idna")
+    except UnicodeError:
+        ok = False
+    if not ok:
+        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address, got {shown!r}")
+    return text
+
+
+_limit = _converter(int, lambda n: 1 <= n <= MAX_LIMIT, f"an integer from 1 to {MAX_LIMIT}")
+_shuffle_window = _converter(
+    int, lambda n: 0 <= n <= MAX_SHUFFLE_WINDOW, f"an integer from 0 (off) to {MAX_SHUFFLE_WINDOW:,}"
+)
+_latency_ms = _converter(int, lambda n: 0 <= n <= MAX_LATENCY_MS, f"an integer from 0 to {MAX_LATENCY_MS:,} (one day)")
+_seed = _converter(int, lambda n: 0 <= n <= MAX_SEED, "an integer from 0 to 2**64-1")
+_rate = _converter(
+    float,
+    lambda x: x == 0 or MIN_RATE <= x <= MAX_RATE,
+    f"0 (as fast as possible) or from {MIN_RATE:g} to {MAX_RATE:g}",
+)
+_ack_timeout = _converter(float, lambda x: 0 <= x <= MAX_ACK_TIMEOUT_S, f"seconds from 0 to {MAX_ACK_TIMEOUT_S:g}")
 _probability = _converter(float, lambda p: 0.0 <= p <= 1.0, "a probability between 0 and 1")
 _port = _converter(int, lambda n: 1 <= n <= 65535, "a port between 1 and 65535")
 
@@ -87,24 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--file", required=True, help="JSONL recording, one event per line")
-    p.add_argument("--rate", type=_non_negative_float, default=500.0, help="events/s, 0 = as fast as possible")
-    p.add_argument("--shuffle-window", type=_non_negative_int, default=0, help="shuffle within windows of N events")
+    p.add_argument("--rate", type=_rate, default=500.0, help="events/s, 0.001 to 1e9; 0 = as fast as possible")
+    p.add_argument(
+        "--shuffle-window",
+        type=_shuffle_window,
+        default=0,
+        help="shuffle within windows of N events (N up to 1,000,000)",
+    )
     p.add_argument("--duplicate-rate", type=_probability, default=0.0, help="probability an event is sent twice")
     p.add_argument("--drift-rate", type=_probability, default=0.0, help="probability an event's schema is broken")
     p.add_argument("--gap-rate", type=_probability, default=0.0, help="probability an event is dropped")
-    p.add_argument("--latency-ms", type=_non_negative_int, default=0, help="age ingest_ts_ms/us by this much")
-    p.add_argument("--seed", type=int, default=0, help="seed of every injection (default 0)")
+    p.add_argument(
+        "--latency-ms", type=_latency_ms, default=0, help="age ingest_ts_ms/us by this much, up to 86,400,000 (one day)"
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every injection, 0 to 2**64-1 (default 0)")
     p.add_argument(
         "--keep-timestamps",
         action="store_true",
         help="send ingest_ts_* and recv_ts_* as recorded (default: restamp ingest_ts_* at send, strip recv_ts_*)",
     )
-    p.add_argument("--limit", type=_positive_int, default=None, help="read at most N valid events from the file")
-    p.add_argument("--host", default="127.0.0.1", help="P2 host (default 127.0.0.1)")
+    p.add_argument("--limit", type=_limit, default=None, help="read at most N valid events from the file")
+    p.add_argument("--host", type=_host, default="127.0.0.1", help="P2 host (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9001, help="P2 port (default 9001)")
     p.add_argument("--no-wait-ack", action="store_true", help="do not wait for P2 to acknowledge what was sent")
     p.add_argument(
-        "--ack-timeout", type=_non_negative_float, default=10.0, help="seconds to wait for acks (default 10)"
+        "--ack-timeout", type=_ack_timeout, default=10.0, help="seconds to wait for acks, up to 86400 (default 10)"
     )
     return p
 
@@ -351,7 +398,15 @@ def _runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
+def _printable_streams() -> None:
+    """A file name that is not UTF-8 reaches us as surrogates; print it escaped rather than fail on it."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     try:
         args = build_parser().parse_args(argv)
         options = InjectOptions(

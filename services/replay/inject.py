@@ -66,6 +66,8 @@ _FIXED_TAILS = tuple(
 """The forms of :data:`_STAMPED_TAIL` at those widths, digits written as ``0``: P2's recording first."""
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _BYTES_ONLY = {bytes}
+INT64_MIN = -(2**63)
+"""The least integer JSON encoders (and P2) take."""
 
 
 def _fixed_tail(lines: list[bytes]) -> int | None:
@@ -389,11 +391,14 @@ class PayloadEncoder:
             ev = loads(it) if type(it) is bytes else dict(it)
             ms = ev.get(INGEST_MS)
             us = ev.get(INGEST_US)
-            if type(ms) is int:
+            # A stamp that would fall below 64 bits (only a hostile file has one) is sent as recorded.
+            ms = ms if type(ms) is int and ms - shift_ms >= INT64_MIN else None
+            us = us if type(us) is int and us - shift_us >= INT64_MIN else None
+            if ms is not None:
                 ev[INGEST_MS] = ms - shift_ms
-            if type(us) is int:
+            if us is not None:
                 ev[INGEST_US] = us - shift_us
-            if type(ms) is int or type(us) is int:
+            if ms is not None or us is not None:
                 aged += 1
                 payload = dumps(ev)
             else:

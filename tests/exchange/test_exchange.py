@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -74,16 +75,36 @@ async def recv_until(ws: ClientConnection, pred: Callable[[dict], bool], timeout
                 return out
 
 
-async def http_get(server: ExchangeServer, path: str) -> tuple[int, dict]:
+async def http_request(
+    server: ExchangeServer, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict, bytes]:
+    """Status, JSON body and raw head of one plain HTTP request to the exchange's port."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 5.0)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     assert b"application/json" in head
-    return status, orjson.loads(body)
+    return status, orjson.loads(body), head
+
+
+async def http_get(server: ExchangeServer, path: str) -> tuple[int, dict]:
+    status, body, _ = await http_request(server, "GET", path)
+    return status, body
+
+
+FAULTS_TOKEN = "test-token-0123456789abcdef"
+
+
+async def post_fault(server: ExchangeServer, query: str, **headers: str) -> tuple[int, dict]:
+    """``POST /faults`` as the exchange's operator sends it: with the token of its run."""
+    headers = {"X-Faults-Token": server.faults_token or "", **headers}
+    status, body, _ = await http_request(server, "POST", f"/faults?{query}", headers)
+    return status, body
 
 
 async def test_subscribe_handshake_last_match_then_contiguous_matches():
@@ -207,15 +228,15 @@ async def test_disconnect_every_closes_each_connection_after_its_lifetime():
 
 
 async def test_stats_healthz_and_on_demand_faults():
-    async with exchange(rate=300.0) as server:
+    async with exchange(rate=300.0, allow_faults=True) as server:
         status, body = await http_get(server, "/healthz")
         assert status == 200 and body["status"] == "ok"
-        status, body = await http_get(server, "/faults?kind=duplicate&count=3")
+        status, body = await post_fault(server, "kind=duplicate&count=3")
         assert status == 409
         async with client(server) as ws:
             await ws.send(SUBSCRIBE)
             await recv_until(ws, lambda m: m["type"] == "match")
-            status, body = await http_get(server, "/faults?kind=duplicate&count=3")
+            status, body = await post_fault(server, "kind=duplicate&count=3")
             assert (status, body) == (200, {"kind": "duplicate", "count": 3, "clients": 1})
             seen: dict[tuple[str, int], int] = {}
             async with asyncio.timeout(5):
@@ -225,8 +246,8 @@ async def test_stats_healthz_and_on_demand_faults():
                         k = (m["product_id"], m["trade_id"])
                         seen[k] = seen.get(k, 0) + 1
             assert sorted(seen.values())[-3:] == [2, 2, 2]
-            for bad in ("/faults?kind=explode", "/faults?kind=gap&count=0", "/faults?kind=gap&count=x"):
-                assert (await http_get(server, bad))[0] == 400
+            for bad in ("kind=explode", "kind=gap&count=0", "kind=gap&count=x"):
+                assert (await post_fault(server, bad))[0] == 400
             status, stats = await http_get(server, "/stats")
         assert status == 200
         assert stats["faults_injected"]["duplicate"] == 3
@@ -269,10 +290,10 @@ async def test_configured_fault_rates_reach_the_client():
 
 
 async def test_on_demand_disconnect():
-    async with exchange(rate=100.0) as server, client(server) as ws:
+    async with exchange(rate=100.0, allow_faults=True) as server, client(server) as ws:
         await ws.send(SUBSCRIBE)
         await recv_json(ws)
-        status, body = await http_get(server, "/faults?kind=disconnect")
+        status, body = await post_fault(server, "kind=disconnect")
         assert status == 200 and body["clients"] == 1
         with pytest.raises(ConnectionClosed):
             while True:
@@ -373,6 +394,114 @@ async def test_cli_serves_and_exits_0_on_sigterm(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_faults_are_off_unless_allowed():
+    async with exchange(rate=100.0) as server, client(server) as ws:
+        await ws.send(SUBSCRIBE)
+        await recv_json(ws)
+        assert server.faults_token is None
+        status, body = await post_fault(server, "kind=disconnect", **{"X-Faults-Token": "anything"})
+        assert status == 403 and "--allow-faults" in body["error"]
+        assert (await http_get(server, "/faults?kind=disconnect"))[0] == 405
+        assert server.stats["disconnects"]["on_demand"] == 0
+
+
+async def test_faults_need_post_the_token_and_no_foreign_origin():
+    async with exchange(rate=100.0, allow_faults=True, faults_token=FAULTS_TOKEN) as server, client(server) as ws:
+        await ws.send(SUBSCRIBE)
+        await recv_json(ws)
+        status, _, head = await http_request(server, "GET", "/faults?kind=disconnect")
+        assert status == 405 and b"Allow: POST" in head
+        for method in ("PUT", "DELETE", "OPTIONS"):
+            assert (await http_request(server, method, "/faults?kind=disconnect"))[0] == 405
+        assert (await http_request(server, "POST", "/faults?kind=disconnect"))[0] == 403
+        for wrong in ("", "x", FAULTS_TOKEN[:-1], FAULTS_TOKEN + "x"):
+            status, body = await post_fault(server, "kind=disconnect", **{"X-Faults-Token": wrong})
+            assert status == 403 and "token" in body["error"]
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:1", f"https://127.0.0.1:{server.port}"):
+            status, body = await post_fault(server, "kind=disconnect", Origin=origin)
+            assert status == 403 and "origin" in body["error"], origin
+        assert server.stats["disconnects"]["on_demand"] == 0
+        status, body = await post_fault(server, "kind=duplicate&count=1", Origin=f"http://127.0.0.1:{server.port}")
+        assert status == 200 and body["clients"] == 1
+
+
+async def test_a_generated_token_is_per_run():
+    async with exchange(allow_faults=True) as a, exchange(allow_faults=True) as b:
+        assert a.faults_token and b.faults_token and a.faults_token != b.faults_token
+        assert len(a.faults_token) >= 32
+
+
+async def test_stats_and_healthz_answer_get_only():
+    async with exchange() as server:
+        for path in ("/stats", "/healthz"):
+            status, _, head = await http_request(server, "POST", path)
+            assert status == 405 and b"Allow: GET" in head
+
+
+def test_cli_fault_control_options_are_checked(capsys, monkeypatch):
+    monkeypatch.delenv("MERCURY_FAULTS_TOKEN", raising=False)
+    for argv in (["--faults-token", FAULTS_TOKEN], ["--allow-faults", "--faults-token", "short"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mercury-exchange: ") and "\n" not in err, err
+    monkeypatch.setenv("MERCURY_FAULTS_TOKEN", "bad token with spaces")
+    assert main(["--allow-faults"]) == 2
+    assert "MERCURY_FAULTS_TOKEN" in capsys.readouterr().err
+
+
+async def _start_cli(*argv: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mercurystream.exchange.exchange",
+        "--port",
+        "0",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LOG_LEVEL": "WARNING", **(env or {})},
+    )
+
+
+async def _stop_cli(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_cli_prints_the_generated_token_once_and_it_works():
+    proc = await _start_cli("--allow-faults", env={"MERCURY_FAULTS_TOKEN": ""})
+    try:
+        listening = (await asyncio.wait_for(proc.stdout.readline(), 15.0)).decode()
+        port = int(listening.rsplit(":", 1)[1])
+        faults = (await asyncio.wait_for(proc.stdout.readline(), 5.0)).decode().strip()
+        assert faults.startswith("mercury-exchange faults: POST /faults with X-Faults-Token: ")
+        token = faults.rsplit(" ", 1)[1]
+        server = types.SimpleNamespace(port=port, faults_token=token)
+        assert (await post_fault(server, "kind=gap"))[0] == 409
+        server.faults_token = "wrong-" + token
+        assert (await post_fault(server, "kind=gap"))[0] == 403
+    finally:
+        await _stop_cli(proc)
+    rest = await proc.stdout.read()
+    assert token.encode() not in rest and token.encode() not in await proc.stderr.read()
+
+
+async def test_cli_takes_the_token_from_the_environment_and_does_not_print_it():
+    proc = await _start_cli("--allow-faults", env={"MERCURY_FAULTS_TOKEN": FAULTS_TOKEN})
+    try:
+        port = int((await asyncio.wait_for(proc.stdout.readline(), 15.0)).decode().rsplit(":", 1)[1])
+        faults = (await asyncio.wait_for(proc.stdout.readline(), 5.0)).decode()
+        assert "MERCURY_FAULTS_TOKEN" in faults and FAULTS_TOKEN not in faults
+        assert (await post_fault(types.SimpleNamespace(port=port, faults_token=FAULTS_TOKEN), "kind=gap"))[0] == 409
+    finally:
+        await _stop_cli(proc)
 
 
 # --- flood mode: the slowest subscriber paces the market -------------------------------------

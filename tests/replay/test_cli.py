@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -317,3 +318,127 @@ def test_runs_on_uvloop_when_installed() -> None:
 
     with _runner() as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latency-ms=99999999999999999999999", "--keep-timestamps"],
+        ["--latency-ms=99999999999999999999999"],
+        ["--latency-ms=86400001"],
+        ["--latency-ms=-1"],
+        ["--seed=-1"],
+        [f"--seed={2**64}"],
+        ["--rate=nan"],
+        ["--rate=inf"],
+        ["--rate=1e400"],
+        ["--rate=1e-300"],
+        ["--rate=2e9"],
+        ["--ack-timeout=nan"],
+        ["--ack-timeout=1e308"],
+        ["--ack-timeout=-0.5"],
+        ["--shuffle-window=99999999999999999999"],
+        ["--limit=0"],
+        [f"--limit={2**63}"],
+        ["--duplicate-rate=nan"],
+        ["--drift-rate=inf"],
+        ["--gap-rate=-0.1"],
+        ["--port=0"],
+        ["--seed=" + "9" * 5000],
+        ["--host="],
+        ["--host=" + "a" * 300],
+        ["--host=a\x01b"],
+        ["--host=\udcff"],
+    ],
+)
+async def test_out_of_range_options_are_rejected_at_parse_time(recording, capsys, bad: list[str]) -> None:
+    path, _ = recording
+    assert await replay("--file", str(path), "--port", str(free_port()), *bad) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("replay: error: argument --"), captured.err
+    assert len(captured.err) < 300 and captured.out == ""
+
+
+async def test_the_bounds_themselves_are_accepted(recording, capsys) -> None:
+    path, lines = recording
+    async with FakeP2() as p2:
+        argv = ["--file", str(path), "--port", str(p2.port), "--rate=1000000000", "--limit=3", "--keep-timestamps"]
+        assert await replay(*argv, "--latency-ms=86400000", f"--seed={2**64 - 1}", "--ack-timeout=86400") == 0
+    sent = [orjson.loads(f) for f in p2.connections[0]]
+    assert [e["ingest_ts_ms"] for e in sent] == [orjson.loads(r)["ingest_ts_ms"] - 86_400_000 for r in lines[:3]]
+
+
+def _hostile_files(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "garbage": bytes(range(256)) * 4000,
+        "garbage_lines": b"\n".join(bytes([(i * 37 + k) % 256 for k in range(300)]) for i in range(500)),
+        "one_huge_line": b'{"a":"' + b"x" * (3 << 20) + b'"}\n' + recorded_line(0) + b"\n",
+        "huge_integers": b'{"trade_id":' + b"9" * 40 + b'}\n{"ingest_ts_us":1e999}\n' + recorded_line(1) + b"\n",
+        "nan_tokens": b'{"price":NaN}\n{"price":Infinity}\n{"x":-Infinity}\n{"y":nan}\n' + recorded_line(2) + b"\n",
+        "deep": b"[" * 100_000 + b"\n" + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"\n",
+        "int64_edge_stamps": b'{"ingest_ts_ms":-9223372036854775808,"ingest_ts_us":-9223372036854775807}\n',
+        "u64_stamps": b'{"type":"match","ingest_ts_ms":18446744073709551615,"ingest_ts_us":18446744073709551615}\n',
+        "odd_objects": b'{}\n{"ingest_ts_ms":"x","recv_ts_us":null}\n{"":{"":[]}}\n\x00\x00\n',
+        "empty": b"",
+    }
+    out = {}
+    for name, data in files.items():
+        out[name] = tmp_path / f"{name}.jsonl"
+        out[name].write_bytes(data)
+    out["directory"] = tmp_path
+    return out
+
+
+HOSTILE_OPTIONS = [
+    [],
+    ["--keep-timestamps"],
+    ["--keep-timestamps", "--latency-ms=1"],
+    ["--latency-ms=5", "--drift-rate=1", "--duplicate-rate=0.5", "--shuffle-window=3", "--gap-rate=0.2"],
+]
+
+
+async def test_hostile_files_end_in_a_summary_or_one_line(tmp_path: Path, capsys) -> None:
+    """Exit 0 with a summary when something was sent, 2 with one line when nothing valid could be."""
+    expected = {"garbage": 2, "garbage_lines": 2, "deep": 2, "directory": 2}
+    async with FakeP2() as p2:
+        for name, path in _hostile_files(tmp_path).items():
+            for opts in HOSTILE_OPTIONS:
+                rc = await replay("--file", str(path), "--port", str(p2.port), "--rate=0", *opts)
+                captured = capsys.readouterr()
+                assert rc == expected.get(name, 0), (name, opts, captured)
+                if rc == 2:
+                    assert captured.err.count("\n") == 1, (name, opts, captured.err)
+                else:
+                    assert captured.err == "" and "acknowledged by P2" in captured.out, (name, opts, captured)
+
+
+async def test_a_stamp_that_cannot_be_aged_is_sent_as_recorded(tmp_path: Path, capsys) -> None:
+    line = b'{"type":"match","ingest_ts_ms":-9223372036854775808,"ingest_ts_us":-9223372036854775807}'
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(line + b"\n" + recorded_line(0) + b"\n")
+    async with FakeP2() as p2:
+        args = ("--file", str(path), "--port", str(p2.port), "--keep-timestamps", "--latency-ms=1")
+        assert await replay(*args) == 0
+    assert p2.connections[0][0] == line
+    assert "latency=1 (+1 ms)" in capsys.readouterr().out
+
+
+async def test_a_file_name_that_is_not_utf8_is_printed_not_a_traceback(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/rec\xff.jsonl"))
+    path.write_bytes(recorded_line(0) + b"\n")
+    async with FakeP2() as p2:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "replay.py"),
+            "--file",
+            str(path),
+            "--port",
+            str(p2.port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert b"Traceback" not in stderr
+    assert proc.returncode == 0, stderr
+    assert b"rec\\udcff.jsonl" in stdout

@@ -3,7 +3,10 @@
 A bundle is ``INCIDENTS_DIR/<YYYYmmdd_HHMMSS>_<8 hex>/`` with ``events.jsonl``, ``meta.json``,
 ``report.md`` and, when a renderer is installed, ``chart.png``. It is assembled in a temporary
 directory inside ``INCIDENTS_DIR`` (a dot name, which readers skip) and renamed into place, so a
-crash leaves at worst a stale temporary directory, never a half bundle under its final name.
+crash leaves at worst a stale temporary directory, never a half bundle under its final name. The
+writer holds an ``flock`` on its temporary directory while it fills it, and :class:`BundleWriter`
+removes at start the ``.tmp_*`` directories nobody holds: those a killed P2 left behind. Another P2
+writing into the same directory (the demo's two do) keeps its own.
 
 The chart runs as ``python -m mercurystream.p2.incident.chart <dir>`` in a subprocess: P2 never
 imports matplotlib, which would cost tens of MB of resident memory for one picture per incident.
@@ -19,6 +22,8 @@ The same thread appends drift samples, so P2 has one writer thread for all foren
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import importlib.util
 import os
 import queue
@@ -142,7 +147,9 @@ def write_bundle(
     if final.exists():
         raise FileExistsError(f"{final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{capture.id}_", dir=incidents_dir))
+    lock = None
     try:
+        lock = _lock_dir(tmp)
         os.chmod(tmp, 0o755)
         (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
         (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
@@ -156,7 +163,57 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return final
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive ``flock`` on a directory, held by the returned descriptor until it is closed (or
+    the process dies); ``None`` if it is already held elsewhere."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_leftovers(incidents_dir: Path) -> tuple[int, list[str]]:
+    """Remove the temporary bundle directories (``.tmp_*``, directories only, not symlinks) that no
+    writer holds: what a P2 killed mid-write left. Returns how many were removed and why others could
+    not be."""
+    try:
+        entries = list(os.scandir(incidents_dir))
+    except FileNotFoundError:
+        return 0, []
+    except OSError as exc:
+        return 0, [f"{incidents_dir}: {exc.strerror or exc}"]
+    removed = 0
+    failed: list[str] = []
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            lock = _lock_dir(Path(entry.path))
+            if lock is None:
+                continue
+            try:
+                shutil.rmtree(entry.path)
+            finally:
+                os.close(lock)
+        except OSError as exc:
+            failed.append(f"{entry.name}: {exc.strerror or exc}")
+            continue
+        removed += 1
+    return removed, failed
 
 
 def run_chart(chart: ChartCommand, bundle_dir: Path, timeout_s: float) -> bool:
@@ -244,7 +301,8 @@ class BundleWriter:
         self._drawing = False
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._drift_fh: Any = None
+        self._drift_fd: int | None = None
+        self._drift_cut: tuple[int, int, int, int] | None = None
         self._log = LogSampler()
         self.written = 0
         self.written_by_type: dict[str, int] = {}
@@ -255,10 +313,16 @@ class BundleWriter:
         self.charts_drawn = 0
         self.charts_failed = 0
         self.charts_not_drawn = 0
+        self.leftovers_removed = 0
+        """Unfinished bundle directories of an earlier, killed P2 removed at the first start."""
+        self._swept = False
 
     def start(self) -> None:
         if self._thread is not None:
             return
+        if not self._swept:
+            self._swept = True
+            self._sweep()
         self._stopping = False
         if self._chart_opt is True:
             self._chart = chart_command if chart_available() else None
@@ -268,6 +332,17 @@ class BundleWriter:
             self._chart = self._chart_opt
         self._thread = threading.Thread(target=self._run, name="incident-writer", daemon=True)
         self._thread.start()
+
+    def _sweep(self) -> None:
+        removed, failed = remove_leftovers(self.incidents_dir)
+        self.leftovers_removed = removed
+        if removed:
+            logger.warning(
+                f"incident writer: removed {removed} unfinished bundle directories ({TMP_PREFIX}*) "
+                f"left in {self.incidents_dir} by a P2 that stopped mid-write"
+            )
+        if failed:
+            logger.warning(f"incident writer: could not remove {len(failed)} {TMP_PREFIX}* directories: {failed[:3]}")
 
     def submit(self, capture: Capture) -> bool:
         """Queue a completed (or finalized) capture; ``False`` if it was refused and counted."""
@@ -362,10 +437,10 @@ class BundleWriter:
                     self._draw_next()
         while self._charts:
             self._give_up(self._charts.popleft(), CHART_NOT_DRAWN)
-        if self._drift_fh is not None:
+        if self._drift_fd is not None:
             with contextlib.suppress(OSError):
-                self._drift_fh.close()
-            self._drift_fh = None
+                os.close(self._drift_fd)
+            self._drift_fd = None
 
     def _write(self, capture: Capture) -> None:
         note = None
@@ -439,23 +514,97 @@ class BundleWriter:
         logger.error(f"incident {capture.id} ({capture.type}) not written: {why}")
 
     def _append(self, lines: list[bytes]) -> None:
+        """Append whole lines or none: a write that fails part way is cut back to where it started, so
+        the file never ends in a torn line, and the lines it held are counted as dropped. Each append
+        holds an ``flock`` on the file, as another P2 may append to the same one (the demo's two do)."""
+        data = b"\n".join(lines) + b"\n"
         try:
-            if self._drift_fh is None:
+            if self._drift_fd is None:
                 self.drift_file.parent.mkdir(parents=True, exist_ok=True)
-                self._drift_fh = open(self.drift_file, "ab")  # noqa: SIM115 - held open across jobs
-            self._drift_fh.write(b"\n".join(lines) + b"\n")
-            self._drift_fh.flush()
+                self._drift_fd = os.open(self.drift_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = self._drift_fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
-            self.drift_errors += len(lines)
-            self._log.warning("drift_sample_write", f"drift samples not written to {self.drift_file}: {exc}")
-            if self._drift_fh is not None:
-                with contextlib.suppress(OSError):
-                    self._drift_fh.close()
-                self._drift_fh = None
+            self._drift_dropped(lines, exc)
             return
+        try:
+            start = self._cut_torn_tail(fd)
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self._drift_dropped(lines, exc)
+                self._cut_back(fd, start)
+                return
+        except OSError as exc:
+            self._drift_dropped(lines, exc)
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._drift_fd is None:
+                os.close(fd)
         self.drift_written += len(lines)
         if self._metrics is not None:
             self._metrics.drift_samples_total.inc(len(lines))
+
+    def _drift_dropped(self, lines: list[bytes], exc: OSError) -> None:
+        """Count lines lost to ``exc`` and let the next append reopen the file (it may have been replaced)."""
+        self.drift_errors += len(lines)
+        reason = errno.errorcode.get(exc.errno or 0, "error").lower()
+        if self._metrics is not None:
+            self._metrics.drift_samples_dropped_total.labels(reason=reason).inc(len(lines))
+        self._log.warning(
+            "drift_sample_write", f"drift samples not written to {self.drift_file} ({len(lines)} lost): {exc}"
+        )
+        self._drift_fd = None
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Truncate to ``size``; if that fails too, the next append does it, unless the file changed."""
+        try:
+            _os_ftruncate(fd, size)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                st = os.fstat(fd)
+                self._drift_cut = (st.st_dev, st.st_ino, st.st_size, size)
+            logger.error(f"drift samples: {self.drift_file} may end in a failed write ({exc}); the next append cuts it")
+
+    def _cut_torn_tail(self, fd: int) -> int:
+        """The file's size once what a failed write left is removed: back to where that write started
+        if the file is as it left it, else a last line without its newline (a killed writer's). The
+        torn bytes are logged, since they are no whole sample."""
+        st = os.fstat(fd)
+        size = st.st_size
+        pending, self._drift_cut = self._drift_cut, None
+        if pending is not None and pending[:3] == (st.st_dev, st.st_ino, size):
+            _os_ftruncate(fd, pending[3])
+            logger.warning(
+                f"drift samples: cut the {size - pending[3]} bytes of the failed write from {self.drift_file}"
+            )
+            return pending[3]
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            nl = os.pread(fd, end - start, start).rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        _os_ftruncate(fd, end)
+        logger.warning(f"drift samples: cut {size - end} bytes of a torn last line from {self.drift_file}")
+        return end
+
+
+_os_write = os.write
+_os_ftruncate = os.ftruncate
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written: a full disk first writes short, then fails."""
+    view = memoryview(data)
+    while view:
+        view = view[_os_write(fd, view) :]
 
 
 def _lower_priority() -> None:

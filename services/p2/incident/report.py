@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -108,15 +109,67 @@ class _Event:
         return self.obj.get(key) if self.obj is not None else None
 
 
+_STRING = (lambda v: isinstance(v, str), "a string")
+_INTEGER = (lambda v: type(v) is int, "an integer")
+_BOOLEAN = (lambda v: type(v) is bool, "true or false")
+_LIST = (lambda v: type(v) is list, "a list")
+_OBJECT = (lambda v: type(v) is dict, "an object")
+_META_FIELDS = {
+    "incident_id": _STRING,
+    "type": _STRING,
+    "reason": _STRING,
+    "product_id": _STRING,
+    "triggered_at": _STRING,
+    "affected_symbols": _LIST,
+    "total_events": _INTEGER,
+    "pre_events": _INTEGER,
+    "post_events": _INTEGER,
+    "post_target": _INTEGER,
+    "trigger_line": _INTEGER,
+    "complete": _BOOLEAN,
+    "counters_at_trigger": _OBJECT,
+    "config": _OBJECT,
+    "suppressed_triggers": _LIST,
+    "detail": _OBJECT,
+}
+"""The type of each field the bundle writer puts in ``meta.json`` (``null`` reads as absent). A bundle
+whose meta says otherwise was not written by P2 as it is, and is refused with the field named rather
+than reported on from values that mean something else."""
+_DETAIL_FIELDS = {"ranges": _LIST, "run_p99_ms": _LIST}
+_JSON_NAMES = {dict: "object", list: "list", str: "str", int: "int", float: "float", bool: "bool"}
+MAX_META_BYTES = 16 << 20
+"""A bigger ``meta.json`` is refused unread: P2 writes a few kB, and the CLI must not load any file it is pointed at."""
+
+
+def _check_fields(bundle: Path, data: dict[str, Any], fields: dict[str, Any], prefix: str = "") -> None:
+    for key, (ok, expected) in fields.items():
+        value = data.get(key)
+        if value is not None and not ok(value):
+            got = _JSON_NAMES.get(type(value), type(value).__name__)
+            raise ReportError(f"{bundle}: {META_FILE}: {prefix}{key} must be {expected}, got {got}")
+
+
 def _load_meta(bundle: Path) -> dict[str, Any]:
+    """``meta.json`` as an object with every known field of the right type, else :class:`ReportError`."""
+    path = bundle / META_FILE
     try:
-        meta = orjson.loads((bundle / META_FILE).read_bytes())
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f"{bundle}: {META_FILE} is not a regular file")
+        if info.st_size > MAX_META_BYTES:
+            raise ReportError(f"{bundle}: {META_FILE} is larger than {MAX_META_BYTES >> 20} MiB")
+        meta = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise ReportError(f"{bundle}: no {META_FILE}") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise ReportError(f"{bundle}: unreadable {META_FILE}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
         raise ReportError(f"{bundle}: unreadable {META_FILE}: {exc}") from None
     if not isinstance(meta, dict):
         raise ReportError(f"{bundle}: {META_FILE} is not a JSON object")
+    _check_fields(bundle, meta, _META_FIELDS)
+    if isinstance(meta.get("detail"), dict):
+        _check_fields(bundle, meta["detail"], _DETAIL_FIELDS, "detail.")
     return meta
 
 
@@ -483,19 +536,44 @@ def write_report(
 
 
 def bundles_under(directory: Path) -> list[Path]:
-    """Bundle directories under ``directory`` (or ``directory`` itself if it is one), skipping the
-    writer's temporary directories (names starting with a dot)."""
-    if (directory / META_FILE).is_file():
+    """Bundle directories under ``directory`` (or ``directory`` itself if it is one): those holding a
+    ``meta.json`` of any kind, so a broken one is reported rather than passed over. The writer's
+    temporary directories (names starting with a dot) are skipped."""
+    if _has_meta(directory):
         return [directory]
-    return sorted(
-        p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file()
-    )
+    return sorted(p for p in directory.iterdir() if not p.name.startswith(".") and p.is_dir() and _has_meta(p))
+
+
+def _has_meta(path: Path) -> bool:
+    """A directory that cannot be looked into counts: the error is then reported for that bundle."""
+    try:
+        os.lstat(path / META_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+EXIT_OK = 0
+EXIT_BUNDLE_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and exit 2, like every bad input to the CLI, instead of argparse's usage block."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Exit 0 when every bundle's report was written, 1 when any failed (one line each on stderr, the
+    others still written), 2 for a bad command line or a directory that cannot be listed."""
+    parser = _Parser(
         prog="mercury-report",
         description="(Re)generate report.md, and chart.png where missing, for every incident bundle under a directory.",
+        epilog="exit status: 0 every report written; 1 some bundle failed (one line each on stderr, "
+        "the others still written); 2 bad arguments or no such directory.",
     )
     parser.add_argument("directory", nargs="?", default="data/incidents", help="default: data/incidents")
     charts = parser.add_mutually_exclusive_group()
@@ -505,38 +583,69 @@ def main(argv: list[str] | None = None) -> int:
     directory = Path(args.directory)
     if not directory.is_dir():
         print(f"mercury-report: {directory}: no such directory", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         bundles = bundles_under(directory)
     except OSError as exc:
         print(f"mercury-report: {directory}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     failed = 0
     for bundle in bundles:
+        reason = _report_one(bundle, args)
+        if reason is not None:
+            failed += 1
+            print(f"mercury-report: {reason}", file=sys.stderr)
+    print(f"{len(bundles) - failed} report(s) written under {directory}", file=sys.stderr)
+    return EXIT_BUNDLE_FAILED if failed else EXIT_OK
+
+
+def _report_one(bundle: Path, args: argparse.Namespace) -> str | None:
+    """Chart (where asked) and report for one bundle; the line saying why not, or ``None``.
+
+    ``meta.json`` is checked before the chart is drawn, so a bundle refused costs no matplotlib.
+    Anything else a hostile bundle provokes is caught here too: one bundle must not stop the rest."""
+    try:
+        _load_meta(bundle)
+        _check_events_file(bundle)
         if not args.no_charts and (args.charts or not (bundle / CHART_FILE).exists()):
             _draw_chart(bundle)
-        try:
-            path = write_report(bundle, str(bundle / EVENTS_FILE))
-        except ReportError as exc:
-            failed += 1
-            print(f"mercury-report: {exc}", file=sys.stderr)
-        except OSError as exc:
-            failed += 1
-            print(f"mercury-report: {bundle}: {exc.strerror or exc}", file=sys.stderr)
-        else:
-            print(path)
-    print(f"{len(bundles) - failed} report(s) written under {directory}", file=sys.stderr)
-    return 1 if failed else 0
+        path = write_report(bundle, str(bundle / EVENTS_FILE))
+        print(path)
+    except ReportError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{bundle}: {exc.strerror or exc}"
+    except UnicodeEncodeError:
+        return f"{bundle}: the path is not valid UTF-8, and the report quotes it"
+    except Exception as exc:
+        return f"{bundle}: cannot render the report: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_events_file(bundle: Path) -> None:
+    """A missing ``events.jsonl`` is said in the report; a FIFO or device there would block the reader."""
+    try:
+        mode = (bundle / EVENTS_FILE).stat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ReportError(f"{bundle}: {EVENTS_FILE} is not a regular file")
 
 
 def _draw_chart(bundle: Path) -> None:
-    """A chart is evidence, not the report: failing to draw one is reported and the report still written."""
-    from mercurystream.p2.incident.chart import ChartError, render_chart
-
+    """A chart is evidence, not the report: failing to draw one (matplotlib missing included) is
+    reported and the report still written."""
+    try:
+        from mercurystream.p2.incident.chart import ChartError, render_chart
+    except ImportError as exc:
+        print(f"mercury-report: {bundle}: no chart: cannot load the renderer ({exc})", file=sys.stderr)
+        return
     try:
         render_chart(bundle)
-    except (ChartError, OSError, ValueError) as exc:
-        print(f"mercury-report: {bundle}: no chart: {exc}", file=sys.stderr)
+    except Exception as exc:
+        known = isinstance(exc, (ChartError, OSError, ValueError))
+        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        print(f"mercury-report: {bundle}: no chart: {reason}", file=sys.stderr)
 
 
 if __name__ == "__main__":

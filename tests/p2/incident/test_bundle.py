@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from loguru import logger
 
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, Anomaly
 from mercurystream.p2.flight_recorder import Capture, FlightRecorder
@@ -440,3 +445,173 @@ def test_pretty_printed_payloads_stay_one_line_each(tmp_path):
     rows = (path / "events.jsonl").read_bytes().splitlines()
     assert rows[0] == event_line(1)
     assert len(rows) == 2 and orjson.loads(rows[1]) == orjson.loads(pretty)
+
+
+def _killed_mid_write(incidents: Path) -> Path:
+    """A real leftover: a process writing a bundle is SIGKILLed between its files and the rename."""
+    code = (
+        "import os, signal, sys; from pathlib import Path; "
+        "from tests.p2.incident.test_bundle import make_capture; "
+        "from mercurystream.p2.incident import bundle; "
+        "bundle.render_report = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "bundle.write_bundle(Path(sys.argv[1]), make_capture())"
+    )
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", code, str(incidents)], cwd=root, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (left,) = [p for p in incidents.iterdir() if p.name.startswith(".tmp_")]
+    assert (left / "events.jsonl").is_file() and (left / "meta.json").is_file()
+    return left
+
+
+def test_unfinished_bundles_left_by_a_killed_p2_are_removed_at_start_and_logged_once(tmp_path):
+    incidents = tmp_path / "incidents"
+    left = _killed_mid_write(incidents)
+    good = write_bundle(incidents, make_capture(trigger_at=6))
+    (incidents / ".tmp_not_a_dir").write_text("kept: not a directory")
+    (incidents / ".tmp_link").symlink_to(good)
+    (incidents / ".other").mkdir()
+    (incidents / "tmp_no_dot").mkdir()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    writer = BundleWriter(incidents, chart=False)
+    try:
+        writer.start()
+        writer.stop(30)
+        writer.start()
+    finally:
+        writer.stop(30)
+        logger.remove(sink)
+    assert not left.exists()
+    assert writer.leftovers_removed == 1
+    assert sorted(p.name for p in incidents.iterdir()) == sorted(
+        [good.name, ".tmp_not_a_dir", ".tmp_link", ".other", "tmp_no_dot"]
+    )
+    assert (good / "meta.json").is_file()
+    said = [line for line in lines if ".tmp_" in line]
+    assert len(said) == 1 and "removed 1 unfinished bundle" in said[0], lines
+
+
+def test_a_temporary_dir_another_writer_is_filling_is_left_alone(tmp_path):
+    incidents = tmp_path / "incidents"
+    busy = incidents / ".tmp_20240501_120003_0000abcd_x"
+    busy.mkdir(parents=True)
+    fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer = BundleWriter(incidents, chart=False)
+        writer.start()
+        writer.stop(30)
+        assert busy.is_dir() and writer.leftovers_removed == 0
+    finally:
+        os.close(fd)
+
+
+def test_a_bundle_being_written_holds_its_temporary_dir_against_cleanup(tmp_path, monkeypatch):
+    incidents = tmp_path / "incidents"
+    seen: list[bool] = []
+
+    def check_then_render(tmp, *args, **kwargs):
+        other = BundleWriter(incidents, chart=False)
+        other.start()
+        other.stop(30)
+        seen.append(Path(tmp).is_dir())
+        return "# report"
+
+    monkeypatch.setattr(bundle_mod, "render_report", check_then_render)
+    final = write_bundle(incidents, make_capture())
+    assert seen == [True] and (final / "events.jsonl").is_file()
+
+
+_FILL_TO_THE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from mercurystream.p2.incident.bundle import BundleWriter
+from mercurystream.p2.metrics import P2Metrics
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+metrics = P2Metrics()
+writer = BundleWriter(Path(sys.argv[1]) / "inc", metrics, drift_file=Path(sys.argv[1]) / "drift.jsonl", chart=False)
+writer.append_drift([b'{"n":1,"pad":"0123456789"}', b'{"n":2,"pad":"0123456789"}'])
+writer.append_drift([b'{"n":3,"pad":"0123456789"}', b'{"n":4,"pad":"0123456789"}'])
+writer.wait_idle(30)
+writer.stop(30)
+dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "efbig"})
+print(writer.drift_written, writer.drift_errors, dropped)
+"""
+
+
+def test_a_drift_write_cut_short_by_a_full_file_leaves_no_torn_line_and_is_counted(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILL_TO_THE_LIMIT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "2", "2.0"]
+    assert (tmp_path / "drift.jsonl").read_bytes() == b'{"n":1,"pad":"0123456789"}\n{"n":2,"pad":"0123456789"}\n'
+    assert "drift samples not written" in proc.stderr
+
+
+def test_a_torn_last_drift_line_is_cut_before_the_next_append(tmp_path):
+    target = tmp_path / "drift.jsonl"
+    target.write_bytes(b'{"a":1}\n{"a":2}\n{"a":')
+    metrics = P2Metrics()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    writer = BundleWriter(tmp_path / "inc", metrics, drift_file=target, chart=False)
+    try:
+        writer.append_drift([b'{"a":3}'])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+        logger.remove(sink)
+    assert target.read_bytes() == b'{"a":1}\n{"a":2}\n{"a":3}\n'
+    assert any("torn" in line and "5 bytes" in line for line in lines), lines
+
+
+def test_a_failed_cut_back_is_repaired_by_the_next_append(tmp_path, monkeypatch):
+    target = tmp_path / "drift.jsonl"
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path / "inc", metrics, drift_file=target, chart=False)
+    real_write, real_truncate = os.write, os.ftruncate
+    failing = {"write": True, "truncate": True}
+
+    def half_then_enospc(fd, data):
+        if failing.pop("write", False):
+            real_write(fd, bytes(data[: len(data) // 2 + 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def truncate_fails_once(fd, length):
+        if failing.pop("truncate", False):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_truncate(fd, length)
+
+    monkeypatch.setattr(bundle_mod, "_os_write", half_then_enospc)
+    monkeypatch.setattr(bundle_mod, "_os_ftruncate", truncate_fails_once)
+    try:
+        writer.append_drift([b'{"a":1}', b'{"a":2}'])
+        assert writer.wait_idle(30)
+        assert target.read_bytes() == b'{"a":1}\n{"'  # the cut-back failed: torn until the next append
+        writer.append_drift([b'{"a":3}'])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    assert target.read_bytes() == b'{"a":3}\n'
+    assert (writer.drift_written, writer.drift_errors) == (1, 2)
+    dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "enospc"})
+    assert dropped == 2.0
+
+
+def test_drift_samples_that_cannot_be_opened_are_counted_by_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path, metrics, drift_file=blocker / "drift.jsonl", chart=False)
+    try:
+        writer.append_drift([b"{}", b"{}"])
+        assert writer.wait_idle(30)
+    finally:
+        writer.stop(30)
+    dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "eexist"})
+    assert dropped == 2.0

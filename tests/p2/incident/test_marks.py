@@ -7,12 +7,12 @@ import math
 import orjson
 import pytest
 
+from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors import (
     ANOMALY_TYPES,
     DUPLICATE,
     LATENCY_SPIKE,
     OUT_OF_ORDER,
-    REQUIRED,
     SCHEMA_DRIFT,
     SEQUENCE_GAP,
     Detectors,
@@ -26,6 +26,7 @@ from mercurystream.p2.incident.marks import (
     rolling_p99,
 )
 from mercurystream.shared.event import latency_ms
+from mercurystream.shared.schema import REQUIRED
 from tests.p2.incident.support import CONFIG, injected_lines
 
 SETTINGS_KW = {
@@ -59,7 +60,7 @@ def test_every_type_is_marked_as_often_as_the_detectors_count_it(bundle_events):
     marks = find_marks(bundle_events, {"config": CONFIG})
 
     det = Detectors(**SETTINGS_KW)
-    anomalies = det.process([e for _, e in bundle_events])
+    anomalies = det.process(Batch.of_events([e for _, e in bundle_events]))
     assert set(MARK_TYPES) == set(ANOMALY_TYPES) == set(STYLES)
     for t in MARK_TYPES:
         assert marks.by_type[t], f"the injected bundle has no {t}"

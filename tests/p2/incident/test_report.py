@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 import subprocess
 import sys
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors import Detectors
@@ -345,3 +350,170 @@ def test_the_chart_links_are_left_out_while_there_is_no_chart(tmp_path):
     a = bundle_from(tmp_path, [event(k) for k in range(1, 30)] + [event(12)], pre=50, post=0)
     text = render_report(a, chart_note=CHART_PENDING)
     assert "[chart]" not in text and "orange diamond" not in text
+def _bad_bundle(root, name: str, meta: bytes):
+    bundle = root / name
+    bundle.mkdir(parents=True)
+    (bundle / "meta.json").write_bytes(meta)
+    (bundle / "events.jsonl").write_bytes(orjson.dumps(event(1)) + b"\n")
+    return bundle
+
+
+def _report_lines(err: str) -> list[str]:
+    """stderr without the closing count line."""
+    return [line for line in err.splitlines() if "report(s) written" not in line]
+
+
+@pytest.mark.parametrize(
+    ("meta", "says"),
+    [
+        (b'{"pre_events": "x"}', "meta.json: pre_events must be an integer, got str"),
+        (b'{"triggered_at": 5}', "meta.json: triggered_at must be a string, got int"),
+        (b'{"affected_symbols": 5}', "meta.json: affected_symbols must be a list, got int"),
+        (b'{"suppressed_triggers": {"a": 1}}', "meta.json: suppressed_triggers must be a list, got object"),
+        (b'{"counters_at_trigger": [1]}', "meta.json: counters_at_trigger must be an object, got list"),
+        (b'{"complete": "yes"}', "meta.json: complete must be true or false, got str"),
+        (b'{"trigger_line": true}', "meta.json: trigger_line must be an integer, got bool"),
+        (b'{"type": "sequence_gap", "detail": {"ranges": 5}}', "meta.json: detail.ranges must be a list, got int"),
+        (
+            b'{"type": "latency_spike", "detail": {"run_p99_ms": 5}}',
+            "meta.json: detail.run_p99_ms must be a list, got int",
+        ),
+        (b'{"detail": [1, 2]}', "meta.json: detail must be an object, got list"),
+        (b"[1, 2]", "meta.json is not a JSON object"),
+        (b"\xff\xfe{}", "unreadable meta.json"),
+    ],
+)
+def test_cli_a_bundle_with_a_bad_meta_is_one_line_and_the_next_is_still_written(tmp_path, capsys, meta, says):
+    root = tmp_path / "incidents"
+    bad = _bad_bundle(root, "20240101_000000_00000000", meta)
+    good = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    (good / "report.md").unlink()
+    assert main(["--no-charts", str(root)]) == 1
+    assert (good / "report.md").is_file()
+    assert not (bad / "report.md").exists()
+    out, err = capsys.readouterr()
+    (line,) = _report_lines(err)
+    assert line.startswith(f"mercury-report: {bad}: {says}")
+    assert str(good / "report.md") in out
+
+
+def test_cli_a_meta_that_is_a_directory_is_reported_not_skipped(tmp_path, capsys):
+    root = tmp_path / "incidents"
+    bad = root / "20240101_000000_00000000"
+    (bad / "meta.json").mkdir(parents=True)
+    assert main(["--no-charts", str(root)]) == 1
+    assert _report_lines(capsys.readouterr().err) == [f"mercury-report: {bad}: meta.json is not a regular file"]
+
+
+def test_cli_an_unreadable_meta_is_one_line(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "incidents"
+    bad = _bad_bundle(root, "20240101_000000_00000000", b"{}")
+    real = type(bad).read_bytes
+
+    def read_bytes(self):
+        if self.name == "meta.json":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(type(bad), "read_bytes", read_bytes)
+    assert main(["--no-charts", str(root)]) == 1
+    assert _report_lines(capsys.readouterr().err) == [f"mercury-report: {bad}: unreadable meta.json: Permission denied"]
+
+
+def test_cli_bad_arguments_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--charts", "--no-charts", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mercury-report: ") and "--help" in err[0]
+
+
+def test_cli_hostile_bundles_in_a_subprocess_end_in_lines_not_a_traceback(tmp_path):
+    root = tmp_path / "incidents"
+    _bad_bundle(root, "a", b'{"pre_events": "x", "triggered_at": 5, "affected_symbols": 5}')
+    _bad_bundle(root, "b", b"\xff\xfe\x00garbage")
+    undecodable = os.fsencode(str(root)) + b"/c\xff"
+    os.mkdir(undecodable)
+    (root / os.fsdecode(b"c\xff") / "meta.json").write_bytes(b'{"type": "duplicate"}')
+    good = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mercurystream.p2.incident.report", "--no-charts", str(root)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err
+    assert proc.returncode == 1
+    assert len(_report_lines(err)) == 3, err
+    assert "c\\udcff: the path is not valid UTF-8" in err
+    assert (good / "report.md").is_file()
+
+
+_JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_META_KEYS = [
+    "incident_id", "type", "reason", "detail", "product_id", "triggered_at", "affected_symbols", "total_events",
+    "pre_events", "post_events", "post_target", "trigger_line", "complete", "counters_at_trigger", "config",
+    "suppressed_triggers",
+]  # fmt: skip
+_DETAIL_KEYS = ["trade_id", "ranges", "threshold_ms", "p99_before_ms", "run_p99_ms", "window"]
+_TYPES = st.sampled_from(["duplicate", "sequence_gap", "latency_spike", "schema_drift", "other"])
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    meta=st.one_of(
+        _JSON,
+        st.fixed_dictionaries(
+            {"type": _TYPES},
+            optional={
+                **{k: _JSON for k in _META_KEYS if k != "type"},
+                "detail": st.fixed_dictionaries({}, optional={k: _JSON for k in _DETAIL_KEYS}) | _JSON,
+            },
+        ),
+    )
+)
+def test_cli_any_meta_json_value_is_a_report_or_one_line(tmp_path_factory, meta):
+    root = tmp_path_factory.mktemp("fuzz") / "incidents"
+    bundle = _bad_bundle(root, "20240101_000000_00000000", orjson.dumps(meta, option=orjson.OPT_NON_STR_KEYS))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["--no-charts", str(root)])
+    lines = _report_lines(err.getvalue())
+    if rc == 0:
+        assert lines == [] and (bundle / "report.md").is_file()
+    else:
+        assert rc == 1
+        assert len(lines) == 1 and lines[0].startswith(f"mercury-report: {bundle}: "), lines
+
+
+def test_cli_draws_no_chart_for_a_refused_bundle(tmp_path, capsys):
+    root = tmp_path / "incidents"
+    bad = _bad_bundle(root, "20240101_000000_00000000", b'{"trigger_line": "x"}')
+    assert main([str(root)]) == 1
+    assert not (bad / "chart.png").exists()
+    assert _report_lines(capsys.readouterr().err) == [
+        f"mercury-report: {bad}: meta.json: trigger_line must be an integer, got str"
+    ]
+
+
+def test_cli_an_events_fifo_is_refused_not_waited_on(tmp_path, capsys):
+    root = tmp_path / "incidents"
+    bad = _bad_bundle(root, "20240101_000000_00000000", b"{}")
+    (bad / "events.jsonl").unlink()
+    os.mkfifo(bad / "events.jsonl")
+    assert main([str(root)]) == 1
+    assert _report_lines(capsys.readouterr().err) == [f"mercury-report: {bad}: events.jsonl is not a regular file"]
+
+
+def test_cli_without_the_chart_renderer_still_writes_the_report(tmp_path, capsys, monkeypatch):
+    a = bundle_from(tmp_path, [event(1), event(1)], pre=5, post=0)
+    monkeypatch.setitem(sys.modules, "mercurystream.p2.incident.chart", None)
+    assert main([str(tmp_path / "incidents")]) == 0
+    assert (a / "report.md").is_file() and not (a / "chart.png").exists()
+    assert f"mercury-report: {a}: no chart: cannot load the renderer" in capsys.readouterr().err
