@@ -36,6 +36,7 @@ class P2Settings(CommonSettings):
     FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
     FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
     FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
+    FLIGHT_MAX_AGE_S: float = Field(0.0, ge=0)
     INCIDENT_CHARTS: bool = True
     INCIDENTS_DIR: Path = Path("data/incidents")
     DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
