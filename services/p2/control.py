@@ -21,6 +21,7 @@ import gzip
 import hmac
 import ipaddress
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -223,6 +224,14 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A log line instead of socketserver's traceback on stderr (a client that hung up mid-answer)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug(f"http {client_address[0]}: connection dropped: {exc}")
+        else:
+            logger.opt(exception=exc).error(f"http {client_address[0]}: request failed")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -305,6 +314,10 @@ class _Handler(BaseHTTPRequestHandler):
             answer = control.dump(reason, respect)
         except DumpRefused as exc:
             self._refuse(control, exc)
+            return
+        except Exception:
+            logger.exception(f"http {self.address_string()}: incident dump failed")
+            self._send(500, {"error": "the dump failed; P2's log says why"})
             return
         logger.info(f"http {self.address_string()}: incident {answer.get('incident_id')} dump accepted: {reason!r}")
         self._send(202, answer)

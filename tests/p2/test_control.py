@@ -311,3 +311,11 @@ def test_connections_beyond_the_bound_are_answered_503(served: tuple[ControlServ
     while request(server, "GET", "/metrics")[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_dump_that_fails_unexpectedly_is_a_500_with_one_line(served: tuple[ControlServer, Dumps]) -> None:
+    server, dumps = served
+    dumps.refuse = RuntimeError("boom")  # type: ignore[assignment]
+    status, _, body = request(server, "POST", "/incidents")
+    assert status == 500 and body.count(b"\n") == 1 and "log" in orjson.loads(body)["error"]
+    assert request(server, "GET", "/metrics")[0] == 200
