@@ -1,8 +1,9 @@
-"""P2: the TCP ingest, the bus, the consumers, the metrics endpoint and the status lines, as one app.
+"""P2: the TCP ingest, the bus, the consumers, the HTTP endpoint and the status lines, as one app.
 
 :class:`P2App` owns the lifecycle; :func:`main` (``mercury-p2``) adds configuration, logging,
-uvloop and signal handling around it. Consumers are built by factories ``(bus, settings, metrics)``
-so tests and tools can run P2 with any subset; :func:`default_consumers` is the production set.
+uvloop and signal handling around it (SIGUSR1 dumps the flight recorder). Consumers are built by
+factories ``(bus, settings, metrics)`` so tests and tools can run P2 with any subset;
+:func:`default_consumers` is the production set.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer, SyncConsumers
+from mercurystream.p2.control import REFUSED_DISABLED, REFUSED_UNAVAILABLE, ControlServer, LoopHandoff
+from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
@@ -61,7 +64,7 @@ def default_consumers(settings: P2Settings) -> list[ConsumerFactory]:
 
 
 class P2App:
-    """Bus, TCP source, consumers, ``/metrics`` and the periodic status lines."""
+    """Bus, TCP source, consumers, ``/metrics`` and ``POST /incidents``, and the periodic status lines."""
 
     def __init__(
         self,
@@ -86,7 +89,9 @@ class P2App:
             self._drop_counter(sub.name)
             self._depth_gauges[sub.name] = m.queue_depth.labels(sub.name)
         self.metrics_port: int | None = None
-        self._httpd = None
+        self.control: ControlServer | None = None
+        self._handoff: LoopHandoff | None = None
+        self._dumps_open = False
         self._status_task: asyncio.Task[None] | None = None
         self._started = False
 
@@ -115,8 +120,12 @@ class P2App:
         s = self.settings
         self._started = True
         await self.start_consumers()
-        self._httpd, _ = start_http_server(s.METRICS_PORT, addr=s.HOST, registry=self.metrics.registry)
-        self.metrics_port = self._httpd.server_address[1]
+        self._handoff = LoopHandoff(asyncio.get_running_loop())
+        token = s.P2_CONTROL_TOKEN.get_secret_value() if s.P2_CONTROL_TOKEN is not None else None
+        self.control = ControlServer(s.HOST, s.METRICS_PORT, self.metrics, self._dump_over_http, token)
+        self.control.start()
+        self.metrics_port = self.control.port
+        self._dumps_open = True
         await self.source.start()
         self._status_task = asyncio.create_task(self._report_status(), name="p2-status")
         names = ", ".join(c.name for c in self.consumers) or "none"
@@ -136,6 +145,7 @@ class P2App:
         if not self._started:
             return
         self._started = False
+        self._dumps_open = False
         await self.source.stop()
         await self.stop_consumers(drain_timeout_s)
         if self._status_task is not None:
@@ -143,11 +153,47 @@ class P2App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._status_task
         self.report_status()
-        if self._httpd is not None:
-            httpd, self._httpd = self._httpd, None
-            await asyncio.to_thread(httpd.shutdown)
-            httpd.server_close()
+        if self.control is not None:
+            control, self.control = self.control, None
+            await asyncio.to_thread(control.stop)
         logger.info(f"P2 stopped after {self.source.events} events")
+
+    def dump(self, reason: str, *, respect_cooldown: bool = False, source: str = MANUAL) -> Capture:
+        """On the loop's thread: have the forensics consumer dump its ring now; raises :class:`DumpRefused`."""
+        if not self._dumps_open:
+            raise DumpRefused(REFUSED_UNAVAILABLE, "P2 is not running (starting or stopping)")
+        forensics = next((c for c in self.consumers if callable(getattr(c, "dump", None))), None)
+        if forensics is None:
+            raise DumpRefused(REFUSED_DISABLED, "the forensics consumer is off (FORENSICS=false)")
+        cap = forensics.dump(reason, respect_cooldown=respect_cooldown, source=source)
+        logger.info(
+            f"incident {cap.id} (manual, {source}): {reason!r}, {cap.pre_count} events from the ring "
+            f"(pre_bound={cap.pre_bound}), queued for writing"
+        )
+        return cap
+
+    def _dump_over_http(self, reason: str, respect_cooldown: bool) -> dict[str, Any]:
+        """On an HTTP thread: hand the request to the loop and wait for the id (or the refusal)."""
+        if self._handoff is None:
+            raise DumpRefused(REFUSED_UNAVAILABLE, "P2 is not running (starting or stopping)")
+        cap = self._handoff.call(lambda: self.dump(reason, respect_cooldown=respect_cooldown, source="http"))
+        incidents_dir = getattr(self.settings, "INCIDENTS_DIR", None)
+        return {
+            "incident_id": cap.id,
+            "type": MANUAL,
+            "reason": reason,
+            "events": cap.pre_count,
+            "pre_bound": cap.pre_bound,
+            "path": str(incidents_dir / cap.id) if incidents_dir is not None else None,
+        }
+
+    def dump_on_signal(self, signame: str = "SIGUSR1") -> None:
+        """The SIGUSR1 handler (on the loop's thread): dump, ignoring the cooldown; a refusal is logged and counted."""
+        try:
+            self.dump(signame, source=signame)
+        except DumpRefused as exc:
+            self.metrics.incident_requests_refused_total.labels(reason=exc.reason).inc()
+            logger.warning(f"{signame}: no incident dump ({exc.reason}): {exc}")
 
     async def start_consumers(self) -> None:
         """Start the consumers' tasks (without the port or ``/metrics``: profiling drives them too)."""
@@ -210,6 +256,7 @@ async def serve(settings: P2Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = P2App(settings)
+    loop.add_signal_handler(signal.SIGUSR1, app.dump_on_signal)
     try:
         await app.start()
     except OSError as exc:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from mercurystream.shared.config import CommonSettings, Port
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+
+MIN_TOKEN_CHARS = 16
 
 
 class P2Settings(CommonSettings):
     HOST: str = Field("127.0.0.1", min_length=1)
     PORT: Port = 9001
     METRICS_PORT: Port = 9090
+    P2_CONTROL_TOKEN: SecretStr | None = None
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
     BUS_QUEUE_EVENTS: int = Field(50000, gt=0)
 
@@ -36,7 +39,16 @@ class P2Settings(CommonSettings):
     FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
     FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
     FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
+    FLIGHT_MAX_AGE_S: float = Field(0.0, ge=0)
     INCIDENT_CHARTS: bool = True
     INCIDENTS_DIR: Path = Path("data/incidents")
     DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
     DRIFT_SAMPLES_PER_MIN: int = Field(100, ge=0)
+
+    @field_validator("P2_CONTROL_TOKEN")
+    @classmethod
+    def _long_token(cls, v: SecretStr | None) -> SecretStr | None:
+        """A short token is guessable; an empty one would read as set."""
+        if v is not None and len(v.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters")
+        return v

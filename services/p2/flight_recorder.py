@@ -13,6 +13,12 @@ Arithmetic (the contract the bundle's meta reports):
 - At most one capture is active. A trigger while one is active, or less than ``cooldown_s`` after
   the last accepted trigger, is suppressed: counted, and listed in the active capture if there is
   one (with its line number in that capture's ``events.jsonl``).
+- With ``max_age_s``, the ring also forgets lines that arrived more than ``max_age_s`` before the
+  newest arrival (a batch's ``recv_ts_us``, P2's wall clock) or, for a dump, before the dump.
+  ``pre_bound`` says which bound cut a capture's pre part: ``events``, ``age``, or ``none`` when
+  the pre part reaches back to the first line the ring ever saw.
+- :meth:`FlightRecorder.dump` captures the ring as it is now (type ``manual``, no post part),
+  whether or not a capture is active; it honours the cooldown only when asked to.
 """
 
 from __future__ import annotations
@@ -25,6 +31,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mercurystream.p2.detectors import Anomaly
+
+MANUAL = "manual"
+"""The type of an on-demand capture (an operator's request, not a detector's trigger)."""
+
+PRE_BOUND_EVENTS = "events"
+PRE_BOUND_AGE = "age"
+PRE_BOUND_NONE = "none"
+
+REFUSED_COOLDOWN = "cooldown"
+REFUSED_EMPTY = "empty"
 
 
 def new_incident_id(wall_s: float) -> str:
@@ -48,11 +64,23 @@ class Capture:
         "post",
         "post_target",
         "pre",
+        "pre_bound",
+        "reason",
         "suppressed",
         "triggered_at",
     )
 
-    def __init__(self, incident_id: str, anomaly: Anomaly, pre: list[bytes], post_target: int, wall_s: float) -> None:
+    def __init__(
+        self,
+        incident_id: str,
+        anomaly: Anomaly,
+        pre: list[bytes],
+        post_target: int,
+        wall_s: float,
+        pre_bound: str = PRE_BOUND_NONE,
+        reason: str | None = None,
+    ) -> None:
+        """``reason`` is the operator's for a manual capture; ``None`` lets the anomaly describe itself."""
         self.id = incident_id
         self.anomaly = anomaly
         self.pre = pre
@@ -62,6 +90,8 @@ class Capture:
         self.complete = False
         self.suppressed: list[dict[str, Any]] = []
         self.context: dict[str, Any] = {}
+        self.pre_bound = pre_bound
+        self.reason = reason
 
     @property
     def type(self) -> str:
@@ -101,11 +131,21 @@ class FeedResult:
         self.suppressed: list[Anomaly] = []
 
 
+class DumpRefused(Exception):
+    """A dump that was not taken: ``reason`` is a short label for metrics, ``str()`` one line for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class FlightRecorder:
-    """Ring of the last ``pre_events`` lines plus at most one capture of ``post_events`` more.
+    """Ring of the last ``pre_events`` lines (and, with ``max_age_s``, of the last ``max_age_s``
+    seconds of arrivals) plus at most one capture of ``post_events`` more.
 
     ``clock`` (monotonic seconds) paces the cooldown and ``wall_clock`` stamps triggers; both are
-    read once per batch that has triggers, never per event.
+    read once per batch that has triggers, never per event. The age bound keeps one
+    ``[arrival_us, lines]`` span per arrival, not a stamp per line.
     """
 
     def __init__(
@@ -117,12 +157,22 @@ class FlightRecorder:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         new_id: Callable[[float], str] = new_incident_id,
+        max_age_s: float = 0.0,
     ) -> None:
-        if pre_events <= 0 or post_events < 0 or cooldown_s < 0:
-            raise ValueError("pre_events must be > 0, post_events and cooldown_s >= 0")
+        """``max_age_s`` 0 leaves the ring bounded by ``pre_events`` alone."""
+        if pre_events <= 0 or post_events < 0 or cooldown_s < 0 or max_age_s < 0:
+            raise ValueError("pre_events must be > 0, post_events, cooldown_s and max_age_s >= 0")
         self.pre_events = pre_events
         self.post_events = post_events
         self.cooldown_s = cooldown_s
+        self.max_age_s = max_age_s
+        self._max_age_us = round(max_age_s * 1_000_000)
+        self._spans: deque[list[int]] | None = deque() if max_age_s > 0 else None
+        self._span_lines = 0
+        self._arrival_us = 0
+        self._cut = PRE_BOUND_NONE
+        """Which bound removed the line just before the ring's oldest (kept only with the age bound)."""
+        self._last_capture: float | None = None
         self._clock = clock
         self._wall = wall_clock
         self._new_id = new_id
@@ -132,6 +182,7 @@ class FlightRecorder:
         self.seen = 0
         self.started = 0
         self.suppressed = 0
+        self.dumped = 0
 
     @property
     def active(self) -> Capture | None:
@@ -141,10 +192,25 @@ class FlightRecorder:
     def ring_len(self) -> int:
         return len(self._ring)
 
-    def feed(self, lines: Sequence[bytes], triggers: Sequence[Anomaly] = ()) -> FeedResult:
-        """Record a batch. ``triggers`` hold indices into ``lines`` and must be sorted by index."""
+    @property
+    def pre_bound(self) -> str:
+        """Which bound cut the ring's oldest end now: ``events``, ``age`` or ``none``."""
+        if self._spans is None:
+            return PRE_BOUND_EVENTS if self.seen > len(self._ring) else PRE_BOUND_NONE
+        return self._cut
+
+    def feed(
+        self, lines: Sequence[bytes], triggers: Sequence[Anomaly] = (), arrival_us: int | None = None
+    ) -> FeedResult:
+        """Record a batch. ``triggers`` hold indices into ``lines`` and must be sorted by index.
+
+        ``arrival_us`` (the batch's ``recv_ts_us``) ages the ring when ``max_age_s`` is set; without
+        it the wall clock is read."""
         res = FeedResult()
         n = len(lines)
+        if self._spans is not None:
+            self._arrival_us = arrival_us if arrival_us is not None else int(self._wall() * 1_000_000)
+            self._expire(self._arrival_us - self._max_age_us)
         if not triggers:
             self._advance(lines, 0, n, res)
             return res
@@ -174,6 +240,44 @@ class FlightRecorder:
             if len(cap.post) >= cap.post_target:
                 self._complete(cap, res)
         self._ring.extend(chunk)
+        if self._spans is not None:
+            self._arrived(end - start)
+
+    def _arrived(self, k: int) -> None:
+        """Account ``k`` lines just added at the current arrival; drop the spans the count bound cut."""
+        spans = self._spans
+        if spans and spans[-1][0] == self._arrival_us:
+            spans[-1][1] += k
+        else:
+            spans.append([self._arrival_us, k])
+        self._span_lines += k
+        over = self._span_lines - len(self._ring)
+        if over <= 0:
+            return
+        self._cut = PRE_BOUND_EVENTS
+        self._span_lines -= over
+        while over:
+            head = spans[0]
+            if head[1] <= over:
+                over -= head[1]
+                spans.popleft()
+            else:
+                head[1] -= over
+                over = 0
+
+    def _expire(self, cutoff_us: int) -> None:
+        """Forget the lines that arrived before ``cutoff_us``."""
+        spans = self._spans
+        ring = self._ring
+        while spans and spans[0][0] < cutoff_us:
+            k = spans.popleft()[1]
+            self._span_lines -= k
+            self._cut = PRE_BOUND_AGE
+            if k >= len(ring):
+                ring.clear()
+            else:
+                for _ in range(k):
+                    ring.popleft()
 
     def _trigger(self, anomaly: Anomaly, now: float, wall: float, res: FeedResult) -> None:
         cap = self._active
@@ -191,9 +295,9 @@ class FlightRecorder:
                     }
                 )
             return
-        self._last_trigger = now
+        self._last_trigger = self._last_capture = now
         self.started += 1
-        cap = Capture(self._new_id(wall), anomaly, list(self._ring), self.post_events, wall)
+        cap = Capture(self._new_id(wall), anomaly, list(self._ring), self.post_events, wall, self.pre_bound)
         res.started.append(cap)
         if self.post_events == 0:
             self._complete(cap, res)
@@ -204,6 +308,39 @@ class FlightRecorder:
         cap.complete = True
         self._active = None
         res.completed.append(cap)
+
+    def dump(self, reason: str, *, respect_cooldown: bool = False, source: str = MANUAL) -> Capture:
+        """The ring as it is now as a complete ``manual`` capture; raises :class:`DumpRefused`.
+
+        An active capture goes on untouched. With ``respect_cooldown``, a dump is refused while a
+        capture is active or within ``cooldown_s`` of the last capture of any type; a dump never
+        starts the detectors' cooldown, so it cannot suppress a real trigger. ``source`` says who asked.
+        """
+        now = self._clock()
+        wall = self._wall()
+        if respect_cooldown:
+            if self._active is not None:
+                raise DumpRefused(REFUSED_COOLDOWN, f"a {self._active.type} capture is in progress")
+            last = self._last_capture
+            if last is not None and now - last < self.cooldown_s:
+                raise DumpRefused(
+                    REFUSED_COOLDOWN,
+                    f"in cooldown: the last capture started {now - last:.1f} s ago "
+                    f"(FLIGHT_COOLDOWN_S={self.cooldown_s:g})",
+                )
+        if self._spans is not None:
+            self._expire(int(wall * 1_000_000) - self._max_age_us)
+        if not self._ring:
+            within = f" within the last {self.max_age_s:g} s" if self._spans is not None else ""
+            raise DumpRefused(REFUSED_EMPTY, f"the flight recorder holds no events{within}; nothing to dump")
+        self._last_capture = now
+        self.dumped += 1
+        pre = list(self._ring)
+        detail = {"source": source, "respect_cooldown": respect_cooldown}
+        anomaly = Anomaly(MANUAL, len(pre) - 1, 0, None, detail)
+        cap = Capture(self._new_id(wall), anomaly, pre, 0, wall, self.pre_bound, reason)
+        cap.complete = True
+        return cap
 
     def finalize(self) -> Capture | None:
         """At shutdown: the active capture with what it has, marked incomplete, or ``None``."""

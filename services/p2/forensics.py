@@ -29,7 +29,7 @@ from mercurystream.p2.detectors import (
     Anomaly,
     Detectors,
 )
-from mercurystream.p2.flight_recorder import Capture, FlightRecorder, iso_utc
+from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused, FlightRecorder, iso_utc
 from mercurystream.p2.incident.bundle import BundleWriter
 from mercurystream.p2.incident.spare import SpareCpu
 from mercurystream.p2.metrics import P2Metrics
@@ -44,6 +44,7 @@ CONFIG_KEYS = (
     "FLIGHT_PRE_EVENTS",
     "FLIGHT_POST_EVENTS",
     "FLIGHT_COOLDOWN_S",
+    "FLIGHT_MAX_AGE_S",
     "INCIDENTS_DIR",
     "DRIFT_SAMPLE_FILE",
     "DRIFT_SAMPLES_PER_MIN",
@@ -85,6 +86,7 @@ class ForensicsConsumer(Consumer):
                 settings.FLIGHT_COOLDOWN_S,
                 clock=clock,
                 wall_clock=wall_clock,
+                max_age_s=settings.FLIGHT_MAX_AGE_S,
             )
         chart = chart and settings.INCIDENT_CHARTS
         self.spare_cpu = SpareCpu(busy=busy)
@@ -98,7 +100,7 @@ class ForensicsConsumer(Consumer):
         self.config = {k: _plain(getattr(settings, k)) for k in CONFIG_KEYS}
         self._anomaly_metric = {t: metrics.anomalies_total.labels(type=t) for t in ANOMALY_TYPES}
         self._suppressed_metric = {t: metrics.incident_triggers_suppressed_total.labels(type=t) for t in TRIGGER_TYPES}
-        for t in TRIGGER_TYPES:
+        for t in (*TRIGGER_TYPES, MANUAL):
             metrics.incidents_total.labels(type=t)
         self.captures_started = 0
         self.finalized_incomplete = 0
@@ -127,7 +129,7 @@ class ForensicsConsumer(Consumer):
                 self._count(batch, anomalies, wall)
             return
         if not anomalies:
-            completed = self.recorder.feed(batch.lines).completed
+            completed = self.recorder.feed(batch.lines, (), batch.recv_ts_us).completed
         else:
             completed = self._on_anomalies(batch, anomalies, wall)
         for cap in completed:
@@ -153,7 +155,7 @@ class ForensicsConsumer(Consumer):
 
     def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> list[Capture]:
         triggers, per_type = self._count(batch, anomalies, wall)
-        res = self.recorder.feed(batch.lines, triggers)
+        res = self.recorder.feed(batch.lines, triggers, batch.recv_ts_us)
         for cap in res.started:
             self.captures_started += 1
             cap.context = {
@@ -180,6 +182,29 @@ class ForensicsConsumer(Consumer):
             f"processed={self.processed} | drift={c[SCHEMA_DRIFT]} | dup={c[DUPLICATE]} | ooo={c[OUT_OF_ORDER]} "
             f"| gaps={c[SEQUENCE_GAP]} | spikes={c[LATENCY_SPIKE]} | incidents={self.writer.written}"
         )
+
+    def dump(self, reason: str, *, respect_cooldown: bool = False, source: str = MANUAL) -> Capture:
+        """Capture the ring as it is now and queue the bundle; raises :class:`DumpRefused`.
+
+        Runs on the loop's thread only (the ring has no lock): ``handle`` never yields mid-batch, so
+        a dump sees the ring between two batches. The id is known when this returns; the writer
+        thread writes the bundle.
+        """
+        if self.recorder is None:
+            raise DumpRefused("disabled", "the flight recorder is off (FLIGHT_RECORDER=false)")
+        if not self.writer.accepts():
+            raise DumpRefused("backlog", "too many incident bundles are waiting to be written")
+        cap = self.recorder.dump(reason, respect_cooldown=respect_cooldown, source=source)
+        cap.context = {
+            "counters_at_trigger": {
+                "processed": self.processed,
+                **self.detectors.counts,
+                "incidents_written": self.writer.written,
+            },
+            "config": self.config,
+        }
+        self.writer.submit(cap)
+        return cap
 
     def finalize(self) -> Capture | None:
         """Hand an active capture to the writer as it stands, marked incomplete."""

@@ -146,6 +146,12 @@ class P2Metrics:
             ["type"],
             registry=r,
         )
+        self.incident_requests_refused_total = Counter(
+            "mercurystream_incident_requests_refused",
+            "On-demand incident dumps (POST /incidents, SIGUSR1) refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.drift_samples_total = Counter(
             "mercurystream_drift_samples", "Schema drift samples written to the sample file", registry=r
         )

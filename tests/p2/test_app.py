@@ -344,3 +344,86 @@ def test_loop_factory_is_uvloop_when_installed() -> None:
     factory = p2_module.loop_factory()
     uvloop = pytest.importorskip("uvloop")
     assert factory is uvloop.new_event_loop
+
+
+# ---------------------------------------------------------------- on-demand dumps
+
+
+def post_incidents(port: int, body: bytes = b"", query: str = "") -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/incidents{query}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.request.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def dup_trade(i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "match",
+            "product_id": "BTC-USD",
+            "price": 100.0,
+            "last_size": 1.0,
+            "time": "2024-05-01T12:00:00.000000Z",
+            "trade_id": i,
+            "ingest_ts_ms": 1,
+        }
+    )
+
+
+async def test_post_incidents_dumps_the_forensics_ring_and_honours_the_cooldown_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    from mercurystream.p2.forensics import ForensicsConsumer
+
+    settings = settings_for(
+        tmp_path,
+        INCIDENTS_DIR=tmp_path / "incidents",
+        DRIFT_SAMPLE_FILE=tmp_path / "drift.jsonl",
+        INCIDENT_CHARTS=False,
+        FLIGHT_PRE_EVENTS=20,
+        FLIGHT_POST_EVENTS=0,
+        FLIGHT_COOLDOWN_S=600,
+    )
+    app = P2App(settings, consumers=[ForensicsConsumer])
+    await app.start()
+    try:
+        status, answer = await asyncio.to_thread(post_incidents, app.metrics_port)
+        assert (status, answer["refused"]) == (409, "empty")
+        await send_and_wait_ack(app.port, [dup_trade(i) for i in (1, 2, 3, 2)])  # a duplicate: a capture
+        assert await app.wait_drained(10)
+        forensics = app.consumers[0]
+        assert forensics.recorder.started == 1
+        status, answer = await asyncio.to_thread(post_incidents, app.metrics_port, b'{"respect_cooldown": true}')
+        assert status == 409 and answer["refused"] == "cooldown" and "FLIGHT_COOLDOWN_S=600" in answer["error"]
+        status, answer = await asyncio.to_thread(post_incidents, app.metrics_port, b'{"reason": "look"}')
+        assert status == 202
+        assert answer["type"] == "manual" and answer["events"] == 4 and answer["pre_bound"] == "none"
+        assert answer["path"] == str(tmp_path / "incidents" / answer["incident_id"])
+        assert await asyncio.to_thread(forensics.writer.wait_idle, 30)
+        meta = orjson.loads((Path(answer["path"]) / "meta.json").read_bytes())
+        assert (meta["type"], meta["reason"], meta["pre_events"]) == ("manual", "look", 4)
+        assert sample(app, "mercurystream_incidents_total", type="manual") == 1
+        assert sample(app, "mercurystream_incidents_total", type="duplicate") == 1
+        assert sample(app, "mercurystream_incident_requests_refused_total", reason="cooldown") == 1
+        assert sample(app, "mercurystream_incident_requests_refused_total", reason="empty") == 1
+    finally:
+        await app.stop()
+
+
+async def test_without_forensics_a_dump_is_refused_and_so_is_one_while_stopping(tmp_path: Path) -> None:
+    from mercurystream.p2.flight_recorder import DumpRefused
+
+    app = P2App(settings_for(tmp_path), consumers=[Counting])
+    await app.start()
+    try:
+        status, answer = await asyncio.to_thread(post_incidents, app.metrics_port)
+        assert (status, answer["refused"]) == (503, "disabled")
+        app.dump_on_signal()
+        assert sample(app, "mercurystream_incident_requests_refused_total", reason="disabled") == 2
+    finally:
+        await app.stop()
+    with pytest.raises(DumpRefused) as refused:
+        app.dump("late")
+    assert refused.value.reason == "unavailable"

@@ -1,4 +1,5 @@
-"""Flight recorder arithmetic: pre/post counts, trigger line, cooldown, suppression, finalize."""
+"""Flight recorder arithmetic: pre/post counts, trigger line, cooldown, suppression, finalize, the age
+bound and on-demand dumps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import re
 import pytest
 
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, SEQUENCE_GAP, Anomaly
-from mercurystream.p2.flight_recorder import FlightRecorder, iso_utc, new_incident_id
+from mercurystream.p2.flight_recorder import (
+    MANUAL,
+    PRE_BOUND_AGE,
+    PRE_BOUND_EVENTS,
+    PRE_BOUND_NONE,
+    REFUSED_COOLDOWN,
+    REFUSED_EMPTY,
+    DumpRefused,
+    FlightRecorder,
+    iso_utc,
+    new_incident_id,
+)
 
 
 class Clock:
@@ -26,11 +38,17 @@ def trig(index: int, type: str = DUPLICATE, pid: str | None = "BTC-USD") -> Anom
     return Anomaly(type, index, 1, pid, {"trade_id": index})
 
 
-def recorder(pre=5, post=3, cooldown=60.0, clock=None):
+def recorder(pre=5, post=3, cooldown=60.0, clock=None, max_age_s=0.0, wall=None):
     clock = clock or Clock()
     ids = iter(f"id{k}" for k in range(100))
     return FlightRecorder(
-        pre, post, cooldown, clock=clock, wall_clock=lambda: 1_714_564_800.0, new_id=lambda w: next(ids)
+        pre,
+        post,
+        cooldown,
+        clock=clock,
+        wall_clock=wall or (lambda: 1_714_564_800.0),
+        new_id=lambda w: next(ids),
+        max_age_s=max_age_s,
     )
 
 
@@ -153,7 +171,142 @@ def test_invalid_sizes_are_rejected():
         FlightRecorder(0, 1, 1)
     with pytest.raises(ValueError):
         FlightRecorder(1, -1, 1)
+    with pytest.raises(ValueError):
+        FlightRecorder(1, 1, 1, max_age_s=-1)
 
 
 def test_incident_id_format():
     assert re.fullmatch(r"20240501_120000_[0-9a-f]{8}", new_incident_id(1_714_564_800.0))
+
+
+# ---------------------------------------------------------------- the age bound
+
+S = 1_000_000
+"""One second in the arrival stamps (µs)."""
+
+
+def test_without_an_age_bound_old_lines_stay_and_the_count_bound_is_named():
+    fr = recorder(pre=5, post=0, cooldown=0)
+    assert fr.feed(lines(0, 3), [trig(2)], arrival_us=0).started[0].pre_bound == PRE_BOUND_NONE
+    cap = fr.feed(lines(3, 7), [trig(3)], arrival_us=10_000 * S).started[0]
+    assert cap.pre == lines(2, 7) and cap.pre_bound == PRE_BOUND_EVENTS
+
+
+def test_lines_older_than_max_age_leave_the_ring():
+    fr = recorder(pre=100, post=0, cooldown=0, max_age_s=10)
+    fr.feed(lines(0, 3), arrival_us=100 * S)
+    fr.feed(lines(3, 5), arrival_us=105 * S)
+    cap = fr.feed(lines(5, 7), [trig(1)], arrival_us=110 * S).started[0]
+    assert cap.pre == lines(0, 7) and cap.pre_bound == PRE_BOUND_NONE  # exactly max_age old stays
+    cap = fr.feed(lines(7, 8), [trig(0)], arrival_us=110 * S + 1).started[0]
+    assert cap.pre == lines(3, 8) and cap.pre_bound == PRE_BOUND_AGE
+    assert fr.ring_len == 5
+
+
+def test_the_bound_that_cut_last_is_the_one_named():
+    fr = recorder(pre=4, post=0, cooldown=0, max_age_s=10)
+    fr.feed(lines(0, 6), arrival_us=0)  # the count bound cuts 0..1
+    assert fr.pre_bound == PRE_BOUND_EVENTS
+    fr.feed(lines(6, 7), arrival_us=11 * S)  # age takes 2..5
+    assert fr.pre_bound == PRE_BOUND_AGE and fr.ring_len == 1
+    cap = fr.feed(lines(7, 11), [trig(3)], arrival_us=12 * S).started[0]
+    assert cap.pre == lines(7, 11) and cap.pre_bound == PRE_BOUND_EVENTS
+
+
+def test_age_and_count_stay_consistent_across_many_batches():
+    fr = recorder(pre=7, post=0, cooldown=0, max_age_s=3, wall=lambda: 39.0)
+    model: list[tuple[int, bytes]] = []
+    n = 0
+    for t in range(40):
+        size = (t * 5) % 4 + (t % 3)
+        batch = lines(n, n + size)
+        n += size
+        fr.feed(batch, arrival_us=t * S)
+        model = [(at, line) for at, line in model if at >= (t - 3) * S] + [(t * S, line) for line in batch]
+        model = model[-7:]
+        assert fr.ring_len == len(model)
+    cap = fr.dump("check")
+    assert cap.pre == [line for _, line in model]
+
+
+def test_without_an_arrival_stamp_the_wall_clock_ages_the_ring():
+    wall = Clock(1000.0)
+    fr = recorder(pre=10, post=0, cooldown=0, max_age_s=5, wall=wall)
+    fr.feed(lines(0, 3))
+    wall.t = 1006.0
+    fr.feed(lines(3, 4))
+    assert fr.ring_len == 1 and fr.pre_bound == PRE_BOUND_AGE
+
+
+# ---------------------------------------------------------------- dumps
+
+
+def test_a_dump_is_the_ring_as_it_is_now_complete_with_no_post_part():
+    fr = recorder(pre=5, post=3)
+    fr.feed(lines(0, 8))
+    cap = fr.dump("operator", source="http")
+    assert cap.type == MANUAL and cap.complete and cap.reason == "operator"
+    assert cap.pre == lines(3, 8) and cap.post == [] and cap.post_target == 0
+    assert cap.trigger_line == 5 and cap.lines()[cap.trigger_line - 1] == b'{"n":7}'
+    assert cap.pre_bound == PRE_BOUND_EVENTS
+    assert cap.anomaly.detail == {"source": "http", "respect_cooldown": False}
+    assert cap.triggered_at == 1_714_564_800.0
+    assert fr.dumped == 1 and fr.started == 0
+
+
+def test_a_dump_during_a_capture_leaves_the_capture_alone():
+    fr = recorder(pre=3, post=4, cooldown=0)
+    started = fr.feed(lines(0, 5), [trig(2)]).started[0]
+    dumped = fr.dump("now")
+    assert dumped.pre == lines(2, 5)
+    assert fr.active is started and started.post == lines(3, 5)
+    done = fr.feed(lines(5, 7)).completed
+    assert done == [started] and started.lines() == lines(0, 7)
+
+
+def test_the_cooldown_binds_a_dump_only_when_asked():
+    clock = Clock(0.0)
+    fr = recorder(pre=3, post=1, cooldown=60.0, clock=clock)
+    fr.feed(lines(0, 2), [trig(0)])  # a capture is active: post 1 is line 1, so it completes
+    fr.feed(lines(2, 3), [trig(0)])  # suppressed by the cooldown
+    clock.t = 30.0
+    assert fr.dump("ignore the cooldown").pre == lines(0, 3)
+    with pytest.raises(DumpRefused) as refused:
+        fr.dump("polite", respect_cooldown=True)
+    assert refused.value.reason == REFUSED_COOLDOWN and "FLIGHT_COOLDOWN_S=60" in str(refused.value)
+    clock.t = 89.9  # 59.9 s after the last dump
+    with pytest.raises(DumpRefused):
+        fr.dump("polite", respect_cooldown=True)
+    clock.t = 90.0
+    assert fr.dump("polite", respect_cooldown=True).anomaly.detail["respect_cooldown"] is True
+
+
+def test_a_polite_dump_is_refused_while_a_capture_is_active_even_with_no_cooldown():
+    fr = recorder(pre=3, post=5, cooldown=0)
+    fr.feed(lines(0, 3), [trig(2)])
+    with pytest.raises(DumpRefused, match="capture is in progress"):
+        fr.dump("polite", respect_cooldown=True)
+
+
+def test_a_dump_does_not_start_the_detectors_cooldown():
+    clock = Clock(0.0)
+    fr = recorder(pre=3, post=0, cooldown=60.0, clock=clock)
+    fr.feed(lines(0, 2))
+    fr.dump("first")
+    assert fr.feed(lines(2, 3), [trig(0)]).started
+
+
+def test_an_empty_ring_is_not_dumped():
+    fr = recorder()
+    with pytest.raises(DumpRefused) as refused:
+        fr.dump("nothing yet")
+    assert refused.value.reason == REFUSED_EMPTY
+    wall = Clock(1000.0)
+    aged = recorder(max_age_s=5, wall=wall)
+    aged.feed(lines(0, 3), arrival_us=1000 * S)
+    wall.t = 1005.0
+    assert aged.dump("still fresh").pre == lines(0, 3)
+    wall.t = 1005.5
+    with pytest.raises(DumpRefused, match="within the last 5 s"):
+        aged.dump("stale")
+    assert aged.ring_len == 0 and aged.pre_bound == PRE_BOUND_AGE

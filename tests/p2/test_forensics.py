@@ -281,3 +281,64 @@ def poll(pred, timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_a_dump_writes_the_ring_as_a_manual_bundle(tmp_path):
+    bus = Bus()
+    consumer, metrics, _ = make(tmp_path, bus, FLIGHT_PRE_EVENTS=4)
+    stream = [event(k) for k in range(1, 7)] + [event(2, pid="ETH-USD")]
+    try:
+        bus.publish(batch(stream))
+        assert consumer.process_pending() == 7
+        cap = consumer.dump("disk filled up", source="http")
+        assert cap.id and cap.type == "manual"
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    path = tmp_path / "incidents" / cap.id
+    assert consumer.last_bundle_path == path
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    assert meta["type"] == "manual" and meta["reason"] == "disk filled up"
+    assert (meta["pre_events"], meta["post_events"], meta["trigger_line"], meta["complete"]) == (4, 0, 4, True)
+    assert meta["pre_bound"] == "events" and meta["detail"]["source"] == "http"
+    assert meta["affected_symbols"] == ["BTC-USD", "ETH-USD"]
+    assert meta["counters_at_trigger"]["processed"] == 7
+    assert meta["config"]["FLIGHT_MAX_AGE_S"] == 0.0
+    assert (path / "events.jsonl").read_bytes().splitlines() == [orjson.dumps(e) for e in stream[3:]]
+    report = (path / "report.md").read_text()
+    assert "| **Type** | manual |" in report
+    assert "| **Pre-window Bound** | events: the ring was full (FLIGHT_PRE_EVENTS=4) |" in report
+    assert sample(metrics, "mercurystream_incidents_total", type="manual") == 1
+
+
+def test_a_dump_is_refused_without_a_flight_recorder_or_events(tmp_path):
+    from mercurystream.p2.flight_recorder import DumpRefused
+
+    off, _, _ = make(tmp_path, FLIGHT_RECORDER=False)
+    empty, _, _ = make(tmp_path)
+    try:
+        with pytest.raises(DumpRefused) as refused:
+            off.dump("x")
+        assert refused.value.reason == "disabled"
+        with pytest.raises(DumpRefused) as refused:
+            empty.dump("x")
+        assert refused.value.reason == "empty"
+    finally:
+        off.writer.stop(5)
+        empty.writer.stop(5)
+
+
+def test_the_age_bound_uses_the_batch_arrival_and_is_reported(tmp_path):
+    consumer, _, _ = make(tmp_path, FLIGHT_MAX_AGE_S=1.0, FLIGHT_POST_EVENTS=0, FLIGHT_COOLDOWN_S=0)
+    first = [event(k) for k in range(1, 4)]
+    try:
+        consumer.handle(Batch.of_events(first, 1_000_000))
+        late = [event(4), event(2)]
+        consumer.handle(Batch.of_events(late, 2_000_001))
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    meta = orjson.loads((consumer.last_bundle_path / "meta.json").read_bytes())
+    assert meta["type"] == "duplicate" and meta["pre_events"] == 2 and meta["pre_bound"] == "age"
+    report = (consumer.last_bundle_path / "report.md").read_text()
+    assert "| **Pre-window Bound** | age: older events had left the ring (FLIGHT_MAX_AGE_S=1.0 s) |" in report

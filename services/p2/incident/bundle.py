@@ -42,7 +42,7 @@ import orjson
 from loguru import logger
 
 from mercurystream.p2.detectors import LATENCY_SPIKE, describe
-from mercurystream.p2.flight_recorder import Capture, iso_utc
+from mercurystream.p2.flight_recorder import MANUAL, Capture, iso_utc
 from mercurystream.p2.incident.report import (
     CHART_FAILED,
     CHART_FILE,
@@ -82,6 +82,8 @@ def affected_symbols(capture: Capture) -> list[str]:
     (which has no product), the products of the captured events above the threshold, else all."""
     symbols = {capture.anomaly.product_id, *(s.get("product_id") for s in capture.suppressed)}
     symbols.discard(None)
+    if capture.type == MANUAL:
+        return _products(capture.lines())
     if capture.type == LATENCY_SPIKE:
         thr = capture.anomaly.detail.get("threshold_ms", 0.0)
         every: set[str] = set()
@@ -101,6 +103,19 @@ def affected_symbols(capture: Capture) -> list[str]:
     return sorted(str(s) for s in symbols)
 
 
+def _products(lines: list[bytes]) -> list[str]:
+    """Every product id among the lines, sorted (a manual dump has no trigger product)."""
+    seen: set[str] = set()
+    for line in lines:
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("product_id"), str):
+            seen.add(event["product_id"])
+    return sorted(seen)
+
+
 def build_meta(capture: Capture) -> dict[str, Any]:
     """``meta.json``: everything needed to understand and reproduce the incident without P2."""
     a = capture.anomaly
@@ -109,13 +124,14 @@ def build_meta(capture: Capture) -> dict[str, Any]:
     return {
         "incident_id": capture.id,
         "type": a.type,
-        "reason": describe(a),
+        "reason": capture.reason if capture.reason is not None else describe(a),
         "detail": a.detail,
         "product_id": a.product_id,
         "triggered_at": iso_utc(capture.triggered_at),
         "affected_symbols": affected_symbols(capture),
         "total_events": capture.pre_count + capture.post_count,
         "pre_events": capture.pre_count,
+        "pre_bound": capture.pre_bound,
         "post_events": capture.post_count,
         "post_target": capture.post_target,
         "trigger_line": capture.trigger_line,
@@ -364,6 +380,10 @@ class BundleWriter:
         with self._cv:
             self._pending += 1
         self._queue.put(("drift", lines))
+
+    def accepts(self) -> bool:
+        """Whether :meth:`submit` would take one more bundle now."""
+        return self._pending_bundles < self.max_pending
 
     @property
     def pending(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, OUT_OF_ORDER, SEQUENCE_GAP, nearest_rank
+from mercurystream.p2.flight_recorder import MANUAL
 from mercurystream.p2.incident.marks import STYLES
 from mercurystream.shared.event import latency_ms
 
@@ -233,6 +234,9 @@ def render_report(
     out.append(f"| **Affected Symbols** | {md(', '.join(str(s) for s in symbols)) or 'n/a'} |")
     out.append(f"| **Total Events** | {total:,} ({_fmt_num(pre)} pre + {_fmt_num(post)} post) |")
     out.append(f"| **Trigger Event** | line {_fmt_num(trigger_line)} of {EVENTS_FILE} |")
+    bound = _pre_bound(meta)
+    if bound:
+        out.append(f"| **Pre-window Bound** | {bound} |")
     if complete:
         out.append("| **Capture** | complete |")
     else:
@@ -260,6 +264,13 @@ def render_report(
         out += _gap_evidence(meta, detail, events, chart)
     elif itype == LATENCY_SPIKE:
         out += _latency_evidence(detail, events, trigger_line, chart)
+    elif itype == MANUAL:
+        out += [
+            f"Dumped on demand (source: {md(detail.get('source', 'unknown'))}): the flight recorder's ring as it "
+            "stood, with no post events. The trigger line is the last event in the ring.",
+            "",
+        ]
+        out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
     else:
         out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
         out += [code_block([orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode()], "json"), ""]
@@ -278,6 +289,25 @@ def render_report(
         out.append("")
     out += _tail(bundle, meta, replay_path, chart_note)
     return "\n".join(out)
+
+
+_PRE_BOUNDS = {
+    "events": ("events: the ring was full", "FLIGHT_PRE_EVENTS", ""),
+    "age": ("age: older events had left the ring", "FLIGHT_MAX_AGE_S", " s"),
+    "none": ("none: every event since P2 started", None, ""),
+}
+
+
+def _pre_bound(meta: dict[str, Any]) -> str:
+    """What cut the pre-window, from ``pre_bound`` and the configuration (empty for older bundles)."""
+    known = _PRE_BOUNDS.get(meta.get("pre_bound"))  # type: ignore[arg-type]
+    if known is None:
+        return md(meta["pre_bound"]) if "pre_bound" in meta else ""
+    text, setting, unit = known
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    if setting is not None and setting in config:
+        text += f" ({setting}={md(config[setting])}{unit})"
+    return text
 
 
 def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_note: str | None) -> list[str]:
