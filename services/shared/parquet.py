@@ -72,8 +72,13 @@ REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type")
 """Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit."""
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_Int64 = msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)
-_FAST_TYPES = {"string": str, "float64": float, "int64": Annotated[int, _Int64]}
+_EXACT_FLOAT_INT = 1 << 53
+"""The largest integer a float64 holds exactly; a larger one in a float column goes to ``extra``."""
+_FAST_TYPES = {
+    "string": str,
+    "float64": Annotated[int, msgspec.Meta(ge=-_EXACT_FLOAT_INT, le=_EXACT_FLOAT_INT)] | float,
+    "int64": Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)],
+}
 _FAST_ROW = msgspec.defstruct(
     "FastRow",
     [
@@ -97,7 +102,7 @@ def _fits(kind: str, value: object) -> bool:
         return t is str
     if kind == "int64":
         return t is int and _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
-    return t is float or t is int
+    return t is float or (t is int and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT)  # type: ignore[operator]
 
 
 class RowEncoder:
