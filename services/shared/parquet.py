@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mercurystream.shared.event import REQUIRED_FIELDS
+from mercurystream.shared.recording import is_parquet
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("type", "string"),
@@ -51,6 +52,7 @@ TIME_TS = "time_ts"
 EXTRA = "extra"
 NAMES = tuple(name for name, _ in COLUMNS)
 REQUIRED = frozenset(REQUIRED_FIELDS)
+__all__ = ["COLUMNS", "SCHEMA", "ParquetSink", "RowEncoder", "events_of", "is_parquet", "iter_event_batches"]
 _STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
 
 _ARROW = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
@@ -66,7 +68,6 @@ ROW_GROUP_ROWS = 32768
 ROW_GROUP_BYTES = 8 << 20
 """Arrow bytes per row group at most, for events far larger than P1's."""
 PART_SUFFIX = ".part"
-MAGIC = b"PAR1"
 
 REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type")
 """Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit."""
@@ -235,17 +236,6 @@ def events_of(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
                 event[n] = c[i]
         events.append(event)
     return events
-
-
-def is_parquet(path: str | os.PathLike[str]) -> bool:
-    """The file ends with ``.parquet`` or starts with Parquet's magic bytes."""
-    if str(path).endswith(".parquet"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == MAGIC
-    except OSError:
-        return False
 
 
 def iter_event_batches(path: str | os.PathLike[str], batch_rows: int = 4096) -> Iterator[list[dict[str, Any]]]:

@@ -169,17 +169,6 @@ def test_a_discarded_sink_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_is_parquet_by_extension_or_magic(tmp_path: Path) -> None:
-    jsonl = tmp_path / "a.jsonl"
-    jsonl.write_bytes(b'{"a":1}\n')
-    magic = tmp_path / "b.bin"
-    magic.write_bytes(b"PAR1....")
-    assert not is_parquet(jsonl)
-    assert is_parquet(magic)
-    assert is_parquet(tmp_path / "missing.parquet")
-    assert not is_parquet(tmp_path / "missing")
-
-
 @pytest.mark.parametrize("n", [0, 1])
 def test_empty_batches_append_nothing(tmp_path: Path, n: int) -> None:
     batch, _ = RowEncoder().encode(lines_of([event(i) for i in range(n)]))
