@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mercurystream.shared.recording import is_parquet
+
 PROG = "mercury-export"
 EXIT_OK = 0
 EXIT_BAD_LINES = 1
@@ -81,6 +83,8 @@ def _source(path: str) -> Path:
         raise UsageError(f"no such file: {path}")
     if not os.access(p, os.R_OK):
         raise UsageError(f"permission denied: {p}")
+    if is_parquet(p):
+        raise UsageError(f"{p} is already Parquet")
     return p
 
 

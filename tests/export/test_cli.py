@@ -110,6 +110,7 @@ def test_bad_lines_are_reported_by_line_number_and_exit_1(tmp_path: Path, capsys
         (["{tmp}/a.jsonl", "{tmp}/sub/a.jsonl", "--out", "{tmp}/o"], "would both be written to"),
         (["{tmp}/a.jsonl", "--out", "{tmp}/a.jsonl/o"], "cannot create"),
         (["{tmp}/a.jsonl", "--out", "{tmp}/o", "--max-line-bytes", "0"], "expected a positive integer"),
+        (["{tmp}/sub/b.parquet", "--out", "{tmp}/o"], "is already Parquet"),
     ],
 )
 def test_bad_options_and_inputs_exit_2_with_one_line(
@@ -118,6 +119,7 @@ def test_bad_options_and_inputs_exit_2_with_one_line(
     (tmp_path / "sub").mkdir()
     write_jsonl(tmp_path / "a.jsonl", [recorded(0)])
     write_jsonl(tmp_path / "sub" / "a.jsonl", [recorded(0)])
+    (tmp_path / "sub" / "b.parquet").write_bytes(b"PAR1")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mercury-export: error: ")
