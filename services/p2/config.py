@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -22,6 +23,9 @@ class P2Settings(CommonSettings):
 
     RECORD: bool = False
     RECORD_FILE: Path = Path("data/btcusd.jsonl")
+    RECORD_FORMAT: Literal["jsonl", "parquet"] = "jsonl"
+    RECORD_ROTATE_BYTES: int = Field(128 << 20, gt=0)
+    RECORD_ROTATE_S: float = Field(300.0, gt=0)
     ENABLE_SLOW: bool = False
     SLOW_DELAY_MS: float = Field(50.0, ge=0)
 

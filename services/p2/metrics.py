@@ -195,6 +195,12 @@ class P2Metrics:
         self.recorder_errors_total = Counter(
             "mercurystream_recorder_errors", "Recorder write failures (events lost from the file)", registry=r
         )
+        self.recorder_rejected_total = Counter(
+            "mercurystream_recorder_rejected",
+            "Events the Parquet recorder has no row for (RECORD_FORMAT=parquet), by reason",
+            ["reason"],
+            registry=r,
+        )
         for collector in (
             self.events_total,
             self.consumer_events_total,

@@ -1,12 +1,15 @@
 """``RECORD=true``: every event's recorded line appended to ``RECORD_FILE`` as JSONL, written off the loop.
 
+``RECORD_FORMAT=parquet`` swaps the writer for :class:`~mercurystream.p2.recorder_parquet.ParquetRecordWriter`
+(rotating Parquet files, built on the same thread); the handoff below is the same for both.
+
 Why a dedicated writer thread rather than aiofiles: aiofiles sends every call to the shared default
 executor and the loop then awaits each write, so a slow disk would still stall this consumer one
 write at a time. One thread that owns the file pipelines instead: the loop hands it whole batches,
 the thread joins every batch waiting for it into one ``write`` and flushes once per wake-up, so
 writes coalesce exactly when the load is high.
 
-The handoff is bounded at ``max_pending_batches``: when the disk falls behind,
+The handoff is bounded at ``max_pending_batches`` handoffs and ``MAX_PENDING_BYTES``: when the disk falls behind,
 :meth:`RecorderConsumer.process_pending` leaves its queue alone, the queue fills, and the bus drops
 the oldest on this subscription alone, counted in ``mercurystream_drops_total{consumer="recorder"}``.
 Nothing grows without bound. The thread never calls back into the loop: it only advances a counter
@@ -41,6 +44,10 @@ from mercurystream.shared.logger import LogSampler
 MAX_PENDING_BATCHES = 8
 COALESCE_LINES = 4096
 """Lines per handoff to the writer thread under load (about 1 MB of P1 events)."""
+COALESCE_BYTES = 2 << 20
+"""Bytes per handoff at most (plus one batch): bounds a handoff of unusually long lines."""
+MAX_PENDING_BYTES = MAX_PENDING_BATCHES * COALESCE_BYTES
+"""Bytes handed to the writer and not yet written, beyond which the recorder takes nothing more."""
 COALESCE_S = 0.02
 """The longest a line waits in the loop before its handoff."""
 
@@ -51,8 +58,9 @@ class JsonlWriter:
     """A thread that appends batches of lines to one file; no event loop involved.
 
     ``submitted`` (advanced only by the submitting thread) minus ``done`` (advanced only by the
-    writer, after a batch is written or has failed) is the number of batches in flight; each counter
-    has a single writer, so reading them from the other thread needs no lock. A failed write counts
+    writer, after a batch is written or has failed) is the number of batches in flight, and the
+    ``*_bytes`` pair their bytes; each counter has a single writer, so reading them from the other
+    thread needs no lock. A failed write counts
     its lines in ``errors``, closes the file and reopens it on the next batch, so a transient error
     (disk full) loses only what it hit.
     """
@@ -68,6 +76,8 @@ class JsonlWriter:
         self.errors = 0
         self.submitted = 0
         self.done = 0
+        self.submitted_bytes = 0
+        self.done_bytes = 0
         self._on_written = on_written
         self._on_error = on_error
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -83,10 +93,18 @@ class JsonlWriter:
     def pending(self) -> int:
         return self.submitted - self.done
 
-    def submit(self, *batches: list[bytes]) -> None:
-        """Queue one handoff of one or more batches' lines (shared with other consumers: read, never mutated)."""
+    @property
+    def pending_bytes(self) -> int:
+        return self.submitted_bytes - self.done_bytes
+
+    def submit(self, *batches: list[bytes], nbytes: int = 0) -> None:
+        """Queue one handoff of one or more batches' lines (shared with other consumers: read, never mutated).
+
+        ``nbytes``, the lines' size as the caller counted it, is what :attr:`pending_bytes` counts.
+        """
         self.submitted += 1
-        self._queue.put(batches)
+        self.submitted_bytes += nbytes
+        self._queue.put((batches, nbytes))
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Write what is queued, flush, close the file. ``False`` if the thread did not finish in time."""
@@ -100,19 +118,31 @@ class JsonlWriter:
     def _run(self) -> None:
         q = self._queue
         while True:
-            items = [q.get()]
+            try:
+                items = [q.get(timeout=self._wait_s())]
+            except queue.Empty:
+                items = []
             with contextlib.suppress(queue.Empty):
                 while True:
                     items.append(q.get_nowait())
             handoffs = [item for item in items if item is not _STOP]
-            batches = [lines for handoff in handoffs for lines in handoff]
+            batches = [lines for handoff, _ in handoffs for lines in handoff]
             n = sum(map(len, batches))
             if n:
                 self._write(batches, n)
             self.done += len(handoffs)
+            self.done_bytes += sum(nbytes for _, nbytes in handoffs)
             if len(handoffs) != len(items):
                 self._close_file()
                 return
+            self._tick()
+
+    def _wait_s(self) -> float | None:
+        """How long the thread may sleep waiting for work (``None``: until some arrives)."""
+        return None
+
+    def _tick(self) -> None:
+        """Called after every wake-up: time-based work (a rotation) goes here."""
 
     def write(self, batches: list[list[bytes]]) -> None:
         """The writer thread's step, done on the caller's thread instead (profiling, tools)."""
@@ -142,6 +172,10 @@ class JsonlWriter:
         self.written += n
         if self._on_written is not None:
             self._on_written(n)
+
+    def status_extra(self) -> str:
+        """What the recorder's status line adds for this writer's format."""
+        return ""
 
     def _close_file(self) -> None:
         f = self._file
@@ -177,15 +211,31 @@ class RecorderConsumer(Consumer):
     ) -> None:
         super().__init__(bus, settings.BUS_QUEUE_EVENTS)
         self.path = Path(settings.RECORD_FILE)
+        self.format = settings.RECORD_FORMAT
         self.max_pending_batches = max_pending_batches
-        self.writer = JsonlWriter(
-            self.path, on_written=metrics.recorded_total.inc, on_error=metrics.recorder_errors_total.inc
-        )
+        self.max_pending_bytes = MAX_PENDING_BYTES
+        self.writer: JsonlWriter
+        if self.format == "parquet":
+            from mercurystream.p2.recorder_parquet import ParquetRecordWriter
+
+            self.writer = ParquetRecordWriter(
+                self.path,
+                rotate_bytes=settings.RECORD_ROTATE_BYTES,
+                rotate_s=settings.RECORD_ROTATE_S,
+                on_written=metrics.recorded_total.inc,
+                on_error=metrics.recorder_errors_total.inc,
+                on_rejected=lambda reason, n: metrics.recorder_rejected_total.labels(reason).inc(n),
+            )
+        else:
+            self.writer = JsonlWriter(
+                self.path, on_written=metrics.recorded_total.inc, on_error=metrics.recorder_errors_total.inc
+            )
         self.coalesce_lines = max(1, min(COALESCE_LINES, settings.BUS_QUEUE_EVENTS // 4))
         """A chunk stays a small part of this consumer's backlog, which belongs in its bus queue
         (where drop-oldest applies), not in the chunk."""
         self._chunk: list[list[bytes]] = []
         self._chunk_lines = 0
+        self._chunk_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def open(self) -> None:
@@ -195,14 +245,15 @@ class RecorderConsumer(Consumer):
         """Add a batch to the chunk; hand the chunk over once it is large enough."""
         self._chunk.append(batch.lines)
         self._chunk_lines += len(batch)
-        if self._chunk_lines >= self.coalesce_lines:
+        self._chunk_bytes += sum(map(len, batch.lines))
+        if self._chunk_lines >= self.coalesce_lines or self._chunk_bytes >= COALESCE_BYTES:
             self.flush()
 
     def process_pending(self) -> int:
         """Take what fits under the writer's bound (whole batches, about the room left); a timer
-        hands over a chunk too small to go at once. 0, with the queue untouched, at the bound."""
+        hands over a chunk too small to go at once. 0, with the queue untouched, at either bound."""
         room = (self.max_pending_batches - self.writer.pending) * self.coalesce_lines - self._chunk_lines
-        if room <= 0:
+        if room <= 0 or self.writer.pending_bytes + self._chunk_bytes >= self.max_pending_bytes:
             return 0
         n = self._process(self.subscription.take_nowait(room))
         if self._chunk and self._timer is None:
@@ -227,9 +278,10 @@ class RecorderConsumer(Consumer):
         chunk = self._chunk
         if not chunk:
             return
+        nbytes = self._chunk_bytes
         self._chunk = []
-        self._chunk_lines = 0
-        self.writer.submit(*chunk)
+        self._chunk_lines = self._chunk_bytes = 0
+        self.writer.submit(*chunk, nbytes=nbytes)
 
     async def close(self) -> None:
         self.flush()
@@ -238,4 +290,5 @@ class RecorderConsumer(Consumer):
 
     def status_line(self) -> str:
         w = self.writer
-        return f"file={self.path} written={w.written} errors={w.errors} drops={self.subscription.dropped}"
+        line = f"file={w.path} written={w.written} errors={w.errors} drops={self.subscription.dropped}"
+        return f"{line} format={self.format}{w.status_extra()}"

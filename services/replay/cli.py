@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from mercurystream.replay.inject import InjectOptions, Injector, PayloadEncoder
 from mercurystream.replay.protocol import AckTracker, RatePacer
-from mercurystream.replay.source import EventQueue, JsonlReader
+from mercurystream.replay.source import EventQueue, JsonlReader, ParquetReader
 from mercurystream.shared.clock import now_us
+from mercurystream.shared.recording import is_parquet
 
 PROG = "replay"
 EXIT_OK = 0
@@ -121,12 +122,14 @@ _port = _converter(int, lambda n: 1 <= n <= 65535, "a port between 1 and 65535")
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mercury-replay",
-        description="Replay a recorded JSONL stream into P2 over the framed TCP protocol, optionally "
-        "injecting seeded anomalies.",
+        description="Replay a recorded JSONL stream (or its Parquet export) into P2 over the framed TCP protocol, "
+        "optionally injecting seeded anomalies.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--file", required=True, help="JSONL recording, one event per line")
+    p.add_argument(
+        "--file", required=True, help="JSONL recording (one event per line) or a Parquet file mercury-export wrote"
+    )
     p.add_argument("--rate", type=_rate, default=500.0, help="events/s, 0.001 to 1e9; 0 = as fast as possible")
     p.add_argument(
         "--shuffle-window",
@@ -197,7 +200,7 @@ def _file_size(f: BinaryIO) -> int | None:
 class _Progress:
     """A bar on stderr when it is a terminal: bytes of the file, or events when ``--limit`` bounds the run."""
 
-    def __init__(self, reader: JsonlReader, limit: int | None, file_size: int | None) -> None:
+    def __init__(self, reader: JsonlReader | ParquetReader, limit: int | None, file_size: int | None) -> None:
         self._reader = reader
         self._by_events = limit is not None
         self._done = 0
@@ -236,7 +239,11 @@ class Replay:
         self.outcome = outcome
         # Aging recorded stamps rewrites every event; otherwise lines stay bytes until a stage must change them.
         parse = args.keep_timestamps and options.latency_ms > 0
-        self.reader = JsonlReader(f, parse=parse, limit=args.limit)
+        self.reader: JsonlReader | ParquetReader
+        if is_parquet(args.file):
+            self.reader = ParquetReader(f, parse=parse, limit=args.limit)
+        else:
+            self.reader = JsonlReader(f, parse=parse, limit=args.limit)
         self.injector = Injector(options) if options.active else None
         self.queue = EventQueue(self.reader.batches(), self.injector)
         self.encoder = PayloadEncoder(args.keep_timestamps, options.latency_ms)
@@ -427,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     out = Outcome()
     with f:
-        replay = Replay(args, f, options, out)
+        try:
+            replay = Replay(args, f, options, out)
+        except OSError as exc:
+            _fail(f"{args.file}: {exc}")
+            return EXIT_USAGE
         try:
             with _runner() as runner:
                 rc = runner.run(replay.run())

@@ -55,3 +55,8 @@ def broken(b: Batch) -> Batch:
     """A batch no receiver makes: a trade id that is not an int, so any consumer reading ids fails on it."""
     b.trade_ids = (b.trade_ids[0], "x", *b.trade_ids[2:])
     return b
+
+
+def lines_batch(lines: list[bytes], recv_ts_us: int = 1000) -> Batch:
+    """A batch that is only its recorded lines, as the recorders read it (no column is looked at)."""
+    return Batch(lines, recv_ts_us, [[None] * len(lines)] * 8, [], [])

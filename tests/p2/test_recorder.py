@@ -51,7 +51,7 @@ async def test_every_line_is_written_in_order_and_flushed_on_stop(tmp_path: Path
     assert path.read_bytes() == expected
     assert rec.writer.written == 350
     assert sample(metrics, "mercurystream_recorded_events_total") == 350
-    assert rec.status() == f"RECORDER   | file={path} written=350 errors=0 drops=0"
+    assert rec.status() == f"RECORDER   | file={path} written=350 errors=0 drops=0 format=jsonl"
 
 
 async def test_lines_reach_the_file_while_running(tmp_path: Path) -> None:

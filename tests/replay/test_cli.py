@@ -442,3 +442,53 @@ async def test_a_file_name_that_is_not_utf8_is_printed_not_a_traceback(tmp_path:
     assert b"Traceback" not in stderr
     assert proc.returncode == 0, stderr
     assert b"rec\\udcff.jsonl" in stdout
+# ---------------------------------------------------------------- Parquet recordings
+
+
+def export(src: Path, out: Path) -> Path:
+    from mercurystream.export.cli import main as export_main
+
+    assert export_main([str(src), "--out", str(out)]) == 0
+    return out / f"{src.stem}.parquet"
+
+
+async def test_an_exported_parquet_file_replays_byte_for_byte(recording, tmp_path: Path, capsys) -> None:
+    path, lines = recording
+    exported = export(path, tmp_path / "pq")
+    async with FakeP2() as p2:
+        assert await replay("--file", str(exported), "--port", str(p2.port), "--rate=0", "--keep-timestamps") == 0
+        assert await replay("--file", str(exported), "--port", str(p2.port), "--rate=0", "--limit", "7") == 0
+    assert p2.connections[0] == lines
+    assert [orjson.loads(f)["trade_id"] for f in p2.connections[1]] == [5000 + i for i in range(7)]
+    assert "sent 500 events (500 read from" in capsys.readouterr().out
+
+
+async def test_replaying_an_export_into_p2_records_the_same_events(tmp_path: Path) -> None:
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    events = [orjson.loads(recorded_line(i)) for i in range(300)]
+    events[10]["maker_order_id"] = "abc"  # extra keys come back from the JSON column
+    events[11]["side"] = None
+    events[12]["best_bid"] = 87000
+    src = tmp_path / "src.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    exported = export(src, tmp_path / "pq")
+    settings = P2Settings(HOST="127.0.0.1", PORT=0, METRICS_PORT=0, RECORD=True, RECORD_FILE=tmp_path / "out.jsonl")
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    try:
+        assert await replay("--file", str(exported), "--port", str(app.port), "--rate=0", "--keep-timestamps") == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    assert [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()] == events
+
+
+async def test_a_file_that_is_not_parquet_inside_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 but nothing else")
+    assert await replay("--file", str(bad), "--port", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable Parquet file" in err and "Traceback" not in err

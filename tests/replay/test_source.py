@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,3 +173,58 @@ def test_a_clean_file_is_never_validated_line_by_line(monkeypatch) -> None:
         assert (reader.lines, reader.events, reader.malformed_total) == (1000, 1000, 0)
     reader, items = read_all(data, chunk_bytes=1000, limit=7)
     assert len(items) == 7 and reader.lines == 7
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+def parquet_of(tmp_path: Path, events: list[dict]) -> Path:
+    from mercurystream.shared.parquet import ParquetSink, RowEncoder
+
+    sink = ParquetSink(tmp_path / "r.parquet", row_group_rows=100)
+    sink.append(RowEncoder().encode([orjson.dumps(e) for e in events])[0])
+    return sink.close()
+
+
+def pq_event(i: int) -> dict:
+    return {"type": "match", "product_id": "BTC-USD", "price": 1.5, "last_size": 2.0, "time": "t", "trade_id": i,
+            "ingest_ts_ms": 7}  # fmt: skip
+
+
+def test_parquet_reader_gives_lines_or_dicts_in_batches_and_honours_the_limit(tmp_path: Path) -> None:
+    from mercurystream.replay.source import ParquetReader
+
+    events = [pq_event(i) for i in range(10_000)]
+    path = parquet_of(tmp_path, events)
+    with open(path, "rb") as f:
+        reader = ParquetReader(f)
+        got = [line for b in reader.batches() for line in b]
+    assert got == [orjson.dumps(e) for e in events]
+    assert reader.events == reader.lines == 10_000 and reader.malformed_total == 0
+    assert reader.bytes_read == path.stat().st_size
+    with open(path, "rb") as f:
+        reader = ParquetReader(f, parse=True, limit=4321)
+        got = [e for b in reader.batches() for e in b]
+    assert got == events[:4321] and reader.events == 4321
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1", b'{"a":1}\n'])
+def test_parquet_reader_refuses_what_is_not_parquet_with_one_line(tmp_path: Path, content: bytes) -> None:
+    from mercurystream.replay.source import ParquetReader
+
+    path = tmp_path / "x.parquet"
+    path.write_bytes(content)
+    with open(path, "rb") as f, pytest.raises(OSError, match="not a readable Parquet file") as info:
+        ParquetReader(f)
+    assert "\n" not in str(info.value)
+
+
+def test_parquet_reader_refuses_a_parquet_file_that_is_not_a_recording(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mercurystream.replay.source import ParquetReader
+
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "other.parquet")
+    with open(tmp_path / "other.parquet", "rb") as f, pytest.raises(OSError, match="has no column"):
+        ParquetReader(f)

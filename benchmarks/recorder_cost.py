@@ -1,0 +1,104 @@
+"""What P2's recorder costs per event in each format: its writer's step, timed in-process, plus the bytes it leaves.
+
+The lines are recorded lines in P1's exact shape (the benchmark pool: the offline exchange's trades
+normalized by P1's pipeline) with realistic ingest and receive stamps. Each format's writer gets
+them in handoffs of :data:`~mercurystream.p2.recorder.COALESCE_LINES`, as the recorder hands them
+over at load, through its ``write`` step on this thread (the same code its thread runs), and is
+then closed, so the Parquet figure includes its last row group and footer. ``us_per_event`` is wall
+time, ``cpu_us_per_event`` this thread's CPU; the writer thread's work contends for the GIL with
+P2's loop, so the CPU figure is the one that competes with it.
+
+    .venv/bin/python -m benchmarks.recorder_cost                  # JSON on stdout
+    .venv/bin/python -m benchmarks.recorder_cost --events 50000 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from benchmarks.stream import generate_pool
+from mercurystream.p2.recorder import COALESCE_LINES, JsonlWriter
+from mercurystream.shared.event import recv_suffix
+
+START_US = 1_764_940_000_000_000
+
+
+def recorded_lines(n: int, seed: int = 1) -> list[bytes]:
+    """``n`` lines as P2 records them: P1's payload, ingest stamps a few µs apart, receive stamps spliced."""
+    out = []
+    for i, payload in enumerate(generate_pool(n, seed)):
+        event = orjson.loads(payload)
+        ingest_us = START_US + i * 7
+        event["ingest_ts_ms"], event["ingest_ts_us"] = ingest_us // 1000, ingest_us
+        out.append(orjson.dumps(event)[:-1] + recv_suffix(ingest_us + 180 + i % 50))
+    return out
+
+
+def _writer(fmt: str, folder: Path) -> JsonlWriter:
+    if fmt == "jsonl":
+        return JsonlWriter(folder / "rec.jsonl")
+    from mercurystream.p2.recorder_parquet import ParquetRecordWriter
+
+    return ParquetRecordWriter(folder / "rec.jsonl", rotate_bytes=1 << 40, rotate_s=1e9)
+
+
+def measure(fmt: str, lines: list[bytes]) -> dict[str, float]:
+    """One run: every line through the writer's step, then close; time, CPU and the bytes on disk."""
+    handoffs = [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
+    with tempfile.TemporaryDirectory(prefix="recorder-cost-") as tmp:
+        folder = Path(tmp)
+        writer = _writer(fmt, folder)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for handoff in handoffs:
+            writer.write([handoff])
+        writer.close()
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        if writer.written != len(lines) or writer.errors:
+            raise RuntimeError(f"{fmt}: wrote {writer.written} of {len(lines)}, {writer.errors} errors")
+    n = len(lines)
+    return {"us_per_event": wall / n * 1e6, "cpu_us_per_event": cpu / n * 1e6, "bytes_per_event": size / n}
+
+
+def run(events: int, runs: int) -> dict[str, object]:
+    lines = recorded_lines(events)
+    t0 = time.perf_counter()
+    import mercurystream.shared.parquet  # noqa: F401 - timed: P2 pays this once when it records Parquet
+
+    result: dict[str, object] = {
+        "events": events,
+        "runs": runs,
+        "line_bytes": sum(map(len, lines)) / len(lines),
+        "pyarrow_import_s": round(time.perf_counter() - t0, 3),
+    }
+    for fmt in ("jsonl", "parquet"):
+        samples = [measure(fmt, lines) for _ in range(runs)]
+        result[fmt] = {
+            key: round(statistics.median(s[key] for s in samples), 3)
+            for key in ("us_per_event", "cpu_us_per_event", "bytes_per_event")
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recorder_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=200_000, help="recorded lines per run (default 200000)")
+    p.add_argument("--runs", type=int, default=3, help="runs per format; medians are reported (default 3)")
+    args = p.parse_args(argv)
+    if args.events <= 0 or args.runs <= 0:
+        p.error("--events and --runs must be positive")
+    json.dump(run(args.events, args.runs), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``mercury-export``: recordings and incident bundles to columnar files."""

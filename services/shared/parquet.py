@@ -1,0 +1,301 @@
+"""Recorded lines as typed Parquet rows and back: the column table, the row encoder and a file sink.
+
+Shared by ``mercury-export`` (a JSONL recording or a bundle's ``events.jsonl`` to a file), P2's
+recorder (``RECORD_FORMAT=parquet``) and replay (a Parquet file back to the same events). Importing
+this module loads pyarrow, about 20 MB of private memory and 80 MB of shared library pages, so P2
+imports it only when it records Parquet.
+
+A row holds the normalized event's fields in typed columns (:data:`COLUMNS`), ``time_ts`` (``time``
+parsed to a UTC timestamp, null when it is not an ISO-8601 time) and ``extra``: a JSON object of
+every key that has no column, or whose value does not fit its column (a JSON ``null``, another
+JSON type), so the event can be rebuilt exactly. JSON has one kind of number, so an integer in a
+float column is stored as a float (``100`` comes back as ``100.0``, equal as a number). A line
+whose required field is missing or does not fit is rejected, counted under a reason, never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import msgspec
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mercurystream.shared.recording import is_parquet
+from mercurystream.shared.schema import FIELDS
+from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
+
+_KINDS = {"str": "string", "number": "float64", "int": "int64"}
+COLUMNS: tuple[tuple[str, str], ...] = tuple((f.name, _KINDS[f.kind]) for f in FIELDS)
+"""The schema's fields in wire order (``shared.schema.FIELDS``), with their Parquet kind; the
+schema's required fields are non-null, the rest nullable."""
+
+TIME_TS = "time_ts"
+EXTRA = "extra"
+NAMES = tuple(name for name, _ in COLUMNS)
+REQUIRED = frozenset(REQUIRED_FIELDS)
+__all__ = ["COLUMNS", "SCHEMA", "ParquetSink", "RowEncoder", "events_of", "is_parquet", "iter_event_batches"]
+_STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
+
+_ARROW = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
+TS_TYPE = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema(
+    [pa.field(name, _ARROW[kind], nullable=name not in REQUIRED) for name, kind in COLUMNS]
+    + [pa.field(TIME_TS, TS_TYPE), pa.field(EXTRA, pa.string())]
+)
+
+COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 32768
+"""Rows per row group at most: enough for zstd and DuckDB's column scans, about 5 MB of Arrow data."""
+ROW_GROUP_BYTES = 8 << 20
+"""Arrow bytes per row group at most, for events far larger than P1's."""
+PART_SUFFIX = ".part"
+
+REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type")
+"""Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit."""
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EXACT_FLOAT_INT = 1 << 53
+"""The largest integer a float64 holds exactly; a larger one in a float column goes to ``extra``."""
+_FAST_TYPES = {
+    "string": str,
+    "float64": Annotated[int, msgspec.Meta(ge=-_EXACT_FLOAT_INT, le=_EXACT_FLOAT_INT)] | float,
+    "int64": Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)],
+}
+_FAST_ROW = msgspec.defstruct(
+    "FastRow",
+    [
+        (name, _FAST_TYPES[kind]) if name in REQUIRED else (name, _FAST_TYPES[kind] | None, None)
+        for name, kind in COLUMNS
+    ],
+    forbid_unknown_fields=True,
+    kw_only=True,
+    gc=False,
+)
+"""Exactly the columns in their order, for the common line: every optional key absent or well typed.
+Unknown keys or a mistyped value fail the decode and send the line to the exact path; a ``null`` is
+never seen here (:meth:`RowEncoder._fast`), so ``None`` means absent."""
+_COLUMNS_STRUCT = pa.struct(list(SCHEMA)[: len(COLUMNS)])
+_decode_fast = msgspec.json.Decoder(_FAST_ROW).decode
+
+
+def _fits(kind: str, value: object) -> bool:
+    t = type(value)
+    if kind == "string":
+        return t is str
+    if kind == "int64":
+        return t is int and _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+    return t is float or (t is int and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT)  # type: ignore[operator]
+
+
+class RowEncoder:
+    """Recorded lines → Arrow record batches of :data:`SCHEMA`; each rejected line counted by reason.
+
+    Blank lines are skipped without a count (a JSONL file may end with one). :meth:`encode` returns
+    the batch and the indexes of the rejected lines with their reasons, so a caller that knows
+    line numbers can report them.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def encode(self, lines: Sequence[bytes]) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
+        columns = self._fast(lines)
+        if columns is not None:
+            extra: list[str | None] = [None] * len(lines)
+            bad: list[tuple[int, str]] = []
+        else:
+            columns, extra, bad = self._exact(lines)
+        for _, reason in bad:
+            self.rejected[reason] += 1
+        batch = _record_batch(columns, extra)
+        self.rows += batch.num_rows
+        return batch, bad
+
+    @staticmethod
+    def _fast(lines: Sequence[bytes]) -> list[pa.Array] | None:
+        """Every line decoded by the struct and converted in C-level passes, or ``None`` for the exact path."""
+        if not lines or b"null" in b"".join(lines):
+            return None
+        try:
+            rows = list(map(_decode_fast, lines))
+        except msgspec.DecodeError:
+            return None
+        return pa.array(list(map(msgspec.structs.astuple, rows)), type=_COLUMNS_STRUCT).flatten()
+
+    @staticmethod
+    def _exact(lines: Sequence[bytes]) -> tuple[list[pa.Array], list[str | None], list[tuple[int, str]]]:
+        """Line by line: blank lines skipped, bad ones listed, keys without a fitting column kept in ``extra``."""
+        rows: list[tuple[Any, ...]] = []
+        extra: list[str | None] = []
+        bad: list[tuple[int, str]] = []
+        for i, raw in enumerate(lines):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad.append((i, "invalid_json"))
+                continue
+            if type(obj) is not dict:
+                bad.append((i, "not_object"))
+                continue
+            reason = _rejection(obj)
+            if reason is not None:
+                bad.append((i, reason))
+                continue
+            rest = dict(obj)
+            row = []
+            for name, kind in COLUMNS:
+                value = obj.get(name)
+                if value is not None and _fits(kind, value):
+                    row.append(value)
+                    del rest[name]
+                else:
+                    row.append(None)
+            rows.append(tuple(row))
+            extra.append(orjson.dumps(rest).decode() if rest else None)
+        return pa.array(rows, type=_COLUMNS_STRUCT).flatten(), extra, bad
+
+
+def _rejection(obj: dict[str, Any]) -> str | None:
+    """Why an event has no row: a required field absent or not of its column's kind; ``None`` if it has one."""
+    for name, kind in COLUMNS:
+        if name in REQUIRED:
+            if name not in obj:
+                return "missing_field"
+            if not _fits(kind, obj[name]):
+                return "wrong_type"
+    return None
+
+
+def _record_batch(columns: list[pa.Array], extra: list[str | None]) -> pa.RecordBatch:
+    arrays = [*columns, _parse_times(columns[NAMES.index("time")]), pa.array(extra, type=pa.string())]
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _parse_times(times: pa.Array) -> pa.Array:
+    """``time`` as UTC timestamps: one cast per batch; element by element (null if unparsable) if that fails."""
+    try:
+        return times.cast(TS_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out = []
+    for t in times:
+        try:
+            out.append(t.cast(TS_TYPE))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out.append(None)
+    return pa.array(out, type=TS_TYPE)
+
+
+def events_of(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
+    """The events a batch of rows was made from: non-null columns in wire order, ``extra`` merged back.
+
+    Keys from ``extra`` go before the timestamps, where P1 puts the extra keys of a message it
+    forwards as received.
+    """
+    names = [n for n in NAMES if n in batch.schema.names]
+    data = batch.select(names).to_pydict()
+    extras = batch.column(EXTRA).to_pylist() if EXTRA in batch.schema.names else [None] * batch.num_rows
+    body = [n for n in names if n not in _STAMPS]
+    stamps = [n for n in names if n in _STAMPS]
+    body_cols = [data[n] for n in body]
+    stamp_cols = [data[n] for n in stamps]
+    events = []
+    for i, ex in enumerate(extras):
+        event = {n: c[i] for n, c in zip(body, body_cols, strict=True) if c[i] is not None}
+        if ex is not None:
+            event.update(orjson.loads(ex))
+        for n, c in zip(stamps, stamp_cols, strict=True):
+            if c[i] is not None:
+                event[n] = c[i]
+        events.append(event)
+    return events
+
+
+def iter_event_batches(path: str | os.PathLike[str], batch_rows: int = 4096) -> Iterator[list[dict[str, Any]]]:
+    """The events of a Parquet file, one list per up to ``batch_rows`` rows, reading one row group at a time."""
+    with pq.ParquetFile(path) as f:
+        for batch in f.iter_batches(batch_size=batch_rows):
+            yield events_of(batch)
+
+
+class ParquetSink:
+    """One Parquet file, written as ``<name>.part`` and renamed to ``<name>`` when it is closed.
+
+    Rows are buffered in Arrow until a row group is full (:data:`ROW_GROUP_ROWS` rows or
+    :data:`ROW_GROUP_BYTES` bytes), so a reader never sees a half-written file under the final
+    name and row groups stay large however small the appends. ``rows`` counts every row appended,
+    ``size`` the bytes of the file so far.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        compression: str = COMPRESSION,
+    ) -> None:
+        self.path = Path(path)
+        self.part = self.path.with_name(self.path.name + PART_SUFFIX)
+        self.rows = 0
+        self._row_group_rows = row_group_rows
+        self._row_group_bytes = row_group_bytes
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+        self._file: BinaryIO = open(self.part, "xb")  # noqa: SIM115 - closed by close() or discard()
+        self._writer = pq.ParquetWriter(self._file, SCHEMA, compression=compression)
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the file so far (the buffered row group and the footer not included)."""
+        return self._file.tell()
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        self._buffer.append(batch)
+        self._buffered_rows += batch.num_rows
+        self._buffered_bytes += batch.nbytes
+        self.rows += batch.num_rows
+        if self._buffered_rows >= self._row_group_rows or self._buffered_bytes >= self._row_group_bytes:
+            self.flush_row_group()
+
+    def flush_row_group(self) -> None:
+        """Write what is buffered as row groups of at most the configured rows."""
+        if not self._buffer:
+            return
+        table = pa.Table.from_batches(self._buffer, schema=SCHEMA)
+        self._buffer = []
+        self._buffered_rows = self._buffered_bytes = 0
+        self._writer.write_table(table, row_group_size=self._row_group_rows)
+
+    def close(self) -> Path:
+        """Write the rest and the footer, then rename the file to its final name."""
+        self.flush_row_group()
+        self._writer.close()
+        self._file.close()
+        os.replace(self.part, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Give the file up (after a failed write): close what can be closed and remove the ``.part``."""
+        self._buffer = []
+        for close in (self._writer.close, self._file.close):
+            with contextlib.suppress(Exception):
+                close()
+        with contextlib.suppress(OSError):
+            self.part.unlink(missing_ok=True)

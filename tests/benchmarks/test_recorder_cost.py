@@ -1,0 +1,33 @@
+"""``python -m benchmarks.recorder_cost`` runs and reports both formats, so the benchmark cannot rot. Never speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.recorder_cost import main, recorded_lines
+from mercurystream.shared.parquet import RowEncoder
+
+
+def test_it_prints_both_formats_costs_as_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--events", "3000", "--runs", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["events"] == 3000
+    for fmt in ("jsonl", "parquet"):
+        assert set(result[fmt]) == {"us_per_event", "cpu_us_per_event", "bytes_per_event"}
+        assert all(v > 0 for v in result[fmt].values())
+    assert result["jsonl"]["bytes_per_event"] == pytest.approx(result["line_bytes"] + 1)
+    assert result["parquet"]["bytes_per_event"] < result["jsonl"]["bytes_per_event"] / 3
+
+
+def test_its_lines_are_what_p2_records_and_all_take_the_fast_path() -> None:
+    lines = recorded_lines(500)
+    assert RowEncoder._fast(lines) is not None
+    assert all(line.endswith(b"}") and b'"recv_ts_us":' in line for line in lines)
+
+
+def test_bad_arguments_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--events", "0"])
+    assert info.value.code == 2

@@ -1,0 +1,294 @@
+"""RECORD_FORMAT=parquet: rotating files DuckDB reads whole; rows count as written once their file is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.recorder import RecorderConsumer
+from mercurystream.p2.recorder_parquet import ParquetRecordWriter, file_stem
+from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
+from mercurystream.shared.parquet import COLUMNS
+from tests.p2.support import lines_batch
+
+BIN = Path(sys.executable).parent
+
+
+def event(i: int) -> dict:
+    us = 1_764_940_000_000_000 + i * 997
+    return {
+        "type": "match",
+        "product_id": ("BTC-USD", "ETH-USD", "SOL-USD")[i % 3],
+        "price": 60000.25 + i,
+        "last_size": 0.5,
+        "time": f"2026-12-05T13:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:06d}Z",
+        "trade_id": 10_000 + i,
+        "sequence": 50_000 + i,
+        "side": ("buy", "sell")[i % 2],
+        "ingest_ts_ms": us // 1000,
+        "ingest_ts_us": us,
+    }
+
+
+def recorded(i: int) -> bytes:
+    return orjson.dumps({**event(i), "recv_ts_ms": 1, "recv_ts_us": 1000 + i})
+
+
+def batch(start: int, n: int) -> Batch:
+    lines = [recorded(i) for i in range(start, start + n)]
+    return lines_batch(lines)
+
+
+def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def eventually(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def rows(pattern: str | Path) -> list[dict]:
+    cur = duckdb.connect().execute(f"SELECT * FROM read_parquet('{pattern}') ORDER BY trade_id")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def make(tmp_path: Path, **kw: object) -> tuple[RecorderConsumer, Bus, P2Metrics, Path]:
+    base = tmp_path / "rec" / "btcusd.jsonl"
+    settings = P2Settings(RECORD=True, RECORD_FILE=base, RECORD_FORMAT="parquet", **kw)
+    bus = Bus()
+    metrics = P2Metrics()
+    return RecorderConsumer(bus, settings, metrics), bus, metrics, base.parent
+
+
+async def test_every_row_is_in_a_closed_file_after_stop(tmp_path: Path) -> None:
+    rec, bus, metrics, folder = make(tmp_path)
+    await rec.start()
+    for i in range(40):
+        bus.publish(batch(i * 25, 25))
+        if i % 10 == 0:
+            await asyncio.sleep(0)
+    await rec.stop()
+    files = sorted(folder.iterdir())
+    assert len(files) == 1 and re.fullmatch(r"btcusd\.\d{8}T\d{6}Z-1\.parquet", files[0].name)
+    got = rows(files[0])
+    assert len(got) == 1000
+    for row, i in zip(got, range(1000), strict=True):
+        expected = orjson.loads(recorded(i))
+        assert {n: row[n] for n, _ in COLUMNS} == {n: expected.get(n) for n, _ in COLUMNS}
+    assert sample(metrics, "mercurystream_recorded_events_total") == 1000
+    status = rec.status()
+    assert status.startswith(f"RECORDER   | file={files[0]} written=1000 errors=0 drops=0 format=parquet")
+    assert status.endswith("rejected=0 files=1")
+
+
+async def test_rows_count_as_written_only_when_their_file_is_closed(tmp_path: Path) -> None:
+    rec, bus, metrics, folder = make(tmp_path)
+    await rec.start()
+    bus.publish(batch(0, 10))
+    await eventually(lambda: rec.writer.done == 1)
+    assert [p.name.endswith(".parquet.part") for p in folder.iterdir()] == [True]
+    assert rec.writer.written == 0 and sample(metrics, "mercurystream_recorded_events_total") == 0
+    await rec.stop()
+    assert rec.writer.written == 10 and not list(folder.glob("*.part"))
+
+
+async def test_files_roll_by_size(tmp_path: Path) -> None:
+    rec, bus, _, folder = make(tmp_path, RECORD_ROTATE_BYTES=1)
+    rec.writer._row_group_rows = 50
+    await rec.start()
+    for i in range(10):
+        bus.publish(batch(i * 100, 100))
+        await eventually(lambda i=i: rec.writer.done == i + 1)
+    await rec.stop()
+    files = sorted(folder.glob("*.parquet"))
+    assert len(files) == 10 == rec.writer.files
+    assert [r["trade_id"] for r in rows(folder / "*.parquet")] == [10_000 + i for i in range(1000)]
+    assert not list(folder.glob("*.part"))
+
+
+async def test_files_roll_by_time_while_idle(tmp_path: Path) -> None:
+    rec, bus, _, folder = make(tmp_path, RECORD_ROTATE_S=0.2)
+    await rec.start()
+    bus.publish(batch(0, 5))
+    await eventually(lambda: rec.writer.files == 1)
+    assert len(rows(folder / "*.parquet")) == 5 and not list(folder.glob("*.part"))
+    bus.publish(batch(5, 5))
+    await rec.stop()
+    assert rec.writer.files == 2 and len(rows(folder / "*.parquet")) == 10
+
+
+async def test_lines_with_no_row_are_counted_by_reason(tmp_path: Path) -> None:
+    rec, bus, metrics, folder = make(tmp_path)
+    drifted = orjson.dumps({**event(99), "price": "60000"})
+    lines = [recorded(0), b"not json", drifted, orjson.dumps({"type": "match"}), recorded(1)]
+    await rec.start()
+    bus.publish(lines_batch(lines))
+    await rec.stop()
+    assert len(rows(folder / "*.parquet")) == 2
+    assert rec.writer.rejected == 3
+    for reason in ("invalid_json", "wrong_type", "missing_field"):
+        assert sample(metrics, "mercurystream_recorder_rejected_total", reason=reason) == 1
+    assert "rejected=3" in rec.status()
+
+
+async def test_a_failed_open_is_counted_and_recording_resumes(tmp_path: Path) -> None:
+    rec, bus, metrics, folder = make(tmp_path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_bytes(b"")  # the folder is a file: nothing can be created in it
+    await rec.start()
+    bus.publish(batch(0, 4))
+    await eventually(lambda: rec.writer.errors == 4)
+    assert sample(metrics, "mercurystream_recorder_errors_total") == 4
+    folder.unlink()
+    bus.publish(batch(4, 3))
+    await rec.stop()
+    assert [r["trade_id"] for r in rows(folder / "*.parquet")] == [10_004, 10_005, 10_006]
+    assert rec.writer.written == 3
+
+
+def test_a_failed_close_loses_that_file_counted_and_leaves_no_part(tmp_path: Path) -> None:
+    errors: list[int] = []
+    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_error=errors.append)
+    writer.write([[recorded(0), recorded(1)]])
+    sink = writer._sink
+    sink.close = lambda: (_ for _ in ()).throw(OSError("disk full"))
+    assert writer.close(1)
+    assert writer.errors == 2 and errors == [2] and writer.written == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_part_files_are_reported_and_names_never_collide(tmp_path: Path) -> None:
+    from loguru import logger
+
+    (tmp_path / "r.20261205T000000Z-1.parquet.part").write_bytes(b"junk")
+    seen: list[str] = []
+    sink_id = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
+    try:
+        writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1, rotate_s=60)
+    finally:
+        logger.remove(sink_id)
+    assert any("1 unfinished Parquet file" in line for line in seen)
+    for i in range(3):
+        writer.write([[recorded(i)]])
+    assert writer.close(1)
+    assert len(list(tmp_path.glob("r.*-*.parquet"))) == 3
+
+
+def test_file_stem_drops_a_recording_suffix_only() -> None:
+    assert file_stem(Path("data/btcusd.jsonl")) == Path("data/btcusd")
+    assert file_stem(Path("data/btcusd")) == Path("data/btcusd")
+    assert file_stem(Path("data/x.parquet")) == Path("data/x")
+
+
+async def test_the_handoff_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """With the writer stuck, long lines stop the handoff at the byte bound and the bus drops, counted."""
+    rec, bus, _, folder = make(tmp_path, BUS_QUEUE_EVENTS=100)
+    rec.max_pending_bytes = 50_000
+    gate = threading.Event()
+    real_write = rec.writer._write
+
+    def stuck_write(batches: list[list[bytes]], n: int) -> None:
+        gate.wait(30)
+        real_write(batches, n)
+
+    rec.writer._write = stuck_write
+    long_lines = [orjson.dumps({**event(i), "pad": "x" * 10_000, "recv_ts_us": 1}) for i in range(40)]
+    await rec.start()
+    for i in range(40):
+        bus.publish(lines_batch([long_lines[i]]))
+        await asyncio.sleep(0.002)
+    await eventually(lambda: rec.writer.pending_bytes > 0)
+    assert rec.writer.pending_bytes < 50_000 + 2 * 10_500
+    assert rec.writer.pending < rec.max_pending_batches
+    gate.set()
+    await rec.stop()
+    assert rec.writer.written + rec.subscription.dropped + rec.subscription.depth == 40
+    assert rec.writer.written == len(rows(folder / "*.parquet"))
+
+
+# ---------------------------------------------------------------- the real process
+
+
+async def test_mercury_p2_records_parquet_and_sigterm_loses_no_row(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORT", "METRICS_PORT", "HOST", "RECORD"))}
+    env.update(
+        HOST="127.0.0.1",
+        PORT="0",
+        METRICS_PORT="0",
+        LOG_LEVEL="INFO",
+        STATUS_INTERVAL_S="0.2",
+        RECORD="true",
+        RECORD_FORMAT="parquet",
+        RECORD_FILE=str(tmp_path / "rec" / "live.jsonl"),
+        RECORD_ROTATE_S="0.5",
+        INCIDENTS_DIR=str(tmp_path / "incidents"),
+        DRIFT_SAMPLE_FILE=str(tmp_path / "drift.jsonl"),
+        INCIDENT_CHARTS="false",
+    )
+    n = 30_000
+    proc = await asyncio.create_subprocess_exec(str(BIN / "mercury-p2"), env=env, stderr=asyncio.subprocess.PIPE)
+    err: list[str] = []
+    try:
+        port = None
+        while port is None:
+            raw = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert raw, "P2 exited before listening: " + "".join(err)
+            err.append(raw.decode())
+            m = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", err[-1])
+            port = int(m.group(1)) if m else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for start in range(0, n, 1000):
+            writer.write(encode_frames([orjson.dumps(event(i)) for i in range(start, start + 1000)]))
+            await writer.drain()
+            if start == n // 2:
+                await asyncio.sleep(1.0)  # the first file rolls by time meanwhile
+        decoder = FrameDecoder()
+        acks: list[dict] = []
+        while not acks or acks[-1]["ack"] < n:
+            acks.extend(decode_object(p)[0] for p in decoder.feed(await asyncio.wait_for(reader.read(65536), 30)))
+        proc.send_signal(signal.SIGTERM)
+        while await asyncio.wait_for(reader.read(65536), 30):
+            pass
+        writer.close()
+        err.append((await asyncio.wait_for(proc.stderr.read(), 60)).decode())
+        code = await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = "".join(err)
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "format=parquet" in log
+    folder = tmp_path / "rec"
+    assert not list(folder.glob("*.part"))
+    assert len(list(folder.glob("live.*.parquet"))) >= 2
+    got = rows(folder / "live.*.parquet")
+    assert len(got) == n
+    for row, i in zip(got, range(n), strict=True):
+        assert {name: row[name] for name in event(i)} == event(i)
+        assert row["recv_ts_us"] >= row["ingest_ts_us"] - 10_000_000 and row["recv_ts_ms"] == row["recv_ts_us"] // 1000
+
+
+@pytest.mark.parametrize("value", ["csv", "PARQUET "])
+def test_a_bad_record_format_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ValueError, match="RECORD_FORMAT"):
+        P2Settings(RECORD_FORMAT=value)
