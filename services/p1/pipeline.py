@@ -11,7 +11,7 @@ import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.models import normalize_trade
+from mercurystream.shared.models import TAKER_SIDE_OF_MAKER, normalize_trade, taker_side
 from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 _MISSING = object()
@@ -85,7 +85,7 @@ def fast_event(msg: dict[str, Any], parse_time: Callable[[object], float | None]
     if side is not None:
         if side != "buy" and side != "sell":
             return None
-        event["side"] = side
+        event["side"] = taker_side(t, side)
     for key in ("best_bid", "best_ask"):
         quote = msg.get(key)
         if quote is not None:
@@ -214,6 +214,13 @@ class IngestPipeline:
                 )
             )
             for product_id, price, size, time, trade_id, sequence, side in zip(
-                product_ids, price_values, size_values, times, trade_ids, sequences, sides, strict=True
+                product_ids,
+                price_values,
+                size_values,
+                times,
+                trade_ids,
+                sequences,
+                map(TAKER_SIDE_OF_MAKER.__getitem__, sides),
+                strict=True,
             )
         ]

@@ -26,6 +26,17 @@ already delivered before a reconnect, so it is counted but not forwarded."""
 
 CONTROL_TYPES = frozenset({"subscriptions", "heartbeat", "error"})
 
+TAKER_SIDE_OF_MAKER = {"buy": "sell", "sell": "buy"}
+
+
+def taker_side(message_type: str, side: str) -> str:
+    """The taker's (aggressor's) side of a trade: the event's ``side`` means this for every feed.
+
+    Coinbase's ``match`` carries the maker order's side, its ``ticker`` the taker's (Exchange
+    WebSocket channel docs), so a match's side is flipped. P1's column path uses the same mapping.
+    """
+    return TAKER_SIDE_OF_MAKER[side] if message_type == "match" else side
+
 
 def _no_bool(v: Any) -> Any:
     if isinstance(v, bool):
@@ -85,7 +96,7 @@ class Trade(BaseModel):
         if self.sequence is not None:
             event["sequence"] = self.sequence
         if self.side is not None:
-            event["side"] = self.side
+            event["side"] = taker_side(self.type, self.side)
         if self.best_bid is not None:
             event["best_bid"] = self.best_bid
         if self.best_ask is not None:

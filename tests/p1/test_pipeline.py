@@ -27,7 +27,7 @@ def test_valid_trades_are_normalized_and_stamped_once_per_batch():
         "time": "2024-05-01T12:34:56.789012Z",
         "trade_id": 1,
         "sequence": 1001,
-        "side": "sell",
+        "side": "buy",  # the taker's: the match's maker side was "sell"
         "ingest_ts_ms": 1_714_566_896_789,
         "ingest_ts_us": 1_714_566_896_789_012,
     }
