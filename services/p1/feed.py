@@ -592,6 +592,8 @@ class CoinbaseFeed:
         """The cold path after a batch: a subscription confirmed or rejected, a resubscribe to send."""
         protocol = self.protocol
         conn = self._conn
+        for product in protocol.invalid:
+            self.metrics.invalid_products.labels(product).set(1)
         if protocol.fatal is not None:
             if conn is not None:
                 conn.close(protocol.fatal)
@@ -607,8 +609,6 @@ class CoinbaseFeed:
         self._shown = products
         for product, gauge in self._subscribed_gauges.items():
             gauge.set(1 if product in products else 0)
-        for product in self.protocol.invalid:
-            self.metrics.invalid_products.labels(product).set(1)
 
     def _failed(self, client: WsClient) -> None:
         exc = client.oversize
