@@ -45,7 +45,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
 from mercurystream.exchange.faults import KINDS, FaultInjector, FaultRates
-from mercurystream.exchange.market import DEFAULT_PRODUCTS, KIND_NAMES, LAST_MATCH, Market, Msg, spec_for
+from mercurystream.exchange.market import DEFAULT_PRODUCTS, KIND_NAMES, LAST_MATCH, TICKER, Market, Msg, spec_for
 from mercurystream.exchange.protocol import Session
 from mercurystream.shared.config import CommonSettings, ConfigError, Port, build_settings, parse_symbols
 from mercurystream.shared.logger import LogSampler, setup_logging
@@ -515,6 +515,8 @@ class ExchangeServer:
         market = self.market
         for p in reply.new_matches:
             c.pending.append((-1, LAST_MATCH, market.last_match(p)))
+        for p in reply.new_tickers:
+            c.pending.append((-1, TICKER, market.subscribe_ticker(p)))
         c.wake.set()
         if c.session.active:
             self._live[c.id] = c

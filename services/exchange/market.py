@@ -2,14 +2,19 @@
 
 Each product's mid price follows geometric Brownian motion. Taker orders arrive as one Poisson
 process across products; some sweep several resting orders, which makes a *cascade*: several
-matches with one taker order id and one timestamp. The ticker channel folds a cascade into one
-message (as Coinbase's does), so ticker trade ids are not contiguous.
+matches with one taker order id and one timestamp. The ticker channel sends one message per fill,
+as Coinbase's does: a cascade of three fills gives three tickers with contiguous trade ids.
+
+Held to real recordings (tests/fixtures/SOURCES.md): prices and trade sizes are decimal strings with
+trailing zeros trimmed (``"22386.3"``, ``"0.0006"``), while ``best_bid_size``, ``best_ask_size`` and
+the volumes keep Coinbase's 8 decimals; sequence numbers skip as the recorded BTC-USD matches do
+(:data:`SEQ_SKIP_LOG_MU`).
 
 Everything derives from one seeded RNG and time offsets the caller passes in. The randomness and
 the price path are computed ahead in numpy chunks of taker orders, independent of how the caller
 slices time into :meth:`Market.advance` calls, so the same seed gives the same stream whatever the
 slicing. Messages are ``%`` templates over bytes filled from integer amounts in 1e-8 units
-(Coinbase's 8-decimal strings) and pooled strings: the exchange shares two cores with the pipeline
+and pooled strings: the exchange shares two cores with the pipeline
 it feeds, so its CPU per trade is part of that pipeline's latency.
 """
 
@@ -41,6 +46,13 @@ PRODUCT_ID = re.compile(r"^[A-Z0-9]{2,10}-[A-Z0-9]{2,10}$")
 MAX_CASCADE = 20
 SIZE_SIGMA = 1.1
 """Log-sd of trade sizes: a few large prints among many small ones, as on a real tape."""
+SEQ_SKIP_LOG_MU, SEQ_SKIP_LOG_SIGMA, SEQ_SKIP_MIN = 4.555, 1.244, 3
+"""Sequence skip from one taker order's last match to the next order's first: lognormal, fitted to
+131 such skips in 200 consecutive recorded BTC-USD matches (2022-09-12; median 99, p10 18, p90 430,
+min 3, max 838). The full channel's received/open/done/change messages take the numbers between."""
+SEQ_SKIP_IN_CASCADE_3 = 1 / 68
+"""Within a cascade the recorded skip is 2 (the match and the filled maker's ``done``): 67 of 68
+times; 3 once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +91,16 @@ def spec_for(product_id: str) -> ProductSpec:
 
 
 def _dec(units: int) -> str:
-    """``123456789`` (1e-8 units) → ``"1.23456789"``."""
+    """``123456789`` (1e-8 units) → ``"1.23456789"``: 8 decimals, as Coinbase sends quote sizes and volumes."""
     return f"{units // UNITS}.{units % UNITS:08d}"
+
+
+def _trim(units: int) -> str:
+    """``2238630000000`` (1e-8 units) → ``"22386.3"``, ``100000000`` → ``"1"``: trailing zeros trimmed, as
+    Coinbase sends trade prices and sizes."""
+    whole, frac = divmod(units, UNITS)
+    frac_s = f"{frac:08d}".rstrip("0")
+    return f"{whole}.{frac_s}" if frac_s else str(whole)
 
 
 _POOL_BITS = 12
@@ -127,7 +147,7 @@ def _order_draws(gen: np.random.Generator, products: np.ndarray, pools: _Pools, 
     fills = np.where(gen.random(n) < cascade_prob, sweep, 1)
     taker, maker, size = gen.integers(0, _POOL, (3, n))
     # The full channel's received/open/done messages share the sequence, so matches skip numbers.
-    skips = gen.integers(1, 9, n)
+    skips = np.maximum(SEQ_SKIP_MIN, np.exp(gen.normal(SEQ_SKIP_LOG_MU, SEQ_SKIP_LOG_SIGMA, n)).astype(np.int64))
     return [
         pools.books[products].tolist(),
         buy.tolist(),
@@ -212,7 +232,7 @@ def _fill_draws(gen: np.random.Generator, prefixes: np.ndarray) -> Iterator[zip]
     while True:
         moves = gen.random(_CHUNK) < 0.4
         maker, size = gen.integers(0, _POOL, (2, _CHUNK))
-        skips = gen.integers(1, 9, _CHUNK)
+        skips = np.where(gen.random(_CHUNK) < SEQ_SKIP_IN_CASCADE_3, 3, 2)
         yield zip(moves.tolist(), prefixes[maker].tolist(), size.tolist(), skips.tolist(), strict=True)
 
 
@@ -235,6 +255,7 @@ class _Book:
     __slots__ = (
         "high",
         "key",
+        "last_fill",
         "last_match",
         "low",
         "match_tpl",
@@ -267,7 +288,7 @@ class _Book:
         self.sizes: list[tuple[int, bytes]] = []
         for _ in range(_POOL):
             u = max(1, int(math.exp(mu + SIZE_SIGMA * rng.gauss(0.0, 1.0))))
-            self.sizes.append((u, _dec(u).encode()))
+            self.sizes.append((u, _trim(u).encode()))
         self.quote_sizes = [_dec(max(1, int(math.exp(mu + 1.0 + rng.gauss(0.0, 1.0))))).encode() for _ in range(_POOL)]
         start = round(spec.price * UNITS) // self.tick
         day = spec.annual_vol / math.sqrt(365.0)
@@ -280,6 +301,9 @@ class _Book:
         self.traded = 0
         """Units traded since the start: the ticker's volumes are the baselines plus this."""
         self.last_match = b""
+        self.last_fill: tuple = ()
+        """``(buy, level, seq, tid, price_s, size_s, tprefix, frac)`` of the latest fill, for the ticker
+        a new ticker subscriber gets first."""
         pid = self.pid.encode()  # product ids are [A-Z0-9-]: no '%' to escape in the templates
         # Indexed by the taker's side (False: sell, True: buy); Coinbase's match ``side`` is the maker's.
         self.match_tpl = tuple(
@@ -308,11 +332,12 @@ class _Book:
         ask_q: int,
         tprefix: bytes,
         frac: int,
+        traded: int,
     ) -> bytes:
-        """The ticker after a taker order that ended at tick ``level``: one message per cascade."""
+        """The ticker after one fill at tick ``level``, with ``traded`` units traded since the start."""
         best_bid, best_ask = (max(1, level - 1), level) if buy else (level, level + 1)
-        v24 = self.vol24 + self.traded
-        v30 = self.vol30 + self.traded
+        v24 = self.vol24 + traded
+        v30 = self.vol30 + traded
         return self.ticker_tpl[buy] % (
             seq,
             price_s,
@@ -336,7 +361,7 @@ class _Book:
         if s is None:
             if len(self.prices) >= 4096:
                 self.prices.clear()
-            s = self.prices[level] = _dec(level * self.tick).encode()
+            s = self.prices[level] = _trim(level * self.tick).encode()
         return s
 
 
@@ -453,7 +478,7 @@ class Market:
         return f"{self._tprefix.decode()}{frac:06d}Z"
 
     def advance(self, until_us: int, limit: int | None = None) -> list[Msg]:
-        """Every trade due at or before ``until_us``: its ``match`` and, per cascade, one ``ticker``.
+        """Every trade due at or before ``until_us``: its ``match`` and its ``ticker``.
 
         ``limit`` bounds the trades of one call so a caller that fell behind stays responsive; it
         only cuts between arrivals, so the stream is the same whatever the limit.
@@ -493,6 +518,7 @@ class Market:
             tid = b.trade_id
             seq = b.sequence
             low, high, vol = b.low, b.high, 0
+            traded = b.traded
             for i in range(fills):
                 if i:
                     try:
@@ -528,27 +554,31 @@ class Market:
                     low = level
                 elif level > high:
                     high = level
+                if tickers:
+                    if low != b.low or high != b.high:
+                        b.low, b.high = low, high
+                        b.range_s = b'"low_24h":"%s","high_24h":"%s"' % (b.price_str(low), b.price_str(high))
+                    try:
+                        bid_q, ask_q = quote()
+                    except StopIteration:
+                        quote = self._quote_draw = next(self._quotes).__next__
+                        bid_q, ask_q = quote()
+                    append(
+                        (
+                            key + TICKER,
+                            TICKER,
+                            b.ticker(buy, level, seq, tid, price_s, size_s, bid_q, ask_q, tprefix, frac, traded + vol),
+                        )
+                    )
             oid += 1
             b.trade_id = tid
             b.sequence = seq
             b.traded += vol
             b.last_match = text
+            b.last_fill = (buy, level, seq, tid, price_s, size_s, tprefix, frac)
             if low != b.low or high != b.high:
                 b.low, b.high = low, high
                 b.range_s = b'"low_24h":"%s","high_24h":"%s"' % (b.price_str(low), b.price_str(high))
-            if tickers:
-                try:
-                    bid_q, ask_q = quote()
-                except StopIteration:
-                    quote = self._quote_draw = next(self._quotes).__next__
-                    bid_q, ask_q = quote()
-                append(
-                    (
-                        key + TICKER,
-                        TICKER,
-                        b.ticker(buy, level, seq, tid, price_s, size_s, bid_q, ask_q, tprefix, frac),
-                    )
-                )
             last = t
             n += fills
             if left >= 0:
@@ -581,6 +611,13 @@ class Market:
         """The product's latest trade as the ``last_match`` a new ``matches`` subscriber gets first."""
         text = self._books[p].last_match
         return b'{"type":"last_match"' + text[len(b'{"type":"match"') :]
+
+    def subscribe_ticker(self, p: int) -> bytes:
+        """The product's latest fill as the ``ticker`` a new ``ticker`` subscriber gets first, as Coinbase
+        sends one per product on subscribe. Its quote sizes are fixed so it draws no randomness."""
+        b = self._books[p]
+        buy, level, seq, tid, price_s, size_s, tprefix, frac = b.last_fill
+        return b.ticker(buy, level, seq, tid, price_s, size_s, 0, 0, tprefix, frac, b.traded)
 
     def last_trade_id(self, p: int) -> int:
         return self._books[p].trade_id

@@ -29,6 +29,8 @@ class Reply:
     text: bytes
     new_matches: tuple[int, ...] = ()
     """Products that just joined ``matches``: each gets a ``last_match`` after the reply."""
+    new_tickers: tuple[int, ...] = ()
+    """Products that just joined ``ticker``: each gets a ``ticker`` repeating its latest trade."""
     error: str | None = None
     """Short reason key for counting (``malformed_json``, ``unknown_channel``, ...)."""
 
@@ -93,16 +95,21 @@ class Session:
             verb = "Failed to subscribe" if subscribe else "Failed to unsubscribe"
             return Reply(ERROR, error_message(verb, bad.reason), error=bad.key)
         mask = self.mask
-        new_matches: list[int] = []
+        new: dict[int, list[int]] = {MATCH: [], TICKER: []}
         for channel, products in wanted:
             for p in products:
                 key = p * N_CHANNELS + channel
-                if subscribe and channel == MATCH and not mask[key]:
-                    new_matches.append(p)
+                if subscribe and channel in new and not mask[key]:
+                    new[channel].append(p)
                 mask[key] = 1 if subscribe else 0
         if subscribe:
             self.subscribed = True
-        return Reply(SUBSCRIPTIONS, self.subscriptions(), tuple(dict.fromkeys(new_matches)))
+        return Reply(
+            SUBSCRIPTIONS,
+            self.subscriptions(),
+            tuple(dict.fromkeys(new[MATCH])),
+            tuple(dict.fromkeys(new[TICKER])),
+        )
 
     def _parse(self, request: dict, subscribe: bool) -> list[tuple[int, list[int]]]:
         """Validate the whole request before anything changes: ``[(channel, [product index])]``."""

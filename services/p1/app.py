@@ -92,11 +92,16 @@ class P1App:
 
     def status_line(self) -> str:
         b = self.sink.buffer
-        return (
-            f"P1 | msgs={self.feed.protocol.messages} valid={self.pipeline.valid} invalid={self.pipeline.invalid} "
+        proto = self.feed.protocol
+        line = (
+            f"P1 | msgs={proto.messages} valid={self.pipeline.valid} invalid={self.pipeline.invalid} "
             f"forwarded={b.forwarded} acked={b.acked} buffered={b.held} dropped={b.dropped_total} "
-            f"reconnects ws={self.feed.reconnects} p2={self.sink.reconnects}"
+            f"reconnects ws={self.feed.reconnects} p2={self.sink.reconnects} "
+            f"subscribed={','.join(sorted(proto.subscribed_products)) or '-'}"
         )
+        if proto.invalid:
+            line += f" invalid_products={','.join(proto.invalid)}"
+        return line
 
     async def _status_loop(self) -> None:
         while True:
@@ -117,7 +122,16 @@ async def run(settings: P1Settings) -> int:
         logger.error("P1 cannot start: {}", exc)
         await app.stop()
         return 1
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    gave_up = asyncio.create_task(app.feed.gave_up.wait())
+    await asyncio.wait((stopped, gave_up), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    gave_up.cancel()
+    fatal = app.feed.protocol.fatal
+    if fatal is not None:
+        logger.error("P1 cannot run: {}", fatal)
+        await app.stop()
+        return 2
     logger.info("P1 stopping: flushing what is held for up to {:g} s", settings.P1_SHUTDOWN_TIMEOUT_S)
     await app.stop()
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -32,7 +33,12 @@ from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 MALFORMED = "malformed"
 OTHER = "other"
 OVERSIZE = "oversize"
-_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", MALFORMED, OTHER, OVERSIZE}
+SUBSCRIBE_TICKER = "subscribe_ticker"
+"""The ticker Coinbase sends per product right after a ticker subscribe, repeating its latest trade."""
+_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", SUBSCRIBE_TICKER, MALFORMED, OTHER, OVERSIZE}
+_INVALID_PRODUCT = re.compile(r"^(\S+) is not a valid product$")
+"""Coinbase's reason when a subscribe names an unknown product, e.g. ``"XYZ-USD is not a valid product"``
+(its ``error`` message says ``"Failed to subscribe"``; the whole subscribe is then ignored)."""
 
 OnMessages = Callable[[list[dict[str, Any]]], None]
 Message = bytes | bytearray
@@ -41,10 +47,15 @@ Message = bytes | bytearray
 class FeedProtocol:
     """Classify a batch of raw feed messages: trades to forward, everything else counted.
 
-    ``last_match`` is counted and not forwarded: every subscription repeats the latest trade, so
-    after a reconnect it would be a false duplicate downstream. Unknown types are counted under
+    ``last_match`` and the first ``ticker`` of each product after a ticker subscribe
+    (``subscribe_ticker``) are counted and not forwarded: both repeat the latest trade, so after a
+    reconnect they would be false duplicates downstream. Unknown types are counted under
     their own name, up to ``max_type_labels`` names, then under ``other``, because the ``type``
     label of a metric must not grow without bound on a venue's whim.
+
+    Coinbase rejects a whole subscribe that names one unknown product. Such an ``error`` marks the
+    product invalid and queues a subscribe for the valid rest in :attr:`outbox`; with none left,
+    :attr:`fatal` says why. ``subscribed`` turns true only on the venue's ``subscriptions``.
     """
 
     def __init__(self, symbols: Iterable[str], channel: str, max_type_labels: int = 32) -> None:
@@ -52,20 +63,37 @@ class FeedProtocol:
         self.channel = channel
         self.max_type_labels = max_type_labels
         self.subscribed = False
+        self.subscribed_products: frozenset[str] = frozenset()
+        """Products the venue confirmed on :attr:`channel` in its latest ``subscriptions``."""
+        self.invalid: dict[str, str] = {}
+        """Configured products the venue rejected, with its reason; never subscribed again."""
+        self.outbox: list[str] = []
+        """Requests to send on the current connection (a resubscribe after a rejection)."""
+        self.fatal: str | None = None
         self.counts: dict[str, int] = {}
         self.messages = 0
         self.trades = 0
         self._labels: set[str] = set(_ALWAYS_LABELLED)
         self._sampler = LogSampler()
+        self._awaiting_ticker: set[str] = set()
+
+    @property
+    def valid_symbols(self) -> list[str]:
+        invalid = self.invalid
+        return [s for s in self.symbols if s not in invalid]
 
     def subscribe_request(self) -> str:
         """The subscribe message, sent as text right after the handshake (Coinbase waits 5 s for it)."""
+        products = self.valid_symbols
+        self._awaiting_ticker = set(products) if self.channel == "ticker" else set()
         return orjson.dumps(
-            {"type": "subscribe", "product_ids": self.symbols, "channels": [self.channel, "heartbeat"]}
+            {"type": "subscribe", "product_ids": products, "channels": [self.channel, "heartbeat"]}
         ).decode()
 
     def on_connect(self) -> None:
         self.subscribed = False
+        self.subscribed_products = frozenset()
+        self.outbox.clear()
 
     def handle(self, raws: Sequence[bytes | bytearray | str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Return the batch's trade messages (parsed, as received) and its per-type counts."""
@@ -76,6 +104,7 @@ class FeedProtocol:
         append = trades.append
         counts: dict[str, int] = {}
         others: list[dict[str, Any]] | None = None
+        awaiting = self._awaiting_ticker
         for raw in raws:
             try:
                 msg = loads(raw)
@@ -88,7 +117,11 @@ class FeedProtocol:
                 counts[MALFORMED] = counts.get(MALFORMED, 0) + 1
                 self._sampler.warning("no_type", "feed message is not an object with a string type: {!r}", raw[:200])
             elif t in trade_types:
-                append(msg)
+                if awaiting and t == "ticker" and type(pid := msg.get("product_id")) is str and pid in awaiting:
+                    awaiting.discard(pid)
+                    t = SUBSCRIBE_TICKER
+                else:
+                    append(msg)
                 counts[t] = counts.get(t, 0) + 1
             else:
                 if others is None:
@@ -115,12 +148,9 @@ class FeedProtocol:
             if t == "heartbeat" or t == "last_match":
                 pass
             elif t == "subscriptions":
-                self.subscribed = True
-                logger.info("feed: subscribed: {}", orjson.dumps(msg.get("channels")).decode())
+                self._on_subscriptions(msg)
             elif t == "error":
-                self._sampler.warning(
-                    "venue_error", "feed: venue error: {} ({})", msg.get("message"), msg.get("reason")
-                )
+                self._on_error(msg)
             elif t not in self._labels:
                 if len(self._labels) - len(_ALWAYS_LABELLED) < self.max_type_labels:
                     self._labels.add(t)
@@ -128,6 +158,35 @@ class FeedProtocol:
                 else:
                     t = OTHER
             counts[t] = counts.get(t, 0) + 1
+
+    def _on_subscriptions(self, msg: dict[str, Any]) -> None:
+        products: set[str] = set()
+        channels = msg.get("channels")
+        for entry in channels if type(channels) is list else ():
+            if type(entry) is dict and entry.get("name") == self.channel and type(entry.get("product_ids")) is list:
+                products.update(p for p in entry["product_ids"] if type(p) is str)
+        self.subscribed = True
+        self.subscribed_products = frozenset(products & set(self.symbols))
+        logger.info("feed: subscribed: {}", orjson.dumps(channels).decode())
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        reason = msg.get("reason")
+        m = _INVALID_PRODUCT.match(reason) if type(reason) is str else None
+        product = m.group(1) if m else None
+        if product is None or product not in self.symbols or product in self.invalid:
+            self._sampler.warning("venue_error", "feed: venue error: {} ({})", msg.get("message"), reason)
+            return
+        self.invalid[product] = reason
+        left = self.valid_symbols
+        logger.error(
+            "feed: the venue rejected the subscribe: {}; resubscribing without it ({} left)",
+            reason,
+            ",".join(left) or "none",
+        )
+        if left:
+            self.outbox.append(self.subscribe_request())
+        else:
+            self.fatal = "no valid product to subscribe: " + "; ".join(self.invalid.values())
 
 
 class HandshakeFailed(Exception):
@@ -425,6 +484,10 @@ class CoinbaseFeed:
         self._sampler = LogSampler()
         self._connected_gauge = metrics.connected.labels("websocket")
         self._reconnects_counter = metrics.reconnects_total.labels("websocket")
+        self._subscribed_gauges = {s: metrics.subscribed.labels(s) for s in self.protocol.symbols}
+        self._shown: frozenset[str] = frozenset()
+        self.gave_up = asyncio.Event()
+        """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
 
     async def start(self) -> None:
         self._stopping = False
@@ -462,7 +525,12 @@ class CoinbaseFeed:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self._set_connected(False)
+                self._show_subscribed(frozenset())
             if self._stopping:
+                return
+            if self.protocol.fatal is not None:
+                self._stopping = True
+                self.gave_up.set()
                 return
             if self.protocol.subscribed:
                 self.backoff.reset()
@@ -491,7 +559,6 @@ class CoinbaseFeed:
             self.connects += 1
             self.protocol.on_connect()
             conn.send_text(self.protocol.subscribe_request())
-            self._set_connected(True)
             conn.watch_idle(self.idle_timeout_s)
             await conn.closed
             return conn.reason or "closed"
@@ -510,13 +577,38 @@ class CoinbaseFeed:
                 self._handle(raws[i : i + max_batch])
 
     def _handle(self, raws: list[Message]) -> None:
-        trades, counts = self.protocol.handle(raws)
+        protocol = self.protocol
+        trades, counts = protocol.handle(raws)
         self.metrics.count_messages(counts)
+        if protocol.subscribed_products is not self._shown or protocol.outbox or protocol.fatal:
+            self._control()
         if trades:
             try:
                 self.on_messages(trades)
             except Exception:
                 logger.exception("feed: the pipeline failed on a batch of {} trades; they are lost", len(trades))
+
+    def _control(self) -> None:
+        """The cold path after a batch: a subscription confirmed or rejected, a resubscribe to send."""
+        protocol = self.protocol
+        conn = self._conn
+        for product in protocol.invalid:
+            self.metrics.invalid_products.labels(product).set(1)
+        if protocol.fatal is not None:
+            if conn is not None:
+                conn.close(protocol.fatal)
+            return
+        while protocol.outbox:
+            request = protocol.outbox.pop(0)
+            if conn is not None:
+                conn.send_text(request)
+        self._show_subscribed(protocol.subscribed_products)
+        self._set_connected(protocol.subscribed and bool(protocol.subscribed_products))
+
+    def _show_subscribed(self, products: frozenset[str]) -> None:
+        self._shown = products
+        for product, gauge in self._subscribed_gauges.items():
+            gauge.set(1 if product in products else 0)
 
     def _failed(self, client: WsClient) -> None:
         exc = client.oversize

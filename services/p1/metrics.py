@@ -9,7 +9,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 DROP_REASONS = ("buffer_full", "unacked_at_disconnect", "shutdown", "oversize")
 TARGETS = ("websocket", "p2")
-PRESET_TYPES = ("match", "ticker", "last_match", "subscriptions", "heartbeat", "error", "malformed")
+PRESET_TYPES = (
+    "match",
+    "ticker",
+    "last_match",
+    "subscribe_ticker",
+    "subscriptions",
+    "heartbeat",
+    "error",
+    "malformed",
+)
 
 
 class P1Metrics:
@@ -41,7 +50,25 @@ class P1Metrics:
         self.reconnects_total = Counter(
             "mercurystream_p1_reconnects", "Connection attempts after the first, by target", ["target"], registry=r
         )
-        self.connected = Gauge("mercurystream_p1_connected", "1 while connected, by target", ["target"], registry=r)
+        self.connected = Gauge(
+            "mercurystream_p1_connected",
+            "1 while connected, by target (websocket: once the venue confirmed the subscription)",
+            ["target"],
+            registry=r,
+        )
+        # Both product gauges are labelled only with products named in SYMBOLS, so their size is the config's.
+        self.subscribed = Gauge(
+            "mercurystream_p1_subscribed",
+            "1 while the venue confirms this product on the feed channel",
+            ["product_id"],
+            registry=r,
+        )
+        self.invalid_products = Gauge(
+            "mercurystream_p1_invalid_products",
+            "1 for a configured product the venue rejected as not valid (no longer subscribed)",
+            ["product_id"],
+            registry=r,
+        )
         for reason in DROP_REASONS:
             self.dropped_total.labels(reason)
         for target in TARGETS:

@@ -11,8 +11,8 @@ import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.models import normalize_trade
-from mercurystream.shared.schema import INT64_MAX, INT64_MIN
+from mercurystream.shared.models import TAKER_SIDE_OF_MAKER, normalize_trade, taker_side
+from mercurystream.shared.schema import DEFAULT_VENUE, INT64_MAX, INT64_MIN
 from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 _MISSING = object()
@@ -86,7 +86,7 @@ def fast_event(msg: dict[str, Any], parse_time: Callable[[object], float | None]
     if side is not None:
         if side != "buy" and side != "sell":
             return None
-        event["side"] = side
+        event["side"] = taker_side(t, side)
     for key in ("best_bid", "best_ask"):
         quote = msg.get(key)
         if quote is not None:
@@ -120,9 +120,12 @@ class IngestPipeline:
     once per batch by the caller; every event of a batch arrived together.
     """
 
-    __slots__ = ("_parse_time", "_sampler", "invalid", "valid")
+    __slots__ = ("_parse_time", "_sampler", "feed", "invalid", "valid", "venue")
 
-    def __init__(self) -> None:
+    def __init__(self, venue: str = DEFAULT_VENUE, feed: str = "exchange") -> None:
+        """``venue`` and ``feed`` are written on every valid event (the schema's ``venue`` and ``feed``)."""
+        self.venue = venue
+        self.feed = feed
         self.valid = 0
         self.invalid = 0
         self._sampler = LogSampler()
@@ -146,13 +149,19 @@ class IngestPipeline:
         out: list[bytes] = []
         append = out.append
         invalid = 0
+        venue = self.venue
+        feed = self.feed
         for msg in trades:
             event = fast(msg, parse_time)
+            reason = None
             if event is None:
                 event, reason = normalize(msg)
-                if reason is not None:
-                    invalid += 1
-                    self._sampler.warning("validation", "invalid {} forwarded as received: {}", msg.get("type"), reason)
+            if reason is None:
+                event["venue"] = venue
+                event["feed"] = feed
+            else:
+                invalid += 1
+                self._sampler.warning("validation", "invalid {} forwarded as received: {}", msg.get("type"), reason)
             event[INGEST_MS] = ts_ms
             event[INGEST_US] = now_us
             # orjson's result keeps its 4 KiB work buffer; held payloads get an exact-size copy instead.
@@ -194,6 +203,8 @@ class IngestPipeline:
             if parse_time(second + "000000Z") is None:
                 return None
         dumps = orjson.dumps
+        venue = self.venue
+        feed = self.feed
         # orjson's result keeps its 4 KiB work buffer; held payloads get an exact-size copy instead.
         return [
             bytes(
@@ -208,6 +219,8 @@ class IngestPipeline:
                             "trade_id": trade_id,
                             "sequence": sequence,
                             "side": side,
+                            "venue": venue,
+                            "feed": feed,
                             INGEST_MS: ts_ms,
                             INGEST_US: now_us,
                         }
@@ -215,6 +228,13 @@ class IngestPipeline:
                 )
             )
             for product_id, price, size, time, trade_id, sequence, side in zip(
-                product_ids, price_values, size_values, times, trade_ids, sequences, sides, strict=True
+                product_ids,
+                price_values,
+                size_values,
+                times,
+                trade_ids,
+                sequences,
+                map(TAKER_SIDE_OF_MAKER.__getitem__, sides),
+                strict=True,
             )
         ]

@@ -26,6 +26,17 @@ already delivered before a reconnect, so it is counted but not forwarded."""
 
 CONTROL_TYPES = frozenset({"subscriptions", "heartbeat", "error"})
 
+TAKER_SIDE_OF_MAKER = {"buy": "sell", "sell": "buy"}
+
+
+def taker_side(message_type: str, side: str) -> str:
+    """The taker's (aggressor's) side of a trade: the event's ``side`` means this for every feed.
+
+    Coinbase's ``match`` carries the maker order's side, its ``ticker`` the taker's (Exchange
+    WebSocket channel docs), so a match's side is flipped. P1's column path uses the same mapping.
+    """
+    return TAKER_SIDE_OF_MAKER[side] if message_type == "match" else side
+
 
 def _no_bool(v: Any) -> Any:
     if isinstance(v, bool):
@@ -58,6 +69,8 @@ class _TradeRules(BaseModel):
     def to_event(self) -> dict[str, Any]:
         """The wire form: the fields that are set, in the schema's order."""
         event = {f.name: getattr(self, f.name) for f in VENUE_FIELDS}
+        if self.side is not None:
+            event["side"] = taker_side(self.type, self.side)
         return {k: v for k, v in event.items() if v is not None}
 
 

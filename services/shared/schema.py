@@ -77,7 +77,15 @@ FIELDS: tuple[Field, ...] = (
     Field("time", "str", True, "venue", "exchange time, ISO-8601 UTC as sent", time=True, reason="invalid_time"),
     Field("trade_id", "int", True, "venue", "the venue's trade id, per product", reason="missing_trade_id"),
     Field("sequence", "int", False, "venue", "the venue's message sequence, when sent"),
-    Field("side", "str", False, "venue", "`buy`/`sell`, when sent", choices=("buy", "sell")),
+    Field(
+        "side",
+        "str",
+        False,
+        "venue",
+        "`buy`/`sell`: always the **taker's** (aggressor's) side; a Coinbase `match` carries the maker's, "
+        "so P1 flips it (`shared/models.py: taker_side`)",
+        choices=("buy", "sell"),
+    ),
     Field("best_bid", "number", False, "venue", "ticker only"),
     Field("best_ask", "number", False, "venue", "ticker only"),
     Field("venue", "str", False, "P1", f"the venue; `{DEFAULT_VENUE}` when absent", max_length=NAME_MAX),

@@ -212,6 +212,33 @@ async def test_heartbeats_ticker_and_unsubscribe():
         assert server.stats["messages_sent"]["ticker"] >= len(tickers)
 
 
+async def test_a_ticker_subscriber_first_gets_each_products_latest_trade_as_a_ticker():
+    async with exchange(rate=300.0) as server, client(server) as ws:
+        await asyncio.sleep(0.3)
+        request = {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channels": ["ticker"]}
+        await ws.send(orjson.dumps(request))
+        assert (await recv_json(ws))["type"] == "subscriptions"
+        first = [await recv_json(ws), await recv_json(ws)]
+        assert [m["product_id"] for m in first] == ["BTC-USD", "ETH-USD"]
+        for i, m in enumerate(first):
+            assert m["type"] == "ticker" and normalize_trade(m)[1] is None
+            assert m["trade_id"] <= server.market.last_trade_id(i)
+
+
+async def test_a_subscribe_naming_an_unknown_product_is_rejected_whole_as_coinbase_does():
+    async with exchange(rate=300.0) as server, client(server) as ws:
+        request = {"type": "subscribe", "product_ids": ["BTC-USD", "XYZ-USD"], "channels": ["matches"]}
+        await ws.send(orjson.dumps(request))
+        assert await recv_json(ws) == {
+            "type": "error",
+            "message": "Failed to subscribe",
+            "reason": "XYZ-USD is not a valid product",
+        }
+        await ws.send(orjson.dumps({"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["matches"]}))
+        assert (await recv_json(ws))["type"] == "subscriptions"
+        assert (await recv_json(ws))["type"] == "last_match"
+
+
 async def test_disconnect_every_closes_each_connection_after_its_lifetime():
     async with exchange(rate=200.0, disconnect_every_s=0.4) as server:
         for _ in range(2):

@@ -22,6 +22,9 @@ from mercurystream.shared.timeparse import IsoTimeParser
 
 START_US = 1_714_567_890_000_000  # 2024-05-01T12:51:30Z
 DECIMAL = re.compile(r"^\d+\.\d{8}$")
+TRIMMED = re.compile(r"^(0|[1-9]\d*)(\.\d*[1-9])?$")
+"""A trade price or size as the live feed formats it: no trailing zeros (``"22386.3"``, ``"0.0006"``)."""
+TRIMMED_FIELDS = ("price", "open_24h", "low_24h", "high_24h", "best_bid", "best_ask", "last_size")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MATCH_FIELDS = ["type", "trade_id", "maker_order_id", "taker_order_id", "side", "size", "price", "product_id"]
@@ -76,14 +79,16 @@ def test_messages_have_coinbase_shapes(stream):
     for (key, kind, _), o in zip(msgs, objs, strict=True):
         if kind == MATCH:
             assert list(o) == MATCH_FIELDS
-            assert DECIMAL.match(o["price"]) and DECIMAL.match(o["size"])
+            assert TRIMMED.match(o["price"]) and TRIMMED.match(o["size"]), (o["price"], o["size"])
             assert UUID.match(o["maker_order_id"]) and UUID.match(o["taker_order_id"])
             assert o["side"] in ("buy", "sell")
         else:
             assert kind == TICKER
             assert list(o) == TICKER_FIELDS
             for f in TICKER_FIELDS:
-                if f not in ("type", "sequence", "product_id", "side", "time", "trade_id"):
+                if f in TRIMMED_FIELDS:
+                    assert TRIMMED.match(o[f]), (f, o[f])
+                elif f not in ("type", "sequence", "product_id", "side", "time", "trade_id"):
                     assert DECIMAL.match(o[f]), (f, o[f])
             assert float(o["best_bid"]) < float(o["best_ask"])
             assert float(o["low_24h"]) <= float(o["price"]) <= float(o["high_24h"])
@@ -148,7 +153,7 @@ def test_last_match_precedes_the_stream():
     assert after == {**last, "type": "last_match"}
 
 
-def test_ticker_folds_cascades_so_it_skips_trade_ids(stream):
+def test_one_ticker_per_fill_so_a_cascade_gives_contiguous_trade_ids(stream):
     _, _, objs = stream
     by_taker = defaultdict(list)
     tickers = []
@@ -162,16 +167,48 @@ def test_ticker_folds_cascades_so_it_skips_trade_ids(stream):
     for fills in cascades:
         assert len({f["time"] for f in fills}) == 1
         assert len({f["side"] for f in fills}) == 1
-    last_of_order = {fills[-1]["trade_id"]: fills for fills in by_taker.values()}
-    assert len(tickers) == len(by_taker)
+    matches = {o["trade_id"]: o for o in objs if o["type"] == "match"}
+    assert len(tickers) == len(matches)
     for t in tickers:
-        fills = last_of_order[t["trade_id"]]
-        assert t["price"] == fills[-1]["price"] and t["last_size"] == fills[-1]["size"]
-        assert t["sequence"] == fills[-1]["sequence"]
+        fill = matches[t["trade_id"]]
+        assert t["price"] == fill["price"] and t["last_size"] == fill["size"]
+        assert t["sequence"] == fill["sequence"] and t["time"] == fill["time"]
         # The match side is the maker's; the ticker's is the taker's.
-        assert t["side"] != fills[-1]["side"]
-    btc = [t["trade_id"] for t in tickers if t["product_id"] == "BTC-USD"]
-    assert any(b - a > 1 for a, b in itertools.pairwise(btc))
+        assert t["side"] != fill["side"]
+    for product in ("BTC-USD", "ETH-USD", "SOL-USD"):
+        ids = [t["trade_id"] for t in tickers if t["product_id"] == product]
+        assert all(b - a == 1 for a, b in itertools.pairwise(ids))
+
+
+def test_sequence_skips_follow_the_recorded_distribution(stream):
+    """Skips between orders: median 99, p10 18, p90 430 in the recording (tests/fixtures/SOURCES.md)."""
+    _, _, objs = stream
+    between, within = [], []
+    last: dict[str, dict] = {}
+    for o in objs:
+        if o["type"] != "match":
+            continue
+        prev = last.get(o["product_id"])
+        if prev is not None:
+            same = prev["taker_order_id"] == o["taker_order_id"]
+            (within if same else between).append(o["sequence"] - prev["sequence"])
+        last[o["product_id"]] = o
+    assert set(within) <= {2, 3} and within.count(2) > 0.9 * len(within)
+    between.sort()
+    assert min(between) >= 3
+    assert 70 <= between[len(between) // 2] <= 130
+    assert 10 <= between[len(between) // 10] <= 30
+    assert 300 <= between[9 * len(between) // 10] <= 600
+
+
+def test_subscribe_ticker_repeats_the_latest_fill():
+    m = market()
+    msgs = m.advance(2_000_000)
+    last = [orjson.loads(t) for _, kind, t in msgs if kind == TICKER and b'"BTC-USD"' in t][-1]
+    again = orjson.loads(m.subscribe_ticker(0))
+    assert {k: again[k] for k in ("trade_id", "price", "last_size", "side", "time", "sequence")} == {
+        k: last[k] for k in ("trade_id", "price", "last_size", "side", "time", "sequence")
+    }
 
 
 def test_tickers_off_leaves_the_match_stream_unchanged():

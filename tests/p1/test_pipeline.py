@@ -27,7 +27,9 @@ def test_valid_trades_are_normalized_and_stamped_once_per_batch():
         "time": "2024-05-01T12:34:56.789012Z",
         "trade_id": 1,
         "sequence": 1001,
-        "side": "sell",
+        "side": "buy",  # the taker's: the match's maker side was "sell"
+        "venue": "coinbase",
+        "feed": "exchange",
         "ingest_ts_ms": 1_714_566_896_789,
         "ingest_ts_us": 1_714_566_896_789_012,
     }
@@ -196,7 +198,8 @@ def per_event(batch: list[dict], now_us: int) -> tuple[list[bytes], int]:
     for msg in batch:
         event, reason = normalize_trade(dict(msg))
         invalid += reason is not None
-        out.append(orjson.dumps({**event, "ingest_ts_ms": now_us // 1000, "ingest_ts_us": now_us}))
+        origin = {"venue": "coinbase", "feed": "exchange"} if reason is None else {}
+        out.append(orjson.dumps({**event, **origin, "ingest_ts_ms": now_us // 1000, "ingest_ts_us": now_us}))
     return out, invalid
 
 

@@ -442,6 +442,8 @@ async def test_a_file_name_that_is_not_utf8_is_printed_not_a_traceback(tmp_path:
     assert b"Traceback" not in stderr
     assert proc.returncode == 0, stderr
     assert b"rec\\udcff.jsonl" in stdout
+
+
 # ---------------------------------------------------------------- Parquet recordings
 
 

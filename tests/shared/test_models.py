@@ -52,7 +52,7 @@ def test_match_decimal_strings_become_floats_and_size_maps_to_last_size():
         "time": "2014-11-07T08:19:27.028459Z",
         "trade_id": 10,
         "sequence": 50,
-        "side": "sell",
+        "side": "buy",  # the taker's: a match's "side" is the maker order's
     }
     assert list(event) == ["type", "product_id", "price", "last_size", "time", "trade_id", "sequence", "side"]
 

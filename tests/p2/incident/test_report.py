@@ -350,6 +350,8 @@ def test_the_chart_links_are_left_out_while_there_is_no_chart(tmp_path):
     a = bundle_from(tmp_path, [event(k) for k in range(1, 30)] + [event(12)], pre=50, post=0)
     text = render_report(a, chart_note=CHART_PENDING)
     assert "[chart]" not in text and "orange diamond" not in text
+
+
 def _bad_bundle(root, name: str, meta: bytes):
     bundle = root / name
     bundle.mkdir(parents=True)
