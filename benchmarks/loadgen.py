@@ -94,7 +94,7 @@ class AckReader:
     def feed(self, data: bytes) -> None:
         for msg in self._decoder.feed(data):
             if not isinstance(msg, AckError):
-                self.acked, self.final = msg
+                self.acked, self.final = msg.count, msg.final
 
 
 def connect(host: str, port: int, timeout_s: float) -> socket.socket:

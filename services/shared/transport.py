@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import orjson
 
@@ -44,7 +44,8 @@ class AckError(ValueError):
         self.fatal = fatal
 
 
-class Ack(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Ack:
     """``count``: P2 has parsed and published the first ``count`` frames; ``final``: it is closing."""
 
     count: int
