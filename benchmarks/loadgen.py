@@ -27,8 +27,8 @@ import orjson
 
 from benchmarks.stream import FrameStream, read_pool
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.framing import FrameDecoder
 from mercurystream.shared.runtime import tune_gc
+from mercurystream.shared.transport import AckDecoder, AckError
 
 TICK_S = 0.001
 MAX_CHUNK_S = 0.01
@@ -84,20 +84,17 @@ class Pacer:
 
 
 class AckReader:
-    """Keeps the latest ``{"ack": N}`` the receiver sent; the receiver's frames are parsed, the rest ignored."""
+    """Keeps the latest ``{"ack": N}`` the receiver sent; frames that are not acks are ignored."""
 
     def __init__(self) -> None:
-        self._decoder = FrameDecoder()
+        self._decoder = AckDecoder()
         self.acked = 0
         self.final = False
 
     def feed(self, data: bytes) -> None:
-        payloads = self._decoder.feed(data)
-        if payloads:
-            msg = orjson.loads(payloads[-1])
-            if isinstance(msg, dict) and isinstance(msg.get("ack"), int):
-                self.acked = msg["ack"]
-                self.final = bool(msg.get("final"))
+        for msg in self._decoder.feed(data):
+            if not isinstance(msg, AckError):
+                self.acked, self.final = msg.count, msg.final
 
 
 def connect(host: str, port: int, timeout_s: float) -> socket.socket:

@@ -13,17 +13,13 @@ import contextlib
 from collections import deque
 from collections.abc import Sequence
 
-import orjson
 from loguru import logger
 
 from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.metrics import P1Metrics
-from mercurystream.shared.framing import FrameDecoder, FrameTooLarge, encode_frames
+from mercurystream.shared.framing import encode_frames
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.transport import EventSink
-
-ACK_MAX_FRAME_BYTES = 4096
-"""Acks are a few bytes; anything bigger is not P2 and the connection is not trusted."""
+from mercurystream.shared.transport import AckDecoder, AckError, EventSink
 
 
 class AckProtocolError(Exception):
@@ -74,7 +70,7 @@ class SendBuffer:
         self.closed = False
         self.conn_sent = 0
         self.conn_acked = 0
-        self._decoder = FrameDecoder(ACK_MAX_FRAME_BYTES)
+        self._decoder = AckDecoder()
         self._sampler = LogSampler()
 
     @property
@@ -125,7 +121,7 @@ class SendBuffer:
         self.connected = True
         self.conn_sent = 0
         self.conn_acked = 0
-        self._decoder = FrameDecoder(ACK_MAX_FRAME_BYTES)
+        self._decoder = AckDecoder()
 
     def take(self, max_events: int) -> list[bytes]:
         """The next events to write on this connection, oldest first; they become unacked."""
@@ -145,23 +141,16 @@ class SendBuffer:
 
     def on_bytes(self, data: bytes) -> tuple[int, bool]:
         """Feed bytes read from P2; returns ``(events newly acknowledged, final ack seen)``."""
-        try:
-            payloads = self._decoder.feed(data)
-        except FrameTooLarge as exc:
-            raise AckProtocolError(f"ack frame too large: {exc}") from None
         acked = 0
-        for payload in payloads:
-            try:
-                msg = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                msg = None
-            n = msg.get("ack") if type(msg) is dict else None
-            if type(n) is not int:
+        for msg in self._decoder.feed(data):
+            if isinstance(msg, AckError):
+                if msg.fatal:
+                    raise AckProtocolError(str(msg))
                 self.bad_acks += 1
-                self._sampler.warning("bad_ack", "P2 sent a frame that is not an ack: {!r}", payload[:200])
+                self._sampler.warning("bad_ack", "P2 sent a frame that is not an ack ({}): {!r}", msg, msg.payload)
                 continue
-            acked += self.on_ack(n)
-            if msg.get("final") is True:
+            acked += self.on_ack(msg.count)
+            if msg.final:
                 self.on_final()
                 return acked, True
         return acked, False

@@ -20,9 +20,9 @@ from mercurystream.p2.batch import Batch, normalize
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.transport import EventSource
+from mercurystream.shared.transport import EventSource, encode_ack
 
 ACK_HIGH_WATER = 64 * 1024
 """Above this many unsent bytes the peer is not reading acks (replay): stop writing them to it."""
@@ -31,10 +31,8 @@ FRAME_ERROR_REASONS = ("invalid_json", "not_object", "oversize", "truncated")
 
 
 def ack_frame(frames: int, final: bool = False) -> bytes:
-    """``{"ack": N}`` (or ``{"ack": N, "final": true}``) as a frame."""
-    if final:
-        return encode_frame(b'{"ack":%d,"final":true}' % frames)
-    return encode_frame(b'{"ack":%d}' % frames)
+    """``{"ack": N}`` (or ``{"ack": N, "final": true}``) as a frame, in the shared codec."""
+    return encode_ack(frames, final)
 
 
 class Received:

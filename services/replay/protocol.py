@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from mercurystream.shared.framing import FrameDecoder, FrameTooLarge, decode_object
-
-ACK_MAX_FRAME_BYTES = 64 * 1024
+from mercurystream.shared.transport import AckDecoder, AckError
 
 
 class RatePacer:
@@ -50,27 +48,21 @@ class AckTracker:
     """
 
     def __init__(self) -> None:
-        self._decoder = FrameDecoder(ACK_MAX_FRAME_BYTES)
+        self._decoder = AckDecoder()
         self.acked = 0
         self.final = False
         self.other = 0
         self.broken = False
 
     def feed(self, data: bytes) -> None:
-        if self.broken:
-            return
-        try:
-            payloads = self._decoder.feed(data)
-        except FrameTooLarge:
-            self.broken = True
-            return
-        for payload in payloads:
-            obj, _ = decode_object(payload)
-            n = obj.get("ack") if obj is not None else None
-            if type(n) is not int:
-                self.other += 1
+        for msg in self._decoder.feed(data):
+            if isinstance(msg, AckError):
+                if msg.fatal:
+                    self.broken = True
+                else:
+                    self.other += 1
                 continue
-            if n > self.acked:
-                self.acked = n
-            if obj.get("final") is True:
+            if msg.count > self.acked:
+                self.acked = msg.count
+            if msg.final:
                 self.final = True

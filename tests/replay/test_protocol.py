@@ -3,8 +3,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from mercurystream.replay.protocol import ACK_MAX_FRAME_BYTES, AckTracker, RatePacer
+from mercurystream.replay.protocol import AckTracker, RatePacer
 from mercurystream.shared.framing import encode_frame, encode_frames
+from mercurystream.shared.transport import ACK_MAX_BYTES
 
 
 def test_pacer_schedule_is_absolute() -> None:
@@ -67,4 +68,4 @@ def test_a_peer_that_does_not_speak_the_protocol_is_ignored() -> None:
     assert t.broken
     t.feed(ack(5))
     assert t.acked == 0
-    assert int.from_bytes(b"HTTP", "big") > ACK_MAX_FRAME_BYTES
+    assert int.from_bytes(b"HTTP", "big") > ACK_MAX_BYTES

@@ -1,0 +1,38 @@
+"""Static tools resolve ``mercurystream.*`` through the top-level symlink ``mercurystream -> services``.
+
+pyproject maps the package onto services/ and the editable install follows that at run time, but
+pyright and IDEs only look for a directory named like the package: the symlink is that directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_the_symlink_points_at_the_mapped_directory() -> None:
+    link = ROOT / "mercurystream"
+    mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]["mercurystream"]
+    assert link.is_symlink()
+    assert link.readlink() == Path(mapped)
+    assert link.resolve() == (ROOT / mapped).resolve()
+
+
+def test_every_declared_package_resolves_through_the_symlink() -> None:
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        assert (ROOT / package.replace(".", "/") / "__init__.py").is_file(), package
+
+
+@pytest.mark.skipif(shutil.which("pyright") is None, reason="pyright is not installed (npm install -g pyright)")
+def test_pyright_resolves_the_package_imports() -> None:
+    target = ROOT / "services" / "shared" / "transport.py"
+    run = subprocess.run(["pyright", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert " errors, " in run.stdout, run.stdout + run.stderr
+    assert "reportMissingImports" not in run.stdout, run.stdout
