@@ -40,8 +40,8 @@ from prometheus_client import CollectorRegistry
 from mercurystream.exchange.market import MATCH, Market
 from mercurystream.p1.pipeline import IngestPipeline
 from mercurystream.p2.analytics import CheckedTrades
-from mercurystream.p2.config import P2Settings
 from mercurystream.p2.app import P2App, loop_factory, tune_runtime
+from mercurystream.p2.config import P2Settings
 from mercurystream.p2.server import IngestDecoder
 from mercurystream.shared.event import EventColumns, WireEvent
 from mercurystream.shared.framing import FrameDecoder, encode_frames
