@@ -1,7 +1,8 @@
 """The measurements, one function each, over the processes of a :class:`~benchmarks.lab.Lab`.
 
-Every throughput step uses a fresh receiver process, so no step inherits the backlog, the windows
-or an incident capture of the one before. A step *passes* when the load generator achieved the rate
+Every throughput step here uses a fresh receiver process, so no step inherits the backlog, the
+windows or an incident capture of the one before (the input scenarios, ``benchmarks/scenarios.py``,
+keep one P2 across their steps on purpose). A step *passes* when the load generator achieved the rate
 and, within the grace period after its last frame, every consumer processed exactly the events sent
 (the recorder: wrote them to disk) with no drop. Rates above the limit by a hair can still pass: the
 bus queues absorb up to ``BUS_QUEUE_EVENTS`` of backlog, which must then drain within the grace.

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one run, coarser sweep (about 4 minutes)")
+    mode.add_argument("--quick", action="store_true", help="one run, coarser sweep (about 7 minutes)")
     mode.add_argument("--smoke", action="store_true", help="tiny version of every measurement (seconds)")
     p.add_argument("--runs", type=int, default=None, help="runs to take medians over (default 3; quick/smoke 1)")
     p.add_argument("--out", type=Path, default=HERE, help="directory for results.json and results.png")
