@@ -150,9 +150,21 @@ class Lab:
         self._ready("P1 metrics", svc, lambda: http_ok(url))
         return Endpoint(svc, 0, metrics_port, {})
 
-    def loadgen(self, port: int, rate: float, *, duration: float | None = None, count: int | None = None) -> LoadGen:
+    def loadgen(
+        self,
+        port: int,
+        rate: float,
+        *,
+        duration: float | None = None,
+        count: int | None = None,
+        shape: str = "p1",
+        skip: int = 0,
+        storm: int = 0,
+        seed: int = 0,
+    ) -> LoadGen:
+        """A load generator of the pool's stream; ``shape``, ``skip``, ``storm``, ``seed`` as its flags."""
         argv = [sys.executable, "-m", "benchmarks.loadgen", "--pool", str(self.pool), "--port", str(port)]
-        argv += ["--rate", str(rate)]
+        argv += ["--rate", str(rate), "--shape", shape, "--skip", str(skip), "--storm", str(storm), "--seed", str(seed)]
         argv += ["--duration", str(duration)] if duration is not None else ["--count", str(count)]
         self._seq += 1
         gen = LoadGen(argv, self.env({}), self.logs / f"{self._seq:03d}-loadgen.err")

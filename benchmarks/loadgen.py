@@ -4,6 +4,11 @@
 the receiver starts), then every ~1 ms writes the frames owed by then, all stamped with that moment's
 wall clock, as P1 stamps a batch. It reads the receiver's acks as P1 does, so P2 keeps paying for them.
 
+``--shape`` picks the events' tail (P1's stamps, the seed's, a replayed incident line's) and
+``--skip N`` starts N frames into the stream, so consecutive runs against one receiver continue its
+trade ids and times; ``--storm W`` instead resends the stream's first W events, shuffled, as
+duplicates that are all out of order (the receiver must have had those W first, in order).
+
 It prints one JSON line when the last frame is written (the harness starts its grace period then)
 and one when the receiver has closed the connection. The first line says whether the target rate
 was *achieved*: the last frame must be written within 1 % of the nominal duration. A receiver that
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.stream import FrameStream, read_pool
+from benchmarks.stream import SHAPES, FrameStream, StormStream, read_pool
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.runtime import tune_gc
 from mercurystream.shared.transport import AckDecoder, AckError
@@ -149,7 +154,9 @@ def _write(sock: socket.socket, data: bytes) -> tuple[bool, float]:
     return True, time.perf_counter() - t
 
 
-def send(sock: socket.socket, stream: FrameStream, pacer: Pacer) -> tuple[dict[str, float | int | bool], AckReader]:
+def send(
+    sock: socket.socket, stream: FrameStream | StormStream, pacer: Pacer
+) -> tuple[dict[str, float | int | bool], AckReader]:
     """The paced loop: the send-side figures (the first JSON line) and the acks read so far."""
     # Blocking, so flags decide per call; the kernel's send timeout bounds a write to a stuck receiver.
     sock.setblocking(True)
@@ -228,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, required=True, help="events per second")
     p.add_argument("--duration", type=float, default=None, help="seconds of sending (or --count)")
     p.add_argument("--count", type=int, default=None, help="events to send (or --duration)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="p1", help="the events' stamps and extra keys")
+    p.add_argument("--skip", type=int, default=0, help="frames of the stream to skip (a sweep's earlier steps)")
+    p.add_argument("--storm", type=int, default=0, metavar="W", help="resend the first W events, shuffled")
+    p.add_argument("--seed", type=int, default=0, help="the storm's shuffle")
     p.add_argument("--connect-timeout", type=float, default=15.0)
     p.add_argument("--linger", type=float, default=60.0, help="seconds to wait for the receiver to close")
     return p
@@ -242,9 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0 or (args.duration is None) == (args.count is None):
         print("loadgen: error: give a positive --rate and exactly one of --duration, --count", file=sys.stderr)
         return EXIT_USAGE
+    if args.skip < 0 or args.storm < 0 or (args.skip and args.storm):
+        print("loadgen: error: --skip and --storm are >= 0, and not both", file=sys.stderr)
+        return EXIT_USAGE
     total = args.count if args.count is not None else round(args.rate * args.duration)
     try:
-        stream = FrameStream(read_pool(args.pool))
+        pool = read_pool(args.pool)
+        stream: FrameStream | StormStream
+        if args.storm:
+            stream = StormStream(pool, args.storm, args.seed, args.shape)
+        else:
+            stream = FrameStream(pool, args.shape)
+            stream.position = args.skip
     except (OSError, ValueError) as exc:
         print(f"loadgen: error: pool {args.pool}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,8 @@
 """The measurements, one function each, over the processes of a :class:`~benchmarks.lab.Lab`.
 
-Every throughput step uses a fresh receiver process, so no step inherits the backlog, the windows
-or an incident capture of the one before. A step *passes* when the load generator achieved the rate
+Every throughput step here uses a fresh receiver process, so no step inherits the backlog, the
+windows or an incident capture of the one before (the input scenarios, ``benchmarks/scenarios.py``,
+keep one P2 across their steps on purpose). A step *passes* when the load generator achieved the rate
 and, within the grace period after its last frame, every consumer processed exactly the events sent
 (the recorder: wrote them to disk) with no drop. Rates above the limit by a hair can still pass: the
 bus queues absorb up to ``BUS_QUEUE_EVENTS`` of backlog, which must then drain within the grace.
@@ -56,6 +57,9 @@ class Profile:
     p1_window_s: float
     replay_events: int
     pool_events: int
+    scenario_max_steps: int
+    settle_quiet_s: float
+    settle_max_s: float
 
 
 FULL = Profile(
@@ -78,6 +82,9 @@ FULL = Profile(
     p1_window_s=5.0,
     replay_events=1_000_000,
     pool_events=100_000,
+    scenario_max_steps=12,
+    settle_quiet_s=0.5,
+    settle_max_s=30.0,
 )
 QUICK = Profile(
     **{
@@ -109,6 +116,9 @@ SMOKE = Profile(
     p1_window_s=1.5,
     replay_events=20_000,
     pool_events=20_000,
+    scenario_max_steps=2,
+    settle_quiet_s=0.3,
+    settle_max_s=10.0,
 )
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
@@ -116,21 +126,34 @@ PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 # --- throughput steps ---------------------------------------------------------------------------------
 
 
-def _p2_verdict(m: Sample, sent: int) -> tuple[bool, str | None]:
-    """``(settled, failure)``: settled once every count reached ``sent`` or a drop makes it fail anyway."""
-    drops = m.total("mercurystream_drops_total")
-    if drops:
-        return True, f"{drops:.0f} events dropped ({_nonzero(m.by_label('mercurystream_drops_total', 'consumer'))})"
+def p2_counts(m: Sample) -> dict[str, float]:
+    """What the zero-drop verdict compares: events received, each consumer's processed, recorded, drops by consumer."""
     processed = m.by_label("mercurystream_consumer_events_total", "consumer")
     missing = [c for c in CONSUMERS if c not in processed]
     if missing:
         raise ServiceError(f"P2 runs without consumer(s) {', '.join(missing)}: the benchmark needs all of them")
-    counts = {
+    drops = {f"drops:{c}": v for c, v in m.by_label("mercurystream_drops_total", "consumer").items()}
+    return {
         "received": m.value("mercurystream_events_total"),
         **{c: processed[c] for c in CONSUMERS},
         "recorded": m.value("mercurystream_recorded_events_total"),
+        **drops,
     }
-    behind = {k: int(v) for k, v in counts.items() if v != sent}
+
+
+def p2_verdict(m: Sample, sent: int, before: dict[str, float] | None = None) -> tuple[bool, str | None]:
+    """``(settled, failure)``: settled once every count reached ``sent`` or a drop makes it fail anyway.
+
+    ``before`` (:func:`p2_counts` at the step's start) makes every count a delta, for a P2 that
+    lives across steps.
+    """
+    counts = p2_counts(m)
+    if before is not None:
+        counts = {k: v - before.get(k, 0.0) for k, v in counts.items()}
+    drops = {k.removeprefix("drops:"): v for k, v in counts.items() if k.startswith("drops:")}
+    if sum(drops.values()):
+        return True, f"{sum(drops.values()):.0f} events dropped ({_nonzero(drops)})"
+    behind = {k: int(v) for k, v in counts.items() if not k.startswith("drops:") and v != sent}
     if behind:
         return False, f"not all of {sent} events processed: {behind}"
     return True, None
@@ -144,10 +167,15 @@ Verdict = Callable[[Sample, int], tuple[bool, str | None]]
 """``(metrics, events sent) -> (settled, failure or None)``."""
 
 
-def _drive(lab: Lab, target: Endpoint, rate: float, step_s: float, grace_s: float, verdict: Verdict) -> dict[str, Any]:
-    """Send for ``step_s`` at ``rate`` to ``target``, then poll its metrics through the grace period."""
-    gen = lab.loadgen(target.port, rate, duration=step_s)
-    sent = gen.sent(timeout_s=step_s * 4 + 60)
+def drive(
+    lab: Lab, target: Endpoint, rate: float, step_s: float, grace_s: float, verdict: Verdict, **gen: Any
+) -> dict[str, Any]:
+    """Send for ``step_s`` at ``rate`` to ``target``, then poll its metrics through the grace period.
+
+    ``gen`` goes to :meth:`Lab.loadgen` (the stream's shape, where it starts, a storm).
+    """
+    loadgen = lab.loadgen(target.port, rate, duration=step_s, **gen)
+    sent = loadgen.sent(timeout_s=step_s * 4 + 60)
     t_sent = time.monotonic()
     state: dict[str, Any] = {"failure": "no metrics"}
 
@@ -158,7 +186,7 @@ def _drive(lab: Lab, target: Endpoint, rate: float, step_s: float, grace_s: floa
     poll_until(settled, grace_s)
     settle_s = time.monotonic() - t_sent
     final = target.metrics()
-    closed = gen.finish()
+    closed = loadgen.finish()
     failure = state["failure"]
     if not sent["achieved"]:
         why = "the generator could not render fast enough" if sent["generator_limited"] else "receiver backpressure"
@@ -177,7 +205,7 @@ def _drive(lab: Lab, target: Endpoint, rate: float, step_s: float, grace_s: floa
 def p2_step(lab: Lab, rate: float, prof: Profile, flight_recorder: bool = True) -> dict[str, Any]:
     p2 = lab.p2(RECORD="true", FLIGHT_RECORDER=str(flight_recorder).lower())
     try:
-        step = _drive(lab, p2, rate, prof.step_s, prof.grace_s, _p2_verdict)
+        step = drive(lab, p2, rate, prof.step_s, prof.grace_s, p2_verdict)
         m: Sample = step.pop("_metrics")
         step["processed"] = {
             c: int(v) for c, v in m.by_label("mercurystream_consumer_events_total", "consumer").items()
@@ -202,16 +230,18 @@ def _baseline_verdict(m: Sample, sent: int) -> tuple[bool, str | None]:
 def baseline_step(lab: Lab, rate: float, prof: Profile) -> dict[str, Any]:
     reader = lab.baseline()
     try:
-        step = _drive(lab, reader, rate, prof.step_s, prof.grace_s, _baseline_verdict)
+        step = drive(lab, reader, rate, prof.step_s, prof.grace_s, _baseline_verdict)
         step["processed"] = {"baseline": int(step.pop("_metrics").value("baseline_events_total"))}
         return step
     finally:
         lab.stop(reader)
 
 
-def sweep(name: str, run_step, start: float, factor: float, prof: Profile) -> dict[str, Any]:
-    """Search the highest passing rate; ``run_step(rate) -> step dict``."""
-    search = RateSweep(start, factor=factor, precision=prof.precision, max_steps=prof.max_steps)
+def sweep(
+    name: str, run_step, start: float, factor: float, prof: Profile, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Search the highest passing rate; ``run_step(rate) -> step dict``; ``max_steps`` overrides the profile's."""
+    search = RateSweep(start, factor=factor, precision=prof.precision, max_steps=max_steps or prof.max_steps)
     steps = []
     while (rate := search.next_rate) is not None:
         step = run_step(rate)

@@ -12,6 +12,10 @@ BARS = (
     ("P2\nno flight rec.", "p2_no_flight_recorder_events_per_s", "#6baed6"),
     ("P1\nWS -> TCP", "p1_msgs_per_s", "#2ca02c"),
     ("replay\n--rate 0", "replay_events_per_s", "#ff7f0e"),
+    ("scenario\np1", "scenario_p1_events_per_s", "#9467bd"),
+    ("scenario\nseed", "scenario_seed_events_per_s", "#9467bd"),
+    ("scenario\nreplayed", "scenario_replayed_events_per_s", "#9467bd"),
+    ("scenario\nstorm", "scenario_storm_events_per_s", "#8c564b"),
 )
 PCTS = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"), ("p99.9", "p99_9"))
 
@@ -28,7 +32,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = results["summary"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [1.7, 1]})
 
     labels, values, colors, spreads, tops = [], [], [], [], []
     for label, metric, color in BARS:
@@ -51,7 +55,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     if limit:
         ax1.axhline(0.3 * limit / 1000, ls="--", color="#1f77b4", lw=1, label="goal: 0.3 x parsing limit")
     ax1.axhline(200, ls=":", color="#d62728", lw=1, label="goal: P2 200k ev/s")
-    ax1.set_xticks(list(xs), labels, fontsize=9)
+    ax1.set_xticks(list(xs), labels, fontsize=8)
     ax1.set_ylabel("thousand events / s (zero-drop, median; bars: min-max of runs)")
     ax1.set_title("Throughput against the parsing limit")
     ax1.legend(fontsize=8, loc="best")

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.scenarios import RSS_GOAL_MB, SCENARIOS, Scenario
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -25,6 +27,25 @@ class Goal:
     op: str
     target: float
     unit: str
+
+
+def _scenario_goals(sc: Scenario) -> tuple[Goal, Goal]:
+    return (
+        Goal(
+            f"scenario {sc.name} >= {sc.goal:g} x parsing limit",
+            f"scenario_{sc.name}_over_baseline",
+            ">=",
+            sc.goal,
+            "x",
+        ),
+        Goal(
+            f"scenario {sc.name} peak RSS < {RSS_GOAL_MB:g} MB",
+            f"scenario_{sc.name}_peak_rss_mb",
+            "<",
+            RSS_GOAL_MB,
+            "MB",
+        ),
+    )
 
 
 GOALS = (
@@ -37,6 +58,7 @@ GOALS = (
     Goal("P1 >= 50,000 msg/s WebSocket -> TCP", "p1_msgs_per_s", ">=", 50_000, "msg/s"),
     Goal("replay >= 300,000 ev/s", "replay_events_per_s", ">=", 300_000, "ev/s"),
     Goal("flight recorder overhead < 10 %", "flight_recorder_overhead", "<", 0.10, "fraction"),
+    *(goal for sc in SCENARIOS for goal in _scenario_goals(sc)),
 )
 
 
@@ -70,6 +92,11 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
         out["p1_peak_rss_mb"] = run["p1"]["peak_rss_mb"]
     if "replay" in run:
         out["replay_events_per_s"] = run["replay"]["events_per_s"]
+    for name, sc in run.get("scenarios", {}).items():
+        out[f"scenario_{name}_events_per_s"] = sc["events_per_s"]
+        out[f"scenario_{name}_peak_rss_mb"] = sc["peak_rss_mb"]
+        if "baseline" in run:
+            out[f"scenario_{name}_over_baseline"] = _ratio(sc["events_per_s"], run["baseline"]["events_per_s"])
     return out
 
 
@@ -181,6 +208,7 @@ def table(
     for rate in latency_rates:
         for pct in ("p50", "p95", "p99", "p99_9"):
             row(f"P1->P2 latency @ {int(rate):,} ev/s {pct.replace('_', '.')} (us)", f"latency_{rate}_{pct}_us", "us")
+    lines += scenario_lines(summary, goals)
     lines.append("")
     lines.append("goals")
     lines.append("-" * (w + 40))
@@ -189,3 +217,29 @@ def table(
         target = _fmt(g["target"], g["unit"])
         lines.append(f"{mark}  {g['goal']:<{w}} value {_fmt(g['value'], g['unit'])} (target {g['op']} {target})")
     return "\n".join(lines)
+
+
+def scenario_lines(summary: dict[str, dict[str, Any]], goals: list[dict[str, Any]]) -> list[str]:
+    """The input scenarios: zero-drop rate, its ratio to the parsing limit and peak RSS, each against its goal."""
+    passed = {g["metric"]: g["passed"] for g in goals}
+    verdict = {True: "met", False: "NOT MET", None: "n/a"}
+    out = ["", "input scenarios (one long-lived P2 per sweep; medians, [runs])", "-" * 84]
+    for sc in SCENARIOS:
+        rate = summary.get(f"scenario_{sc.name}_events_per_s")
+        ratio = summary.get(f"scenario_{sc.name}_over_baseline")
+        rss = summary.get(f"scenario_{sc.name}_peak_rss_mb")
+        if rate is None:
+            continue
+        out.append(f"{sc.name:<9} {sc.about}")
+        if ratio is not None:
+            runs = ", ".join(_fmt(v, "x") for v in ratio["values"])
+            met = verdict[passed.get(f"scenario_{sc.name}_over_baseline")]
+            out.append(
+                f"{'':<9} {_fmt(rate['median'], 'ev/s'):>9} ev/s = {_fmt(ratio['median'], 'x')} x parsing limit "
+                f"[{runs}], goal >= {sc.goal:g}: {met}"
+            )
+        if rss is not None:
+            runs = ", ".join(_fmt(v, "MB") for v in rss["values"])
+            met = verdict[passed.get(f"scenario_{sc.name}_peak_rss_mb")]
+            out.append(f"{'':<9} P2 peak RSS {_fmt(rss['median'], 'MB')} MB [{runs}], goal < {RSS_GOAL_MB:g}: {met}")
+    return out

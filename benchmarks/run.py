@@ -1,7 +1,9 @@
 """``make benchmark``: every figure of the performance issue in one run, on this machine, as real processes.
 
-Per run: P2's sustained zero-drop throughput with every consumer (rate sweep), the same for the
-baseline reader (the parsing limit) and for P2 without the flight recorder; P1→P2 latency at fixed
+Per run: P2's sustained zero-drop throughput with every consumer (rate sweep, a fresh P2 per step),
+the same for the baseline reader (the parsing limit) and for P2 without the flight recorder; the
+input scenarios (``benchmarks/scenarios.py``: one long-lived P2 per sweep, per input shape, with its
+peak RSS); P1→P2 latency at fixed
 rates through exchange → P1 → P2; P2's peak RSS after 1M events at default settings; P1's throughput
 and peak RSS; replay's send rate. Medians over ``--runs`` are printed as a table with the goals, and
 written to ``results.json`` and ``results.png`` in ``--out``.
@@ -27,7 +29,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks import measure, plot, report
+from benchmarks import measure, plot, report, scenarios
 from benchmarks.lab import Lab
 from benchmarks.measure import Profile
 from benchmarks.stream import POOL_START_US, FrameStream, generate_pool, write_pool
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one run, coarser sweep (about 4 minutes)")
+    mode.add_argument("--quick", action="store_true", help="one run, coarser sweep (about 7 minutes)")
     mode.add_argument("--smoke", action="store_true", help="tiny version of every measurement (seconds)")
     p.add_argument("--runs", type=int, default=None, help="runs to take medians over (default 3; quick/smoke 1)")
     p.add_argument("--out", type=Path, default=HERE, help="directory for results.json and results.png")
@@ -100,6 +102,16 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
     start, factor = _start(prev.get("p2_no_flight_recorder") or p2["events_per_s"], prof.sweep_start, prof)
     step = partial(measure.p2_step, lab, prof=prof, flight_recorder=False)
     sweep("p2_no_flight_recorder", "P2 no flight recorder", step, start, factor)
+
+    run["scenarios"] = {}
+    for sc in scenarios.SCENARIOS:
+        start, factor = _start(prev.get(f"scenario_{sc.name}"), p2["events_per_s"], prof)
+        t = time.monotonic()
+        try:
+            run["scenarios"][sc.name] = scenarios.sweep(lab, sc, prof, start, factor)
+        finally:
+            lab.stop_all()
+            run["section_s"][f"scenario_{sc.name}"] = round(time.monotonic() - t, 1)
 
     def latencies() -> dict[str, Any]:
         out = {}
@@ -157,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             prev = {
                 k: run[k]["events_per_s"] for k in ("p2", "baseline", "p2_no_flight_recorder") if run[k]["events_per_s"]
             }
+            prev |= {f"scenario_{k}": v["events_per_s"] for k, v in run["scenarios"].items() if v["events_per_s"]}
     except (ServiceError, OSError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 1
@@ -189,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             "Throughput: highest rate at which a fresh receiver processed every event in every consumer "
             f"(recorder: written to disk) with no drop, {prof.step_s:g} s of sending plus {prof.grace_s:g} s grace.",
             "Latency: exchange -> P1 -> P2 with every consumer, recv_ts_us - ingest_ts_us from P2's recording.",
+            "Scenarios: each a rate sweep against one long-lived P2 (recorder on, flight recorder at its defaults); "
+            "a step passes on the deltas of P2's counters (every consumer processed every event, no bus queue drop) "
+            "after P2 settled; trade ids and times keep increasing across the sweep, except in the storm, which "
+            f"resends the first {scenarios.STORM_WINDOW:,} events shuffled; peak RSS is P2's VmHWM at the sweep's end.",
         ],
     }
     args.out.mkdir(parents=True, exist_ok=True)

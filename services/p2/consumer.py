@@ -13,7 +13,8 @@ from abc import ABC, abstractmethod
 
 from loguru import logger
 
-from mercurystream.p2.bus import Batch, Bus, Subscription
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus, Subscription
 
 
 class Consumer(ABC):

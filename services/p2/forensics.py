@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.detectors import (

@@ -37,3 +37,19 @@ def test_goals_pass_fail_and_unmeasured():
     failing = summarize([run(150_000, 500_000, 150_000, 1_500)])
     text = table(failing, evaluate_goals(failing), ["10000"], 1_000_000)
     assert "FAIL" in text and "n/a" in text and "P2 / parsing limit" in text
+
+
+def test_scenarios_are_ratios_per_run_with_goals_and_a_table_block():
+    runs = [run(200_000, 500_000, 210_000, 800), run(100_000, 200_000, 100_000, 900)]
+    runs[0]["scenarios"] = {"p1": {"events_per_s": 300_000, "peak_rss_mb": 70.0}}
+    runs[1]["scenarios"] = {"p1": {"events_per_s": 80_000, "peak_rss_mb": 90.0}}
+    s = summarize(runs)
+    assert s["scenario_p1_over_baseline"]["values"] == [0.6, 0.4]
+    assert s["scenario_p1_peak_rss_mb"]["median"] == 80.0
+    goals = {g["metric"]: g for g in evaluate_goals(s)}
+    assert goals["scenario_p1_over_baseline"]["passed"] is True  # median 0.5 >= 0.5
+    assert goals["scenario_p1_peak_rss_mb"]["passed"] is False
+    assert goals["scenario_storm_over_baseline"]["passed"] is None
+    text = table(s, list(goals.values()), ["10000"], 1_000_000)
+    assert "input scenarios" in text and "goal >= 0.5: met" in text and "goal < 80: NOT MET" in text
+    assert "storm " not in text.split("input scenarios")[1].split("goals")[0]

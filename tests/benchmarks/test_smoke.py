@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import GOALS
+from benchmarks.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("p2", "baseline", "p2_no_flight_recorder", "latency", "p2_rss", "p1", "replay")
+SECTIONS = ("p2", "baseline", "p2_no_flight_recorder", "scenarios", "latency", "p2_rss", "p1", "replay")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,31 @@ def test_p2_steps_run_every_consumer_on_a_clean_stream(smoke):
             assert step["anomalies"] == {} and step["incidents"] == 0
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda sc: sc.name)
+def test_every_scenario_sweeps_one_long_lived_p2(smoke, scenario):
+    results, _ = smoke
+    sweep = results["runs"][0]["scenarios"][scenario.name]
+    steps = sweep["steps"]
+    assert len(steps) == 2  # the smoke profile's two steps: the second runs on what the first left
+    assert {s["pid"] for s in steps} == {sweep["pid"]}
+    assert sweep["events"] == sum(s["loadgen"]["sent"] for s in steps)
+    assert 10 < sweep["peak_rss_mb"] < 2000 and sweep["peak_rss_mb"] >= max(s["peak_rss_mb"] for s in steps)
+    for step in steps:
+        assert step["passed"] == (step["failure"] is None)
+        assert not step["settle_timed_out"]
+        if not step["passed"]:
+            continue
+        sent = step["loadgen"]["sent"]
+        assert set(step["processed"].values()) == {sent} and step["drops"] == 0 and step["recorded"] == sent
+        if scenario.storm:
+            assert step["anomalies"] == {"duplicate": sent, "out_of_order": sent}
+        else:
+            # Ids and times continue across steps, so the second step is no more a duplicate than the first.
+            assert step["anomalies"] == {} and step["incidents"] == {}
+    if scenario.storm:
+        assert sweep["prime"]["events"] > 0 and sweep["incidents"] >= 1
+
+
 def test_latency_percentiles_are_ordered_microseconds(smoke):
     results, _ = smoke
     for lat in results["runs"][0]["latency"].values():
@@ -87,9 +113,10 @@ def test_memory_p1_and_replay_are_sane(smoke):
 def test_summary_goals_and_table(smoke):
     results, proc = smoke
     summary = results["summary"]
+    scenario_metrics = [f"scenario_{sc.name}_{m}" for sc in SCENARIOS for m in ("over_baseline", "peak_rss_mb")]
     for metric in ("p2_events_per_s", "baseline_events_per_s", "p2_over_baseline", "flight_recorder_overhead",
                    "p2_peak_rss_mb", "p1_peak_rss_mb", "p1_msgs_per_s", "replay_events_per_s",
-                   "latency_1000_p99_us"):  # fmt: skip
+                   "latency_1000_p99_us", *scenario_metrics):  # fmt: skip
         assert len(summary[metric]["values"]) == 1
         assert not math.isnan(summary[metric]["median"])
     assert [g["goal"] for g in results["goals"]] == [g.name for g in GOALS]
@@ -97,3 +124,4 @@ def test_summary_goals_and_table(smoke):
     assert by_metric["latency_10000_p99_us"]["passed"] is None  # the smoke run measures 1k only
     assert all(isinstance(g["passed"], bool) for m, g in by_metric.items() if not m.startswith("latency"))
     assert "goals" in proc.stdout and "P2 sustained, all consumers" in proc.stdout
+    assert "input scenarios" in proc.stdout and all(f"scenario {sc.name} >=" in proc.stdout for sc in SCENARIOS)

@@ -21,7 +21,8 @@ from loguru import logger
 from mercurystream.p2 import app as p2_module
 from mercurystream.p2 import consumers as consumer_module
 from mercurystream.p2.app import P2App, default_consumers
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics

@@ -15,7 +15,8 @@ import duckdb
 import orjson
 import pytest
 
-from mercurystream.p2.bus import Batch, Bus
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import RecorderConsumer
