@@ -1,6 +1,6 @@
 """The benchmark's processes: P2, P1, the exchange, the baseline reader and the load generator, on free ports.
 
-Every service is a real child process (:class:`mercurystream.shared.processes.Service`) with its own
+Every service is a real child process (:class:`mercurystream.processes.Service`) with its own
 log file under the run's work directory. :class:`Lab` tracks what it started and stops all of it,
 whatever happens, so no benchmark leaves a process behind.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from mercurystream.shared.processes import BIN, Service, ServiceError, child_env, free_port, http_ok, wait_for
+from mercurystream.processes import BIN, Service, ServiceError, child_env, free_port, http_ok, wait_for
 from mercurystream.shared.scrape import Sample, scrape
 
 READY_TIMEOUT_S = 60.0

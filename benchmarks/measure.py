@@ -25,8 +25,8 @@ from loguru import logger
 
 from benchmarks.lab import Endpoint, Lab, poll_until
 from benchmarks.sweep import RateSweep
+from mercurystream.processes import BIN, ServiceError
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.processes import BIN, ServiceError
 from mercurystream.shared.scrape import Sample
 
 CONSUMERS = ("vwap", "volatility", "volume", "health", "forensics", "recorder")

@@ -33,7 +33,7 @@ from benchmarks import measure, plot, report, scenarios
 from benchmarks.lab import Lab
 from benchmarks.measure import Profile
 from benchmarks.stream import POOL_START_US, FrameStream, generate_pool, write_pool
-from mercurystream.shared.processes import ServiceError
+from mercurystream.processes import ServiceError
 
 HERE = Path(__file__).resolve().parent
 RSS_RATE_BOUNDS = (20_000, 200_000)

@@ -32,7 +32,7 @@ from benchmarks.lab import Endpoint, Lab
 from benchmarks.measure import Profile
 from benchmarks.stream import FrameStream, read_pool
 from benchmarks.sweep import RateSweep
-from mercurystream.shared.processes import ServiceError
+from mercurystream.processes import ServiceError
 from mercurystream.shared.scrape import Sample
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from mercurystream.shared.processes import (
+from mercurystream.processes import (
     BIN,
     Service,
     ServiceError,

@@ -47,3 +47,10 @@ def test_system_md_names_every_module_on_the_data_path():
         assert module in SYSTEM, module
     rules = [p.name for d in ("analytics", "detectors") for p in (ROOT / "services/p2" / d).glob("*.py")]
     assert all(name in SYSTEM for name in rules if name != "__init__.py"), rules
+
+
+def test_shared_imports_nothing_from_p1_or_p2() -> None:
+    """services/shared is what both services build on; it must not reach into either."""
+    for path in (ROOT / "services" / "shared").glob("*.py"):
+        text = path.read_text()
+        assert "mercurystream.p1" not in text and "mercurystream.p2" not in text, path.name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mercurystream.shared.processes import BIN, Service, child_env, free_port, wait_for
+from mercurystream.processes import BIN, Service, child_env, free_port, wait_for
 from mercurystream.shared.scrape import Sample, scrape
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mercurystream.shared.processes import BIN, free_port
+from mercurystream.processes import BIN, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from mercurystream.shared.processes import BIN, free_port
+from mercurystream.processes import BIN, free_port
 from tests.test_alerts import alert_names
 from tests.test_dashboard import dashboard_exprs
 from tests.test_prometheus_config import render_local_config

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from mercurystream.export.cli import main
+from mercurystream.processes import BIN
 from mercurystream.shared.parquet import COLUMNS
-from mercurystream.shared.processes import BIN
 
 
 def recorded(i: int) -> dict:

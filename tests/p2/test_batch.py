@@ -167,3 +167,31 @@ def test_the_typed_path_and_the_per_event_path_agree_on_every_event(changes: dic
     if alone.clean:
         assert reason in (None, "invalid_time") and drift_of(ev) is None
         assert all(conforms(BY_NAME[n], ev[n]) for n in ("type", "product_id", "price", "last_size", "trade_id"))
+
+
+def test_p1_s_real_output_takes_the_typed_path() -> None:
+    """The contract: whatever P1's pipeline writes for valid Coinbase messages, P2 decodes typed."""
+    from mercurystream.p1.pipeline import IngestPipeline
+
+    def message(i: int, **extra: object) -> dict:
+        return {
+            "type": "match",
+            "trade_id": 100 + i,
+            "maker_order_id": "m",
+            "taker_order_id": "t",
+            "side": "sell",
+            "size": "0.00512000",
+            "price": "64388.01000000",
+            "product_id": ("BTC-USD", "ETH-USD")[i % 2],
+            "sequence": 1000 + i,
+            "time": f"2024-05-01T12:34:56.{i:06d}Z",
+            **extra,
+        }
+
+    ticker = {**message(9), "type": "ticker", "best_bid": "64388.00", "best_ask": "64388.02", "last_size": "0.1"}
+    for messages in ([message(i) for i in range(50)], [message(1), ticker, message(3, time="2024-05-01T12:34:56Z")]):
+        payloads, invalid = IngestPipeline().process(messages, RECV_US - 300)
+        assert invalid == 0
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [] and batch.clean and not batch.drift and not batch.invalid
+        assert len(batch.trades()) == len(messages)

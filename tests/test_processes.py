@@ -1,6 +1,6 @@
 from mercurystream.p1.config import P1Settings
 from mercurystream.p2.config import P2Settings
-from mercurystream.shared.processes import child_env, service_variables
+from mercurystream.processes import child_env, service_variables
 
 
 def test_service_variables_come_from_both_settings_classes():
