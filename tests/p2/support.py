@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from mercurystream.p2.batch import Batch
@@ -60,3 +61,20 @@ def broken(b: Batch) -> Batch:
 def lines_batch(lines: list[bytes], recv_ts_us: int = 1000) -> Batch:
     """A batch that is only its recorded lines, as the recorders read it (no column is looked at)."""
     return Batch(lines, recv_ts_us, [[None] * len(lines)] * 8, [], [])
+
+
+class ReferenceLru:
+    """The duplicate memory as an OrderedDict, as first written."""
+
+    def __init__(self, max_ids: int) -> None:
+        self.max_ids = max_ids
+        self.ids: OrderedDict[int, None] = OrderedDict()
+
+    def observe(self, tid: int) -> bool:
+        if tid in self.ids:
+            self.ids.move_to_end(tid)
+            return True
+        self.ids[tid] = None
+        if len(self.ids) > self.max_ids:
+            self.ids.popitem(last=False)
+        return False

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mercurystream.p2.recent_ids import RecentIds
-
-
-class ReferenceLru:
-    """The duplicate memory as an OrderedDict, as first written."""
-
-    def __init__(self, max_ids: int) -> None:
-        self.max_ids = max_ids
-        self.ids: OrderedDict[int, None] = OrderedDict()
-
-    def observe(self, tid: int) -> bool:
-        if tid in self.ids:
-            self.ids.move_to_end(tid)
-            return True
-        self.ids[tid] = None
-        if len(self.ids) > self.max_ids:
-            self.ids.popitem(last=False)
-        return False
+from tests.p2.support import ReferenceLru
 
 
 def test_recent_ids_of_a_run_are_two_numbers_and_come_back_to_that_after_an_irregularity():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +12,7 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from tests.p2.detectors.support import ev, process
+from tests.p2.support import ReferenceLru
 
 # --- duplicate ----------------------------------------------------------------------------------
 
@@ -47,23 +46,6 @@ def test_duplicate_beyond_the_lru_is_not_counted():
     out = process(det, stream)
     assert [(a.type, a.index) for a in out if a.type == DUPLICATE] == [(DUPLICATE, 9)]
     assert det.counts[DUPLICATE] == 1
-
-
-class ReferenceLru:
-    """The duplicate memory as an OrderedDict, as first written."""
-
-    def __init__(self, max_ids: int) -> None:
-        self.max_ids = max_ids
-        self.ids: OrderedDict[int, None] = OrderedDict()
-
-    def observe(self, tid: int) -> bool:
-        if tid in self.ids:
-            self.ids.move_to_end(tid)
-            return True
-        self.ids[tid] = None
-        if len(self.ids) > self.max_ids:
-            self.ids.popitem(last=False)
-        return False
 
 
 @settings(max_examples=200, deadline=None)
