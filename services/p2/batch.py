@@ -21,7 +21,7 @@ import json
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import add, attrgetter, itemgetter, mul, truediv
+from operator import add, attrgetter, itemgetter, truediv
 from typing import Any
 
 import msgspec
@@ -32,9 +32,7 @@ from mercurystream.shared.event import (
     RECV_MS,
     RECV_US,
     group_positions,
-    increasing,
     latency_ms,
-    nondecreasing,
     pick,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
@@ -299,9 +297,9 @@ class Trades:
 
 
 class ProductTrades:
-    """One product's trades of a batch in arrival order, with what several windows need computed once."""
+    """One product's trades of a batch in arrival order, shared by every analytics consumer."""
 
-    __slots__ = ("_notional", "_ordered", "_rising", "ids", "prices", "sizes", "times")
+    __slots__ = ("ids", "prices", "sizes", "times")
 
     def __init__(
         self, prices: Sequence[float], sizes: Sequence[float], times: Sequence[float], ids: Sequence[int]
@@ -310,30 +308,6 @@ class ProductTrades:
         self.sizes = sizes
         self.times = times
         self.ids = ids
-        self._ordered: bool | None = None
-        self._rising: bool | None = None
-        self._notional: list[float] | None = None
-
-    @property
-    def ordered(self) -> bool:
-        """Times never decrease."""
-        if self._ordered is None:
-            self._ordered = nondecreasing(self.times)
-        return self._ordered
-
-    @property
-    def rising(self) -> bool:
-        """Trade ids strictly increase."""
-        if self._rising is None:
-            self._rising = increasing(self.ids)
-        return self._rising
-
-    @property
-    def notional(self) -> list[float]:
-        """``price * size`` of each trade."""
-        if self._notional is None:
-            self._notional = list(map(mul, self.prices, self.sizes))
-        return self._notional
 
     def __len__(self) -> int:
         return len(self.times)
