@@ -1,7 +1,8 @@
 """``RECORD=true``: every event's recorded line appended to ``RECORD_FILE`` as JSONL, written off the loop.
 
-``RECORD_FORMAT=parquet`` swaps the writer for :class:`~mercurystream.p2.recorder_parquet.ParquetRecordWriter`
-(rotating Parquet files, built on the same thread); the handoff below is the same for both.
+``RECORD_FORMAT=parquet`` swaps the writer for :class:`~mercurystream.p2.recorder_parquet.ParquetRecordWriter`,
+whose thread pipes the same lines to a child process that builds the rotating Parquet files; the
+handoff below is the same for both.
 
 Why a dedicated writer thread rather than aiofiles: aiofiles sends every call to the shared default
 executor and the loop then awaits each write, so a slow disk would still stall this consumer one
@@ -129,14 +130,18 @@ class JsonlWriter:
             handoffs = [item for item in items if item is not _STOP]
             batches = [lines for handoff, _ in handoffs for lines in handoff]
             n = sum(map(len, batches))
-            if n:
-                self._write(batches, n)
-            self.done += len(handoffs)
-            self.done_bytes += sum(nbytes for _, nbytes in handoffs)
+            self._handle(batches, n, len(handoffs), sum(nbytes for _, nbytes in handoffs))
             if len(handoffs) != len(items):
                 self._close_file()
                 return
             self._tick()
+
+    def _handle(self, batches: list[list[bytes]], n: int, handoffs: int, nbytes: int) -> None:
+        """Write what woke the thread (``n`` lines of ``handoffs`` handoffs); they are then no longer pending."""
+        if n:
+            self._write(batches, n)
+        self.done += handoffs
+        self.done_bytes += nbytes
 
     def _wait_s(self) -> float | None:
         """How long the thread may sleep waiting for work (``None``: until some arrives)."""
@@ -226,6 +231,8 @@ class RecorderConsumer(Consumer):
                 on_written=metrics.recorded_total.inc,
                 on_error=metrics.recorder_errors_total.inc,
                 on_rejected=lambda reason, n: metrics.recorder_rejected_total.labels(reason).inc(n),
+                log_level=settings.LOG_LEVEL,
+                log_json=settings.LOG_JSON,
             )
         else:
             self.writer = JsonlWriter(

@@ -1,32 +1,75 @@
-"""``RECORD_FORMAT=parquet``: the recorder's lines as rotating zstd Parquet files, built on its writer thread.
+"""``RECORD_FORMAT=parquet``: the recorder's lines as rotating zstd Parquet files, built in a child process.
 
-The loop hands over the same recorded lines as for JSONL (:class:`~mercurystream.p2.recorder.RecorderConsumer`);
-this thread parses them into typed rows (:mod:`mercurystream.shared.parquet`), so the loop does no
-extra work. Files are ``<RECORD_FILE without suffix>.<UTC start>-<n>.parquet``, written as
-``….parquet.part`` and renamed when closed: a reader globbing ``*.parquet`` never opens a file that
-has no footer yet. A file is closed (rolled) once it reaches ``RECORD_ROTATE_BYTES`` or has been
-open ``RECORD_ROTATE_S``, and on stop.
+Why a child process: turning a line into a typed row (:mod:`mercurystream.shared.parquet`) costs
+several microseconds of Python and Arrow work an event, against a fraction of one to append it to
+JSONL. On a thread of P2 that work holds the GIL the event loop needs, so it lowered P2's zero-drop
+throughput. Here the loop hands over the same recorded lines as for JSONL
+(:class:`~mercurystream.p2.recorder.RecorderConsumer`); the writer thread joins them, as the JSONL
+writer does, and writes them to a pipe (the GIL released while the pipe is full); the child,
+``python -m mercurystream.p2.recorder_parquet``, parses them into rows and writes the files
+(:class:`ParquetFiles`). P2 no longer loads pyarrow at all.
 
-Accounting: a row counts as written (``mercurystream_recorded_events_total``) when its file is
-closed, because a Parquet file is unreadable until then. A line with no row (invalid, or a required
-field missing or mistyped, as schema drift is) counts in ``mercurystream_recorder_rejected_total{reason}``;
-rows of a file whose write or close failed count in ``mercurystream_recorder_errors_total``, and
-that ``.part`` file is removed. A killed P2 (SIGKILL, power loss) leaves its open ``.part`` file
-behind unreadable: up to ``RECORD_ROTATE_S`` of rows; JSONL loses at most the last write.
+Files are ``<RECORD_FILE without suffix>.<UTC start>-<n>.parquet``, written as ``….parquet.part``
+and renamed when closed: a reader globbing ``*.parquet`` never opens a file that has no footer yet.
+A file is closed (rolled) once it reaches ``RECORD_ROTATE_BYTES`` or has been open
+``RECORD_ROTATE_S``, and on stop.
+
+Accounting: the child reports back on its stdout, one JSON object a line, read by a thread of P2.
+A row counts as written (``mercurystream_recorded_events_total``) when its file is closed, because
+a Parquet file is unreadable until then. A line with no row (invalid, or a required field missing
+or mistyped, as schema drift is) counts in ``mercurystream_recorder_rejected_total{reason}``; rows
+of a file whose write or close failed count in ``mercurystream_recorder_errors_total``, and that
+``.part`` file is removed. A child that dies counts every line it had not accounted for as errors,
+and the next handoff starts a new one.
+
+Bounds: a handoff stays pending (``pending``, ``pending_bytes``, which the recorder bounds) until the
+child has appended its rows, so the pipe (at most :data:`PIPE_BYTES`) and the child's message are
+inside the recorder's bound; the child holds one message and one row group at most.
+
+Stop: P2 closes the pipe; the child writes what it has, closes its file, reports and exits, and P2
+waits for it, so SIGTERM loses no row. The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C
+reaches the whole process group) and ends only when the pipe closes, which also happens when P2 is
+killed: its open file is then still closed properly.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import accumulate, chain, pairwise
 from pathlib import Path
+from typing import Any
 
+import orjson
 from loguru import logger
 
 from mercurystream.p2.recorder import JsonlWriter
-from mercurystream.shared.parquet import PART_SUFFIX, ParquetSink, RowEncoder
+from mercurystream.shared.logger import LogSampler, setup_logging
+from mercurystream.shared.recording import PART_SUFFIX
+
+HEADER = struct.Struct("<IQQ")
+"""One message on the pipe: lines, bytes of the lines joined by ``\\n``, bytes of their lengths
+(0 when splitting on ``\\n`` gives the lines back, the usual case), then those bytes."""
+PIPE_BYTES = 1 << 20
+"""The pipe's capacity asked for (Linux's default limit for a process without privileges)."""
+CHILD_READY_S = 30.0
+"""How long P2's start waits for the child to have loaded pyarrow, so P2 takes traffic with its recorder ready."""
+CHILD_EXIT_S = 30.0
+"""How long P2 waits at stop for the child to write its last file."""
+_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def file_stem(base: Path) -> Path:
@@ -35,11 +78,11 @@ def file_stem(base: Path) -> Path:
 
 
 class ParquetRecordWriter(JsonlWriter):
-    """The JSONL writer's thread and handoff, writing rotating Parquet files instead of one JSONL file.
+    """The JSONL writer's thread and handoff, piping the lines to the child that writes Parquet files.
 
     ``path`` is the file being written, or the last one closed (the status line shows it); ``files``
-    counts the files closed. The buffer inside the sink holds at most one row group (bounded in rows
-    and bytes); the handoff before it is bounded by the recorder, as for JSONL.
+    counts the files closed. ``done`` advances when the child acknowledges a message (on the
+    reader thread), or at once for a handoff that could not be sent (counted as errors).
     """
 
     def __init__(
@@ -50,7 +93,8 @@ class ParquetRecordWriter(JsonlWriter):
         on_written: Callable[[int], None] | None = None,
         on_error: Callable[[int], None] | None = None,
         on_rejected: Callable[[str, int], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        log_level: str = "INFO",
+        log_json: bool = False,
     ) -> None:
         super().__init__(base, on_written=on_written, on_error=on_error)
         self.base = Path(base)
@@ -60,11 +104,18 @@ class ParquetRecordWriter(JsonlWriter):
         self.files = 0
         self.rejected = 0
         self._on_rejected = on_rejected
-        self._clock = clock
-        self._encoder = RowEncoder()
-        self._sink: ParquetSink | None = None
-        self._opened_at = 0.0
-        self._seq = 0
+        self._log = (log_level, log_json)
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._inflight: deque[tuple[int, int]] = deque()
+        """Per message sent and not yet acknowledged: its handoffs and bytes."""
+        self._sent_lines = 0
+        """Lines sent to the current child."""
+        self._accounted = 0
+        """Of them, those it reported written, rejected or lost."""
+        self._closing = False
+        self._ready = threading.Event()
         self._warn_stale_parts()
 
     def _warn_stale_parts(self) -> None:
@@ -79,24 +130,226 @@ class ParquetRecordWriter(JsonlWriter):
                 f"closed them; unreadable), e.g. {stale[0]}"
             )
 
-    def _wait_s(self) -> float | None:
+    @property
+    def child_pid(self) -> int | None:
+        child = self._child
+        return None if child is None else child.pid
+
+    def start(self) -> None:
+        """Start the child, wait until it is ready (it loads pyarrow: a moment), then the writer thread."""
+        if self._spawn() is not None and not self._ready.wait(CHILD_READY_S):
+            logger.warning(f"recorder: the Parquet writer process is not ready after {CHILD_READY_S:g}s; going on")
+        super().start()
+
+    def write(self, batches: list[list[bytes]]) -> None:
+        """The writer thread's step on the caller's thread (tools): send the lines, without waiting for the child."""
+        self._handle(batches, sum(map(len, batches)), 0, 0)
+
+    def _handle(self, batches: list[list[bytes]], n: int, handoffs: int, nbytes: int) -> None:
+        """Send the lines as one message; the handoffs are done when the child acknowledges it."""
+        if not n:
+            self._settle(handoffs, nbytes)
+            return
+        lines = chain.from_iterable(batches)
+        data = b"\n".join(lines)
+        lengths = b"" if data.count(b"\n") == n - 1 else array("Q", map(len, chain.from_iterable(batches))).tobytes()
+        header = HEADER.pack(n, len(data), len(lengths))
+        child = self._child if self._child is not None else self._spawn()
+        if child is None:
+            self._lost(n, "no recorder process")
+            self._settle(handoffs, nbytes)
+            return
+        with self._lock:
+            self._inflight.append((handoffs, nbytes))
+            self._sent_lines += n
+        try:
+            fd = child.stdin.fileno()  # type: ignore[union-attr]
+            for part in (header, data, lengths):
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except (OSError, ValueError) as exc:
+            # The child is gone: its reader thread counts every line it had not accounted for,
+            # these included, and settles the handoffs in flight.
+            if self._sampler.should_log("pipe"):
+                logger.error(f"recorder: handing {n} events to the Parquet writer failed: {exc!r}")
+            self._end_child(kill=True)
+
+    def _settle(self, handoffs: int, nbytes: int) -> None:
+        with self._lock:
+            self.done += handoffs
+            self.done_bytes += nbytes
+
+    def _lost(self, n: int, why: str) -> None:
+        self.errors += n
+        if self._on_error is not None and n:
+            self._on_error(n)
+        if n and self._sampler.should_log("write"):
+            logger.error(f"recorder: {n} events not written to Parquet ({why}); counted, going on")
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        """Start the child and the thread reading its reports; ``None`` (logged) if it cannot start."""
+        level, json = self._log
+        argv = [sys.executable, "-m", "mercurystream.p2.recorder_parquet", str(self.base)]
+        argv += ["--rotate-bytes", str(self.rotate_bytes), "--rotate-s", repr(self.rotate_s), "--log-level", level]
+        if json:
+            argv.append("--log-json")
+        try:
+            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            if self._sampler.should_log("spawn"):
+                logger.error(f"recorder: starting the Parquet writer process failed: {exc!r}")
+            return None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(child.stdin.fileno(), _SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+        with self._lock:
+            self._child = child
+            self._sent_lines = self._accounted = 0
+        self._reader = threading.Thread(target=self._read_reports, args=(child,), name="recorder:reports", daemon=True)
+        self._reader.start()
+        return child
+
+    def _read_reports(self, child: subprocess.Popen[bytes]) -> None:
+        """Apply the child's reports until it exits; then count what it never accounted for."""
+        for line in child.stdout:  # type: ignore[union-attr]
+            try:
+                report = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            self._apply(report)
+        code = child.wait()
+        self._ready.set()
+        with self._lock:
+            lost = self._sent_lines - self._accounted
+            inflight = list(self._inflight)
+            self._inflight.clear()
+            if self._child is child:
+                self._child = None
+        if lost or (code and not self._closing):
+            logger.error(f"recorder: the Parquet writer process exited with status {code}")
+            self._lost(lost, "its process ended")
+        self._settle(sum(h for h, _ in inflight), sum(b for _, b in inflight))
+
+    def _apply(self, report: dict[str, Any]) -> None:
+        if "ready" in report:
+            self._ready.set()
+        if "opened" in report:
+            self.path = Path(report["opened"])
+        for reason, k in report.get("rejected", {}).items():
+            self.rejected += k
+            self._accounted += k
+            if self._on_rejected is not None:
+                self._on_rejected(reason, k)
+        if "errors" in report:
+            k = report["errors"]
+            self.errors += k
+            self._accounted += k
+            if self._on_error is not None and k:
+                self._on_error(k)
+        if "written" in report:
+            k = report["written"]
+            self.path = Path(report["closed"])
+            self.files += 1
+            self.written += k
+            self._accounted += k
+            if self._on_written is not None:
+                self._on_written(k)
+        acks = report.get("ack", 0)
+        if acks:
+            with self._lock:
+                handed = [self._inflight.popleft() for _ in range(min(acks, len(self._inflight)))]
+            self._settle(sum(h for h, _ in handed), sum(b for _, b in handed))
+
+    def _end_child(self, kill: bool = False) -> None:
+        """Close the pipe and wait for the child (killed if asked, or if it takes too long) and its reports."""
+        child, reader = self._child, self._reader
+        if child is None:
+            return
+        if kill:
+            with contextlib.suppress(OSError):
+                child.kill()
+        with contextlib.suppress(OSError):
+            child.stdin.close()  # type: ignore[union-attr]
+        try:
+            child.wait(CHILD_EXIT_S)
+        except subprocess.TimeoutExpired:
+            logger.error(f"recorder: the Parquet writer did not finish within {CHILD_EXIT_S:g}s; killed")
+            child.kill()
+        if reader is not None:
+            reader.join()
+
+    def _close_file(self) -> None:
+        """At stop: the child closes its file and exits; its reports are all applied on return."""
+        self._closing = True
+        self._end_child()
+
+    def status_extra(self) -> str:
+        return f" rejected={self.rejected} files={self.files}"
+
+
+# ---------------------------------------------------------------- the child process
+
+
+class ParquetFiles:
+    """Rows appended to rotating Parquet files: the child's state, with no pipe and no thread.
+
+    The buffer inside the sink holds at most one row group (bounded in rows and bytes). Each
+    callback reports one fact: ``on_opened(path)``, ``on_written(rows, path)`` when a file is
+    closed, ``on_error(n)`` for lines lost, ``on_rejected(reason, n)`` for lines with no row.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        rotate_bytes: int,
+        rotate_s: float,
+        on_opened: Callable[[Path], None] | None = None,
+        on_written: Callable[[int, Path], None] | None = None,
+        on_error: Callable[[int], None] | None = None,
+        on_rejected: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from mercurystream.shared.parquet import RowEncoder
+
+        self.stem = file_stem(Path(base))
+        self.rotate_bytes = rotate_bytes
+        self.rotate_s = rotate_s
+        self.written = 0
+        self.errors = 0
+        self.rejected = 0
+        self.files = 0
+        self._on_opened = on_opened
+        self._on_written = on_written
+        self._on_error = on_error
+        self._on_rejected = on_rejected
+        self._clock = clock
+        self._encoder = RowEncoder()
+        self._sink: Any = None
+        self._opened_at = 0.0
+        self._seq = 0
+        self._sampler = LogSampler()
+
+    def due_in(self) -> float | None:
+        """Seconds until the open file is due to roll by time (``None``: no file open)."""
         if self._sink is None:
             return None
         return max(0.0, self._opened_at + self.rotate_s - self._clock())
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """Roll the open file if it has been open ``rotate_s``."""
         if self._sink is not None and self._clock() - self._opened_at >= self.rotate_s:
-            self._close_file()
+            self.close()
 
-    def _write(self, batches: list[list[bytes]], n: int) -> None:
+    def write(self, lines: Sequence[bytes]) -> None:
         """Parse the lines into rows and append them; roll when the file is big enough."""
+        n = len(lines)
         try:
-            batch, bad = self._encoder.encode(list(chain.from_iterable(batches)))
+            batch, bad = self._encoder.encode(lines)
         except Exception as exc:
-            self._count_errors(n, f"encoding {n} events failed: {exc!r}")
+            self.lose(n, f"encoding {n} events failed: {exc!r}")
             return
         if bad:
-            self._rejected(batches, bad)
+            self._rejected(lines, bad)
         if not batch.num_rows:
             return
         try:
@@ -110,9 +363,9 @@ class ParquetRecordWriter(JsonlWriter):
             self._fail(0, exc)
             return
         if sink.size >= self.rotate_bytes:
-            self._close_file()
+            self.close()
 
-    def _rejected(self, batches: list[list[bytes]], bad: list[tuple[int, str]]) -> None:
+    def _rejected(self, lines: Sequence[bytes], bad: list[tuple[int, str]]) -> None:
         self.rejected += len(bad)
         by_reason: dict[str, int] = {}
         for _, reason in bad:
@@ -122,10 +375,13 @@ class ParquetRecordWriter(JsonlWriter):
                 self._on_rejected(reason, k)
         if self._sampler.should_log("rejected"):
             index, reason = bad[0]
-            line = next(islice(chain.from_iterable(batches), index, None))
-            logger.warning(f"recorder: {len(bad)} event(s) with no Parquet row ({reason}: {line[:200]!r}); counted")
+            logger.warning(
+                f"recorder: {len(bad)} event(s) with no Parquet row ({reason}: {lines[index][:200]!r}); counted"
+            )
 
-    def _open(self) -> ParquetSink:
+    def _open(self) -> Any:
+        from mercurystream.shared.parquet import ParquetSink
+
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         while True:
@@ -140,10 +396,11 @@ class ParquetRecordWriter(JsonlWriter):
             break
         self._sink = sink
         self._opened_at = self._clock()
-        self.path = path
+        if self._on_opened is not None:
+            self._on_opened(path)
         return sink
 
-    def _close_file(self) -> None:
+    def close(self) -> None:
         """Close the open file (its footer written, renamed from ``.part``) and count its rows as written."""
         sink = self._sink
         if sink is None:
@@ -157,9 +414,9 @@ class ParquetRecordWriter(JsonlWriter):
         self.files += 1
         self.written += sink.rows
         if self._on_written is not None:
-            self._on_written(sink.rows)
+            self._on_written(sink.rows, sink.path)
 
-    def _fail(self, unappended: int, exc: BaseException, sink: ParquetSink | None = None) -> None:
+    def _fail(self, unappended: int, exc: BaseException, sink: Any = None) -> None:
         """Give up the open file: its rows, and ``unappended`` more, are lost and counted."""
         sink = sink if sink is not None else self._sink
         self._sink = None
@@ -167,14 +424,92 @@ class ParquetRecordWriter(JsonlWriter):
         if sink is not None:
             lost += sink.rows
             sink.discard()
-        self._count_errors(lost, f"writing {sink.part if sink else self.stem} failed: {exc!r}; {lost} events lost")
+        self.lose(lost, f"writing {sink.part if sink else self.stem} failed: {exc!r}; {lost} events lost")
 
-    def _count_errors(self, n: int, message: str) -> None:
+    def lose(self, n: int, message: str) -> None:
+        """Count ``n`` lines lost, and say why (sampled)."""
         self.errors += n
         if self._on_error is not None and n:
             self._on_error(n)
         if self._sampler.should_log("write"):
             logger.error(f"recorder: {message}; counted, going on")
 
-    def status_extra(self) -> str:
-        return f" rejected={self.rejected} files={self.files}"
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``; ``None`` at end of input (a message cut short counts as the end)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def split_message(data: bytes, lengths: bytes) -> list[bytes]:
+    """The lines of one message (see :data:`HEADER`)."""
+    if not lengths:
+        return data.split(b"\n")
+    sizes = array("Q")
+    sizes.frombytes(lengths)
+    ends = list(accumulate((size + 1 for size in sizes), initial=0))
+    return [data[a : b - 1] for a, b in pairwise(ends)]
+
+
+def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Read messages until the pipe closes; acknowledge each once its rows are appended."""
+    while True:
+        ready, _, _ = select.select([fd_in], [], [], files.due_in())
+        if not ready:
+            files.tick()
+            continue
+        header = _read_exact(fd_in, HEADER.size)
+        body = None
+        if header is not None:
+            n, data_len, lengths_len = HEADER.unpack(header)
+            body = _read_exact(fd_in, data_len + lengths_len)
+        if body is None:
+            files.close()
+            return
+        lines = split_message(body[:data_len], body[data_len:])
+        if len(lines) == n:
+            files.write(lines)
+        else:
+            files.lose(n, f"a message of {n} lines split into {len(lines)}")
+        files.tick()
+        emit({"ack": 1})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mercurystream.p2.recorder_parquet", description=__doc__.splitlines()[0])
+    p.add_argument("base", type=Path)
+    p.add_argument("--rotate-bytes", type=int, required=True)
+    p.add_argument("--rotate-s", type=float, required=True)
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-json", action="store_true")
+    args = p.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    setup_logging("p2-recorder", args.log_level, args.log_json)
+
+    def emit(report: dict[str, Any]) -> None:
+        os.write(1, orjson.dumps(report) + b"\n")
+
+    files = ParquetFiles(
+        args.base,
+        args.rotate_bytes,
+        args.rotate_s,
+        on_opened=lambda path: emit({"opened": str(path)}),
+        on_written=lambda rows, path: emit({"written": rows, "closed": str(path)}),
+        on_error=lambda k: emit({"errors": k}),
+        on_rejected=lambda reason, k: emit({"rejected": {reason: k}}),
+    )
+    emit({"ready": 1})
+    serve(0, files, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mercurystream.shared.recording import is_parquet
+from mercurystream.shared.recording import PART_SUFFIX, is_parquet
 from mercurystream.shared.schema import FIELDS
 from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
 
@@ -54,7 +54,6 @@ ROW_GROUP_ROWS = 32768
 """Rows per row group at most: enough for zstd and DuckDB's column scans, about 5 MB of Arrow data."""
 ROW_GROUP_BYTES = 8 << 20
 """Arrow bytes per row group at most, for events far larger than P1's."""
-PART_SUFFIX = ".part"
 
 REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type")
 """Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 PARQUET_MAGIC = b"PAR1"
+PART_SUFFIX = ".part"
+"""A Parquet file being written is named ``<name>.part`` until its footer is in place."""
 
 
 def is_parquet(path: str | os.PathLike[str]) -> bool:

@@ -20,7 +20,7 @@ from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import RecorderConsumer
-from mercurystream.p2.recorder_parquet import ParquetRecordWriter, file_stem
+from mercurystream.p2.recorder_parquet import ParquetFiles, ParquetRecordWriter, file_stem
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
 from mercurystream.shared.parquet import COLUMNS
 from tests.p2.support import lines_batch
@@ -167,13 +167,44 @@ async def test_a_failed_open_is_counted_and_recording_resumes(tmp_path: Path) ->
 
 def test_a_failed_close_loses_that_file_counted_and_leaves_no_part(tmp_path: Path) -> None:
     errors: list[int] = []
-    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_error=errors.append)
-    writer.write([[recorded(0), recorded(1)]])
-    sink = writer._sink
+    files = ParquetFiles(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_error=errors.append)
+    files.write([recorded(0), recorded(1)])
+    sink = files._sink
     sink.close = lambda: (_ for _ in ()).throw(OSError("disk full"))
-    assert writer.close(1)
-    assert writer.errors == 2 and errors == [2] and writer.written == 0
+    files.close()
+    assert files.errors == 2 and errors == [2] and files.written == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dead_writer_process_counts_what_it_held_and_the_next_handoff_starts_another(tmp_path: Path) -> None:
+    errors: list[int] = []
+    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_error=errors.append)
+    writer.write([[recorded(0), recorded(1), recorded(2)]])
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("*.part")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first = writer.child_pid
+    os.kill(first, signal.SIGKILL)
+    while writer.errors < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert errors == [3] and writer.written == 0
+    writer.write([[recorded(3)]])
+    assert writer.child_pid not in (None, first)
+    assert writer.close(30)
+    assert [r["trade_id"] for r in rows(tmp_path / "*.parquet")] == [10_003]
+    assert writer.written == 1 and writer.errors == 3
+
+
+def test_lines_holding_a_newline_keep_their_bounds(tmp_path: Path) -> None:
+    """A JSON object may hold a raw newline between tokens: the message then carries the line lengths."""
+    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60)
+    lines = [recorded(0), recorded(1).replace(b'"type":', b'"type":\n'), recorded(2)]
+    writer.write([lines])
+    assert writer.close(30)
+    assert [r["trade_id"] for r in rows(tmp_path / "*.parquet")] == [10_000, 10_001, 10_002]
+    assert writer.written == 3 and writer.rejected == 0
 
 
 def test_stale_part_files_are_reported_and_names_never_collide(tmp_path: Path) -> None:
