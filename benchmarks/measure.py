@@ -60,6 +60,9 @@ class Profile:
     scenario_max_steps: int
     settle_quiet_s: float
     settle_max_s: float
+    recorder_cost_events: int
+    kernel_events: int
+    kernel_repeats: int
 
 
 FULL = Profile(
@@ -85,6 +88,9 @@ FULL = Profile(
     scenario_max_steps=12,
     settle_quiet_s=0.5,
     settle_max_s=30.0,
+    recorder_cost_events=200_000,
+    kernel_events=50_000,
+    kernel_repeats=5,
 )
 QUICK = Profile(
     **{
@@ -119,6 +125,9 @@ SMOKE = Profile(
     scenario_max_steps=2,
     settle_quiet_s=0.3,
     settle_max_s=10.0,
+    recorder_cost_events=5_000,
+    kernel_events=2_000,
+    kernel_repeats=1,
 )
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
@@ -202,8 +211,19 @@ def drive(
     }
 
 
-def p2_step(lab: Lab, rate: float, prof: Profile, flight_recorder: bool = True) -> dict[str, Any]:
-    p2 = lab.p2(RECORD="true", FLIGHT_RECORDER=str(flight_recorder).lower())
+PARQUET_ROTATE_S = 0.5
+"""A Parquet recording's rows count as recorded when their file closes: the steps roll files this
+often, so the last rows of a step count within its grace."""
+
+
+def p2_step(
+    lab: Lab, rate: float, prof: Profile, flight_recorder: bool = True, record_format: str = "jsonl"
+) -> dict[str, Any]:
+    """One step on a fresh P2; ``record_format="parquet"`` records rotating Parquet files instead of JSONL."""
+    settings: dict[str, Any] = {"RECORD": "true", "FLIGHT_RECORDER": str(flight_recorder).lower()}
+    if record_format != "jsonl":
+        settings |= {"RECORD_FORMAT": record_format, "RECORD_ROTATE_S": PARQUET_ROTATE_S}
+    p2 = lab.p2(**settings)
     try:
         step = drive(lab, p2, rate, prof.step_s, prof.grace_s, p2_verdict)
         m: Sample = step.pop("_metrics")
@@ -217,7 +237,10 @@ def p2_step(lab: Lab, rate: float, prof: Profile, flight_recorder: bool = True) 
         return step
     finally:
         lab.stop(p2)
-        p2.files["record"].unlink(missing_ok=True)
+        record = p2.files["record"]
+        record.unlink(missing_ok=True)
+        for path in record.parent.glob(f"{record.stem}.*.parquet*"):
+            path.unlink(missing_ok=True)
 
 
 def _baseline_verdict(m: Sample, sent: int) -> tuple[bool, str | None]:

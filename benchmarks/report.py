@@ -19,6 +19,8 @@ from typing import Any
 
 from benchmarks.scenarios import RSS_GOAL_MB, SCENARIOS, Scenario
 
+KERNEL_SHAPES = ("p1", "storm")
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -58,6 +60,7 @@ GOALS = (
     Goal("P1 >= 50,000 msg/s WebSocket -> TCP", "p1_msgs_per_s", ">=", 50_000, "msg/s"),
     Goal("replay >= 300,000 ev/s", "replay_events_per_s", ">=", 300_000, "ev/s"),
     Goal("flight recorder overhead < 10 %", "flight_recorder_overhead", "<", 0.10, "fraction"),
+    Goal("P2 recording Parquet >= 1 x recording JSONL", "p2_parquet_over_jsonl", ">=", 1.0, "x"),
     *(goal for sc in SCENARIOS for goal in _scenario_goals(sc)),
 )
 
@@ -75,6 +78,10 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
         out["baseline_events_per_s"] = run["baseline"]["events_per_s"]
         if "p2" in run:
             out["p2_over_baseline"] = _ratio(run["p2"]["events_per_s"], run["baseline"]["events_per_s"])
+    if "p2_parquet" in run:
+        out["p2_parquet_events_per_s"] = run["p2_parquet"]["events_per_s"]
+        if "p2" in run:
+            out["p2_parquet_over_jsonl"] = _ratio(run["p2_parquet"]["events_per_s"], run["p2"]["events_per_s"])
     if "p2_no_flight_recorder" in run:
         off = run["p2_no_flight_recorder"]["events_per_s"]
         out["p2_no_flight_recorder_events_per_s"] = off
@@ -92,6 +99,15 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
         out["p1_peak_rss_mb"] = run["p1"]["peak_rss_mb"]
     if "replay" in run:
         out["replay_events_per_s"] = run["replay"]["events_per_s"]
+    cost = run.get("recorder_cost")
+    if cost:
+        for fmt in ("jsonl", "parquet"):
+            out[f"recorder_{fmt}_cpu_us"] = cost[fmt]["cpu_us_per_event"]
+            out[f"recorder_{fmt}_bytes"] = cost[fmt]["bytes_per_event"]
+        out["recorder_parquet_child_cpu_us"] = cost["parquet"]["child_cpu_us_per_event"]
+    for name, priced in run.get("kernels", {}).get("kernels", {}).items():
+        for shape in KERNEL_SHAPES:
+            out[f"kernel_{name}_{shape}_speedup"] = priced[shape]["speedup"]
     for name, sc in run.get("scenarios", {}).items():
         out[f"scenario_{name}_events_per_s"] = sc["events_per_s"]
         out[f"scenario_{name}_peak_rss_mb"] = sc["peak_rss_mb"]
@@ -177,6 +193,8 @@ def _fmt(value: float | None, unit: str) -> str:
 ROWS = (
     ("P2 sustained, all consumers (ev/s)", "p2_events_per_s", "ev/s"),
     ("P2 sustained, flight recorder off (ev/s)", "p2_no_flight_recorder_events_per_s", "ev/s"),
+    ("P2 sustained, RECORD_FORMAT=parquet (ev/s)", "p2_parquet_events_per_s", "ev/s"),
+    ("P2 recording Parquet / recording JSONL", "p2_parquet_over_jsonl", "x"),
     ("Parsing limit: baseline reader (ev/s)", "baseline_events_per_s", "ev/s"),
     ("P2 / parsing limit", "p2_over_baseline", "x"),
     ("Flight recorder overhead", "flight_recorder_overhead", "fraction"),
@@ -209,6 +227,8 @@ def table(
         for pct in ("p50", "p95", "p99", "p99_9"):
             row(f"P1->P2 latency @ {int(rate):,} ev/s {pct.replace('_', '.')} (us)", f"latency_{rate}_{pct}_us", "us")
     lines += scenario_lines(summary, goals)
+    lines += recorder_lines(summary)
+    lines += kernel_lines(summary)
     lines.append("")
     lines.append("goals")
     lines.append("-" * (w + 40))
@@ -242,4 +262,40 @@ def scenario_lines(summary: dict[str, dict[str, Any]], goals: list[dict[str, Any
             runs = ", ".join(_fmt(v, "MB") for v in rss["values"])
             met = verdict[passed.get(f"scenario_{sc.name}_peak_rss_mb")]
             out.append(f"{'':<9} P2 peak RSS {_fmt(rss['median'], 'MB')} MB [{runs}], goal < {RSS_GOAL_MB:g}: {met}")
+    return out
+
+
+def recorder_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The recorder's cost per event in each format: CPU in P2, CPU in the Parquet writer process, bytes on disk."""
+    if "recorder_jsonl_cpu_us" not in summary:
+        return []
+
+    def med(metric: str) -> float:
+        return summary[metric]["median"]
+
+    return [
+        "",
+        "recorder cost per event (benchmarks/recorder_cost.py; medians)",
+        "-" * 84,
+        f"{'jsonl':<9} {med('recorder_jsonl_cpu_us'):.2f} us CPU in P2, {med('recorder_jsonl_bytes'):.0f} bytes",
+        f"{'parquet':<9} {med('recorder_parquet_cpu_us'):.2f} us CPU in P2 + "
+        f"{med('recorder_parquet_child_cpu_us'):.2f} us in its writer process, "
+        f"{med('recorder_parquet_bytes'):.0f} bytes",
+    ]
+
+
+def kernel_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Each batch kernel's speedup over its reference, per shape (benchmarks/kernels.py)."""
+    names = sorted({k.removeprefix("kernel_").rsplit("_", 2)[0] for k in summary if k.startswith("kernel_")})
+    if not names:
+        return []
+    out = ["", "batch kernels: reference time / kernel time (benchmarks/kernels.py; medians, [runs])", "-" * 84]
+    for name in names:
+        cells = []
+        for shape in KERNEL_SHAPES:
+            s = summary.get(f"kernel_{name}_{shape}_speedup")
+            if s is not None:
+                runs = ", ".join(f"{v:.2f}" for v in s["values"])
+                cells.append(f"{shape} {s['median']:.2f} [{runs}]")
+        out.append(f"{name:<14} " + "   ".join(cells))
     return out

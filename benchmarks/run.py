@@ -1,11 +1,14 @@
 """``make benchmark``: every figure of the performance issue in one run, on this machine, as real processes.
 
 Per run: P2's sustained zero-drop throughput with every consumer (rate sweep, a fresh P2 per step),
-the same for the baseline reader (the parsing limit) and for P2 without the flight recorder; the
+the same with ``RECORD_FORMAT=parquet``, for the baseline reader (the parsing limit) and for P2
+without the flight recorder; the
 input scenarios (``benchmarks/scenarios.py``: one long-lived P2 per sweep, per input shape, with its
 peak RSS); P1→P2 latency at fixed
 rates through exchange → P1 → P2; P2's peak RSS after 1M events at default settings; P1's throughput
-and peak RSS; replay's send rate. Medians over ``--runs`` are printed as a table with the goals, and
+and peak RSS; replay's send rate; the recorder's cost per event in each format
+(``benchmarks/recorder_cost.py``); each rule's batch kernel against its reference
+(``benchmarks/kernels.py``). Medians over ``--runs`` are printed as a table with the goals, and
 written to ``results.json`` and ``results.png`` in ``--out``.
 
 ``--quick`` is one run with a coarser sweep; ``--smoke`` takes seconds and only proves every part
@@ -29,7 +32,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks import measure, plot, report, scenarios
+from benchmarks import kernels, measure, plot, recorder_cost, report, scenarios
 from benchmarks.lab import Lab
 from benchmarks.measure import Profile
 from benchmarks.stream import POOL_START_US, FrameStream, generate_pool, write_pool
@@ -97,6 +100,9 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
 
     start, factor = _start(prev.get("p2"), prof.sweep_start, prof)
     p2 = sweep("p2", "P2 all consumers", partial(measure.p2_step, lab, prof=prof), start, factor)
+    start, factor = _start(prev.get("p2_parquet") or p2["events_per_s"], prof.sweep_start, prof)
+    step = partial(measure.p2_step, lab, prof=prof, record_format="parquet")
+    sweep("p2_parquet", "P2 RECORD_FORMAT=parquet", step, start, factor)
     start, factor = _start(prev.get("baseline"), p2["events_per_s"] * 2, prof)
     sweep("baseline", "baseline reader", partial(measure.baseline_step, lab, prof=prof), start, factor)
     start, factor = _start(prev.get("p2_no_flight_recorder") or p2["events_per_s"], prof.sweep_start, prof)
@@ -138,6 +144,17 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
     )
     rep = timed("replay", measure.replay_rate, lab, recording, prof.replay_events)
     logger.info(f"replay {rep['events_per_s']:,.0f} ev/s ({rep['events']:,} events)")
+    cost = timed("recorder_cost", recorder_cost.run, prof.recorder_cost_events, 1)
+    logger.info(
+        "recorder per event: JSONL {j[cpu_us_per_event]:.2f} µs CPU in P2, {j[bytes_per_event]:.0f} B; Parquet "
+        "{q[cpu_us_per_event]:.2f} µs CPU in P2 + {q[child_cpu_us_per_event]:.2f} µs in its writer process, "
+        "{q[bytes_per_event]:.0f} B".format(j=cost["jsonl"], q=cost["parquet"])
+    )
+    priced = timed("kernels", kernels.measure, prof.kernel_events, prof.kernel_repeats, kernels.BATCH)
+    logger.info(
+        "kernels (reference time / kernel time, p1 shape, storm): "
+        + ", ".join(f"{k} {v['p1']['speedup']:.2f}/{v['storm']['speedup']:.2f}" for k, v in priced["kernels"].items())
+    )
     return run
 
 
@@ -167,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             run = one_run(lab, prof, recording, prev)
             done.append(run)
             prev = {
-                k: run[k]["events_per_s"] for k in ("p2", "baseline", "p2_no_flight_recorder") if run[k]["events_per_s"]
+                k: run[k]["events_per_s"]
+                for k in ("p2", "p2_parquet", "baseline", "p2_no_flight_recorder")
+                if run[k]["events_per_s"]
             }
             prev |= {f"scenario_{k}": v["events_per_s"] for k, v in run["scenarios"].items() if v["events_per_s"]}
     except (ServiceError, OSError) as exc:
@@ -206,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             "a step passes on the deltas of P2's counters (every consumer processed every event, no bus queue drop) "
             "after P2 settled; trade ids and times keep increasing across the sweep, except in the storm, which "
             f"resends the first {scenarios.STORM_WINDOW:,} events shuffled; peak RSS is P2's VmHWM at the sweep's end.",
+            "Recorder formats: p2_parquet is the p2 sweep with RECORD_FORMAT=parquet (files rolled every "
+            f"{measure.PARQUET_ROTATE_S:g} s so rows count within the grace); recorder_cost times each writer's step "
+            "in-process (benchmarks/recorder_cost.py): CPU in P2 and, for Parquet, in its writer process.",
+            "Kernels: benchmarks/kernels.py; each rule over the p1 and storm shapes in batches of "
+            f"{kernels.BATCH} events, with its batch kernel and by reference alone; speedup = reference time / "
+            "kernel time, medians of the repeats in the same run.",
         ],
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,10 @@ def test_it_prints_both_formats_costs_as_json(capsys: pytest.CaptureFixture) -> 
     result = json.loads(capsys.readouterr().out)
     assert result["events"] == 3000
     for fmt in ("jsonl", "parquet"):
-        assert set(result[fmt]) == {"us_per_event", "cpu_us_per_event", "bytes_per_event"}
-        assert all(v > 0 for v in result[fmt].values())
+        assert set(result[fmt]) == {"us_per_event", "cpu_us_per_event", "child_cpu_us_per_event", "bytes_per_event"}
+        assert all(v > 0 for k, v in result[fmt].items() if k != "child_cpu_us_per_event")
+    assert result["jsonl"]["child_cpu_us_per_event"] == 0
+    assert result["parquet"]["child_cpu_us_per_event"] > 0
     assert result["jsonl"]["bytes_per_event"] == pytest.approx(result["line_bytes"] + 1, abs=1e-3)
     assert result["parquet"]["bytes_per_event"] < result["jsonl"]["bytes_per_event"] / 3
 

@@ -53,3 +53,27 @@ def test_scenarios_are_ratios_per_run_with_goals_and_a_table_block():
     text = table(s, list(goals.values()), ["10000"], 1_000_000)
     assert "input scenarios" in text and "goal >= 0.5: met" in text and "goal < 80: NOT MET" in text
     assert "storm " not in text.split("input scenarios")[1].split("goals")[0]
+
+
+def test_recorder_formats_and_kernels_are_per_run_figures_with_table_blocks():
+    runs = [run(200_000, 500_000, 210_000, 800), run(100_000, 200_000, 100_000, 900)]
+    runs[0]["p2_parquet"] = {"events_per_s": 210_000}
+    runs[1]["p2_parquet"] = {"events_per_s": 90_000}
+    cost = {
+        "jsonl": {"cpu_us_per_event": 0.2, "child_cpu_us_per_event": 0.0, "bytes_per_event": 328.0},
+        "parquet": {"cpu_us_per_event": 0.3, "child_cpu_us_per_event": 4.0, "bytes_per_event": 30.0},
+    }
+    priced = {"kernels": {"sequence_gap": {"p1": {"speedup": 4.0}, "storm": {"speedup": 1.0}}}}
+    for r in runs:
+        r["recorder_cost"] = cost
+        r["kernels"] = priced
+    s = summarize(runs)
+    assert s["p2_parquet_over_jsonl"]["values"] == [1.05, 0.9]
+    assert s["recorder_parquet_child_cpu_us"]["median"] == 4.0
+    assert s["kernel_sequence_gap_p1_speedup"]["median"] == 4.0
+    goals = {g["metric"]: g for g in evaluate_goals(s)}
+    assert goals["p2_parquet_over_jsonl"]["passed"] is False  # median 0.975
+    text = table(s, list(goals.values()), ["10000"], 1_000_000)
+    assert "P2 recording Parquet / recording JSONL" in text
+    assert "parquet   0.30 us CPU in P2 + 4.00 us in its writer process, 30 bytes" in text
+    assert "sequence_gap   p1 4.00 [4.00, 4.00]   storm 1.00 [1.00, 1.00]" in text

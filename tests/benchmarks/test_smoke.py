@@ -16,7 +16,19 @@ from benchmarks.scenarios import SCENARIOS
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("p2", "baseline", "p2_no_flight_recorder", "scenarios", "latency", "p2_rss", "p1", "replay")
+SECTIONS = (
+    "p2",
+    "p2_parquet",
+    "baseline",
+    "p2_no_flight_recorder",
+    "scenarios",
+    "latency",
+    "p2_rss",
+    "p1",
+    "replay",
+    "recorder_cost",
+    "kernels",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +58,7 @@ def test_every_section_is_measured(smoke):
     results, _ = smoke
     [run] = results["runs"]
     assert set(SECTIONS) <= set(run)
-    for name in ("p2", "baseline", "p2_no_flight_recorder"):
+    for name in ("p2", "p2_parquet", "baseline", "p2_no_flight_recorder"):
         steps = run[name]["steps"]
         assert steps, name
         for step in steps:
@@ -55,9 +67,10 @@ def test_every_section_is_measured(smoke):
         assert run[name]["events_per_s"] in {s["rate"] for s in steps if s["passed"]} | {0.0}
 
 
-def test_p2_steps_run_every_consumer_on_a_clean_stream(smoke):
+@pytest.mark.parametrize("sweep", ["p2", "p2_parquet"])
+def test_p2_steps_run_every_consumer_on_a_clean_stream(smoke, sweep):
     results, _ = smoke
-    for step in results["runs"][0]["p2"]["steps"]:
+    for step in results["runs"][0][sweep]["steps"]:
         assert {"vwap", "volatility", "volume", "health", "forensics", "recorder"} <= set(step["processed"])
         if step["passed"]:
             assert set(step["processed"].values()) == {step["loadgen"]["sent"]}
@@ -116,7 +129,9 @@ def test_summary_goals_and_table(smoke):
     scenario_metrics = [f"scenario_{sc.name}_{m}" for sc in SCENARIOS for m in ("over_baseline", "peak_rss_mb")]
     for metric in ("p2_events_per_s", "baseline_events_per_s", "p2_over_baseline", "flight_recorder_overhead",
                    "p2_peak_rss_mb", "p1_peak_rss_mb", "p1_msgs_per_s", "replay_events_per_s",
-                   "latency_1000_p99_us", *scenario_metrics):  # fmt: skip
+                   "latency_1000_p99_us", "p2_parquet_over_jsonl", "recorder_jsonl_cpu_us",
+                   "recorder_parquet_cpu_us", "recorder_parquet_child_cpu_us", "recorder_parquet_bytes",
+                   "kernel_duplicate_p1_speedup", "kernel_vwap_storm_speedup", *scenario_metrics):  # fmt: skip
         assert len(summary[metric]["values"]) == 1
         assert not math.isnan(summary[metric]["median"])
     assert [g["goal"] for g in results["goals"]] == [g.name for g in GOALS]
@@ -125,3 +140,4 @@ def test_summary_goals_and_table(smoke):
     assert all(isinstance(g["passed"], bool) for m, g in by_metric.items() if not m.startswith("latency"))
     assert "goals" in proc.stdout and "P2 sustained, all consumers" in proc.stdout
     assert "input scenarios" in proc.stdout and all(f"scenario {sc.name} >=" in proc.stdout for sc in SCENARIOS)
+    assert "recorder cost per event" in proc.stdout and "batch kernels" in proc.stdout
