@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("p2-recorder", args.log_level, args.log_json)
 
     def emit(report: dict[str, Any]) -> None:
-        os.write(1, orjson.dumps(report) + b"\n")
+        with contextlib.suppress(OSError):  # P2 gone (killed): the files still get closed
+            os.write(1, orjson.dumps(report) + b"\n")
 
     files = ParquetFiles(
         args.base,

@@ -6,9 +6,11 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 
 import duckdb
@@ -20,7 +22,7 @@ from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import RecorderConsumer
-from mercurystream.p2.recorder_parquet import ParquetFiles, ParquetRecordWriter, file_stem
+from mercurystream.p2.recorder_parquet import HEADER, ParquetFiles, ParquetRecordWriter, file_stem
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
 from mercurystream.shared.parquet import COLUMNS
 from tests.p2.support import lines_batch
@@ -195,6 +197,28 @@ def test_a_dead_writer_process_counts_what_it_held_and_the_next_handoff_starts_a
     assert writer.close(30)
     assert [r["trade_id"] for r in rows(tmp_path / "*.parquet")] == [10_003]
     assert writer.written == 1 and writer.errors == 3
+
+
+def test_the_writer_process_closes_its_file_when_p2_is_gone(tmp_path: Path) -> None:
+    """P2 killed: the pipe closes, nobody reads the reports, and the rows still end in a closed file."""
+    argv = [sys.executable, "-m", "mercurystream.p2.recorder_parquet", str(tmp_path / "r.jsonl")]
+    child = subprocess.Popen([*argv, "--rotate-bytes", "1000000000", "--rotate-s", "60"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        lines = [recorded(0), recorded(1)]
+        message = HEADER.pack(2, sum(map(len, lines))) + array("Q", map(len, lines)).tobytes() + b"".join(lines)
+        child.stdin.write(message)
+        child.stdin.flush()
+        child.stdout.close()
+        child.stdin.close()
+        assert child.wait(60) == 0, child.stderr.read().decode()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    assert [r["trade_id"] for r in rows(tmp_path / "*.parquet")] == [10_000, 10_001]
+    assert not list(tmp_path.glob("*.part"))
 
 
 def test_lines_holding_a_newline_keep_their_bounds(tmp_path: Path) -> None:
