@@ -9,7 +9,8 @@ Trade ids and exchange times keep increasing across the whole sweep, except in t
 
 A step's verdict is today's (every consumer processed every event, no bus queue drop), computed
 from the deltas of P2's counters between the step's start and its end. Before each step P2 must
-*settle*: counters still, queues empty, no connection, no child process (an incident chart), no
+*settle*: counters still, queues empty, no connection, no child process (an incident chart; the
+Parquet recorder's writer process lives as long as P2 and does not count), no
 bundle waiting for its chart and little CPU, for ``settle_quiet_s`` in a row. P2's peak RSS over
 the whole sweep, overload steps included, is its ``VmHWM`` at the end.
 """
@@ -104,6 +105,14 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def is_recorder_process(pid: int) -> bool:
+    """The Parquet recorder's writer process: a child that lives as long as P2, never a sign of work pending."""
+    try:
+        return b"mercurystream.p2.recorder_parquet" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def charts_pending(incidents: Path) -> int:
     """Bundles in place whose ``chart.png`` P2 has yet to draw."""
     if not incidents.is_dir():
@@ -129,7 +138,7 @@ def settle(p2: Endpoint, prof: Profile) -> tuple[Sample, float, bool]:
             and m.total("mercurystream_queue_depth") == 0
             and m.value("mercurystream_connections") == 0
             and (cpu - cpu_then) / (now - t_then) <= SETTLE_CPU_SHARE
-            and not child_pids(p2.pid)
+            and not [c for c in child_pids(p2.pid) if not is_recorder_process(c)]
             and not charts_pending(p2.files["incidents"])
         )
         last, cpu_then, t_then = counts, cpu, now
