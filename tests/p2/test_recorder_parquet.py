@@ -348,3 +348,31 @@ async def test_mercury_p2_records_parquet_and_sigterm_loses_no_row(tmp_path: Pat
 def test_a_bad_record_format_is_a_configuration_error(value: str) -> None:
     with pytest.raises(ValueError, match="RECORD_FORMAT"):
         P2Settings(RECORD_FORMAT=value)
+
+
+def test_p2_itself_never_loads_pyarrow(tmp_path: Path) -> None:
+    """The rows are built in the writer process: P2 records Parquet without pyarrow in its memory."""
+    code = f"""
+import asyncio, sys
+assert "pyarrow" not in sys.modules
+from mercurystream.p2.bus import Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.recorder import RecorderConsumer
+from tests.p2.support import lines_batch
+
+async def main():
+    settings = P2Settings(RECORD=True, RECORD_FILE={str(tmp_path / "r.jsonl")!r}, RECORD_FORMAT="parquet")
+    bus = Bus()
+    rec = RecorderConsumer(bus, settings, P2Metrics())
+    await rec.start()
+    bus.publish(lines_batch({[recorded(i) for i in range(10)]!r}))
+    await rec.stop()
+    print(rec.writer.written, "pyarrow" in sys.modules)
+
+asyncio.run(main())
+"""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["10", "False"]
