@@ -78,12 +78,31 @@ def file_stem(base: Path) -> Path:
     return base.with_suffix("") if base.suffix in (".jsonl", ".parquet") else base
 
 
+class _Child:
+    """One writer process and what P2 knows of it; ``finished`` once its reports are all read and its losses counted."""
+
+    __slots__ = ("accounted", "finished", "inflight", "proc", "reader", "sent")
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.reader: threading.Thread | None = None
+        self.inflight: deque[tuple[int, int]] = deque()
+        """Per message sent and not yet acknowledged: its handoffs and bytes."""
+        self.sent = 0
+        """Lines sent to it."""
+        self.accounted = 0
+        """Of them, those it reported written, rejected or lost (advanced by its reader thread only)."""
+        self.finished = False
+
+
 class ParquetRecordWriter(JsonlWriter):
     """The JSONL writer's thread and handoff, piping the lines to the child that writes Parquet files.
 
     ``path`` is the file being written, or the last one closed (the status line shows it); ``files``
     counts the files closed. ``done`` advances when the child acknowledges a message (on the
-    reader thread), or at once for a handoff that could not be sent (counted as errors).
+    reader thread), or at once for a handoff that could not be sent (counted as errors). One lock
+    orders a message's registration against the end of its child, so every line sent is either
+    acknowledged or counted lost, exactly once.
     """
 
     def __init__(
@@ -107,14 +126,7 @@ class ParquetRecordWriter(JsonlWriter):
         self._on_rejected = on_rejected
         self._log = (log_level, log_json)
         self._lock = threading.Lock()
-        self._child: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._inflight: deque[tuple[int, int]] = deque()
-        """Per message sent and not yet acknowledged: its handoffs and bytes."""
-        self._sent_lines = 0
-        """Lines sent to the current child."""
-        self._accounted = 0
-        """Of them, those it reported written, rejected or lost."""
+        self._child: _Child | None = None
         self._closing = False
         self._ready = threading.Event()
         self._warn_stale_parts()
@@ -134,7 +146,7 @@ class ParquetRecordWriter(JsonlWriter):
     @property
     def child_pid(self) -> int | None:
         child = self._child
-        return None if child is None else child.pid
+        return None if child is None else child.proc.pid
 
     def start(self) -> None:
         """Start the child, wait until it is ready (it loads pyarrow: a moment), then the writer thread."""
@@ -155,15 +167,19 @@ class ParquetRecordWriter(JsonlWriter):
         lengths = array("Q", map(len, chain.from_iterable(batches)))
         header = HEADER.pack(n, len(data))
         child = self._child if self._child is not None else self._spawn()
-        if child is None:
-            self._lost(n, "no recorder process")
+        registered = False
+        if child is not None:
+            with self._lock:
+                if not child.finished:
+                    child.inflight.append((handoffs, nbytes))
+                    child.sent += n
+                    registered = True
+        if not registered:
+            self._lost(n, "no writer process")
             self._settle(handoffs, nbytes)
             return
-        with self._lock:
-            self._inflight.append((handoffs, nbytes))
-            self._sent_lines += n
         try:
-            fd = child.stdin.fileno()  # type: ignore[union-attr]
+            fd = child.proc.stdin.fileno()  # type: ignore[union-attr]
             for part in (header, lengths, data):
                 view = memoryview(part)
                 while view:
@@ -173,7 +189,7 @@ class ParquetRecordWriter(JsonlWriter):
             # these included, and settles the handoffs in flight.
             if self._sampler.should_log("pipe"):
                 logger.error(f"recorder: handing {n} events to the Parquet writer failed: {exc!r}")
-            self._end_child(kill=True)
+            self._end_child(child, kill=True)
 
     def _settle(self, handoffs: int, nbytes: int) -> None:
         with self._lock:
@@ -187,42 +203,41 @@ class ParquetRecordWriter(JsonlWriter):
         if n and self._sampler.should_log("write"):
             logger.error(f"recorder: {n} events not written to Parquet ({why}); counted, going on")
 
-    def _spawn(self) -> subprocess.Popen[bytes] | None:
-        """Start the child and the thread reading its reports; ``None`` (logged) if it cannot start."""
+    def _spawn(self) -> _Child | None:
+        """Start a child and the thread reading its reports; ``None`` (logged) if it cannot start."""
         level, json = self._log
         argv = [sys.executable, "-m", "mercurystream.p2.recorder_parquet", str(self.base)]
         argv += ["--rotate-bytes", str(self.rotate_bytes), "--rotate-s", repr(self.rotate_s), "--log-level", level]
         if json:
             argv.append("--log-json")
         try:
-            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         except OSError as exc:
             if self._sampler.should_log("spawn"):
                 logger.error(f"recorder: starting the Parquet writer process failed: {exc!r}")
             return None
         with contextlib.suppress(OSError):
-            fcntl.fcntl(child.stdin.fileno(), _SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
-        with self._lock:
-            self._child = child
-            self._sent_lines = self._accounted = 0
-        self._reader = threading.Thread(target=self._read_reports, args=(child,), name="recorder:reports", daemon=True)
-        self._reader.start()
+            fcntl.fcntl(proc.stdin.fileno(), _SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+        child = self._child = _Child(proc)
+        child.reader = threading.Thread(target=self._read_reports, args=(child,), name="recorder:reports", daemon=True)
+        child.reader.start()
         return child
 
-    def _read_reports(self, child: subprocess.Popen[bytes]) -> None:
+    def _read_reports(self, child: _Child) -> None:
         """Apply the child's reports until it exits; then count what it never accounted for."""
-        for line in child.stdout:  # type: ignore[union-attr]
+        for line in child.proc.stdout:  # type: ignore[union-attr]
             try:
                 report = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            self._apply(report)
-        code = child.wait()
+            self._apply(child, report)
+        code = child.proc.wait()
         self._ready.set()
         with self._lock:
-            lost = self._sent_lines - self._accounted
-            inflight = list(self._inflight)
-            self._inflight.clear()
+            child.finished = True
+            lost = child.sent - child.accounted
+            inflight = list(child.inflight)
+            child.inflight.clear()
             if self._child is child:
                 self._child = None
         if lost or (code and not self._closing):
@@ -230,20 +245,20 @@ class ParquetRecordWriter(JsonlWriter):
             self._lost(lost, "its process ended")
         self._settle(sum(h for h, _ in inflight), sum(b for _, b in inflight))
 
-    def _apply(self, report: dict[str, Any]) -> None:
+    def _apply(self, child: _Child, report: dict[str, Any]) -> None:
         if "ready" in report:
             self._ready.set()
         if "opened" in report:
             self.path = Path(report["opened"])
         for reason, k in report.get("rejected", {}).items():
             self.rejected += k
-            self._accounted += k
+            child.accounted += k
             if self._on_rejected is not None:
                 self._on_rejected(reason, k)
         if "errors" in report:
             k = report["errors"]
             self.errors += k
-            self._accounted += k
+            child.accounted += k
             if self._on_error is not None and k:
                 self._on_error(k)
         if "written" in report:
@@ -251,37 +266,37 @@ class ParquetRecordWriter(JsonlWriter):
             self.path = Path(report["closed"])
             self.files += 1
             self.written += k
-            self._accounted += k
+            child.accounted += k
             if self._on_written is not None:
                 self._on_written(k)
         acks = report.get("ack", 0)
         if acks:
             with self._lock:
-                handed = [self._inflight.popleft() for _ in range(min(acks, len(self._inflight)))]
+                handed = [child.inflight.popleft() for _ in range(min(acks, len(child.inflight)))]
             self._settle(sum(h for h, _ in handed), sum(b for _, b in handed))
 
-    def _end_child(self, kill: bool = False) -> None:
-        """Close the pipe and wait for the child (killed if asked, or if it takes too long) and its reports."""
-        child, reader = self._child, self._reader
+    def _end_child(self, child: _Child | None, kill: bool = False) -> None:
+        """Close its pipe and wait for it (killed if asked, or if it takes too long) and for its reports."""
         if child is None:
             return
+        proc = child.proc
         if kill:
             with contextlib.suppress(OSError):
-                child.kill()
+                proc.kill()
         with contextlib.suppress(OSError):
-            child.stdin.close()  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
         try:
-            child.wait(CHILD_EXIT_S)
+            proc.wait(CHILD_EXIT_S)
         except subprocess.TimeoutExpired:
             logger.error(f"recorder: the Parquet writer did not finish within {CHILD_EXIT_S:g}s; killed")
-            child.kill()
-        if reader is not None:
-            reader.join()
+            proc.kill()
+        if child.reader is not None:
+            child.reader.join()
 
     def _close_file(self) -> None:
         """At stop: the child closes its file and exits; its reports are all applied on return."""
         self._closing = True
-        self._end_child()
+        self._end_child(self._child)
 
     def status_extra(self) -> str:
         return f" rejected={self.rejected} files={self.files}"
