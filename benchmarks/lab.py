@@ -42,6 +42,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Children of every thread of a live process (``/proc/<pid>/task/*/children``)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+def is_recorder_process(pid: int) -> bool:
+    """The Parquet recorder's writer process: a child that lives as long as P2, never a sign of work pending."""
+    try:
+        return b"mercurystream.p2.recorder_parquet" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class Endpoint:
     """A started service and where to reach it."""
 

@@ -10,6 +10,7 @@ bus queues absorb up to ``BUS_QUEUE_EVENTS`` of backlog, which must then drain w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks.lab import Endpoint, Lab, poll_until
+from benchmarks.lab import Endpoint, Lab, child_pids, cpu_seconds, is_recorder_process, poll_until
 from benchmarks.sweep import RateSweep
 from mercurystream.processes import BIN, ServiceError
 from mercurystream.shared.clock import now_us
@@ -225,7 +226,11 @@ def p2_step(
         settings |= {"RECORD_FORMAT": record_format, "RECORD_ROTATE_S": PARQUET_ROTATE_S}
     p2 = lab.p2(**settings)
     try:
+        cpu0 = process_cpu(p2)
         step = drive(lab, p2, rate, prof.step_s, prof.grace_s, p2_verdict)
+        cpu = process_cpu(p2)
+        sent = max(1, step["loadgen"]["sent"])
+        step["cpu_us_per_event"] = {k: round((cpu[k] - cpu0.get(k, 0.0)) / sent * 1e6, 3) for k in cpu}
         m: Sample = step.pop("_metrics")
         step["processed"] = {
             c: int(v) for c, v in m.by_label("mercurystream_consumer_events_total", "consumer").items()
@@ -241,6 +246,16 @@ def p2_step(
         record.unlink(missing_ok=True)
         for path in record.parent.glob(f"{record.stem}.*.parquet*"):
             path.unlink(missing_ok=True)
+
+
+def process_cpu(p2: Endpoint) -> dict[str, float]:
+    """CPU seconds so far of P2 itself and of its Parquet writer process (if it records Parquet)."""
+    out = {"p2": p2.cpu_seconds()}
+    for pid in child_pids(p2.pid):
+        if is_recorder_process(pid):
+            with contextlib.suppress(OSError):
+                out["recorder_process"] = cpu_seconds(pid)
+    return out
 
 
 def _baseline_verdict(m: Sample, sent: int) -> tuple[bool, str | None]:

@@ -78,6 +78,10 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
         out["baseline_events_per_s"] = run["baseline"]["events_per_s"]
         if "p2" in run:
             out["p2_over_baseline"] = _ratio(run["p2"]["events_per_s"], run["baseline"]["events_per_s"])
+    for sweep, metric in (("p2", "p2_cpu_us"), ("p2_parquet", "p2_parquet_cpu_us")):
+        cpu = _passing_cpu(run.get(sweep, {}))
+        for who, us in cpu.items():
+            out[metric if who == "p2" else f"{metric}_{who}"] = us
     if "p2_parquet" in run:
         out["p2_parquet_events_per_s"] = run["p2_parquet"]["events_per_s"]
         if "p2" in run:
@@ -114,6 +118,12 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
         if "baseline" in run:
             out[f"scenario_{name}_over_baseline"] = _ratio(sc["events_per_s"], run["baseline"]["events_per_s"])
     return out
+
+
+def _passing_cpu(sweep: dict[str, Any]) -> dict[str, float]:
+    """CPU µs per event, by process, at the sweep's highest passing step (below the limit, where it means cost)."""
+    passed = [s for s in sweep.get("steps", []) if s.get("passed") and s.get("cpu_us_per_event")]
+    return max(passed, key=lambda s: s["rate"])["cpu_us_per_event"] if passed else {}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -273,7 +283,7 @@ def recorder_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
     def med(metric: str) -> float:
         return summary[metric]["median"]
 
-    return [
+    lines = [
         "",
         "recorder cost per event (benchmarks/recorder_cost.py; medians)",
         "-" * 84,
@@ -282,6 +292,13 @@ def recorder_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
         f"{med('recorder_parquet_child_cpu_us'):.2f} us in its writer process, "
         f"{med('recorder_parquet_bytes'):.0f} bytes",
     ]
+    if "p2_cpu_us" in summary and "p2_parquet_cpu_us" in summary:
+        child = summary.get("p2_parquet_cpu_us_recorder_process", {}).get("median", math.nan)
+        lines.append(
+            f"{'sweeps':<9} at the highest passing step, P2 CPU per event: JSONL {med('p2_cpu_us'):.2f} us, "
+            f"Parquet {med('p2_parquet_cpu_us'):.2f} us + {child:.2f} us in its writer process"
+        )
+    return lines
 
 
 def kernel_lines(summary: dict[str, dict[str, Any]]) -> list[str]:

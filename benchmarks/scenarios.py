@@ -17,9 +17,7 @@ the whole sweep, overload steps included, is its ``VmHWM`` at the end.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from functools import cache, partial
@@ -29,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from benchmarks import measure
-from benchmarks.lab import Endpoint, Lab
+from benchmarks.lab import Endpoint, Lab, child_pids, is_recorder_process
 from benchmarks.measure import Profile
 from benchmarks.stream import FrameStream, read_pool
 from benchmarks.sweep import RateSweep
@@ -93,24 +91,6 @@ class Feed:
     def advance(self, sent: int) -> None:
         self.steps += 1
         self.sent += sent
-
-
-def child_pids(pid: int) -> list[int]:
-    """Children of every thread of a live process (``/proc/<pid>/task/*/children``)."""
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return out
-
-
-def is_recorder_process(pid: int) -> bool:
-    """The Parquet recorder's writer process: a child that lives as long as P2, never a sign of work pending."""
-    try:
-        return b"mercurystream.p2.recorder_parquet" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def charts_pending(incidents: Path) -> int:

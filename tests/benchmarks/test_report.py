@@ -59,6 +59,12 @@ def test_recorder_formats_and_kernels_are_per_run_figures_with_table_blocks():
     runs = [run(200_000, 500_000, 210_000, 800), run(100_000, 200_000, 100_000, 900)]
     runs[0]["p2_parquet"] = {"events_per_s": 210_000}
     runs[1]["p2_parquet"] = {"events_per_s": 90_000}
+    for r in runs:
+        r["p2"]["steps"] = [{"rate": 1, "passed": True, "cpu_us_per_event": {"p2": 9.0}},
+                            {"rate": 2, "passed": True, "cpu_us_per_event": {"p2": 5.0}},
+                            {"rate": 3, "passed": False, "cpu_us_per_event": {"p2": 1.0}}]  # fmt: skip
+        cpu = {"p2": 5.5, "recorder_process": 4.0}
+        r["p2_parquet"]["steps"] = [{"rate": 2, "passed": True, "cpu_us_per_event": cpu}]
     cost = {
         "jsonl": {"cpu_us_per_event": 0.2, "child_cpu_us_per_event": 0.0, "bytes_per_event": 328.0},
         "parquet": {"cpu_us_per_event": 0.3, "child_cpu_us_per_event": 4.0, "bytes_per_event": 30.0},
@@ -77,3 +83,5 @@ def test_recorder_formats_and_kernels_are_per_run_figures_with_table_blocks():
     assert "P2 recording Parquet / recording JSONL" in text
     assert "parquet   0.30 us CPU in P2 + 4.00 us in its writer process, 30 bytes" in text
     assert "sequence_gap   p1 4.00 [4.00, 4.00]   storm 1.00 [1.00, 1.00]" in text
+    assert s["p2_cpu_us"]["median"] == 5.0  # the highest passing step's
+    assert "JSONL 5.00 us, Parquet 5.50 us + 4.00 us in its writer process" in text
