@@ -78,6 +78,7 @@ class P2App:
         self._drop_counters: dict[str, Any] = {}
         self.bus = Bus(on_drop=self._on_drop)
         self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
+        self.source.max_future_skew_s = settings.MAX_FUTURE_SKEW_S
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
