@@ -18,6 +18,19 @@ SECONDS_PER_YEAR = 365 * 24 * 3600
 OUT_OF_ORDER = "out_of_order"
 
 
+def log_return(price: float, previous: float) -> float:
+    """``ln(price / previous)``, finite for any two positive finite prices.
+
+    The ratio of two extreme prices (1e308 after 1e-308) overflows to infinity or underflows to 0,
+    whose log is infinite or raises; the difference of the two logs is then the same return, exact
+    enough and finite. The common case keeps the one division and one log.
+    """
+    ratio = price / previous
+    if 0.0 < ratio < math.inf:
+        return math.log(ratio)
+    return math.log(price) - math.log(previous)
+
+
 class _VolState:
     __slots__ = ("evicted", "head", "last_price", "last_time", "returns", "s1", "s2", "times")
 
@@ -67,7 +80,7 @@ class VolatilityWindow:
         if time_s < st.last_time:
             self.skipped[OUT_OF_ORDER] += 1
             return
-        r = math.log(price / st.last_price)
+        r = log_return(price, st.last_price)
         st.last_price = price
         st.last_time = time_s
         st.times.append(time_s)
@@ -94,8 +107,12 @@ class VolatilityWindow:
             times = times[1:]
             if not prices:
                 return True
-        previous = chain((st.last_price,), islice(prices, len(prices) - 1))
-        rs = list(map(math.log, map(truediv, prices, previous)))
+        previous = list(chain((st.last_price,), islice(prices, len(prices) - 1)))
+        ratios = list(map(truediv, prices, previous))
+        if min(ratios) > 0.0 and max(ratios) < math.inf:
+            rs = list(map(math.log, ratios))
+        else:
+            rs = list(map(log_return, prices, previous))
         st.last_price = prices[-1]
         st.last_time = times[-1]
         st.times.extend(times)
