@@ -179,21 +179,28 @@ class Batch:
         return self._trades
 
     def tail(self, start: int) -> Batch:
-        """The events from ``start`` on (drop-oldest cuts a queued batch here, and only here)."""
+        """The events from ``start`` on (drop-oldest cuts a queued batch here)."""
+        return self.part(start, len(self.lines))
+
+    def part(self, start: int, stop: int) -> Batch:
+        """The events ``start`` to ``stop`` (excluded): the one place a batch is cut.
+
+        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole.
+        """
         at = self.latency_at
         if type(at) is range:
-            lat_start, lat_at = start, None
+            lat_start, lat_stop, lat_at = start, stop, None
         else:
-            lat_start = bisect_left(at, start)
-            lat_at = [i - start for i in at[lat_start:]]
+            lat_start, lat_stop = bisect_left(at, start), bisect_left(at, stop)
+            lat_at = [i - start for i in at[lat_start:lat_stop]]
         return Batch(
-            self.lines[start:],
+            self.lines[start:stop],
             self.recv_ts_us,
-            [col[start:] for col in self.columns()],
-            self.latencies[lat_start:],
+            [col[start:stop] for col in self.columns()],
+            self.latencies[lat_start:lat_stop],
             lat_at,  # type: ignore[arg-type]
-            [(i - start, d) for i, d in self.drift if i >= start],
-            [(i - start, r) for i, r in self.invalid if i >= start],
+            [(i - start, d) for i, d in self.drift if start <= i < stop],
+            [(i - start, r) for i, r in self.invalid if start <= i < stop],
             self.clean,
             self.time_limit_s,
         )

@@ -23,7 +23,7 @@ from mercurystream.p2.analytics import (
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
-from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.consumer import SHUTDOWN, Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.rule import run
 from mercurystream.shared.clock import now_us
@@ -324,6 +324,7 @@ class SlowConsumer(Consumer):
         for i in range(n):
             if self._stopping:
                 self.abandoned += n - i
+                self.drop(SHUTDOWN, n - i)
                 return
             await asyncio.sleep(delay)
             self.handled += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -73,25 +74,28 @@ def _fmt(bound: float) -> str:
 class ScrapedCounter:
     """A counter whose value is a count its owner keeps anyway, read when Prometheus scrapes.
 
-    ``source`` returns the total, or ``{label value: total}`` when the counter has a label; the
-    owner sets it (``None`` exports zero, or nothing with a label). Reading an int another thread
-    is advancing needs no lock.
+    ``source`` returns the total, or ``{label value: total}`` when the counter has a label
+    (``{(value, value): total}`` with several); the owner sets it (``None`` exports zero, or
+    nothing with a label). Reading an int another thread is advancing needs no lock.
     """
 
-    def __init__(self, name: str, documentation: str, label: str | None = None) -> None:
+    def __init__(self, name: str, documentation: str, label: str | tuple[str, ...] | None = None) -> None:
         self.name = name
         self.documentation = documentation
         self.label = label
-        self.source: Callable[[], float | Mapping[str, float]] | None = None
+        self.source: Callable[[], float | Mapping[Any, float]] | None = None
 
     def collect(self):
         got = self.source() if self.source is not None else (0.0 if self.label is None else {})
         if self.label is None:
             yield CounterMetricFamily(self.name, self.documentation, value=float(got))  # type: ignore[arg-type]
             return
-        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        several = type(self.label) is tuple
+        family = CounterMetricFamily(
+            self.name, self.documentation, labels=list(self.label) if several else [self.label]
+        )
         for key, v in sorted(got.items()):  # type: ignore[union-attr]
-            family.add_metric([key], float(v))
+            family.add_metric(list(key) if several else [key], float(v))
         yield family
 
 
@@ -165,7 +169,18 @@ class P2Metrics:
             "mercurystream_drops", "Events dropped from a full subscriber queue (drop-oldest)", ["consumer"], registry=r
         )
         self.consumer_events_total = ScrapedCounter(
-            "mercurystream_consumer_events", "Events processed by each consumer", "consumer"
+            "mercurystream_consumer_events", "Events each consumer handled to the end (passed on)", "consumer"
+        )
+        self.consumer_received_total = ScrapedCounter(
+            "mercurystream_consumer_received",
+            "Events the bus offered each consumer: passed on + dropped (by reason) + queued + in hand",
+            "consumer",
+        )
+        self.consumer_dropped_total = ScrapedCounter(
+            "mercurystream_consumer_dropped",
+            "Events a consumer received and did not pass on, by reason "
+            "(queue_full: drop-oldest; consumer_error: it raised on the event alone; shutdown)",
+            ("consumer", "reason"),
         )
         self.queue_depth = Gauge(
             "mercurystream_queue_depth", "Events waiting in each subscriber queue", ["consumer"], registry=r
@@ -204,6 +219,8 @@ class P2Metrics:
         for collector in (
             self.events_total,
             self.consumer_events_total,
+            self.consumer_received_total,
+            self.consumer_dropped_total,
             self.vwap,
             self.volatility,
             self.volume_usd_1m,
