@@ -76,7 +76,7 @@ class P2App:
         consumers: Sequence[ConsumerFactory] | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = P2Metrics(registry)
+        self.metrics = P2Metrics(registry, settings.MAX_PRODUCT_LABELS)
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
         self.bus = Bus(on_drop=self._on_drop)

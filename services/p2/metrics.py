@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from mercurystream.shared.labels import MAX_PRODUCT_LABELS, ProductGauge
 
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -99,33 +101,12 @@ class ScrapedCounter:
         yield family
 
 
-class ProductGauge:
-    """A gauge per ``product_id`` that the loop sets as a dict entry and a scrape reads.
-
-    ``set`` is one dict store instead of a labelled ``Gauge``'s child lookup and lock, for the
-    analytics that publish a figure per product on every batch.
-    """
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.values: dict[str, float] = {}
-
-    def set(self, product_id: str, value: float) -> None:
-        self.values[product_id] = value
-
-    def collect(self):
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id"])
-        # sorted() copies the items in one C call, so a product added meanwhile cannot break the loop.
-        for pid, v in sorted(self.values.items()):
-            family.add_metric([pid], float(v))
-        yield family
-
-
 class P2Metrics:
     """Every metric P2 exports."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_product_labels: int = MAX_PRODUCT_LABELS) -> None:
+        """``max_product_labels``: products with a label of their own in each per-product gauge."""
+        n = max_product_labels
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.events_total = ScrapedCounter("mercurystream_events", "Events received by P2 and published to the bus")
         self.events_per_second = Gauge(
@@ -197,15 +178,19 @@ class P2Metrics:
             ["consumer", "reason"],
             registry=r,
         )
-        self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S")
+        self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S", n)
         self.age_p99_ms = Gauge(
             "mercurystream_event_age_p99_ms", "P1 ingest to VWAP consumer age, p99, in milliseconds", registry=r
         )
         self.volatility = ProductGauge(
-            "mercurystream_volatility_annualized", "Annualized volatility from the last VOL_WINDOW trades' log returns"
+            "mercurystream_volatility_annualized",
+            "Annualized volatility from the last VOL_WINDOW trades' log returns",
+            n,
         )
-        self.volume_usd_1m = ProductGauge("mercurystream_volume_usd_1m", "USD notional traded over the last 60 s")
-        self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s")
+        self.volume_usd_1m = ProductGauge(
+            "mercurystream_volume_usd_1m", "USD notional traded over the last 60 s", n, additive=True
+        )
+        self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s", n, additive=True)
         self.recorded_total = Counter("mercurystream_recorded_events", "Events written by the recorder", registry=r)
         self.recorder_errors_total = Counter(
             "mercurystream_recorder_errors", "Recorder write failures (events lost from the file)", registry=r

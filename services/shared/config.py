@@ -13,6 +13,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mercurystream.shared.labels import MAX_PRODUCT_LABELS
+
 EXIT_CONFIG = 2
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -28,6 +30,7 @@ class CommonSettings(BaseSettings):
     LOG_LEVEL: LogLevel = "INFO"
     LOG_JSON: bool = False
     STATUS_INTERVAL_S: float = Field(5.0, gt=0)
+    MAX_PRODUCT_LABELS: int = Field(MAX_PRODUCT_LABELS, ge=0)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
