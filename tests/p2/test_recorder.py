@@ -7,8 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
@@ -305,31 +303,10 @@ def test_when_the_cut_fails_the_next_open_cuts_or_a_new_file_is_started(tmp_path
     assert other.close(1)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 64 KiB tmpfs, for a real ENOSPC; skipped where mounting is not permitted."""
-    import shutil
-    import subprocess
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=10
-    )
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {got.stderr.strip()[:200]}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
-
-
 def test_a_real_full_filesystem_keeps_whole_lines_and_recording_resumes(small_disk: Path) -> None:
     path = small_disk / "rec.jsonl"
     filler = small_disk / "filler"
-    filler.write_bytes(b"f" * 40_000)
+    filler.write_bytes(b"f" * 232_000)
     writer = JsonlWriter(path)
     writer.write([lines_of(2000)])  # about 100 KB into the 24 KB left
     first = whole_lines(path)
