@@ -107,18 +107,22 @@ class VolatilityWindow:
             times = times[1:]
             if not prices:
                 return True
-        previous = list(chain((st.last_price,), islice(prices, len(prices) - 1)))
-        ratios = list(map(truediv, prices, previous))
-        if min(ratios) > 0.0 and max(ratios) < math.inf:
-            rs = list(map(math.log, ratios))
-        else:
+        previous = chain((st.last_price,), islice(prices, len(prices) - 1))
+        try:
+            rs = list(map(math.log, map(truediv, prices, previous)))
+            total = sum(rs)
+        except ValueError:  # a ratio that underflowed to 0
+            total = math.inf
+        if not math.isfinite(total):  # or one that overflowed: the returns of extreme prices, one by one
+            previous = chain((st.last_price,), islice(prices, len(prices) - 1))
             rs = list(map(log_return, prices, previous))
+            total = sum(rs)
         st.last_price = prices[-1]
         st.last_time = times[-1]
         st.times.extend(times)
         returns = st.returns
         returns.fromlist(rs)
-        st.s1 += sum(rs)
+        st.s1 += total
         st.s2 += sum(map(mul, rs, rs))
         excess = len(returns) - st.head - (self.n - 1)
         if excess > 0:
