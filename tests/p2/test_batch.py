@@ -136,6 +136,20 @@ def test_tail_cuts_every_column_verdict_and_latency_in_one_place() -> None:
     assert list(clean.tail(3).latency_at) == [0, 1] and list(clean.tail(3).trade_ids) == [3, 4]
 
 
+def test_part_cuts_one_event_out_with_its_verdicts_and_latency() -> None:
+    events = [p1_event(1), p1_event(2, price="x"), seed_event(3), {**p1_event(4), "ingest_ts_ms": "soon"}]
+    del events[3]["ingest_ts_us"]
+    batch, _ = read(events)
+    parts = [batch.part(i, i + 1) for i in range(len(batch))]
+    assert [p.lines for p in parts] == [[line] for line in batch.lines]
+    assert [len(p.drift) for p in parts] == [0, 1, 0, 1] and [p.drift[0][0] for p in parts if p.drift] == [0, 0]
+    assert [list(p.latencies) for p in parts] == [[batch.latencies[0]], [batch.latencies[1]], [batch.latencies[2]], []]
+    assert all(p.time_limit_s == batch.time_limit_s for p in parts)
+    clean, _ = read([p1_event(i) for i in range(5)])
+    middle = clean.part(1, 3)
+    assert list(middle.trade_ids) == [1, 2] and list(middle.latency_at) == [0, 1] and middle.clean
+
+
 _value = (
     st.integers(-(2**70), 2**70)
     | st.floats()
