@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mercurystream.shared.labels import MAX_PRODUCT_LABELS
+from mercurystream.shared.schema import PRODUCT_ID_MAX
 
 EXIT_CONFIG = 2
 
@@ -44,6 +45,8 @@ def parse_symbols(value: object) -> object:
         parts = [p.strip().upper() for p in value.split(",")]
         if not all(parts):
             raise ValueError("expected comma-separated product ids like BTC-USD,ETH-USD")
+        if max(map(len, parts)) > PRODUCT_ID_MAX:
+            raise ValueError(f"a product id has at most {PRODUCT_ID_MAX} characters")
         return parts
     return value
 
