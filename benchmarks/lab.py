@@ -129,6 +129,9 @@ class Lab:
             "RECORD_FILE": files["record"],
             "INCIDENTS_DIR": files["incidents"],
             "DRIFT_SAMPLE_FILE": files["drift"],
+            # The load streams move their trade dates a day per pool cycle, ahead of the wall clock
+            # on a long sweep; the bound's check costs the same whatever its value.
+            "MAX_FUTURE_SKEW_S": 10 * 365 * 86400,
             **settings,
         }
         svc = self._spawn("p2", [str(BIN / "mercury-p2")], env)

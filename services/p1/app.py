@@ -16,10 +16,14 @@ from mercurystream.p1.feed import CoinbaseFeed
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.p1.pipeline import IngestPipeline
 from mercurystream.p1.sink import TcpSink
+from mercurystream.shared.clip import join_clipped
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
 from mercurystream.shared.runtime import tune_gc
+
+SUBSCRIBED_MAX = 512
+"""Characters of the product lists in P1's status line; the rest is counted (``… +N more``)."""
 
 
 class P1App:
@@ -31,7 +35,7 @@ class P1App:
         self.settings = settings
         # Until a P1_METRICS_HOST setting exists, bind loopback like P2's HOST default does.
         self.metrics_host = metrics_host or getattr(settings, "P1_METRICS_HOST", "127.0.0.1")
-        self.metrics = P1Metrics(registry)
+        self.metrics = P1Metrics(registry, settings.MAX_PRODUCT_LABELS)
         self.pipeline = IngestPipeline()
         self.sink = TcpSink(
             settings.P2_HOST,
@@ -97,10 +101,10 @@ class P1App:
             f"P1 | msgs={proto.messages} valid={self.pipeline.valid} invalid={self.pipeline.invalid} "
             f"forwarded={b.forwarded} acked={b.acked} buffered={b.held} dropped={b.dropped_total} "
             f"reconnects ws={self.feed.reconnects} p2={self.sink.reconnects} "
-            f"subscribed={','.join(sorted(proto.subscribed_products)) or '-'}"
+            f"subscribed={join_clipped(sorted(proto.subscribed_products), ',', SUBSCRIBED_MAX) or '-'}"
         )
         if proto.invalid:
-            line += f" invalid_products={','.join(proto.invalid)}"
+            line += f" invalid_products={join_clipped(proto.invalid, ',', SUBSCRIBED_MAX)}"
         return line
 
     async def _status_loop(self) -> None:

@@ -27,6 +27,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.clip import STATUS_MAX, clip, join_clipped, preview
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 
@@ -151,10 +152,10 @@ class FeedProtocol:
                 self._on_subscriptions(msg)
             elif t == "error":
                 self._on_error(msg)
-            elif t not in self._labels:
+            elif (t := clip(t)) not in self._labels:
                 if len(self._labels) - len(_ALWAYS_LABELLED) < self.max_type_labels:
                     self._labels.add(t)
-                    logger.info("feed: ignoring messages of unknown type {!r}", t)
+                    logger.info("feed: ignoring messages of unknown type {}", preview(t))
                 else:
                     t = OTHER
             counts[t] = counts.get(t, 0) + 1
@@ -167,26 +168,28 @@ class FeedProtocol:
                 products.update(p for p in entry["product_ids"] if type(p) is str)
         self.subscribed = True
         self.subscribed_products = frozenset(products & set(self.symbols))
-        logger.info("feed: subscribed: {}", orjson.dumps(channels).decode())
+        logger.info("feed: subscribed: {}", clip(orjson.dumps(channels).decode(), STATUS_MAX))
 
     def _on_error(self, msg: dict[str, Any]) -> None:
         reason = msg.get("reason")
         m = _INVALID_PRODUCT.match(reason) if type(reason) is str else None
         product = m.group(1) if m else None
         if product is None or product not in self.symbols or product in self.invalid:
-            self._sampler.warning("venue_error", "feed: venue error: {} ({})", msg.get("message"), reason)
+            self._sampler.warning(
+                "venue_error", "feed: venue error: {} ({})", preview(msg.get("message")), preview(reason)
+            )
             return
         self.invalid[product] = reason
         left = self.valid_symbols
         logger.error(
             "feed: the venue rejected the subscribe: {}; resubscribing without it ({} left)",
-            reason,
-            ",".join(left) or "none",
+            preview(reason),
+            join_clipped(left, ",") or "none",
         )
         if left:
             self.outbox.append(self.subscribe_request())
         else:
-            self.fatal = "no valid product to subscribe: " + "; ".join(self.invalid.values())
+            self.fatal = "no valid product to subscribe: " + join_clipped(self.invalid.values(), "; ")
 
 
 class HandshakeFailed(Exception):
@@ -484,7 +487,8 @@ class CoinbaseFeed:
         self._sampler = LogSampler()
         self._connected_gauge = metrics.connected.labels("websocket")
         self._reconnects_counter = metrics.reconnects_total.labels("websocket")
-        self._subscribed_gauges = {s: metrics.subscribed.labels(s) for s in self.protocol.symbols}
+        for s in self.protocol.symbols:
+            metrics.subscribed.set(s, 0)
         self._shown: frozenset[str] = frozenset()
         self.gave_up = asyncio.Event()
         """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
@@ -593,7 +597,7 @@ class CoinbaseFeed:
         protocol = self.protocol
         conn = self._conn
         for product in protocol.invalid:
-            self.metrics.invalid_products.labels(product).set(1)
+            self.metrics.invalid_products.set(product, 1)
         if protocol.fatal is not None:
             if conn is not None:
                 conn.close(protocol.fatal)
@@ -607,8 +611,9 @@ class CoinbaseFeed:
 
     def _show_subscribed(self, products: frozenset[str]) -> None:
         self._shown = products
-        for product, gauge in self._subscribed_gauges.items():
-            gauge.set(1 if product in products else 0)
+        gauge = self.metrics.subscribed
+        for product in self.protocol.symbols:
+            gauge.set(product, 1 if product in products else 0)
 
     def _failed(self, client: WsClient) -> None:
         exc = client.oversize

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from mercurystream.shared.labels import MAX_PRODUCT_LABELS, ProductGauge
+
 DROP_REASONS = ("buffer_full", "unacked_at_disconnect", "shutdown", "oversize")
 TARGETS = ("websocket", "p2")
 PRESET_TYPES = (
@@ -24,7 +26,9 @@ PRESET_TYPES = (
 class P1Metrics:
     """Every metric P1 exports, plus the HTTP endpoint that serves them."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_product_labels: int = MAX_PRODUCT_LABELS) -> None:
+        """``max_product_labels``: configured products with a label of their own; the rest are summed
+        under ``product_id="_other"`` (``shared.labels``)."""
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.messages_total = Counter(
             "mercurystream_p1_messages", "WebSocket messages received, by message type", ["type"], registry=r
@@ -56,19 +60,21 @@ class P1Metrics:
             ["target"],
             registry=r,
         )
-        # Both product gauges are labelled only with products named in SYMBOLS, so their size is the config's.
-        self.subscribed = Gauge(
+        # Both product gauges are set only for products named in SYMBOLS, and capped like P2's.
+        self.subscribed = ProductGauge(
             "mercurystream_p1_subscribed",
-            "1 while the venue confirms this product on the feed channel",
-            ["product_id"],
-            registry=r,
+            "1 while the venue confirms this product on the feed channel (_other: how many more)",
+            max_product_labels,
+            additive=True,
         )
-        self.invalid_products = Gauge(
+        self.invalid_products = ProductGauge(
             "mercurystream_p1_invalid_products",
             "1 for a configured product the venue rejected as not valid (no longer subscribed)",
-            ["product_id"],
-            registry=r,
+            max_product_labels,
+            additive=True,
         )
+        r.register(self.subscribed)
+        r.register(self.invalid_products)
         for reason in DROP_REASONS:
             self.dropped_total.labels(reason)
         for target in TARGETS:

@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 
+from mercurystream.shared.clip import clip
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import TAKER_SIDE_OF_MAKER, normalize_trade, taker_side
-from mercurystream.shared.schema import DEFAULT_VENUE, INT64_MAX, INT64_MIN
+from mercurystream.shared.schema import DEFAULT_VENUE, INT64_MAX, INT64_MIN, PRODUCT_ID_MAX
 from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 _MISSING = object()
@@ -59,7 +60,7 @@ def fast_event(msg: dict[str, Any], parse_time: Callable[[object], float | None]
     if t != "match" and t != "ticker":
         return None
     product_id = msg.get("product_id")
-    if type(product_id) is not str or not product_id:
+    if type(product_id) is not str or not product_id or len(product_id) > PRODUCT_ID_MAX:
         return None
     price = _number(msg.get("price"))
     if price is None or not price > 0.0:
@@ -161,7 +162,9 @@ class IngestPipeline:
                 event["feed"] = feed
             else:
                 invalid += 1
-                self._sampler.warning("validation", "invalid {} forwarded as received: {}", msg.get("type"), reason)
+                self._sampler.warning(
+                    "validation", "invalid {} forwarded as received: {}", clip(msg.get("type")), clip(reason, 200)
+                )
             event[INGEST_MS] = ts_ms
             event[INGEST_US] = now_us
             # orjson's result keeps its 4 KiB work buffer; held payloads get an exact-size copy instead.
@@ -186,6 +189,8 @@ class IngestPipeline:
             if any(map(contains, trades, repeat(key))):
                 return None
         if set(map(type, product_ids)) != {str} or "" in product_ids:
+            return None
+        if max(map(len, product_ids)) > PRODUCT_ID_MAX:
             return None
         if not _ints_in_range(trade_ids) or not _ints_in_range(sequences):
             return None

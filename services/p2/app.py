@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
-from mercurystream.p2.consumer import Consumer, SyncConsumers
+from mercurystream.p2.consumer import CONSUMER_ERROR, Consumer, SyncConsumers
 from mercurystream.p2.control import REFUSED_DISABLED, REFUSED_UNAVAILABLE, ControlServer, LoopHandoff
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused
 from mercurystream.p2.metrics import P2Metrics
@@ -29,6 +29,9 @@ from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
 from mercurystream.shared.runtime import tune_gc
+
+QUEUE_FULL = "queue_full"
+"""The bus dropped the oldest events of a full subscriber queue (also ``mercurystream_drops_total``)."""
 
 ConsumerFactory = Callable[[Bus, P2Settings, P2Metrics], Consumer]
 
@@ -73,17 +76,20 @@ class P2App:
         consumers: Sequence[ConsumerFactory] | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = P2Metrics(registry)
+        self.metrics = P2Metrics(registry, settings.MAX_PRODUCT_LABELS)
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
         self.bus = Bus(on_drop=self._on_drop)
         self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
+        self.source.max_future_skew_s = settings.MAX_FUTURE_SKEW_S
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
         """Every consumer that never waits, on one task (the recorder too); the demo's slow one has its own."""
         self._runners: list[Consumer | SyncConsumers] = [self.sync_consumers, *(c for c in self.consumers if c.waits)]
         m.consumer_events_total.source = self._processed
+        m.consumer_received_total.source = self._received
+        m.consumer_dropped_total.source = self._dropped
         self._depth_gauges: dict[str, Any] = {}
         for sub in self.bus.subscriptions:
             self._drop_counter(sub.name)
@@ -105,8 +111,22 @@ class P2App:
         self._drop_counter(name).inc(n)
 
     def _processed(self) -> dict[str, int]:
-        """Each consumer's processed count, for ``mercurystream_consumer_events_total`` at scrape time."""
-        return {c.name: c.processed for c in self.consumers}
+        """Each consumer's passed-on count, for ``mercurystream_consumer_events_total`` at scrape time."""
+        return {c.name: c.passed_on for c in self.consumers}
+
+    def _received(self) -> dict[str, int]:
+        """Every event the bus offered each consumer: what it took, dropped and still queues."""
+        return {c.name: (s := c.subscription).delivered + s.dropped + s.depth for c in self.consumers}
+
+    def _dropped(self) -> dict[tuple[str, str], int]:
+        """Each consumer's drops by reason: the bus's drop-oldest, and the consumer's own."""
+        out: dict[tuple[str, str], int] = {}
+        for c in self.consumers:
+            out[(c.name, QUEUE_FULL)] = c.subscription.dropped
+            out[(c.name, CONSUMER_ERROR)] = 0
+            for reason, n in c.dropped.items():
+                out[(c.name, reason)] = n
+        return out
 
     @property
     def port(self) -> int:

@@ -18,6 +18,7 @@ a recording keeps P1's bytes, unknown keys included.
 from __future__ import annotations
 
 import json
+import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
@@ -37,7 +38,7 @@ from mercurystream.shared.event import (
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
 from mercurystream.shared.schema import BY_NAME, drift_of, invalid_reason, kind_ok, wire_decoder
-from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
+from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
 """The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
@@ -60,7 +61,9 @@ class Batch:
     batch kernels take. ``latencies`` are the P1→P2 latencies (``shared.event.latency_ms``) of the
     events at ``latency_at``. ``drift`` lists ``(index, detail)`` of the events that broke the
     schema, ``invalid`` ``(index, reason)`` of those no trade can be (a bad time is found by
-    :meth:`trades`, which checks every time once).
+    :meth:`trades`, which checks every time once). ``time_limit_s`` is the latest exchange time a
+    trade of this batch may carry (``shared.timeparse.latest_valid_s``; infinite when the batch
+    has no receive clock of its own).
     """
 
     __slots__ = (
@@ -78,6 +81,7 @@ class Batch:
         "product_ids",
         "recv_ts_us",
         "sizes",
+        "time_limit_s",
         "times",
         "trade_ids",
         "types",
@@ -93,6 +97,7 @@ class Batch:
         drift: Sequence[tuple[int, dict[str, Any]]] = (),
         invalid: Sequence[tuple[int, str]] = (),
         clean: bool = False,
+        time_limit_s: float = math.inf,
     ) -> None:
         self.lines = lines
         self.recv_ts_us = recv_ts_us
@@ -111,22 +116,28 @@ class Batch:
         self.drift = drift
         self.invalid = invalid
         self.clean = clean
+        self.time_limit_s = time_limit_s
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
 
     @classmethod
-    def of_events(cls, events: Sequence[dict[str, Any]], recv_ts_us: int | None = None) -> Batch:
+    def of_events(
+        cls,
+        events: Sequence[dict[str, Any]],
+        recv_ts_us: int | None = None,
+        max_future_skew_s: float = MAX_FUTURE_SKEW_S,
+    ) -> Batch:
         """A batch of parsed events, normalized as :func:`normalize` would (tests, bundles, tools).
 
         They are written with the standard library, which keeps what orjson cannot (NaN, infinity,
         integers of any size), so such values reach the schema's checks as they were.
 
         With ``recv_ts_us``, events without stamps of their own get it, as at the socket; without,
-        each event's latency comes from its own stamps only.
+        each event's latency comes from its own stamps only, and no time is too far ahead.
         """
         payloads = [json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() for e in events]
         if recv_ts_us is not None:
-            batch, _ = normalize(payloads, recv_ts_us)
+            batch, _ = normalize(payloads, recv_ts_us, max_future_skew_s)
             assert batch is not None or not payloads
             return batch if batch is not None else cls.empty(recv_ts_us)
         rows = [_checked_row(e) for e in events]
@@ -168,22 +179,30 @@ class Batch:
         return self._trades
 
     def tail(self, start: int) -> Batch:
-        """The events from ``start`` on (drop-oldest cuts a queued batch here, and only here)."""
+        """The events from ``start`` on (drop-oldest cuts a queued batch here)."""
+        return self.part(start, len(self.lines))
+
+    def part(self, start: int, stop: int) -> Batch:
+        """The events ``start`` to ``stop`` (excluded): the one place a batch is cut.
+
+        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole.
+        """
         at = self.latency_at
         if type(at) is range:
-            lat_start, lat_at = start, None
+            lat_start, lat_stop, lat_at = start, stop, None
         else:
-            lat_start = bisect_left(at, start)
-            lat_at = [i - start for i in at[lat_start:]]
+            lat_start, lat_stop = bisect_left(at, start), bisect_left(at, stop)
+            lat_at = [i - start for i in at[lat_start:lat_stop]]
         return Batch(
-            self.lines[start:],
+            self.lines[start:stop],
             self.recv_ts_us,
-            [col[start:] for col in self.columns()],
-            self.latencies[lat_start:],
+            [col[start:stop] for col in self.columns()],
+            self.latencies[lat_start:lat_stop],
             lat_at,  # type: ignore[arg-type]
-            [(i - start, d) for i, d in self.drift if i >= start],
-            [(i - start, r) for i, r in self.invalid if i >= start],
+            [(i - start, d) for i, d in self.drift if start <= i < stop],
+            [(i - start, r) for i, r in self.invalid if start <= i < stop],
             self.clean,
+            self.time_limit_s,
         )
 
 
@@ -192,10 +211,23 @@ class Trades:
 
     Every event is either a trade (``positions[k]`` is its index in the batch) or in ``rejects``
     as ``(index, reason)``, both in batch order. The clean case checks the times as one fixed-form
-    column; anything else checks event by event.
+    column, and the time bound as one ``max`` of it; anything else checks event by event.
+    ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` (also in
+    ``rejects`` as ``invalid_time``): the detectors keep them off their clocks too.
     """
 
-    __slots__ = ("_by_product", "_groups", "ids", "positions", "prices", "product_ids", "rejects", "sizes", "times")
+    __slots__ = (
+        "_by_product",
+        "_groups",
+        "future",
+        "ids",
+        "positions",
+        "prices",
+        "product_ids",
+        "rejects",
+        "sizes",
+        "times",
+    )
 
     def __init__(
         self,
@@ -207,6 +239,7 @@ class Trades:
         ids: Sequence[int],
         rejects: Sequence[tuple[int, str]],
         groups: dict[str, list[int]] | None = None,
+        future: Sequence[int] = (),
     ) -> None:
         self.positions = positions
         self.product_ids = product_ids
@@ -215,15 +248,17 @@ class Trades:
         self.times = times
         self.ids = ids
         self.rejects = rejects
+        self.future = future
         self._groups = groups
         self._by_product: dict[str, ProductTrades] | None = None
 
     @classmethod
     def of(cls, batch: Batch) -> Trades:
         n = len(batch)
+        limit = batch.time_limit_s
         if batch.clean and n and all_fixed_form(batch.times):
             times = _time_parser.parse_fixed(batch.times)
-            if times is not None:
+            if times is not None and max(times) <= limit:
                 return cls(
                     range(n),
                     batch.product_ids,
@@ -239,18 +274,21 @@ class Trades:
         positions: list[int] = []
         times: list[float] = []
         rejects: list[tuple[int, str]] = []
+        future: list[int] = []
         for i, t in enumerate(batch.times):
             reason = invalid.get(i)
             if reason is None:
                 s = parse(t)
                 if s is not None:
-                    positions.append(i)
-                    times.append(s)
-                    continue
+                    if s <= limit:
+                        positions.append(i)
+                        times.append(s)
+                        continue
+                    future.append(i)
                 reason = "invalid_time"
             rejects.append((i, reason))
         if not positions:
-            return cls((), (), (), (), (), (), rejects)
+            return cls((), (), (), (), (), (), rejects, None, future)
         return cls(
             positions,
             pick(batch.product_ids, positions),
@@ -259,6 +297,8 @@ class Trades:
             times,
             pick(batch.trade_ids, positions),
             rejects,
+            None,
+            future,
         )
 
     def __len__(self) -> int:
@@ -267,7 +307,7 @@ class Trades:
     def subset(self, keep: Sequence[int]) -> Trades:
         """These trades at ``keep`` (positions into these columns, in order); the rejects unchanged."""
         if not keep:
-            return Trades((), (), (), (), (), (), self.rejects)
+            return Trades((), (), (), (), (), (), self.rejects, None, self.future)
         return Trades(
             pick(self.positions, keep),
             pick(self.product_ids, keep),
@@ -276,6 +316,8 @@ class Trades:
             pick(self.times, keep),
             pick(self.ids, keep),
             self.rejects,
+            None,
+            self.future,
         )
 
     def groups(self) -> dict[str, list[int]]:
@@ -316,8 +358,12 @@ class ProductTrades:
 # --- normalizing a read ----------------------------------------------------------------------------
 
 
-def normalize(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, list[tuple[str, bytes]]]:
+def normalize(
+    payloads: Sequence[bytes], recv_us: int, max_future_skew_s: float = MAX_FUTURE_SKEW_S
+) -> tuple[Batch | None, list[tuple[str, bytes]]]:
     """A read's payloads as one batch stamped ``recv_us``, and its frame errors ``(reason, payload)``.
+
+    Its trades may carry exchange times up to ``max_future_skew_s`` ahead of ``recv_us``.
 
     The common read decodes typed as a whole in one C-level pass; a read with anything else in it
     is taken payload by payload, each parsed once.
@@ -327,7 +373,7 @@ def normalize(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, li
     try:
         rows = list(map(_decode, payloads))
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return _normalize_each(payloads, recv_us)
+        return _normalize_each(payloads, recv_us, max_future_skew_s)
     columns = list(zip(*map(_ROW, rows), strict=True))
     own_ms = columns[8]
     n = len(payloads)
@@ -342,12 +388,15 @@ def normalize(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, li
                 (recv_us - us) / 1000.0 if us is not None else float(recv_ms - ms)
                 for us, ms in zip(ingest_us, columns[6], strict=True)
             ]
-        return Batch(lines, recv_us, columns[:8], latencies, None, clean=True), []
+        limit = latest_valid_s(recv_us, max_future_skew_s)
+        return Batch(lines, recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
     typed = [(True, row, None, None) for row in map(_ROW, rows)]
-    return _from_rows(payloads, typed, recv_us, clean=True), []
+    return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
 
-def _normalize_each(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | None, list[tuple[str, bytes]]]:
+def _normalize_each(
+    payloads: Sequence[bytes], recv_us: int, max_future_skew_s: float
+) -> tuple[Batch | None, list[tuple[str, bytes]]]:
     rows: list[tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]] = []
     kept: list[bytes] = []
     errors: list[tuple[str, bytes]] = []
@@ -368,7 +417,7 @@ def _normalize_each(payloads: Sequence[bytes], recv_us: int) -> tuple[Batch | No
             kept.append(p)
     if not rows:
         return None, errors
-    return _from_rows(kept, rows, recv_us), errors
+    return _from_rows(kept, rows, recv_us, max_future_skew_s=max_future_skew_s), errors
 
 
 _NOT_JSON = object()
@@ -411,8 +460,12 @@ def _from_rows(
     *,
     clean: bool = False,
     own_only: bool = False,
+    max_future_skew_s: float = MAX_FUTURE_SKEW_S,
 ) -> Batch:
-    """A batch built event by event: lines, latencies and the per-event verdicts."""
+    """A batch built event by event: lines, latencies and the per-event verdicts.
+
+    ``own_only``: the events' own stamps are all there is (no receive clock, so no time bound).
+    """
     suffix = _recv_suffix(recv_us)
     recv_ms = recv_us // 1000
     lines: list[bytes] = []
@@ -441,7 +494,9 @@ def _from_rows(
             invalid.append((i, reason))
     columns = list(zip(*(row[:8] for _, row, _, _ in rows), strict=True)) or [()] * len(COLUMNS)
     clean = clean and not drift and not invalid and all(None not in col for col in columns[:6])
-    return Batch(lines, recv_us, columns, latencies, None if len(at) == len(lines) else at, drift, invalid, clean)
+    limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
+    at_ = None if len(at) == len(lines) else at
+    return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit)
 
 
 def _splice(payload: bytes, suffix: bytes) -> bytes:

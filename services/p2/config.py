@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from mercurystream.shared.config import CommonSettings, Port
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S
 
 MIN_TOKEN_CHARS = 16
 
@@ -20,6 +21,7 @@ class P2Settings(CommonSettings):
     P2_CONTROL_TOKEN: SecretStr | None = None
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
     BUS_QUEUE_EVENTS: int = Field(50000, gt=0)
+    MAX_FUTURE_SKEW_S: float = Field(MAX_FUTURE_SKEW_S, ge=0)
 
     RECORD: bool = False
     RECORD_FILE: Path = Path("data/btcusd.jsonl")

@@ -3,6 +3,13 @@
 Each consumer's logic (analytics, detectors, flight recorder) is a plain class; the shell only
 waits for batches, calls :meth:`Consumer.handle` for each, and counts what it processed. There
 is no await per event.
+
+No exception loses a batch: when ``handle`` raises, the shell hands the batch over again one event
+at a time (``Batch.part``), counts each event that still fails under :data:`CONSUMER_ERROR`, logs
+a bounded sample and goes on. So for every consumer, at every moment,
+``received = passed on + dropped (by reason) + queued + in hand``, where ``received`` and the
+bus's drop-oldest are its subscription's, and the rest is :attr:`Consumer.processed` and
+:attr:`Consumer.dropped`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,13 @@ from loguru import logger
 
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus, Subscription
+from mercurystream.shared.clip import SAMPLE_MAX, clip, preview
+from mercurystream.shared.logger import LogSampler
+
+CONSUMER_ERROR = "consumer_error"
+"""An event the consumer raised on, alone: counted, sampled in the log, skipped."""
+SHUTDOWN = "shutdown"
+"""An event a consumer gave up at stop without handling it (the slow demo consumer)."""
 
 
 class Consumer(ABC):
@@ -27,10 +41,28 @@ class Consumer(ABC):
         self.subscription: Subscription = bus.subscribe(self.name, capacity)
         self.max_batch_events = max_batch_events
         self.processed = 0
+        """Events this consumer is done with: passed on, or dropped under a reason in :attr:`dropped`."""
+        self.dropped: dict[str, int] = {}
+        """Events this consumer took and did not pass on, by reason (the bus's drops are its subscription's)."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.failed = 0
+        self._error_sampler = LogSampler()
         self._on_processed = None
+
+    @property
+    def failed(self) -> int:
+        """Events counted under :data:`CONSUMER_ERROR`."""
+        return self.dropped.get(CONSUMER_ERROR, 0)
+
+    @property
+    def passed_on(self) -> int:
+        """Events handled to the end (``mercurystream_consumer_events_total``)."""
+        return self.processed - sum(self.dropped.values())
+
+    def drop(self, reason: str, n: int) -> None:
+        """Count ``n`` events this consumer took and will not pass on (they stay in :attr:`processed`)."""
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def on_processed(self, callback) -> None:
         """``callback(name, n)`` after each handled batch (a progress hook for tests and tools; P2's
@@ -72,17 +104,55 @@ class Consumer(ABC):
             n = len(batch)
             try:
                 handle(batch)
-            except Exception:
-                self._failed(n)
+            except Exception as exc:
+                self._isolate(batch, exc)
             self.processed += n
             total += n
         if total and self._on_processed is not None:
             self._on_processed(self.name, total)
         return total
 
-    def _failed(self, n: int) -> None:
-        self.failed += n
-        logger.exception(f"{self.name}: failed on a batch of {n} events; counted, skipped")
+    def _isolate(self, batch: Batch, exc: Exception) -> None:
+        """``handle`` raised on ``batch``: hand it over again one event at a time, counting each that fails.
+
+        What the failed call had already done before raising stays done, so a rule that remembers
+        (a dedupe, a duplicate detector) may see those events again; an exception is a bug, and
+        the contract here is the accounting: no event is lost without a count.
+        """
+        n = len(batch)
+        if n == 1:
+            self._failed(batch, 0, exc)
+            return
+        for i in range(n):
+            one = batch.part(i, i + 1)
+            try:
+                self.handle(one)
+            except Exception as e:
+                self._failed(one, i, e)
+
+    def _failed(self, one: Batch, index: int, exc: BaseException) -> None:
+        self.drop(CONSUMER_ERROR, 1)
+        if self._error_sampler.should_log(CONSUMER_ERROR):
+            line = one.lines[0] if len(one) else b""
+            logger.warning(
+                f"{self.name}: {CONSUMER_ERROR}: event {index} of its batch raised "
+                f"{type(exc).__name__}: {clip(exc, SAMPLE_MAX)}; counted, skipped, the rest goes on; "
+                f"event: {preview(line)}"
+            )
+            logger.opt(exception=exc).debug(f"{self.name}: {CONSUMER_ERROR} traceback")
+
+    async def _isolate_async(self, batch: Batch, exc: Exception) -> None:
+        """:meth:`_isolate` for a consumer that waits."""
+        n = len(batch)
+        if n == 1:
+            self._failed(batch, 0, exc)
+            return
+        for i in range(n):
+            one = batch.part(i, i + 1)
+            try:
+                await self.handle_async(one)
+            except Exception as e:
+                self._failed(one, i, e)
 
     async def run(self) -> None:
         sub = self.subscription
@@ -103,8 +173,8 @@ class Consumer(ABC):
                     n = len(batch)
                     try:
                         await self.handle_async(batch)
-                    except Exception:
-                        self._failed(n)
+                    except Exception as exc:
+                        await self._isolate_async(batch, exc)
                     self.processed += n
                     if self._on_processed is not None:
                         self._on_processed(self.name, n)

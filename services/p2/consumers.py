@@ -23,9 +23,10 @@ from mercurystream.p2.analytics import (
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
-from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.consumer import SHUTDOWN, Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.rule import run
+from mercurystream.shared.clip import STATUS_MAX, join_clipped, preview
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.logger import LogSampler
 
@@ -34,11 +35,6 @@ AGE_SAMPLES = 10_000
 
 AGE_REFRESH_US = 1_000_000
 """The age p99 gauge is refreshed at most this often (a quantile read may sort the window)."""
-
-
-def _preview(event: object, limit: int = 200) -> str:
-    text = repr(event)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _fmt_price(v: float | None) -> str:
@@ -92,7 +88,7 @@ class _SkipReporter:
                 child.inc(new)
                 if self._sampler.should_log(reason):
                     example = self._filter.last_rejected.get(reason)
-                    tail = f"; e.g. {_preview(example)}" if example is not None else ""
+                    tail = f"; e.g. {preview(example)}" if example is not None else ""
                     logger.warning(f"{self._consumer}: {new} event(s) not counted ({reason}){tail}")
 
 
@@ -165,8 +161,8 @@ class VwapConsumer(_AnalyticsConsumer):
 
     def status_line(self) -> str:
         parts = [f"{pid}={_fmt_price(v)}" for pid, v in self.window.snapshot().items()]
-        parts.append(f"age p99={_fmt_ms(self.age_p99_ms())}")
-        return " | ".join(parts)
+        age = f"age p99={_fmt_ms(self.age_p99_ms())}"
+        return " | ".join([p for p in (join_clipped(parts, width=STATUS_MAX - 64),) if p] + [age])
 
 
 class VolatilityConsumer(_AnalyticsConsumer):
@@ -196,7 +192,7 @@ class VolatilityConsumer(_AnalyticsConsumer):
 
     def status_line(self) -> str:
         parts = [f"{pid}={'-' if v is None else f'{v * 100:.1f}%'}" for pid, v in self.window.snapshot().items()]
-        return " | ".join(parts) if parts else "waiting for trades"
+        return join_clipped(parts) if parts else "waiting for trades"
 
 
 class VolumeConsumer(_AnalyticsConsumer):
@@ -236,7 +232,7 @@ class VolumeConsumer(_AnalyticsConsumer):
 
     def status_line(self) -> str:
         parts = [f"{pid}={_fmt_usd(usd)}/min({n}tx)" for pid, (usd, n) in self._publish().items()]
-        return " | ".join(parts) if parts else "waiting for trades"
+        return join_clipped(parts) if parts else "waiting for trades"
 
 
 class HealthConsumer(Consumer):
@@ -324,6 +320,7 @@ class SlowConsumer(Consumer):
         for i in range(n):
             if self._stopping:
                 self.abandoned += n - i
+                self.drop(SHUTDOWN, n - i)
                 return
             await asyncio.sleep(delay)
             self.handled += 1

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from mercurystream.shared.labels import MAX_PRODUCT_LABELS, ProductGauge
 
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -73,55 +76,37 @@ def _fmt(bound: float) -> str:
 class ScrapedCounter:
     """A counter whose value is a count its owner keeps anyway, read when Prometheus scrapes.
 
-    ``source`` returns the total, or ``{label value: total}`` when the counter has a label; the
-    owner sets it (``None`` exports zero, or nothing with a label). Reading an int another thread
-    is advancing needs no lock.
+    ``source`` returns the total, or ``{label value: total}`` when the counter has a label
+    (``{(value, value): total}`` with several); the owner sets it (``None`` exports zero, or
+    nothing with a label). Reading an int another thread is advancing needs no lock.
     """
 
-    def __init__(self, name: str, documentation: str, label: str | None = None) -> None:
+    def __init__(self, name: str, documentation: str, label: str | tuple[str, ...] | None = None) -> None:
         self.name = name
         self.documentation = documentation
         self.label = label
-        self.source: Callable[[], float | Mapping[str, float]] | None = None
+        self.source: Callable[[], float | Mapping[Any, float]] | None = None
 
     def collect(self):
         got = self.source() if self.source is not None else (0.0 if self.label is None else {})
         if self.label is None:
             yield CounterMetricFamily(self.name, self.documentation, value=float(got))  # type: ignore[arg-type]
             return
-        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        several = type(self.label) is tuple
+        family = CounterMetricFamily(
+            self.name, self.documentation, labels=list(self.label) if several else [self.label]
+        )
         for key, v in sorted(got.items()):  # type: ignore[union-attr]
-            family.add_metric([key], float(v))
-        yield family
-
-
-class ProductGauge:
-    """A gauge per ``product_id`` that the loop sets as a dict entry and a scrape reads.
-
-    ``set`` is one dict store instead of a labelled ``Gauge``'s child lookup and lock, for the
-    analytics that publish a figure per product on every batch.
-    """
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.values: dict[str, float] = {}
-
-    def set(self, product_id: str, value: float) -> None:
-        self.values[product_id] = value
-
-    def collect(self):
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id"])
-        # sorted() copies the items in one C call, so a product added meanwhile cannot break the loop.
-        for pid, v in sorted(self.values.items()):
-            family.add_metric([pid], float(v))
+            family.add_metric(list(key) if several else [key], float(v))
         yield family
 
 
 class P2Metrics:
     """Every metric P2 exports."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_product_labels: int = MAX_PRODUCT_LABELS) -> None:
+        """``max_product_labels``: products with a label of their own in each per-product gauge."""
+        n = max_product_labels
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.events_total = ScrapedCounter("mercurystream_events", "Events received by P2 and published to the bus")
         self.events_per_second = Gauge(
@@ -165,7 +150,18 @@ class P2Metrics:
             "mercurystream_drops", "Events dropped from a full subscriber queue (drop-oldest)", ["consumer"], registry=r
         )
         self.consumer_events_total = ScrapedCounter(
-            "mercurystream_consumer_events", "Events processed by each consumer", "consumer"
+            "mercurystream_consumer_events", "Events each consumer handled to the end (passed on)", "consumer"
+        )
+        self.consumer_received_total = ScrapedCounter(
+            "mercurystream_consumer_received",
+            "Events the bus offered each consumer: passed on + dropped (by reason) + queued + in hand",
+            "consumer",
+        )
+        self.consumer_dropped_total = ScrapedCounter(
+            "mercurystream_consumer_dropped",
+            "Events a consumer received and did not pass on, by reason "
+            "(queue_full: drop-oldest; consumer_error: it raised on the event alone; shutdown)",
+            ("consumer", "reason"),
         )
         self.queue_depth = Gauge(
             "mercurystream_queue_depth", "Events waiting in each subscriber queue", ["consumer"], registry=r
@@ -182,15 +178,19 @@ class P2Metrics:
             ["consumer", "reason"],
             registry=r,
         )
-        self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S")
+        self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S", n)
         self.age_p99_ms = Gauge(
             "mercurystream_event_age_p99_ms", "P1 ingest to VWAP consumer age, p99, in milliseconds", registry=r
         )
         self.volatility = ProductGauge(
-            "mercurystream_volatility_annualized", "Annualized volatility from the last VOL_WINDOW trades' log returns"
+            "mercurystream_volatility_annualized",
+            "Annualized volatility from the last VOL_WINDOW trades' log returns",
+            n,
         )
-        self.volume_usd_1m = ProductGauge("mercurystream_volume_usd_1m", "USD notional traded over the last 60 s")
-        self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s")
+        self.volume_usd_1m = ProductGauge(
+            "mercurystream_volume_usd_1m", "USD notional traded over the last 60 s", n, additive=True
+        )
+        self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s", n, additive=True)
         self.recorded_total = Counter("mercurystream_recorded_events", "Events written by the recorder", registry=r)
         self.recorder_errors_total = Counter(
             "mercurystream_recorder_errors", "Recorder write failures (events lost from the file)", registry=r
@@ -204,6 +204,8 @@ class P2Metrics:
         for collector in (
             self.events_total,
             self.consumer_events_total,
+            self.consumer_received_total,
+            self.consumer_dropped_total,
             self.vwap,
             self.volatility,
             self.volume_usd_1m,

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO
 
 from loguru import logger
 
@@ -62,9 +63,14 @@ class JsonlWriter:
     ``submitted`` (advanced only by the submitting thread) minus ``done`` (advanced only by the
     writer, after a batch is written or has failed) is the number of batches in flight, and the
     ``*_bytes`` pair their bytes; each counter has a single writer, so reading them from the other
-    thread needs no lock. A failed write counts
-    its lines in ``errors``, closes the file and reopens it on the next batch, so a transient error
-    (disk full) loses only what it hit.
+    thread needs no lock.
+
+    The file only ever holds whole lines (issue 13, D4). Each write goes out with ``os.write`` until
+    done; a full disk first writes short, then fails, and the file is then cut back to the last whole
+    line that made it: those lines count as ``written``, exactly the rest as ``errors``, and the next
+    batch appends after them once there is space again. If even the cut fails, the file is closed;
+    the next open cuts a torn last line, and when it cannot, the recorder goes on in a new file
+    beside it (``<stem>.<UTC time><suffix>``) and says so in the log.
     """
 
     def __init__(
@@ -83,7 +89,9 @@ class JsonlWriter:
         self._on_written = on_written
         self._on_error = on_error
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        self._size = 0
+        """The file's size when the current write started: where a failed write is cut back to."""
         self._thread: threading.Thread | None = None
         self._sampler = LogSampler()
 
@@ -155,43 +163,115 @@ class JsonlWriter:
         self._write(batches, sum(len(b) for b in batches))
 
     def _write(self, batches: list[list[bytes]], n: int) -> None:
-        """One write and one flush for everything that was waiting; on any failure count ``n`` lost."""
+        """One write of everything that was waiting; what a failure leaves is whole lines, counted exactly."""
+        sent = 0
         try:
             # One copy of the lines, made while holding the GIL the busy loop also wants; the
             # final line break is a second, tiny write rather than a second copy of everything.
             data = b"\n".join(chain.from_iterable(batches))
-            f = self._file
-            if f is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                f = self._file = open(self.path, "ab")  # noqa: SIM115 - held open across batches
-            f.write(data)
-            f.write(b"\n")
-            f.flush()
+            fd = self._open_fd()
+            # Where this write starts: read per write, so a file cut or rotated meanwhile is never
+            # extended by a cut back to a stale size. One fstat per handoff of up to 4,096 lines.
+            self._size = os.fstat(fd).st_size
+            for part in (data, b"\n"):
+                view = memoryview(part)
+                while view:
+                    k = _os_write(fd, view)
+                    sent += k
+                    view = view[k:]
         except Exception as exc:
-            self.errors += n
+            kept = self._cut_back(data, sent) if sent else 0
+            self._count(kept)
+            lost = n - kept
+            self.errors += lost
             if self._on_error is not None:
-                self._on_error(n)
+                self._on_error(lost)
             if self._sampler.should_log("write"):
-                logger.error(f"recorder: writing {n} events to {self.path} failed: {exc!r}; counted, going on")
-            self._close_file()
+                logger.error(
+                    f"recorder: writing {n} events to {self.path} failed: {exc!r}; {kept} whole lines kept, "
+                    f"{lost} counted as errors, going on"
+                )
             return
-        self.written += n
-        if self._on_written is not None:
-            self._on_written(n)
+        self._count(n)
+
+    def _count(self, n: int) -> None:
+        if n:
+            self.written += n
+            if self._on_written is not None:
+                self._on_written(n)
+
+    def _open_fd(self) -> int:
+        """The file's descriptor, opened (and a torn last line cut) if it is not open."""
+        fd = self._fd
+        if fd is not None:
+            return fd
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _cut_torn_line(fd, self.path)
+        except OSError as exc:
+            os.close(fd)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            fresh = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+            logger.error(
+                f"recorder: {self.path} ends in a torn line that cannot be cut ({exc}); recording to {fresh} instead"
+            )
+            self.path = fresh
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = fd
+        return fd
+
+    def _cut_back(self, data: bytes, sent: int) -> int:
+        """After a failed write that got ``sent`` bytes out: cut the file to its last whole line; the lines kept.
+
+        ``data`` is the write's lines joined; its final line break was a write of its own.
+        """
+        keep = len(data) + 1 if sent > len(data) else data.rfind(b"\n", 0, sent) + 1
+        kept = data.count(b"\n", 0, keep) + (sent > len(data))
+        fd = self._fd
+        try:
+            _os_ftruncate(fd, self._size + keep)  # type: ignore[arg-type]
+        except OSError as exc:
+            logger.error(f"recorder: cannot cut {self.path} back to its last whole line ({exc}); reopening it")
+            self._close_file()
+            return kept
+        return kept
 
     def status_extra(self) -> str:
         """What the recorder's status line adds for this writer's format."""
         return ""
 
     def _close_file(self) -> None:
-        f = self._file
-        self._file = None
-        if f is None:
+        fd = self._fd
+        self._fd = None
+        if fd is None:
             return
         try:
-            f.close()
-        except Exception as exc:
+            os.close(fd)
+        except OSError as exc:
             logger.error(f"recorder: closing {self.path} failed: {exc}")
+
+
+_os_write = os.write
+_os_ftruncate = os.ftruncate
+
+
+def _cut_torn_line(fd: int, path: Path) -> int:
+    """The size of ``fd``'s file once a torn last line (a killed writer's, a failed cut's) is cut off."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        nl = os.pread(fd, end - start, start).rfind(b"\n")
+        if nl >= 0:
+            end = start + nl + 1
+            break
+        end = start
+    _os_ftruncate(fd, end)
+    logger.warning(f"recorder: cut {size - end} bytes of a torn last line from {path}")
+    return end
 
 
 class RecorderConsumer(Consumer):

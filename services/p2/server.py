@@ -22,6 +22,7 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S
 from mercurystream.shared.transport import EventSource, encode_ack
 
 ACK_HIGH_WATER = 64 * 1024
@@ -65,11 +66,17 @@ class IngestDecoder:
     What the payloads are, and the batch they make, is ``p2.batch.normalize``'s one decision.
     """
 
-    __slots__ = ("_clock", "_dirty", "decoder")
+    __slots__ = ("_clock", "_dirty", "decoder", "max_future_skew_s")
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, clock_us: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        clock_us: Callable[[], int] = now_us,
+        max_future_skew_s: float = MAX_FUTURE_SKEW_S,
+    ) -> None:
         self.decoder = FrameDecoder(max_frame_bytes)
         self._clock = clock_us
+        self.max_future_skew_s = max_future_skew_s
         self._dirty = False
         """The decoder holds bytes of a partial frame that may contain a raw line break."""
 
@@ -98,7 +105,7 @@ class IngestDecoder:
         if dirty:
             # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
             payloads = [_one_line(p) for p in payloads]
-        batch, errors = normalize(payloads, self._clock())
+        batch, errors = normalize(payloads, self._clock(), self.max_future_skew_s)
         return Received(batch, batch.latencies if batch is not None else (), errors, oversize)
 
 
@@ -113,7 +120,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, source: TcpSource) -> None:
         self._source = source
-        self._ingest = IngestDecoder(source.max_frame_bytes, source.clock_us)
+        self._ingest = IngestDecoder(source.max_frame_bytes, source.clock_us, source.max_future_skew_s)
         self._acked = 0
         self._closing = False
         self._stopped_by_us = False
@@ -199,6 +206,8 @@ class TcpSource(EventSource):
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
+        self.max_future_skew_s = MAX_FUTURE_SKEW_S
+        """Set from ``MAX_FUTURE_SKEW_S`` by the app: how far ahead of P2's clock a trade's time may be."""
         self.stopping = False
         self.events = 0
         self.frame_errors = dict.fromkeys(FRAME_ERROR_REASONS, 0)

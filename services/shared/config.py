@@ -13,6 +13,9 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mercurystream.shared.labels import MAX_PRODUCT_LABELS
+from mercurystream.shared.schema import PRODUCT_ID_MAX
+
 EXIT_CONFIG = 2
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -28,6 +31,7 @@ class CommonSettings(BaseSettings):
     LOG_LEVEL: LogLevel = "INFO"
     LOG_JSON: bool = False
     STATUS_INTERVAL_S: float = Field(5.0, gt=0)
+    MAX_PRODUCT_LABELS: int = Field(MAX_PRODUCT_LABELS, ge=0)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
@@ -41,6 +45,8 @@ def parse_symbols(value: object) -> object:
         parts = [p.strip().upper() for p in value.split(",")]
         if not all(parts):
             raise ValueError("expected comma-separated product ids like BTC-USD,ETH-USD")
+        if max(map(len, parts)) > PRODUCT_ID_MAX:
+            raise ValueError(f"a product id has at most {PRODUCT_ID_MAX} characters")
         return parts
     return value
 

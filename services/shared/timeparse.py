@@ -185,6 +185,20 @@ def parse_time_us(s: str) -> int | None:
 
 _validity = IsoTimeParser()
 
+MAX_FUTURE_SKEW_S = 300.0
+"""How far ahead of the receiver's wall clock an exchange time may be (``MAX_FUTURE_SKEW_S``)."""
+
+
+def latest_valid_s(recv_us: int, max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> float:
+    """The latest exchange time, in epoch seconds, a trade received at ``recv_us`` may carry.
+
+    A later one is ``invalid_time`` like an unparseable one: one trade stamped ``9999-12-31``
+    would otherwise move a window's clock past every real trade, and the windows would skip them
+    all as outside the window until real time caught up. The receiver's clock is the one P2 reads
+    at the socket (``Batch.recv_ts_us``); the skew covers exchange clocks that run ahead.
+    """
+    return recv_us / 1e6 + max_future_skew_s
+
 
 def is_time(s: object) -> bool:
     """Whether ``s`` is a time a trade can carry: a string :class:`IsoTimeParser` reads."""

@@ -163,3 +163,15 @@ async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):
     assert proc.returncode == 0, log
     assert "Traceback" not in log
     assert "P1 | msgs=101 valid=100 invalid=0 forwarded=100 acked=100 buffered=0 dropped=0" in log
+
+
+def test_the_status_line_is_bounded_however_many_products_are_configured():
+    from mercurystream.p1.app import SUBSCRIBED_MAX
+
+    symbols = ",".join(f"P{i:05d}-{'Z' * 50}" for i in range(3000))
+    app = P1App(build_settings(P1Settings, SYMBOLS=symbols, P1_METRICS_PORT=0))
+    proto = app.feed.protocol
+    proto.subscribed_products = frozenset(proto.symbols)
+    proto.invalid = {s: "rejected" for s in proto.symbols[:2000]}
+    line = app.status_line()
+    assert len(line) < 300 + 2 * SUBSCRIBED_MAX and line.count("more") == 2

@@ -74,6 +74,12 @@ def test_unknown_type_labels_are_capped():
     assert proto.counts["other"] == 4
 
 
+def test_an_unknown_type_is_labelled_and_logged_within_a_bounded_width():
+    proto = FeedProtocol(["BTC-USD"], "matches")
+    _, counts = proto.handle([orjson.dumps({"type": "t" * 900_000})])
+    assert [len(k) for k in counts] == [64] and list(counts.values()) == [1]
+
+
 # --- CoinbaseFeed against an in-test venue -------------------------------------------------
 
 

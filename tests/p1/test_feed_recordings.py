@@ -257,7 +257,7 @@ async def test_connected_waits_for_the_venues_confirmation():
         await asyncio.sleep(0.1)
         assert not feed.connected
         assert metrics.connected.labels("websocket")._value.get() == 0
-        assert metrics.subscribed.labels("BTC-USD")._value.get() == 0
+        assert metrics.subscribed.values["BTC-USD"] == 0
     finally:
         await feed.stop()
         server.close()

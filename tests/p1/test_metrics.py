@@ -36,3 +36,14 @@ def test_two_instances_do_not_collide():
     a.forwarded_total.inc(2)
     assert b.forwarded_total._value.get() == 0
     a.close()
+
+
+def test_product_labels_are_capped_and_the_rest_summed_under_other():
+    m = P1Metrics(max_product_labels=2)
+    for i, product in enumerate(["A-USD", "B-USD", "C-USD", "D-USD", "E-USD"]):
+        m.subscribed.set(product, 1 if i != 3 else 0)
+    value = m.registry.get_sample_value
+    assert value("mercurystream_p1_subscribed", {"product_id": "A-USD"}) == 1
+    assert value("mercurystream_p1_subscribed", {"product_id": "C-USD"}) is None
+    assert value("mercurystream_p1_subscribed", {"product_id": "_other"}) == 2
+    assert value("mercurystream_p1_subscribed_unlabelled_products") == 3

@@ -250,3 +250,17 @@ def test_one_unusual_message_sends_the_batch_down_the_per_event_path(odd):
     batch = [match(1), {**match(2), **odd}, match(3)]
     assert IngestPipeline()._match_batch(batch, 0, 0) is None
     assert IngestPipeline().process([dict(m) for m in batch], 5_000) == per_event(batch, 5_000)
+
+
+@pytest.mark.parametrize("n", [1, 40])
+def test_a_product_id_past_the_schema_bound_is_invalid_on_every_path(n):
+    """A 900 KB product id used to pass P1's fast paths as valid; the model's bound now holds on all of them."""
+    long_id = "X" * 900_000
+    messages = [match(i) for i in range(n)]
+    messages[-1] = {**messages[-1], "product_id": long_id}
+    pipeline = IngestPipeline()
+    payloads, invalid = pipeline.process(messages, 1_700_000_000_000_000)
+    assert invalid == 1 and pipeline.invalid == 1 and pipeline.valid == n - 1
+    assert orjson.loads(payloads[-1])["product_id"] == long_id  # forwarded as received, for P2's drift rule
+    assert fast_event({**match(1), "product_id": "Y" * 65}, IsoTimeParser().parse) is None
+    assert fast_event({**match(1), "product_id": "Y" * 64}, IsoTimeParser().parse) is not None

@@ -14,7 +14,8 @@ from mercurystream.p2.batch import COLUMNS, Batch, normalize
 from mercurystream.shared.schema import BY_NAME, conforms, drift_of, invalid_reason, kind_ok
 
 RECV_US = 1_700_000_000_000_500
-T0 = "2024-05-01T12:00:00.000001Z"
+T0 = "2023-11-14T22:13:20.000001Z"
+"""Just before RECV_US: a time further than MAX_FUTURE_SKEW_S ahead of the receive clock is invalid."""
 
 
 def p1_event(tid: int = 1, **changes: object) -> dict:
@@ -135,6 +136,20 @@ def test_tail_cuts_every_column_verdict_and_latency_in_one_place() -> None:
     assert list(clean.tail(3).latency_at) == [0, 1] and list(clean.tail(3).trade_ids) == [3, 4]
 
 
+def test_part_cuts_one_event_out_with_its_verdicts_and_latency() -> None:
+    events = [p1_event(1), p1_event(2, price="x"), seed_event(3), {**p1_event(4), "ingest_ts_ms": "soon"}]
+    del events[3]["ingest_ts_us"]
+    batch, _ = read(events)
+    parts = [batch.part(i, i + 1) for i in range(len(batch))]
+    assert [p.lines for p in parts] == [[line] for line in batch.lines]
+    assert [len(p.drift) for p in parts] == [0, 1, 0, 1] and [p.drift[0][0] for p in parts if p.drift] == [0, 0]
+    assert [list(p.latencies) for p in parts] == [[batch.latencies[0]], [batch.latencies[1]], [batch.latencies[2]], []]
+    assert all(p.time_limit_s == batch.time_limit_s for p in parts)
+    clean, _ = read([p1_event(i) for i in range(5)])
+    middle = clean.part(1, 3)
+    assert list(middle.trade_ids) == [1, 2] and list(middle.latency_at) == [0, 1] and middle.clean
+
+
 _value = (
     st.integers(-(2**70), 2**70)
     | st.floats()
@@ -184,14 +199,31 @@ def test_p1_s_real_output_takes_the_typed_path() -> None:
             "price": "64388.01000000",
             "product_id": ("BTC-USD", "ETH-USD")[i % 2],
             "sequence": 1000 + i,
-            "time": f"2024-05-01T12:34:56.{i:06d}Z",
+            "time": f"2023-11-14T22:13:19.{i:06d}Z",
             **extra,
         }
 
     ticker = {**message(9), "type": "ticker", "best_bid": "64388.00", "best_ask": "64388.02", "last_size": "0.1"}
-    for messages in ([message(i) for i in range(50)], [message(1), ticker, message(3, time="2024-05-01T12:34:56Z")]):
+    for messages in ([message(i) for i in range(50)], [message(1), ticker, message(3, time="2023-11-14T22:13:19Z")]):
         payloads, invalid = IngestPipeline().process(messages, RECV_US - 300)
         assert invalid == 0
         batch, errors = normalize(payloads, RECV_US)
         assert errors == [] and batch.clean and not batch.drift and not batch.invalid
         assert len(batch.trades()) == len(messages)
+
+
+def test_a_time_past_the_future_skew_is_invalid_time_and_listed_as_future():
+    far = p1_event(2, time="9999-12-31T23:59:59.999999Z")
+    near = p1_event(3, time="2023-11-14T22:18:20.000000Z")  # RECV_US + 299.9995 s
+    batch, _ = read([p1_event(1), far, near])
+    assert batch.clean  # the bound is a value rule checked with the times, once per batch
+    trades = batch.trades()
+    assert trades.rejects == [(1, "invalid_time")] and trades.future == [1]
+    assert list(trades.positions) == [0, 2]
+    tight, _ = normalize([orjson.dumps(e) for e in (p1_event(1), near)], RECV_US, max_future_skew_s=10)
+    assert tight.trades().future == [1]
+    assert tight.tail(1).trades().future == [0]
+
+
+def test_without_a_receive_clock_no_time_is_too_far_ahead():
+    assert Batch.of_events([p1_event(1, time="9999-12-31T23:59:59.999999Z")]).trades().future == []

@@ -153,11 +153,109 @@ def test_process_pending_handles_everything_queued_and_reports_once():
     assert vwap.process_pending() == 0 and reported == [("vwap", 30)]
 
 
-def test_process_pending_counts_a_failing_batch_and_goes_on():
+def test_process_pending_loses_only_the_failing_event_of_a_batch_and_goes_on():
     bus, metrics = Bus(), P2Metrics()
     vwap = VwapConsumer(bus, make_settings(), metrics)
-    bus.publish(broken(batch([trade(1), trade(3)])))
+    bus.publish(broken(batch([trade(1), trade(3), trade(4)])))
     bus.publish(batch([trade(2)]))
-    assert vwap.process_pending() == 3
-    assert vwap.failed == 2 and vwap.processed == 3
-    assert vwap.trade_filter.accepted == 1
+    assert vwap.process_pending() == 4
+    assert vwap.failed == 1 and vwap.processed == 4 and vwap.passed_on == 3
+    assert vwap.dropped == {"consumer_error": 1}
+    assert vwap.trade_filter.accepted == 3
+
+
+# --- every event received is passed on or counted -------------------------------------------------
+
+
+def accounting(app) -> dict[str, tuple[float, float, dict[str, float]]]:
+    """Per consumer, from /metrics' own registry: (received, passed on, dropped by reason)."""
+    out = {}
+    for c in app.consumers:
+        got = {
+            s.labels["reason"]: s.value
+            for metric in app.metrics.registry.collect()
+            if metric.name == "mercurystream_consumer_dropped"
+            for s in metric.samples
+            if s.labels["consumer"] == c.name
+        }
+        received = sample(app.metrics, "mercurystream_consumer_received_total", consumer=c.name)
+        passed = sample(app.metrics, "mercurystream_consumer_events_total", consumer=c.name)
+        out[c.name] = (received, passed, got)
+    return out
+
+
+def hostile_batches() -> list:
+    from tests.p2.support import NOW_US
+
+    drift = {**trade(100), "price": "12.5"}
+    no_product = {**trade(101), "product_id": ""}
+    long_product = trade(102, product="P" * 500)
+    huge = [trade(103, price=1e308, size=1e308, t=1), trade(104, price=1e-308, t=2), trade(105, price=1e308, t=3)]
+    future = {**trade(106), "time": "9999-12-31T23:59:59.999999Z"}
+    big_int = {**trade(107), "price": 10**400}
+    from mercurystream.p2.batch import Batch
+
+    return [Batch.of_events([drift, no_product, long_product, *huge, future, big_int], NOW_US)]
+
+
+@pytest.mark.parametrize("case", ["clean", "hostile", "overflow", "failing"])
+async def test_received_is_passed_on_plus_counted_drops_for_every_consumer(tmp_path, case, monkeypatch):
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.consumer import Consumer
+
+    settings = make_settings(
+        RECORD=True,
+        RECORD_FILE=tmp_path / "rec.jsonl",
+        INCIDENTS_DIR=tmp_path / "incidents",
+        DRIFT_SAMPLE_FILE=tmp_path / "drift.jsonl",
+        INCIDENT_CHARTS=False,
+        ENABLE_SLOW=True,
+        SLOW_DELAY_MS=0,
+        BUS_QUEUE_EVENTS=40 if case == "overflow" else 50_000,
+    )
+    app = P2App(settings)
+    names = {c.name for c in app.consumers}
+    assert names == {"vwap", "volatility", "volume", "health", "slow", "forensics", "recorder"}
+    if case == "failing":
+        # Every consumer raises on one marked event, alone or within a batch.
+        for c in app.consumers:
+            for attr in ("handle", "handle_async") if c.waits else ("handle",):
+                inner = getattr(c, attr)
+
+                def failing(batch, inner=inner):
+                    if 7 in batch.trade_ids:
+                        raise RuntimeError("injected")
+                    return inner(batch)
+
+                async def failing_async(batch, inner=inner):
+                    if 7 in batch.trade_ids:
+                        raise RuntimeError("injected")
+                    return await inner(batch)
+
+                monkeypatch.setattr(c, attr, failing_async if attr == "handle_async" else failing)
+    batches = [batch([trade(k * 10 + i, t=k) for i in range(10)]) for k in range(6)]
+    if case == "hostile":
+        batches += [*hostile_batches(), broken(batch([trade(200), trade(201), trade(202)]))]
+    published = sum(map(len, batches))
+    for b in batches:
+        app.bus.publish(b)  # no await between: with a queue of 40 the bus drops the oldest
+    await app.start_consumers()
+    try:
+        assert await app.wait_drained(20.0)
+    finally:
+        await app.stop_consumers()
+    got = accounting(app)
+    for name, (received, passed, dropped) in got.items():
+        assert received == published, name
+        assert received == passed + sum(dropped.values()), (name, received, passed, dropped)
+        assert set(dropped) >= {"queue_full", "consumer_error"}
+    if case == "overflow":
+        assert all(d["queue_full"] == published - 40 for _, _, d in got.values())
+    if case == "failing":
+        assert all(d["consumer_error"] == 1 for _, _, d in got.values()), got
+        assert all(p == published - 1 for _, p, _ in got.values())
+    if case == "clean":
+        assert all(p == published and sum(d.values()) == 0 for _, p, d in got.values())
+    recorder = next(c for c in app.consumers if c.name == "recorder")
+    assert recorder.writer.written + recorder.writer.errors == recorder.passed_on
+    assert isinstance(recorder, Consumer)

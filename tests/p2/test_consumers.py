@@ -206,3 +206,43 @@ def test_vwap_age_uses_the_receiver_column_when_every_event_has_one():
     bus.publish(b)
     vwap.process_pending()
     assert sorted(vwap.ages_us._window()) == [1000, 3000]
+
+
+# --- time outliers -------------------------------------------------------------------------------
+
+
+def test_one_far_future_trade_moves_no_window_clock():
+    """One trade timed 9999-12-31 used to advance the stream's clock and zero every product's volume."""
+    bus, metrics = Bus(), P2Metrics()
+    settings = make_settings()
+    volume = VolumeConsumer(bus, settings, metrics)
+    vwap = VwapConsumer(bus, settings, metrics)
+    vol = VolatilityConsumer(bus, settings, metrics)
+    events = [trade(1, price=100.0, size=2.0, t=0), trade(1, product="ETH-USD", price=10.0, size=3.0, t=1)]
+    future = trade(2, price=1e9, size=1.0)
+    future["time"] = "9999-12-31T23:59:59.999999Z"
+    bus.publish(batch(events))
+    bus.publish(batch([future]))
+    bus.publish(batch([trade(3, price=102.0, size=2.0, t=2), trade(4, price=104.0, size=2.0, t=3)]))
+    for c in (volume, vwap, vol):
+        for b in c.subscription.take_nowait():
+            c.handle(b)
+    usd = "mercurystream_volume_usd_1m"
+    assert sample(metrics, usd, product_id="BTC-USD") == 200.0 + 204.0 + 208.0
+    assert sample(metrics, usd, product_id="ETH-USD") == 30.0
+    assert sample(metrics, "mercurystream_vwap", product_id="BTC-USD") == pytest.approx(102.0)
+    assert vol.window.snapshot()["BTC-USD"] is not None
+    for name in ("volume", "vwap", "volatility"):
+        skipped = "mercurystream_analytics_skipped_total"
+        assert sample(metrics, skipped, consumer=name, reason="invalid_time") == 1
+        assert sample(metrics, skipped, consumer=name, reason="outside_window") in (None, 0)
+
+
+def test_a_time_within_the_future_skew_still_counts():
+    bus, metrics = Bus(), P2Metrics()
+    c = VolumeConsumer(bus, make_settings(), metrics)
+    bus.publish(Batch.of_events([trade(1, size=1.0, t=59), trade(2, size=1.0, t=61)], NOW_US, max_future_skew_s=60))
+    for b in c.subscription.take_nowait():
+        c.handle(b)
+    assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") == 1
+    assert sample(metrics, "mercurystream_analytics_skipped_total", consumer="volume", reason="invalid_time") == 1

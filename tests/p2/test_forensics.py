@@ -214,7 +214,7 @@ async def test_failed_batch_is_counted_by_the_shell(tmp_path):
         assert await wait_for(lambda: consumer.processed == 3)
     finally:
         await consumer.stop()
-    assert consumer.failed == 2
+    assert consumer.failed == 1 and consumer.passed_on == 2
 
 
 @pytest.mark.parametrize("posts", [0, 2])
@@ -342,3 +342,29 @@ def test_the_age_bound_uses_the_batch_arrival_and_is_reported(tmp_path):
     assert meta["type"] == "duplicate" and meta["pre_events"] == 2 and meta["pre_bound"] == "age"
     report = (consumer.last_bundle_path / "report.md").read_text()
     assert "| **Pre-window Bound** | age: older events had left the ring (FLIGHT_MAX_AGE_S=1.0 s) |" in report
+
+
+def test_a_drift_sample_of_a_huge_event_keeps_its_start_and_size(tmp_path):
+    """P1 forwards a 900 KB product id as received; P2 counts it as drift and samples a bounded line."""
+    from mercurystream.p1.pipeline import IngestPipeline
+    from mercurystream.p2.batch import normalize
+    from mercurystream.p2.forensics import DRIFT_SAMPLE_EVENT_BYTES
+
+    consumer, metrics, _ = make(tmp_path)
+    msg = {"type": "match", "product_id": "X" * 900_000, "price": "1.5", "size": "2", "trade_id": 1}
+    msg["time"] = "2024-05-01T12:00:00.000000Z"
+    payloads, invalid = IngestPipeline().process([msg], 1_714_564_800_000_000)
+    assert invalid == 1
+    b, _ = normalize(payloads, 1_714_564_800_000_500)
+    try:
+        consumer.handle(b)
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    assert consumer.counts["schema_drift"] == 1
+    line = (tmp_path / "drift.jsonl").read_bytes()
+    assert len(line) < DRIFT_SAMPLE_EVENT_BYTES + 1024
+    row = orjson.loads(line)
+    assert {"key": "product_id", "expected": "str", "got": "str(900000)"} in row["mismatched"]
+    assert row["event_bytes"] == len(b.lines[0]) and row["event_start"].startswith('{"type":"match"')
+    assert sample(metrics, "mercurystream_drift_samples_total") == 1

@@ -73,3 +73,35 @@ def test_product_gauges_export_the_latest_value_of_each_product() -> None:
     assert registry.get_sample_value("mercurystream_vwap", {"product_id": "ETH-USD"}) == 3.5
     assert registry.get_sample_value("mercurystream_trades_1m", {"product_id": "BTC-USD"}) == 4
     assert registry.get_sample_value("mercurystream_volatility_annualized", {"product_id": "BTC-USD"}) is None
+
+
+def test_ten_thousand_products_leave_metrics_and_status_lines_bounded():
+    """10,000 distinct product ids (and a few of 900 KB, which are drift) through every consumer."""
+    import math
+
+    from prometheus_client import generate_latest
+
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.batch import Batch
+    from mercurystream.shared.clip import STATUS_MAX
+    from tests.p2.support import NOW_US, make_settings, trade
+
+    app = P2App(make_settings(FORENSICS=False))
+    events = [trade(k, product=f"P{i:05d}-" + "Q" * 57, t=k) for i in range(10_000) for k in range(3)]
+    events += [trade(i, product="L" * 900_000) for i in range(3)]
+    for k in range(0, len(events), 3000):
+        app.bus.publish(Batch.of_events(events[k : k + 3000], NOW_US))
+    for c in app.consumers:
+        c.process_pending()
+    body = generate_latest(app.metrics.registry)
+    lines = body.splitlines()
+    assert len(body) < 80_000, len(body)
+    assert max(map(len, lines)) < 300
+    for name in ("vwap", "volatility_annualized", "volume_usd_1m", "trades_1m"):
+        labelled = [x for x in lines if x.startswith(f"mercurystream_{name}{{".encode())]
+        assert len(labelled) == 100 + (name in ("volume_usd_1m", "trades_1m")), name
+        assert app.metrics.registry.get_sample_value(f"mercurystream_{name}_unlabelled_products") == 1024 - 100
+    other = app.metrics.registry.get_sample_value("mercurystream_trades_1m", {"product_id": "_other"})
+    assert math.isclose(other, 3 * (1024 - 100))  # three trades each; the dedupe tracks at most 1,024 products
+    for c in app.consumers:
+        assert len(c.status()) <= STATUS_MAX + 80, c.name

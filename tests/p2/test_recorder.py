@@ -204,3 +204,116 @@ def test_write_does_the_threads_step_on_the_callers_thread_and_close_closes(tmp_
     assert writer.written == 3
     assert writer.close(1)
     assert path.read_bytes() == b"a\nb\nc\n"
+
+
+# --- a full disk: whole lines only, counted exactly, resumed (issue 13, D4) ------------------------
+
+
+def lines_of(n: int, start: int = 0, width: int = 40) -> list[bytes]:
+    return [b'{"i":%d,"pad":"%s"}' % (i, b"x" * width) for i in range(start, start + n)]
+
+
+class FullDisk:
+    """``os.write`` on a disk with ``room`` bytes left: writes short, then fails with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, fd: int, data) -> int:
+        import errno
+        import os
+
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        k = os.write(fd, bytes(data[: self.room]))
+        self.room -= k
+        return k
+
+
+def whole_lines(path: Path) -> list[int]:
+    import orjson
+
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "torn last line"
+    return [orjson.loads(line)["i"] for line in data.splitlines()]
+
+
+def test_a_full_disk_leaves_whole_lines_counts_exactly_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    from mercurystream.p2 import recorder as recorder_module
+
+    path = tmp_path / "rec.jsonl"
+    metrics = P2Metrics()
+    writer = JsonlWriter(path, on_written=metrics.recorded_total.inc, on_error=metrics.recorder_errors_total.inc)
+    writer.write([lines_of(10)])
+    disk = FullDisk(room=1000)  # about 17 of the next 2,000 lines fit, the 18th is cut mid-line
+    monkeypatch.setattr(recorder_module, "_os_write", disk)
+    writer.write([lines_of(2000, start=10)])
+    kept = whole_lines(path)
+    assert kept == list(range(10 + writer.written - 10))
+    assert 10 < writer.written < 40 and writer.errors == 2010 - writer.written
+    writer.write([lines_of(5, start=3000)])  # still full: nothing written, all five counted
+    assert writer.errors == 2015 - writer.written and whole_lines(path) == kept
+    disk.room = 10**9  # space returns: the next batch follows the last whole line
+    writer.write([lines_of(3, start=5000)])
+    assert whole_lines(path) == [*kept, 5000, 5001, 5002]
+    assert writer.written + writer.errors == 2018
+    assert sample(metrics, "mercurystream_recorder_errors_total") == writer.errors
+    assert sample(metrics, "mercurystream_recorded_events_total") == writer.written
+    assert writer.close(1)
+
+
+def test_a_full_disk_on_the_final_line_break_loses_only_the_last_line(tmp_path: Path, monkeypatch) -> None:
+    from mercurystream.p2 import recorder as recorder_module
+
+    path = tmp_path / "rec.jsonl"
+    writer = JsonlWriter(path)
+    lines = lines_of(3)
+    monkeypatch.setattr(recorder_module, "_os_write", FullDisk(room=len(b"\n".join(lines))))
+    writer.write([lines])
+    assert whole_lines(path) == [0, 1] and (writer.written, writer.errors) == (2, 1)
+
+
+def test_when_the_cut_fails_the_next_open_cuts_or_a_new_file_is_started(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from mercurystream.p2 import recorder as recorder_module
+
+    def no_truncate(fd, size):
+        raise OSError(errno.EIO, "I/O error")
+
+    path = tmp_path / "rec.jsonl"
+    writer = JsonlWriter(path)
+    writer.write([lines_of(2)])
+    monkeypatch.setattr(recorder_module, "_os_write", FullDisk(room=60))
+    monkeypatch.setattr(recorder_module, "_os_ftruncate", no_truncate)
+    writer.write([lines_of(3, start=2)])
+    assert (writer.written, writer.errors) == (3, 2)  # the cut failed, the file is left torn for now
+    assert not path.read_bytes().endswith(b"\n")
+    monkeypatch.undo()
+    writer.write([lines_of(1, start=9)])  # reopened: the torn line is cut first
+    assert whole_lines(path) == [0, 1, 2, 9]
+
+    torn = tmp_path / "torn.jsonl"
+    torn.write_bytes(b'{"i":1}\n{"i":2,"pa')
+    monkeypatch.setattr(recorder_module, "_os_ftruncate", no_truncate)
+    other = JsonlWriter(torn)
+    other.write([lines_of(1, start=7)])
+    assert other.path != torn and other.path.name.startswith("torn.") and other.path.suffix == ".jsonl"
+    assert whole_lines(other.path) == [7] and torn.read_bytes() == b'{"i":1}\n{"i":2,"pa'
+    assert other.close(1)
+
+
+def test_a_real_full_filesystem_keeps_whole_lines_and_recording_resumes(small_disk: Path) -> None:
+    path = small_disk / "rec.jsonl"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"f" * 232_000)
+    writer = JsonlWriter(path)
+    writer.write([lines_of(2000)])  # about 100 KB into the 24 KB left
+    first = whole_lines(path)
+    assert first == list(range(writer.written)) and 0 < writer.written < 2000
+    assert writer.errors == 2000 - writer.written
+    filler.unlink()
+    writer.write([lines_of(10, start=5000)])
+    assert whole_lines(path) == [*first, *range(5000, 5010)]
+    assert writer.written + writer.errors == 2010
+    assert writer.close(1)

@@ -559,3 +559,11 @@ async def test_protocol_is_a_connection_of_this_source() -> None:
     conn.connection_made(FakeTransport())
     conn.data_received(encode_frame(b'{"a":1}'))
     assert sub.depth == 1 and source.connections == 1
+
+
+def test_the_decoder_bounds_trade_times_by_its_own_clock_and_skew() -> None:
+    clock = FixedClock()
+    ahead = {**trade(1), "time": "2099-01-01T00:00:00.000000Z"}
+    assert IngestDecoder(clock_us=clock).feed(encode_frame(orjson.dumps(ahead))).batch.trades().future == [0]
+    lax = IngestDecoder(clock_us=clock, max_future_skew_s=1e10)
+    assert lax.feed(encode_frame(orjson.dumps(ahead))).batch.trades().future == []

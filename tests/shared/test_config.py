@@ -52,6 +52,8 @@ def test_environment_is_read_and_normalized(monkeypatch):
         ("BACKOFF_MAX", "0", "greater than 0"),
         ("FEED_CHANNEL", "level2", "'matches' or 'ticker'"),
         ("SYMBOLS", "BTC-USD,,ETH-USD", "comma-separated product ids"),
+        ("SYMBOLS", "BTC-USD," + "X" * 65, "at most 64 characters"),
+        ("MAX_PRODUCT_LABELS", "-1", "greater than or equal to 0"),
         ("COINBASE_WS_URL", "http://example.com", "pattern"),
         ("LOG_LEVEL", "verbose", "INFO"),
         ("LOG_JSON", "maybe", "boolean"),

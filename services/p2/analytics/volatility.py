@@ -18,6 +18,19 @@ SECONDS_PER_YEAR = 365 * 24 * 3600
 OUT_OF_ORDER = "out_of_order"
 
 
+def log_return(price: float, previous: float) -> float:
+    """``ln(price / previous)``, finite for any two positive finite prices.
+
+    The ratio of two extreme prices (1e308 after 1e-308) overflows to infinity or underflows to 0,
+    whose log is infinite or raises; the difference of the two logs is then the same return, exact
+    enough and finite. The common case keeps the one division and one log.
+    """
+    ratio = price / previous
+    if 0.0 < ratio < math.inf:
+        return math.log(ratio)
+    return math.log(price) - math.log(previous)
+
+
 class _VolState:
     __slots__ = ("evicted", "head", "last_price", "last_time", "returns", "s1", "s2", "times")
 
@@ -67,7 +80,7 @@ class VolatilityWindow:
         if time_s < st.last_time:
             self.skipped[OUT_OF_ORDER] += 1
             return
-        r = math.log(price / st.last_price)
+        r = log_return(price, st.last_price)
         st.last_price = price
         st.last_time = time_s
         st.times.append(time_s)
@@ -95,13 +108,21 @@ class VolatilityWindow:
             if not prices:
                 return True
         previous = chain((st.last_price,), islice(prices, len(prices) - 1))
-        rs = list(map(math.log, map(truediv, prices, previous)))
+        try:
+            rs = list(map(math.log, map(truediv, prices, previous)))
+            total = sum(rs)
+        except ValueError:  # a ratio that underflowed to 0
+            total = math.inf
+        if not math.isfinite(total):  # or one that overflowed: the returns of extreme prices, one by one
+            previous = chain((st.last_price,), islice(prices, len(prices) - 1))
+            rs = list(map(log_return, prices, previous))
+            total = sum(rs)
         st.last_price = prices[-1]
         st.last_time = times[-1]
         st.times.extend(times)
         returns = st.returns
         returns.fromlist(rs)
-        st.s1 += sum(rs)
+        st.s1 += total
         st.s2 += sum(map(mul, rs, rs))
         excess = len(returns) - st.head - (self.n - 1)
         if excess > 0:

@@ -157,6 +157,8 @@ class Detectors:
         times = batch.times
         types = batch.types
         clean = batch.clean
+        # A time past the batch's bound is invalid_time: it must not become a product's latest.
+        future = set(batch.trades().future)
         all_match = clean and types.count("match") == len(types)
         lru = self.duplicate.max_ids
         window = self.sequence_gap.window
@@ -172,7 +174,7 @@ class Detectors:
                     for i, (ranges, n) in run(self.sequence_gap, pid, (m_tids,), matches, self.reference_only):
                         detail = {"ranges": ranges, "trade_id": tids[i], "window": window}
                         out.append(Anomaly(SEQUENCE_GAP, i, n, pid, detail))
-            timed = idx if clean else [i for i in idx if times[i] is not None]
+            timed = idx if clean and not future else [i for i in idx if times[i] is not None and i not in future]
             if timed:
                 for i, latest in run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only):
                     out.append(Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": times[i], "latest_time": latest}))

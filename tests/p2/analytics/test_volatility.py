@@ -87,3 +87,16 @@ def test_volatility_matches_reference_over_long_run():
             rets = [math.log(b / a) for a, b in pairwise(ps)]
             expected = statistics.stdev(rets) * math.sqrt(SECONDS_PER_YEAR / ((ts[-1] - ts[0]) / (n - 1)))
             assert w.volatility("BTC-USD") == pytest.approx(expected, rel=1e-9)
+
+
+def test_extreme_prices_give_finite_returns_both_ways():
+    """1e-308 then 1e308: the ratio overflows and its inverse underflows to 0, whose log raised."""
+    from mercurystream.p2.rule import run
+
+    prices = [1e-308, 1e308, 1e-308, 5e-324, 1.7e308, 100.0]
+    times = [float(t) for t in range(len(prices))]
+    kernel, reference = VolatilityWindow(10), VolatilityWindow(10)
+    run(kernel, "X", (prices, times))
+    run(reference, "X", (prices, times), reference_only=True)
+    assert math.isfinite(kernel.volatility("X"))
+    assert kernel.volatility("X") == reference.volatility("X")

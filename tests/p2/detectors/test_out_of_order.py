@@ -54,3 +54,18 @@ def test_fixed_times_in_order_take_the_kernel():
     assert run(d, "P", ([iso(4)],)) == [(0, iso(5))]
     d.observe("Q", "2024-05-01T12:00:00+00:00")
     assert not d.try_batch("Q", ([iso(9)],), [])  # the latest is not in the fixed form
+
+
+def test_a_far_future_time_does_not_become_the_product_s_latest():
+    """A time past MAX_FUTURE_SKEW_S is invalid_time: later real trades are not out of order."""
+    from mercurystream.p2.batch import Batch
+    from mercurystream.p2.detectors import Detectors
+    from tests.p2.detectors.support import ev
+
+    det = Detectors()
+    real = [ev(1, t_us=0), ev(3, t_us=2000)]
+    future = ev(2, time="9999-12-31T23:59:59.999999Z")
+    for events in ([real[0], future], [real[1]]):
+        recv_us = parse_time_us(events[0]["time"])
+        det.process(Batch.of_events(events, recv_us))
+    assert det.out_of_order.count == 0

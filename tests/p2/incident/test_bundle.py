@@ -615,3 +615,36 @@ def test_drift_samples_that_cannot_be_opened_are_counted_by_reason(tmp_path):
         writer.stop(30)
     dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "eexist"})
     assert dropped == 2.0
+
+
+def test_a_real_full_filesystem_leaves_no_torn_bundle_or_sample_and_counts_both(small_disk):
+    """On a full 256 KiB tmpfs: the bundle that does not fit leaves nothing, the drift samples that do
+    not fit are counted and leave whole lines, and both resume once there is space."""
+    incidents = small_disk / "incidents"
+    drift = small_disk / "drift.jsonl"
+    filler = small_disk / "filler"
+    metrics = P2Metrics()
+    writer = BundleWriter(incidents, metrics, chart=False, drift_file=drift)
+    writer.start()
+    try:
+        writer.append_drift([b'{"sample":%d}' % i for i in range(10)])
+        assert writer.wait_idle(30)
+        filler.write_bytes(b"f" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 2048))
+        assert writer.submit(make_capture(pre=2000, post=0, trigger_at=1999, n=2000))  # about 400 KB
+        writer.append_drift([b'{"sample":%d,"pad":"%s"}' % (i, b"p" * 100) for i in range(10, 100)])
+        assert writer.wait_idle(30)
+        assert (writer.errors, writer.written) == (1, 0)
+        assert [p.name for p in incidents.iterdir()] == []  # neither a bundle nor its .tmp_ directory
+        data = drift.read_bytes()
+        assert data.endswith(b"\n") and data.count(b"\n") == 10
+        dropped = metrics.registry.get_sample_value("mercurystream_drift_samples_dropped_total", {"reason": "enospc"})
+        assert dropped == 90
+        filler.unlink()
+        assert writer.submit(make_capture())
+        writer.append_drift([b'{"sample":100}'])
+        assert writer.wait_idle(30)
+    finally:
+        assert writer.stop(30)
+    assert writer.written == 1 and len(list(incidents.iterdir())) == 1
+    assert drift.read_bytes().count(b"\n") == 11
+    assert metrics.registry.get_sample_value("mercurystream_incident_write_errors_total") == 1.0
