@@ -335,6 +335,7 @@ class CoinbaseFeed:
         self._reconnects_counter = metrics.reconnects_total.labels("websocket")
         self._subscribed_gauges = {s: metrics.subscribed.labels(s) for s in self.protocol.symbols}
         self._shown: frozenset[str] = frozenset()
+        self._gaps_seen = 0
         self.gave_up = asyncio.Event()
         """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
 
@@ -432,6 +433,10 @@ class CoinbaseFeed:
         self.metrics.count_messages(counts)
         if protocol.subscribed_products is not self._shown or protocol.outbox or protocol.fatal:
             self._control()
+        gaps = getattr(protocol, "sequence_gaps", 0)
+        if gaps != self._gaps_seen:
+            self.metrics.sequence_gaps_total.inc(gaps - self._gaps_seen)
+            self._gaps_seen = gaps
         if trades:
             try:
                 self.on_messages(trades)
