@@ -253,10 +253,12 @@ class AdvancedTradeProtocol:
                     batch.append((tid, match))
             if len(batch) > 1 and any(batch[i][0] > batch[i + 1][0] for i in range(len(batch) - 1)):
                 batch.sort(key=lambda pair: pair[0])
+            # A snapshot is judged against what was forwarded before it, not against its own trades.
+            before = dict(last_ids) if snapshot else last_ids
             for tid, match in batch:
                 pid = match["product_id"]
                 last = last_ids.get(pid) if type(pid) is str else None
-                if snapshot and (last is None or tid <= last):
+                if snapshot and (type(pid) is not str or (known := before.get(pid)) is None or tid <= known):
                     counts[SNAPSHOT_TRADE] = counts.get(SNAPSHOT_TRADE, 0) + 1
                 else:
                     out.append(match)

@@ -111,6 +111,15 @@ def test_snapshot_trades_are_counted_until_they_are_newer_than_what_was_forwarde
     assert counts == {"market_trades": 1, "snapshot_trade": 1}
 
 
+def test_a_first_snapshot_is_history_however_many_trades_it_holds():
+    proto = AdvancedTradeProtocol(["BTC-USD"])
+    ids = [str(i) for i in range(892262250, 892262200, -1)]
+    snap = envelope("market_trades", 0, [{"type": "snapshot", "trades": [trade(i, "BTC-USD") for i in ids]}])
+    trades, counts = proto.handle([snap])
+    assert trades == [] and counts == {"market_trades": 1, "snapshot_trade": 50}
+    assert proto.last_trade_id == {"BTC-USD": 892262250}
+
+
 def test_an_update_listed_newest_first_goes_out_in_trade_id_order():
     proto = AdvancedTradeProtocol(["ETH-USD"])
     trades, _ = proto.handle(
