@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mercurystream.p1.feeds import DEFAULT_URLS
-from mercurystream.p1.feeds.coinbase_advanced import JwtSigner
 from mercurystream.shared.config import CommonSettings, Port, Symbols, parse_symbols
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+
+if TYPE_CHECKING:
+    from mercurystream.p1.feeds.coinbase_advanced import JwtSigner
 
 
 class P1Settings(CommonSettings):
@@ -53,4 +55,6 @@ class P1Settings(CommonSettings):
         """The JWT signer for the Advanced Trade subscribes, or ``None`` to subscribe unauthenticated."""
         if self.COINBASE_API_KEY_NAME is None or self.COINBASE_API_PRIVATE_KEY is None:
             return None
+        from mercurystream.p1.feeds.coinbase_advanced import JwtSigner  # only Advanced Trade loads it
+
         return JwtSigner(self.COINBASE_API_KEY_NAME, self.COINBASE_API_PRIVATE_KEY)
