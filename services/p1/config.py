@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class P1Settings(CommonSettings):
     SYMBOLS: Symbols = ["BTC-USD", "ETH-USD", "SOL-USD"]
     FEED_API: Literal["exchange", "advanced-trade"] = "exchange"
-    COINBASE_WS_URL: str | None = Field(None, pattern=r"^wss?://")
+    COINBASE_WS_URL: str = Field(DEFAULT_URLS["exchange"], pattern=r"^wss?://")
     """Unset: the chosen API's public endpoint (``p1.feeds.DEFAULT_URLS``)."""
     FEED_CHANNEL: Literal["matches", "ticker"] = "matches"
     COINBASE_API_KEY_NAME: str | None = Field(None, min_length=1)
@@ -39,7 +39,7 @@ class P1Settings(CommonSettings):
 
         Errors here name variables, never the key (pydantic's message would quote the value).
         """
-        if self.COINBASE_WS_URL is None:
+        if "COINBASE_WS_URL" not in self.model_fields_set:
             self.COINBASE_WS_URL = DEFAULT_URLS[self.FEED_API]
         if self.FEED_API == "advanced-trade" and self.FEED_CHANNEL != "matches":
             raise ValueError("FEED_CHANNEL is the Exchange feed's; FEED_API=advanced-trade reads market_trades")
