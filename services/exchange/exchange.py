@@ -1,4 +1,4 @@
-"""``mercury-exchange``: an offline stand-in for Coinbase Exchange's websocket feed.
+"""``mercury-exchange``: an offline stand-in for Coinbase's websocket feeds (Exchange, or Advanced Trade).
 
 One market (:mod:`.market`) is paced by the event loop's clock and fanned out to every subscribed
 client, filtered by its subscriptions (:mod:`.protocol`) and passed through its own seeded fault
@@ -6,6 +6,11 @@ injector (:mod:`.faults`). Each client has a bounded queue drained by its own wr
 client never holds back the others; one that falls ``max_queue`` messages behind is disconnected,
 as Coinbase does (``ErrSlowConsume``). With ``--flood`` (for benchmarks) the slowest subscriber's
 reading paces the market instead, so no subscriber is ever dropped as too slow.
+
+``--api advanced-trade`` serves the same market with Advanced Trade's protocol (:mod:`.advanced`):
+one envelope per message, ``market_trades`` batched every 250 ms, ``heartbeats`` every second.
+Faults apply to the trades before they are batched (a malformed ``invalid_json`` trade goes out
+as a message of its own), and an on-demand disconnect works the same.
 
 The same port answers plain HTTP: ``GET /stats`` (JSON counters), ``GET /healthz`` and, only with
 ``--allow-faults``, ``POST /faults?kind=duplicate&count=3`` (kinds: duplicate, gap, reorder,
@@ -33,7 +38,8 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, NoReturn
+from collections import deque
+from typing import Any, Literal, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -44,8 +50,29 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
+from mercurystream.exchange.advanced import (
+    BATCH_S,
+    FAILURE,
+    SNAPSHOT_TRADES,
+    AdvancedSession,
+    go_time,
+    iso_ns,
+    trade_object,
+)
 from mercurystream.exchange.faults import KINDS, FaultInjector, FaultRates
-from mercurystream.exchange.market import DEFAULT_PRODUCTS, KIND_NAMES, LAST_MATCH, TICKER, Market, Msg, spec_for
+from mercurystream.exchange.market import (
+    DEFAULT_PRODUCTS,
+    HEARTBEATS_KIND,
+    KIND_NAMES,
+    LAST_MATCH,
+    MARKET_TRADES_KIND,
+    MATCH,
+    N_CHANNELS,
+    TICKER,
+    Market,
+    Msg,
+    spec_for,
+)
 from mercurystream.exchange.protocol import Session
 from mercurystream.shared.config import CommonSettings, ConfigError, Port, build_settings, parse_symbols
 from mercurystream.shared.logger import LogSampler, setup_logging
@@ -73,6 +100,7 @@ class ExchangeConfig(BaseModel):
 
     host: str = Field("127.0.0.1", min_length=1)
     port: Port = 8765
+    api: Literal["exchange", "advanced-trade"] = Field("exchange", description="the Coinbase API to speak")
     rate: float = Field(50.0, gt=0, le=1_000_000, description="trades per second, all products together")
     products: tuple[str, ...] = DEFAULT_PRODUCTS
     seed: int = 0
@@ -146,7 +174,9 @@ class _Client:
         "ws",
     )
 
-    def __init__(self, cid: int, ws: ServerConnection, session: Session, injector: FaultInjector) -> None:
+    def __init__(
+        self, cid: int, ws: ServerConnection, session: Session | AdvancedSession, injector: FaultInjector
+    ) -> None:
         self.id = cid
         self.ws = ws
         self.session = session
@@ -218,16 +248,19 @@ def _method_not_allowed(method: str, allowed: str) -> Response:
 class _PumpClock:
     """When a pump's next heartbeat and status line are due, in seconds since the pump started."""
 
-    __slots__ = ("next_hb", "next_status", "status_interval_s")
+    __slots__ = ("batch_s", "next_batch", "next_hb", "next_status", "status_interval_s")
 
-    def __init__(self, status_interval_s: float) -> None:
+    def __init__(self, status_interval_s: float, batch_s: float | None = None) -> None:
         self.status_interval_s = status_interval_s
         self.next_hb = 1.0
         self.next_status = status_interval_s
+        self.batch_s = batch_s
+        """Advanced Trade: how often trades waiting per client go out as one ``market_trades``."""
+        self.next_batch = batch_s if batch_s is not None else float("inf")
 
     @property
     def next_due(self) -> float:
-        return min(self.next_hb, self.next_status)
+        return min(self.next_hb, self.next_status, self.next_batch)
 
 
 class ExchangeServer:
@@ -259,6 +292,10 @@ class ExchangeServer:
         if cfg.allow_faults:
             self.faults_token = cfg.faults_token or secrets.token_urlsafe(32)
         self._own_origins: frozenset[str] = frozenset()
+        self.advanced = cfg.api == "advanced-trade"
+        self._recent: list[deque[bytes]] = []
+        """Advanced Trade: each product's latest ``match`` texts, for the snapshot sent on subscribe."""
+        self._trades_sent = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -274,6 +311,8 @@ class ExchangeServer:
             cascade_prob=cfg.cascade_prob,
         )
         self._market.tickers = False
+        # Seeded with each product's trade from before the stream, so the first snapshot is never empty.
+        self._recent = [deque([self._market.last_match(p)], maxlen=SNAPSHOT_TRADES) for p in range(len(cfg.products))]
         self._started_at = time.monotonic()
         self._server = await serve(
             self._handle,
@@ -292,7 +331,8 @@ class ExchangeServer:
         self._pump_task = asyncio.create_task(pump(loop.time()), name="exchange-pump")
         self._pump_task.add_done_callback(self._pump_done)
         logger.info(
-            "exchange on ws://{}:{}: {} at {} trades/s{}, seed {}",
+            "exchange ({}) on ws://{}:{}: {} at {} trades/s{}, seed {}",
+            cfg.api,
             cfg.host,
             self.port,
             ",".join(cfg.products),
@@ -333,7 +373,7 @@ class ExchangeServer:
         cfg = self.config
         market = self.market
         loop = asyncio.get_running_loop()
-        clock = _PumpClock(cfg.status_interval_s)
+        clock = _PumpClock(cfg.status_interval_s, BATCH_S if self.advanced else None)
         while True:
             now = loop.time() - t0
             now_us = int(now * 1e6)
@@ -363,7 +403,7 @@ class ExchangeServer:
         low = cfg.flood_chunk
         live = self._live
         far = 1 << 62
-        clock = _PumpClock(cfg.status_interval_s)
+        clock = _PumpClock(cfg.status_interval_s, BATCH_S if self.advanced else None)
         while True:
             now = loop.time() - t0
             self._periodic(clock, now, market.clock_us)
@@ -380,6 +420,11 @@ class ExchangeServer:
         market = self.market
         msgs = market.advance(until_us, limit)
         if msgs:
+            if self.advanced:
+                recent = self._recent
+                for key, kind, text in msgs:
+                    if kind == MATCH:
+                        recent[key // N_CHANNELS].append(text)
             self._fanout(msgs)
         if market.exhausted and not self._flushed:
             self._flushed = True
@@ -388,9 +433,15 @@ class ExchangeServer:
 
     def _periodic(self, clock: _PumpClock, now: float, market_us: int) -> None:
         """Heartbeats (stamped with ``market_us``) and the status line, when due."""
+        if now >= clock.next_batch:
+            self._advanced_batches(market_us)
+            clock.next_batch = max(clock.next_batch + BATCH_S, now + BATCH_S / 2)
         if now >= clock.next_hb:
             if self.config.heartbeat:
-                self._fanout(self.market.heartbeats(market_us))
+                if self.advanced:
+                    self._advanced_heartbeats(market_us)
+                else:
+                    self._fanout(self.market.heartbeats(market_us))
             clock.next_hb = max(clock.next_hb + 1.0, now + 0.5)
         if now >= clock.next_status:
             clock.next_status = now + clock.status_interval_s
@@ -416,14 +467,44 @@ class ExchangeServer:
             if not sel:
                 continue
             pending = c.pending
-            if len(pending) + len(sel) > limit:
+            queued = len(pending)
+            if type(c.session) is AdvancedSession:
+                pending = c.session.trades
+                queued += len(pending)
+            if queued + len(sel) > limit:
                 self._sampler.warning(
-                    "slow_consumer", "client {} is {} messages behind: disconnecting", c.remote, len(pending)
+                    "slow_consumer", "client {} is {} messages behind: disconnecting", c.remote, queued
                 )
                 self._disconnect(c, "slow_consumer", 1008, "ErrSlowConsume")
                 continue
             pending.extend(sel)
             c.wake.set()
+
+    def _advanced_batches(self, market_us: int) -> None:
+        """Advanced Trade: every client's trades since the last batch, as one ``market_trades`` update."""
+        timestamp = iso_ns(self.market.start_us + market_us)
+        for c in self._live.values():
+            session = c.session
+            if type(session) is not AdvancedSession or not session.trades:
+                continue
+            good, broken = session.take_batch()
+            if good:
+                c.pending.append((-1, MARKET_TRADES_KIND, session.market_trades(good, timestamp)))
+                self._trades_sent += len(good)
+            for text in broken:
+                c.pending.append((-1, MARKET_TRADES_KIND, text))
+            c.wake.set()
+
+    def _advanced_heartbeats(self, market_us: int) -> None:
+        epoch_us = self.market.start_us + market_us
+        timestamp = iso_ns(epoch_us)
+        uptime = time.monotonic() - self._started_at
+        current = go_time(epoch_us, uptime)
+        for c in self._live.values():
+            session = c.session
+            if type(session) is AdvancedSession and session.heartbeats:
+                c.pending.append((-1, HEARTBEATS_KIND, session.heartbeat(timestamp, current, int(uptime))))
+                c.wake.set()
 
     def _flush_held(self) -> None:
         """Release messages held back for reordering: the stream has ended, nothing will follow them."""
@@ -453,7 +534,8 @@ class ExchangeServer:
         cfg = self.config
         cid = next(self._ids)
         injector = FaultInjector(cfg.fault_rates(), seed=cfg.seed * 1_000_003 + cid, reorder_window=cfg.reorder_window)
-        c = _Client(cid, ws, Session(cfg.products), injector)
+        session = AdvancedSession(cfg.products) if self.advanced else Session(cfg.products)
+        c = _Client(cid, ws, session, injector)
         self._clients[cid] = c
         self._connections_total += 1
         logger.info("client {} connected from {}", cid, c.remote)
@@ -507,6 +589,9 @@ class ExchangeServer:
     def _on_request(self, c: _Client, raw: str | bytes) -> None:
         if c.reason is not None:
             return
+        if type(c.session) is AdvancedSession:
+            self._on_advanced_request(c, c.session, raw)
+            return
         reply = c.session.handle(raw)
         if reply.error is not None:
             self._request_errors[reply.error] = self._request_errors.get(reply.error, 0) + 1
@@ -523,6 +608,27 @@ class ExchangeServer:
         else:
             self._live.pop(c.id, None)
         self._update_tickers()
+        self._room.set()
+
+    def _on_advanced_request(self, c: _Client, session: AdvancedSession, raw: str | bytes) -> None:
+        reply = session.handle(raw)
+        if reply.error is not None:
+            self._request_errors[reply.error] = self._request_errors.get(reply.error, 0) + 1
+            self._sampler.warning(reply.error, "client {}: bad request: {!r}", c.remote, raw[:200])
+            c.pending.append((-1, reply.kind, FAILURE))
+        else:
+            market = self.market
+            timestamp = iso_ns(market.start_us + market.clock_us)
+            if reply.new_products:
+                recent = [text for p in reply.new_products for text in reversed(self._recent[p])]
+                good = [t for t in map(trade_object, recent) if t is not None]
+                c.pending.append((-1, MARKET_TRADES_KIND, session.market_trades(good, timestamp, snapshot=True)))
+            c.pending.append((-1, reply.kind, session.subscriptions(timestamp)))
+        c.wake.set()
+        if session.active:
+            self._live[c.id] = c
+        else:
+            self._live.pop(c.id, None)
         self._room.set()
 
     def _update_tickers(self) -> None:
@@ -653,7 +759,9 @@ class ExchangeServer:
             "port": self.port,
             "trades_generated": self.trades,
             "max_trades_reached": bool(market and market.exhausted),
+            "api": self.config.api,
             "messages_sent": dict(zip(KIND_NAMES, self._sent, strict=True)),
+            "market_trades_sent": self._trades_sent,
             "connections": {
                 "current": len(self._clients),
                 "subscribed": len(self._live),
@@ -681,7 +789,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mercury-exchange", description="Offline Coinbase Exchange websocket feed (matches, ticker).")
+    p = _Parser(
+        prog="mercury-exchange",
+        description="Offline Coinbase websocket feed: Exchange (matches, ticker) or Advanced Trade (market_trades).",
+    )
+    p.add_argument(
+        "--api",
+        choices=("exchange", "advanced-trade"),
+        default="exchange",
+        help="the protocol to serve (default exchange)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
     p.add_argument("--rate", type=float, default=50.0, help="trades per second, all products (default 50)")
@@ -726,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
     """Raises :class:`ConfigError` with one line naming the flag."""
     values = {
+        "api": args.api,
         "host": args.host,
         "port": args.port,
         "rate": args.rate,

@@ -35,7 +35,9 @@ CHANNELS = ("matches", "ticker", "heartbeat")
 N_CHANNELS = len(CHANNELS)
 LAST_MATCH, SUBSCRIPTIONS, ERROR = 3, 4, 5
 """Kinds of the messages sent to one client only (replies), after the three channel kinds."""
-KIND_NAMES = ("match", "ticker", "heartbeat", "last_match", "subscriptions", "error")
+MARKET_TRADES_KIND, HEARTBEATS_KIND = 6, 7
+"""Advanced Trade's batched ``market_trades`` and its ``heartbeats`` messages (``--api advanced-trade``)."""
+KIND_NAMES = ("match", "ticker", "heartbeat", "last_match", "subscriptions", "error", "market_trades", "heartbeats")
 
 Msg = tuple[int, int, bytes]
 """``(route key, kind, JSON text)``: one outgoing message, shared by every client that gets it."""

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from mercurystream.p1.config import P1Settings
 from mercurystream.p1.feed import CoinbaseFeed
+from mercurystream.p1.feeds import make_adapter
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.p1.pipeline import IngestPipeline
 from mercurystream.p1.sink import TcpSink
@@ -36,7 +37,7 @@ class P1App:
         # Until a P1_METRICS_HOST setting exists, bind loopback like P2's HOST default does.
         self.metrics_host = metrics_host or getattr(settings, "P1_METRICS_HOST", "127.0.0.1")
         self.metrics = P1Metrics(registry, settings.MAX_PRODUCT_LABELS)
-        self.pipeline = IngestPipeline()
+        self.pipeline = IngestPipeline(feed=settings.FEED_API)
         self.sink = TcpSink(
             settings.P2_HOST,
             settings.P2_PORT,
@@ -45,6 +46,7 @@ class P1App:
             settings.MAX_FRAME_BYTES,
             self.metrics,
         )
+        options = {"signer": settings.signer()} if settings.FEED_API == "advanced-trade" else {}
         self.feed = CoinbaseFeed(
             settings.COINBASE_WS_URL,
             settings.SYMBOLS,
@@ -53,6 +55,7 @@ class P1App:
             self._on_trades,
             self.metrics,
             max_size=settings.MAX_FRAME_BYTES,
+            adapter=make_adapter(settings.FEED_API, settings.SYMBOLS, settings.FEED_CHANNEL, **options),
         )
         self.metrics_port: int | None = None
         self._status_task: asyncio.Task[None] | None = None
@@ -69,9 +72,11 @@ class P1App:
         s = self.settings
         self.metrics_port = self.metrics.serve(s.P1_METRICS_PORT, self.metrics_host)
         logger.info(
-            "P1 starting: feed {} channel={} symbols={} → P2 {}:{}; metrics on {}:{}",
+            "P1 starting: feed {} ({}) channel={} auth={} symbols={} → P2 {}:{}; metrics on {}:{}",
             s.COINBASE_WS_URL,
-            s.FEED_CHANNEL,
+            s.FEED_API,
+            s.FEED_CHANNEL if s.FEED_API == "exchange" else "market_trades",
+            "jwt" if s.COINBASE_API_KEY_NAME else "none",
             ",".join(s.SYMBOLS),
             s.P2_HOST,
             s.P2_PORT,

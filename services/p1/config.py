@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from mercurystream.p1.feeds import DEFAULT_URLS
 from mercurystream.shared.config import CommonSettings, Port, Symbols, parse_symbols
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+
+if TYPE_CHECKING:
+    from mercurystream.p1.feeds.coinbase_advanced import JwtSigner
 
 
 class P1Settings(CommonSettings):
     SYMBOLS: Symbols = ["BTC-USD", "ETH-USD", "SOL-USD"]
-    COINBASE_WS_URL: str = Field("wss://ws-feed.exchange.coinbase.com", pattern=r"^wss?://")
+    FEED_API: Literal["exchange", "advanced-trade"] = "exchange"
+    COINBASE_WS_URL: str = Field(DEFAULT_URLS["exchange"], pattern=r"^wss?://")
+    """Unset: the chosen API's public endpoint (``p1.feeds.DEFAULT_URLS``)."""
     FEED_CHANNEL: Literal["matches", "ticker"] = "matches"
+    COINBASE_API_KEY_NAME: str | None = Field(None, min_length=1)
+    COINBASE_API_PRIVATE_KEY: SecretStr | None = None
     P2_HOST: str = Field("127.0.0.1", min_length=1)
     P2_PORT: Port = 9001
     BACKOFF_MAX: float = Field(10.0, gt=0)
@@ -24,3 +32,29 @@ class P1Settings(CommonSettings):
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
 
     _split_symbols = field_validator("SYMBOLS", mode="before")(classmethod(lambda cls, v: parse_symbols(v)))
+
+    @model_validator(mode="after")
+    def _per_api(self) -> P1Settings:
+        """The URL defaults per API; credentials come in pairs and only Advanced Trade takes them.
+
+        Errors here name variables, never the key (pydantic's message would quote the value).
+        """
+        if "COINBASE_WS_URL" not in self.model_fields_set:
+            self.COINBASE_WS_URL = DEFAULT_URLS[self.FEED_API]
+        if self.FEED_API == "advanced-trade" and self.FEED_CHANNEL != "matches":
+            raise ValueError("FEED_CHANNEL is the Exchange feed's; FEED_API=advanced-trade reads market_trades")
+        if (self.COINBASE_API_KEY_NAME is None) != (self.COINBASE_API_PRIVATE_KEY is None):
+            raise ValueError("set both COINBASE_API_KEY_NAME and COINBASE_API_PRIVATE_KEY, or neither")
+        if self.COINBASE_API_KEY_NAME is not None:
+            if self.FEED_API != "advanced-trade":
+                raise ValueError("COINBASE_API_KEY_NAME/COINBASE_API_PRIVATE_KEY are for FEED_API=advanced-trade")
+            self.signer()
+        return self
+
+    def signer(self) -> JwtSigner | None:
+        """The JWT signer for the Advanced Trade subscribes, or ``None`` to subscribe unauthenticated."""
+        if self.COINBASE_API_KEY_NAME is None or self.COINBASE_API_PRIVATE_KEY is None:
+            return None
+        from mercurystream.p1.feeds.coinbase_advanced import JwtSigner  # only Advanced Trade loads it
+
+        return JwtSigner(self.COINBASE_API_KEY_NAME, self.COINBASE_API_PRIVATE_KEY)

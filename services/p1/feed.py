@@ -1,22 +1,21 @@
-"""The venue adapter: Coinbase Exchange's WebSocket feed in, batches of trade messages out.
+"""The feed shell shared by every venue adapter: WebSocket in, batches of trade messages out.
 
-:class:`FeedProtocol` decides what each message means and :class:`WsClient` is the WebSocket
-connection (websockets' sans-I/O ``ClientProtocol`` plus message reassembly); neither holds a
-socket. :class:`CoinbaseFeed` is the thin asyncio shell: an ``asyncio.Protocol`` feeds each socket
-read to the client and hands every message the read completed to the feed protocol in one call,
-so there is no await, task switch or queue per message.
+The adapter (``p1.feeds``, e.g. :class:`FeedProtocol` for Coinbase Exchange) decides what each
+message means and :class:`WsClient` is the WebSocket connection (websockets' sans-I/O
+``ClientProtocol`` plus message reassembly); neither holds a socket. :class:`CoinbaseFeed` is the
+thin asyncio shell: an ``asyncio.Protocol`` feeds each socket read to the client and hands every
+message the read completed to the adapter in one call, so there is no await, task switch or
+queue per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from loguru import logger
 from websockets.client import ClientProtocol
 from websockets.exceptions import PayloadTooBig
@@ -26,170 +25,15 @@ from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
 from mercurystream.p1.backoff import Backoff
+from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE, FeedAdapter
+from mercurystream.p1.feeds.coinbase_exchange import SUBSCRIBE_TICKER, FeedProtocol
 from mercurystream.p1.metrics import P1Metrics
-from mercurystream.shared.clip import STATUS_MAX, clip, join_clipped, preview
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 
-MALFORMED = "malformed"
-OTHER = "other"
-OVERSIZE = "oversize"
-SUBSCRIBE_TICKER = "subscribe_ticker"
-"""The ticker Coinbase sends per product right after a ticker subscribe, repeating its latest trade."""
-_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", SUBSCRIBE_TICKER, MALFORMED, OTHER, OVERSIZE}
-_INVALID_PRODUCT = re.compile(r"^(\S+) is not a valid product$")
-"""Coinbase's reason when a subscribe names an unknown product, e.g. ``"XYZ-USD is not a valid product"``
-(its ``error`` message says ``"Failed to subscribe"``; the whole subscribe is then ignored)."""
+__all__ = ["MALFORMED", "OTHER", "OVERSIZE", "SUBSCRIBE_TICKER", "CoinbaseFeed", "FeedProtocol", "WsClient"]
 
 OnMessages = Callable[[list[dict[str, Any]]], None]
 Message = bytes | bytearray
-
-
-class FeedProtocol:
-    """Classify a batch of raw feed messages: trades to forward, everything else counted.
-
-    ``last_match`` and the first ``ticker`` of each product after a ticker subscribe
-    (``subscribe_ticker``) are counted and not forwarded: both repeat the latest trade, so after a
-    reconnect they would be false duplicates downstream. Unknown types are counted under
-    their own name, up to ``max_type_labels`` names, then under ``other``, because the ``type``
-    label of a metric must not grow without bound on a venue's whim.
-
-    Coinbase rejects a whole subscribe that names one unknown product. Such an ``error`` marks the
-    product invalid and queues a subscribe for the valid rest in :attr:`outbox`; with none left,
-    :attr:`fatal` says why. ``subscribed`` turns true only on the venue's ``subscriptions``.
-    """
-
-    def __init__(self, symbols: Iterable[str], channel: str, max_type_labels: int = 32) -> None:
-        self.symbols = list(symbols)
-        self.channel = channel
-        self.max_type_labels = max_type_labels
-        self.subscribed = False
-        self.subscribed_products: frozenset[str] = frozenset()
-        """Products the venue confirmed on :attr:`channel` in its latest ``subscriptions``."""
-        self.invalid: dict[str, str] = {}
-        """Configured products the venue rejected, with its reason; never subscribed again."""
-        self.outbox: list[str] = []
-        """Requests to send on the current connection (a resubscribe after a rejection)."""
-        self.fatal: str | None = None
-        self.counts: dict[str, int] = {}
-        self.messages = 0
-        self.trades = 0
-        self._labels: set[str] = set(_ALWAYS_LABELLED)
-        self._sampler = LogSampler()
-        self._awaiting_ticker: set[str] = set()
-
-    @property
-    def valid_symbols(self) -> list[str]:
-        invalid = self.invalid
-        return [s for s in self.symbols if s not in invalid]
-
-    def subscribe_request(self) -> str:
-        """The subscribe message, sent as text right after the handshake (Coinbase waits 5 s for it)."""
-        products = self.valid_symbols
-        self._awaiting_ticker = set(products) if self.channel == "ticker" else set()
-        return orjson.dumps(
-            {"type": "subscribe", "product_ids": products, "channels": [self.channel, "heartbeat"]}
-        ).decode()
-
-    def on_connect(self) -> None:
-        self.subscribed = False
-        self.subscribed_products = frozenset()
-        self.outbox.clear()
-
-    def handle(self, raws: Sequence[bytes | bytearray | str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Return the batch's trade messages (parsed, as received) and its per-type counts."""
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        trade_types = TRADE_TYPES
-        trades: list[dict[str, Any]] = []
-        append = trades.append
-        counts: dict[str, int] = {}
-        others: list[dict[str, Any]] | None = None
-        awaiting = self._awaiting_ticker
-        for raw in raws:
-            try:
-                msg = loads(raw)
-            except decode_error:
-                counts[MALFORMED] = counts.get(MALFORMED, 0) + 1
-                self._sampler.warning("invalid_json", "feed message is not JSON: {!r}", raw[:200])
-                continue
-            t = msg.get("type") if type(msg) is dict else None
-            if type(t) is not str:
-                counts[MALFORMED] = counts.get(MALFORMED, 0) + 1
-                self._sampler.warning("no_type", "feed message is not an object with a string type: {!r}", raw[:200])
-            elif t in trade_types:
-                if awaiting and t == "ticker" and type(pid := msg.get("product_id")) is str and pid in awaiting:
-                    awaiting.discard(pid)
-                    t = SUBSCRIBE_TICKER
-                else:
-                    append(msg)
-                counts[t] = counts.get(t, 0) + 1
-            else:
-                if others is None:
-                    others = []
-                others.append(msg)
-        if others:
-            self._handle_others(others, counts)
-        self.messages += len(raws)
-        self.trades += len(trades)
-        totals = self.counts
-        for t, n in counts.items():
-            totals[t] = totals.get(t, 0) + n
-        return trades, counts
-
-    def count_unreadable(self, reason: str) -> dict[str, int]:
-        """Count one message that never reached :meth:`handle` (over the size limit); returns the count."""
-        self.messages += 1
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        return {reason: 1}
-
-    def _handle_others(self, msgs: list[dict[str, Any]], counts: dict[str, int]) -> None:
-        for msg in msgs:
-            t = msg["type"]
-            if t == "heartbeat" or t == "last_match":
-                pass
-            elif t == "subscriptions":
-                self._on_subscriptions(msg)
-            elif t == "error":
-                self._on_error(msg)
-            elif (t := clip(t)) not in self._labels:
-                if len(self._labels) - len(_ALWAYS_LABELLED) < self.max_type_labels:
-                    self._labels.add(t)
-                    logger.info("feed: ignoring messages of unknown type {}", preview(t))
-                else:
-                    t = OTHER
-            counts[t] = counts.get(t, 0) + 1
-
-    def _on_subscriptions(self, msg: dict[str, Any]) -> None:
-        products: set[str] = set()
-        channels = msg.get("channels")
-        for entry in channels if type(channels) is list else ():
-            if type(entry) is dict and entry.get("name") == self.channel and type(entry.get("product_ids")) is list:
-                products.update(p for p in entry["product_ids"] if type(p) is str)
-        self.subscribed = True
-        self.subscribed_products = frozenset(products & set(self.symbols))
-        logger.info("feed: subscribed: {}", clip(orjson.dumps(channels).decode(), STATUS_MAX))
-
-    def _on_error(self, msg: dict[str, Any]) -> None:
-        reason = msg.get("reason")
-        m = _INVALID_PRODUCT.match(reason) if type(reason) is str else None
-        product = m.group(1) if m else None
-        if product is None or product not in self.symbols or product in self.invalid:
-            self._sampler.warning(
-                "venue_error", "feed: venue error: {} ({})", preview(msg.get("message")), preview(reason)
-            )
-            return
-        self.invalid[product] = reason
-        left = self.valid_symbols
-        logger.error(
-            "feed: the venue rejected the subscribe: {}; resubscribing without it ({} left)",
-            preview(reason),
-            join_clipped(left, ",") or "none",
-        )
-        if left:
-            self.outbox.append(self.subscribe_request())
-        else:
-            self.fatal = "no valid product to subscribe: " + join_clipped(self.invalid.values(), "; ")
 
 
 class HandshakeFailed(Exception):
@@ -464,10 +308,12 @@ class CoinbaseFeed:
         backoff_base_s: float = 0.5,
         close_timeout_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        adapter: FeedAdapter | None = None,
     ) -> None:
+        """``adapter`` is the venue protocol (``p1.feeds``); without one, Coinbase Exchange's on ``channel``."""
         self.url = url
         uri = parse_uri(url)
-        self.protocol = FeedProtocol(symbols, channel)
+        self.protocol: FeedAdapter = adapter if adapter is not None else FeedProtocol(symbols, channel)
         self.backoff = Backoff(backoff_max, backoff_base_s)
         self.on_messages = on_messages
         self.metrics = metrics
@@ -490,6 +336,7 @@ class CoinbaseFeed:
         for s in self.protocol.symbols:
             metrics.subscribed.set(s, 0)
         self._shown: frozenset[str] = frozenset()
+        self._gaps_seen = 0
         self.gave_up = asyncio.Event()
         """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
 
@@ -562,7 +409,8 @@ class CoinbaseFeed:
             self._conn = conn
             self.connects += 1
             self.protocol.on_connect()
-            conn.send_text(self.protocol.subscribe_request())
+            for request in self.protocol.subscribe_requests():
+                conn.send_text(request)
             conn.watch_idle(self.idle_timeout_s)
             await conn.closed
             return conn.reason or "closed"
@@ -586,6 +434,10 @@ class CoinbaseFeed:
         self.metrics.count_messages(counts)
         if protocol.subscribed_products is not self._shown or protocol.outbox or protocol.fatal:
             self._control()
+        gaps = getattr(protocol, "sequence_gaps", 0)
+        if gaps != self._gaps_seen:
+            self.metrics.sequence_gaps_total.inc(gaps - self._gaps_seen)
+            self._gaps_seen = gaps
         if trades:
             try:
                 self.on_messages(trades)

@@ -33,6 +33,11 @@ class P1Metrics:
         self.messages_total = Counter(
             "mercurystream_p1_messages", "WebSocket messages received, by message type", ["type"], registry=r
         )
+        self.sequence_gaps_total = Counter(
+            "mercurystream_p1_sequence_gaps",
+            "Venue message sequence numbers skipped on a connection (Advanced Trade's sequence_num)",
+            registry=r,
+        )
         self.validation_failures_total = Counter(
             "mercurystream_p1_validation_failures",
             "Trade messages that failed validation (forwarded as received)",
