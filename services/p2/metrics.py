@@ -182,6 +182,21 @@ class P2Metrics:
             ["consumer", "reason"],
             registry=r,
         )
+        self.gap_notices_total = Counter(
+            "mercurystream_gap_notices",
+            "Gap control events from P1 (trade ids lost upstream), by how P1 found the gap",
+            ["source"],
+            registry=r,
+        )
+        self.backfilled_total = Counter(
+            "mercurystream_backfilled", "Trades marked backfilled (fetched by P1 from the venue's REST history)", registry=r
+        )
+        self.backfill_ids_total = Counter(
+            "mercurystream_backfill_ids",
+            "Missing trade ids of P1's finished backfills, by outcome (recovered, unrecoverable)",
+            ["outcome"],
+            registry=r,
+        )
         self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S")
         self.age_p99_ms = Gauge(
             "mercurystream_event_age_p99_ms", "P1 ingest to VWAP consumer age, p99, in milliseconds", registry=r
