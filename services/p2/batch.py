@@ -36,7 +36,7 @@ from mercurystream.shared.event import (
     pick,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
-from mercurystream.shared.schema import CONTROL, BY_NAME, control_of, drift_of, invalid_reason, kind_ok, wire_decoder
+from mercurystream.shared.schema import BY_NAME, CONTROL, control_of, drift_of, invalid_reason, kind_ok, wire_decoder
 from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)

@@ -189,7 +189,9 @@ class P2Metrics:
             registry=r,
         )
         self.backfilled_total = Counter(
-            "mercurystream_backfilled", "Trades marked backfilled (fetched by P1 from the venue's REST history)", registry=r
+            "mercurystream_backfilled",
+            "Trades marked backfilled (fetched by P1 from the venue's REST history)",
+            registry=r,
         )
         self.backfill_ids_total = Counter(
             "mercurystream_backfill_ids",

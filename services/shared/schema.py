@@ -41,9 +41,9 @@ class Field:
     """One key of the normalized trade.
 
     ``kind`` is the JSON kind (``str``, ``int``: an integer within int64, ``number``: an int or a
-    float a float can hold, ``bool``: ``true``/``false``). ``max_length`` bounds a string as part of its kind. ``gt``, ``ge``,
-    ``min_length``, ``choices`` and ``time`` are value rules: a value breaking one is an invalid
-    trade, counted under ``reason`` where the analytics check it.
+    float a float can hold, ``bool``: ``true``/``false``). ``max_length`` bounds a string as part of
+    its kind. ``gt``, ``ge``, ``min_length``, ``choices`` and ``time`` are value rules: a value
+    breaking one is an invalid trade, counted under ``reason`` where the analytics check it.
     """
 
     name: str
