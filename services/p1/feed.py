@@ -26,6 +26,7 @@ from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
 from mercurystream.p1.backoff import Backoff
+from mercurystream.p1.gaps import Gap, GapTracker
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
@@ -76,6 +77,8 @@ class FeedProtocol:
         self._labels: set[str] = set(_ALWAYS_LABELLED)
         self._sampler = LogSampler()
         self._awaiting_ticker: set[str] = set()
+        self.gaps: GapTracker | None = None
+        """Set by the app on the ``matches`` channel: sees the trades, heartbeats and ``last_match`` (p1/gaps.py)."""
 
     @property
     def valid_symbols(self) -> list[str]:
@@ -127,6 +130,8 @@ class FeedProtocol:
                 if others is None:
                     others = []
                 others.append(msg)
+        if self.gaps is not None and trades:
+            self.gaps.on_trades(trades)
         if others:
             self._handle_others(others, counts)
         self.messages += len(raws)
@@ -146,7 +151,8 @@ class FeedProtocol:
         for msg in msgs:
             t = msg["type"]
             if t == "heartbeat" or t == "last_match":
-                pass
+                if self.gaps is not None:
+                    self.gaps.on_control(msg)
             elif t == "subscriptions":
                 self._on_subscriptions(msg)
             elif t == "error":
@@ -486,6 +492,8 @@ class CoinbaseFeed:
         self._reconnects_counter = metrics.reconnects_total.labels("websocket")
         self._subscribed_gauges = {s: metrics.subscribed.labels(s) for s in self.protocol.symbols}
         self._shown: frozenset[str] = frozenset()
+        self.on_gaps: Callable[[list[Gap]], None] | None = None
+        """Called with the gaps :attr:`FeedProtocol.gaps` confirmed in a batch, after its trades."""
         self.gave_up = asyncio.Event()
         """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
 
@@ -587,6 +595,9 @@ class CoinbaseFeed:
                 self.on_messages(trades)
             except Exception:
                 logger.exception("feed: the pipeline failed on a batch of {} trades; they are lost", len(trades))
+        gaps = protocol.gaps
+        if gaps is not None and gaps.confirmed and self.on_gaps is not None:
+            self.on_gaps(gaps.take())
 
     def _control(self) -> None:
         """The cold path after a batch: a subscription confirmed or rejected, a resubscribe to send."""
