@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from mercurystream.p2.analytics.volume import quote_currency
+
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -102,19 +104,23 @@ class ProductGauge:
     analytics that publish a figure per product on every batch.
     """
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(self, name: str, documentation: str, extra: tuple[str, Callable[[str], str]] | None = None) -> None:
+        """``extra`` is ``(label, of)``: one more label whose value is ``of(product_id)`` (no more series)."""
         self.name = name
         self.documentation = documentation
         self.values: dict[str, float] = {}
+        self.extra = extra
 
     def set(self, product_id: str, value: float) -> None:
         self.values[product_id] = value
 
     def collect(self):
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id"])
+        extra = self.extra
+        labels = ["product_id"] if extra is None else ["product_id", extra[0]]
+        family = GaugeMetricFamily(self.name, self.documentation, labels=labels)
         # sorted() copies the items in one C call, so a product added meanwhile cannot break the loop.
         for pid, v in sorted(self.values.items()):
-            family.add_metric([pid], float(v))
+            family.add_metric([pid] if extra is None else [pid, extra[1](pid)], float(v))
         yield family
 
 
@@ -206,7 +212,11 @@ class P2Metrics:
         self.volatility = ProductGauge(
             "mercurystream_volatility_annualized", "Annualized volatility from the last VOL_WINDOW trades' log returns"
         )
-        self.volume_usd_1m = ProductGauge("mercurystream_volume_usd_1m", "USD notional traded over the last 60 s")
+        self.volume_quote_1m = ProductGauge(
+            "mercurystream_volume_quote_1m",
+            "Notional (price * size) traded over the last 60 s, in the product's quote currency (label quote)",
+            ("quote", quote_currency),
+        )
         self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s")
         self.recorded_total = Counter("mercurystream_recorded_events", "Events written by the recorder", registry=r)
         self.recorder_errors_total = Counter(
@@ -223,7 +233,7 @@ class P2Metrics:
             self.consumer_events_total,
             self.vwap,
             self.volatility,
-            self.volume_usd_1m,
+            self.volume_quote_1m,
             self.trades_1m,
         ):
             r.register(collector)
