@@ -62,6 +62,10 @@ class TradeHistory:
             if kind == MATCH:
                 texts[key // N_CHANNELS].append(text)
 
+    def held(self, product_id: str) -> int:
+        """Matches held for ``product_id``."""
+        return len(self._texts[self._index[product_id]])
+
     def answer(self, path: str, query: str) -> tuple[int, Any, dict[str, str]]:
         """``(status, body, headers)`` for one GET."""
         self.requests += 1

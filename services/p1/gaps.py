@@ -3,9 +3,10 @@
 Sans-I/O: the feed hands :class:`GapTracker` the trades it forwards and the ``heartbeat`` and
 ``last_match`` messages it reads; the tracker keeps, per configured product, the highest trade id
 accounted for (forwarded, or the baseline a ``last_match`` or first heartbeat gave) and the ranges
-skipped since. A range is *confirmed* lost once a whole heartbeat interval has passed without it:
-at the second heartbeat of that product after the range appeared (heartbeats come every second per
-product), so a trade merely reordered on the way is not called lost. Confirmed gaps wait in
+skipped since. A range is *confirmed* lost once a whole heartbeat interval has passed without it
+(heartbeats come every second per product): at the second heartbeat of that product after an id
+jump, at the next one after a heartbeat ran ahead; so a trade merely reordered on the way, or a
+heartbeat sent just before the match it counts, is not called lost. Confirmed gaps wait in
 :attr:`GapTracker.confirmed` for the shell (:meth:`take`), which forwards a ``gap`` control event
 to P2 and hands the range to the backfill.
 
@@ -119,7 +120,7 @@ class GapTracker:
         if tid > high:
             hi = tid if inclusive else tid - 1
             if hi > high:
-                self._add(pid, [high + 1, hi, source, 0])
+                self._add(pid, [high + 1, hi, source, 1 if source == HEARTBEAT else 0])
             self._high[pid] = tid
         elif not inclusive:
             ranges = self._pending.get(pid)
