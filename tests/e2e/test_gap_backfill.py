@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, settle
 
 TOKEN = "gap-backfill-test-token-0123456789"
 
@@ -68,3 +68,27 @@ def test_a_dropped_trade_is_announced_backfilled_and_marked_recovered_in_the_bun
     assert entry["recovered"] == 3 and entry["unrecoverable"] == 0 and entry["backfilled"] == 3
     report = (c.incidents / meta["incident_id"] / "report.md").read_text()
     assert "## Gaps and Backfill" in report and "| recovered |" in report
+
+
+def test_trades_lost_with_no_later_trade_are_found_by_heartbeats_and_recovered(cluster: Cluster) -> None:
+    """Every match is dropped on the way and trading then stops: only the heartbeats tell P1 what it missed."""
+    c = cluster
+    c.exchange("--rate", "10", "--max-trades", "60", "--products", "BTC-USD", "--gap-rate", "1.0", "--seed", "4")
+    c.p2(FLIGHT_POST_EVENTS=5)
+    c.p1(SYMBOLS="BTC-USD")
+
+    c.wait("the end of trading", lambda: c.exchange_stats()["max_trades_reached"], timeout=30)
+    lost = settle(lambda: c.p1_metrics().total("mercurystream_p1_gap_ids_total"), quiet_s=3.0)
+    recovered = lambda: c.p2_metrics().value("mercurystream_backfill_ids_total", outcome="recovered")  # noqa: E731
+    c.wait("every lost trade recovered", lambda: lost > 0 and recovered() == lost, timeout=30)
+    p1, p2 = c.p1_metrics(), c.p2_metrics()
+    lost = p1.value("mercurystream_p1_gap_ids_total", source="heartbeat")
+    assert lost > 0 and p1.value("mercurystream_p1_gap_ids_total", source="trade_id") == 0
+    assert p2.value("mercurystream_anomalies_total", type="sequence_gap") == lost
+    assert p2.value("mercurystream_backfilled_total") == lost
+    assert p2.value("mercurystream_gap_notices_total", source="heartbeat") >= 1
+    recorded = c.recorded()
+    assert all(e.get("backfilled") is True for e in recorded if e.get("type") == "match")
+    ids = sorted(e["trade_id"] for e in recorded if e.get("type") == "match")
+    assert len(ids) == lost and ids == list(range(ids[0], ids[-1] + 1))
+    assert ids[-1] == c.exchange_stats()["products"]["BTC-USD"]["last_trade_id"]
