@@ -29,6 +29,7 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.rule import run
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.schema import CONTROL
 
 AGE_SAMPLES = 10_000
 """The VWAP consumer's age p99 is over the last this many events."""
@@ -94,7 +95,7 @@ class _SkipReporter:
                 if child is None:
                     child = self._children[reason] = self._counter.labels(self._consumer, reason)
                 child.inc(new)
-                if self._sampler.should_log(reason):
+                if reason != CONTROL and self._sampler.should_log(reason):
                     example = self._filter.last_rejected.get(reason)
                     tail = f"; e.g. {_preview(example)}" if example is not None else ""
                     logger.warning(f"{self._consumer}: {new} event(s) not counted ({reason}){tail}")
