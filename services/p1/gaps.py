@@ -76,12 +76,14 @@ class GapTracker:
     def on_trades(self, trades: Iterable[dict[str, Any]]) -> None:
         """The trade messages the feed forwards (as received): each ``match`` id moves its product on."""
         products = self.products
+        high = self._high
         for msg in trades:
-            if msg.get("type") != "match":
-                continue
             pid = msg.get("product_id")
             tid = msg.get("trade_id")
-            if type(tid) is int and pid in products:
+            h = high.get(pid)  # type: ignore[arg-type]
+            if h is not None and tid == h + 1 and type(tid) is int and msg.get("type") == "match":
+                high[pid] = tid  # the common case: the next id of a known product
+            elif type(tid) is int and pid in products and msg.get("type") == "match":
                 self._see(pid, tid, TRADE_ID, inclusive=False)
 
     def on_control(self, msg: dict[str, Any]) -> None:
