@@ -129,3 +129,15 @@ def test_the_control_events_are_the_schema_s() -> None:
     assert notice["ingest_ts_us"] == 1_700_000_000_123_456 and notice["ingest_ts_ms"] == 1_700_000_000_123
     result = orjson.loads(control_event(gap, "coinbase", "exchange", 1, recovered=2))
     assert control_of(result) == {**control_of(notice), "type": "backfill", "recovered": 2, "unrecoverable": 1}
+
+
+def test_the_feed_protocol_hands_the_tracker_its_trades_heartbeats_and_last_match() -> None:
+    from mercurystream.p1.feed import FeedProtocol
+
+    fp = FeedProtocol(["BTC-USD"], "matches")
+    fp.gaps = GapTracker(["BTC-USD"])
+    raw = [orjson.dumps(m) for m in (last_match(100), match(101), match(104), heartbeat(104), heartbeat(104))]
+    trades, counts = fp.handle(raw)
+    assert [t["trade_id"] for t in trades] == [101, 104]
+    assert counts == {"match": 2, "last_match": 1, "heartbeat": 2}
+    assert fp.gaps.take() == [Gap("BTC-USD", 102, 103, TRADE_ID)]
