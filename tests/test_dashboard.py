@@ -172,7 +172,7 @@ def test_the_issue_s_panels_are_all_there() -> None:
         "mercurystream_incidents_total",
         "mercurystream_vwap",
         "mercurystream_volatility_annualized",
-        "mercurystream_volume_usd_1m",
+        "mercurystream_volume_quote_1m",
         "mercurystream_p1_reconnects_total",
         "mercurystream_p1_buffered",
         "mercurystream_p1_dropped_total",

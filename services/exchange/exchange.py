@@ -74,6 +74,7 @@ from mercurystream.exchange.market import (
     spec_for,
 )
 from mercurystream.exchange.protocol import Session
+from mercurystream.exchange.rest import TradeHistory, is_trades_path
 from mercurystream.shared.config import CommonSettings, ConfigError, Port, build_settings, parse_symbols
 from mercurystream.shared.logger import LogSampler, setup_logging
 
@@ -122,6 +123,9 @@ class ExchangeConfig(BaseModel):
     flood: bool = Field(False, description="generate trades only as fast as the slowest subscriber reads them")
     flood_chunk: int = Field(
         2000, gt=0, le=1_000_000, description="trades per chunk in flood mode, and the low-water mark for the next"
+    )
+    rest_history: int = Field(
+        10_000, ge=0, le=1_000_000, description="matches kept per product for GET /products/{id}/trades"
     )
     allow_faults: bool = Field(False, description="answer POST /faults (with the token)")
     faults_token: str | None = Field(
@@ -296,6 +300,7 @@ class ExchangeServer:
         self._recent: list[deque[bytes]] = []
         """Advanced Trade: each product's latest ``match`` texts, for the snapshot sent on subscribe."""
         self._trades_sent = 0
+        self.history: TradeHistory | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -313,6 +318,7 @@ class ExchangeServer:
         self._market.tickers = False
         # Seeded with each product's trade from before the stream, so the first snapshot is never empty.
         self._recent = [deque([self._market.last_match(p)], maxlen=SNAPSHOT_TRADES) for p in range(len(cfg.products))]
+        self.history = TradeHistory(cfg.products, self._market.last_trade_id, cfg.rest_history)
         self._started_at = time.monotonic()
         self._server = await serve(
             self._handle,
@@ -425,6 +431,7 @@ class ExchangeServer:
                 for key, kind, text in msgs:
                     if kind == MATCH:
                         recent[key // N_CHANNELS].append(text)
+            self.history.add(msgs)  # type: ignore[union-attr]
             self._fanout(msgs)
         if market.exhausted and not self._flushed:
             self._flushed = True
@@ -695,6 +702,11 @@ class ExchangeServer:
             return _json_response(200, {"status": "ok", "trades": self.trades})
         if url.path == "/stats":
             return _json_response(200, self.stats)
+        if is_trades_path(url.path) and self.history is not None:
+            if request.method != "GET":
+                return _method_not_allowed(request.method, "GET")
+            status, body, headers = self.history.answer(url.path, url.query)
+            return _json_response(status, body, tuple(headers.items()))
         return None
 
     def _faults_refusal(self, request: Request) -> Response | None:
@@ -824,6 +836,12 @@ def build_parser() -> argparse.ArgumentParser:
         "exchange spends CPU only on what is read; trade times advance by --rate's Poisson spacing, not "
         "the wall clock, and --rate no longer paces the stream",
     )
+    p.add_argument(
+        "--rest-history",
+        type=int,
+        default=10_000,
+        help="matches kept per product for GET /products/{id}/trades, Coinbase's REST trades (default 10000)",
+    )
     p.add_argument("--port-file", default=None, help="also write the bound port to this file")
     p.add_argument(
         "--allow-faults",
@@ -860,6 +878,7 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         "subscribe_timeout_s": args.subscribe_timeout,
         "max_queue": args.max_queue,
         "flood": args.flood,
+        "rest_history": args.rest_history,
         "allow_faults": args.allow_faults,
     }
     token_flag = "--faults-token"

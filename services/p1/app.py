@@ -11,9 +11,11 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from mercurystream.p1.backfill import Backfiller, BackfillPlanner, Outcome, rest_url_for
 from mercurystream.p1.config import P1Settings
 from mercurystream.p1.feed import CoinbaseFeed
 from mercurystream.p1.feeds import make_adapter
+from mercurystream.p1.gaps import Gap, GapTracker, control_event
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.p1.pipeline import IngestPipeline
 from mercurystream.p1.sink import TcpSink
@@ -57,6 +59,10 @@ class P1App:
             max_size=settings.MAX_FRAME_BYTES,
             adapter=make_adapter(settings.FEED_API, settings.SYMBOLS, settings.FEED_CHANNEL, **options),
         )
+        self.gaps: GapTracker | None = None
+        self.backfiller: Backfiller | None = None
+        if settings.FEED_API == "exchange" and settings.FEED_CHANNEL == "matches":
+            self._wire_gaps(settings)
         self.metrics_port: int | None = None
         self._status_task: asyncio.Task[None] | None = None
         self._invalid_counter = self.metrics.validation_failures_total
@@ -67,6 +73,54 @@ class P1App:
         if invalid:
             self._invalid_counter.inc(invalid)
         self._publish(payloads)
+
+    def _wire_gaps(self, s: P1Settings) -> None:
+        """Gap notices on the ``matches`` channel (p1/gaps.py) and, with ``BACKFILL``, their backfill."""
+        self.gaps = self.feed.protocol.gaps = GapTracker(s.SYMBOLS)
+        self.feed.on_gaps = self._on_gaps
+        if s.BACKFILL:
+            rate = s.BACKFILL_RATE
+            requests = self.metrics.backfill_requests_total
+            self.backfiller = Backfiller(
+                s.COINBASE_REST_URL or rest_url_for(s.COINBASE_WS_URL),
+                self._on_backfilled,
+                self._on_backfill_outcome,
+                rate=rate,
+                burst=min(15.0, max(1.0, 1.5 * rate)),
+                planner=BackfillPlanner(max_queue=s.BACKFILL_QUEUE_GAPS, max_ids=s.BACKFILL_MAX_IDS),
+                on_request=lambda result: requests.labels(result).inc(),
+            )
+
+    def _on_gaps(self, gaps: list[Gap]) -> None:
+        """Forward one ``gap`` control event per confirmed gap, count it, and queue its backfill."""
+        now = now_us()
+        p = self.pipeline
+        self._publish([control_event(g, p.venue, p.feed, now) for g in gaps])
+        m = self.metrics
+        for g in gaps:
+            m.gaps_total.labels(g.source).inc()
+            m.gap_ids_total.labels(g.source).inc(g.size)
+            if self.backfiller is not None:
+                m.backfill_ids_total.labels("requested").inc(g.size)
+                self.backfiller.submit(g)
+        if self.backfiller is not None:
+            m.backfill_pending.set(len(self.backfiller.planner))
+
+    def _on_backfilled(self, trades: list[dict[str, Any]]) -> None:
+        payloads, invalid = self.pipeline.process(trades, now_us(), backfilled=True)
+        if invalid:
+            self._invalid_counter.inc(invalid)
+        self._publish(payloads)
+
+    def _on_backfill_outcome(self, outcome: Outcome) -> None:
+        """After a gap's last recovered trades: the ``backfill`` control event with its counts."""
+        p = self.pipeline
+        self._publish([control_event(outcome.gap, p.venue, p.feed, now_us(), recovered=outcome.recovered)])
+        m = self.metrics
+        m.backfill_ids_total.labels("recovered").inc(outcome.recovered)
+        m.backfill_ids_total.labels("unrecoverable").inc(outcome.unrecoverable)
+        if self.backfiller is not None:
+            m.backfill_pending.set(len(self.backfiller.planner))
 
     async def start(self) -> None:
         s = self.settings
@@ -84,6 +138,9 @@ class P1App:
             self.metrics_port,
         )
         await self.sink.start()
+        if self.backfiller is not None:
+            await self.backfiller.start()
+            logger.info("P1 backfill on: missing trade ids from {}", self.backfiller.base_url)
         await self.feed.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="p1-status")
 
@@ -95,6 +152,8 @@ class P1App:
                 await self._status_task
             self._status_task = None
         await self.feed.stop()
+        if self.backfiller is not None:
+            await self.backfiller.stop()
         await self.sink.stop(self.settings.P1_SHUTDOWN_TIMEOUT_S)
         logger.info(self.status_line())
         self.metrics.close()
@@ -110,6 +169,11 @@ class P1App:
         )
         if proto.invalid:
             line += f" invalid_products={join_clipped(proto.invalid, ',', SUBSCRIBED_MAX)}"
+        if self.gaps is not None and any(self.gaps.gaps.values()):
+            line += f" gaps={sum(self.gaps.gaps.values())} gap_ids={sum(self.gaps.ids.values())}"
+            if self.backfiller is not None:
+                c = self.backfiller.planner.counts
+                line += f" backfill=recovered:{c['recovered']},unrecoverable:{c['unrecoverable']}"
         return line
 
     async def _status_loop(self) -> None:

@@ -30,6 +30,11 @@ class P1Settings(CommonSettings):
     P1_METRICS_HOST: str = Field("127.0.0.1", min_length=1)
     P1_SHUTDOWN_TIMEOUT_S: float = Field(5.0, ge=0)
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
+    BACKFILL: bool = True
+    COINBASE_REST_URL: str = Field("", pattern=r"^(https?://[^/?#\s]+/?)?$")
+    BACKFILL_RATE: float = Field(5.0, gt=0, le=10)
+    BACKFILL_QUEUE_GAPS: int = Field(256, gt=0, le=100_000)
+    BACKFILL_MAX_IDS: int = Field(10_000, gt=0, le=1_000_000)
 
     _split_symbols = field_validator("SYMBOLS", mode="before")(classmethod(lambda cls, v: parse_symbols(v)))
 

@@ -27,6 +27,7 @@ from websockets.uri import WebSocketURI, parse_uri
 from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE, FeedAdapter
 from mercurystream.p1.feeds.coinbase_exchange import SUBSCRIBE_TICKER, FeedProtocol
+from mercurystream.p1.gaps import Gap
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.shared.logger import LogSampler
 
@@ -337,6 +338,8 @@ class CoinbaseFeed:
             metrics.subscribed.set(s, 0)
         self._shown: frozenset[str] = frozenset()
         self._gaps_seen = 0
+        self.on_gaps: Callable[[list[Gap]], None] | None = None
+        """Called with the gaps :attr:`FeedProtocol.gaps` confirmed in a batch, after its trades."""
         self.gave_up = asyncio.Event()
         """Set when no configured product is valid: :attr:`FeedProtocol.fatal` says why."""
 
@@ -443,6 +446,9 @@ class CoinbaseFeed:
                 self.on_messages(trades)
             except Exception:
                 logger.exception("feed: the pipeline failed on a batch of {} trades; they are lost", len(trades))
+        gaps = protocol.gaps
+        if gaps is not None and gaps.confirmed and self.on_gaps is not None:
+            self.on_gaps(gaps.take())
 
     def _control(self) -> None:
         """The cold path after a batch: a subscription confirmed or rejected, a resubscribe to send."""

@@ -80,6 +80,40 @@ class P1Metrics:
         )
         r.register(self.subscribed)
         r.register(self.invalid_products)
+        self.gaps_total = Counter(
+            "mercurystream_p1_gaps",
+            "Gaps confirmed (trade ids lost upstream), by how they were found (heartbeat, trade_id)",
+            ["source"],
+            registry=r,
+        )
+        self.gap_ids_total = Counter(
+            "mercurystream_p1_gap_ids",
+            "Trade ids confirmed lost upstream, by how they were found",
+            ["source"],
+            registry=r,
+        )
+        self.backfill_ids_total = Counter(
+            "mercurystream_p1_backfill_ids",
+            "Missing trade ids handed to the backfill (requested) and how they ended (recovered, unrecoverable)",
+            ["outcome"],
+            registry=r,
+        )
+        self.backfill_requests_total = Counter(
+            "mercurystream_p1_backfill_requests",
+            "REST trades requests sent by the backfill, by result",
+            ["result"],
+            registry=r,
+        )
+        self.backfill_pending = Gauge(
+            "mercurystream_p1_backfill_pending", "Gaps waiting for or in backfill", registry=r
+        )
+        for source in ("heartbeat", "trade_id"):
+            self.gaps_total.labels(source)
+            self.gap_ids_total.labels(source)
+        for outcome in ("requested", "recovered", "unrecoverable"):
+            self.backfill_ids_total.labels(outcome)
+        for result in ("ok", "rate_limited", "not_found", "error"):
+            self.backfill_requests_total.labels(result)
         for reason in DROP_REASONS:
             self.dropped_total.labels(reason)
         for target in TARGETS:

@@ -132,10 +132,16 @@ class IngestPipeline:
         self._sampler = LogSampler()
         self._parse_time = IsoTimeParser().parse
 
-    def process(self, trades: list[dict[str, Any]], now_us: int) -> tuple[list[bytes], int]:
-        """Return the serialized events and how many of them failed validation."""
+    def process(
+        self, trades: list[dict[str, Any]], now_us: int, *, backfilled: bool = False
+    ) -> tuple[list[bytes], int]:
+        """Return the serialized events and how many of them failed validation.
+
+        ``backfilled`` marks every event ``backfilled: true`` (trades P1 fetched to fill a gap,
+        ``p1/backfill.py``); they take the per-event path, which is rare enough not to matter.
+        """
         ts_ms = now_us // 1000
-        if trades:
+        if trades and not backfilled:
             try:
                 out = self._match_batch(trades, ts_ms, now_us)
             except (KeyError, TypeError, ValueError):
@@ -160,6 +166,8 @@ class IngestPipeline:
             if reason is None:
                 event["venue"] = venue
                 event["feed"] = feed
+                if backfilled:
+                    event["backfilled"] = True
             else:
                 invalid += 1
                 self._sampler.warning(

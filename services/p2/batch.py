@@ -37,12 +37,13 @@ from mercurystream.shared.event import (
     pick,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
-from mercurystream.shared.schema import BY_NAME, drift_of, invalid_reason, kind_ok, wire_decoder
+from mercurystream.shared.schema import BY_NAME, CONTROL, control_of, drift_of, invalid_reason, kind_ok, wire_decoder
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
 """The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
-_ROW = attrgetter(*COLUMNS, RECV_MS, RECV_US)
+BACKFILLED = "backfilled"
+_ROW = attrgetter(*COLUMNS, RECV_MS, RECV_US, BACKFILLED)
 _FIELDS = tuple(BY_NAME[name] for name in COLUMNS)
 _decode = wire_decoder().decode
 _generic = msgspec.json.decode
@@ -63,13 +64,18 @@ class Batch:
     schema, ``invalid`` ``(index, reason)`` of those no trade can be (a bad time is found by
     :meth:`trades`, which checks every time once). ``time_limit_s`` is the latest exchange time a
     trade of this batch may carry (``shared.timeparse.latest_valid_s``; infinite when the batch
-    has no receive clock of its own).
+    has no receive clock of its own). ``controls`` lists ``(index, fields)`` of the
+    control events (``shared.schema.control_of``: a gap P1 announces, a backfill's result), which
+    are also in ``invalid`` under ``control``; ``backfilled`` the indices of trades marked
+    ``backfilled: true``. Either makes the batch not clean.
     """
 
     __slots__ = (
         "_groups",
         "_trades",
+        "backfilled",
         "clean",
+        "controls",
         "drift",
         "ingest_ms",
         "ingest_us",
@@ -98,6 +104,8 @@ class Batch:
         invalid: Sequence[tuple[int, str]] = (),
         clean: bool = False,
         time_limit_s: float = math.inf,
+        controls: Sequence[tuple[int, dict[str, Any]]] = (),
+        backfilled: Sequence[int] = (),
     ) -> None:
         self.lines = lines
         self.recv_ts_us = recv_ts_us
@@ -117,6 +125,8 @@ class Batch:
         self.invalid = invalid
         self.clean = clean
         self.time_limit_s = time_limit_s
+        self.controls = controls
+        self.backfilled = backfilled
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
 
@@ -203,6 +213,8 @@ class Batch:
             [(i - start, r) for i, r in self.invalid if start <= i < stop],
             self.clean,
             self.time_limit_s,
+            [(i - start, c) for i, c in self.controls if start <= i < stop],
+            [i - start for i in self.backfilled if start <= i < stop],
         )
 
 
@@ -377,6 +389,9 @@ def normalize(
     columns = list(zip(*map(_ROW, rows), strict=True))
     own_ms = columns[8]
     n = len(payloads)
+    if True in columns[10]:
+        typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
+        return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
     if own_ms.count(None) == n and set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
         lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(_recv_suffix(recv_us))))
         ingest_us = columns[7]
@@ -390,19 +405,19 @@ def normalize(
             ]
         limit = latest_valid_s(recv_us, max_future_skew_s)
         return Batch(lines, recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
-    typed = [(True, row, None, None) for row in map(_ROW, rows)]
+    typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
 
 def _normalize_each(
     payloads: Sequence[bytes], recv_us: int, max_future_skew_s: float
 ) -> tuple[Batch | None, list[tuple[str, bytes]]]:
-    rows: list[tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]] = []
+    rows: list[_Row] = []
     kept: list[bytes] = []
     errors: list[tuple[str, bytes]] = []
     for p in payloads:
         try:
-            rows.append((True, _ROW(_decode(p)), None, None))
+            rows.append((True, _ROW(_decode(p)), None, None, None))
             kept.append(p)
             continue
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -439,23 +454,29 @@ def _parse(payload: bytes) -> Any:
         return _NOT_JSON
 
 
-def _checked_row(obj: dict[str, Any]) -> tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]:
-    """``(typed, column values + receive stamps, drift detail, invalid reason)`` of one parsed event."""
+def _checked_row(obj: dict[str, Any]) -> _Row:
+    """``(typed, column values + receive stamps + backfilled, drift detail, invalid reason, control)``
+    of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
     values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
     own = obj.get(RECV_MS), obj.get(RECV_US)
     own = tuple(v if type(v) is int else None for v in own) if RECV_MS in obj else (None, None)
     if RECV_MS in obj and own[0] is None:
         own = (_OWN_UNTYPED, None)
-    return False, values + own, drift_of(obj), invalid_reason(obj)
+    row = (*values, *own, obj.get(BACKFILLED) is True)
+    control = control_of(obj)
+    if control is not None:
+        return False, row, None, CONTROL, control
+    return False, row, drift_of(obj), invalid_reason(obj), None
 
 
+_Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
 _OWN_UNTYPED = object()
 """A ``recv_ts_ms`` that is there but not an int: the line is still kept as sent, with no latency."""
 
 
 def _from_rows(
     kept: Sequence[bytes],
-    rows: Sequence[tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None]],
+    rows: Sequence[_Row],
     recv_us: int,
     *,
     clean: bool = False,
@@ -473,7 +494,9 @@ def _from_rows(
     at: list[int] = []
     drift: list[tuple[int, dict[str, Any]]] = []
     invalid: list[tuple[int, str]] = []
-    for i, (p, (_typed, row, d, reason)) in enumerate(zip(kept, rows, strict=True)):
+    controls: list[tuple[int, dict[str, Any]]] = []
+    backfilled: list[int] = []
+    for i, (p, (_typed, row, d, reason, control)) in enumerate(zip(kept, rows, strict=True)):
         ing_ms, ing_us, own_ms, own_us = row[6], row[7], row[8], row[9]
         if own_ms is not None or own_only:
             lines.append(p)
@@ -492,11 +515,15 @@ def _from_rows(
             drift.append((i, d))
         if reason is not None:
             invalid.append((i, reason))
-    columns = list(zip(*(row[:8] for _, row, _, _ in rows), strict=True)) or [()] * len(COLUMNS)
-    clean = clean and not drift and not invalid and all(None not in col for col in columns[:6])
+        if control is not None:
+            controls.append((i, control))
+        if row[10]:
+            backfilled.append(i)
+    columns = list(zip(*(r[1][:8] for r in rows), strict=True)) or [()] * len(COLUMNS)
+    clean = clean and not drift and not invalid and not backfilled and all(None not in col for col in columns[:6])
     limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
     at_ = None if len(at) == len(lines) else at
-    return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit)
+    return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit, controls, backfilled)
 
 
 def _splice(payload: bytes, suffix: bytes) -> bytes:

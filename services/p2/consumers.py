@@ -20,6 +20,7 @@ from mercurystream.p2.analytics import (
     VolumeWindow,
     VwapWindow,
 )
+from mercurystream.p2.analytics.volume import quote_currency
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
@@ -29,6 +30,7 @@ from mercurystream.p2.rule import run
 from mercurystream.shared.clip import STATUS_MAX, join_clipped, preview
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.schema import CONTROL
 
 AGE_SAMPLES = 10_000
 """The VWAP consumer's age p99 is over the last this many events."""
@@ -49,11 +51,14 @@ def _fmt_ms(ms: float | None) -> str:
     return f"{ms:.2f}ms" if ms < 1 else f"{ms:.0f}ms"
 
 
-def _fmt_usd(usd: float) -> str:
+def _fmt_quote(amount: float, quote: str) -> str:
+    """``$1.2M`` for USD, ``1.2M EUR`` for any other quote currency (``quote_currency``)."""
+    text = f"{amount:.0f}"
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if round(usd / div, 1) >= 1:
-            return f"${usd / div:.1f}{suffix}"
-    return f"${usd:.0f}"
+        if round(amount / div, 1) >= 1:
+            text = f"{amount / div:.1f}{suffix}"
+            break
+    return f"${text}" if quote == "USD" else f"{text} {quote}"
 
 
 class _SkipReporter:
@@ -86,7 +91,7 @@ class _SkipReporter:
                 if child is None:
                     child = self._children[reason] = self._counter.labels(self._consumer, reason)
                 child.inc(new)
-                if self._sampler.should_log(reason):
+                if reason != CONTROL and self._sampler.should_log(reason):
                     example = self._filter.last_rejected.get(reason)
                     tail = f"; e.g. {preview(example)}" if example is not None else ""
                     logger.warning(f"{self._consumer}: {new} event(s) not counted ({reason}){tail}")
@@ -196,7 +201,11 @@ class VolatilityConsumer(_AnalyticsConsumer):
 
 
 class VolumeConsumer(_AnalyticsConsumer):
-    """USD notional and trade count per product over the last 60 s of the stream's exchange time."""
+    """Notional in the quote currency and trade count per product over the last 60 s of the stream's exchange time.
+
+    The gauge carries the quote currency as a ``quote`` label (``BTC-EUR``'s is EUR), one value per
+    product, so the label adds no series; the status line shows it (``$`` for USD).
+    """
 
     name = "volume"
     label = "VOLUME"
@@ -205,7 +214,7 @@ class VolumeConsumer(_AnalyticsConsumer):
     def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
         super().__init__(bus, settings, metrics)
         self.window = VolumeWindow(self.window_s)
-        self._usd = metrics.volume_usd_1m
+        self._notional = metrics.volume_quote_1m
         self._trades = metrics.trades_1m
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
 
@@ -224,14 +233,15 @@ class VolumeConsumer(_AnalyticsConsumer):
         return snap
 
     def _set(self, snap: dict[str, tuple[float, int]]) -> None:
-        usd_set = self._usd.set
+        usd_set = self._notional.set
         trades_set = self._trades.set
         for pid, (usd, n) in snap.items():
             usd_set(pid, usd)
             trades_set(pid, n)
 
     def status_line(self) -> str:
-        parts = [f"{pid}={_fmt_usd(usd)}/min({n}tx)" for pid, (usd, n) in self._publish().items()]
+        snap = self._publish()
+        parts = [f"{pid}={_fmt_quote(amount, quote_currency(pid))}/min({n}tx)" for pid, (amount, n) in snap.items()]
         return join_clipped(parts) if parts else "waiting for trades"
 
 

@@ -34,6 +34,10 @@ from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused, Fligh
 from mercurystream.p2.incident.bundle import BundleWriter
 from mercurystream.p2.incident.spare import SpareCpu
 from mercurystream.p2.metrics import P2Metrics
+from mercurystream.shared.schema import BACKFILL, GAP
+
+GAP_SOURCES = ("heartbeat", "trade_id")
+"""How P1 finds a gap (``p1/gaps.py``); any other source is counted as ``other``, so the label stays bounded."""
 
 CONFIG_KEYS = (
     "LATENCY_SPIKE_THRESHOLD_MS",
@@ -105,6 +109,11 @@ class ForensicsConsumer(Consumer):
             metrics.incidents_total.labels(type=t)
         self.captures_started = 0
         self.finalized_incomplete = 0
+        self.gap_notices = 0
+        self.backfilled = 0
+        self.backfill_ids = {"recovered": 0, "unrecoverable": 0}
+        self._notice_metric = {s: metrics.gap_notices_total.labels(s) for s in (*GAP_SOURCES, "other")}
+        self._backfill_metric = {k: metrics.backfill_ids_total.labels(k) for k in self.backfill_ids}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -123,6 +132,8 @@ class ForensicsConsumer(Consumer):
         self.writer.start()
 
     def handle(self, batch: Batch) -> None:
+        if batch.controls or batch.backfilled:
+            self._count_gaps(batch)
         wall = self._wall()
         anomalies = self.detectors.process(batch, wall)
         if self.recorder is None:
@@ -135,6 +146,20 @@ class ForensicsConsumer(Consumer):
             completed = self._on_anomalies(batch, anomalies, wall)
         for cap in completed:
             self.writer.submit(cap)
+
+    def _count_gaps(self, batch: Batch) -> None:
+        """P1's gap notices, backfill results and backfilled trades, into their counters."""
+        if batch.backfilled:
+            self.backfilled += len(batch.backfilled)
+            self.metrics.backfilled_total.inc(len(batch.backfilled))
+        for _, c in batch.controls:
+            if c["type"] == GAP:
+                self.gap_notices += 1
+                self._notice_metric.get(c["source"], self._notice_metric["other"]).inc()
+            elif c["type"] == BACKFILL:
+                for k, metric in self._backfill_metric.items():
+                    self.backfill_ids[k] += c[k]
+                    metric.inc(c[k])
 
     def _count(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> tuple[list[Anomaly], dict[str, int]]:
         """Export the anomaly counts and drift samples; return the triggers and the per-type counts."""
@@ -182,6 +207,12 @@ class ForensicsConsumer(Consumer):
         return (
             f"processed={self.processed} | drift={c[SCHEMA_DRIFT]} | dup={c[DUPLICATE]} | ooo={c[OUT_OF_ORDER]} "
             f"| gaps={c[SEQUENCE_GAP]} | spikes={c[LATENCY_SPIKE]} | incidents={self.writer.written}"
+            + (
+                f" | gap_notices={self.gap_notices} backfilled={self.backfilled} "
+                f"unrecoverable={self.backfill_ids['unrecoverable']}"
+                if self.gap_notices or self.backfilled
+                else ""
+            )
         )
 
     def dump(self, reason: str, *, respect_cooldown: bool = False, source: str = MANUAL) -> Capture:

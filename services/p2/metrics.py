@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from mercurystream.p2.analytics.volume import quote_currency
 from mercurystream.shared.labels import MAX_PRODUCT_LABELS, ProductGauge
 
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -178,6 +179,23 @@ class P2Metrics:
             ["consumer", "reason"],
             registry=r,
         )
+        self.gap_notices_total = Counter(
+            "mercurystream_gap_notices",
+            "Gap control events from P1 (trade ids lost upstream), by how P1 found the gap",
+            ["source"],
+            registry=r,
+        )
+        self.backfilled_total = Counter(
+            "mercurystream_backfilled",
+            "Trades marked backfilled (fetched by P1 from the venue's REST history)",
+            registry=r,
+        )
+        self.backfill_ids_total = Counter(
+            "mercurystream_backfill_ids",
+            "Missing trade ids of P1's finished backfills, by outcome (recovered, unrecoverable)",
+            ["outcome"],
+            registry=r,
+        )
         self.vwap = ProductGauge("mercurystream_vwap", "Rolling VWAP over VWAP_WINDOW_S", n)
         self.age_p99_ms = Gauge(
             "mercurystream_event_age_p99_ms", "P1 ingest to VWAP consumer age, p99, in milliseconds", registry=r
@@ -187,8 +205,12 @@ class P2Metrics:
             "Annualized volatility from the last VOL_WINDOW trades' log returns",
             n,
         )
-        self.volume_usd_1m = ProductGauge(
-            "mercurystream_volume_usd_1m", "USD notional traded over the last 60 s", n, additive=True
+        self.volume_quote_1m = ProductGauge(
+            "mercurystream_volume_quote_1m",
+            "Notional (price * size) traded over the last 60 s, in the product's quote currency (label quote)",
+            n,
+            additive=True,
+            extra=("quote", quote_currency),
         )
         self.trades_1m = ProductGauge("mercurystream_trades_1m", "Trades over the last 60 s", n, additive=True)
         self.recorded_total = Counter("mercurystream_recorded_events", "Events written by the recorder", registry=r)
@@ -208,7 +230,7 @@ class P2Metrics:
             self.consumer_dropped_total,
             self.vwap,
             self.volatility,
-            self.volume_usd_1m,
+            self.volume_quote_1m,
             self.trades_1m,
         ):
             r.register(collector)

@@ -49,9 +49,21 @@ class ProductGauge:
     """
 
     def __init__(
-        self, name: str, documentation: str, max_labels: int = MAX_PRODUCT_LABELS, *, additive: bool = False
+        self,
+        name: str,
+        documentation: str,
+        max_labels: int = MAX_PRODUCT_LABELS,
+        *,
+        additive: bool = False,
+        extra: tuple[str, Callable[[str], str]] | None = None,
     ) -> None:
+        """``extra`` is ``(label, of)``: one more label whose value is ``of(product_id)`` (no more series).
+
+        With it, the products past the cap are folded per value of that label (``_other`` once per
+        quote currency, say), since summing across it would add unlike units.
+        """
         self.name = name
+        self.extra = extra
         self.documentation = documentation
         self.max_labels = max_labels
         self.additive = additive
@@ -62,11 +74,29 @@ class ProductGauge:
 
     def collect(self):
         # list() copies the items in one C call, so a product added meanwhile cannot break the loop.
-        samples, unlabelled = capped(list(self.values.items()), self.max_labels, sum if self.additive else None)
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id"])
-        for pid, v in samples:
-            family.add_metric([pid], float(v))
-        yield family
+        items = list(self.values.items())
+        extra = self.extra
+        if extra is None:
+            samples, unlabelled = capped(items, self.max_labels, sum if self.additive else None)
+            family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id"])
+            for pid, v in samples:
+                family.add_metric([pid], float(v))
+            yield family
+        else:
+            label, of = extra
+            family = GaugeMetricFamily(self.name, self.documentation, labels=["product_id", label])
+            own = sorted((clip(k, LABEL_MAX), clip(of(k), LABEL_MAX), v) for k, v in items[: self.max_labels])
+            rest: dict[str, float] = {}
+            for k, v in items[self.max_labels :]:
+                e = clip(of(k), LABEL_MAX)
+                rest[e] = rest.get(e, 0.0) + v
+            unlabelled = max(0, len(items) - self.max_labels)
+            for pid, e, v in own:
+                family.add_metric([pid, e], float(v))
+            if self.additive:
+                for e, v in sorted(rest.items()):
+                    family.add_metric([OTHER, e], float(v))
+            yield family
         yield GaugeMetricFamily(
             f"{self.name}_unlabelled_products",
             f"Products of {self.name} past MAX_PRODUCT_LABELS, without a label of their own",

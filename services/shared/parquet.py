@@ -30,7 +30,7 @@ from mercurystream.shared.recording import PART_SUFFIX, is_parquet
 from mercurystream.shared.schema import FIELDS
 from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
 
-_KINDS = {"str": "string", "number": "float64", "int": "int64"}
+_KINDS = {"str": "string", "number": "float64", "int": "int64", "bool": "bool"}
 COLUMNS: tuple[tuple[str, str], ...] = tuple((f.name, _KINDS[f.kind]) for f in FIELDS)
 """The schema's fields in wire order (``shared.schema.FIELDS``), with their Parquet kind; the
 schema's required fields are non-null, the rest nullable."""
@@ -42,7 +42,7 @@ REQUIRED = frozenset(REQUIRED_FIELDS)
 __all__ = ["COLUMNS", "SCHEMA", "ParquetSink", "RowEncoder", "events_of", "is_parquet", "iter_event_batches"]
 _STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
 
-_ARROW = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
+_ARROW = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
 TS_TYPE = pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema(
     [pa.field(name, _ARROW[kind], nullable=name not in REQUIRED) for name, kind in COLUMNS]
@@ -65,6 +65,7 @@ _FAST_TYPES = {
     "string": str,
     "float64": Annotated[int, msgspec.Meta(ge=-_EXACT_FLOAT_INT, le=_EXACT_FLOAT_INT)] | float,
     "int64": Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)],
+    "bool": bool,
 }
 _FAST_ROW = msgspec.defstruct(
     "FastRow",
@@ -87,6 +88,8 @@ def _fits(kind: str, value: object) -> bool:
     t = type(value)
     if kind == "string":
         return t is str
+    if kind == "bool":
+        return t is bool
     if kind == "int64":
         return t is int and _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
     return t is float or (t is int and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT)  # type: ignore[operator]

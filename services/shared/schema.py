@@ -41,13 +41,13 @@ class Field:
     """One key of the normalized trade.
 
     ``kind`` is the JSON kind (``str``, ``int``: an integer within int64, ``number``: an int or a
-    float a float can hold). ``max_length`` bounds a string as part of its kind. ``gt``, ``ge``,
-    ``min_length``, ``choices`` and ``time`` are value rules: a value breaking one is an invalid
-    trade, counted under ``reason`` where the analytics check it.
+    float a float can hold, ``bool``: ``true``/``false``). ``max_length`` bounds a string as part of
+    its kind. ``gt``, ``ge``, ``min_length``, ``choices`` and ``time`` are value rules: a value
+    breaking one is an invalid trade, counted under ``reason`` where the analytics check it.
     """
 
     name: str
-    kind: Literal["str", "int", "number"]
+    kind: Literal["str", "int", "number", "bool"]
     required: bool
     origin: Literal["venue", "P1", "P2"]
     doc: str
@@ -90,6 +90,13 @@ FIELDS: tuple[Field, ...] = (
     Field("best_ask", "number", False, "venue", "ticker only"),
     Field("venue", "str", False, "P1", f"the venue; `{DEFAULT_VENUE}` when absent", max_length=NAME_MAX),
     Field("feed", "str", False, "P1", "the venue API it came from (`exchange`)", max_length=NAME_MAX),
+    Field(
+        "backfilled",
+        "bool",
+        False,
+        "P1",
+        "`true` on a trade P1 fetched from the venue's REST history to fill a gap (`p1/backfill.py`); absent otherwise",
+    ),
     Field("ingest_ts_ms", "int", True, "P1", "P1 wall clock at receipt (the seed's field)"),
     Field("ingest_ts_us", "int", False, "P1", "the same in microseconds; latency falls back to ms without it"),
     Field("recv_ts_ms", "int", False, "P2", "P2 wall clock at receipt; kept if the frame already has it"),
@@ -117,6 +124,8 @@ def kind_ok(field: Field, value: object) -> bool:
         return t is str and (field.max_length is None or len(value) <= field.max_length)  # type: ignore[arg-type]
     if field.kind == "int":
         return t is int and INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
+    if field.kind == "bool":
+        return t is bool
     if t is float:
         return math.isfinite(value)  # type: ignore[arg-type]
     if t is int:
@@ -193,6 +202,47 @@ def invalid_reason(event: Mapping[str, Any]) -> str | None:
     return None
 
 
+# --- control events -------------------------------------------------------------------------------
+
+GAP = "gap"
+"""A control event: P1 knows trade ids ``first_missing..last_missing`` of a product were lost upstream."""
+BACKFILL = "backfill"
+"""A control event: P1's backfill of that gap is over, with ``recovered`` and ``unrecoverable`` ids."""
+CONTROL_TYPES = frozenset({GAP, BACKFILL})
+CONTROL = "control"
+"""The analytics' skip reason for a control event: evidence for the detectors and bundles, never a trade."""
+_CONTROL_INTS = ("first_missing", "last_missing")
+_BACKFILL_COUNTS = ("recovered", "unrecoverable")
+
+
+def control_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A control event's fields, checked, or ``None`` when ``event`` is no valid control event.
+
+    ``{"type": "gap" | "backfill", "product_id", "first_missing", "last_missing", "source"}``, plus
+    ``recovered`` and ``unrecoverable`` for ``backfill``. The ids are ints with ``0 < first <= last``,
+    the counts ints >= 0 that add up to at most the gap's size, the product id and the source strings
+    of their bounded kinds. Anything else (a ``gap`` missing its range, say) is no control event and
+    is judged as a trade, so a broken one is schema drift like any other broken event.
+    """
+    t = event.get("type")
+    if t not in CONTROL_TYPES:
+        return None
+    pid = event.get("product_id")
+    source = event.get("source")
+    if not conforms(BY_NAME["product_id"], pid) or type(source) is not str or not 0 < len(source) <= NAME_MAX:
+        return None
+    first, last = (event.get(k) for k in _CONTROL_INTS)
+    if type(first) is not int or type(last) is not int or not 0 < first <= last <= INT64_MAX:
+        return None
+    out: dict[str, Any] = {"type": t, "product_id": pid, "first_missing": first, "last_missing": last, "source": source}
+    if t == BACKFILL:
+        counts = [event.get(k) for k in _BACKFILL_COUNTS]
+        if any(type(n) is not int or n < 0 for n in counts) or sum(counts) > last - first + 1:  # type: ignore[misc]
+            return None
+        out.update(zip(_BACKFILL_COUNTS, counts, strict=True))
+    return out
+
+
 # --- the typed decoder ---------------------------------------------------------------------------
 
 
@@ -205,6 +255,8 @@ def _msgspec_type(field: Field) -> Any:
         base, meta = int, {"ge": INT64_MIN, "le": INT64_MAX}
     elif field.kind == "number":
         base = float
+    elif field.kind == "bool":
+        base = bool
     else:
         base = str
     for key in ("gt", "ge", "min_length", "max_length"):
@@ -249,7 +301,7 @@ def pydantic_annotation(field: Field, number: Any, integer: Any) -> Any:
         value = getattr(field, key)
         if value is not None:
             constraints[key] = value
-    base = {"str": str, "int": integer, "number": number}[field.kind]
+    base = {"str": str, "int": integer, "number": number, "bool": bool}[field.kind]
     return Annotated[base, PydanticField(**constraints)] if constraints else base
 
 

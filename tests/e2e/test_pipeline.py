@@ -7,6 +7,8 @@ from collections import defaultdict
 
 import pytest
 
+from tests.e2e.conftest import settle
+
 pytestmark = pytest.mark.e2e
 
 
@@ -18,6 +20,11 @@ def p1_dropped(cluster) -> float:
     return cluster.p1_metrics().total("mercurystream_p1_dropped_total")
 
 
+def trades_recorded(cluster) -> list[dict]:
+    """P2's recording without P1's gap control events (``gap``, ``backfill``), which are no trades."""
+    return [e for e in cluster.recorded() if e.get("type") not in ("gap", "backfill")]
+
+
 def wait_exhausted(cluster, timeout=90):
     cluster.wait("the exchange to reach --max-trades", lambda: cluster.exchange_stats()["max_trades_reached"], timeout)
 
@@ -26,7 +33,7 @@ def wait_delivered(cluster, timeout=60):
     """Until every match the exchange sent is either in P2's recording or counted as dropped by P1."""
 
     def done() -> bool:
-        return len(cluster.recorded()) + p1_dropped(cluster) >= matches_sent(cluster)
+        return len(trades_recorded(cluster)) + p1_dropped(cluster) >= matches_sent(cluster)
 
     cluster.wait("every sent trade to be recorded by P2 or counted as dropped", done, timeout)
 
@@ -88,13 +95,13 @@ def test_p2_restart_mid_stream_delivers_every_event_once(cluster):
 def test_websocket_drops_mid_stream_recover_with_every_sent_trade_delivered(cluster):
     cluster.exchange("--rate", 800, "--max-trades", 5000, "--seed", 13, "--disconnect-every", 1.0)
     cluster.p2()
-    cluster.p1(BACKOFF_MAX="0.5")
+    cluster.p1(BACKOFF_MAX="0.5", BACKFILL="false")
     wait_exhausted(cluster)
     wait_delivered(cluster)
     p1 = cluster.p1_metrics()
     assert p1.value("mercurystream_p1_reconnects_total", target="websocket") >= 2
     sent = matches_sent(cluster)
-    events = cluster.recorded()
+    events = trades_recorded(cluster)
     assert len(events) + p1_dropped(cluster) == sent
     assert len({(e["product_id"], e["trade_id"]) for e in events}) == len(events)
     # Trades made while P1 was reconnecting never reached it: the exchange did not send them, and
@@ -102,6 +109,46 @@ def test_websocket_drops_mid_stream_recover_with_every_sent_trade_delivered(clus
     assert sent < 5000
     gaps = cluster.p2_metrics().value("mercurystream_anomalies_total", type="sequence_gap")
     assert gaps > 0
+
+
+def test_trades_made_while_p1_reconnected_are_backfilled_so_every_trade_id_arrives_once(cluster):
+    """The same reconnects with backfill on: what the venue made while P1 was away comes from its REST history."""
+    cluster.exchange("--rate", 800, "--max-trades", 5000, "--seed", 13, "--disconnect-every", 1.0)
+    cluster.p2()
+    cluster.p1(BACKOFF_MAX="0.5")
+    wait_exhausted(cluster)
+    last = {pid: p["last_trade_id"] for pid, p in cluster.exchange_stats()["products"].items()}
+
+    def complete() -> bool:
+        highest: dict[str, int] = {}
+        for e in trades_recorded(cluster):
+            highest[e["product_id"]] = max(highest.get(e["product_id"], 0), e["trade_id"])
+        return highest == last
+
+    cluster.wait("every product's last trade in P2", complete, timeout=60)
+    settle(lambda: cluster.p1_metrics().total("mercurystream_p1_gap_ids_total"), quiet_s=3.0)
+
+    def backfilled_all() -> bool:
+        m = cluster.p1_metrics()
+        done = sum(m.value("mercurystream_p1_backfill_ids_total", outcome=o) for o in ("recovered", "unrecoverable"))
+        recovered = m.value("mercurystream_p1_backfill_ids_total", outcome="recovered")
+        in_p2 = sum(e.get("backfilled") is True for e in trades_recorded(cluster))
+        return done == m.value("mercurystream_p1_backfill_ids_total", outcome="requested") and in_p2 == recovered
+
+    cluster.wait("every gap's backfill done and recorded", backfilled_all, timeout=60)
+    assert cluster.p1_metrics().value("mercurystream_p1_reconnects_total", target="websocket") >= 2
+    assert p1_dropped(cluster) == 0
+    events = trades_recorded(cluster)
+    live = [e for e in events if e.get("backfilled") is not True]
+    assert len(live) == matches_sent(cluster)
+    for pid in last:
+        ids = sorted(e["trade_id"] for e in events if e["product_id"] == pid)
+        assert ids == list(range(ids[0], last[pid] + 1)), f"{pid}: every id from the first on, once"
+    p2 = cluster.p2_metrics()
+    backfilled = len(events) - len(live)
+    assert backfilled > 0 and p2.value("mercurystream_backfilled_total") == backfilled
+    assert p2.value("mercurystream_anomalies_total", type="duplicate") == 0
+    assert p2.value("mercurystream_backfill_ids_total", outcome="unrecoverable") == 0
 
 
 def test_services_exit_zero_on_sigterm(cluster):

@@ -227,3 +227,46 @@ def test_a_time_past_the_future_skew_is_invalid_time_and_listed_as_future():
 
 def test_without_a_receive_clock_no_time_is_too_far_ahead():
     assert Batch.of_events([p1_event(1, time="9999-12-31T23:59:59.999999Z")]).trades().future == []
+
+
+def gap_event(**changes: object) -> dict:
+    ev = {
+        "type": "gap",
+        "venue": "coinbase",
+        "feed": "exchange",
+        "product_id": "BTC-USD",
+        "first_missing": 5,
+        "last_missing": 7,
+        "source": "heartbeat",
+        "ingest_ts_ms": 1_700_000_000_000,
+        "ingest_ts_us": 1_700_000_000_000_000,
+    }
+    ev.update(changes)
+    return ev
+
+
+def test_a_control_event_is_no_drift_and_no_trade_but_kept_as_evidence() -> None:
+    b, errors = read([p1_event(1), gap_event(), p1_event(8)])
+    assert errors == [] and b.drift == [] and not b.clean
+    assert b.controls == [
+        (1, {"type": "gap", "product_id": "BTC-USD", "first_missing": 5, "last_missing": 7, "source": "heartbeat"})
+    ]
+    assert b.invalid == [(1, "control")]
+    assert [b.trades().positions[k] for k in range(len(b.trades()))] == [0, 2]
+    assert b.trades().rejects == [(1, "control")]
+    assert b.lines[1].startswith(orjson.dumps(gap_event())[:-1]) and len(b.latencies) == 3
+
+
+def test_a_broken_control_event_is_drift_like_any_broken_event() -> None:
+    b, _ = read([gap_event(first_missing="5")])
+    assert b.controls == [] and len(b.drift) == 1
+
+
+def test_backfilled_trades_are_marked_and_the_batch_is_not_clean() -> None:
+    b, _ = read([p1_event(1), p1_event(2, backfilled=True), p1_event(3, backfilled=False)])
+    assert b.backfilled == [1] and not b.clean and b.drift == [] and b.invalid == []
+    assert len(b.trades()) == 3
+    t = b.tail(1)
+    assert t.backfilled == [0]
+    c, _ = read([p1_event(1), gap_event()])
+    assert c.tail(1).controls[0][0] == 0 and c.tail(2).controls == []

@@ -117,18 +117,36 @@ def test_volume_consumer_gauges_status_and_decay():
             trade(2, product="SOL-USD", price=150.0, size=2.0, t=30),
         ],
     )
-    usd = "mercurystream_volume_usd_1m"
-    assert sample(metrics, usd, product_id="BTC-USD") == 1_200_000.0
+    usd = "mercurystream_volume_quote_1m"
+    assert sample(metrics, usd, product_id="BTC-USD", quote="USD") == 1_200_000.0
     assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") == 2
     assert c.status() == "VOLUME     | BTC-USD=$1.2M/min(2tx) | ETH-USD=$89.2K/min(1tx) | SOL-USD=$300/min(1tx)"
     # only ETH trades; BTC's trades fall out of the stream's 60 s window and its gauge follows
     feed(bus, c, [trade(3, product="ETH-USD", price=3000.0, size=1.0, t=65)])
-    assert sample(metrics, usd, product_id="BTC-USD") == 400_000.0
+    assert sample(metrics, usd, product_id="BTC-USD", quote="USD") == 400_000.0
     assert sample(metrics, "mercurystream_trades_1m", product_id="BTC-USD") == 1
     feed(bus, c, [trade(4, product="ETH-USD", price=3000.0, size=1.0, t=100)])
-    assert sample(metrics, usd, product_id="BTC-USD") == 0.0
+    assert sample(metrics, usd, product_id="BTC-USD", quote="USD") == 0.0
     assert c.status_line().startswith("BTC-USD=$0/min(0tx) | ETH-USD=$6.0K/min(2tx)")
     assert sample(metrics, "mercurystream_analytics_skipped_total", consumer="volume", reason="duplicate") == 1
+
+
+def test_volume_is_labelled_and_shown_in_its_quote_currency():
+    bus, metrics = Bus(), P2Metrics()
+    c = VolumeConsumer(bus, make_settings(), metrics)
+    feed(
+        bus,
+        c,
+        [
+            trade(1, product="BTC-EUR", price=60_000.0, size=20.0, t=0),
+            trade(1, product="ETH-USDC", price=3000.0, size=1.0, t=1),
+            trade(1, product="BTC-USD", price=100.0, size=1.0, t=2),
+        ],
+    )
+    name = "mercurystream_volume_quote_1m"
+    assert sample(metrics, name, product_id="BTC-EUR", quote="EUR") == 1_200_000.0
+    assert sample(metrics, name, product_id="ETH-USDC", quote="USDC") == 3000.0
+    assert c.status_line() == "BTC-EUR=1.2M EUR/min(1tx) | BTC-USD=$100/min(1tx) | ETH-USDC=3.0K USDC/min(1tx)"
 
 
 # --- health --------------------------------------------------------------------------------------
@@ -227,9 +245,9 @@ def test_one_far_future_trade_moves_no_window_clock():
     for c in (volume, vwap, vol):
         for b in c.subscription.take_nowait():
             c.handle(b)
-    usd = "mercurystream_volume_usd_1m"
-    assert sample(metrics, usd, product_id="BTC-USD") == 200.0 + 204.0 + 208.0
-    assert sample(metrics, usd, product_id="ETH-USD") == 30.0
+    usd = "mercurystream_volume_quote_1m"
+    assert sample(metrics, usd, product_id="BTC-USD", quote="USD") == 200.0 + 204.0 + 208.0
+    assert sample(metrics, usd, product_id="ETH-USD", quote="USD") == 30.0
     assert sample(metrics, "mercurystream_vwap", product_id="BTC-USD") == pytest.approx(102.0)
     assert vol.window.snapshot()["BTC-USD"] is not None
     for name in ("volume", "vwap", "volatility"):

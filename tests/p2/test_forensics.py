@@ -368,3 +368,29 @@ def test_a_drift_sample_of_a_huge_event_keeps_its_start_and_size(tmp_path):
     assert {"key": "product_id", "expected": "str", "got": "str(900000)"} in row["mismatched"]
     assert row["event_bytes"] == len(b.lines[0]) and row["event_start"].startswith('{"type":"match"')
     assert sample(metrics, "mercurystream_drift_samples_total") == 1
+
+
+def test_gap_notices_backfill_results_and_backfilled_trades_are_counted(tmp_path):
+    consumer, metrics, _ = make(tmp_path, FLIGHT_RECORDER=False)
+    control = {"product_id": "BTC-USD", "first_missing": 3, "last_missing": 4, "ingest_ts_ms": 1}
+    consumer.handle(
+        batch(
+            [
+                event(1),
+                event(2),
+                {"type": "gap", "source": "heartbeat", **control},
+                {"type": "gap", "source": "something-new", **control, "first_missing": 9, "last_missing": 9},
+                event(3, backfilled=True),
+                {"type": "backfill", "source": "heartbeat", "recovered": 1, "unrecoverable": 1, **control},
+            ]
+        )
+    )
+    assert sample(metrics, "mercurystream_gap_notices_total", source="heartbeat") == 1
+    assert sample(metrics, "mercurystream_gap_notices_total", source="other") == 1
+    assert sample(metrics, "mercurystream_backfilled_total") == 1
+    assert sample(metrics, "mercurystream_backfill_ids_total", outcome="recovered") == 1
+    assert sample(metrics, "mercurystream_backfill_ids_total", outcome="unrecoverable") == 1
+    assert sample(metrics, "mercurystream_anomalies_total", type="sequence_gap") == 3
+    assert sample(metrics, "mercurystream_anomalies_total", type="schema_drift") == 0
+    assert consumer.status_line().endswith("| gap_notices=2 backfilled=1 unrecoverable=1")
+    consumer.writer.stop(5)

@@ -97,9 +97,9 @@ def test_ten_thousand_products_leave_metrics_and_status_lines_bounded():
     lines = body.splitlines()
     assert len(body) < 80_000, len(body)
     assert max(map(len, lines)) < 300
-    for name in ("vwap", "volatility_annualized", "volume_usd_1m", "trades_1m"):
+    for name in ("vwap", "volatility_annualized", "volume_quote_1m", "trades_1m"):
         labelled = [x for x in lines if x.startswith(f"mercurystream_{name}{{".encode())]
-        assert len(labelled) == 100 + (name in ("volume_usd_1m", "trades_1m")), name
+        assert len(labelled) == 100 + (name in ("volume_quote_1m", "trades_1m")), name
         assert app.metrics.registry.get_sample_value(f"mercurystream_{name}_unlabelled_products") == 1024 - 100
     other = app.metrics.registry.get_sample_value("mercurystream_trades_1m", {"product_id": "_other"})
     assert math.isclose(other, 3 * (1024 - 100))  # three trades each; the dedupe tracks at most 1,024 products

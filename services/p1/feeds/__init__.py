@@ -10,7 +10,10 @@ so a later venue is one more module here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mercurystream.p1.gaps import GapTracker
 
 MALFORMED = "malformed"
 OTHER = "other"
@@ -33,6 +36,8 @@ class FeedAdapter(Protocol):
     counts: dict[str, int]
     messages: int
     trades: int
+    gaps: GapTracker | None
+    """Where the adapter reports trade ids and heartbeats for gap notices (p1/gaps.py), if it can."""
 
     def subscribe_requests(self) -> list[str]:
         """The text messages to send right after the handshake."""

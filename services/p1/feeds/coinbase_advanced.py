@@ -129,6 +129,8 @@ class AdvancedTradeProtocol:
         self.messages = 0
         self.trades = 0
         self.sequence_gaps = 0
+        self.gaps = None
+        """No gap notices: this feed has no per-product trade-id heartbeat or REST backfill here yet."""
         """Envelope ``sequence_num`` values skipped, over all connections."""
         self.last_trade_id: dict[str, int] = {}
         """Per product, the highest trade id forwarded or seen in a snapshot."""

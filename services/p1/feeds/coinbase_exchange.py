@@ -14,6 +14,7 @@ import orjson
 from loguru import logger
 
 from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE
+from mercurystream.p1.gaps import GapTracker
 from mercurystream.shared.clip import STATUS_MAX, clip, join_clipped, preview
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
@@ -58,6 +59,8 @@ class FeedProtocol:
         self._labels: set[str] = set(_ALWAYS_LABELLED)
         self._sampler = LogSampler()
         self._awaiting_ticker: set[str] = set()
+        self.gaps: GapTracker | None = None
+        """Set by the app on the ``matches`` channel: sees the trades, heartbeats and ``last_match`` (p1/gaps.py)."""
 
     @property
     def valid_symbols(self) -> list[str]:
@@ -112,6 +115,8 @@ class FeedProtocol:
                 if others is None:
                     others = []
                 others.append(msg)
+        if self.gaps is not None and trades:
+            self.gaps.on_trades(trades)
         if others:
             self._handle_others(others, counts)
         self.messages += len(raws)
@@ -131,7 +136,8 @@ class FeedProtocol:
         for msg in msgs:
             t = msg["type"]
             if t == "heartbeat" or t == "last_match":
-                pass
+                if self.gaps is not None:
+                    self.gaps.on_control(msg)
             elif t == "subscriptions":
                 self._on_subscriptions(msg)
             elif t == "error":

@@ -9,12 +9,13 @@ from mercurystream.p2.batch import Batch, Trades
 from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import increasing, pick
-from mercurystream.shared.schema import REASONS
+from mercurystream.shared.schema import CONTROL, REASONS
 
 DUPLICATE = "duplicate"
 TOO_MANY_PRODUCTS = "too_many_products"
-FILTER_REASONS = (*REASONS, DUPLICATE, TOO_MANY_PRODUCTS)
-"""Why a consumer does not count an event: the schema's trade checks, then this filter's own."""
+FILTER_REASONS = (*REASONS, CONTROL, DUPLICATE, TOO_MANY_PRODUCTS)
+"""Why a consumer does not count an event: the schema's trade checks, a control event (no trade),
+then this filter's own."""
 SAMPLE_BYTES = 200
 """The example kept for each skip reason is the event's recorded line cut to this many bytes."""
 

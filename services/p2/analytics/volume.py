@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from operator import mul
 from typing import Any
@@ -11,6 +12,19 @@ from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries
 from mercurystream.shared.event import group_positions, nondecreasing, pick
 
 OUTSIDE_WINDOW = "outside_window"
+UNKNOWN_QUOTE = "unknown"
+_QUOTE = re.compile(r"^[A-Z0-9]{2,10}$")
+
+
+def quote_currency(product_id: str) -> str:
+    """The currency a product's notional is in: the part of its id after the last ``-`` (``BTC-EUR``: ``EUR``).
+
+    Coinbase product ids are ``BASE-QUOTE``. Anything else, or a part that is not 2 to 10 upper-case
+    letters or digits, is ``unknown``: the ``quote`` label takes at most one value per product, and
+    never an arbitrary string.
+    """
+    _, sep, quote = product_id.rpartition("-")
+    return quote if sep and _QUOTE.match(quote) else UNKNOWN_QUOTE
 
 
 class _VolumeState:

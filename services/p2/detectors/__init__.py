@@ -21,6 +21,7 @@ from mercurystream.p2.detectors.out_of_order import OutOfOrderDetector
 from mercurystream.p2.detectors.sequence_gap import SequenceGapDetector
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
+from mercurystream.shared.schema import GAP
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -162,14 +163,24 @@ class Detectors:
         all_match = clean and types.count("match") == len(types)
         lru = self.duplicate.max_ids
         window = self.sequence_gap.window
+        backfilled = set(batch.backfilled)
+        notices: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for i, c in batch.controls:
+            if c["type"] == GAP:
+                notices.setdefault(c["product_id"], []).append((i, c))
         for pid, idx in batch.groups().items():
+            if backfilled:
+                idx = [i for i in idx if i not in backfilled]
             keyed = idx if clean else [i for i in idx if tids[i] is not None]
+            if notices and pid in notices:
+                matches = [i for i in keyed if types[i] == "match"]
+                self._gaps_with_notices(pid, matches, tids, notices[pid], out)
             if keyed:
                 p_tids = pick(tids, keyed)
                 for i, _ in run(self.duplicate, pid, (p_tids,), keyed, self.reference_only):
                     out.append(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tids[i], "lru_max": lru}))
                 matches = keyed if all_match else [i for i in keyed if types[i] == "match"]
-                if matches:
+                if matches and not (notices and pid in notices):
                     m_tids = p_tids if matches is keyed else pick(tids, matches)
                     for i, (ranges, n) in run(self.sequence_gap, pid, (m_tids,), matches, self.reference_only):
                         detail = {"ranges": ranges, "trade_id": tids[i], "window": window}
@@ -184,6 +195,37 @@ class Detectors:
         out.sort(key=_BY_INDEX)
         return out
 
+    def _gaps_with_notices(
+        self,
+        pid: str,
+        matches: list[int],
+        tids: Any,
+        notices: list[tuple[int, dict[str, Any]]],
+        out: list[Anomaly],
+    ) -> None:
+        """The gap rule over one product's matches with P1's gap notices taken in their place in the batch."""
+        window = self.sequence_gap.window
+        k = 0
+        for j, c in notices:
+            seg = []
+            while k < len(matches) and matches[k] < j:
+                seg.append(matches[k])
+                k += 1
+            self._gap_segment(pid, seg, tids, out)
+            hit = self.sequence_gap.notice(pid, c["first_missing"], c["last_missing"])
+            if hit is not None:
+                ranges, n = hit
+                detail = {"ranges": ranges, "trade_id": None, "window": window, "source": c["source"]}
+                out.append(Anomaly(SEQUENCE_GAP, j, n, pid, detail))
+        self._gap_segment(pid, matches[k:], tids, out)
+
+    def _gap_segment(self, pid: str, seg: list[int], tids: Any, out: list[Anomaly]) -> None:
+        if not seg:
+            return
+        window = self.sequence_gap.window
+        for i, (ranges, n) in run(self.sequence_gap, pid, (pick(tids, seg),), seg, self.reference_only):
+            out.append(Anomaly(SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": tids[i], "window": window}))
+
 
 def describe(anomaly: Anomaly) -> str:
     """A one-line human reason for an anomaly (meta.json's ``reason`` and the report)."""
@@ -196,6 +238,8 @@ def describe(anomaly: Anomaly) -> str:
         ranges = d.get("ranges", [])
         spans = ", ".join(f"{lo}" if lo == hi else f"{lo}..{hi}" for lo, hi in ranges[:5])
         more = f" and {len(ranges) - 5} more ranges" if len(ranges) > 5 else ""
+        if d.get("source"):
+            return f"{anomaly.count} trade id(s) of {pid} missing ({spans}{more}), announced by P1 ({d['source']})"
         return f"{anomaly.count} trade id(s) of {pid} missing ({spans}{more}) after {d.get('window')} later events"
     if t == LATENCY_SPIKE:
         return (

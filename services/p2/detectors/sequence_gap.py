@@ -41,6 +41,9 @@ class SequenceGapDetector:
 
     Missing ids are kept as ranges, so a jump of 10^9 ids costs one range, and a range lives at most
     ``window`` events, so memory stays O(window) per product whatever the ids do.
+
+    A ``gap`` control event from P1 (:meth:`notice`) confirms its ids at once, counting each id once
+    whichever of the notice and the window comes first.
     """
 
     def __init__(self, window: int = 50) -> None:
@@ -78,6 +81,49 @@ class SequenceGapDetector:
         if not ranges or ranges[0][2] > n:
             return None
         confirmed = _confirm(ranges, n)
+        missing = sum(hi - lo + 1 for lo, hi in confirmed)
+        self.count += missing
+        return confirmed, missing
+
+    def notice(self, product_id: str, first: int, last: int) -> tuple[list[list[int]], int] | None:
+        """P1 announced ids ``first..last`` lost upstream: confirm now those not yet seen nor counted.
+
+        Pending ids in the range are confirmed at once (the venue said so; no need to wait for the
+        window); ids above ``high`` in it become counted and ``high`` moves to ``last``, so the later
+        trade that reveals the same jump finds nothing missing. Ids at or below ``high`` and not
+        pending have arrived or were counted already: never counted twice. Ids between ``high`` and
+        ``first`` that P1 did not call lost (lost between P1 and here) are pending as usual. Returns
+        the confirmed ``[lo, hi]`` ranges and their size, like :meth:`observe`.
+        """
+        st = self._state.get(product_id)
+        confirmed: list[list[int]] = []
+        if st is None:
+            if len(self._state) >= MAX_PRODUCTS:
+                self.untracked += 1
+                return None
+            self._state[product_id] = _GapState(last)
+            confirmed.append([first, last])
+        else:
+            keep: list[list[int]] = []
+            for r in st.ranges:
+                lo, hi = max(r[0], first), min(r[1], last)
+                if lo > hi:
+                    keep.append(r)
+                    continue
+                confirmed.append([lo, hi])
+                if r[0] < lo:
+                    keep.append([r[0], lo - 1, r[2]])
+                if r[1] > hi:
+                    keep.append([hi + 1, r[1], r[2]])
+            if last > st.high:
+                if first > st.high + 1:
+                    keep.append([st.high + 1, first - 1, st.n + self.window])
+                confirmed.append([max(first, st.high + 1), last])
+                st.high = last
+            st.ranges = keep
+        if not confirmed:
+            return None
+        confirmed.sort()
         missing = sum(hi - lo + 1 for lo, hi in confirmed)
         self.count += missing
         return confirmed, missing

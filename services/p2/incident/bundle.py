@@ -57,6 +57,7 @@ from mercurystream.p2.incident.report import (
 )
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.schema import BACKFILL, control_of
 
 CHART_MODULE = "mercurystream.p2.incident.chart"
 TMP_PREFIX = ".tmp_"
@@ -116,6 +117,68 @@ def _products(lines: list[bytes]) -> list[str]:
     return sorted(seen)
 
 
+_GAP_MARKS = (b'"gap"', b'"backfill"', b'"backfilled"')
+MAX_GAPS = 100
+"""Gaps listed in one bundle's meta at most (each announced gap is one small entry)."""
+
+
+def gaps_of(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The gaps P1 announced in these lines, each with what its backfill recovered, in order of announcement.
+
+    ``{product_id, first_missing, last_missing, source, backfilled, recovered, unrecoverable, status}``:
+    ``backfilled`` counts the bundle's trades marked backfilled with an id in the range; ``recovered``
+    and ``unrecoverable`` are from P1's ``backfill`` result (``None`` until it arrived), and ``status``
+    is ``recovered`` (every id), ``partial``, ``unrecovered`` (none) or ``pending`` (no result in the
+    bundle: the capture ended first, or backfill is off). Only lines naming one of the marks are parsed.
+    """
+    gaps: dict[tuple[str, int, int], dict[str, Any]] = {}
+    trades: list[tuple[str, int]] = []
+    for line in lines:
+        if not any(m in line for m in _GAP_MARKS):
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if event.get("backfilled") is True and isinstance(event.get("product_id"), str):
+            if type(event.get("trade_id")) is int:
+                trades.append((event["product_id"], event["trade_id"]))
+            continue
+        c = control_of(event)
+        if c is None:
+            continue
+        key = (c["product_id"], c["first_missing"], c["last_missing"])
+        entry = gaps.get(key)
+        if entry is None:
+            if len(gaps) >= MAX_GAPS:
+                continue
+            entry = gaps[key] = {
+                "product_id": key[0],
+                "first_missing": key[1],
+                "last_missing": key[2],
+                "source": c["source"],
+                "backfilled": 0,
+                "recovered": None,
+                "unrecoverable": None,
+                "status": "pending",
+            }
+        if c["type"] == BACKFILL:
+            entry["recovered"] = c["recovered"]
+            entry["unrecoverable"] = c["unrecoverable"]
+            size = key[2] - key[1] + 1
+            entry["status"] = (
+                "recovered" if c["recovered"] == size else "unrecovered" if c["recovered"] == 0 else "partial"
+            )
+    for pid, tid in trades:
+        for (gpid, lo, hi), entry in gaps.items():
+            if gpid == pid and lo <= tid <= hi:
+                entry["backfilled"] += 1
+                break
+    return list(gaps.values())
+
+
 def build_meta(capture: Capture) -> dict[str, Any]:
     """``meta.json``: everything needed to understand and reproduce the incident without P2."""
     a = capture.anomaly
@@ -139,6 +202,7 @@ def build_meta(capture: Capture) -> dict[str, Any]:
         "counters_at_trigger": ctx.get("counters_at_trigger", {}),
         "config": ctx.get("config", {}),
         "suppressed_triggers": capture.suppressed,
+        "gaps": gaps_of(capture.lines()),
     }
 
 

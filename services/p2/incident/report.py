@@ -132,6 +132,7 @@ _META_FIELDS = {
     "config": _OBJECT,
     "suppressed_triggers": _LIST,
     "detail": _OBJECT,
+    "gaps": _LIST,
 }
 """The type of each field the bundle writer puts in ``meta.json`` (``null`` reads as absent). A bundle
 whose meta says otherwise was not written by P2 as it is, and is refused with the field named rather
@@ -251,6 +252,7 @@ def render_report(
     elif total != (pre if _num(pre) else 0) + (post if _num(post) else 0):
         out += [f"> {EVENTS_FILE} has {total:,} lines but meta.json counts {md(pre)} + {md(post)}.", ""]
 
+    out += _gaps_section(meta.get("gaps"))
     out += ["## Evidence", ""]
     if summary_only:
         out += [f"{_EVIDENCE_PENDING} `mercury-report {_final_dir(bundle, replay_path)}` renders it now.", ""]
@@ -419,6 +421,34 @@ def _duplicate_evidence(meta: dict[str, Any], detail: dict[str, Any], events: li
     return out
 
 
+def _gaps_section(gaps: object) -> list[str]:
+    """Gaps P1 announced in this bundle and what its backfill recovered (meta.json's ``gaps``)."""
+    rows = [g for g in gaps if isinstance(g, dict)] if isinstance(gaps, list) else []
+    if not rows:
+        return []
+    out = [
+        "## Gaps and Backfill",
+        "",
+        "| Product | Missing Ids | Found By | Backfilled Here | Recovered | Unrecoverable | Status |",
+        "|---------|-------------|----------|-----------------|-----------|---------------|--------|",
+    ]
+    for g in rows[:50]:
+        lo, hi = g.get("first_missing"), g.get("last_missing")
+        span = f"{lo:,} .. {hi:,}" if _num(lo) and _num(hi) else f"{md(lo)} .. {md(hi)}"
+        cells = [g.get(k) for k in ("backfilled", "recovered", "unrecoverable")]
+        shown = " | ".join(f"{v:,}" if _num(v) else "n/a" for v in cells)
+        out.append(f"| {md(g.get('product_id'))} | {span} | {md(g.get('source'))} | {shown} | {md(g.get('status'))} |")
+    if len(rows) > 50:
+        out.append(f"| ... {len(rows) - 50} more | | | | | | |")
+    out += [
+        "",
+        "Backfilled trades came from the venue's REST history after the gap was announced; they arrive "
+        "late by construction and are not counted as duplicates or out of order.",
+        "",
+    ]
+    return out
+
+
 def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Event], chart: bool) -> list[str]:
     pid = meta.get("product_id")
     ranges = [r for r in detail.get("ranges", []) if isinstance(r, list) and len(r) == 2 and all(_num(x) for x in r)]
@@ -441,7 +471,7 @@ def _gap_evidence(meta: dict[str, Any], detail: dict[str, Any], events: list[_Ev
     ]
     for lo, hi in ranges[:5]:
         around = [e for e in matches if lo - 3 <= e.get("trade_id") <= lo - 1 or hi + 1 <= e.get("trade_id") <= hi + 3]
-        late = [e for e in matches if lo <= e.get("trade_id") <= hi]
+        late = [e for e in matches if lo <= e.get("trade_id") <= hi and e.get("backfilled") is not True]
         out += [f"#### Trade ids around {lo:,} .. {hi:,}", ""]
         if around:
             out += [*_EVENT_HEADER, *(_event_row(e) for e in around[:20]), ""]

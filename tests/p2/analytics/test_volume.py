@@ -82,3 +82,22 @@ def test_windows_keep_their_memory_bounded_over_a_long_run():
     for st_ in vol._states.values():
         assert len(st_.returns) - st_.head == 49 and len(st_.returns) < 2 * 4096 + 100
     assert all(len(seen.order) < 2 * 4096 + 200 for seen in f._seen.values())
+
+
+@pytest.mark.parametrize(
+    ("product_id", "quote"),
+    [
+        ("BTC-USD", "USD"),
+        ("BTC-EUR", "EUR"),
+        ("ETH-USDC", "USDC"),
+        ("BTC-PERP-INTX", "INTX"),
+        ("BTCUSD", "unknown"),
+        ("BTC-", "unknown"),
+        ("BTC-usd", "unknown"),
+        ("X-" + "A" * 40, "unknown"),
+    ],
+)
+def test_the_quote_currency_is_the_id_s_last_part_or_unknown(product_id: str, quote: str) -> None:
+    from mercurystream.p2.analytics.volume import quote_currency
+
+    assert quote_currency(product_id) == quote

@@ -107,3 +107,70 @@ def test_contiguous_match_ids_take_the_kernel_and_a_gap_does_not():
     assert not g.try_batch("P", ([9, 10],), [])  # 8 is skipped: the reference decides
     assert run(g, "P", ([9, 10, 11],)) == [(2, ([[8, 8]], 1))]
     assert not g.try_batch("P", ([12, 12],), [])
+
+
+# --- gap notices from P1 -------------------------------------------------------------------------
+
+
+def notice(first, last, pid="BTC-USD", source="heartbeat", **kw):
+    e = {
+        "type": "gap",
+        "venue": "coinbase",
+        "feed": "exchange",
+        "product_id": pid,
+        "first_missing": first,
+        "last_missing": last,
+        "source": source,
+        "ingest_ts_ms": 1_700_000_000_000,
+        "ingest_ts_us": 1_700_000_000_000_000,
+    }
+    e.update(kw)
+    return e
+
+
+def test_a_notice_is_a_gap_at_once_even_with_no_later_trade():
+    det = Detectors(gap_reorder_window=50)
+    found = process(det, [ev(1), ev(2), notice(3, 5)])
+    assert [(a.type, a.index, a.count) for a in found] == [(SEQUENCE_GAP, 2, 3)]
+    assert found[0].detail["ranges"] == [[3, 5]] and found[0].detail["source"] == "heartbeat"
+    assert "announced by P1 (heartbeat)" in describe(found[0])
+    assert det.counts[SEQUENCE_GAP] == 3
+
+
+def test_the_trade_that_reveals_an_announced_gap_makes_no_second_one():
+    det = Detectors(gap_reorder_window=2)
+    process(det, [ev(1), ev(2), notice(3, 5)])
+    later = process(det, [ev(6), ev(7), ev(8), ev(9)])
+    assert later == [] and det.counts[SEQUENCE_GAP] == 3
+
+
+def test_a_notice_confirms_a_pending_range_once_and_a_window_confirmed_one_never_again():
+    det = Detectors(gap_reorder_window=50)
+    assert process(det, [ev(1), ev(5), ev(6)]) == []
+    found = process(det, [notice(2, 4, source="trade_id")])
+    assert [(a.index, a.count) for a in found] == [(0, 3)] and det.sequence_gap.pending("BTC-USD") == []
+    det = Detectors(gap_reorder_window=1)
+    process(det, [ev(1), ev(5), ev(6)])
+    assert det.counts[SEQUENCE_GAP] == 3
+    assert process(det, [notice(2, 4, source="trade_id")]) == [] and det.counts[SEQUENCE_GAP] == 3
+
+
+def test_a_notice_in_the_middle_of_a_batch_is_taken_in_its_place():
+    det = Detectors(gap_reorder_window=50)
+    found = process(det, [ev(1), ev(2), notice(3, 4), ev(5), ev(6), ev(9)])
+    assert [(a.index, a.count) for a in found] == [(2, 2)]
+    assert det.sequence_gap.pending("BTC-USD") == [(7, 8)]
+
+
+def test_backfilled_trades_are_no_duplicate_out_of_order_or_gap_anomaly():
+    det = Detectors(gap_reorder_window=2)
+    process(det, [ev(1), ev(2), notice(3, 4), ev(5), ev(6)])
+    late = [ev(3, backfilled=True), ev(4, backfilled=True), ev(4, backfilled=True)]
+    assert process(det, late) == []
+    assert det.counts == {**det.counts, "duplicate": 0, "out_of_order": 0, SEQUENCE_GAP: 2}
+
+
+def test_a_notice_with_no_baseline_counts_its_range_and_sets_it():
+    det = SequenceGapDetector(5)
+    assert det.notice("P", 10, 12) == ([[10, 12]], 3)
+    assert det.observe("P", 13) is None and det.count == 3

@@ -648,3 +648,54 @@ def test_a_real_full_filesystem_leaves_no_torn_bundle_or_sample_and_counts_both(
     assert writer.written == 1 and len(list(incidents.iterdir())) == 1
     assert drift.read_bytes().count(b"\n") == 11
     assert metrics.registry.get_sample_value("mercurystream_incident_write_errors_total") == 1.0
+
+
+def _control(kind: str, first: int, last: int, **counts: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": kind,
+            "product_id": "BTC-USD",
+            "first_missing": first,
+            "last_missing": last,
+            "source": "trade_id",
+            **counts,
+            "ingest_ts_ms": 1,
+        }
+    )
+
+
+def test_meta_lists_announced_gaps_with_their_backfill_outcome(tmp_path):
+    from mercurystream.p2.incident.bundle import gaps_of
+
+    backfilled = [orjson.loads(event_line(t)) | {"backfilled": True} for t in (7, 8)]
+    lines = [
+        event_line(6),
+        _control("gap", 7, 9),
+        *(orjson.dumps(e) for e in backfilled),
+        _control("backfill", 7, 9, recovered=2, unrecoverable=1),
+        _control("gap", 20, 21),
+        _control("gap", 30, 30),
+        _control("backfill", 30, 30, recovered=1, unrecoverable=0),
+        _control("gap", 0, 3),  # not a control event (ids start at 1): ignored here, drift in P2
+    ]
+    gaps = gaps_of(lines)
+    assert [(g["first_missing"], g["status"], g["backfilled"], g["recovered"], g["unrecoverable"]) for g in gaps] == [
+        (7, "partial", 2, 2, 1),
+        (20, "pending", 0, None, None),
+        (30, "recovered", 0, 1, 0),
+    ]
+    cap = make_capture()
+    cap.post.extend(lines)
+    path = write_bundle(tmp_path / "incidents", cap)
+    meta = orjson.loads((path / "meta.json").read_bytes())
+    assert meta["gaps"] == gaps
+    report = (path / "report.md").read_text()
+    assert "## Gaps and Backfill" in report
+    assert "| BTC-USD | 7 .. 9 | trade_id | 2 | 2 | 1 | partial |" in report
+    assert "| BTC-USD | 20 .. 21 | trade_id | 0 | n/a | n/a | pending |" in report
+
+
+def test_a_bundle_without_gaps_has_an_empty_list_and_no_section(tmp_path):
+    path = write_bundle(tmp_path / "incidents", make_capture())
+    assert orjson.loads((path / "meta.json").read_bytes())["gaps"] == []
+    assert "Gaps and Backfill" not in (path / "report.md").read_text()
