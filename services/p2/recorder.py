@@ -340,10 +340,19 @@ class RecorderConsumer(Consumer):
     def process_pending(self) -> int:
         """Take what fits under the writer's bound (whole batches, about the room left); a timer
         hands over a chunk too small to go at once. 0, with the queue untouched, at either bound."""
-        room = (self.max_pending_batches - self.writer.pending) * self.coalesce_lines - self._chunk_lines
-        if room <= 0 or self.writer.pending_bytes + self._chunk_bytes >= self.max_pending_bytes:
+        n = 0
+        writer = self.writer
+        while (
+            (self.max_pending_batches - writer.pending) * self.coalesce_lines - self._chunk_lines > 0
+            and writer.pending_bytes + self._chunk_bytes < self.max_pending_bytes
+        ):
+            # One batch at a time, so a queue of long lines stops at the byte bound, not past it.
+            got = self.subscription.take_nowait(1)
+            if not got:
+                break
+            n += self._process(got)
+        if n == 0:
             return 0
-        n = self._process(self.subscription.take_nowait(room))
         if self._chunk and self._timer is None:
             with contextlib.suppress(RuntimeError):  # driven without a loop (tools): close() flushes
                 self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self._flush_due)
