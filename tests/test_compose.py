@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mercurystream.p1.config import P1Settings
+from mercurystream.p1.feeds import DEFAULT_URLS
 from mercurystream.p2.config import P2Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +138,10 @@ def test_p1_reaches_p2_and_the_real_feed() -> None:
 
     assert env["P2_HOST"] == "p2"
     assert int(env["P2_PORT"]) == default(P2Settings, "PORT")
-    assert env["COINBASE_WS_URL"] == default(P1Settings, "COINBASE_WS_URL")
+    assert P1Settings(**env).COINBASE_WS_URL == DEFAULT_URLS["exchange"]
+    advanced = P1Settings(**{**env, "FEED_API": "advanced-trade"})
+    assert advanced.COINBASE_WS_URL == DEFAULT_URLS["advanced-trade"], "compose must not pin the Exchange URL"
+    assert advanced.signer() is None
     assert [c for _, c in published("p1")] == [default(P1Settings, "P1_METRICS_PORT")]
 
 

@@ -36,3 +36,13 @@ def test_pyright_resolves_the_package_imports() -> None:
     run = subprocess.run(["pyright", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert " errors, " in run.stdout, run.stdout + run.stderr
     assert "reportMissingImports" not in run.stdout, run.stdout
+
+
+def test_every_package_directory_is_declared() -> None:
+    """A package missing from the list installs fine in editable mode and vanishes from a wheel (Docker)."""
+    declared = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {
+        "mercurystream" + "".join("." + part for part in init.parent.relative_to(ROOT / "services").parts)
+        for init in (ROOT / "services").rglob("__init__.py")
+    }
+    assert found == declared

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 class P1Settings(CommonSettings):
     SYMBOLS: Symbols = ["BTC-USD", "ETH-USD", "SOL-USD"]
     FEED_API: Literal["exchange", "advanced-trade"] = "exchange"
-    COINBASE_WS_URL: str = Field(DEFAULT_URLS["exchange"], pattern=r"^wss?://")
-    """Unset: the chosen API's public endpoint (``p1.feeds.DEFAULT_URLS``)."""
+    COINBASE_WS_URL: str = Field("", pattern=r"^(wss?://\S+)?$")
+    """Unset or empty: the chosen API's public endpoint (``p1.feeds.DEFAULT_URLS``), so compose can pass it through."""
     FEED_CHANNEL: Literal["matches", "ticker"] = "matches"
     COINBASE_API_KEY_NAME: str | None = Field(None, min_length=1)
     COINBASE_API_PRIVATE_KEY: SecretStr | None = None
@@ -38,13 +38,19 @@ class P1Settings(CommonSettings):
 
     _split_symbols = field_validator("SYMBOLS", mode="before")(classmethod(lambda cls, v: parse_symbols(v)))
 
+    @field_validator("COINBASE_API_KEY_NAME", "COINBASE_API_PRIVATE_KEY", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """Compose passes ``${VAR:-}`` through as an empty string: that means no credentials."""
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _per_api(self) -> P1Settings:
         """The URL defaults per API; credentials come in pairs and only Advanced Trade takes them.
 
         Errors here name variables, never the key (pydantic's message would quote the value).
         """
-        if "COINBASE_WS_URL" not in self.model_fields_set:
+        if not self.COINBASE_WS_URL:
             self.COINBASE_WS_URL = DEFAULT_URLS[self.FEED_API]
         if self.FEED_API == "advanced-trade" and self.FEED_CHANNEL != "matches":
             raise ValueError("FEED_CHANNEL is the Exchange feed's; FEED_API=advanced-trade reads market_trades")

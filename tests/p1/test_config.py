@@ -25,6 +25,13 @@ def test_the_url_defaults_per_api():
     assert given.COINBASE_WS_URL == "ws://127.0.0.1:8765"
 
 
+def test_empty_values_mean_unset_as_compose_passes_them():
+    s = build_settings(
+        P1Settings, FEED_API="advanced-trade", COINBASE_WS_URL="", COINBASE_API_KEY_NAME="", COINBASE_API_PRIVATE_KEY=""
+    )
+    assert s.COINBASE_WS_URL == "wss://advanced-trade-ws.coinbase.com" and s.signer() is None
+
+
 def test_credentials_make_a_signer_and_stay_secret():
     key = pem()
     s = build_settings(P1Settings, FEED_API="advanced-trade", COINBASE_API_KEY_NAME="k", COINBASE_API_PRIVATE_KEY=key)
