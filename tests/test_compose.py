@@ -138,9 +138,11 @@ def test_p1_reaches_p2_and_the_real_feed() -> None:
 
     assert env["P2_HOST"] == "p2"
     assert int(env["P2_PORT"]) == default(P2Settings, "PORT")
-    assert P1Settings(**env).COINBASE_WS_URL == DEFAULT_URLS["exchange"]
+    exchange_url = P1Settings(**env).COINBASE_WS_URL
+    assert exchange_url == DEFAULT_URLS["exchange"]
     advanced = P1Settings(**{**env, "FEED_API": "advanced-trade"})
-    assert advanced.COINBASE_WS_URL == DEFAULT_URLS["advanced-trade"], "compose must not pin the Exchange URL"
+    advanced_url = advanced.COINBASE_WS_URL
+    assert advanced_url == DEFAULT_URLS["advanced-trade"], "compose must not pin the Exchange URL"
     assert advanced.signer() is None
     assert [c for _, c in published("p1")] == [default(P1Settings, "P1_METRICS_PORT")]
 

@@ -89,7 +89,9 @@ FIELDS: tuple[Field, ...] = (
     Field("best_bid", "number", False, "venue", "ticker only"),
     Field("best_ask", "number", False, "venue", "ticker only"),
     Field("venue", "str", False, "P1", f"the venue; `{DEFAULT_VENUE}` when absent", max_length=NAME_MAX),
-    Field("feed", "str", False, "P1", "the venue API it came from (`exchange` or `advanced-trade`)", max_length=NAME_MAX),
+    Field(
+        "feed", "str", False, "P1", "the venue API it came from (`exchange` or `advanced-trade`)", max_length=NAME_MAX
+    ),
     Field(
         "backfilled",
         "bool",
