@@ -43,6 +43,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.recording import cut_torn_line
 
 MAX_PENDING_BATCHES = 8
 COALESCE_LINES = 4096
@@ -258,20 +259,10 @@ _os_ftruncate = os.ftruncate
 
 def _cut_torn_line(fd: int, path: Path) -> int:
     """The size of ``fd``'s file once a torn last line (a killed writer's, a failed cut's) is cut off."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        nl = os.pread(fd, end - start, start).rfind(b"\n")
-        if nl >= 0:
-            end = start + nl + 1
-            break
-        end = start
-    _os_ftruncate(fd, end)
-    logger.warning(f"recorder: cut {size - end} bytes of a torn last line from {path}")
-    return end
+    size, cut = cut_torn_line(fd, truncate=_os_ftruncate)
+    if cut:
+        logger.warning(f"recorder: cut {cut} bytes of a torn last line from {path}")
+    return size
 
 
 class RecorderConsumer(Consumer):

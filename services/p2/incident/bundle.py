@@ -57,6 +57,7 @@ from mercurystream.p2.incident.report import (
 )
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.logger import LogSampler
+from mercurystream.shared.recording import cut_torn_line
 from mercurystream.shared.schema import BACKFILL, control_of
 
 CHART_MODULE = "mercurystream.p2.incident.chart"
@@ -665,18 +666,9 @@ class BundleWriter:
                 f"drift samples: cut the {size - pending[3]} bytes of the failed write from {self.drift_file}"
             )
             return pending[3]
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return size
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            nl = os.pread(fd, end - start, start).rfind(b"\n")
-            if nl >= 0:
-                end = start + nl + 1
-                break
-            end = start
-        _os_ftruncate(fd, end)
-        logger.warning(f"drift samples: cut {size - end} bytes of a torn last line from {self.drift_file}")
+        end, cut = cut_torn_line(fd, truncate=_os_ftruncate)
+        if cut:
+            logger.warning(f"drift samples: cut {cut} bytes of a torn last line from {self.drift_file}")
         return end
 
 
