@@ -32,9 +32,8 @@ import orjson
 from loguru import logger
 from pydantic import SecretStr
 
-from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE
-from mercurystream.shared.clip import STATUS_MAX, clip, join_clipped, preview
-from mercurystream.shared.logger import LogSampler
+from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE, FeedState
+from mercurystream.shared.clip import STATUS_MAX, clip, preview
 from mercurystream.shared.schema import INT64_MAX
 
 MARKET_TRADES = "market_trades"
@@ -99,7 +98,7 @@ def trade_id_int(raw: object) -> int | None:
     return value if value <= INT64_MAX else None
 
 
-class AdvancedTradeProtocol:
+class AdvancedTradeProtocol(FeedState):
     """Classify a batch of Advanced Trade messages: trades to forward (as Exchange ``match``), the rest counted.
 
     Counts are per envelope ``channel`` (``market_trades``, ``heartbeats``, ``subscriptions``, up
@@ -116,34 +115,19 @@ class AdvancedTradeProtocol:
     confirmed are invalid. With none left, :attr:`fatal` says why.
     """
 
+    always_labelled = _ALWAYS_LABELLED
+
     def __init__(self, symbols: Iterable[str], signer: JwtSigner | None = None, max_type_labels: int = 32) -> None:
-        self.symbols = list(symbols)
+        super().__init__(symbols, max_type_labels)
         self.signer = signer
-        self.max_type_labels = max_type_labels
-        self.subscribed = False
-        self.subscribed_products: frozenset[str] = frozenset()
-        self.invalid: dict[str, str] = {}
-        self.outbox: list[str] = []
-        self.fatal: str | None = None
-        self.counts: dict[str, int] = {}
-        self.messages = 0
-        self.trades = 0
         self.sequence_gaps = 0
-        self.gaps = None
-        """No gap notices: this feed has no per-product trade-id heartbeat or REST backfill here yet."""
-        """Envelope ``sequence_num`` values skipped, over all connections."""
+        """Envelope ``sequence_num`` values skipped, over all connections. (No gap notices: this feed has no
+        per-product trade-id heartbeat here, so :attr:`gaps` stays ``None``.)"""
         self.last_trade_id: dict[str, int] = {}
         """Per product, the highest trade id forwarded or seen in a snapshot."""
-        self._labels: set[str] = set(_ALWAYS_LABELLED)
-        self._sampler = LogSampler()
         self._last_seq: int | None = None
         self._pending = 0
         self._probing: list[str] | None = None
-
-    @property
-    def valid_symbols(self) -> list[str]:
-        invalid = self.invalid
-        return [s for s in self.symbols if s not in invalid]
 
     def _request(self, channel: str, products: list[str] | None) -> str:
         request: dict[str, Any] = {"type": "subscribe", "channel": channel}
@@ -159,9 +143,7 @@ class AdvancedTradeProtocol:
         return [self._request(HEARTBEATS, None), self._request(MARKET_TRADES, self.valid_symbols)]
 
     def on_connect(self) -> None:
-        self.subscribed = False
-        self.subscribed_products = frozenset()
-        self.outbox.clear()
+        super().on_connect()
         self._last_seq = None
         self._pending = 0
         self._probing = None
@@ -199,24 +181,11 @@ class AdvancedTradeProtocol:
                 self._market_trades(msg, trades, counts)
             elif channel == SUBSCRIPTIONS:
                 self._on_subscriptions(msg)
-            elif channel != HEARTBEATS and (channel := clip(channel)) not in self._labels:
-                if len(self._labels) - len(_ALWAYS_LABELLED) < self.max_type_labels:
-                    self._labels.add(channel)
-                    logger.info("feed: ignoring messages of unknown channel {}", preview(channel))
-                else:
-                    channel = OTHER
+            elif channel != HEARTBEATS:
+                channel = self._label(channel, "channel")
             counts[channel] = counts.get(channel, 0) + 1
-        self.messages += len(raws)
-        self.trades += len(trades)
-        totals = self.counts
-        for t, n in counts.items():
-            totals[t] = totals.get(t, 0) + n
+        self._tally(len(raws), len(trades), counts)
         return trades, counts
-
-    def count_unreadable(self, reason: str) -> dict[str, int]:
-        self.messages += 1
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        return {reason: 1}
 
     def _market_trades(self, msg: dict[str, Any], out: list[dict[str, Any]], counts: dict[str, int]) -> None:
         events = msg.get("events")
@@ -322,12 +291,10 @@ class AdvancedTradeProtocol:
     def _reject(self, products: list[str], message: object) -> None:
         for p in products:
             self.invalid[p] = f"{p}: the venue rejected its subscribe ({message})"
-        left = self.valid_symbols
+        left = self._give_up_if_none_left()
         logger.error(
             "feed: the venue rejected {} ({}); {} left",
             ",".join(products),
             message,
             ",".join(left) or "none",
         )
-        if not left:
-            self.fatal = "no valid product to subscribe: " + join_clipped(self.invalid.values(), "; ")

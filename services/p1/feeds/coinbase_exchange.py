@@ -13,21 +13,20 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE
+from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE, FeedState
 from mercurystream.p1.gaps import GapTracker
 from mercurystream.shared.clip import STATUS_MAX, clip, join_clipped, preview
-from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 
 SUBSCRIBE_TICKER = "subscribe_ticker"
 """The ticker Coinbase sends per product right after a ticker subscribe, repeating its latest trade."""
-_ALWAYS_LABELLED = TRADE_TYPES | CONTROL_TYPES | {"last_match", SUBSCRIBE_TICKER, MALFORMED, OTHER, OVERSIZE}
+_ALWAYS_LABELLED = frozenset(TRADE_TYPES | CONTROL_TYPES) | {"last_match", SUBSCRIBE_TICKER, MALFORMED, OTHER, OVERSIZE}
 _INVALID_PRODUCT = re.compile(r"^(\S+) is not a valid product$")
 """Coinbase's reason when a subscribe names an unknown product, e.g. ``"XYZ-USD is not a valid product"``
 (its ``error`` message says ``"Failed to subscribe"``; the whole subscribe is then ignored)."""
 
 
-class FeedProtocol:
+class FeedProtocol(FeedState):
     """Classify a batch of raw feed messages: trades to forward, everything else counted.
 
     ``last_match`` and the first ``ticker`` of each product after a ticker subscribe
@@ -41,31 +40,14 @@ class FeedProtocol:
     :attr:`fatal` says why. ``subscribed`` turns true only on the venue's ``subscriptions``.
     """
 
+    always_labelled = _ALWAYS_LABELLED
+
     def __init__(self, symbols: Iterable[str], channel: str, max_type_labels: int = 32) -> None:
-        self.symbols = list(symbols)
+        super().__init__(symbols, max_type_labels)
         self.channel = channel
-        self.max_type_labels = max_type_labels
-        self.subscribed = False
-        self.subscribed_products: frozenset[str] = frozenset()
-        """Products the venue confirmed on :attr:`channel` in its latest ``subscriptions``."""
-        self.invalid: dict[str, str] = {}
-        """Configured products the venue rejected, with its reason; never subscribed again."""
-        self.outbox: list[str] = []
-        """Requests to send on the current connection (a resubscribe after a rejection)."""
-        self.fatal: str | None = None
-        self.counts: dict[str, int] = {}
-        self.messages = 0
-        self.trades = 0
-        self._labels: set[str] = set(_ALWAYS_LABELLED)
-        self._sampler = LogSampler()
         self._awaiting_ticker: set[str] = set()
         self.gaps: GapTracker | None = None
         """Set by the app on the ``matches`` channel: sees the trades, heartbeats and ``last_match`` (p1/gaps.py)."""
-
-    @property
-    def valid_symbols(self) -> list[str]:
-        invalid = self.invalid
-        return [s for s in self.symbols if s not in invalid]
 
     def subscribe_request(self) -> str:
         """The subscribe message, sent as text right after the handshake (Coinbase waits 5 s for it)."""
@@ -77,11 +59,6 @@ class FeedProtocol:
 
     def subscribe_requests(self) -> list[str]:
         return [self.subscribe_request()]
-
-    def on_connect(self) -> None:
-        self.subscribed = False
-        self.subscribed_products = frozenset()
-        self.outbox.clear()
 
     def handle(self, raws: Sequence[bytes | bytearray | str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Return the batch's trade messages (parsed, as received) and its per-type counts."""
@@ -119,18 +96,8 @@ class FeedProtocol:
             self.gaps.on_trades(trades)
         if others:
             self._handle_others(others, counts)
-        self.messages += len(raws)
-        self.trades += len(trades)
-        totals = self.counts
-        for t, n in counts.items():
-            totals[t] = totals.get(t, 0) + n
+        self._tally(len(raws), len(trades), counts)
         return trades, counts
-
-    def count_unreadable(self, reason: str) -> dict[str, int]:
-        """Count one message that never reached :meth:`handle` (over the size limit); returns the count."""
-        self.messages += 1
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        return {reason: 1}
 
     def _handle_others(self, msgs: list[dict[str, Any]], counts: dict[str, int]) -> None:
         for msg in msgs:
@@ -142,12 +109,8 @@ class FeedProtocol:
                 self._on_subscriptions(msg)
             elif t == "error":
                 self._on_error(msg)
-            elif (t := clip(t)) not in self._labels:
-                if len(self._labels) - len(_ALWAYS_LABELLED) < self.max_type_labels:
-                    self._labels.add(t)
-                    logger.info("feed: ignoring messages of unknown type {}", preview(t))
-                else:
-                    t = OTHER
+            else:
+                t = self._label(t, "type")
             counts[t] = counts.get(t, 0) + 1
 
     def _on_subscriptions(self, msg: dict[str, Any]) -> None:
@@ -170,7 +133,7 @@ class FeedProtocol:
             )
             return
         self.invalid[product] = reason
-        left = self.valid_symbols
+        left = self._give_up_if_none_left()
         logger.error(
             "feed: the venue rejected the subscribe: {}; resubscribing without it ({} left)",
             preview(reason),
@@ -178,5 +141,3 @@ class FeedProtocol:
         )
         if left:
             self.outbox.append(self.subscribe_request())
-        else:
-            self.fatal = "no valid product to subscribe: " + join_clipped(self.invalid.values(), "; ")
