@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US
+from mercurystream.shared.id_ranges import fill
 from mercurystream.shared.schema import BACKFILL, GAP
 
 HEARTBEAT = "heartbeat"
@@ -127,7 +128,7 @@ class GapTracker:
         elif not inclusive:
             ranges = self._pending.get(pid)
             if ranges:
-                _arrived(ranges, tid)
+                fill(ranges, tid)
 
     def _add(self, pid: str, r: list[Any]) -> None:
         ranges = self._pending.setdefault(pid, [])
@@ -140,23 +141,6 @@ class GapTracker:
         self.confirmed.append(gap)
         self.gaps[gap.source] += 1
         self.ids[gap.source] += gap.size
-
-
-def _arrived(ranges: list[list[Any]], tid: int) -> None:
-    """Take a late id out of the pending ranges, splitting the one it lands inside."""
-    for i, r in enumerate(ranges):
-        lo, hi = r[0], r[1]
-        if lo <= tid <= hi:
-            if lo == hi:
-                del ranges[i]
-            elif tid == lo:
-                r[0] = lo + 1
-            elif tid == hi:
-                r[1] = hi - 1
-            else:
-                r[1] = tid - 1
-                ranges.insert(i + 1, [tid + 1, hi, r[2], r[3]])
-            return
 
 
 def control_event(

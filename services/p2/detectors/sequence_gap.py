@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS
 from mercurystream.shared.event import increasing
+from mercurystream.shared.id_ranges import fill
 
 
 class _GapState:
@@ -20,9 +19,6 @@ class _GapState:
         # [lo, hi, deadline]: ids lo..hi skipped and not arrived; confirmed once n >= deadline.
         # Sorted by lo, which is also creation order, so deadlines never decrease along the list.
         self.ranges: list[list[int]] = []
-
-
-_LO = itemgetter(0)
 
 
 class SequenceGapDetector:
@@ -77,7 +73,7 @@ class SequenceGapDetector:
             ranges.append([high + 1, trade_id - 1, n + self.window])
             st.high = trade_id
         elif ranges:
-            _arrived(ranges, trade_id)
+            fill(ranges, trade_id)
         if not ranges or ranges[0][2] > n:
             return None
         confirmed = _confirm(ranges, n)
@@ -164,23 +160,3 @@ def _confirm(ranges: list[list[int]], n: int) -> list[list[int]]:
     confirmed = [[r[0], r[1]] for r in ranges[:done]]
     del ranges[:done]
     return confirmed
-
-
-def _arrived(ranges: list[list[int]], trade_id: int) -> None:
-    """Take a late ``trade_id`` out of the missing ranges, splitting one if it lands inside."""
-    i = bisect_right(ranges, trade_id, key=_LO) - 1
-    if i < 0:
-        return
-    r = ranges[i]
-    lo, hi, deadline = r
-    if trade_id > hi:
-        return
-    if lo == hi:
-        del ranges[i]
-    elif trade_id == lo:
-        r[0] = lo + 1
-    elif trade_id == hi:
-        r[1] = hi - 1
-    else:
-        r[1] = trade_id - 1
-        ranges.insert(i + 1, [trade_id + 1, hi, deadline])
