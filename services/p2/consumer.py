@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 from loguru import logger
 
@@ -119,16 +120,28 @@ class Consumer(ABC):
         (a dedupe, a duplicate detector) may see those events again; an exception is a bug, and
         the contract here is the accounting: no event is lost without a count.
         """
+        for i, one in self._singles(batch, exc):
+            try:
+                self.handle(one)
+            except Exception as e:
+                self._failed(one, i, e)
+
+    async def _isolate_async(self, batch: Batch, exc: Exception) -> None:
+        """:meth:`_isolate` for a consumer that waits."""
+        for i, one in self._singles(batch, exc):
+            try:
+                await self.handle_async(one)
+            except Exception as e:
+                self._failed(one, i, e)
+
+    def _singles(self, batch: Batch, exc: Exception) -> Iterator[tuple[int, Batch]]:
+        """Each event of a failed ``batch`` as a batch of one; a batch of one already failed, so is counted."""
         n = len(batch)
         if n == 1:
             self._failed(batch, 0, exc)
             return
         for i in range(n):
-            one = batch.part(i, i + 1)
-            try:
-                self.handle(one)
-            except Exception as e:
-                self._failed(one, i, e)
+            yield i, batch.part(i, i + 1)
 
     def _failed(self, one: Batch, index: int, exc: BaseException) -> None:
         self.drop(CONSUMER_ERROR, 1)
@@ -140,19 +153,6 @@ class Consumer(ABC):
                 f"event: {preview(line)}"
             )
             logger.opt(exception=exc).debug(f"{self.name}: {CONSUMER_ERROR} traceback")
-
-    async def _isolate_async(self, batch: Batch, exc: Exception) -> None:
-        """:meth:`_isolate` for a consumer that waits."""
-        n = len(batch)
-        if n == 1:
-            self._failed(batch, 0, exc)
-            return
-        for i in range(n):
-            one = batch.part(i, i + 1)
-            try:
-                await self.handle_async(one)
-            except Exception as e:
-                self._failed(one, i, e)
 
     async def run(self) -> None:
         sub = self.subscription
