@@ -384,7 +384,7 @@ def normalize(
         return None, []
     try:
         rows = list(map(_decode, payloads))
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return _normalize_each(payloads, recv_us, max_future_skew_s)
     columns = list(zip(*map(_ROW, rows), strict=True))
     own_ms = columns[8]
@@ -420,7 +420,7 @@ def _normalize_each(
             rows.append((True, _ROW(_decode(p)), None, None, None))
             kept.append(p)
             continue
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             pass
         obj = _parse(p)
         if obj is _NOT_JSON:
@@ -443,10 +443,12 @@ def _parse(payload: bytes) -> Any:
 
     msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
     fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
+    Nesting deeper than either parser's recursion limit (about 1,000 levels) raises
+    ``RecursionError``, which is no bug of P2's but a payload it will not read: ``invalid_json``.
     """
     try:
         return _generic(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
     try:
         return json.loads(payload)

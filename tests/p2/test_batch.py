@@ -107,6 +107,21 @@ def test_frame_errors_never_enter_the_batch() -> None:
     assert len(batch) == 1 and batch.trade_ids[0] == 1
 
 
+@pytest.mark.parametrize("depth", [1000, 5000, 100_000])
+def test_json_nested_past_the_parsers_limit_is_invalid_json_not_an_exception(depth: int) -> None:
+    """msgspec raises RecursionError past about 1,000 levels; it escaped the read and closed the connection."""
+    good = orjson.dumps(p1_event(1))
+    deep = [
+        b"[" * depth + b"]" * depth,
+        b'{"a":' + b"[" * depth + b"]" * depth + b"}",
+        b'{"type":"match","product_id":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}",
+    ]
+    for payloads in ([good, *deep], deep, [deep[1]]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert [r for r, _ in errors] == ["invalid_json"] * (len(payloads) - (good in payloads))
+        assert (batch is not None and batch.trade_ids == (1,)) if good in payloads else batch is None
+
+
 def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
     batch, _ = read([p1_event(1, product_id="X" * 900_000)])
     assert batch.product_ids[0] is None
