@@ -55,6 +55,7 @@ from mercurystream.p2.incident.report import (
     render_report,
     write_report,
 )
+from mercurystream.shared.clip import clip
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.schema import BACKFILL, control_of
@@ -80,7 +81,15 @@ def chart_available() -> bool:
 
 def affected_symbols(capture: Capture) -> list[str]:
     """The trigger's product and those of triggers suppressed into the capture; for a latency spike
-    (which has no product), the products of the captured events above the threshold, else all."""
+    (which has no product), the products of the captured events above the threshold, else all.
+
+    Each is clipped to ``shared.clip.LABEL_MAX`` characters: a producer's 900 KB product id (drift,
+    but still in the ring) would otherwise be copied into ``meta.json`` and the report whole.
+    """
+    return sorted({clip(s) for s in _affected(capture)})
+
+
+def _affected(capture: Capture) -> list[str]:
     symbols = {capture.anomaly.product_id, *(s.get("product_id") for s in capture.suppressed)}
     symbols.discard(None)
     if capture.type == MANUAL:

@@ -519,3 +519,18 @@ def test_cli_without_the_chart_renderer_still_writes_the_report(tmp_path, capsys
     assert main([str(tmp_path / "incidents")]) == 0
     assert (a / "report.md").is_file() and not (a / "chart.png").exists()
     assert f"mercury-report: {a}: no chart: cannot load the renderer" in capsys.readouterr().err
+
+
+def test_product_ids_past_the_schema_bound_are_clipped_in_meta_and_report(tmp_path):
+    """A 100 KB product id in the ring was copied whole into meta.json's affected_symbols and every report table."""
+    fr = FlightRecorder(50, 0, 0, wall_clock=lambda: 1_714_564_803.0)
+    events = [event(k, pid=f"{k:03d}" + "X" * 100_000) for k in range(1, 40)] + [event(40)]
+    fr.feed([orjson.dumps(e) for e in events])
+    cap = fr.dump("hostile ids")
+    cap.context = {"counters_at_trigger": {}, "config": {}}
+    bundle = write_bundle(tmp_path / "incidents", cap)
+    symbols = orjson.loads((bundle / "meta.json").read_bytes())["affected_symbols"]
+    assert "BTC-USD" in symbols and len(symbols) == 40 and max(map(len, symbols)) <= 64
+    text = render_report(bundle)
+    assert "X" * 100 not in text and len(text) < 20_000
+    assert max(map(len, text.splitlines())) <= 1200
