@@ -37,7 +37,17 @@ from mercurystream.shared.event import (
     pick,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
-from mercurystream.shared.schema import BY_NAME, CONTROL, control_of, drift_of, invalid_reason, kind_ok, wire_decoder
+from mercurystream.shared.schema import (
+    BY_NAME,
+    CONTROL,
+    INT64_MAX,
+    INT64_MIN,
+    control_of,
+    drift_of,
+    invalid_reason,
+    kind_ok,
+    wire_decoder,
+)
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
@@ -461,7 +471,11 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
     of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
     values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
     own = obj.get(RECV_MS), obj.get(RECV_US)
-    own = tuple(v if type(v) is int else None for v in own) if RECV_MS in obj else (None, None)
+    own = (
+        tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in own)
+        if RECV_MS in obj
+        else (None, None)
+    )
     if RECV_MS in obj and own[0] is None:
         own = (_OWN_UNTYPED, None)
     row = (*values, *own, obj.get(BACKFILLED) is True)
@@ -473,7 +487,8 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
 
 _Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
 _OWN_UNTYPED = object()
-"""A ``recv_ts_ms`` that is there but not an int: the line is still kept as sent, with no latency."""
+"""A ``recv_ts_ms`` that is there but not a 64-bit int: the line is still kept as sent, with no latency
+(a 401-digit stamp made the latency's float conversion raise and lose the read)."""
 
 
 def _from_rows(

@@ -122,6 +122,22 @@ def test_json_nested_past_the_parsers_limit_is_invalid_json_not_an_exception(dep
         assert (batch is not None and batch.trade_ids == (1,)) if good in payloads else batch is None
 
 
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        b'"recv_ts_ms":%b,"recv_ts_us":%b' % (b"9" * 401, b"9" * 401),
+        b'"recv_ts_ms":%b' % (b"9" * 401),
+        b'"recv_ts_ms":1,"recv_ts_us":-%b' % (b"9" * 30),
+    ],
+)
+def test_a_receive_stamp_past_64_bits_is_kept_as_sent_with_no_latency(stamps: bytes) -> None:
+    """A 401-digit recv_ts_ms made the latency's float conversion raise out of normalize, losing the read."""
+    line = orjson.dumps(p1_event(2))[:-1] + b"," + stamps + b"}"
+    batch, errors = normalize([orjson.dumps(p1_event(1)), line], RECV_US)
+    assert errors == [] and batch.lines[1] == line and batch.trade_ids == (1, 2)
+    assert all(map(math.isfinite, batch.latencies))
+
+
 def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
     batch, _ = read([p1_event(1, product_id="X" * 900_000)])
     assert batch.product_ids[0] is None
