@@ -225,7 +225,7 @@ def control_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
     is judged as a trade, so a broken one is schema drift like any other broken event.
     """
     t = event.get("type")
-    if t not in CONTROL_TYPES:
+    if type(t) is not str or t not in CONTROL_TYPES:  # a list or an object is unhashable
         return None
     pid = event.get("product_id")
     source = event.get("source")

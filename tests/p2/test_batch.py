@@ -301,3 +301,12 @@ def test_backfilled_trades_are_marked_and_the_batch_is_not_clean() -> None:
     assert t.backfilled == [0]
     c, _ = read([p1_event(1), gap_event()])
     assert c.tail(1).controls[0][0] == 0 and c.tail(2).controls == []
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["gap"], {"gap": 1}])
+def test_a_type_that_is_a_list_or_an_object_is_drift_not_an_exception(kind: object) -> None:
+    """``{"type": []}`` made the control-event check hash a list and raise out of normalize, losing the read."""
+    odd = json.dumps({**p1_event(2), "type": kind}).encode()
+    batch, errors = normalize([orjson.dumps(p1_event(1)), odd], RECV_US)
+    assert errors == [] and batch.trade_ids == (1, 2)
+    assert [i for i, _ in batch.drift] == [1] and batch.controls == []
