@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
-from mercurystream.processes import BIN, child_env
+from mercurystream.processes import BIN, Service, child_env, free_port, wait_for
 from tests.hostile.harness import payload, trade
 
 pytestmark = pytest.mark.e2e
@@ -119,3 +120,32 @@ def test_a_hostile_recording_replayed_into_p2_is_accounted_for(start_p2, tmp_pat
     assert sent >= 25
     m = p2.verdict(frames_sent=sent)
     assert m.value("mercurystream_trades_1m", product_id="BTC-USD") >= 20
+
+
+def _http(url: str, method: str, headers: dict[str, str] | None = None) -> int:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_the_exchange_s_faults_refuse_a_get_a_missing_token_and_a_foreign_origin(tmp_path, allow):
+    """D9: /faults was an unauthenticated GET that any web page open on the machine could trigger."""
+    port = free_port()
+    argv = [BIN / "mercury-exchange", "--port", port, *(["--allow-faults"] if allow else [])]
+    svc = Service("exchange", [str(a) for a in argv], child_env(), tmp_path)
+    svc.start()
+    try:
+        wait_for("the exchange", lambda: _http(f"http://127.0.0.1:{port}/healthz", "GET") == 200, 60, [svc])
+        faults = f"http://127.0.0.1:{port}/faults?kind=disconnect"
+        assert _http(faults, "GET") == 405
+        assert _http(faults, "POST") == 403
+        assert _http(faults, "POST", {"Origin": "http://evil.example", "X-Faults-Token": "guess" * 8}) == 403
+        assert _http(faults, "POST", {"X-Faults-Token": "guess" * 8}) == 403
+        log = svc.log_path.read_text(errors="replace")
+        assert "Traceback" not in log
+    finally:
+        svc.stop(timeout=15)
