@@ -49,6 +49,16 @@ PASSED_ON = "mercurystream_consumer_events_total"
 DROPPED = "mercurystream_consumer_dropped_total"
 
 
+def wait_until(check, timeout: float = 20.0) -> bool:
+    """Poll ``check`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
 def trade(
     i: int,
     product: str = "BTC-USD",

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.hostile.harness import payload, trade
+from tests.hostile.harness import payload, trade, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,15 +50,6 @@ def whole_lines(path: Path) -> list[dict]:
     data = path.read_bytes() if path.exists() else b""
     assert not data or data.endswith(b"\n"), f"{path} ends in a torn line: {data[-80:]!r}"
     return [json.loads(line) for line in data.splitlines()]
-
-
-def wait_until(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_a_full_disk_leaves_whole_lines_counts_exactly_what_was_lost_and_resumes(start_p2, small_disk):
