@@ -18,6 +18,7 @@ Every wait is bounded (socket timeouts, polling deadlines, process stop timeouts
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,23 @@ def trade(
 
 def payload(event: dict) -> bytes:
     return orjson.dumps(event)
+
+
+def odd_payloads() -> list[bytes]:
+    """Valid JSON of every odd shape the fuzzer found or the issue names, each one event."""
+    big = b"9" * 401
+    base = payload(trade(500))[:-1]
+    return [
+        payload({**trade(501), "type": []}),
+        payload({**trade(502), "type": {"gap": 1}}),
+        base + b',"recv_ts_ms":' + big + b',"recv_ts_us":' + big + b"}",
+        payload(trade(503))[:-1] + b',"x":' + b"[" * 900 + b"]" * 900 + b"}",
+        payload(trade(504))[:-1] + b',"y":' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}",
+        payload(trade(505, price=0)).replace(b'"price":0', b'"price":-' + big),
+        json.dumps({**trade(506), "trade_id": 2**64}).encode(),
+        payload({**trade(507), "time": "9" * 5000}),
+        json.dumps({"type": "gap", "product_id": "BTC-USD", "first_missing": 2**70, "last_missing": 1}).encode(),
+    ]
 
 
 def frame(raw: bytes) -> bytes:

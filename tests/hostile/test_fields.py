@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.hostile.harness import NEEDS_BUDGET, OverBudget, frame, payload, trade, wait_until
+from tests.hostile.harness import NEEDS_BUDGET, OverBudget, frame, odd_payloads, payload, trade, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -138,28 +136,11 @@ def test_frames_of_garbage_wrong_headers_and_cut_streams_are_counted(start_p2):
     assert m.value("mercurystream_trades_1m", product_id="BTC-USD") == 5
 
 
-def _odd_payloads() -> list[bytes]:
-    """Valid JSON of every odd shape the fuzzer found or the issue names, each one event."""
-    big = b"9" * 401
-    base = payload(trade(500))[:-1]
-    return [
-        payload({**trade(501), "type": []}),
-        payload({**trade(502), "type": {"gap": 1}}),
-        base + b',"recv_ts_ms":' + big + b',"recv_ts_us":' + big + b"}",
-        payload(trade(503))[:-1] + b',"x":' + b"[" * 900 + b"]" * 900 + b"}",
-        payload(trade(504))[:-1] + b',"y":' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}",
-        payload(trade(505, price=0)).replace(b'"price":0', b'"price":-' + big),
-        json.dumps({**trade(506), "trade_id": 2**64}).encode(),
-        payload({**trade(507), "time": "9" * 5000}),
-        json.dumps({"type": "gap", "product_id": "BTC-USD", "first_missing": 2**70, "last_missing": 1}).encode(),
-    ]
-
-
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_odd_values_are_counted_on_one_connection_and_recorded_in_either_format(start_p2, fmt):
     """Each of these raised somewhere between the socket and the file, or was feared to."""
     p2 = start_p2(RECORD="true", RECORD_FORMAT=fmt, RECORD_ROTATE_S="0.5")
-    odd = _odd_payloads()
+    odd = odd_payloads()
     good = [payload(trade(i)) for i in range(10)]
     with p2.guard():
         sent = p2.send([*good[:5], *odd, *good[5:]])

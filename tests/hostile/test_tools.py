@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mercurystream.processes import BIN, Service, child_env, free_port, wait_for
-from tests.hostile.harness import payload, trade
+from tests.hostile.harness import odd_payloads, payload, trade
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +55,7 @@ def test_mercury_report_says_one_line_per_bad_meta_and_writes_every_other_bundle
     p2 = start_p2(INCIDENTS_DIR=incidents)
     with p2.guard():
         sent = p2.send(payload(trade(i, product="X" * 5000 if i % 3 == 0 else "BTC-USD")) for i in range(30))
+        sent += p2.send(odd_payloads())
         good = dump(p2)
     p2.verdict(frames_sent=sent)
     bad = []
