@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from tests.hostile.harness import HostileP2
+from tests.p2.conftest import small_disk  # noqa: F401 - the one real-tmpfs fixture, shared
 
 CASE_TIMEOUT_S = 90
 

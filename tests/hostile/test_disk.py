@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,29 +11,6 @@ import pytest
 from tests.hostile.harness import payload, trade, wait_until
 
 pytestmark = pytest.mark.e2e
-
-DISK_BYTES = 256 * 1024
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real tmpfs of :data:`DISK_BYTES`, for a real ENOSPC; skipped where mounting is not permitted."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {got.stderr.strip()[:200]}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
 def fill(disk: Path, leave: int) -> Path:
