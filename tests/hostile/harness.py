@@ -145,7 +145,9 @@ class HostileP2:
 
     def start(self) -> HostileP2:
         self.service.start()
+        # P2 serves /metrics before it binds its port; the log says when it listens.
         wait_for("P2's /metrics", lambda: bool(self.metrics_text()), 60, [self.service])
+        wait_for("P2's port", lambda: "P2 listening on tcp://" in self.log_text(), 60, [self.service])
         self._watch.set()
         threading.Thread(target=self._watchdog, name="rss-watchdog", daemon=True).start()
         return self
