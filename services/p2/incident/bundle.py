@@ -52,6 +52,7 @@ from mercurystream.p2.incident.report import (
     META_FILE,
     REPORT_FILE,
     ReportError,
+    meta_json,
     render_report,
     write_report,
 )
@@ -241,7 +242,7 @@ def write_bundle(
         lock = _lock_dir(tmp)
         os.chmod(tmp, 0o755)
         (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
-        (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
+        (tmp / META_FILE).write_bytes(meta_json(build_meta(capture)))
         replay_path = str(final / EVENTS_FILE)
         if chart is not None and not run_chart(chart, tmp, chart_timeout_s):
             (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written by a renderer that failed

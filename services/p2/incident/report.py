@@ -8,6 +8,7 @@ events is escaped, so a hostile product id or a backtick in a field cannot break
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -152,6 +153,18 @@ def _check_fields(bundle: Path, data: dict[str, Any], fields: dict[str, Any], pr
             raise ReportError(f"{bundle}: {META_FILE}: {prefix}{key} must be {expected}, got {got}")
 
 
+def meta_json(obj: Any) -> bytes:
+    """``obj`` as indented JSON: orjson, or the standard library for what orjson refuses.
+
+    A counter of a hostile stream (the sum of the ids missing behind a gap to trade id 2**63 - 1)
+    outgrows 64 bits, which orjson cannot write: the whole bundle was lost over it.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, indent=2, default=str, ensure_ascii=False).encode()
+
+
 def _load_meta(bundle: Path) -> dict[str, Any]:
     """``meta.json`` as an object with every known field of the right type, else :class:`ReportError`."""
     path = bundle / META_FILE
@@ -276,7 +289,7 @@ def render_report(
         out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
     else:
         out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
-        out += [code_block([orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode()], "json"), ""]
+        out += [code_block([meta_json(detail).decode()], "json"), ""]
 
     out += _symbols_section(events, chart)
     if suppressed:

@@ -534,3 +534,16 @@ def test_product_ids_past_the_schema_bound_are_clipped_in_meta_and_report(tmp_pa
     text = render_report(bundle)
     assert "X" * 100 not in text and len(text) < 20_000
     assert max(map(len, text.splitlines())) <= 1200
+
+
+def test_a_counter_past_64_bits_is_written_and_reported_exactly(tmp_path):
+    """The ids missing behind a gap to trade id 2**63 - 1 add up past 64 bits, which orjson cannot write:
+    the whole bundle was lost. (orjson reads such a number back as a float.)"""
+    fr = FlightRecorder(50, 0, 0, wall_clock=lambda: 1_714_564_803.0)
+    fr.feed([orjson.dumps(event(k)) for k in range(1, 5)])
+    cap = fr.dump("huge counters")
+    cap.context = {"counters_at_trigger": {"gaps": 2**64 + 5}, "config": {}}
+    bundle = write_bundle(tmp_path / "incidents", cap)
+    assert b'"gaps": 18446744073709551621' in (bundle / "meta.json").read_bytes()
+    assert "| gaps | 1.8446744073709552e+19 |" in render_report(bundle)
+    assert main(["--no-charts", str(bundle)]) == 0
