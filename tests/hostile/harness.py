@@ -9,8 +9,9 @@ Every case asserts, through :meth:`HostileP2.verdict`:
 - **accounting**: every event P2 received is accounted for, from its own metrics: each consumer was
   offered every received event (``mercurystream_consumer_received_total``) and passed it on
   (``mercurystream_consumer_events_total``) or counted it under a reason
-  (``mercurystream_consumer_dropped_total{reason}``); and every frame sent is an event or a frame
-  error (``mercurystream_frame_errors_total{reason}``) when the case says how many it sent.
+  (``mercurystream_consumer_dropped_total{reason}``), none of them under ``consumer_error`` (an
+  exception: counted, but a bug); and every frame sent is an event or a frame error
+  (``mercurystream_frame_errors_total{reason}``) when the case says how many it sent.
 
 Every wait is bounded (socket timeouts, polling deadlines, process stop timeouts).
 """
@@ -277,6 +278,8 @@ class HostileP2:
             assert received == passed + dropped, (
                 f"{consumer}: received {received} != passed on {passed} + dropped {dropped}"
             )
+        raised = m.total(DROPPED, reason="consumer_error")
+        assert raised == 0, f"consumers raised on {raised} events (counted, but each is a bug): {self._errors()}"
         if frames_sent is not None:
             errors = m.total(FRAME_ERRORS)
             assert events + errors == frames_sent, f"{frames_sent} frames sent, {events} events + {errors} frame errors"
@@ -287,6 +290,9 @@ class HostileP2:
         if self.peak_mb >= rss_mb:
             raise OverBudget(f"P2's peak RSS {self.peak_mb:.1f} MB (budget {rss_mb:.0f} MB)")
         return m
+
+    def _errors(self) -> str:
+        return " / ".join(line[:300] for line in self.log_text().splitlines() if "consumer_error" in line)[:3000]
 
     def guard(self):
         """A context for driving P2: a socket error after the watchdog killed P2 reads as that verdict."""

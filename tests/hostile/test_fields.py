@@ -15,12 +15,12 @@ def test_a_900_kb_product_id_keeps_the_log_and_metrics_small_through_many_status
     long_id = "X" * 900_000
     sent = 0
     with p2.guard():
-        for round_ in range(4):
+        for round_ in range(3):
             events = [trade(round_ * 10 + i, product=long_id) for i in range(5)] + [trade(1000 + round_)]
             sent += p2.send(payload(e) for e in events)
             p2.settle(5)
     m = p2.verdict(frames_sent=sent, log_max=256 * 1024, metrics_max=64 * 1024)
-    assert m.total("mercurystream_analytics_skipped_total", consumer="vwap") >= 20
+    assert m.total("mercurystream_analytics_skipped_total", consumer="vwap") >= 15
     assert long_id[:1000] not in p2.log_text()
 
 
@@ -60,18 +60,21 @@ def _raw_int_price(event: dict) -> bytes:
     return payload({**event, "price": 0}).replace(b'"price":0', b'"price":' + digits.encode())
 
 
-@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400"])
-def test_non_finite_prices_and_sizes_are_counted_not_crashing(start_p2, token):
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400"]
+
+
+def test_non_finite_prices_and_sizes_are_counted_not_crashing(start_p2):
     p2 = start_p2(RECORD="true")
     good = [payload(trade(i)) for i in range(5)]
-    bad = [
-        payload(trade(100, price=0)).replace(b'"price":0', b'"price":' + token),
-        payload(trade(101, size=0)).replace(b'"last_size":0', b'"last_size":' + token),
-    ]
+    bad = []
+    for k, token in enumerate(NON_FINITE):
+        bad.append(payload(trade(100 + k, price=0)).replace(b'"price":0', b'"price":' + token))
+        bad.append(payload(trade(200 + k, size=0)).replace(b'"last_size":0', b'"last_size":' + token))
     with p2.guard():
         sent = p2.send([*good[:2], *bad, *good[2:]])
     m = p2.verdict(frames_sent=sent)
     assert m.value("mercurystream_trades_1m", product_id="BTC-USD") == 5
+    assert m.total("mercurystream_analytics_skipped_total", consumer="vwap") == len(bad)
 
 
 def test_a_far_future_trade_does_not_zero_other_products_volume(start_p2):

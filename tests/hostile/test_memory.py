@@ -75,8 +75,8 @@ def test_hundreds_of_connections_stalled_inside_a_frame_keep_p2_within_its_budge
 def test_a_normal_producer_is_served_among_hundreds_of_hostile_connections(start_p2):
     """Issue 13 item 2: idle connections, and connections trickling a header, do not lock a producer out."""
     p2 = start_p2()
-    idle = _open_quietly(p2, 400)
-    trickling = _open_quietly(p2, 100)
+    idle = _open_quietly(p2, 250)
+    trickling = _open_quietly(p2, 50)
     try:
         for s in trickling:
             with contextlib.suppress(OSError):
