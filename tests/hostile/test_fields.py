@@ -158,3 +158,22 @@ def test_odd_values_are_counted_on_one_connection_and_recorded_in_either_format(
 
     assert wait_until(lambda: recorded() == sent), f"{recorded()} of {sent} events recorded or rejected"
     assert m.value("mercurystream_recorder_errors_total") == 0
+
+
+def test_a_sustained_stream_of_bad_input_keeps_the_log_small(start_p2):
+    """Every reason is logged as a bounded sample, not once per event: 30,000 bad frames and events."""
+    p2 = start_p2(RECORD="true", STATUS_INTERVAL_S="0.1")
+    bad = [
+        b"not json",
+        b"[1]",
+        payload(trade(0, product="Q" * 1000)),
+        payload(trade(0, price="x")),
+        payload({**trade(0), "type": []}),
+        payload(trade(0, t="9999-12-31T23:59:59.999999Z")),
+        b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}",
+    ]
+    sent = 0
+    with p2.guard():
+        for _ in range(6):
+            sent += p2.send(bad[k % len(bad)] for k in range(5000))
+    p2.verdict(frames_sent=sent, log_max=200 * 1024)
