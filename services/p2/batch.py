@@ -46,6 +46,7 @@ from mercurystream.shared.schema import (
     drift_of,
     invalid_reason,
     kind_ok,
+    text_ok,
     wire_decoder,
 )
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
@@ -397,6 +398,8 @@ def normalize(
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return _normalize_each(payloads, recv_us, max_future_skew_s)
     columns = list(zip(*map(_ROW, rows), strict=True))
+    if not _texts_ok(columns[1]):
+        return _normalize_each(payloads, recv_us, max_future_skew_s)
     own_ms = columns[8]
     n = len(payloads)
     if True in columns[10]:
@@ -419,6 +422,13 @@ def normalize(
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
 
+def _texts_ok(product_ids: Sequence[str]) -> bool:
+    """The typed decoder's product ids all writable as UTF-8 (``shared.schema.text_ok``): one pass over the
+    distinct ids of a read, which are few."""
+    distinct = set(product_ids)
+    return "".join(distinct).isascii() or all(map(text_ok, distinct))
+
+
 def _normalize_each(
     payloads: Sequence[bytes], recv_us: int, max_future_skew_s: float
 ) -> tuple[Batch | None, list[tuple[str, bytes]]]:
@@ -427,9 +437,11 @@ def _normalize_each(
     errors: list[tuple[str, bytes]] = []
     for p in payloads:
         try:
-            rows.append((True, _ROW(_decode(p)), None, None, None))
-            kept.append(p)
-            continue
+            row = _ROW(_decode(p))
+            if text_ok(row[1]):
+                rows.append((True, row, None, None, None))
+                kept.append(p)
+                continue
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             pass
         obj = _parse(p)

@@ -117,11 +117,27 @@ STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
 # --- the checks, one value at a time (the reference every faster path is held to) -------------------
 
 
+def text_ok(value: str) -> bool:
+    """Whether a string can be written as UTF-8: a JSON ``\\ud800`` escape makes a lone surrogate, which
+    no log line, metric label or bundle can hold (one such product id failed every ``/metrics`` scrape)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def kind_ok(field: Field, value: object) -> bool:
     """Whether ``value`` has ``field``'s kind: the schema-drift rule for one value."""
     t = type(value)
     if field.kind == "str":
-        return t is str and (field.max_length is None or len(value) <= field.max_length)  # type: ignore[arg-type]
+        return (
+            t is str
+            and (field.max_length is None or len(value) <= field.max_length)  # type: ignore[arg-type]
+            and text_ok(value)  # type: ignore[arg-type]
+        )
     if field.kind == "int":
         return t is int and INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
     if field.kind == "bool":

@@ -310,3 +310,16 @@ def test_a_type_that_is_a_list_or_an_object_is_drift_not_an_exception(kind: obje
     batch, errors = normalize([orjson.dumps(p1_event(1)), odd], RECV_US)
     assert errors == [] and batch.trade_ids == (1, 2)
     assert [i for i, _ in batch.drift] == [1] and batch.controls == []
+
+
+@pytest.mark.parametrize("product", ["AB\ud800-USD", "\udcff", "BTC\udfff"])
+def test_a_product_id_with_a_lone_surrogate_is_drift_and_never_a_label(product: str) -> None:
+    """A JSON ``\\ud800`` escape decodes to a string no label can be written in: one such trade made
+    every later ``/metrics`` scrape fail."""
+    odd = json.dumps(p1_event(2, product_id=product)).encode()
+    for payloads in ([odd], [orjson.dumps(p1_event(1)), odd]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [] and batch.product_ids[-1] is None
+        assert batch.drift[-1][0] == len(payloads) - 1 and batch.invalid[-1] == (len(payloads) - 1, "missing_product")
+    batch, _ = normalize([orjson.dumps(p1_event(3, product_id="ÉTH-USD"))], RECV_US)
+    assert batch.product_ids == ("ÉTH-USD",) and batch.clean
