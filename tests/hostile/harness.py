@@ -102,6 +102,9 @@ def odd_payloads() -> list[bytes]:
         json.dumps({**trade(506), "trade_id": 2**64}).encode(),
         payload({**trade(507), "time": "9" * 5000}),
         json.dumps({"type": "gap", "product_id": "BTC-USD", "first_missing": 2**70, "last_missing": 1}).encode(),
+        json.dumps({**trade(508), "product_id": "AB\ud800-USD"}).encode(),
+        json.dumps({**trade(509), "side": "\udcff", "venue": "\ud800", "\ud800key": 1}).encode(),
+        json.dumps({**trade(510), "type": "\ud800", "time": "\udfff"}).encode(),
     ]
 
 
