@@ -6,7 +6,8 @@
   recorded line is one line;
 - ``p2.batch.normalize`` and ``Batch.trades``: never raise; every payload is in the batch or an
   error, every event a trade or a reject with a reason, every latency finite;
-- the consumers the batch then meets (analytics and the detectors): none raises on any of it.
+- the consumers the batch then meets (analytics and the detectors): none raises on any of it, and
+  their status lines and ``/metrics`` can still be written.
 
 Deterministic (``derandomize``, no example database) and bounded in examples, so it runs the same
 from a clean clone.
@@ -21,6 +22,7 @@ from itertools import pairwise
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from mercurystream.p2.batch import normalize
 from mercurystream.p2.bus import Bus
@@ -46,7 +48,9 @@ huge_ints = st.integers(min_value=-(10**30), max_value=10**30) | st.sampled_from
     [10**400, -(10**400), 2**63, -(2**63) - 1, 2**64]
 )
 floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e308, -1e308, 5e-324, 0.0, -0.0])
-texts = st.text(max_size=20) | st.sampled_from(["", "X" * 100, "9999-12-31T23:59:59.999999Z", "\u0000", "\ud800"])
+texts = st.text(max_size=20) | st.sampled_from(
+    ["", "X" * 100, "9999-12-31T23:59:59.999999Z", "\u0000", "\ud800", "AB\udfff-USD", "ÉTH-USD", "\u2028"]
+)
 scalars = st.none() | st.booleans() | huge_ints | floats | texts
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4), max_leaves=12
@@ -76,6 +80,8 @@ def broken_trades(draw) -> bytes:
             event.pop(key, None)
     if draw(st.booleans()):
         event["type"] = draw(st.sampled_from(["match", "ticker", "gap", "backfill", "", "MATCH"]))
+    if draw(st.booleans()):
+        event["product_id"] = draw(texts)
     return _dumps(event)
 
 
@@ -175,9 +181,10 @@ def test_the_ingest_decoder_never_raises_and_counts_every_frame(stream: bytes, c
 # --- the event decoder, normalizer and what reads its batches ------------------------------------
 
 
-def analytics() -> list:
+def analytics() -> tuple[list, P2Metrics]:
     bus, metrics, cfg = Bus(), P2Metrics(), P2Settings()
-    return [make(bus, cfg, metrics) for make in (VwapConsumer, VolatilityConsumer, VolumeConsumer, HealthConsumer)]
+    makers = (VwapConsumer, VolatilityConsumer, VolumeConsumer, HealthConsumer)
+    return [make(bus, cfg, metrics) for make in makers], metrics
 
 
 @FUZZ
@@ -196,6 +203,8 @@ def test_normalize_never_raises_and_every_payload_is_an_event_or_an_error(batch_
     for i in range(len(batch)):
         assert len(batch.part(i, i + 1)) == 1
     Detectors().process(batch)
-    for consumer in analytics():
+    consumers, metrics = analytics()
+    for consumer in consumers:
         consumer.handle(batch)
-        consumer.status_line()
+        consumer.status_line().encode()
+    generate_latest(metrics.registry).decode()
