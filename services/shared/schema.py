@@ -129,6 +129,11 @@ def text_ok(value: str) -> bool:
     return True
 
 
+def _writable(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape, so a drift detail can be written as JSON."""
+    return text if text_ok(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
 def kind_ok(field: Field, value: object) -> bool:
     """Whether ``value`` has ``field``'s kind: the schema-drift rule for one value."""
     t = type(value)
@@ -206,7 +211,7 @@ def drift_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def unexpected_keys(event: Mapping[str, Any]) -> list[str]:
     """Keys outside the schema, sorted, at most :data:`_UNEXPECTED_LISTED` of them, each bounded."""
-    keys = sorted(str(k)[:PRODUCT_ID_MAX] for k in event if k not in KNOWN_KEYS)
+    keys = sorted(_writable(str(k)[:PRODUCT_ID_MAX]) for k in event if k not in KNOWN_KEYS)
     return keys[:_UNEXPECTED_LISTED]
 
 
