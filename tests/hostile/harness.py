@@ -105,6 +105,7 @@ def odd_payloads() -> list[bytes]:
         json.dumps({**trade(508), "product_id": "AB\ud800-USD"}).encode(),
         json.dumps({**trade(509), "side": "\udcff", "venue": "\ud800", "\ud800key": 1}).encode(),
         json.dumps({**trade(510), "type": "\ud800", "time": "\udfff"}).encode(),
+        json.dumps({**trade(511), "price": "x", "\ud800key": 1, "k\udcff": 2}).encode(),
     ]
 
 
