@@ -6,8 +6,8 @@
   recorded line is one line;
 - ``p2.batch.normalize`` and ``Batch.trades``: never raise; every payload is in the batch or an
   error, every event a trade or a reject with a reason, every latency finite;
-- the consumers the batch then meets (analytics and the detectors): none raises on any of it, and
-  their status lines and ``/metrics`` can still be written.
+- the consumers the batch then meets (analytics, the detectors and their drift samples): none
+  raises on any of it, and their status lines and ``/metrics`` can still be written.
 
 Deterministic (``derandomize``, no example database) and bounded in examples, so it runs the same
 from a clean clone.
@@ -20,6 +20,7 @@ import math
 import struct
 from itertools import pairwise
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
@@ -29,6 +30,7 @@ from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumers import HealthConsumer, VolatilityConsumer, VolumeConsumer, VwapConsumer
 from mercurystream.p2.detectors import Detectors
+from mercurystream.p2.forensics import _drift_sample
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import IngestDecoder
 from mercurystream.shared.framing import FrameDecoder, FrameTooLarge
@@ -202,7 +204,9 @@ def test_normalize_never_raises_and_every_payload_is_an_event_or_an_error(batch_
     assert sorted([*trades.positions, *(i for i, _ in trades.rejects)]) == list(range(len(batch)))
     for i in range(len(batch)):
         assert len(batch.part(i, i + 1)) == 1
-    Detectors().process(batch)
+    for anomaly in Detectors().process(batch):
+        if anomaly.type == "schema_drift":
+            orjson.loads(_drift_sample(anomaly, batch.lines[anomaly.index], 0.0))
     consumers, metrics = analytics()
     for consumer in consumers:
         consumer.handle(batch)
