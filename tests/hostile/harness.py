@@ -287,6 +287,12 @@ class HostileP2:
         if frames_sent is not None:
             errors = m.total(FRAME_ERRORS)
             assert events + errors == frames_sent, f"{frames_sent} frames sent, {events} events + {errors} frame errors"
+        drift = Path(self.env["DRIFT_SAMPLE_FILE"])
+        for n, line in enumerate(drift.read_bytes().splitlines() if drift.is_file() else [], 1):
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise AssertionError(f"drift sample {n} is not JSON ({exc}): {line[:200]!r}") from None
         size = len(self.metrics_text().encode())
         assert size <= metrics_max, f"/metrics is {size} bytes (bound {metrics_max})"
         assert self.log_bytes() <= log_max, f"the log is {self.log_bytes()} bytes (bound {log_max})"
