@@ -37,7 +37,18 @@ from mercurystream.shared.event import (
     pick,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
-from mercurystream.shared.schema import BY_NAME, CONTROL, control_of, drift_of, invalid_reason, kind_ok, wire_decoder
+from mercurystream.shared.schema import (
+    BY_NAME,
+    CONTROL,
+    INT64_MAX,
+    INT64_MIN,
+    control_of,
+    drift_of,
+    invalid_reason,
+    kind_ok,
+    text_ok,
+    wire_decoder,
+)
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
@@ -384,9 +395,11 @@ def normalize(
         return None, []
     try:
         rows = list(map(_decode, payloads))
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return _normalize_each(payloads, recv_us, max_future_skew_s)
     columns = list(zip(*map(_ROW, rows), strict=True))
+    if not _texts_ok(columns[1]):
+        return _normalize_each(payloads, recv_us, max_future_skew_s)
     own_ms = columns[8]
     n = len(payloads)
     if True in columns[10]:
@@ -409,6 +422,13 @@ def normalize(
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
 
+def _texts_ok(product_ids: Sequence[str]) -> bool:
+    """The typed decoder's product ids all writable as UTF-8 (``shared.schema.text_ok``): one pass over the
+    distinct ids of a read, which are few."""
+    distinct = set(product_ids)
+    return "".join(distinct).isascii() or all(map(text_ok, distinct))
+
+
 def _normalize_each(
     payloads: Sequence[bytes], recv_us: int, max_future_skew_s: float
 ) -> tuple[Batch | None, list[tuple[str, bytes]]]:
@@ -417,10 +437,12 @@ def _normalize_each(
     errors: list[tuple[str, bytes]] = []
     for p in payloads:
         try:
-            rows.append((True, _ROW(_decode(p)), None, None, None))
-            kept.append(p)
-            continue
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            row = _ROW(_decode(p))
+            if text_ok(row[1]):
+                rows.append((True, row, None, None, None))
+                kept.append(p)
+                continue
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             pass
         obj = _parse(p)
         if obj is _NOT_JSON:
@@ -443,10 +465,12 @@ def _parse(payload: bytes) -> Any:
 
     msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
     fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
+    Nesting deeper than either parser's recursion limit (about 1,000 levels) raises
+    ``RecursionError``, which is no bug of P2's but a payload it will not read: ``invalid_json``.
     """
     try:
         return _generic(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
     try:
         return json.loads(payload)
@@ -459,7 +483,11 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
     of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
     values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
     own = obj.get(RECV_MS), obj.get(RECV_US)
-    own = tuple(v if type(v) is int else None for v in own) if RECV_MS in obj else (None, None)
+    own = (
+        tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in own)
+        if RECV_MS in obj
+        else (None, None)
+    )
     if RECV_MS in obj and own[0] is None:
         own = (_OWN_UNTYPED, None)
     row = (*values, *own, obj.get(BACKFILLED) is True)
@@ -471,7 +499,8 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
 
 _Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
 _OWN_UNTYPED = object()
-"""A ``recv_ts_ms`` that is there but not an int: the line is still kept as sent, with no latency."""
+"""A ``recv_ts_ms`` that is there but not a 64-bit int: the line is still kept as sent, with no latency
+(a 401-digit stamp made the latency's float conversion raise and lose the read)."""
 
 
 def _from_rows(

@@ -260,7 +260,17 @@ def _plain(v: Any) -> Any:
 
 DRIFT_SAMPLE_EVENT_BYTES = 4096
 """A drift sample holds the event whole up to this size; a longer one (a 900 KB product id) only its
-start, as text, and its size: 100 samples a minute of 1 MB events would fill a disk in days."""
+start, as text, and its size: 100 samples a minute of 1 MB events would fill a disk in days. So does
+an event no strict JSON parser reads (``NaN``, a 401-digit number, invalid UTF-8, which P2's lenient
+parse accepts): embedded whole, it made the sample file's line unreadable."""
+
+
+def _strict_json(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _drift_sample(a: Anomaly, line: bytes, wall: float) -> bytes:
@@ -271,7 +281,7 @@ def _drift_sample(a: Anomaly, line: bytes, wall: float) -> bytes:
         "mismatched": d["mismatched"],
         "unexpected": d["unexpected"],
     }
-    if len(line) <= DRIFT_SAMPLE_EVENT_BYTES:
+    if len(line) <= DRIFT_SAMPLE_EVENT_BYTES and _strict_json(line):
         sample["event"] = orjson.Fragment(line)
     else:
         sample["event_start"] = line[:DRIFT_SAMPLE_EVENT_BYTES].decode("utf-8", "replace")

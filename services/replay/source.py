@@ -23,7 +23,11 @@ MAX_REPORTED_LINES = 10
 
 _DICT_ONLY = {dict}
 
-MALFORMED_REASONS = ("invalid_json", "not_object", "oversize")
+MALFORMED_REASONS = ("invalid_json", "not_object", "oversize", "too_deep")
+MAX_DEPTH = 254
+"""Nesting orjson writes back (it reads up to 1,024 levels): a deeper object could not be re-sent."""
+DEEP_MIN_BYTES = 2 * MAX_DEPTH
+"""A shorter line cannot nest deeper than :data:`MAX_DEPTH`, so only longer ones are checked."""
 """Why a line is skipped: not JSON, JSON but not an object, longer than P2 accepts in one frame."""
 
 
@@ -115,7 +119,8 @@ class JsonlReader:
         if not lines:
             return None
         stripped = list(map(bytes.strip, lines))
-        if b"" in stripped or max(map(len, stripped)) > self._max:
+        longest = max(map(len, stripped))
+        if b"" in stripped or longest > self._max:
             return None
         try:
             if self._parse:
@@ -128,6 +133,8 @@ class JsonlReader:
         except orjson.JSONDecodeError:
             return None
         if kinds != _DICT_ONLY:
+            return None
+        if longest > DEEP_MIN_BYTES and any(len(line) > DEEP_MIN_BYTES and _too_deep(line) for line in stripped):
             return None
         n = len(stripped)
         self.lines += n
@@ -162,6 +169,9 @@ class JsonlReader:
             if type(obj) is not dict:
                 self._bad("not_object", lineno)
                 continue
+            if len(line) > DEEP_MIN_BYTES and _too_deep(obj):
+                self._bad("too_deep", lineno)
+                continue
             append(obj if parse else line)
         self.lines = lineno
         self.blank += blank
@@ -172,6 +182,16 @@ class JsonlReader:
         self.malformed[reason] += 1
         if len(self.malformed_lines) < MAX_REPORTED_LINES:
             self.malformed_lines.append(lineno)
+
+
+def _too_deep(obj: dict[str, Any] | bytes) -> bool:
+    """Whether orjson cannot write ``obj`` (or the object of a valid line) back: it nests past :data:`MAX_DEPTH`,
+    so restamping or drift would fail on it."""
+    try:
+        orjson.dumps(orjson.loads(obj) if type(obj) is bytes else obj)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 class EventQueue:

@@ -55,8 +55,9 @@ ROW_GROUP_ROWS = 32768
 ROW_GROUP_BYTES = 8 << 20
 """Arrow bytes per row group at most, for events far larger than P1's."""
 
-REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type")
-"""Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit."""
+REJECT_REASONS = ("invalid_json", "not_object", "missing_field", "wrong_type", "too_deep")
+"""Why a line has no row: not JSON, JSON but not an object, a required field absent, one that does not fit,
+extra keys nested deeper than orjson writes (254 levels; it reads 1,024)."""
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EXACT_FLOAT_INT = 1 << 53
@@ -131,7 +132,7 @@ class RowEncoder:
             return None
         try:
             rows = list(map(_decode_fast, lines))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
         return pa.array(list(map(msgspec.structs.astuple, rows)), type=_COLUMNS_STRUCT).flatten()
 
@@ -166,8 +167,13 @@ class RowEncoder:
                     del rest[name]
                 else:
                     row.append(None)
+            try:
+                kept = orjson.dumps(rest).decode() if rest else None
+            except orjson.JSONEncodeError:
+                bad.append((i, "too_deep"))
+                continue
             rows.append(tuple(row))
-            extra.append(orjson.dumps(rest).decode() if rest else None)
+            extra.append(kept)
         return pa.array(rows, type=_COLUMNS_STRUCT).flatten(), extra, bad
 
 

@@ -119,11 +119,32 @@ STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
 # --- the checks, one value at a time (the reference every faster path is held to) -------------------
 
 
+def text_ok(value: str) -> bool:
+    """Whether a string can be written as UTF-8: a JSON ``\\ud800`` escape makes a lone surrogate, which
+    no log line, metric label or bundle can hold (one such product id failed every ``/metrics`` scrape)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _writable(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape, so a drift detail can be written as JSON."""
+    return text if text_ok(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
 def kind_ok(field: Field, value: object) -> bool:
     """Whether ``value`` has ``field``'s kind: the schema-drift rule for one value."""
     t = type(value)
     if field.kind == "str":
-        return t is str and (field.max_length is None or len(value) <= field.max_length)  # type: ignore[arg-type]
+        return (
+            t is str
+            and (field.max_length is None or len(value) <= field.max_length)  # type: ignore[arg-type]
+            and text_ok(value)  # type: ignore[arg-type]
+        )
     if field.kind == "int":
         return t is int and INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
     if field.kind == "bool":
@@ -192,7 +213,7 @@ def drift_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def unexpected_keys(event: Mapping[str, Any]) -> list[str]:
     """Keys outside the schema, sorted, at most :data:`_UNEXPECTED_LISTED` of them, each bounded."""
-    keys = sorted(str(k)[:PRODUCT_ID_MAX] for k in event if k not in KNOWN_KEYS)
+    keys = sorted(_writable(str(k)[:PRODUCT_ID_MAX]) for k in event if k not in KNOWN_KEYS)
     return keys[:_UNEXPECTED_LISTED]
 
 
@@ -227,7 +248,7 @@ def control_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
     is judged as a trade, so a broken one is schema drift like any other broken event.
     """
     t = event.get("type")
-    if t not in CONTROL_TYPES:
+    if type(t) is not str or t not in CONTROL_TYPES:  # a list or an object is unhashable
         return None
     pid = event.get("product_id")
     source = event.get("source")

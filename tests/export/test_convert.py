@@ -43,12 +43,20 @@ def test_convert_counts_bad_lines_by_number_and_writes_the_rest(tmp_path: Path) 
         orjson.dumps({"type": "match", "product_id": "BTC-USD", "price": 1.5, "last_size": 2.0} | extra(i))
         for i in range(30)
     ]
-    lines = [*good[:10], b"oops", *good[10:20], b"[]", b'{"type":"match"}', *good[20:]]
+    deep = good[0][:-1] + b',"x":' + b"[" * 300 + b"]" * 300 + b"}"
+    lines = [*good[:10], b"oops", *good[10:20], b"[]", b'{"type":"match"}', *good[20:], deep]
     out = tmp_path / "o.parquet"
     report = convert(io.BytesIO(b"\n".join(lines)), out)
     assert report.rows == 30
-    assert report.bad == {"invalid_json": 1, "not_object": 1, "missing_field": 1, "wrong_type": 0, "oversize": 0}
-    assert report.bad_lines == [11, 22, 23]
+    assert report.bad == {
+        "invalid_json": 1,
+        "not_object": 1,
+        "missing_field": 1,
+        "wrong_type": 0,
+        "too_deep": 1,
+        "oversize": 0,
+    }
+    assert report.bad_lines == [11, 22, 23, 34]
     assert pq.read_table(out).column("trade_id").to_pylist() == list(range(30))
     assert not (tmp_path / "o.parquet.part").exists()
 

@@ -107,6 +107,37 @@ def test_frame_errors_never_enter_the_batch() -> None:
     assert len(batch) == 1 and batch.trade_ids[0] == 1
 
 
+@pytest.mark.parametrize("depth", [1000, 5000, 100_000])
+def test_json_nested_past_the_parsers_limit_is_invalid_json_not_an_exception(depth: int) -> None:
+    """msgspec raises RecursionError past about 1,000 levels; it escaped the read and closed the connection."""
+    good = orjson.dumps(p1_event(1))
+    deep = [
+        b"[" * depth + b"]" * depth,
+        b'{"a":' + b"[" * depth + b"]" * depth + b"}",
+        b'{"type":"match","product_id":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}",
+    ]
+    for payloads in ([good, *deep], deep, [deep[1]]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert [r for r, _ in errors] == ["invalid_json"] * (len(payloads) - (good in payloads))
+        assert (batch is not None and batch.trade_ids == (1,)) if good in payloads else batch is None
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        b'"recv_ts_ms":%b,"recv_ts_us":%b' % (b"9" * 401, b"9" * 401),
+        b'"recv_ts_ms":%b' % (b"9" * 401),
+        b'"recv_ts_ms":1,"recv_ts_us":-%b' % (b"9" * 30),
+    ],
+)
+def test_a_receive_stamp_past_64_bits_is_kept_as_sent_with_no_latency(stamps: bytes) -> None:
+    """A 401-digit recv_ts_ms made the latency's float conversion raise out of normalize, losing the read."""
+    line = orjson.dumps(p1_event(2))[:-1] + b"," + stamps + b"}"
+    batch, errors = normalize([orjson.dumps(p1_event(1)), line], RECV_US)
+    assert errors == [] and batch.lines[1] == line and batch.trade_ids == (1, 2)
+    assert all(map(math.isfinite, batch.latencies))
+
+
 def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
     batch, _ = read([p1_event(1, product_id="X" * 900_000)])
     assert batch.product_ids[0] is None
@@ -270,3 +301,25 @@ def test_backfilled_trades_are_marked_and_the_batch_is_not_clean() -> None:
     assert t.backfilled == [0]
     c, _ = read([p1_event(1), gap_event()])
     assert c.tail(1).controls[0][0] == 0 and c.tail(2).controls == []
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["gap"], {"gap": 1}])
+def test_a_type_that_is_a_list_or_an_object_is_drift_not_an_exception(kind: object) -> None:
+    """``{"type": []}`` made the control-event check hash a list and raise out of normalize, losing the read."""
+    odd = json.dumps({**p1_event(2), "type": kind}).encode()
+    batch, errors = normalize([orjson.dumps(p1_event(1)), odd], RECV_US)
+    assert errors == [] and batch.trade_ids == (1, 2)
+    assert [i for i, _ in batch.drift] == [1] and batch.controls == []
+
+
+@pytest.mark.parametrize("product", ["AB\ud800-USD", "\udcff", "BTC\udfff"])
+def test_a_product_id_with_a_lone_surrogate_is_drift_and_never_a_label(product: str) -> None:
+    """A JSON ``\\ud800`` escape decodes to a string no label can be written in: one such trade made
+    every later ``/metrics`` scrape fail."""
+    odd = json.dumps(p1_event(2, product_id=product)).encode()
+    for payloads in ([odd], [orjson.dumps(p1_event(1)), odd]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [] and batch.product_ids[-1] is None
+        assert batch.drift[-1][0] == len(payloads) - 1 and batch.invalid[-1] == (len(payloads) - 1, "missing_product")
+    batch, _ = normalize([orjson.dumps(p1_event(3, product_id="ÉTH-USD"))], RECV_US)
+    assert batch.product_ids == ("ÉTH-USD",) and batch.clean

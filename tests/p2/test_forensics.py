@@ -394,3 +394,27 @@ def test_gap_notices_backfill_results_and_backfilled_trades_are_counted(tmp_path
     assert sample(metrics, "mercurystream_anomalies_total", type="schema_drift") == 0
     assert consumer.status_line().endswith("| gap_notices=2 backfilled=1 unrecoverable=1")
     consumer.writer.stop(5)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"match","product_id":"BTC-USD","price":NaN,"last_size":1,"time":"x","trade_id":1}',
+        b'{"type":"match","product_id":"BTC-USD","price":' + b"9" * 401 + b',"trade_id":1}',
+        b'{"type":"match","product_id":"\xed\xa0\x80","price":1.5,"trade_id":1}',
+    ],
+)
+def test_a_drift_sample_of_an_event_no_strict_parser_reads_is_still_one_json_line(tmp_path, raw):
+    """P2's lenient parse accepts NaN, huge numbers and CESU surrogates; embedded whole, the sample was not JSON."""
+    from mercurystream.p2.batch import normalize
+
+    consumer, _, _ = make(tmp_path)
+    b, errors = normalize([raw], 1_714_564_800_000_500)
+    assert errors == [] and b.drift
+    try:
+        consumer.handle(b)
+        assert consumer.writer.wait_idle(30)
+    finally:
+        consumer.writer.stop(30)
+    row = orjson.loads((tmp_path / "drift.jsonl").read_bytes())
+    assert row["event_bytes"] == len(b.lines[0]) and row["event_start"].startswith('{"type":"match"')

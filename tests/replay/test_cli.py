@@ -376,6 +376,16 @@ def _hostile_files(tmp_path: Path) -> dict[str, Path]:
         "huge_integers": b'{"trade_id":' + b"9" * 40 + b'}\n{"ingest_ts_us":1e999}\n' + recorded_line(1) + b"\n",
         "nan_tokens": b'{"price":NaN}\n{"price":Infinity}\n{"x":-Infinity}\n{"y":nan}\n' + recorded_line(2) + b"\n",
         "deep": b"[" * 100_000 + b"\n" + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"\n",
+        "deep_but_readable": b'{"a":' * 300
+        + b"1"
+        + b"}" * 300
+        + b"\n"
+        + b'{"b":'
+        + b"[" * 1000
+        + b"]" * 1000
+        + b"}\n"
+        + recorded_line(3)
+        + b"\n",
         "int64_edge_stamps": b'{"ingest_ts_ms":-9223372036854775808,"ingest_ts_us":-9223372036854775807}\n',
         "u64_stamps": b'{"type":"match","ingest_ts_ms":18446744073709551615,"ingest_ts_us":18446744073709551615}\n',
         "odd_objects": b'{}\n{"ingest_ts_ms":"x","recv_ts_us":null}\n{"":{"":[]}}\n\x00\x00\n',
@@ -410,6 +420,15 @@ async def test_hostile_files_end_in_a_summary_or_one_line(tmp_path: Path, capsys
                     assert captured.err.count("\n") == 1, (name, opts, captured.err)
                 else:
                     assert captured.err == "" and "acknowledged by P2" in captured.out, (name, opts, captured)
+
+
+async def test_an_object_nested_deeper_than_can_be_written_back_is_skipped_as_too_deep(tmp_path, capsys) -> None:
+    """orjson reads 1,024 levels but writes 254: restamping such a line ended in a traceback."""
+    path = _hostile_files(tmp_path)["deep_but_readable"]
+    async with FakeP2() as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=0") == 0
+    assert "skipped 2 malformed lines (too_deep=2); first at lines 1, 2" in capsys.readouterr().out
+    assert [orjson.loads(f)["trade_id"] for f in p2.connections[0]] == [orjson.loads(recorded_line(3))["trade_id"]]
 
 
 async def test_a_stamp_that_cannot_be_aged_is_sent_as_recorded(tmp_path: Path, capsys) -> None:

@@ -37,7 +37,7 @@ def test_valid_lines_pass_as_stripped_bytes_and_the_rest_is_counted_by_line() ->
     assert reader.lines == 10
     assert reader.events == 4
     assert reader.blank == 2
-    assert reader.malformed == {"invalid_json": 2, "not_object": 2, "oversize": 0}
+    assert reader.malformed == {"invalid_json": 2, "not_object": 2, "oversize": 0, "too_deep": 0}
     assert reader.malformed_lines == [3, 5, 7, 8]
     assert reader.bytes_read == len(MIXED)
 
@@ -105,14 +105,15 @@ LINE_KINDS = [
     b"   ",
     b"not json %d",
     b"[%d]",
-    b'{"pad":"' + b"x" * 40 + b'","n":%d}',  # oversize at max_line_bytes=40
+    b'{"pad":"' + b"x" * 700 + b'","n":%d}',  # oversize at max_line_bytes=700
     b'{"bad":"\xff","n":%d}',
+    b'{"n":%d,"d":' + b"[" * 300 + b"]" * 300 + b"}",  # too deep to write back
 ]
 
 
 def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list, dict[str, int], list[int], int]:
     """What the reader must yield, classified one line at a time with no batching at all."""
-    items, bad, where = [], dict.fromkeys(("invalid_json", "not_object", "oversize"), 0), []
+    items, bad, where = [], dict.fromkeys(("invalid_json", "not_object", "oversize", "too_deep"), 0), []
     seen = 0
     for lineno, raw in enumerate(lines, 1):
         if limit is not None and len(items) >= limit:
@@ -126,9 +127,14 @@ def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list
             reason = "oversize"
         else:
             try:
-                reason = None if type(orjson.loads(line)) is dict else "not_object"
+                obj = orjson.loads(line)
+                reason = None if type(obj) is dict else "not_object"
+                if reason is None:
+                    orjson.dumps(obj)
             except orjson.JSONDecodeError:
                 reason = "invalid_json"
+            except orjson.JSONEncodeError:
+                reason = "too_deep"
         if reason:
             bad[reason] += 1
             where.append(lineno)
@@ -150,11 +156,11 @@ def test_whole_chunk_and_per_line_validation_agree_with_a_line_by_line_reference
     picked = [0] * clean_run + kinds  # a clean stretch, so whole chunks pass the C-level check too
     lines = [LINE_KINDS[k] % i if b"%d" in LINE_KINDS[k] else LINE_KINDS[k] for i, k in enumerate(picked)]
     data = b"\n".join(lines)
-    reader, items = read_all(data, chunk_bytes=chunk, limit=limit, max_line_bytes=40)
+    reader, items = read_all(data, chunk_bytes=chunk, limit=limit, max_line_bytes=700)
     in_file = data.split(b"\n") if data else []
     if in_file and not in_file[-1]:
         in_file.pop()  # a final newline ends the last line; it does not start another
-    want, bad, where, seen = reference(in_file, limit, 40)
+    want, bad, where, seen = reference(in_file, limit, 700)
     assert items == want
     assert reader.malformed == bad
     assert reader.malformed_lines == where

@@ -111,8 +111,20 @@ def test_bad_lines_are_rejected_by_reason_with_their_index() -> None:
         (7, "wrong_type"),
     ]
     assert [e["trade_id"] for e in events_of(batch)] == [1000, 1005]
-    assert encoder.rejected == {"invalid_json": 1, "not_object": 1, "missing_field": 1, "wrong_type": 3}
+    assert encoder.rejected == {"invalid_json": 1, "not_object": 1, "missing_field": 1, "wrong_type": 3, "too_deep": 0}
     assert encoder.rejected_total == 6
+
+
+@pytest.mark.parametrize("depth", [254, 300, 900])
+def test_extra_keys_nested_deeper_than_orjson_writes_lose_their_line_only(depth: int) -> None:
+    """orjson reads 1,024 levels but writes 254: one such line made the whole batch fail to encode."""
+    deep = orjson.dumps(event(1))[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    encoder = RowEncoder()
+    batch, bad = encoder.encode([orjson.dumps(event(0)), deep, orjson.dumps(event(2))])
+    too_deep = depth + 1 > 254
+    assert bad == ([(1, "too_deep")] if too_deep else [])
+    assert [e["trade_id"] for e in events_of(batch)] == ([1000, 1002] if too_deep else [1000, 1001, 1002])
+    assert encoder.rejected["too_deep"] == too_deep
 
 
 def test_an_unparsable_time_is_a_null_timestamp_not_a_lost_row() -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,3 +86,11 @@ def test_the_typed_decoder_takes_exactly_what_every_rule_but_the_time_accepts(ch
 def test_a_value_no_trade_has_is_invalid_not_drift(change: dict, reason: str) -> None:
     event = {**EVENT, **change}
     assert drift_of(event) is None and invalid_reason(event) == reason
+
+
+def test_an_unexpected_key_with_a_lone_surrogate_is_listed_escaped_so_the_drift_sample_can_be_written() -> None:
+    """A JSON ``\\ud800`` escape in a key: the drift detail listed it raw, and writing the drift sample raised."""
+    event = json.loads(b'{"type":"match","\\ud800key":1,"k\\udcff":2,"fine":3}')
+    detail = drift_of(event)
+    assert detail["unexpected"] == ["\\ud800key", "fine", "k\\udcff"]
+    orjson.dumps(detail)

@@ -52,9 +52,11 @@ from mercurystream.p2.incident.report import (
     META_FILE,
     REPORT_FILE,
     ReportError,
+    meta_json,
     render_report,
     write_report,
 )
+from mercurystream.shared.clip import clip
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.recording import cut_torn_line
@@ -81,7 +83,15 @@ def chart_available() -> bool:
 
 def affected_symbols(capture: Capture) -> list[str]:
     """The trigger's product and those of triggers suppressed into the capture; for a latency spike
-    (which has no product), the products of the captured events above the threshold, else all."""
+    (which has no product), the products of the captured events above the threshold, else all.
+
+    Each is clipped to ``shared.clip.LABEL_MAX`` characters: a producer's 900 KB product id (drift,
+    but still in the ring) would otherwise be copied into ``meta.json`` and the report whole.
+    """
+    return sorted({clip(s) for s in _affected(capture)})
+
+
+def _affected(capture: Capture) -> list[str]:
     symbols = {capture.anomaly.product_id, *(s.get("product_id") for s in capture.suppressed)}
     symbols.discard(None)
     if capture.type == MANUAL:
@@ -233,7 +243,7 @@ def write_bundle(
         lock = _lock_dir(tmp)
         os.chmod(tmp, 0o755)
         (tmp / EVENTS_FILE).write_bytes(_jsonl(capture.lines()))
-        (tmp / META_FILE).write_bytes(orjson.dumps(build_meta(capture), option=orjson.OPT_INDENT_2, default=str))
+        (tmp / META_FILE).write_bytes(meta_json(build_meta(capture)))
         replay_path = str(final / EVENTS_FILE)
         if chart is not None and not run_chart(chart, tmp, chart_timeout_s):
             (tmp / CHART_FILE).unlink(missing_ok=True)  # possibly half written by a renderer that failed

@@ -8,6 +8,7 @@ events is escaped, so a hostile product id or a backtick in a field cannot break
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ import orjson
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, OUT_OF_ORDER, SEQUENCE_GAP, nearest_rank
 from mercurystream.p2.flight_recorder import MANUAL
 from mercurystream.p2.incident.marks import STYLES
+from mercurystream.shared.clip import clip, join_clipped
 from mercurystream.shared.event import latency_ms
 
 REPORT_FILE = "report.md"
@@ -151,6 +153,18 @@ def _check_fields(bundle: Path, data: dict[str, Any], fields: dict[str, Any], pr
             raise ReportError(f"{bundle}: {META_FILE}: {prefix}{key} must be {expected}, got {got}")
 
 
+def meta_json(obj: Any) -> bytes:
+    """``obj`` as indented JSON: orjson, or the standard library for what orjson refuses.
+
+    A counter of a hostile stream (the sum of the ids missing behind a gap to trade id 2**63 - 1)
+    outgrows 64 bits, which orjson cannot write: the whole bundle was lost over it.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, indent=2, default=str, ensure_ascii=False).encode()
+
+
 def _load_meta(bundle: Path) -> dict[str, Any]:
     """``meta.json`` as an object with every known field of the right type, else :class:`ReportError`."""
     path = bundle / META_FILE
@@ -232,7 +246,7 @@ def render_report(
     ]
     out.append(f"| **Type** | {md(itype)} |")
     out.append(f"| **Triggered** | {_fmt_time(meta.get('triggered_at'))} |")
-    out.append(f"| **Affected Symbols** | {md(', '.join(str(s) for s in symbols)) or 'n/a'} |")
+    out.append(f"| **Affected Symbols** | {md(join_clipped(symbols, ', ')) or 'n/a'} |")
     out.append(f"| **Total Events** | {total:,} ({_fmt_num(pre)} pre + {_fmt_num(post)} post) |")
     out.append(f"| **Trigger Event** | line {_fmt_num(trigger_line)} of {EVENTS_FILE} |")
     bound = _pre_bound(meta)
@@ -275,7 +289,7 @@ def render_report(
         out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
     else:
         out += _chart_ref(chart, _marked(itype) + _trigger_at(trigger_line))
-        out += [code_block([orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode()], "json"), ""]
+        out += [code_block([meta_json(detail).decode()], "json"), ""]
 
     out += _symbols_section(events, chart)
     if suppressed:
@@ -283,7 +297,7 @@ def render_report(
         for s in suppressed[:50]:
             if isinstance(s, dict):
                 out.append(
-                    f"| {_fmt_num(s.get('line'))} | {md(s.get('type'))} | {md(s.get('product_id') or '')} "
+                    f"| {_fmt_num(s.get('line'))} | {md(s.get('type'))} | {md(clip(s.get('product_id') or ''))} "
                     f"| {md(s.get('at'))} |"
                 )
         if len(suppressed) > 50:
@@ -390,7 +404,7 @@ def _final_dir(bundle: Path, replay_path: str | None) -> str:
 
 def _event_row(e: _Event) -> str:
     return (
-        f"| {e.line:,} | {md(e.get('product_id'))} | {_fmt_num(e.get('trade_id'))} | {md(e.get('time'))} "
+        f"| {e.line:,} | {md(clip(e.get('product_id')))} | {_fmt_num(e.get('trade_id'))} | {md(e.get('time'))} "
         f"| {_fmt_num(e.get('price'))} | {_fmt_num(e.get('last_size'))} |"
     )
 
@@ -518,7 +532,8 @@ def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line
         out += ["#### Worst samples up to the trigger", ""]
         out += ["| Line | Symbol | Trade ID | Latency (ms) |", "|------|--------|----------|--------------|"]
         out += [
-            f"| {e.line:,} | {md(e.get('product_id'))} | {_fmt_num(e.get('trade_id'))} | {v:.3f} |" for v, e in worst
+            f"| {e.line:,} | {md(clip(e.get('product_id')))} | {_fmt_num(e.get('trade_id'))} | {v:.3f} |"
+            for v, e in worst
         ]
         out.append("")
         out += _chart_ref(chart, "these are the highest green dots of the latency panel, at the lines given")
@@ -531,6 +546,7 @@ def _symbols_section(events: list[_Event], chart: bool) -> list[str]:
         pid = e.get("product_id")
         if not isinstance(pid, str):
             continue
+        pid = clip(pid)
         s = stats.get(pid)
         if s is None:
             s = stats[pid] = [0, 0, 0, None, None, None, None]

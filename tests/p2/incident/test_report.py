@@ -519,3 +519,31 @@ def test_cli_without_the_chart_renderer_still_writes_the_report(tmp_path, capsys
     assert main([str(tmp_path / "incidents")]) == 0
     assert (a / "report.md").is_file() and not (a / "chart.png").exists()
     assert f"mercury-report: {a}: no chart: cannot load the renderer" in capsys.readouterr().err
+
+
+def test_product_ids_past_the_schema_bound_are_clipped_in_meta_and_report(tmp_path):
+    """A 100 KB product id in the ring was copied whole into meta.json's affected_symbols and every report table."""
+    fr = FlightRecorder(50, 0, 0, wall_clock=lambda: 1_714_564_803.0)
+    events = [event(k, pid=f"{k:03d}" + "X" * 100_000) for k in range(1, 40)] + [event(40)]
+    fr.feed([orjson.dumps(e) for e in events])
+    cap = fr.dump("hostile ids")
+    cap.context = {"counters_at_trigger": {}, "config": {}}
+    bundle = write_bundle(tmp_path / "incidents", cap)
+    symbols = orjson.loads((bundle / "meta.json").read_bytes())["affected_symbols"]
+    assert "BTC-USD" in symbols and len(symbols) == 40 and max(map(len, symbols)) <= 64
+    text = render_report(bundle)
+    assert "X" * 100 not in text and len(text) < 20_000
+    assert max(map(len, text.splitlines())) <= 1200
+
+
+def test_a_counter_past_64_bits_is_written_and_reported_exactly(tmp_path):
+    """The ids missing behind a gap to trade id 2**63 - 1 add up past 64 bits, which orjson cannot write:
+    the whole bundle was lost. (orjson reads such a number back as a float.)"""
+    fr = FlightRecorder(50, 0, 0, wall_clock=lambda: 1_714_564_803.0)
+    fr.feed([orjson.dumps(event(k)) for k in range(1, 5)])
+    cap = fr.dump("huge counters")
+    cap.context = {"counters_at_trigger": {"gaps": 2**64 + 5}, "config": {}}
+    bundle = write_bundle(tmp_path / "incidents", cap)
+    assert b'"gaps": 18446744073709551621' in (bundle / "meta.json").read_bytes()
+    assert "| gaps | 1.8446744073709552e+19 |" in render_report(bundle)
+    assert main(["--no-charts", str(bundle)]) == 0
