@@ -29,10 +29,17 @@ def run(*argv: object) -> subprocess.CompletedProcess[str]:
 def dump(p2) -> Path:
     """Have P2 write a bundle of its ring now (POST /incidents), and wait until it is whole."""
     req = urllib.request.Request(f"http://127.0.0.1:{p2.metrics_port}/incidents?reason=hostile", method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer = orjson.loads(resp.read())
-    bundle = Path(answer["path"])
     deadline = time.monotonic() + 20
+    while True:  # the acks come when the events are on the bus; forensics may not have put them in the ring yet
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                answer = orjson.loads(resp.read())
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    bundle = Path(answer["path"])
     while not (bundle / "meta.json").is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (bundle / "meta.json").is_file(), f"P2 did not write {bundle}"
