@@ -17,6 +17,7 @@ from mercurystream.p1.feed import CoinbaseFeed
 from mercurystream.p1.feeds import make_adapter
 from mercurystream.p1.gaps import Gap, GapTracker, control_event
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.p1.nats_sink import NatsSink
 from mercurystream.p1.pipeline import IngestPipeline
 from mercurystream.p1.sink import TcpSink
 from mercurystream.shared.clip import join_clipped
@@ -38,16 +39,30 @@ class P1App:
         self.settings = settings
         # Until a P1_METRICS_HOST setting exists, bind loopback like P2's HOST default does.
         self.metrics_host = metrics_host or getattr(settings, "P1_METRICS_HOST", "127.0.0.1")
-        self.metrics = P1Metrics(registry, settings.MAX_PRODUCT_LABELS)
+        nats = getattr(settings, "P1_SINK", "tcp") == "nats"
+        self.metrics = P1Metrics(registry, settings.MAX_PRODUCT_LABELS, sink_target="nats" if nats else "p2")
         self.pipeline = IngestPipeline(feed=settings.FEED_API)
-        self.sink = TcpSink(
-            settings.P2_HOST,
-            settings.P2_PORT,
-            settings.P1_BUFFER_EVENTS,
-            settings.BACKOFF_MAX,
-            settings.MAX_FRAME_BYTES,
-            self.metrics,
-        )
+        self.sink: TcpSink | NatsSink
+        if nats:
+            self.sink = NatsSink(
+                settings.NATS_URL,
+                settings.stream_settings(),
+                settings.P1_BUFFER_EVENTS,
+                settings.P1_BUFFER_BYTES,
+                settings.BACKOFF_MAX,
+                settings.MAX_FRAME_BYTES,
+                self.metrics,
+                self.pipeline.venue,
+            )
+        else:
+            self.sink = TcpSink(
+                settings.P2_HOST,
+                settings.P2_PORT,
+                settings.P1_BUFFER_EVENTS,
+                settings.BACKOFF_MAX,
+                settings.MAX_FRAME_BYTES,
+                self.metrics,
+            )
         options = {"signer": settings.signer()} if settings.FEED_API == "advanced-trade" else {}
         self.feed = CoinbaseFeed(
             settings.COINBASE_WS_URL,
@@ -126,14 +141,13 @@ class P1App:
         s = self.settings
         self.metrics_port = self.metrics.serve(s.P1_METRICS_PORT, self.metrics_host)
         logger.info(
-            "P1 starting: feed {} ({}) channel={} auth={} symbols={} → P2 {}:{}; metrics on {}:{}",
+            "P1 starting: feed {} ({}) channel={} auth={} symbols={} → {}; metrics on {}:{}",
             s.COINBASE_WS_URL,
             s.FEED_API,
             s.FEED_CHANNEL if s.FEED_API == "exchange" else "market_trades",
             "jwt" if s.COINBASE_API_KEY_NAME else "none",
             ",".join(s.SYMBOLS),
-            s.P2_HOST,
-            s.P2_PORT,
+            self.sink_target(),
             self.metrics_host,
             self.metrics_port,
         )
@@ -158,13 +172,23 @@ class P1App:
         logger.info(self.status_line())
         self.metrics.close()
 
+    @property
+    def _sink_label(self) -> str:
+        return "nats" if isinstance(self.sink, NatsSink) else "p2"
+
+    def sink_target(self) -> str:
+        """Where events go: ``P2 host:port``, or ``JetStream <url> stream <name>``."""
+        if isinstance(self.sink, NatsSink):
+            return f"JetStream {self.sink.target}"
+        return f"P2 {self.sink.host}:{self.sink.port}"
+
     def status_line(self) -> str:
         b = self.sink.buffer
         proto = self.feed.protocol
         line = (
             f"P1 | msgs={proto.messages} valid={self.pipeline.valid} invalid={self.pipeline.invalid} "
             f"forwarded={b.forwarded} acked={b.acked} buffered={b.held} dropped={b.dropped_total} "
-            f"reconnects ws={self.feed.reconnects} p2={self.sink.reconnects} "
+            f"reconnects ws={self.feed.reconnects} {self._sink_label}={self.sink.reconnects} "
             f"subscribed={join_clipped(sorted(proto.subscribed_products), ',', SUBSCRIBED_MAX) or '-'}"
         )
         if proto.invalid:
@@ -211,7 +235,7 @@ async def run(settings: P1Settings) -> int:
 
 
 def main() -> None:
-    summary = "P1: Coinbase WebSocket ingest → framed TCP to P2."
+    summary = "P1: Coinbase WebSocket ingest → framed TCP to P2, or batches to NATS JetStream (P1_SINK=nats)."
     settings = load_settings(P1Settings, "mercury-p1", sys.argv[1:], summary)
     setup_logging("p1", settings.LOG_LEVEL, settings.LOG_JSON)
     tune_gc()

@@ -9,12 +9,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from mercurystream.p1.feeds import DEFAULT_URLS
 from mercurystream.shared.config import CommonSettings, Port, Symbols, parse_symbols
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.jetstream import NatsSettings
 
 if TYPE_CHECKING:
     from mercurystream.p1.feeds.coinbase_advanced import JwtSigner
 
 
-class P1Settings(CommonSettings):
+class P1Settings(CommonSettings, NatsSettings):
     SYMBOLS: Symbols = ["BTC-USD", "ETH-USD", "SOL-USD"]
     FEED_API: Literal["exchange", "advanced-trade"] = "exchange"
     COINBASE_WS_URL: str = Field(DEFAULT_URLS["exchange"], pattern=r"^wss?://")
@@ -22,10 +23,14 @@ class P1Settings(CommonSettings):
     FEED_CHANNEL: Literal["matches", "ticker"] = "matches"
     COINBASE_API_KEY_NAME: str | None = Field(None, min_length=1)
     COINBASE_API_PRIVATE_KEY: SecretStr | None = None
+    P1_SINK: Literal["tcp", "nats"] = "tcp"
+    """``tcp``: framed TCP to P2 (``P2_HOST``/``P2_PORT``); ``nats``: batches to JetStream (``NATS_*``)."""
     P2_HOST: str = Field("127.0.0.1", min_length=1)
     P2_PORT: Port = 9001
     BACKOFF_MAX: float = Field(10.0, gt=0)
     P1_BUFFER_EVENTS: int = Field(10000, gt=0)
+    P1_BUFFER_BYTES: int = Field(64 << 20, gt=0)
+    """The NATS sink's held bytes at most (the TCP sink bounds events only)."""
     P1_METRICS_PORT: Port = 9100
     P1_METRICS_HOST: str = Field("127.0.0.1", min_length=1)
     P1_SHUTDOWN_TIMEOUT_S: float = Field(5.0, ge=0)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from mercurystream.shared.labels import MAX_PRODUCT_LABELS, ProductGauge
 
 DROP_REASONS = ("buffer_full", "unacked_at_disconnect", "shutdown", "oversize")
-TARGETS = ("websocket", "p2")
+TARGETS = ("websocket", "p2", "nats")
 PRESET_TYPES = (
     "match",
     "ticker",
@@ -26,9 +26,16 @@ PRESET_TYPES = (
 class P1Metrics:
     """Every metric P1 exports, plus the HTTP endpoint that serves them."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, max_product_labels: int = MAX_PRODUCT_LABELS) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        max_product_labels: int = MAX_PRODUCT_LABELS,
+        sink_target: str = "p2",
+    ) -> None:
         """``max_product_labels``: configured products with a label of their own; the rest are summed
-        under ``product_id="_other"`` (``shared.labels``)."""
+        under ``product_id="_other"`` (``shared.labels``). ``sink_target``: ``p2`` (TCP) or ``nats``; only
+        the websocket and that target get ``connected``/``reconnects`` series, so an alert over every
+        target never sees the unused one's 0."""
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.messages_total = Counter(
             "mercurystream_p1_messages", "WebSocket messages received, by message type", ["type"], registry=r
@@ -56,6 +63,14 @@ class P1Metrics:
         self.dropped_total = Counter(
             "mercurystream_p1_dropped", "Events P1 gave up on, by reason", ["reason"], registry=r
         )
+        self.nats_batches_total = Counter(
+            "mercurystream_p1_nats_batches",
+            "JetStream publishes of batches by result (stored; duplicate: the stream had its id; failed: resent)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("stored", "duplicate", "failed"):
+            self.nats_batches_total.labels(result)
         self.reconnects_total = Counter(
             "mercurystream_p1_reconnects", "Connection attempts after the first, by target", ["target"], registry=r
         )
@@ -116,7 +131,7 @@ class P1Metrics:
             self.backfill_requests_total.labels(result)
         for reason in DROP_REASONS:
             self.dropped_total.labels(reason)
-        for target in TARGETS:
+        for target in ("websocket", sink_target):
             self.reconnects_total.labels(target)
             self.connected.labels(target)
         self._type_children = {t: self.messages_total.labels(t) for t in PRESET_TYPES}

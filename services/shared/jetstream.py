@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from mercurystream.shared.framing import encode_frames
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -43,6 +45,19 @@ BATCH_MAX_BYTES = 512 * 1024
 
 _BAD_TOKEN_CHARS = re.compile(r"[.*>\s\x00-\x1f\x7f]")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class NatsSettings(BaseModel):
+    """The variables both P1 and P2 read to reach the stream (mixed into each service's settings)."""
+
+    NATS_URL: str = Field(DEFAULT_URL, pattern=r"^(nats|tls)://[^\s]+$")
+    NATS_STREAM: str = Field(DEFAULT_STREAM, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    NATS_MAX_AGE_S: float = Field(DEFAULT_MAX_AGE_S, gt=0)
+    NATS_MAX_BYTES: int = Field(DEFAULT_MAX_BYTES, gt=0)
+    NATS_DUPLICATE_WINDOW_S: float = Field(DEFAULT_DUPLICATE_WINDOW_S, gt=0)
+
+    def stream_settings(self) -> StreamSettings:
+        return StreamSettings(self.NATS_STREAM, self.NATS_MAX_AGE_S, self.NATS_MAX_BYTES, self.NATS_DUPLICATE_WINDOW_S)
 
 
 def subject_token(value: str) -> str:

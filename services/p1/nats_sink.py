@@ -1,0 +1,479 @@
+"""``P1_SINK=nats``: events to JetStream in batches, one message per product per round, held until PubAck.
+
+:class:`NatsBuffer` is the protocol without a connection: what is held (``pending`` events not yet
+in a batch, and ``batches`` made and not yet acknowledged), how a round's batches are made, what a
+PubAck releases. A batch keeps its ``Nats-Msg-Id`` (``shared.jetstream.batch_id``) from the moment it
+is made until its PubAck, so every resend after a timeout or a lost connection is stored once by the
+stream's duplicate window. Unlike TCP, a lost connection therefore costs nothing: the unacknowledged
+batches are resent, never dropped. At every moment ``published == acked + dropped + held``.
+
+Order per product holds because a round carries at most one batch per product, and a product's
+unacknowledged batch goes first in the next round, before anything newer of that product.
+
+:class:`NatsSink` is the asyncio shell: it connects with P1's capped backoff (nats-py's own reconnect
+is off, so one policy governs both of P1's clients), creates or validates the stream on every
+connect, and publishes each round's batches concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+
+from mercurystream.p1.backoff import Backoff
+from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.jetstream import (
+    BATCH_MAX_BYTES,
+    EVENTS_HEADER,
+    MSG_ID_HEADER,
+    StreamSettings,
+    batch_id,
+    encode_batch,
+    ensure_stream,
+    new_origin,
+    subject_for,
+    subject_token,
+)
+from mercurystream.shared.logger import LogSampler
+
+UNKNOWN_PRODUCT = "_"
+"""The subject token of an event whose ``product_id`` cannot be read (forwarded as received, like TCP)."""
+
+_PRODUCT_KEY = b'"product_id":"'
+
+
+def product_of(payload: bytes) -> str:
+    """The ``product_id`` of a serialized event, read without parsing it; :data:`UNKNOWN_PRODUCT` if absent."""
+    start = payload.find(_PRODUCT_KEY)
+    if start < 0:
+        return UNKNOWN_PRODUCT
+    start += len(_PRODUCT_KEY)
+    end = payload.find(b'"', start)
+    if end < 0:
+        return UNKNOWN_PRODUCT
+    return payload[start:end].decode("utf-8", "replace")
+
+
+class Batch:
+    """One message: a product's events in order, with the id it keeps across resends."""
+
+    __slots__ = ("attempts", "id", "nbytes", "payloads", "product", "subject")
+
+    def __init__(self, id: str, product: str, subject: str, payloads: list[bytes], nbytes: int) -> None:
+        self.id = id
+        self.product = product
+        self.subject = subject
+        self.payloads = payloads
+        self.nbytes = nbytes
+        self.attempts = 0
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+class NatsBuffer:
+    """Held events, bounded in events (``capacity``) and bytes (``capacity_bytes``), made into batches.
+
+    When a publish would overflow either bound, the oldest *pending* events go first
+    (``buffer_full``); events already in a batch may be stored by the server any moment, so they
+    are never counted as dropped while the sink runs.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        capacity_bytes: int,
+        max_frame_bytes: int,
+        venue: str,
+        *,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+        batch_max_events: int = 4096,
+        origin: str | None = None,
+    ) -> None:
+        if capacity <= 0 or capacity_bytes <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.max_frame_bytes = min(max_frame_bytes, batch_max_bytes - 4)
+        self.venue = venue
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_max_events = batch_max_events
+        self.origin = origin or new_origin()
+        self.pending: deque[tuple[str, bytes]] = deque()
+        """Events not yet in a batch, with their product's subject token."""
+        self.pending_bytes = 0
+        self.batches: OrderedDict[str, Batch] = OrderedDict()
+        """Made and not yet acknowledged, oldest first."""
+        self.batch_bytes = 0
+        self.batch_events = 0
+        self.seq = 0
+        self.published = 0
+        self.acked = 0
+        self.forwarded = 0
+        self.resent = 0
+        self.stored = 0
+        self.duplicates = 0
+        self.dropped: dict[str, int] = {"buffer_full": 0, "unacked_at_disconnect": 0, "shutdown": 0, "oversize": 0}
+        self.closed = False
+        self._sampler = LogSampler()
+        self._subjects: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}
+
+    @property
+    def held(self) -> int:
+        return len(self.pending) + self.batch_events
+
+    @property
+    def held_bytes(self) -> int:
+        return self.pending_bytes + self.batch_bytes
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
+        """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
+        n = len(payloads)
+        if not n:
+            return 0, 0
+        self.published += n
+        if self.closed:
+            self.dropped["shutdown"] += n
+            return 0, 0
+        limit = self.max_frame_bytes
+        kept = [p for p in payloads if len(p) <= limit]
+        oversize = n - len(kept)
+        if oversize:
+            self.dropped["oversize"] += oversize
+            self._sampler.warning("oversize", "{} events over {} bytes dropped", oversize, limit)
+        pending = self.pending
+        full = 0
+        tokens = self._tokens
+        for p in kept:
+            raw = product_of(p)
+            token = tokens.get(raw)
+            if token is None:
+                if len(tokens) > 4096:
+                    tokens.clear()
+                token = tokens[raw] = subject_token(raw)
+            pending.append((token, p))
+            self.pending_bytes += len(p)
+        capacity, capacity_bytes = self.capacity, self.capacity_bytes
+        while pending and (
+            len(pending) + self.batch_events > capacity or self.pending_bytes + self.batch_bytes > capacity_bytes
+        ):
+            _, old = pending.popleft()
+            self.pending_bytes -= len(old)
+            full += 1
+        self.dropped["buffer_full"] += full
+        return full, oversize
+
+    def _subject(self, product: str) -> str:
+        subject = self._subjects.get(product)
+        if subject is None:
+            if len(self._subjects) > 4096:
+                self._subjects.clear()
+            subject = self._subjects[product] = subject_for(self.venue, product)
+        return subject
+
+    def next_round(self) -> list[Batch]:
+        """This round's batches: every product's oldest unacknowledged batch, then new ones for the others.
+
+        New batches take pending events in order; a product that already has a batch in this round
+        waits for the next, so its events stay in order whatever the outcome of this round.
+        """
+        out: list[Batch] = []
+        taken: set[str] = set()
+        for b in self.batches.values():
+            if b.product not in taken:
+                taken.add(b.product)
+                out.append(b)
+        pending = self.pending
+        if not pending:
+            return out
+        groups: dict[str, list[bytes]] = {}
+        sizes: dict[str, int] = {}
+        rest: deque[tuple[str, bytes]] = deque()
+        max_events = self.batch_max_events
+        max_bytes = self.batch_max_bytes
+        for item in pending:
+            token, payload = item
+            if token in taken:
+                rest.append(item)
+                continue
+            group = groups.get(token)
+            if group is None:
+                group = groups[token] = []
+                sizes[token] = 0
+            size = sizes[token] + len(payload) + 4
+            if len(group) >= max_events or size > max_bytes:
+                taken.add(token)
+                rest.append(item)
+                continue
+            group.append(payload)
+            sizes[token] = size
+        self.pending = rest
+        self.pending_bytes = sum(len(p) for _, p in rest)
+        for token, group in groups.items():
+            self.seq += 1
+            b = Batch(batch_id(self.origin, self.seq), token, self._subject(token), group, sizes[token])
+            self.batches[b.id] = b
+            self.batch_events += len(group)
+            self.batch_bytes += b.nbytes
+            out.append(b)
+        return out
+
+    def on_sent(self, b: Batch) -> None:
+        b.attempts += 1
+        self.forwarded += len(b)
+        if b.attempts > 1:
+            self.resent += len(b)
+
+    def on_stored(self, b: Batch, duplicate: bool) -> int:
+        """The server has ``b`` (``duplicate``: from an earlier send); release it. Returns its events."""
+        if self.batches.pop(b.id, None) is None:
+            return 0
+        n = len(b)
+        self.batch_events -= n
+        self.batch_bytes -= b.nbytes
+        self.acked += n
+        if duplicate:
+            self.duplicates += 1
+        else:
+            self.stored += 1
+        return n
+
+    def close(self) -> int:
+        """Give up on everything held (shutdown); later publishes are counted as dropped too."""
+        left = self.held
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.batches.clear()
+        self.batch_events = self.batch_bytes = 0
+        self.dropped["shutdown"] += left
+        self.closed = True
+        return left
+
+
+class NatsSink:
+    """Batches to JetStream with PubAcks, reconnecting with P1's capped backoff while P1 keeps reading.
+
+    Same interface as :class:`~mercurystream.p1.sink.TcpSink` (``start``, ``publish``, ``stop``,
+    ``held``, ``buffer``, ``reconnects``, ``connected``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        stream: StreamSettings,
+        buffer_events: int,
+        buffer_bytes: int,
+        backoff_max: float,
+        max_frame_bytes: int,
+        metrics: P1Metrics,
+        venue: str,
+        *,
+        publish_timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        backoff_base_s: float = 0.25,
+        batch_max_events: int = 4096,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.buffer = NatsBuffer(buffer_events, buffer_bytes, max_frame_bytes, venue, batch_max_events=batch_max_events)
+        self.backoff = Backoff(backoff_max, backoff_base_s)
+        self.metrics = metrics
+        self.publish_timeout_s = publish_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sampler = LogSampler()
+        m = metrics
+        self._m_forwarded = m.forwarded_total
+        self._m_acked = m.acked_total
+        self._m_resent = m.resent_total
+        self._m_buffered = m.buffered
+        self._m_drop = {r: m.dropped_total.labels(r) for r in self.buffer.dropped}
+        self._m_connected = m.connected.labels("nats")
+        self._m_reconnects = m.reconnects_total.labels("nats")
+        self._m_batches = {r: m.nats_batches_total.labels(r) for r in ("stored", "duplicate", "failed")}
+
+    @property
+    def held(self) -> int:
+        return self.buffer.held
+
+    @property
+    def target(self) -> str:
+        return f"{self.url} stream {self.stream.name}"
+
+    async def start(self) -> None:
+        self._stop_requested.clear()
+        self._task = asyncio.create_task(self._run(), name="p1-nats-sink")
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        buffer = self.buffer
+        if buffer.closed:
+            buffer.publish(payloads)
+            self._m_drop["shutdown"].inc(len(payloads))
+            return
+        full, oversize = buffer.publish(payloads)
+        if full:
+            self._m_drop["buffer_full"].inc(full)
+            self._sampler.warning("buffer_full", "JetStream not keeping up: dropped {} oldest held events", full)
+        if oversize:
+            self._m_drop["oversize"].inc(oversize)
+        self._m_buffered.set(buffer.held)
+        self._wake.set()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Publish what is held and wait for its PubAcks, for at most ``timeout_s``; the rest is ``shutdown``."""
+        self._stop_requested.set()
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        left = self.buffer.close()
+        if left:
+            self._m_drop["shutdown"].inc(left)
+            logger.warning("sink: {} events not acknowledged by JetStream within {:g} s, counted as dropped",
+                           left, timeout_s)  # fmt: skip
+        self._m_buffered.set(0)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._task = None
+
+    def _done(self) -> bool:
+        return self._stop_requested.is_set() and self.buffer.held == 0
+
+    async def _run(self) -> None:
+        import nats
+
+        first = True
+        while not self._done():
+            if not first:
+                self.reconnects += 1
+                self._m_reconnects.inc()
+            first = False
+            lost = asyncio.Event()
+
+            async def on_down(*_: Any, lost: asyncio.Event = lost) -> None:
+                lost.set()
+
+            async def on_error(exc: Exception) -> None:
+                if self._sampler.should_log("nats_error"):
+                    logger.warning("sink: NATS error: {}", exc or type(exc).__name__)
+
+            try:
+                nc = await nats.connect(
+                    self.url,
+                    allow_reconnect=False,
+                    connect_timeout=self.connect_timeout_s,
+                    max_reconnect_attempts=0,
+                    disconnected_cb=on_down,
+                    closed_cb=on_down,
+                    error_cb=on_error,
+                    name="mercury-p1",
+                )
+            except Exception as exc:
+                await self._pause(f"cannot connect: {exc or type(exc).__name__}")
+                continue
+            healthy = False
+            try:
+                js = nc.jetstream(timeout=self.publish_timeout_s)
+                await ensure_stream(js, self.stream)
+                self.connects += 1
+                self._set_connected(True)
+                healthy = await self._session(js, lost)
+            except Exception as exc:
+                if self._sampler.should_log("session"):
+                    logger.warning("sink: JetStream session ended: {}", exc or type(exc).__name__)
+            finally:
+                self._set_connected(False)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 2.0)
+            if self._done():
+                return
+            if healthy:
+                self.backoff.reset()
+            await self._pause("connection lost")
+
+    async def _pause(self, reason: str) -> None:
+        delay = self.backoff.next_delay()
+        if self._sampler.should_log("reconnect"):
+            logger.warning("sink: NATS {} {}; {} events held; retrying in {:.2f} s",
+                           self.url, reason, self.buffer.held, delay)  # fmt: skip
+        if self._stop_requested.is_set():
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+
+    async def _session(self, js: Any, lost: asyncio.Event) -> bool:
+        """Publish rounds until the connection is lost; returns whether any PubAck arrived."""
+        buffer = self.buffer
+        logger.info("sink: connected to JetStream {}; {} events held", self.target, buffer.held)
+        wake = self._wake
+        acked_any = False
+        while not lost.is_set():
+            batches = buffer.next_round()
+            if not batches:
+                if self._done():
+                    break
+                wake.clear()
+                waiter = asyncio.ensure_future(wake.wait())
+                down = asyncio.ensure_future(lost.wait())
+                await asyncio.wait((waiter, down), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                down.cancel()
+                continue
+            started = time.monotonic()
+            results = await asyncio.gather(*(self._send(js, b) for b in batches), return_exceptions=True)
+            failed = 0
+            for b, result in zip(batches, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed += 1
+                    self._m_batches["failed"].inc()
+                    if self._sampler.should_log("publish_failed"):
+                        logger.warning("sink: batch {} ({} events) not acknowledged: {}; it will be resent",
+                                       b.id, len(b), result or type(result).__name__)  # fmt: skip
+                    continue
+                n = buffer.on_stored(b, result)
+                self._m_batches["duplicate" if result else "stored"].inc()
+                if n:
+                    self._m_acked.inc(n)
+                    acked_any = True
+            self._m_buffered.set(buffer.held)
+            if failed == len(batches) and time.monotonic() - started >= self.publish_timeout_s:
+                return acked_any  # the server stopped answering: reconnect
+        return acked_any
+
+    async def _send(self, js: Any, b: Batch) -> bool:
+        """Publish one batch and wait for its PubAck; ``True`` if the server already had it."""
+        self.buffer.on_sent(b)
+        self._m_forwarded.inc(len(b))
+        if b.attempts > 1:
+            self._m_resent.inc(len(b))
+        ack = await js.publish(
+            b.subject,
+            encode_batch(b.payloads),
+            timeout=self.publish_timeout_s,
+            headers={MSG_ID_HEADER: b.id, EVENTS_HEADER: str(len(b))},
+        )
+        return bool(ack.duplicate)
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._m_connected.set(1 if up else 0)
