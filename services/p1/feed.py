@@ -24,11 +24,11 @@ from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
-from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.feeds import MALFORMED, OTHER, OVERSIZE, FeedAdapter
 from mercurystream.p1.feeds.coinbase_exchange import SUBSCRIBE_TICKER, FeedProtocol
 from mercurystream.p1.gaps import Gap
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.logger import LogSampler
 
 __all__ = ["MALFORMED", "OTHER", "OVERSIZE", "SUBSCRIBE_TICKER", "CoinbaseFeed", "FeedProtocol", "WsClient"]

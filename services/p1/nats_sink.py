@@ -26,8 +26,8 @@ from typing import Any
 
 from loguru import logger
 
-from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.jetstream import (
     BATCH_MAX_BYTES,
     EVENTS_HEADER,

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from loguru import logger
 
-from mercurystream.p1.backoff import Backoff
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.framing import encode_frames
 from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.transport import AckDecoder, AckError, EventSink

@@ -24,7 +24,8 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import CONSUMER_ERROR, Consumer, SyncConsumers
 from mercurystream.p2.control import REFUSED_DISABLED, REFUSED_UNAVAILABLE, ControlServer, LoopHandoff
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused
-from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.metrics import LabelledRegistry, P2Metrics
+from mercurystream.p2.nats_source import NatsSource
 from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
@@ -76,14 +77,36 @@ class P2App:
         consumers: Sequence[ConsumerFactory] | None = None,
     ) -> None:
         self.settings = settings
+        nats = getattr(settings, "P2_SOURCE", "tcp") == "nats"
+        if nats and registry is None:
+            registry = LabelledRegistry({"shard": settings.P2_SHARD})
         self.metrics = P2Metrics(registry, settings.MAX_PRODUCT_LABELS)
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
         self.bus = Bus(on_drop=self._on_drop)
-        self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
-        self.source.max_future_skew_s = settings.MAX_FUTURE_SKEW_S
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
+        self.source: TcpSource | NatsSource
+        if nats:
+            from mercurystream.p2.nats_source import backlog_of, waited_on
+
+            self.source = NatsSource(
+                settings.NATS_URL,
+                settings.stream_settings(),
+                settings.shard(),
+                self.bus,
+                m,
+                waited_on(self.consumers),
+                backlog_of(self.bus, self.consumers),
+                max_frame_bytes=settings.MAX_FRAME_BYTES,
+                fetch_batch=settings.NATS_FETCH_BATCH,
+                ack_wait_s=settings.NATS_ACK_WAIT_S,
+                max_ack_pending=settings.NATS_MAX_ACK_PENDING,
+                high_water=max(1, settings.BUS_QUEUE_EVENTS // 2),
+            )
+        else:
+            self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
+        self.source.max_future_skew_s = settings.MAX_FUTURE_SKEW_S
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
         """Every consumer that never waits, on one task (the recorder too); the demo's slow one has its own."""
         self._runners: list[Consumer | SyncConsumers] = [self.sync_consumers, *(c for c in self.consumers if c.waits)]
@@ -149,10 +172,11 @@ class P2App:
         await self.source.start()
         self._status_task = asyncio.create_task(self._report_status(), name="p2-status")
         names = ", ".join(c.name for c in self.consumers) or "none"
-        logger.info(
-            f"P2 listening on tcp://{s.HOST}:{self.source.port}, "
-            f"metrics on http://{s.HOST}:{self.metrics_port}/metrics, consumers: {names}"
-        )
+        if isinstance(self.source, NatsSource):
+            where = f"reading shard {self.source.shard} of {s.NATS_STREAM} at {s.NATS_URL}"
+        else:
+            where = f"listening on tcp://{s.HOST}:{self.source.port}"
+        logger.info(f"P2 {where}, metrics on http://{s.HOST}:{self.metrics_port}/metrics, consumers: {names}")
 
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop accepting, let the consumers drain and flush, stop serving metrics.
@@ -168,6 +192,8 @@ class P2App:
         self._dumps_open = False
         await self.source.stop()
         await self.stop_consumers(drain_timeout_s)
+        if isinstance(self.source, NatsSource):
+            await self.source.close()  # acknowledges what the consumers finished while draining
         if self._status_task is not None:
             self._status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,14 +279,15 @@ class P2App:
             if gauge is None:
                 gauge = gauges[sub.name] = m.queue_depth.labels(sub.name)
             gauge.set(sub.depth)
-        logger.info(f"{'INGEST':<10} | {self.source.status_line()}")
+        shard = f"[shard {self.source.shard}] " if isinstance(self.source, NatsSource) else ""
+        logger.info(f"{shard}{'INGEST':<10} | {self.source.status_line()}")
         for c in self.consumers:
             try:
                 line = c.status()
             except Exception:
                 logger.exception(f"{c.name}: status line failed")
                 continue
-            logger.info(line)
+            logger.info(f"{shard}{line}")
 
     async def _report_status(self) -> None:
         interval = self.settings.STATUS_INTERVAL_S

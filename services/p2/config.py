@@ -9,12 +9,20 @@ from pydantic import Field, SecretStr, field_validator
 
 from mercurystream.shared.config import CommonSettings, Port
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.jetstream import NatsSettings, parse_shard
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S
 
 MIN_TOKEN_CHARS = 16
 
 
-class P2Settings(CommonSettings):
+class P2Settings(CommonSettings, NatsSettings):
+    P2_SOURCE: Literal["tcp", "nats"] = "tcp"
+    """``tcp``: P1 connects to ``HOST:PORT``; ``nats``: read shard ``P2_SHARD`` of the JetStream stream."""
+    P2_SHARD: str = "0/1"
+    """``i/n``: this P2 takes the products whose stable hash mod n is i (``shared.jetstream.shard_of``)."""
+    NATS_FETCH_BATCH: int = Field(64, gt=0, le=10_000)
+    NATS_ACK_WAIT_S: float = Field(30.0, gt=0)
+    NATS_MAX_ACK_PENDING: int = Field(1024, gt=0)
     HOST: str = Field("127.0.0.1", min_length=1)
     PORT: Port = 9001
     METRICS_PORT: Port = 9090
@@ -50,6 +58,15 @@ class P2Settings(CommonSettings):
     INCIDENTS_DIR: Path = Path("data/incidents")
     DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
     DRIFT_SAMPLES_PER_MIN: int = Field(100, ge=0)
+
+    @field_validator("P2_SHARD")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        i, n = parse_shard(v)
+        return f"{i}/{n}"
+
+    def shard(self) -> tuple[int, int]:
+        return parse_shard(self.P2_SHARD)
 
     @field_validator("P2_CONTROL_TOKEN")
     @classmethod

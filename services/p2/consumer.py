@@ -55,6 +55,15 @@ class Consumer(ABC):
         return self.dropped.get(CONSUMER_ERROR, 0)
 
     @property
+    def settled(self) -> int:
+        """Events offered to this consumer that it is finished with: dropped by the bus, or processed.
+
+        A prefix of what the bus offered it, so the NATS source (``p2.nats_source``) acknowledges a
+        message once every consumer that never waits has settled past its events.
+        """
+        return self.subscription.dropped + self.processed
+
+    @property
     def passed_on(self) -> int:
         """Events handled to the end (``mercurystream_consumer_events_total``)."""
         return self.processed - sum(self.dropped.values())

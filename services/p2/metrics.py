@@ -102,6 +102,24 @@ class ScrapedCounter:
         yield family
 
 
+class LabelledRegistry(CollectorRegistry):
+    """A registry that adds constant labels to every sample it exports: a P2 shard's ``shard="i/n"``.
+
+    Every metric of a shard then carries its shard, including the custom collectors, without a label
+    on each metric's definition.
+    """
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        super().__init__()
+        self.const_labels = dict(labels)
+
+    def collect(self):
+        extra = self.const_labels
+        for family in super().collect():
+            family.samples = [s._replace(labels={**s.labels, **extra}) for s in family.samples]
+            yield family
+
+
 class P2Metrics:
     """Every metric P2 exports."""
 
@@ -173,6 +191,32 @@ class P2Metrics:
         )
         self.connections = Gauge("mercurystream_connections", "Open P1 connections", registry=r)
         self.connections_total = Counter("mercurystream_connections_accepted", "P1 connections accepted", registry=r)
+        self.nats_messages_total = Counter(
+            "mercurystream_p2_nats_messages",
+            "JetStream messages this shard read: processed (its products) or foreign (acknowledged unread)",
+            ["action"],
+            registry=r,
+        )
+        self.nats_redelivered_total = Counter(
+            "mercurystream_p2_nats_redelivered",
+            "Messages JetStream delivered again: skipped (this process has the batch) or reprocessed "
+            "(delivered before this process started); never venue duplicates",
+            ["action"],
+            registry=r,
+        )
+        self.nats_redelivered_events_total = Counter(
+            "mercurystream_p2_nats_redelivered_events", "Events in the redelivered messages, by action", ["action"],
+            registry=r,
+        )  # fmt: skip
+        self.nats_acked_total = Counter(
+            "mercurystream_p2_nats_acked", "JetStream messages acknowledged by this shard", registry=r
+        )
+        self.nats_ack_pending = Gauge(
+            "mercurystream_p2_nats_ack_pending",
+            "Messages on the bus and not yet acknowledged (their consumers have not finished them)",
+            registry=r,
+        )
+        self.nats_connected = Gauge("mercurystream_p2_nats_connected", "1 while connected to NATS", registry=r)
         self.analytics_skipped_total = Counter(
             "mercurystream_analytics_skipped",
             "Events an analytics consumer did not count, by reason",

@@ -329,6 +329,16 @@ class RecorderConsumer(Consumer):
     def open(self) -> None:
         self.writer.start()
 
+    @property
+    def settled(self) -> int:
+        """JSONL: only lines the writer has written (or failed and counted), so an acknowledged NATS
+        message is in the file even if P2 is killed next. Parquet rows become durable only when their
+        file closes (minutes), so there it is what was handed to the writer, as for other consumers."""
+        if self.format == "parquet":
+            return super().settled
+        w = self.writer
+        return self.subscription.dropped + w.written + w.errors + sum(self.dropped.values())
+
     def handle(self, batch: Batch) -> None:
         """Add a batch to the chunk; hand the chunk over once it is large enough."""
         self._chunk.append(batch.lines)

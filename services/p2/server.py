@@ -185,7 +185,61 @@ class _Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-class TcpSource(EventSource):
+class Ingest:
+    """What every source does with a decoded read: publish its batch, count its events and frame errors.
+
+    The TCP source and the NATS source (``p2.nats_source``) share it, so both count the same way.
+    """
+
+    def __init__(self, bus: Bus, metrics: P2Metrics) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.events = 0
+        self.frame_errors = dict.fromkeys(FRAME_ERROR_REASONS, 0)
+        self._sampler = LogSampler()
+        metrics.events_total.source = self._events_received
+        self._error_counters = {r: metrics.frame_errors_total.labels(r) for r in FRAME_ERROR_REASONS}
+
+    def _events_received(self) -> int:
+        return self.events
+
+    def accept(self, got: Received, peer: str) -> None:
+        """Publish what one read of ``peer`` produced and count its frame errors (no I/O)."""
+        if got.batch is not None:
+            self._publish(got.batch, got.latencies)
+        if got.errors:
+            self._frame_errors(got.errors, peer)
+        if got.oversize is not None:
+            self._oversize(got.oversize, peer)
+
+    def _publish(self, batch: Batch, latencies: Sequence[float]) -> None:
+        n = len(batch)
+        self.events += n
+        self.bus.publish(batch)
+        if latencies:
+            self.metrics.latency_ms.observe_many(latencies)
+
+    def _frame_errors(self, errors: Sequence[tuple[str, bytes]], peer: str) -> None:
+        sampler = self._sampler
+        for reason, payload in errors:
+            self.frame_errors[reason] += 1
+            self._error_counters[reason].inc()
+            if sampler.should_log(reason):
+                logger.warning(f"[{reason}] {peer}: frame skipped: {payload[:200]!r}")
+
+    def _oversize(self, exc: FrameTooLarge, peer: str) -> None:
+        self.frame_errors["oversize"] += 1
+        self._error_counters["oversize"].inc()
+        logger.error(f"[oversize] {peer}: {exc}; closing the connection")
+
+    def _truncated(self, left: int, peer: str) -> None:
+        self.frame_errors["truncated"] += 1
+        self._error_counters["truncated"].inc()
+        if self._sampler.should_log("truncated"):
+            logger.warning(f"[truncated] {peer}: disconnected mid-frame with {left} bytes of it received")
+
+
+class TcpSource(Ingest, EventSource):
     """Accepts P1 connections on ``host:port`` and publishes what they send to ``bus``.
 
     ``port`` may be 0; after :meth:`start` it is the port actually bound.
@@ -200,22 +254,16 @@ class TcpSource(EventSource):
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock_us: Callable[[], int] = now_us,
     ) -> None:
+        super().__init__(bus, metrics)
         self.host = host
         self.port = port
-        self.bus = bus
-        self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
         self.max_future_skew_s = MAX_FUTURE_SKEW_S
         """Set from ``MAX_FUTURE_SKEW_S`` by the app: how far ahead of P2's clock a trade's time may be."""
         self.stopping = False
-        self.events = 0
-        self.frame_errors = dict.fromkeys(FRAME_ERROR_REASONS, 0)
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()
-        self._sampler = LogSampler()
-        metrics.events_total.source = self._events_received
-        self._error_counters = {r: metrics.frame_errors_total.labels(r) for r in FRAME_ERROR_REASONS}
 
     @property
     def connections(self) -> int:
@@ -256,9 +304,6 @@ class TcpSource(EventSource):
         errors = sum(self.frame_errors.values())
         return f"conns={len(self._conns)} | events={self.events} | frame_errors={errors}"
 
-    def _events_received(self) -> int:
-        return self.events
-
     def _opened(self, conn: _Connection) -> None:
         self._conns.add(conn)
         self.metrics.connections.inc()
@@ -271,38 +316,3 @@ class TcpSource(EventSource):
             self.metrics.connections.dec()
         how = f" ({exc})" if exc is not None else ""
         logger.info(f"{conn.peer}: closed after {conn.frames} frames{how}")
-
-    def accept(self, got: Received, peer: str) -> None:
-        """Publish what one read of ``peer`` produced and count its frame errors (no I/O)."""
-        if got.batch is not None:
-            self._publish(got.batch, got.latencies)
-        if got.errors:
-            self._frame_errors(got.errors, peer)
-        if got.oversize is not None:
-            self._oversize(got.oversize, peer)
-
-    def _publish(self, batch: Batch, latencies: Sequence[float]) -> None:
-        n = len(batch)
-        self.events += n
-        self.bus.publish(batch)
-        if latencies:
-            self.metrics.latency_ms.observe_many(latencies)
-
-    def _frame_errors(self, errors: Sequence[tuple[str, bytes]], peer: str) -> None:
-        sampler = self._sampler
-        for reason, payload in errors:
-            self.frame_errors[reason] += 1
-            self._error_counters[reason].inc()
-            if sampler.should_log(reason):
-                logger.warning(f"[{reason}] {peer}: frame skipped: {payload[:200]!r}")
-
-    def _oversize(self, exc: FrameTooLarge, peer: str) -> None:
-        self.frame_errors["oversize"] += 1
-        self._error_counters["oversize"].inc()
-        logger.error(f"[oversize] {peer}: {exc}; closing the connection")
-
-    def _truncated(self, left: int, peer: str) -> None:
-        self.frame_errors["truncated"] += 1
-        self._error_counters["truncated"].inc()
-        if self._sampler.should_log("truncated"):
-            logger.warning(f"[truncated] {peer}: disconnected mid-frame with {left} bytes of it received")

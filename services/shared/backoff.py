@@ -1,4 +1,4 @@
-"""Capped exponential backoff with full jitter, shared by P1's two reconnecting clients."""
+"""Capped exponential backoff with full jitter: P1's WebSocket and sink clients, and P2's NATS source."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mercurystream.p1.backoff import Backoff
+from mercurystream.shared.backoff import Backoff
 
 
 def test_ceiling_doubles_up_to_the_cap_and_jitter_scales_it():

@@ -1,0 +1,398 @@
+"""``P2_SOURCE=nats``: one shard of P2 reading JetStream through its durable pull consumer.
+
+Shard ``i`` of ``n`` (``P2_SHARD=i/n``) reads the whole stream through the durable consumer
+``mercury-p2-shard-i-of-n`` and keeps the messages whose product (the subject's last token) hashes
+to it (``shared.jetstream.shard_of``); the others are acknowledged unread and counted as
+``foreign``. (nats-server 2.9 filters a consumer on one subject only, so a shard cannot ask for just
+its products; each foreign message costs one fetch slot and one ack, not a decode.)
+
+A message is decoded by the same :class:`~mercurystream.p2.server.IngestDecoder` as a TCP read and
+published to the bus as one batch. It is **acknowledged only once every consumer that never waits
+(analytics, forensics, the recorder) has settled its events** (``Consumer.settled``: processed or
+dropped by the bus; for the JSONL recorder, written to the file). So a shard killed at any moment
+loses nothing: what it had not finished is redelivered to it when it restarts, from where it
+acknowledged. The slow demo consumer is not waited on; as over TCP, its queue drops its oldest.
+While a message waits, the source tells the server it is in progress so it is not redelivered.
+
+A redelivery is never a venue duplicate. A message whose batch id (``Nats-Msg-Id``) this process has
+already published is acknowledged and skipped (``redelivered{action="skipped"}``); one delivered
+before but unknown here (this shard restarted after a crash) is processed, since its events may
+never have reached the consumers, and counted as ``redelivered{action="reprocessed"}``; the restarted
+detectors have not seen its events, so they count no duplicate. Only a batch finished by the
+consumers and not yet acknowledged at the crash (milliseconds) is processed twice in that case.
+
+While the bus's queues hold more than half their bound, the source fetches nothing: the stream,
+not the bus's drop-oldest, absorbs a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from mercurystream.p2.bus import Bus
+from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.server import Ingest, IngestDecoder
+from mercurystream.shared.backoff import Backoff
+from mercurystream.shared.clock import now_us
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.jetstream import (
+    ALL_SUBJECTS,
+    EVENTS_HEADER,
+    MSG_ID_HEADER,
+    StreamSettings,
+    consumer_name,
+    ensure_stream,
+    shard_of,
+    subject_product,
+)
+from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S
+from mercurystream.shared.transport import EventSource
+
+RECENT_BATCH_IDS = 65536
+"""Batch ids remembered, far more than can be unacknowledged at once (``max_ack_pending``)."""
+MESSAGE_ACTIONS = ("processed", "foreign")
+REDELIVERED_ACTIONS = ("skipped", "reprocessed")
+
+
+class _Held:
+    """A message published to the bus and not yet acknowledged: acked once the consumers pass ``position``."""
+
+    __slots__ = ("bid", "msgs", "position", "since")
+
+    def __init__(self, bid: str, msg: Any, position: int) -> None:
+        self.bid = bid
+        self.msgs = [msg]
+        self.position = position
+        self.since = time.monotonic()
+
+
+class NatsSource(Ingest, EventSource):
+    """Shard ``index`` of ``shards``: fetch, decode, publish to the bus, acknowledge once settled."""
+
+    def __init__(
+        self,
+        url: str,
+        stream: StreamSettings,
+        shard: tuple[int, int],
+        bus: Bus,
+        metrics: P2Metrics,
+        settled: Callable[[], int],
+        backlog: Callable[[], int],
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        clock_us: Callable[[], int] = now_us,
+        fetch_batch: int = 64,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 1024,
+        high_water: int = 25_000,
+        backoff_max: float = 10.0,
+    ) -> None:
+        super().__init__(bus, metrics)
+        self.url = url
+        self.stream = stream
+        self.index, self.shards = shard
+        self.durable = consumer_name(self.index, self.shards)
+        self._settled = settled
+        self._backlog = backlog
+        self.max_frame_bytes = max_frame_bytes
+        self.clock_us = clock_us
+        self.max_future_skew_s = MAX_FUTURE_SKEW_S
+        self.fetch_batch = fetch_batch
+        self.ack_wait_s = ack_wait_s
+        self.max_ack_pending = max_ack_pending
+        self.high_water = high_water
+        self.backoff = Backoff(backoff_max, 0.25)
+        self.port = 0
+        self.connected = False
+        self.reconnects = 0
+        self.messages = dict.fromkeys(MESSAGE_ACTIONS, 0)
+        self.redelivered = dict.fromkeys(REDELIVERED_ACTIONS, 0)
+        self.acked = 0
+        self._held: deque[_Held] = deque()
+        self._recent: OrderedDict[str, _Held | None] = OrderedDict()
+        """Batch ids this process published: to their :class:`_Held` until acknowledged, then ``None``."""
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._acker: asyncio.Task[None] | None = None
+        self._nc: Any = None
+        self._ack_wake = asyncio.Event()
+        m = metrics
+        self._m_messages = {a: m.nats_messages_total.labels(a) for a in MESSAGE_ACTIONS}
+        self._m_redelivered = {a: m.nats_redelivered_total.labels(a) for a in REDELIVERED_ACTIONS}
+        self._m_redelivered_events = {a: m.nats_redelivered_events_total.labels(a) for a in REDELIVERED_ACTIONS}
+        self._m_acked = m.nats_acked_total
+        self._m_pending = m.nats_ack_pending
+        self._m_connected = m.nats_connected
+
+    @property
+    def shard(self) -> str:
+        return f"{self.index}/{self.shards}"
+
+    @property
+    def held(self) -> int:
+        """Messages on the bus and not yet acknowledged."""
+        return len(self._held)
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="p2-nats-source")
+        self._acker = asyncio.create_task(self._ack_loop(), name="p2-nats-acks")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop fetching. Messages already on the bus stay held: :meth:`close` acknowledges what settled."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        """After the consumers drained: acknowledge every settled message, then disconnect.
+
+        What did not settle is left unacknowledged, so the server redelivers it to the next run.
+        """
+        acker, self._acker = self._acker, None
+        if acker is not None:
+            acker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acker
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_settled()
+                left = len(self._held)
+                if left:
+                    logger.warning(f"nats: {left} messages not finished by the consumers; the server will redeliver")
+                await asyncio.wait_for(nc.drain(), 5.0)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._set_connected(False)
+
+    def status_line(self) -> str:
+        errors = sum(self.frame_errors.values())
+        m, r = self.messages, self.redelivered
+        return (
+            f"shard={self.shard} nats={'up' if self.connected else 'down'} | events={self.events} | "
+            f"msgs={m['processed']} foreign={m['foreign']} acked={self.acked} held={len(self._held)} | "
+            f"redelivered skipped={r['skipped']} reprocessed={r['reprocessed']} | frame_errors={errors}"
+        )
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._m_connected.set(1 if up else 0)
+
+    async def _run(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        first = True
+        while not self._stopping.is_set():
+            if not first:
+                self.reconnects += 1
+            first = False
+            lost = asyncio.Event()
+
+            async def on_down(*_: Any, lost: asyncio.Event = lost) -> None:
+                lost.set()
+
+            async def on_error(exc: Exception) -> None:
+                if self._sampler.should_log("nats_error"):
+                    logger.warning(f"nats: {exc or type(exc).__name__}")
+
+            nc = None
+            try:
+                nc = await nats.connect(
+                    self.url,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    connect_timeout=5,
+                    disconnected_cb=on_down,
+                    closed_cb=on_down,
+                    error_cb=on_error,
+                    name=f"mercury-p2-{self.durable}",
+                )
+                js = nc.jetstream(timeout=5)
+                await ensure_stream(js, self.stream)
+                config = ConsumerConfig(
+                    durable_name=self.durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self.ack_wait_s,
+                    max_ack_pending=self.max_ack_pending,
+                    max_deliver=-1,
+                )
+                psub = await js.pull_subscribe(ALL_SUBJECTS, durable=self.durable, stream=self.stream.name,
+                                               config=config)  # fmt: skip
+                self._nc = nc
+                self._set_connected(True)
+                logger.info(f"nats: shard {self.shard} reading {self.stream.name} at {self.url} as {self.durable}")
+                healthy = await self._session(psub, lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                healthy = False
+                if self._sampler.should_log("session"):
+                    logger.warning(f"nats: shard {self.shard} session ended: {exc or type(exc).__name__}")
+            self._set_connected(False)
+            if self._stopping.is_set():
+                return
+            # Held messages stay held: an ack is a publish to the message's reply subject, which the next
+            # connection can send as well, and a redelivery meanwhile joins its held entry.
+            self._nc = None
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            if healthy:
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            if self._sampler.should_log("reconnect"):
+                logger.warning(f"nats: {self.url} unreachable; retrying in {delay:.2f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _session(self, psub: Any, lost: asyncio.Event) -> bool:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        got_any = False
+        while not lost.is_set():
+            while self._backlog() > self.high_water or len(self._held) >= self.max_ack_pending:
+                await asyncio.sleep(0.002)
+            try:
+                msgs = await psub.fetch(self.fetch_batch, timeout=1.0)
+            except (NatsTimeout, TimeoutError):
+                continue
+            got_any = True
+            for msg in msgs:
+                await self._handle(msg)
+            self._ack_wake.set()
+        return got_any
+
+    async def _handle(self, msg: Any) -> None:
+        """One message: foreign, a redelivery this process already has, or events for the bus."""
+        if self.shards > 1 and shard_of(subject_product(msg.subject), self.shards) != self.index:
+            self.messages["foreign"] += 1
+            self._m_messages["foreign"].inc()
+            await self._ack_now(msg)
+            return
+        meta = msg.metadata
+        headers = msg.headers or {}
+        bid = headers.get(MSG_ID_HEADER) or f"seq-{meta.sequence.stream}"
+        recent = self._recent
+        if bid in recent:
+            entry = recent[bid]
+            self._redelivered("skipped", msg)
+            if entry is None:
+                await self._ack_now(msg)
+            else:
+                entry.msgs.append(msg)
+            return
+        if meta.num_delivered > 1:
+            self._redelivered("reprocessed", msg)
+        ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
+        got = ingest.feed(msg.data)
+        peer = f"{msg.subject}#{meta.sequence.stream}"
+        self.accept(got, peer)
+        if ingest.buffered and got.oversize is None:
+            self._truncated(ingest.buffered, peer)
+        self.messages["processed"] += 1
+        self._m_messages["processed"].inc()
+        held = _Held(bid, msg, self.bus.published)
+        self._held.append(held)
+        recent[bid] = held
+        if len(recent) > RECENT_BATCH_IDS:
+            recent.popitem(last=False)
+
+    def _redelivered(self, action: str, msg: Any) -> None:
+        self.redelivered[action] += 1
+        self._m_redelivered[action].inc()
+        n = (msg.headers or {}).get(EVENTS_HEADER)
+        if n is not None and n.isdigit():
+            self._m_redelivered_events[action].inc(int(n))
+        if self._sampler.should_log(f"redelivered_{action}"):
+            logger.info(f"nats: {msg.subject} #{msg.metadata.sequence.stream} redelivered "
+                        f"(delivery {msg.metadata.num_delivered}): {action}")  # fmt: skip
+
+    async def _ack_now(self, msg: Any) -> None:
+        nc = self._nc
+        if nc is None or not msg.reply:
+            return
+        await nc.publish(msg.reply, b"+ACK")
+        self.acked += 1
+        self._m_acked.inc()
+
+    async def _ack_settled(self) -> int:
+        """Acknowledge, in order, every held message whose events every waited-on consumer settled."""
+        settled = self._settled()
+        held = self._held
+        nc = self._nc
+        n = 0
+        while held and held[0].position <= settled:
+            h = held.popleft()
+            for msg in h.msgs:
+                if nc is not None and msg.reply:
+                    await nc.publish(msg.reply, b"+ACK")
+                    n += 1
+            if self._recent.get(h.bid) is h:
+                self._recent[h.bid] = None
+        if n:
+            self.acked += n
+            self._m_acked.inc(n)
+        self._m_pending.set(len(held))
+        return n
+
+    async def _ack_loop(self) -> None:
+        """Acknowledge as consumers settle; tell the server a long-waiting message is in progress."""
+        progress_after = self.ack_wait_s / 3
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_wake.wait(), 0.005)
+            self._ack_wake.clear()
+            try:
+                await self._ack_settled()
+                if self._held and time.monotonic() - self._held[0].since > progress_after:
+                    await self._in_progress(progress_after)
+            except Exception as exc:
+                if self._sampler.should_log("ack"):
+                    logger.warning(f"nats: acknowledging failed: {exc or type(exc).__name__}")
+
+    async def _in_progress(self, older_than: float) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+        now = time.monotonic()
+        for h in self._held:
+            if now - h.since <= older_than:
+                break
+            for msg in h.msgs:
+                if msg.reply:
+                    await nc.publish(msg.reply, b"+WPI")
+            h.since = now
+
+
+def waited_on(consumers: list[Consumer]) -> Callable[[], int]:
+    """The bus position every consumer that never waits has settled (``Consumer.settled``).
+
+    Every subscription is offered every batch, so each consumer's settled count is a position on the
+    bus's one sequence; the smallest of them is how far all of them are.
+    """
+    chosen = [c for c in consumers if not c.waits]
+    if not chosen:
+        return lambda: 1 << 62
+    return lambda: min(c.settled for c in chosen)
+
+
+def backlog_of(bus: Bus, consumers: list[Consumer]) -> Callable[[], int]:
+    """The deepest queue among the waited-on consumers: the source pauses fetching above its high water."""
+    subs = [c.subscription for c in consumers if not c.waits]
+    if not subs:
+        return lambda: 0
+    return lambda: max(s.depth for s in subs)

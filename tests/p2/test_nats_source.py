@@ -1,0 +1,276 @@
+"""P2 as a JetStream shard, in process, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import nats
+import orjson
+import pytest
+from loguru import logger
+
+from mercurystream.p2.app import P2App
+from mercurystream.p2.batch import Batch
+from mercurystream.p2.bus import Bus
+from mercurystream.p2.config import P2Settings
+from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.forensics import ForensicsConsumer
+from mercurystream.p2.metrics import P2Metrics
+from mercurystream.p2.recorder import RecorderConsumer
+from mercurystream.shared.jetstream import (
+    EVENTS_HEADER,
+    MSG_ID_HEADER,
+    StreamSettings,
+    batch_id,
+    consumer_name,
+    encode_batch,
+    ensure_stream,
+    new_origin,
+    shard_of,
+    subject_for,
+)
+
+from .support import iso
+
+PRODUCTS = [f"P{i}-USD" for i in range(12)]
+
+
+class Seen(Consumer):
+    """Every trade id this shard's consumers were handed, per product."""
+
+    name = "seen"
+    label = "SEEN"
+
+    def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
+        super().__init__(bus, settings.BUS_QUEUE_EVENTS)
+        self.ids: list[tuple[str, int]] = []
+
+    def handle(self, batch: Batch) -> None:
+        self.ids.extend(zip(batch.product_ids, batch.trade_ids, strict=True))
+
+    def status_line(self) -> str:
+        return f"seen={len(self.ids)}"
+
+
+class Gate(Seen):
+    """A consumer that processes at once but reports nothing settled until opened (holds the acks)."""
+
+    name = "gate"
+    label = "GATE"
+    open_ = False
+
+    @property
+    def settled(self) -> int:
+        return super().settled if Gate.open_ else 0
+
+
+def event(product: str, tid: int) -> bytes:
+    return orjson.dumps(
+        {"type": "match", "product_id": product, "price": 100.0 + tid % 7, "last_size": 1.0, "time": iso(tid / 1000),
+         "trade_id": tid, "ingest_ts_ms": int(time.time() * 1000), "ingest_ts_us": int(time.time() * 1e6)}
+    )  # fmt: skip
+
+
+async def publish(url: str, per_product: int, products=PRODUCTS, per_msg: int = 25) -> int:
+    """``per_product`` trades of each product in messages of ``per_msg``, as P1's sink makes them."""
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream(timeout=5)
+        await ensure_stream(js, StreamSettings())
+        origin, seq = new_origin(), 0
+        for start in range(0, per_product, per_msg):
+            for p in products:
+                seq += 1
+                body = [event(p, tid) for tid in range(start, min(start + per_msg, per_product))]
+                headers = {MSG_ID_HEADER: batch_id(origin, seq), EVENTS_HEADER: str(len(body))}
+                await js.publish(subject_for("coinbase", p), encode_batch(body), headers=headers)
+        return seq
+    finally:
+        await nc.close()
+
+
+async def consumer_state(url: str, shard: str) -> tuple[int, int] | None:
+    """``(num_pending, num_ack_pending)`` of a shard's durable consumer; ``None`` before it exists."""
+    from nats.js.errors import NotFoundError
+
+    i, n = map(int, shard.split("/"))
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info("MERCURY_TRADES", consumer_name(i, n))
+        return info.num_pending, info.num_ack_pending
+    except NotFoundError:
+        return None
+    finally:
+        await nc.close()
+
+
+def settings_for(tmp_path: Path, url: str, shard: str = "0/1", **kw) -> P2Settings:
+    base = {
+        "P2_SOURCE": "nats",
+        "P2_SHARD": shard,
+        "NATS_URL": url,
+        "HOST": "127.0.0.1",
+        "PORT": 0,
+        "METRICS_PORT": 0,
+        "STATUS_INTERVAL_S": 0.2,
+        "RECORD_FILE": tmp_path / f"rec-{shard.replace('/', '-')}.jsonl",
+        "INCIDENTS_DIR": tmp_path / "incidents",
+        "DRIFT_SAMPLE_FILE": tmp_path / "drift.jsonl",
+        "INCIDENT_CHARTS": False,
+    }
+    return P2Settings(**{**base, **kw})
+
+
+async def until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def value(app: P2App, name: str, **labels: str) -> float:
+    v = app.metrics.registry.get_sample_value(name, {**labels, "shard": app.settings.P2_SHARD})
+    return 0.0 if v is None else v
+
+
+async def test_a_shard_consumes_processes_records_and_acknowledges(nats_server, tmp_path):
+    async def go():
+        await publish(nats_server, 100, PRODUCTS[:3])
+        lines: list[str] = []
+        sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+        app = P2App(settings_for(tmp_path, nats_server, RECORD=True), consumers=[Seen, RecorderConsumer])
+        await app.start()
+        try:
+            seen = app.consumers[0]
+
+            async def done():
+                return len(seen.ids) == 300 and await consumer_state(nats_server, "0/1") == (0, 0)
+
+            await until(done, 20, "300 events processed and every message acknowledged")
+            assert sorted(seen.ids) == sorted((p, t) for p in PRODUCTS[:3] for t in range(100))
+            for p in PRODUCTS[:3]:
+                ids = [t for q, t in seen.ids if q == p]
+                assert ids == sorted(ids)  # per-subject order
+            assert value(app, "mercurystream_events_total") == 300
+            assert value(app, "mercurystream_p2_nats_messages_total", action="processed") == 12
+            assert value(app, "mercurystream_p2_nats_acked_total") == 12
+            assert value(app, "mercurystream_latency_ms_count") == 300
+
+            async def status_seen():
+                return any(line.startswith("[shard 0/1] INGEST") and "msgs=12" in line for line in lines)
+
+            await until(status_seen, 10, "the shard's status line")
+        finally:
+            await app.stop()
+            logger.remove(sink)
+        assert len(Path(app.settings.RECORD_FILE).read_bytes().splitlines()) == 300
+
+    await asyncio.wait_for(go(), 60)
+
+
+async def test_two_shards_split_the_products_disjointly_and_fully(nats_server, tmp_path):
+    async def go():
+        await publish(nats_server, 50)
+        apps = [P2App(settings_for(tmp_path, nats_server, f"{i}/2"), consumers=[Seen]) for i in range(2)]
+        for app in apps:
+            await app.start()
+        try:
+
+            async def done():
+                states = [await consumer_state(nats_server, f"{i}/2") for i in range(2)]
+                return states == [(0, 0), (0, 0)] and sum(len(a.consumers[0].ids) for a in apps) == 600
+
+            await until(done, 30, "both shards to finish")
+            got = [set(a.consumers[0].ids) for a in apps]
+            assert not got[0] & got[1]
+            assert got[0] | got[1] == {(p, t) for p in PRODUCTS for t in range(50)}
+            for i, ids in enumerate(got):
+                assert {p for p, _ in ids} == {p for p in PRODUCTS if shard_of(p, 2) == i}
+                assert ids  # 12 products: both shards have some
+            for i, app in enumerate(apps):
+                mine = sum(1 for p in PRODUCTS if shard_of(p, 2) == i) * 2
+                assert value(app, "mercurystream_p2_nats_messages_total", action="processed") == mine
+                assert value(app, "mercurystream_p2_nats_messages_total", action="foreign") == 24 - mine
+        finally:
+            for app in apps:
+                await app.stop()
+
+    await asyncio.wait_for(go(), 60)
+
+
+async def test_a_redelivered_batch_is_skipped_not_a_venue_duplicate(nats_server, tmp_path):
+    """The acks are held past ack_wait, so the server redelivers batches this shard already has."""
+
+    async def go():
+        await publish(nats_server, 40, PRODUCTS[:2], per_msg=20)
+        Gate.open_ = False
+        settings = settings_for(tmp_path, nats_server, NATS_ACK_WAIT_S=1.0)
+        app = P2App(settings, consumers=[Gate, ForensicsConsumer])
+
+        async def no_progress(older_than: float) -> None:
+            return None
+
+        app.source._in_progress = no_progress  # let ack_wait expire, as for a shard that stalled
+        await app.start()
+        try:
+            gate = app.consumers[0]
+
+            async def redelivered():
+                return value(app, "mercurystream_p2_nats_redelivered_total", action="skipped") >= 4
+
+            await until(redelivered, 20, "the redeliveries")
+            Gate.open_ = True
+            await until(lambda: _ready(consumer_state(nats_server, "0/1"), (0, 0)), 20, "every ack")
+            assert sorted(gate.ids) == sorted((p, t) for p in PRODUCTS[:2] for t in range(40))
+            assert value(app, "mercurystream_events_total") == 80
+            assert value(app, "mercurystream_anomalies_total", type="duplicate") == 0
+            assert value(app, "mercurystream_p2_nats_redelivered_total", action="reprocessed") == 0
+        finally:
+            Gate.open_ = True
+            await app.stop()
+
+    await asyncio.wait_for(go(), 60)
+
+
+async def _ready(state, want) -> bool:
+    return await state == want
+
+
+async def test_unfinished_messages_are_redelivered_to_the_next_run_and_reprocessed(nats_server, tmp_path):
+    """Stopped before its consumers settled, a shard leaves the messages unacknowledged; the next run gets them."""
+
+    async def go():
+        await publish(nats_server, 20, PRODUCTS[:2], per_msg=10)
+        Gate.open_ = False
+        first = P2App(settings_for(tmp_path, nats_server, NATS_ACK_WAIT_S=1.0), consumers=[Gate])
+        await first.start()
+        await until(lambda: _true(len(first.consumers[0].ids) == 40), 20, "the first run to process")
+        await first.stop()
+        assert value(first, "mercurystream_p2_nats_acked_total") == 0
+        Gate.open_ = True
+        second = P2App(settings_for(tmp_path, nats_server), consumers=[Gate, ForensicsConsumer])
+        await second.start()
+        try:
+            await until(lambda: _ready(consumer_state(nats_server, "0/1"), (0, 0)), 20, "the redeliveries")
+            assert sorted(second.consumers[0].ids) == sorted((p, t) for p in PRODUCTS[:2] for t in range(20))
+            assert value(second, "mercurystream_p2_nats_redelivered_total", action="reprocessed") == 4
+            assert value(second, "mercurystream_p2_nats_redelivered_events_total", action="reprocessed") == 40
+            assert value(second, "mercurystream_anomalies_total", type="duplicate") == 0
+        finally:
+            await second.stop()
+
+    await asyncio.wait_for(go(), 60)
+
+
+async def _true(v: bool) -> bool:
+    return v
+
+
+@pytest.mark.parametrize("bad", ["1/1", "x", "0/0"])
+def test_a_bad_shard_is_a_configuration_error(bad, tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        settings_for(tmp_path, "nats://127.0.0.1:1", bad)
