@@ -165,7 +165,7 @@ class ClusterDemo:
             m = scrape(f"http://127.0.0.1:{self.shard_metrics[i]}/metrics")
             products = sorted(m.by_label("mercurystream_trades_1m", "product_id"))
             print(
-                f"  p2-shard-{i}: {m.value('mercurystream_events_total'):.0f} events, "
+                f"  p2-shard-{i}: {m.total('mercurystream_events_total'):.0f} events, "
                 f"incidents={m.total('mercurystream_incidents_total'):.0f}, products={','.join(products) or '?'}"
             )
         written = sorted(b for b in _bundles(self.incidents) if b not in before)

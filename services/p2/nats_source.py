@@ -38,6 +38,7 @@ from loguru import logger
 
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.log_spans import LogOrigin
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import Ingest, IngestDecoder
 from mercurystream.shared.backoff import Backoff
@@ -299,6 +300,9 @@ class NatsSource(Ingest, EventSource):
             self._redelivered("reprocessed", msg)
         ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
         got = ingest.feed(msg.data)
+        if got.batch is not None:
+            seq, ns = meta.sequence.stream, int(meta.timestamp.timestamp() * 1e9)
+            got.batch.origin = LogOrigin(meta.stream, seq, seq, ns, ns)
         peer = f"{msg.subject}#{meta.sequence.stream}"
         self.accept(got, peer)
         if ingest.buffered and got.oversize is None:
