@@ -341,9 +341,7 @@ def measure(lab: Lab, prof: Profile, sweep: Any, tcp_events_per_s: float | None 
         two = sweep(
             "JetStream 2 shards", partial(js_step, lab, server, prof=prof, shards=2), start2, prof.ramp_factor, prof
         )
-        lat = latency_at(
-            lab, server, LATENCY_RATE if prof.max_steps > 1 else min(LATENCY_RATE, int(prof.sweep_start)), prof
-        )
+        lat = latency_at(lab, server, LATENCY_RATE, prof)
         us = lat["us"]
         logger.info(f"JetStream latency @ {lat['rate']:,} ev/s p50={us['p50']:.0f} p99={us['p99']:.0f} µs "
                     f"({lat['samples']} samples)")  # fmt: skip
