@@ -71,8 +71,11 @@ def dockerfile_workdir(dockerfile: Path) -> str:
     return workdirs[-1]
 
 
+CLUSTER = ("nats", "p1-cluster", "p2-shard-0", "p2-shard-1")
+
+
 def test_services_network_and_profiles() -> None:
-    assert set(SERVICES) >= {"p1", "p2", "prometheus", "grafana", "p2-replay", "replay"}
+    assert set(SERVICES) >= {"p1", "p2", "prometheus", "grafana", "p2-replay", "replay", *CLUSTER}
     assert "mercury" in COMPOSE["networks"]
     for name, svc in SERVICES.items():
         assert svc.get("networks") == ["mercury"], name
@@ -80,6 +83,8 @@ def test_services_network_and_profiles() -> None:
         assert "profiles" not in SERVICES[name], name
     for name in ("p2-replay", "replay"):
         assert SERVICES[name]["profiles"] == ["replay"], name
+    for name in CLUSTER:
+        assert SERVICES[name]["profiles"] == ["cluster"], name
 
 
 @pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if "build" in s])
@@ -129,7 +134,11 @@ def test_p2_listens_everywhere_and_publishes_its_ports(name: str) -> None:
     container_ports = sorted(c for _, c in published(name))
 
     assert env["HOST"] == "0.0.0.0"
-    assert container_ports == sorted([default(P2Settings, "PORT"), default(P2Settings, "METRICS_PORT")])
+    if env.get("P2_SOURCE", "tcp") == "nats":  # a shard reads the stream: no TCP input to publish
+        assert "PORT" not in env
+        assert container_ports == [default(P2Settings, "METRICS_PORT")]
+    else:
+        assert container_ports == sorted([default(P2Settings, "PORT"), default(P2Settings, "METRICS_PORT")])
 
 
 def test_p1_reaches_p2_and_the_real_feed() -> None:
@@ -210,6 +219,38 @@ def test_grafana_admin_login_defaults_to_the_documented_one() -> None:
     assert env["GF_SECURITY_ADMIN_USER"] == "${GF_SECURITY_ADMIN_USER:-admin}"
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GF_SECURITY_ADMIN_PASSWORD:-mercury}"
     assert environment("grafana")["GF_SECURITY_ADMIN_PASSWORD"] == "mercury"
+
+
+def test_nats_runs_jetstream_on_a_volume_with_a_healthcheck() -> None:
+    nats = SERVICES["nats"]
+    command = nats["command"]
+
+    assert nats["image"].startswith("nats:")
+    assert "--jetstream" in command or "-js" in command
+    store = command[command.index("--store_dir") + 1]
+    volumes = {resolve(v).split(":")[1]: resolve(v).split(":")[0] for v in nats["volumes"]}
+    assert volumes[store] in COMPOSE["volumes"], "the stream must outlive the container"
+    monitor = command[command.index("--http_port") + 1]
+    probe = nats["healthcheck"]["test"]
+    assert probe[0] == "CMD" and f":{monitor}/healthz" in probe[-1] and "js-enabled-only=true" in probe[-1]
+    assert (4222, 4222) in published("nats")
+
+
+def test_cluster_profile_runs_two_shards_of_one_stream() -> None:
+    p1 = environment("p1-cluster")
+    shards = [environment(f"p2-shard-{i}") for i in range(2)]
+
+    assert p1["P1_SINK"] == "nats"
+    url, stream = p1["NATS_URL"], p1.get("NATS_STREAM", default(P1Settings, "NATS_STREAM"))
+    assert url == "nats://nats:4222"
+    assert sorted(env["P2_SHARD"] for env in shards) == ["0/2", "1/2"]
+    for env in shards:
+        assert env["P2_SOURCE"] == "nats" and env["NATS_URL"] == url
+        assert env.get("NATS_STREAM", default(P2Settings, "NATS_STREAM")) == stream
+    for key in ("RECORD_FILE", "INCIDENTS_DIR", "DRIFT_SAMPLE_FILE"):
+        assert shards[0][key] != shards[1][key], f"the shards must not share {key}"
+    for name in ("p1-cluster", "p2-shard-0", "p2-shard-1"):
+        assert SERVICES[name]["depends_on"] == {"nats": {"condition": "service_healthy"}}, name
 
 
 def test_resolve_substitutes_defaults() -> None:
