@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
@@ -439,7 +438,6 @@ class NatsSink:
                 waiter.cancel()
                 down.cancel()
                 continue
-            started = time.monotonic()
             results = await asyncio.gather(*(self._send(js, b) for b in batches), return_exceptions=True)
             failed = 0
             for b, result in zip(batches, results, strict=True):
@@ -456,8 +454,10 @@ class NatsSink:
                     self._m_acked.inc(n)
                     acked_any = True
             self._m_buffered.set(buffer.held)
-            if failed == len(batches) and time.monotonic() - started >= self.publish_timeout_s:
-                return acked_any  # the server stopped answering: reconnect
+            if failed == len(batches):
+                # Nothing got through (no answer, or no stream): reconnect with backoff, which also
+                # recreates a stream deleted meanwhile, rather than retry in a tight loop.
+                return acked_any
         return acked_any
 
     async def _send(self, js: Any, b: Batch) -> bool:

@@ -345,7 +345,10 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main() -> None:
-    summary = "P2: framed TCP from P1 → bus → VWAP, volatility, volume, health, forensics, recorder."
+    summary = (
+        "P2: framed TCP from P1 (or a shard of a NATS JetStream stream, P2_SOURCE=nats) → bus → "
+        "VWAP, volatility, volume, health, forensics, recorder."
+    )
     settings = load_settings(P2Settings, "mercury-p2", sys.argv[1:], summary)
     setup_logging("p2", settings.LOG_LEVEL, settings.LOG_JSON)
     tune_runtime()

@@ -118,6 +118,8 @@ class NatsSource(Ingest, EventSource):
         self.redelivered = dict.fromkeys(REDELIVERED_ACTIONS, 0)
         self.acked = 0
         self._held: deque[_Held] = deque()
+        self._redelivered_upto = 0
+        """Stream sequences up to this were delivered to an earlier run (set by :meth:`_resume`)."""
         self._recent: OrderedDict[str, _Held | None] = OrderedDict()
         """Batch ids this process published: to their :class:`_Held` until acknowledged, then ``None``."""
         self._stopping = asyncio.Event()
@@ -193,9 +195,9 @@ class NatsSource(Ingest, EventSource):
 
     async def _run(self) -> None:
         import nats
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         first = True
+        first_session = True
         while not self._stopping.is_set():
             if not first:
                 self.reconnects += 1
@@ -223,16 +225,11 @@ class NatsSource(Ingest, EventSource):
                 )
                 js = nc.jetstream(timeout=5)
                 await ensure_stream(js, self.stream)
-                config = ConsumerConfig(
-                    durable_name=self.durable,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=self.ack_wait_s,
-                    max_ack_pending=self.max_ack_pending,
-                    max_deliver=-1,
-                )
+                if first_session:
+                    await self._resume(js)
+                    first_session = False
                 psub = await js.pull_subscribe(ALL_SUBJECTS, durable=self.durable, stream=self.stream.name,
-                                               config=config)  # fmt: skip
+                                               config=self._consumer_config())  # fmt: skip
                 self._nc = nc
                 self._set_connected(True)
                 logger.info(f"nats: shard {self.shard} reading {self.stream.name} at {self.url} as {self.durable}")
@@ -259,6 +256,47 @@ class NatsSource(Ingest, EventSource):
                 logger.warning(f"nats: {self.url} unreachable; retrying in {delay:.2f} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _consumer_config(self, start_seq: int = 0) -> Any:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        return ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            filter_subject=ALL_SUBJECTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
+            opt_start_seq=start_seq or None,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+            max_deliver=-1,
+        )
+
+    async def _resume(self, js: Any) -> None:
+        """At process start, resume exactly where the shard acknowledged.
+
+        Deliveries the previous run never acknowledged (it was killed) would otherwise come again only
+        after ``ack_wait``, behind newer messages, out of order. So when there are any, the durable
+        consumer is recreated at its ack floor: they come first, in order, and everything up to what was
+        delivered before counts as redelivered. (One process per shard: a second would reset the first.)
+        """
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await js.consumer_info(self.stream.name, self.durable)
+        except NotFoundError:
+            return
+        if not info.num_ack_pending:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        delivered = info.delivered.stream_seq if info.delivered is not None else floor
+        await js.delete_consumer(self.stream.name, self.durable)
+        await js.add_consumer(self.stream.name, config=self._consumer_config(floor + 1))
+        self._redelivered_upto = delivered
+        logger.info(
+            f"nats: shard {self.shard} resumes at stream sequence {floor + 1}: "
+            f"{info.num_ack_pending} messages were delivered to a run that did not acknowledge them"
+        )
 
     async def _session(self, psub: Any, lost: asyncio.Event) -> bool:
         from nats.errors import TimeoutError as NatsTimeout
@@ -296,7 +334,7 @@ class NatsSource(Ingest, EventSource):
             else:
                 entry.msgs.append(msg)
             return
-        if meta.num_delivered > 1:
+        if meta.num_delivered > 1 or meta.sequence.stream <= self._redelivered_upto:
             self._redelivered("reprocessed", msg)
         ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
         got = ingest.feed(msg.data)

@@ -244,6 +244,30 @@ async def test_events_are_held_across_a_server_restart_and_delivered_once(nats_p
     await asyncio.wait_for(go(), 60)
 
 
+async def test_a_deleted_stream_is_recreated_and_nothing_is_lost(nats_server):
+    async def go():
+        sink = make_sink(nats_server)
+        await sink.start()
+        nc = await nats.connect(nats_server, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            await wait_until(lambda: sink.connected, 10, "the sink to connect")
+            sink.publish([ev(i) for i in range(10)])
+            await wait_until(lambda: sink.buffer.acked == 10, 10, "the first acks")
+            await nc.jetstream(timeout=5).delete_stream("MERCURY_TRADES")
+            sink.publish([ev(i) for i in range(10, 20)])
+            await wait_until(lambda: sink.buffer.acked == 20, 20, "the acks after the stream came back")
+            assert sink.reconnects >= 1 and balanced(sink.buffer)
+            failed = sink.metrics.registry.get_sample_value("mercurystream_p1_nats_batches_total", {"result": "failed"})
+            assert 1 <= failed <= 10  # retried with backoff, not in a tight loop
+        finally:
+            await nc.close()
+            await sink.stop(5)
+        got = events_of(await stream_messages(nats_server))
+        assert sorted(e["trade_id"] for e in got) == list(range(10, 20))
+
+    await asyncio.wait_for(go(), 40)
+
+
 async def test_stop_without_a_server_counts_what_is_held_as_shutdown():
     async def go():
         from mercurystream.processes import free_port
