@@ -13,10 +13,12 @@
 - **nats-server**: its CPU (share of a core, µs per event and per message) and RSS at the highest
   passing one-shard step, read from ``/proc``.
 
-The publisher is a separate process (``python -m benchmarks.jetstream publish``), P1-shaped: every
-~1 ms tick it renders the events owed, stamps them once, and publishes one message per product
-(the TCP frames inside, ``Nats-Msg-Id`` per batch), holding at most ``--inflight`` messages
-unacknowledged as P1 holds events until their PubAck. It speaks the load generator's two JSON lines.
+The publisher is a separate process (``python -m benchmarks.jetstream publish``), shaped like P1's
+sink: in rounds, each taking the events owed by then (at least a 1 ms tick's, at most 50 ms'),
+stamped once, as one message per product (the TCP frames inside, ``Nats-Msg-Id`` per batch, at most
+4096 events), published together; the next round starts when every PubAck of this one is back. So
+messages grow with the rate and the server's answer time, as P1's do. It speaks the load
+generator's two JSON lines.
 
 ``python -m benchmarks.jetstream [--quick|--smoke] [--runs N]`` runs this section alone, with the
 TCP sweep beside it for the ratio, and prints the figures.
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -47,6 +50,7 @@ from mercurystream.natsd import NatsServer, find_binary
 from mercurystream.processes import ServiceError
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.jetstream import (
+    BATCH_MAX_BYTES,
     DEFAULT_STREAM,
     EVENTS_HEADER,
     MSG_ID_HEADER,
@@ -58,9 +62,10 @@ from mercurystream.shared.jetstream import (
 )
 
 LATENCY_RATE = 10_000
-INFLIGHT = 512
-"""Messages published and not yet acknowledged at most: P1 holds its events until their PubAck."""
-MAX_EVENTS_PER_MESSAGE = 1000
+MAX_EVENTS_PER_MESSAGE = 4096
+"""P1's ``batch_max_events``."""
+ROUND_MAX_S = 0.05
+"""A round takes at most this much time's events: P1 takes every pending event, up to its batch bound."""
 
 GOALS = (
     ("JetStream 1 shard >= 100,000 ev/s", "js_events_per_s", ">=", 100_000, "ev/s"),
@@ -102,8 +107,6 @@ async def publish(args: argparse.Namespace) -> int:
     js = nc.jetstream()
     await ensure_stream(js, StreamSettings(args.stream))
     origin = new_origin()
-    inflight = asyncio.Semaphore(args.inflight)
-    tasks: set[asyncio.Task[Any]] = set()
     counts = {"messages": 0, "acked_events": 0, "acked_messages": 0, "failed": 0}
 
     async def one(subject: str, data: bytes, headers: dict[str, str], n: int) -> None:
@@ -111,43 +114,40 @@ async def publish(args: argparse.Namespace) -> int:
             await js.publish(subject, data, headers=headers, timeout=30)
             counts["acked_events"] += n
             counts["acked_messages"] += 1
-        except Exception:  # a failed publish is counted; the harness sees fewer events than sent
+        except Exception:  # a failed publish is counted; the harness then sees fewer events than sent
             counts["failed"] += 1
-        finally:
-            inflight.release()
 
-    pacer = Pacer(args.rate, total)
+    pacer = Pacer(args.rate, total, tick_s=max(0.001, args.round_s), max_chunk_s=max(ROUND_MAX_S, args.round_s))
     clock = time.perf_counter
     blocked = render = 0.0
     pacer.start(clock())
     seq = 0
+    last_round = 0.0
     while not pacer.done:
         now = clock()
         n = pacer.due(now)
-        if n == 0:
-            await asyncio.sleep(pacer.wait(now))
+        if n == 0 or (args.round_s and now - last_round < args.round_s and pacer.owed(now) < pacer.max_chunk):
+            await asyncio.sleep(max(pacer.wait(now), last_round + args.round_s - now))
             continue
+        last_round = now
         pos0 = stream.position
         bodies = stream.bodies(n)
         tail = stamps(now_us())
         groups: dict[int, list[bytes]] = {}
         for j, body in enumerate(bodies):
             groups.setdefault(product_of[(pos0 + j) % size], []).append(body)
-        render += clock() - now
         pacer.record(n)
+        sends = []
         for p, group in groups.items():
-            for k in range(0, len(group), MAX_EVENTS_PER_MESSAGE):
-                part = group[k : k + MAX_EVENTS_PER_MESSAGE]
+            for part in _messages(group, len(tail)):
                 seq += 1
                 headers = {MSG_ID_HEADER: batch_id(origin, seq), EVENTS_HEADER: str(len(part))}
-                t = clock()
-                await inflight.acquire()
-                blocked += clock() - t
-                task = asyncio.create_task(one(subjects[p], tail.join(part) + tail, headers, len(part)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                counts["messages"] += 1
-        await asyncio.sleep(0)
+                sends.append(one(subjects[p], tail.join(part) + tail, headers, len(part)))
+        counts["messages"] += len(sends)
+        t = clock()
+        render += t - now
+        await asyncio.gather(*sends)
+        blocked += clock() - t
     elapsed = clock() - pacer.t0
     nominal = pacer.total / pacer.rate
     ok = pacer.done and elapsed <= nominal / ACHIEVED_TOLERANCE
@@ -158,11 +158,23 @@ async def publish(args: argparse.Namespace) -> int:
         "max_lag_ms": round(pacer.max_lag_s * 1000, 3), "blocked_s": round(blocked, 4), "render_s": round(render, 4),
         "generator_limited": not ok and blocked < 0.02 * elapsed,
     })  # fmt: skip
-    if tasks:
-        await asyncio.wait(tasks, timeout=60)
     _emit({"event": "closed", "acked": counts["acked_events"], **counts})
     await nc.close()
     return 0 if counts["acked_events"] == pacer.sent else 3
+
+
+def _messages(bodies: list[bytes], tail: int) -> list[list[bytes]]:
+    """A product's events cut into messages of at most :data:`MAX_EVENTS_PER_MESSAGE` and ``BATCH_MAX_BYTES``."""
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for b in bodies:
+        n = len(b) + tail
+        if out[-1] and (len(out[-1]) >= MAX_EVENTS_PER_MESSAGE or size + n > BATCH_MAX_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(b)
+        size += n
+    return out
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -178,7 +190,7 @@ def publisher_main(argv: list[str]) -> int:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--skip", type=int, default=0)
-    p.add_argument("--inflight", type=int, default=INFLIGHT)
+    p.add_argument("--round-s", type=float, default=0.0, help="a round starts at most this often (P1: 0)")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -244,7 +256,9 @@ def _counts(samples: list[Any]) -> dict[str, float]:
     return out
 
 
-def js_step(lab: Lab, server: Server, rate: float, prof: Profile, shards: int = 1) -> dict[str, Any]:
+def js_step(
+    lab: Lab, server: Server, rate: float, prof: Profile, shards: int = 1, round_s: float = 0.0
+) -> dict[str, Any]:
     """One step: a fresh stream, ``shards`` fresh P2s, the publisher at ``rate`` for ``step_s``."""
     server.reset()
     p2s = [
@@ -253,7 +267,7 @@ def js_step(lab: Lab, server: Server, rate: float, prof: Profile, shards: int = 
     ]
     try:
         cpu0 = server.usage()[0]
-        gen = _publisher(lab, server, rate, prof.step_s)
+        gen = _publisher(lab, server, rate, prof.step_s, round_s)
         sent = gen.sent(timeout_s=prof.step_s * 4 + 60)
         t_sent = time.monotonic()
         state: dict[str, Any] = {"failure": "no metrics"}
@@ -300,9 +314,9 @@ def js_step(lab: Lab, server: Server, rate: float, prof: Profile, shards: int = 
             p.files["record"].unlink(missing_ok=True)
 
 
-def _publisher(lab: Lab, server: Server, rate: float, duration: float) -> LoadGen:
+def _publisher(lab: Lab, server: Server, rate: float, duration: float, round_s: float = 0.0) -> LoadGen:
     argv = [sys.executable, "-m", "benchmarks.jetstream", "publish", "--pool", str(lab.pool), "--url", server.url]
-    argv += ["--rate", str(rate), "--duration", str(duration)]
+    argv += ["--rate", str(rate), "--duration", str(duration), "--round-s", str(round_s)]
     lab._seq += 1
     gen = LoadGen(argv, lab.env({}), lab.logs / f"{lab._seq:03d}-publisher.err")
     lab.loadgens.append(gen)
@@ -381,6 +395,10 @@ def flat(run: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
@@ -408,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, format="<green>{time:HH:mm:ss}</green> | {message}", level="INFO")
     workdir = Path(tempfile.mkdtemp(prefix="mercury-bench-js-"))
+    signal.signal(signal.SIGTERM, _interrupt)
+    lab: Lab | None = None
     done = []
     try:
         pool = workdir / "pool.jsonl"
@@ -423,7 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ServiceError, OSError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("benchmark: interrupted", file=sys.stderr)
+        return 1
     finally:
+        if lab is not None:
+            lab.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(done)
     goals = [g for g in evaluate_goals(summary) if g["metric"].startswith("js_")]
