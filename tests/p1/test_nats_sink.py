@@ -299,3 +299,19 @@ async def test_many_events_many_rounds_all_acknowledged(nats_server, n):
         assert sorted(e["trade_id"] for e in got) == list(range(n))
 
     await asyncio.wait_for(go(), 40)
+
+
+@pytest.mark.parametrize(("var", "value"), [("P1_SINK", "kafka"), ("NATS_STREAM", "a.b"), ("P1_BUFFER_BYTES", "0")])
+def test_mercury_p1_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
+    import os
+    import subprocess
+    import sys
+
+    from mercurystream.processes import child_env
+
+    env = child_env({var: value})
+    got = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mercury-p1")], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert got.returncode == 2
+    lines = got.stderr.strip().splitlines()
+    assert len(lines) == 1 and var in lines[0], got.stderr

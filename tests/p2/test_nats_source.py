@@ -324,3 +324,19 @@ async def test_a_fetch_is_one_bus_batch_and_a_broken_message_stays_alone(nats_se
             await app.stop()
 
     await asyncio.wait_for(go(), 60)
+
+
+@pytest.mark.parametrize(("var", "value"), [("P2_SHARD", "2/2"), ("P2_SOURCE", "kafka"), ("NATS_URL", "http://x")])
+def test_mercury_p2_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
+    import os
+    import subprocess
+    import sys
+
+    from mercurystream.processes import child_env
+
+    env = child_env({var: value})
+    got = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mercury-p2")], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert got.returncode == 2
+    lines = got.stderr.strip().splitlines()
+    assert len(lines) == 1 and var in lines[0], got.stderr
