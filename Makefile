@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPOSE ?= docker compose
 
-.PHONY: demo test lint benchmark benchmark-smoke install run-exchange run-p1 run-p2 report up down logs clean help
+.PHONY: demo demo-cluster test lint benchmark benchmark-smoke install run-exchange run-p1 run-p2 report up down logs clean help
 
 help:
 	@echo "make demo       offline demo: exchange → P1 → P2, inject anomalies, capture incidents, reports"
+	@echo "make demo-cluster  offline: nats-server → exchange → P1 → JetStream → 2 P2 shards, replay an incident from the stream"
 	@echo "make test       lint + the whole test suite"
 	@echo "make benchmark  throughput / latency / memory benchmark (benchmarks/results.json + PNG)"
 	@echo "make up|down|logs  docker compose (needs a Docker engine)"
@@ -23,6 +24,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mercurystream.demo $(if $(DOCKER),--docker,)
+
+demo-cluster: $(STAMP)
+	$(BIN)/python -m mercurystream.cluster_demo
 
 test: $(STAMP)
 	$(BIN)/ruff check services tests replay.py benchmarks

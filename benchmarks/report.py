@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import jetstream
 from benchmarks.scenarios import RSS_GOAL_MB, SCENARIOS, Scenario
 
 KERNEL_SHAPES = ("p1", "storm")
@@ -62,6 +63,7 @@ GOALS = (
     Goal("flight recorder overhead < 10 %", "flight_recorder_overhead", "<", 0.10, "fraction"),
     Goal("P2 recording Parquet >= 1 x recording JSONL", "p2_parquet_over_jsonl", ">=", 1.0, "x"),
     *(goal for sc in SCENARIOS for goal in _scenario_goals(sc)),
+    *(Goal(*g) for g in jetstream.GOALS),
 )
 
 
@@ -112,6 +114,7 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
     for name, priced in run.get("kernels", {}).get("kernels", {}).items():
         for shape in KERNEL_SHAPES:
             out[f"kernel_{name}_{shape}_speedup"] = priced[shape]["speedup"]
+    out |= jetstream.flat(run)
     for name, sc in run.get("scenarios", {}).items():
         out[f"scenario_{name}_events_per_s"] = sc["events_per_s"]
         out[f"scenario_{name}_peak_rss_mb"] = sc["peak_rss_mb"]
@@ -213,6 +216,7 @@ ROWS = (
     ("replay --rate 0 (ev/s)", "replay_events_per_s", "ev/s"),
     ("P2 peak RSS after {rss_events:,} events (MB)", "p2_peak_rss_mb", "MB"),
     ("P1 peak RSS (MB)", "p1_peak_rss_mb", "MB"),
+    *jetstream.ROWS,
 )
 
 

@@ -32,10 +32,11 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks import kernels, measure, plot, recorder_cost, report, scenarios
+from benchmarks import jetstream, kernels, measure, plot, recorder_cost, report, scenarios
 from benchmarks.lab import Lab
 from benchmarks.measure import Profile
 from benchmarks.stream import POOL_START_US, FrameStream, generate_pool, write_pool
+from mercurystream.natsd import find_binary
 from mercurystream.processes import ServiceError
 
 HERE = Path(__file__).resolve().parent
@@ -108,6 +109,16 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
     start, factor = _start(prev.get("p2_no_flight_recorder") or p2["events_per_s"], prof.sweep_start, prof)
     step = partial(measure.p2_step, lab, prof=prof, flight_recorder=False)
     sweep("p2_no_flight_recorder", "P2 no flight recorder", step, start, factor)
+
+    if find_binary() is None:
+        logger.warning("JetStream section skipped: nats-server is not installed (apt-get install nats-server)")
+    else:
+        timed("jetstream", jetstream.measure, lab, prof, measure.sweep, p2["events_per_s"])
+        js = run["jetstream"]
+        logger.info(
+            f"JetStream: 1 shard {js['one_shard']['events_per_s']:,.0f} ev/s, 2 shards "
+            f"{js['two_shards']['events_per_s']:,.0f} ev/s, nats-server peak RSS {js['server_peak_rss_mb']} MB"
+        )
 
     run["scenarios"] = {}
     for sc in scenarios.SCENARIOS:
@@ -228,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             "Recorder formats: p2_parquet is the p2 sweep with RECORD_FORMAT=parquet (files rolled every "
             f"{measure.PARQUET_ROTATE_S:g} s so rows count within the grace); recorder_cost times each writer's step "
             "in-process (benchmarks/recorder_cost.py): CPU in P2 and, for Parquet, in its writer process.",
+            "JetStream: benchmarks/jetstream.py; a P1-shaped publisher process -> nats-server -> P2 shards "
+            "(P2_SOURCE=nats, every consumer, recorder on), a fresh stream and fresh P2s per step; zero-drop as "
+            "for TCP; js_over_tcp divides by this run's p2 figure; latency is the publisher's stamp to P2's "
+            "receive stamp at 10k ev/s; nats-server CPU and RSS from /proc at the highest passing 1-shard step.",
             "Kernels: benchmarks/kernels.py; each rule over the p1 and storm shapes in batches of "
             f"{kernels.BATCH} events, with its batch kernel and by reference alone; speedup = reference time / "
             "kernel time, medians of the repeats in the same run.",

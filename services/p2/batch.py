@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from mercurystream.p2.log_spans import LogOrigin
 from mercurystream.shared.event import (
     INGEST_MS,
     INGEST_US,
@@ -94,6 +95,7 @@ class Batch:
         "latencies",
         "latency_at",
         "lines",
+        "origin",
         "prices",
         "product_ids",
         "recv_ts_us",
@@ -140,6 +142,8 @@ class Batch:
         self.backfilled = backfilled
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
+        self.origin: LogOrigin | None = None
+        """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics."""
 
     @classmethod
     def of_events(

@@ -33,6 +33,7 @@ from mercurystream.p2.detectors import (
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused, FlightRecorder, iso_utc
 from mercurystream.p2.incident.bundle import BundleWriter
 from mercurystream.p2.incident.spare import SpareCpu
+from mercurystream.p2.log_spans import LogSpans
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.schema import BACKFILL, GAP
 
@@ -93,6 +94,8 @@ class ForensicsConsumer(Consumer):
                 wall_clock=wall_clock,
                 max_age_s=settings.FLIGHT_MAX_AGE_S,
             )
+        self.spans = LogSpans(settings.FLIGHT_PRE_EVENTS + settings.FLIGHT_POST_EVENTS + 1)
+        self._nats_url = getattr(settings, "NATS_URL", None)
         chart = chart and settings.INCIDENT_CHARTS
         self.spare_cpu = SpareCpu(busy=busy)
         self.writer = BundleWriter(
@@ -140,12 +143,24 @@ class ForensicsConsumer(Consumer):
             if anomalies:
                 self._count(batch, anomalies, wall)
             return
+        base = self.recorder.seen
+        if batch.origin is not None:
+            self.spans.add(base, len(batch.lines), batch.origin)
         if not anomalies:
             completed = self.recorder.feed(batch.lines, (), batch.recv_ts_us).completed
         else:
-            completed = self._on_anomalies(batch, anomalies, wall)
+            completed = self._on_anomalies(batch, anomalies, wall, base)
         for cap in completed:
-            self.writer.submit(cap)
+            self._submit(cap)
+
+    def _submit(self, cap: Capture) -> None:
+        """Hand a capture to the writer, with the stream sequences its lines came from when it read the log."""
+        first = cap.context.pop("first_line", None)
+        if first is not None:
+            nats = self.spans.covering(first, first + cap.pre_count + cap.post_count - 1)
+            if nats is not None:
+                cap.context["nats"] = {**nats, "url": self._nats_url}
+        self.writer.submit(cap)
 
     def _count_gaps(self, batch: Batch) -> None:
         """P1's gap notices, backfill results and backfilled trades, into their counters."""
@@ -179,7 +194,8 @@ class ForensicsConsumer(Consumer):
             self.writer.append_drift(samples)
         return triggers, per_type
 
-    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> list[Capture]:
+    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float, base: int) -> list[Capture]:
+        """``base`` is the recorder's line number of the batch's first line."""
         triggers, per_type = self._count(batch, anomalies, wall)
         res = self.recorder.feed(batch.lines, triggers, batch.recv_ts_us)
         for cap in res.started:
@@ -187,6 +203,7 @@ class ForensicsConsumer(Consumer):
             cap.context = {
                 "counters_at_trigger": self._counters_at(anomalies, per_type, cap.anomaly.index),
                 "config": self.config,
+                "first_line": base + cap.anomaly.index - cap.pre_count + 1,
             }
         for a in res.suppressed:
             self._suppressed_metric[a.type].inc()
@@ -234,8 +251,9 @@ class ForensicsConsumer(Consumer):
                 "incidents_written": self.writer.written,
             },
             "config": self.config,
+            "first_line": self.recorder.seen - cap.pre_count,
         }
-        self.writer.submit(cap)
+        self._submit(cap)
         return cap
 
     def finalize(self) -> Capture | None:
@@ -245,7 +263,7 @@ class ForensicsConsumer(Consumer):
         cap = self.recorder.finalize()
         if cap is not None:
             self.finalized_incomplete += 1
-            self.writer.submit(cap)
+            self._submit(cap)
         return cap
 
     async def close(self) -> None:

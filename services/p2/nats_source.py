@@ -38,11 +38,12 @@ from loguru import logger
 
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.consumer import Consumer
+from mercurystream.p2.log_spans import LogOrigin
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import Ingest, IngestDecoder
 from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.clock import now_us
-from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, HEADER, HEADER_SIZE
 from mercurystream.shared.jetstream import (
     ALL_SUBJECTS,
     EVENTS_HEADER,
@@ -60,6 +61,23 @@ RECENT_BATCH_IDS = 65536
 """Batch ids remembered, far more than can be unacknowledged at once (``max_ack_pending``)."""
 MESSAGE_ACTIONS = ("processed", "foreign")
 REDELIVERED_ACTIONS = ("skipped", "reprocessed")
+
+
+_NEW = object()
+
+
+def _whole_frames(data: bytes, limit: int) -> bool:
+    """Whether ``data`` is whole frames, none longer than ``limit``: then it can share a decode."""
+    unpack = HEADER.unpack_from
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + HEADER_SIZE > end:
+            return False
+        (length,) = unpack(data, pos)
+        if length > limit:
+            return False
+        pos += HEADER_SIZE + length
+    return pos == end
 
 
 class _Held:
@@ -309,42 +327,88 @@ class NatsSource(Ingest, EventSource):
             except (NatsTimeout, TimeoutError):
                 continue
             got_any = True
+            fresh = []
             for msg in msgs:
-                await self._handle(msg)
+                bid = await self._triage(msg)
+                if bid is not None:
+                    fresh.append((msg, bid))
+            if fresh:
+                self._take(fresh)
             self._ack_wake.set()
         return got_any
 
-    async def _handle(self, msg: Any) -> None:
-        """One message: foreign, a redelivery this process already has, or events for the bus."""
+    async def _triage(self, msg: Any) -> str | None:
+        """Foreign messages and redeliveries this process has are dealt with here; else the batch id."""
         if self.shards > 1 and shard_of(subject_product(msg.subject), self.shards) != self.index:
             self.messages["foreign"] += 1
             self._m_messages["foreign"].inc()
             await self._ack_now(msg)
-            return
+            return None
         meta = msg.metadata
         headers = msg.headers or {}
         bid = headers.get(MSG_ID_HEADER) or f"seq-{meta.sequence.stream}"
-        recent = self._recent
-        if bid in recent:
-            entry = recent[bid]
+        entry = self._recent.get(bid, _NEW)
+        if entry is not _NEW:
             self._redelivered("skipped", msg)
             if entry is None:
                 await self._ack_now(msg)
             else:
                 entry.msgs.append(msg)
-            return
+            return None
         if meta.num_delivered > 1 or meta.sequence.stream <= self._redelivered_upto:
             self._redelivered("reprocessed", msg)
+        return bid
+
+    def _take(self, fresh: list[tuple[Any, str]]) -> None:
+        """A fetch's messages for the bus: consecutive whole-frame messages make one batch.
+
+        P2's cost is mostly per batch, and a P1 round's messages are small (one product each), so one
+        bus batch per message held a shard to a few thousand messages a second. A message that is not
+        whole frames (or holds one over the limit) is decoded alone, so its fault stays its own.
+        """
+        limit = self.max_frame_bytes
+        run: list[tuple[Any, str]] = []
+        for msg, bid in fresh:
+            if _whole_frames(msg.data, limit):
+                run.append((msg, bid))
+                continue
+            self._take_run(run)
+            run = []
+            self._take_run([(msg, bid)])
+        self._take_run(run)
+
+    def _take_run(self, run: list[tuple[Any, str]]) -> None:
+        if not run:
+            return
+        self._decode([m for m, _ in run], b"".join(m.data for m, _ in run) if len(run) > 1 else run[0][0].data)
+        position = self.bus.published
+        for msg, bid in run:
+            self._held_until(msg, bid, position)
+
+    def _decode(self, msgs: list[Any], data: bytes) -> None:
+        """Decode ``data`` (the messages' bytes) into one batch that knows where it is in the stream."""
+        first, last = msgs[0].metadata, msgs[-1].metadata
         ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
-        got = ingest.feed(msg.data)
-        peer = f"{msg.subject}#{meta.sequence.stream}"
+        got = ingest.feed(data)
+        if got.batch is not None:
+            got.batch.origin = LogOrigin(
+                first.stream,
+                first.sequence.stream,
+                last.sequence.stream,
+                int(first.timestamp.timestamp() * 1e9),
+                int(last.timestamp.timestamp() * 1e9),
+            )
+        peer = f"{msgs[0].subject}#{first.sequence.stream}"
         self.accept(got, peer)
         if ingest.buffered and got.oversize is None:
             self._truncated(ingest.buffered, peer)
+
+    def _held_until(self, msg: Any, bid: str, position: int) -> None:
         self.messages["processed"] += 1
         self._m_messages["processed"].inc()
-        held = _Held(bid, msg, self.bus.published)
+        held = _Held(bid, msg, position)
         self._held.append(held)
+        recent = self._recent
         recent[bid] = held
         if len(recent) > RECENT_BATCH_IDS:
             recent.popitem(last=False)

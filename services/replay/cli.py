@@ -1,7 +1,9 @@
-"""``mercury-replay`` and ``replay.py``: send a recorded JSONL file to P2 over the P1 wire protocol.
+"""``mercury-replay`` and ``replay.py``: send a recorded JSONL file, or a range of the JetStream log, to P2
+over the P1 wire protocol.
 
-The asyncio part is a thin shell around :mod:`.source` (reading), :mod:`.inject` (anomalies and
-timestamps) and :mod:`.protocol` (pacing and acknowledgements). It sends in batches: one clock
+The asyncio part is a thin shell around :mod:`.source` (reading a file), :mod:`.nats_source` (reading
+the log with ``--from-nats``), :mod:`.inject` (anomalies and timestamps) and :mod:`.protocol`
+(pacing and acknowledgements). It sends in batches: one clock
 read, one encode and one write per batch, never a sleep per event.
 """
 
@@ -21,9 +23,11 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from mercurystream.replay.inject import InjectOptions, Injector, PayloadEncoder
+from mercurystream.replay.nats_source import NatsRangeReader, NatsSourceError, StreamRange, parse_time
 from mercurystream.replay.protocol import AckTracker, RatePacer
 from mercurystream.replay.source import EventQueue, JsonlReader, ParquetReader
 from mercurystream.shared.clock import now_us
+from mercurystream.shared.jetstream import DEFAULT_STREAM, DEFAULT_URL, valid_stream_name
 from mercurystream.shared.recording import is_parquet
 
 PROG = "replay"
@@ -44,8 +48,12 @@ order of injection: gap (drop), drift, duplicate, shuffle, then timestamps (rest
 then age by --latency-ms). The same file, options and --seed send the same frames in the same
 order; only restamped timestamps differ.
 
-exit status: 0 done; 2 bad option, unreadable file or no valid event in it;
-3 P2 not reachable or it closed the connection; 130 interrupted.
+--from-nats reads the range from the JetStream stream instead of a file: --start TIME or
+--start-seq N, and optionally --end TIME or --end-seq N (default: the stream's last message when
+the read begins). TIME is ISO-8601 (2026-12-05T23:50:00Z; no zone means UTC) or Unix seconds.
+
+exit status: 0 done; 2 bad option, unreadable file, no such stream, or no valid event to send;
+3 P2 or the NATS server not reachable, or P2 closed the connection; 130 interrupted.
 """
 
 
@@ -117,6 +125,23 @@ _rate = _converter(
 _ack_timeout = _converter(float, lambda x: 0 <= x <= MAX_ACK_TIMEOUT_S, f"seconds from 0 to {MAX_ACK_TIMEOUT_S:g}")
 _probability = _converter(float, lambda p: 0.0 <= p <= 1.0, "a probability between 0 and 1")
 _port = _converter(int, lambda n: 1 <= n <= 65535, "a port between 1 and 65535")
+_seq = _converter(int, lambda n: 1 <= n <= MAX_LIMIT, f"a stream sequence from 1 to {MAX_LIMIT}")
+_stream = _converter(lambda s: s, valid_stream_name, "a stream name of letters, digits, _ and -")
+
+
+def _time(text: str) -> object:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+        raise argparse.ArgumentTypeError(f"{exc}, got {shown!r}") from None
+
+
+def _products(text: str) -> tuple[str, ...]:
+    products = tuple(p for p in (s.strip() for s in text.split(",")) if p)
+    if not products:
+        raise argparse.ArgumentTypeError(f"expected product ids separated by commas, got {text!r}")
+    return products
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--file", required=True, help="JSONL recording (one event per line) or a Parquet file mercury-export wrote"
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="JSONL recording (one event per line) or a Parquet file mercury-export wrote")
+    src.add_argument("--from-nats", action="store_true", help="read a range of the JetStream stream instead")
+    log = p.add_argument_group("--from-nats range")
+    log.add_argument("--start", type=_time, help="first message time (ISO-8601 or Unix seconds)")
+    log.add_argument("--end", type=_time, help="last message time (default: the stream's end)")
+    log.add_argument("--start-seq", type=_seq, help="first stream sequence (instead of --start)")
+    log.add_argument("--end-seq", type=_seq, help="last stream sequence (instead of --end)")
+    log.add_argument("--products", type=_products, default=(), help="only these product ids, comma-separated")
+    log.add_argument(
+        "--nats-url", default=os.environ.get("NATS_URL") or DEFAULT_URL, help="default $NATS_URL or %(default)s"
+    )
+    log.add_argument(
+        "--stream", type=_stream, default=os.environ.get("NATS_STREAM") or DEFAULT_STREAM, help="default %(default)s"
     )
     p.add_argument("--rate", type=_rate, default=500.0, help="events/s, 0.001 to 1e9; 0 = as fast as possible")
     p.add_argument(
@@ -234,16 +271,25 @@ class _Progress:
 class Replay:
     """One run: connect, pace batches through the encoder onto the socket, then collect acks."""
 
-    def __init__(self, args: argparse.Namespace, f: BinaryIO, options: InjectOptions, outcome: Outcome) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        f: BinaryIO | None,
+        options: InjectOptions,
+        outcome: Outcome,
+        log_reader: NatsRangeReader | None = None,
+    ) -> None:
+        """Reads ``f``, or the log through ``log_reader`` (opened) when ``f`` is ``None``."""
         self.args = args
         self.outcome = outcome
-        # Aging recorded stamps rewrites every event; otherwise lines stay bytes until a stage must change them.
-        parse = args.keep_timestamps and options.latency_ms > 0
-        self.reader: JsonlReader | ParquetReader
-        if is_parquet(args.file):
-            self.reader = ParquetReader(f, parse=parse, limit=args.limit)
+        self.reader: JsonlReader | ParquetReader | NatsRangeReader
+        if log_reader is not None:
+            self.reader = log_reader
+        elif is_parquet(args.file):
+            self.reader = ParquetReader(f, parse=_parse_items(args, options), limit=args.limit)
         else:
-            self.reader = JsonlReader(f, parse=parse, limit=args.limit)
+            self.reader = JsonlReader(f, parse=_parse_items(args, options), limit=args.limit)
+        self.source = args.file if log_reader is None else log_reader.name
         self.injector = Injector(options) if options.active else None
         self.queue = EventQueue(self.reader.batches(), self.injector)
         self.encoder = PayloadEncoder(args.keep_timestamps, options.latency_ms)
@@ -251,7 +297,7 @@ class Replay:
         self.acks = AckTracker()
         self._acks_changed = asyncio.Event()
         self.peer_closed = False
-        self._file_size = _file_size(f)
+        self._file_size = _file_size(f) if f is not None else None
 
     async def run(self) -> int:
         args = self.args
@@ -299,8 +345,11 @@ class Replay:
                     continue
                 try:
                     items = queue.take(n)
+                except NatsSourceError as exc:
+                    out.errors.append(str(exc))
+                    return EXIT_CONNECTION if exc.unreachable else EXIT_USAGE
                 except OSError as exc:
-                    out.errors.append(f"reading {self.args.file} failed: {exc.strerror or exc}")
+                    out.errors.append(f"reading {self.source} failed: {exc.strerror or exc}")
                     return EXIT_USAGE
                 if not items:
                     break
@@ -361,13 +410,47 @@ class Replay:
             await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE_S)
 
 
+def _parse_items(args: argparse.Namespace, options: InjectOptions) -> bool:
+    """Aging recorded stamps rewrites every event; otherwise lines stay bytes until a stage must change them."""
+    return bool(args.keep_timestamps and options.latency_ms > 0)
+
+
+def _stream_range(args: argparse.Namespace) -> StreamRange | None:
+    """The ``--from-nats`` range, ``None`` for a file; raises :class:`UsageError` for a range that makes no sense."""
+    log_opts = ("start", "end", "start_seq", "end_seq", "products")
+    if not args.from_nats:
+        given = [f"--{k.replace('_', '-')}" for k in log_opts if getattr(args, k)]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --from-nats")
+        return None
+    if args.start is None and args.start_seq is None:
+        raise UsageError("--from-nats needs --start TIME or --start-seq N")
+    if args.start is not None and args.start_seq is not None:
+        raise UsageError("give --start or --start-seq, not both")
+    if args.end is not None and args.end_seq is not None:
+        raise UsageError("give --end or --end-seq, not both")
+    if args.start is not None and args.end is not None and args.end < args.start:
+        raise UsageError("--end is before --start")
+    if args.start_seq is not None and args.end_seq is not None and args.end_seq < args.start_seq:
+        raise UsageError("--end-seq is below --start-seq")
+    return StreamRange(
+        url=args.nats_url,
+        stream=args.stream,
+        start_time=args.start,
+        end_time=args.end,
+        start_seq=args.start_seq,
+        end_seq=args.end_seq,
+        products=tuple(args.products),
+    )
+
+
 def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str]:
     r = replay.reader
     duration = (out.finished - out.started) if out.started and out.finished else 0.0
     rate = out.sent / duration if duration > 0 else 0.0
     head = "interrupted: " if out.interrupted else ""
     lines = [
-        f"{head}sent {out.sent} events ({r.events} read from {args.file}) in {duration:.2f} s, "
+        f"{head}sent {out.sent} events ({r.events} read from {replay.source}) in {duration:.2f} s, "
         f"{rate:,.0f} events/s (target {'max' if args.rate <= 0 else f'{args.rate:g}'})"
     ]
     inj = replay.injector
@@ -377,11 +460,16 @@ def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str
     if parts:
         kinds = ", ".join(f"{k}={v}" for k, v in inj.drift_kinds.items() if v) if inj else ""
         lines.append("injected anomalies: " + " ".join(parts) + (f" (drift kinds: {kinds})" if kinds else ""))
+    if isinstance(r, NatsRangeReader) and r.first_seq is not None:
+        other = f", {r.skipped_messages} of other products skipped" if r.skipped_messages else ""
+        lines.append(f"read {r.messages} messages, stream sequences {r.first_seq}..{r.last_seq}{other}")
     if r.malformed_total:
+        what = "events" if isinstance(r, NatsRangeReader) else "lines"
+        where = "in messages" if isinstance(r, NatsRangeReader) else "at lines"
         reasons = ", ".join(f"{k}={v}" for k, v in r.malformed.items() if v)
         numbers = ", ".join(map(str, r.malformed_lines))
         more = ", ..." if r.malformed_total > len(r.malformed_lines) else ""
-        lines.append(f"skipped {r.malformed_total} malformed lines ({reasons}); first at lines {numbers}{more}")
+        lines.append(f"skipped {r.malformed_total} malformed {what} ({reasons}); first {where} {numbers}{more}")
     acks = replay.acks
     note = ""
     if not out.ack_waited:
@@ -424,9 +512,12 @@ def main(argv: list[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             seed=args.seed,
         )
+        rng = _stream_range(args)
     except (UsageError, ValueError) as exc:
         _fail(f"{exc} (see --help)")
         return EXIT_USAGE
+    if rng is not None:
+        return _main_from_nats(args, options, rng)
     try:
         f = _open(args.file)
     except OSError as exc:
@@ -439,12 +530,41 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             _fail(f"{args.file}: {exc}")
             return EXIT_USAGE
-        try:
-            with _runner() as runner:
-                rc = runner.run(replay.run())
-        except KeyboardInterrupt:
-            out.interrupted = True
-            rc = EXIT_INTERRUPTED
+        rc = _run(replay, out)
+    return _finish(args, replay, out, rc)
+
+
+def _run(replay: Replay, out: Outcome) -> int:
+    try:
+        with _runner() as runner:
+            return runner.run(replay.run())
+    except KeyboardInterrupt:
+        out.interrupted = True
+        return EXIT_INTERRUPTED
+
+
+def _main_from_nats(args: argparse.Namespace, options: InjectOptions, rng: StreamRange) -> int:
+    reader = NatsRangeReader(rng, limit=args.limit, parse=_parse_items(args, options))
+    try:
+        reader.open()
+    except NatsSourceError as exc:
+        _fail(str(exc))
+        return EXIT_CONNECTION if exc.unreachable else EXIT_USAGE
+    except KeyboardInterrupt:
+        reader.close()
+        _fail("interrupted before anything was sent")
+        return EXIT_INTERRUPTED
+    out = Outcome()
+    try:
+        replay = Replay(args, None, options, out, log_reader=reader)
+        rc = _run(replay, out)
+    finally:
+        reader.close()
+    return _finish(args, replay, out, rc)
+
+
+def _finish(args: argparse.Namespace, replay: Replay, out: Outcome, rc: int) -> int:
+    """The summary and errors of a run that started; the exit status."""
     if out.started is None:
         if out.interrupted:
             _fail("interrupted before anything was sent")
@@ -453,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {line}")
     for err in out.errors:
         _fail(err)
+    if rc == EXIT_OK and replay.reader.events == 0 and args.from_nats:
+        last = replay.reader.stream_last_seq
+        _fail(f"no event in that range of {args.stream} (it holds sequences up to {last})")
+        return EXIT_USAGE
     if rc == EXIT_OK and replay.reader.events == 0 and replay.reader.malformed_total:
         _fail(f"no valid event in {args.file}")
         return EXIT_USAGE

@@ -141,3 +141,23 @@ def test_summary_goals_and_table(smoke):
     assert "goals" in proc.stdout and "P2 sustained, all consumers" in proc.stdout
     assert "input scenarios" in proc.stdout and all(f"scenario {sc.name} >=" in proc.stdout for sc in SCENARIOS)
     assert "recorder cost per event" in proc.stdout and "batch kernels" in proc.stdout
+
+
+def test_the_jetstream_section_is_measured(smoke):
+    from mercurystream.natsd import find_binary
+
+    if find_binary() is None:
+        pytest.skip("nats-server is not installed: the benchmark skips its JetStream section")
+    results, proc = smoke
+    [run] = results["runs"]
+    js = run["jetstream"]
+    for sweep in ("one_shard", "two_shards"):
+        steps = js[sweep]["steps"]
+        assert steps and all(s["loadgen"]["sent"] > 0 and s["loadgen"]["messages"] > 0 for s in steps)
+        assert {s["shards"] for s in steps} == {1 if sweep == "one_shard" else 2}
+    assert js["latency"]["rate"] == 10_000 and js["latency"]["samples"] > 0
+    assert js["server_peak_rss_mb"] > 1
+    summary = results["summary"]
+    for metric in ("js_events_per_s", "js_over_tcp", "js_two_over_one", "js_latency_10000_p99_us"):
+        assert not math.isnan(summary[metric]["median"]), metric
+    assert "JetStream 1 shard zero-drop" in proc.stdout and "nats-server peak RSS" in proc.stdout

@@ -276,6 +276,56 @@ def test_a_bad_shard_is_a_configuration_error(bad, tmp_path):
         settings_for(tmp_path, "nats://127.0.0.1:1", bad)
 
 
+class Batches(Seen):
+    """Every bus batch's size and stream origin."""
+
+    name = "batches"
+    label = "BATCHES"
+
+    def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
+        super().__init__(bus, settings, metrics)
+        self.batches: list[tuple[int, object]] = []
+
+    def handle(self, batch: Batch) -> None:
+        super().handle(batch)
+        self.batches.append((len(batch), batch.origin))
+
+
+async def test_a_fetch_is_one_bus_batch_and_a_broken_message_stays_alone(nats_server, tmp_path):
+    """P2's cost is per batch: a fetch's whole-frame messages make one, which knows its stream sequences."""
+
+    async def go():
+        n = await publish(nats_server, 100, PRODUCTS[:3])  # 12 messages of 25 events
+        nc = await nats.connect(nats_server, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            cut = encode_batch([event(PRODUCTS[0], 500), event(PRODUCTS[0], 501)])[:-7]
+            await nc.jetstream(timeout=5).publish(subject_for("coinbase", PRODUCTS[0]), cut)
+        finally:
+            await nc.close()
+        n += await publish(nats_server, 50, PRODUCTS[1:2])  # two more good messages, after the broken one
+        app = P2App(settings_for(tmp_path, nats_server), consumers=[Batches])
+        await app.start()
+        try:
+            seen = app.consumers[0]
+
+            async def done():
+                return await consumer_state(nats_server, "0/1") == (0, 0)
+
+            await until(done, 20, "every message acknowledged")
+            assert len(seen.ids) == 300 + 1 + 50  # the broken message's first event is whole
+            assert len(seen.batches) <= 3  # the messages before the broken one, it, those after
+            origins = [o for _, o in seen.batches]
+            assert [o.first_seq for o in origins] == sorted(o.first_seq for o in origins)
+            covered = [s for o in origins for s in range(o.first_seq, o.last_seq + 1)]
+            assert covered == list(range(1, n + 2))
+            assert any(o.first_seq == o.last_seq == 13 for o in origins), "the broken message alone"
+            assert value(app, "mercurystream_frame_errors_total", reason="truncated") == 1
+        finally:
+            await app.stop()
+
+    await asyncio.wait_for(go(), 60)
+
+
 @pytest.mark.parametrize(("var", "value"), [("P2_SHARD", "2/2"), ("P2_SOURCE", "kafka"), ("NATS_URL", "http://x")])
 def test_mercury_p2_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
     import os

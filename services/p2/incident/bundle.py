@@ -214,7 +214,17 @@ def build_meta(capture: Capture) -> dict[str, Any]:
         "config": ctx.get("config", {}),
         "suppressed_triggers": capture.suppressed,
         "gaps": gaps_of(capture.lines()),
+        **_nats_of(capture),
     }
+
+
+def _nats_of(capture: Capture) -> dict[str, Any]:
+    """``{"nats": {...}}`` when the capture's lines came from the JetStream log (``p2.log_spans``), with
+    every product among them: the ``--products`` that replays the shard's share of that range."""
+    nats = capture.context.get("nats")
+    if not nats:
+        return {}
+    return {"nats": {**nats, "products": _products(capture.lines())}}
 
 
 def write_bundle(

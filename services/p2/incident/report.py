@@ -135,6 +135,7 @@ _META_FIELDS = {
     "suppressed_triggers": _LIST,
     "detail": _OBJECT,
     "gaps": _LIST,
+    "nats": _OBJECT,
 }
 """The type of each field the bundle writer puts in ``meta.json`` (``null`` reads as absent). A bundle
 whose meta says otherwise was not written by P2 as it is, and is refused with the field named rather
@@ -355,7 +356,33 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
         code_block([f"python replay.py --file {shlex.quote(path)} --keep-timestamps --rate 0"], "bash"),
         "",
     ]
+    command = nats_replay_command(meta.get("nats"))
+    if command:
+        out += [
+            "Or replay the same stream sequences straight from JetStream into an isolated P2 (port 9002 in the "
+            "demo; `--port` for another), restamped at send as P1 would:",
+            "",
+            code_block([command], "bash"),
+            "",
+        ]
     return out
+
+
+def nats_replay_command(nats: object) -> str | None:
+    """The ``mercury-replay --from-nats`` command for a bundle's ``nats`` record, or ``None`` without one."""
+    if not isinstance(nats, dict) or not all(_num(nats.get(k)) for k in ("first_seq", "last_seq")):
+        return None
+    words = ["mercury-replay", "--from-nats"]
+    if isinstance(nats.get("url"), str) and nats["url"]:
+        words += ["--nats-url", nats["url"]]
+    if isinstance(nats.get("stream"), str):
+        words += ["--stream", nats["stream"]]
+    words += ["--start-seq", str(int(nats["first_seq"])), "--end-seq", str(int(nats["last_seq"]))]
+    products = nats.get("products")
+    if isinstance(products, list) and products and all(isinstance(p, str) for p in products):
+        words += ["--products", ",".join(products)]
+    words += ["--rate", "0", "--port", "9002"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 _CHART_LINK = f"[chart]({CHART_FILE})"
