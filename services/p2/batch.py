@@ -52,6 +52,9 @@ _LAST_BYTE = itemgetter(slice(-1, None))
 _CLOSING_BRACE = {b"}"}
 _time_parser = IsoTimeParser()
 """Shared by every batch: its caches skip repeated checks but never change a result."""
+EVENT_OVERHEAD_BYTES = 512
+"""What an event costs in memory beyond its recorded line (its column values and their objects), as
+counted by :attr:`Batch.nbytes`: an estimate measured on typical trades, so byte bounds hold roughly."""
 
 
 class Batch:
@@ -72,6 +75,7 @@ class Batch:
 
     __slots__ = (
         "_groups",
+        "_nbytes",
         "_trades",
         "backfilled",
         "clean",
@@ -129,6 +133,7 @@ class Batch:
         self.backfilled = backfilled
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
+        self._nbytes = -1
 
     @classmethod
     def of_events(
@@ -158,6 +163,25 @@ class Batch:
         return cls([], recv_ts_us, ((),) * len(COLUMNS), [], clean=True)
 
     def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory this batch is counted for by byte bounds: its lines plus
+        :data:`EVENT_OVERHEAD_BYTES` an event (computed once, shared by every queue holding it)."""
+        if self._nbytes < 0:
+            self._nbytes = sum(map(len, self.lines)) + EVENT_OVERHEAD_BYTES * len(self.lines)
+        return self._nbytes
+
+    def events_to_free(self, nbytes: int) -> int:
+        """How many of the oldest events must go to free at least ``nbytes`` (all of them at most)."""
+        if nbytes <= 0:
+            return 0
+        total = 0
+        for k, line in enumerate(self.lines, 1):
+            total += len(line) + EVENT_OVERHEAD_BYTES
+            if total >= nbytes:
+                return k
         return len(self.lines)
 
     def columns(self) -> tuple[Sequence[Any], ...]:

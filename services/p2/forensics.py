@@ -47,6 +47,7 @@ CONFIG_KEYS = (
     "DUPLICATE_LRU_MAX",
     "GAP_REORDER_WINDOW",
     "FLIGHT_PRE_EVENTS",
+    "FLIGHT_RING_BYTES",
     "FLIGHT_POST_EVENTS",
     "FLIGHT_COOLDOWN_S",
     "FLIGHT_MAX_AGE_S",
@@ -92,6 +93,7 @@ class ForensicsConsumer(Consumer):
                 clock=clock,
                 wall_clock=wall_clock,
                 max_age_s=settings.FLIGHT_MAX_AGE_S,
+                max_bytes=settings.FLIGHT_RING_BYTES,
             )
         chart = chart and settings.INCIDENT_CHARTS
         self.spare_cpu = SpareCpu(busy=busy)

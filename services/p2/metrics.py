@@ -173,6 +173,21 @@ class P2Metrics:
         )
         self.connections = Gauge("mercurystream_connections", "Open P1 connections", registry=r)
         self.connections_total = Counter("mercurystream_connections_accepted", "P1 connections accepted", registry=r)
+        self.connections_closed_total = ScrapedCounter(
+            "mercurystream_connections_closed",
+            "P1 connections closed, by reason (peer, stop, oversize, idle_timeout, partial_timeout, "
+            "partial_budget, evicted, refused)",
+            "reason",
+        )
+        self.partial_frame_bytes = Gauge(
+            "mercurystream_partial_frame_bytes", "Bytes of unfinished frames held across every connection", registry=r
+        )
+        self.budget_evictions_total = ScrapedCounter(
+            "mercurystream_budget_evictions",
+            "Items P2 let go, oldest first, because a memory bound was reached, by bound (bus_queue_bytes, "
+            "flight_ring_bytes: events; dedupe_ids: trade ids forgotten; partial_bytes_total: connections)",
+            "bound",
+        )
         self.analytics_skipped_total = Counter(
             "mercurystream_analytics_skipped",
             "Events an analytics consumer did not count, by reason",
@@ -225,6 +240,8 @@ class P2Metrics:
         )
         for collector in (
             self.events_total,
+            self.connections_closed_total,
+            self.budget_evictions_total,
             self.consumer_events_total,
             self.consumer_received_total,
             self.consumer_dropped_total,
