@@ -23,6 +23,7 @@ from mercurystream.p2.bus import QUEUE_BYTES, QUEUE_FULL, Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import CONSUMER_ERROR, Consumer, SyncConsumers
 from mercurystream.p2.control import REFUSED_DISABLED, REFUSED_UNAVAILABLE, ControlServer, LoopHandoff
+from mercurystream.p2.dedupe import Dedupe
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import TcpSource
@@ -76,7 +77,8 @@ class P2App:
         self.metrics = P2Metrics(registry, settings.MAX_PRODUCT_LABELS)
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
-        self.bus = Bus(on_drop=self._on_drop, queue_bytes=settings.BUS_QUEUE_BYTES)
+        self.dedupe = Dedupe(settings.DUPLICATE_LRU_MAX, settings.DEDUPE_IDS, detector=settings.FORENSICS)
+        self.bus = Bus(on_drop=self._on_drop, queue_bytes=settings.BUS_QUEUE_BYTES, judge=self.dedupe.judge)
         self.source = TcpSource(
             settings.HOST,
             settings.PORT,
@@ -141,11 +143,10 @@ class P2App:
     def _budget_evictions(self) -> dict[str, int]:
         """What each memory bound let go, oldest first (``mercurystream_budget_evictions_total``)."""
         rings = [r for c in self.consumers if (r := getattr(c, "recorder", None)) is not None]
-        judge = self.bus.judge
         return {
             "bus_queue_bytes": sum(s.dropped_bytes for s in self.bus.subscriptions),
             "flight_ring_bytes": sum(getattr(r, "evicted_bytes_bound", 0) for r in rings),
-            "dedupe_ids": getattr(getattr(judge, "__self__", None), "evicted_ids", 0),
+            "dedupe_ids": self.dedupe.evicted_ids,
             "partial_bytes_total": self.source.closed_by_reason["partial_budget"],
         }
 

@@ -81,6 +81,7 @@ class Batch:
         "clean",
         "controls",
         "drift",
+        "duplicates",
         "ingest_ms",
         "ingest_us",
         "invalid",
@@ -90,6 +91,7 @@ class Batch:
         "prices",
         "product_ids",
         "recv_ts_us",
+        "repeats",
         "sizes",
         "time_limit_s",
         "times",
@@ -134,6 +136,12 @@ class Batch:
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
         self._nbytes = -1
+        self.duplicates: list[int] | None = None
+        """The indices of this batch's duplicates by the duplicate rule, decided once at publish
+        (``p2.dedupe``); ``None`` when nobody decided (a batch made by a test or a tool)."""
+        self.repeats: list[tuple[int, str]] | None = None
+        """``(index, reason)`` of the trades the analytics' dedupe does not count, decided with
+        :attr:`duplicates`; ``None`` likewise."""
 
     @classmethod
     def of_events(
@@ -227,7 +235,7 @@ class Batch:
         else:
             lat_start, lat_stop = bisect_left(at, start), bisect_left(at, stop)
             lat_at = [i - start for i in at[lat_start:lat_stop]]
-        return Batch(
+        part = Batch(
             self.lines[start:stop],
             self.recv_ts_us,
             [col[start:stop] for col in self.columns()],
@@ -240,6 +248,11 @@ class Batch:
             [(i - start, c) for i, c in self.controls if start <= i < stop],
             [i - start for i in self.backfilled if start <= i < stop],
         )
+        if self.duplicates is not None:
+            part.duplicates = [i - start for i in self.duplicates if start <= i < stop]
+        if self.repeats is not None:
+            part.repeats = [(i - start, r) for i, r in self.repeats if start <= i < stop]
+        return part
 
 
 class Trades:
