@@ -20,7 +20,7 @@ QUEUE_FULL = "queue_full"
 """Events dropped (oldest first) because a subscriber's queue held its bound in events."""
 QUEUE_BYTES = "queue_bytes"
 """Events dropped (oldest first) because a subscriber's queue held its bound in bytes."""
-DEFAULT_QUEUE_BYTES = 16 << 20
+DEFAULT_QUEUE_BYTES = 8 << 20
 
 
 class Subscription:

@@ -165,7 +165,7 @@ class FlightRecorder:
         wall_clock: Callable[[], float] = time.time,
         new_id: Callable[[float], str] = new_incident_id,
         max_age_s: float = 0.0,
-        max_bytes: int = 8 << 20,
+        max_bytes: int = 4 << 20,
     ) -> None:
         """``max_age_s`` 0 leaves the ring bounded by ``pre_events`` and ``max_bytes`` alone."""
         if pre_events <= 0 or post_events < 0 or cooldown_s < 0 or max_age_s < 0 or max_bytes <= 0:

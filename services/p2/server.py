@@ -7,8 +7,8 @@ rather than streams: ``data_received`` hands over whatever one read returned, wh
 the batch the bus wants, with no await and no extra buffering per frame.
 
 What a client can make P2 hold is bounded: at most ``max_connections`` connections (a newcomer at
-the cap evicts the connection idle the longest, unless every one has read within
-:data:`ACTIVE_S`: then the newcomer is refused), each closed after ``idle_timeout_s`` without a
+the cap evicts a connection that never sent anything, else the one idle the longest, unless every
+one has read within :data:`ACTIVE_S`: then the newcomer is refused), each closed after ``idle_timeout_s`` without a
 read or ``partial_timeout_s`` holding an unfinished frame, each partial frame at most
 ``max_frame_bytes`` and all of them together at most ``max_partial_bytes_total`` (past it the
 connection holding the largest partial frame is closed). Every close is counted by reason in
@@ -58,7 +58,7 @@ evicted for a newcomer; if every connection is active, the newcomer is refused."
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_PARTIAL_TIMEOUT_S = 10.0
-DEFAULT_MAX_PARTIAL_BYTES_TOTAL = 64 << 20
+DEFAULT_MAX_PARTIAL_BYTES_TOTAL = 32 << 20
 
 
 def ack_frame(frames: int, final: bool = False) -> bytes:
@@ -159,6 +159,8 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
         self.last_read = source.monotonic()
         """When this connection last read anything (or connected): its idleness."""
+        self.has_read = False
+        """Whether it ever sent a byte: one that never did is evicted first at the cap, and never active."""
         self.partial_since: float | None = None
         """When the partial frame it holds was started (``None``: it holds none)."""
         self.buffered = 0
@@ -183,6 +185,7 @@ class _Connection(asyncio.Protocol):
         source = self._source
         now = source.monotonic()
         self.last_read = now
+        self.has_read = True
         frames = self._ingest.frames
         got = self._ingest.feed(data)
         buffered = self._ingest.buffered
@@ -398,8 +401,8 @@ class TcpSource(EventSource):
         self.metrics.connections_total.inc()
         if len(self._conns) >= self.max_connections and not self.stopping:
             now = self.monotonic()
-            idlest = min(self._conns, key=lambda c: c.last_read)
-            if now - idlest.last_read < self.active_s:
+            idlest = min(self._conns, key=lambda c: (c.has_read, c.last_read))
+            if idlest.has_read and now - idlest.last_read < self.active_s:
                 self._conns.add(conn)
                 self._drop(conn, REFUSED, f"{len(self._conns) - 1} connections open, all active (MAX_CONNECTIONS)")
                 return
