@@ -161,7 +161,8 @@ class P2Metrics:
         self.consumer_dropped_total = ScrapedCounter(
             "mercurystream_consumer_dropped",
             "Events a consumer received and did not pass on, by reason "
-            "(queue_full: drop-oldest; consumer_error: it raised on the event alone; shutdown)",
+            "(queue_full, queue_bytes: drop-oldest past the queue's bound in events or bytes; "
+            "consumer_error: it raised on the event alone; shutdown)",
             ("consumer", "reason"),
         )
         self.queue_depth = Gauge(
