@@ -19,10 +19,11 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from mercurystream.p2.bus import Bus
+from mercurystream.p2.bus import QUEUE_BYTES, QUEUE_FULL, Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import CONSUMER_ERROR, Consumer, SyncConsumers
 from mercurystream.p2.control import REFUSED_DISABLED, REFUSED_UNAVAILABLE, ControlServer, LoopHandoff
+from mercurystream.p2.dedupe import Dedupe
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused
 from mercurystream.p2.metrics import LabelledRegistry, P2Metrics
 from mercurystream.p2.nats_source import NatsSource
@@ -30,9 +31,6 @@ from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
 from mercurystream.shared.runtime import tune_gc
-
-QUEUE_FULL = "queue_full"
-"""The bus dropped the oldest events of a full subscriber queue (also ``mercurystream_drops_total``)."""
 
 ConsumerFactory = Callable[[Bus, P2Settings, P2Metrics], Consumer]
 
@@ -83,7 +81,8 @@ class P2App:
         self.metrics = P2Metrics(registry, settings.MAX_PRODUCT_LABELS)
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
-        self.bus = Bus(on_drop=self._on_drop)
+        self.dedupe = Dedupe(settings.DUPLICATE_LRU_MAX, settings.DEDUPE_IDS, detector=settings.FORENSICS)
+        self.bus = Bus(on_drop=self._on_drop, queue_bytes=settings.BUS_QUEUE_BYTES, judge=self.dedupe.judge)
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.source: TcpSource | NatsSource
@@ -105,7 +104,17 @@ class P2App:
                 high_water=max(1, settings.BUS_QUEUE_EVENTS // 2),
             )
         else:
-            self.source = TcpSource(settings.HOST, settings.PORT, self.bus, m, settings.MAX_FRAME_BYTES)
+            self.source = TcpSource(
+                settings.HOST,
+                settings.PORT,
+                self.bus,
+                m,
+                settings.MAX_FRAME_BYTES,
+                max_connections=settings.MAX_CONNECTIONS,
+                idle_timeout_s=settings.IDLE_TIMEOUT_S,
+                partial_timeout_s=settings.PARTIAL_TIMEOUT_S,
+                max_partial_bytes_total=settings.MAX_PARTIAL_BYTES_TOTAL,
+            )
         self.source.max_future_skew_s = settings.MAX_FUTURE_SKEW_S
         self.sync_consumers = SyncConsumers([c for c in self.consumers if not c.waits])
         """Every consumer that never waits, on one task (the recorder too); the demo's slow one has its own."""
@@ -113,6 +122,7 @@ class P2App:
         m.consumer_events_total.source = self._processed
         m.consumer_received_total.source = self._received
         m.consumer_dropped_total.source = self._dropped
+        m.budget_evictions_total.source = self._budget_evictions
         self._depth_gauges: dict[str, Any] = {}
         for sub in self.bus.subscriptions:
             self._drop_counter(sub.name)
@@ -145,11 +155,23 @@ class P2App:
         """Each consumer's drops by reason: the bus's drop-oldest, and the consumer's own."""
         out: dict[tuple[str, str], int] = {}
         for c in self.consumers:
-            out[(c.name, QUEUE_FULL)] = c.subscription.dropped
+            sub = c.subscription
+            out[(c.name, QUEUE_FULL)] = sub.dropped - sub.dropped_bytes
+            out[(c.name, QUEUE_BYTES)] = sub.dropped_bytes
             out[(c.name, CONSUMER_ERROR)] = 0
             for reason, n in c.dropped.items():
                 out[(c.name, reason)] = n
         return out
+
+    def _budget_evictions(self) -> dict[str, int]:
+        """What each memory bound let go, oldest first (``mercurystream_budget_evictions_total``)."""
+        rings = [r for c in self.consumers if (r := getattr(c, "recorder", None)) is not None]
+        return {
+            "bus_queue_bytes": sum(s.dropped_bytes for s in self.bus.subscriptions),
+            "flight_ring_bytes": sum(getattr(r, "evicted_bytes_bound", 0) for r in rings),
+            "dedupe_ids": self.dedupe.evicted_ids,
+            "partial_bytes_total": self.source.closed_by_reason["partial_budget"],
+        }
 
     @property
     def port(self) -> int:

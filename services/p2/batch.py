@@ -64,6 +64,9 @@ _LAST_BYTE = itemgetter(slice(-1, None))
 _CLOSING_BRACE = {b"}"}
 _time_parser = IsoTimeParser()
 """Shared by every batch: its caches skip repeated checks but never change a result."""
+EVENT_OVERHEAD_BYTES = 512
+"""What an event costs in memory beyond its recorded line (its column values and their objects), as
+counted by :attr:`Batch.nbytes`: an estimate measured on typical trades, so byte bounds hold roughly."""
 
 
 class Batch:
@@ -84,11 +87,13 @@ class Batch:
 
     __slots__ = (
         "_groups",
+        "_nbytes",
         "_trades",
         "backfilled",
         "clean",
         "controls",
         "drift",
+        "duplicates",
         "ingest_ms",
         "ingest_us",
         "invalid",
@@ -99,6 +104,7 @@ class Batch:
         "prices",
         "product_ids",
         "recv_ts_us",
+        "repeats",
         "sizes",
         "time_limit_s",
         "times",
@@ -144,6 +150,13 @@ class Batch:
         self._trades: Trades | None = None
         self.origin: LogOrigin | None = None
         """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics."""
+        self._nbytes = -1
+        self.duplicates: list[int] | None = None
+        """The indices of this batch's duplicates by the duplicate rule, decided once at publish
+        (``p2.dedupe``); ``None`` when nobody decided (a batch made by a test or a tool)."""
+        self.repeats: list[tuple[int, str]] | None = None
+        """``(index, reason)`` of the trades the analytics' dedupe does not count, decided with
+        :attr:`duplicates`; ``None`` likewise."""
 
     @classmethod
     def of_events(
@@ -173,6 +186,25 @@ class Batch:
         return cls([], recv_ts_us, ((),) * len(COLUMNS), [], clean=True)
 
     def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory this batch is counted for by byte bounds: its lines plus
+        :data:`EVENT_OVERHEAD_BYTES` an event (computed once, shared by every queue holding it)."""
+        if self._nbytes < 0:
+            self._nbytes = sum(map(len, self.lines)) + EVENT_OVERHEAD_BYTES * len(self.lines)
+        return self._nbytes
+
+    def events_to_free(self, nbytes: int) -> int:
+        """How many of the oldest events must go to free at least ``nbytes`` (all of them at most)."""
+        if nbytes <= 0:
+            return 0
+        total = 0
+        for k, line in enumerate(self.lines, 1):
+            total += len(line) + EVENT_OVERHEAD_BYTES
+            if total >= nbytes:
+                return k
         return len(self.lines)
 
     def columns(self) -> tuple[Sequence[Any], ...]:
@@ -218,7 +250,7 @@ class Batch:
         else:
             lat_start, lat_stop = bisect_left(at, start), bisect_left(at, stop)
             lat_at = [i - start for i in at[lat_start:lat_stop]]
-        return Batch(
+        part = Batch(
             self.lines[start:stop],
             self.recv_ts_us,
             [col[start:stop] for col in self.columns()],
@@ -231,6 +263,11 @@ class Batch:
             [(i - start, c) for i, c in self.controls if start <= i < stop],
             [i - start for i in self.backfilled if start <= i < stop],
         )
+        if self.duplicates is not None:
+            part.duplicates = [i - start for i in self.duplicates if start <= i < stop]
+        if self.repeats is not None:
+            part.repeats = [(i - start, r) for i, r in self.repeats if start <= i < stop]
+        return part
 
 
 class Trades:

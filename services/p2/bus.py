@@ -1,10 +1,11 @@
 """The in-process message bus: pub/sub over batches with a bounded, drop-oldest queue per subscriber.
 
 Publishing never waits: the reader that publishes must not slow down because a consumer does.
-Each subscriber's queue is bounded in events; when a batch would overflow it, the oldest events
-are dropped and counted against that subscriber alone, cut with ``Batch.tail``, the one place a
-batch is sliced. Events move as ``p2.batch.Batch`` objects so the hot path pays one queue
-operation and one wake-up per batch, not per event.
+Each subscriber's queue is bounded in events and in bytes (``Batch.nbytes``); when a batch would
+overflow either bound, the oldest events are dropped and counted against that subscriber alone,
+under :data:`QUEUE_FULL` (the event bound) or :data:`QUEUE_BYTES` (the byte bound), cut with
+``Batch.tail``, the one place a batch is sliced. Events move as ``p2.batch.Batch`` objects so the
+hot path pays one queue operation and one wake-up per batch, not per event.
 """
 
 from __future__ import annotations
@@ -15,53 +16,119 @@ from collections.abc import Callable
 
 from mercurystream.p2.batch import Batch
 
+QUEUE_FULL = "queue_full"
+"""Events dropped (oldest first) because a subscriber's queue held its bound in events."""
+QUEUE_BYTES = "queue_bytes"
+"""Events dropped (oldest first) because a subscriber's queue held its bound in bytes."""
+DEFAULT_QUEUE_BYTES = 8 << 20
+
 
 class Subscription:
     """One subscriber's bounded queue. Only the bus puts; only the owning consumer takes."""
 
-    __slots__ = ("_queue", "_ready", "capacity", "delivered", "depth", "dropped", "name", "on_drop")
+    __slots__ = (
+        "_queue",
+        "_ready",
+        "capacity",
+        "delivered",
+        "depth",
+        "depth_bytes",
+        "dropped",
+        "dropped_bytes",
+        "max_bytes",
+        "name",
+        "on_drop",
+    )
 
-    def __init__(self, name: str, capacity: int, on_drop: Callable[[str, int], None] | None = None) -> None:
-        if capacity <= 0:
-            raise ValueError("capacity must be positive")
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        on_drop: Callable[[str, int], None] | None = None,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
+    ) -> None:
+        if capacity <= 0 or max_bytes <= 0:
+            raise ValueError("capacity and max_bytes must be positive")
         self.name = name
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.on_drop = on_drop
         self._queue: deque[Batch] = deque()
         self._ready = asyncio.Event()
         self.depth = 0
+        self.depth_bytes = 0
         self.dropped = 0
+        """Events dropped from this queue, for either bound."""
+        self.dropped_bytes = 0
+        """Of :attr:`dropped`, those the byte bound dropped (:data:`QUEUE_BYTES`)."""
         self.delivered = 0
 
     def offer(self, batch: Batch) -> None:
-        """Enqueue without waiting, dropping the oldest queued events beyond ``capacity``."""
+        """Enqueue without waiting, dropping the oldest queued events beyond ``capacity`` events
+        or ``max_bytes`` bytes; a single batch larger than the byte bound keeps its newest events."""
         n = len(batch)
         if n == 0:
             return
         queue = self._queue
         overflow = self.depth + n - self.capacity
         if overflow > 0:
-            to_drop = overflow
-            while to_drop > 0 and queue:
-                head = queue[0]
-                h = len(head)
-                if h <= to_drop:
-                    queue.popleft()
-                    self.depth -= h
-                    to_drop -= h
-                else:
-                    queue[0] = head.tail(to_drop)
-                    self.depth -= to_drop
-                    to_drop = 0
-            if to_drop:
-                batch = batch.tail(to_drop)
-                n -= to_drop
+            batch = self._drop_events(batch, overflow)
             self.dropped += overflow
-            if self.on_drop is not None:
-                self.on_drop(self.name, overflow)
+        excess = self.depth_bytes + batch.nbytes - self.max_bytes
+        by_bytes = 0
+        if excess > 0:
+            while excess > 0 and queue:
+                head = queue[0]
+                k = head.events_to_free(excess)
+                if k == len(head):
+                    queue.popleft()
+                    self.depth -= k
+                    self.depth_bytes -= head.nbytes
+                    excess -= head.nbytes
+                else:
+                    cut = head.tail(k)
+                    queue[0] = cut
+                    self.depth -= k
+                    self.depth_bytes -= head.nbytes - cut.nbytes
+                    excess = 0
+                by_bytes += k
+            if excess > 0:
+                k = batch.events_to_free(excess)
+                if k == len(batch):
+                    k -= 1  # the newest event stays, whatever its size: the queue is never starved
+                if k:
+                    batch = batch.tail(k)
+                by_bytes += k
+            self.dropped += by_bytes
+            self.dropped_bytes += by_bytes
+        if (overflow > 0 or by_bytes) and self.on_drop is not None:
+            self.on_drop(self.name, max(overflow, 0) + by_bytes)
         queue.append(batch)
-        self.depth += n
+        self.depth += len(batch)
+        self.depth_bytes += batch.nbytes
         self._ready.set()
+
+    def _drop_events(self, batch: Batch, overflow: int) -> Batch:
+        """Drop ``overflow`` events, the oldest queued first, then the oldest of ``batch``."""
+        queue = self._queue
+        to_drop = overflow
+        while to_drop > 0 and queue:
+            head = queue[0]
+            h = len(head)
+            if h <= to_drop:
+                queue.popleft()
+                self.depth -= h
+                self.depth_bytes -= head.nbytes
+                to_drop -= h
+            else:
+                cut = head.tail(to_drop)
+                queue[0] = cut
+                self.depth -= to_drop
+                self.depth_bytes -= head.nbytes - cut.nbytes
+                to_drop = 0
+        if to_drop:
+            batch = batch.tail(to_drop)
+        return batch
 
     def take_nowait(self, max_events: int = 0) -> list[Batch]:
         """Everything queued (or about ``max_events`` of it, in whole batches), oldest first."""
@@ -70,6 +137,7 @@ class Subscription:
             out = list(queue)
             queue.clear()
             taken = self.depth
+            self.depth_bytes = 0
         else:
             out = []
             taken = 0
@@ -77,6 +145,7 @@ class Subscription:
                 b = queue.popleft()
                 out.append(b)
                 taken += len(b)
+                self.depth_bytes -= b.nbytes
         self.depth -= taken
         self.delivered += taken
         if not queue:
@@ -107,15 +176,24 @@ class Subscription:
 class Bus:
     """Fan-out of batches to every subscriber."""
 
-    def __init__(self, on_drop: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_drop: Callable[[str, int], None] | None = None,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        judge: Callable[[Batch], None] | None = None,
+    ) -> None:
+        """``queue_bytes`` bounds each subscriber's queue in bytes; ``judge`` (``p2.dedupe``) decides
+        a batch's per-event verdicts once, in stream order, before any queue sees it."""
         self._subs: list[Subscription] = []
         self._on_drop = on_drop
+        self.queue_bytes = queue_bytes
+        self.judge = judge
         self.published = 0
 
-    def subscribe(self, name: str, capacity: int) -> Subscription:
+    def subscribe(self, name: str, capacity: int, max_bytes: int | None = None) -> Subscription:
         if any(s.name == name for s in self._subs):
             raise ValueError(f"subscriber {name!r} already exists")
-        sub = Subscription(name, capacity, self._on_drop)
+        sub = Subscription(name, capacity, self._on_drop, self.queue_bytes if max_bytes is None else max_bytes)
         self._subs.append(sub)
         return sub
 
@@ -127,6 +205,8 @@ class Bus:
         if not len(batch):
             return
         self.published += len(batch)
+        if self.judge is not None:
+            self.judge(batch)
         for sub in self._subs:
             sub.offer(batch)
 

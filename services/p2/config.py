@@ -28,7 +28,12 @@ class P2Settings(CommonSettings, NatsSettings):
     METRICS_PORT: Port = 9090
     P2_CONTROL_TOKEN: SecretStr | None = None
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
+    MAX_PARTIAL_BYTES_TOTAL: int = Field(32 << 20, gt=0)
+    MAX_CONNECTIONS: int = Field(256, gt=0)
+    IDLE_TIMEOUT_S: float = Field(300.0, gt=0)
+    PARTIAL_TIMEOUT_S: float = Field(10.0, gt=0)
     BUS_QUEUE_EVENTS: int = Field(50000, gt=0)
+    BUS_QUEUE_BYTES: int = Field(8 << 20, gt=0)
     MAX_FUTURE_SKEW_S: float = Field(MAX_FUTURE_SKEW_S, ge=0)
 
     RECORD: bool = False
@@ -48,9 +53,11 @@ class P2Settings(CommonSettings, NatsSettings):
     LATENCY_EVAL_EVERY: int = Field(100, gt=0)
     LATENCY_SPIKE_CONSECUTIVE: int = Field(2, gt=0)
     DUPLICATE_LRU_MAX: int = Field(50000, gt=0)
+    DEDUPE_IDS: int = Field(100_000, gt=0)
     GAP_REORDER_WINDOW: int = Field(50, ge=0)
     FLIGHT_RECORDER: bool = True
     FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
+    FLIGHT_RING_BYTES: int = Field(4 << 20, gt=0)
     FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
     FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
     FLIGHT_MAX_AGE_S: float = Field(0.0, ge=0)

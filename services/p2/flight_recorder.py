@@ -13,9 +13,12 @@ Arithmetic (the contract the bundle's meta reports):
 - At most one capture is active. A trigger while one is active, or less than ``cooldown_s`` after
   the last accepted trigger, is suppressed: counted, and listed in the active capture if there is
   one (with its line number in that capture's ``events.jsonl``).
+- The ring holds at most ``max_bytes`` bytes of lines (the newest line always stays): past it the
+  oldest lines go first, counted in :attr:`FlightRecorder.evicted_bytes_bound`. A capture's post
+  part stops at ``max_bytes`` too (it completes early), so a capture holds at most twice the bound.
 - With ``max_age_s``, the ring also forgets lines that arrived more than ``max_age_s`` before the
   newest arrival (a batch's ``recv_ts_us``, P2's wall clock) or, for a dump, before the dump.
-  ``pre_bound`` says which bound cut a capture's pre part: ``events``, ``age``, or ``none`` when
+  ``pre_bound`` says which bound cut a capture's pre part: ``events``, ``bytes``, ``age``, or ``none`` when
   the pre part reaches back to the first line the ring ever saw.
 - :meth:`FlightRecorder.dump` captures the ring as it is now (type ``manual``, no post part),
   whether or not a capture is active; it honours the cooldown only when asked to.
@@ -28,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from mercurystream.p2.detectors import Anomaly
@@ -36,6 +40,7 @@ MANUAL = "manual"
 """The type of an on-demand capture (an operator's request, not a detector's trigger)."""
 
 PRE_BOUND_EVENTS = "events"
+PRE_BOUND_BYTES = "bytes"
 PRE_BOUND_AGE = "age"
 PRE_BOUND_NONE = "none"
 
@@ -62,6 +67,7 @@ class Capture:
         "context",
         "id",
         "post",
+        "post_bytes",
         "post_target",
         "pre",
         "pre_bound",
@@ -85,6 +91,7 @@ class Capture:
         self.anomaly = anomaly
         self.pre = pre
         self.post: list[bytes] = []
+        self.post_bytes = 0
         self.post_target = post_target
         self.triggered_at = wall_s
         self.complete = False
@@ -158,10 +165,17 @@ class FlightRecorder:
         wall_clock: Callable[[], float] = time.time,
         new_id: Callable[[float], str] = new_incident_id,
         max_age_s: float = 0.0,
+        max_bytes: int = 4 << 20,
     ) -> None:
-        """``max_age_s`` 0 leaves the ring bounded by ``pre_events`` alone."""
-        if pre_events <= 0 or post_events < 0 or cooldown_s < 0 or max_age_s < 0:
-            raise ValueError("pre_events must be > 0, post_events, cooldown_s and max_age_s >= 0")
+        """``max_age_s`` 0 leaves the ring bounded by ``pre_events`` and ``max_bytes`` alone."""
+        if pre_events <= 0 or post_events < 0 or cooldown_s < 0 or max_age_s < 0 or max_bytes <= 0:
+            raise ValueError("pre_events and max_bytes must be > 0, post_events, cooldown_s and max_age_s >= 0")
+        self.max_bytes = max_bytes
+        self._ring_bytes = 0
+        self.evicted_bytes_bound = 0
+        """Lines the byte bound removed from the ring (oldest first)."""
+        self.post_cut_bytes = 0
+        """Captures whose post part the byte bound completed before ``post_events`` lines."""
         self.pre_events = pre_events
         self.post_events = post_events
         self.cooldown_s = cooldown_s
@@ -171,12 +185,12 @@ class FlightRecorder:
         self._span_lines = 0
         self._arrival_us = 0
         self._cut = PRE_BOUND_NONE
-        """Which bound removed the line just before the ring's oldest (kept only with the age bound)."""
+        """Which bound removed the line just before the ring's oldest."""
         self._last_capture: float | None = None
         self._clock = clock
         self._wall = wall_clock
         self._new_id = new_id
-        self._ring: deque[bytes] = deque(maxlen=pre_events)
+        self._ring: deque[bytes] = deque()
         self._active: Capture | None = None
         self._last_trigger: float | None = None
         self.seen = 0
@@ -193,10 +207,12 @@ class FlightRecorder:
         return len(self._ring)
 
     @property
+    def ring_bytes(self) -> int:
+        return self._ring_bytes
+
+    @property
     def pre_bound(self) -> str:
-        """Which bound cut the ring's oldest end now: ``events``, ``age`` or ``none``."""
-        if self._spans is None:
-            return PRE_BOUND_EVENTS if self.seen > len(self._ring) else PRE_BOUND_NONE
+        """Which bound cut the ring's oldest end now: ``events``, ``bytes``, ``age`` or ``none``."""
         return self._cut
 
     def feed(
@@ -235,13 +251,65 @@ class FlightRecorder:
         self.seen += end - start
         cap = self._active
         if cap is not None:
-            need = cap.post_target - len(cap.post)
-            cap.post.extend(chunk if end - start <= need else chunk[:need])
-            if len(cap.post) >= cap.post_target:
-                self._complete(cap, res)
-        self._ring.extend(chunk)
+            self._extend_post(cap, chunk, res)
+        self._extend_ring(chunk)
         if self._spans is not None:
             self._arrived(end - start)
+
+    def _extend_post(self, cap: Capture, chunk: Sequence[bytes], res: FeedResult) -> None:
+        need = cap.post_target - len(cap.post)
+        part = chunk if len(chunk) <= need else chunk[:need]
+        room = self.max_bytes - cap.post_bytes
+        size = sum(map(len, part))
+        if size > room:
+            total = 0
+            k = 0
+            for k, line in enumerate(part):  # noqa: B007 - k is the cut
+                total += len(line)
+                if total > room:
+                    break
+            part = part[: max(k, 1 if not cap.post else 0)]
+            size = sum(map(len, part))
+            cap.post.extend(part)
+            cap.post_bytes += size
+            self.post_cut_bytes += 1
+            self._complete(cap, res)
+            return
+        cap.post.extend(part)
+        cap.post_bytes += size
+        if len(cap.post) >= cap.post_target:
+            self._complete(cap, res)
+
+    def _extend_ring(self, chunk: Sequence[bytes]) -> None:
+        """Add lines; forget the oldest past ``pre_events`` lines, then past ``max_bytes`` bytes."""
+        ring = self._ring
+        limit = self.pre_events
+        k = len(chunk)
+        if k >= limit:
+            if ring or k > limit:
+                self._cut = PRE_BOUND_EVENTS
+            ring.clear()
+            chunk = chunk[k - limit :] if k > limit else chunk
+            ring.extend(chunk)
+            self._ring_bytes = sum(map(len, chunk))
+        else:
+            over = len(ring) + k - limit
+            if over > 0:
+                self._cut = PRE_BOUND_EVENTS
+                self._ring_bytes -= sum(map(len, islice(ring, over)))
+                for _ in range(over):
+                    ring.popleft()
+            ring.extend(chunk)
+            self._ring_bytes += sum(map(len, chunk))
+        if self._ring_bytes > self.max_bytes:
+            size = self._ring_bytes
+            evicted = 0
+            while size > self.max_bytes and len(ring) > 1:
+                size -= len(ring.popleft())
+                evicted += 1
+            self._ring_bytes = size
+            self.evicted_bytes_bound += evicted
+            self._cut = PRE_BOUND_BYTES
 
     def _arrived(self, k: int) -> None:
         """Account ``k`` lines just added at the current arrival; drop the spans the count bound cut."""
@@ -254,7 +322,6 @@ class FlightRecorder:
         over = self._span_lines - len(self._ring)
         if over <= 0:
             return
-        self._cut = PRE_BOUND_EVENTS
         self._span_lines -= over
         while over:
             head = spans[0]
@@ -275,9 +342,10 @@ class FlightRecorder:
             self._cut = PRE_BOUND_AGE
             if k >= len(ring):
                 ring.clear()
+                self._ring_bytes = 0
             else:
                 for _ in range(k):
-                    ring.popleft()
+                    self._ring_bytes -= len(ring.popleft())
 
     def _trigger(self, anomaly: Anomaly, now: float, wall: float, res: FeedResult) -> None:
         cap = self._active

@@ -48,6 +48,7 @@ CONFIG_KEYS = (
     "DUPLICATE_LRU_MAX",
     "GAP_REORDER_WINDOW",
     "FLIGHT_PRE_EVENTS",
+    "FLIGHT_RING_BYTES",
     "FLIGHT_POST_EVENTS",
     "FLIGHT_COOLDOWN_S",
     "FLIGHT_MAX_AGE_S",
@@ -93,6 +94,7 @@ class ForensicsConsumer(Consumer):
                 clock=clock,
                 wall_clock=wall_clock,
                 max_age_s=settings.FLIGHT_MAX_AGE_S,
+                max_bytes=settings.FLIGHT_RING_BYTES,
             )
         self.spans = LogSpans(settings.FLIGHT_PRE_EVENTS + settings.FLIGHT_POST_EVENTS + 1)
         self._nats_url = getattr(settings, "NATS_URL", None)

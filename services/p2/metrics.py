@@ -179,7 +179,8 @@ class P2Metrics:
         self.consumer_dropped_total = ScrapedCounter(
             "mercurystream_consumer_dropped",
             "Events a consumer received and did not pass on, by reason "
-            "(queue_full: drop-oldest; consumer_error: it raised on the event alone; shutdown)",
+            "(queue_full, queue_bytes: drop-oldest past the queue's bound in events or bytes; "
+            "consumer_error: it raised on the event alone; shutdown)",
             ("consumer", "reason"),
         )
         self.queue_depth = Gauge(
@@ -217,6 +218,21 @@ class P2Metrics:
             registry=r,
         )
         self.nats_connected = Gauge("mercurystream_p2_nats_connected", "1 while connected to NATS", registry=r)
+        self.connections_closed_total = ScrapedCounter(
+            "mercurystream_connections_closed",
+            "P1 connections closed, by reason (peer, stop, oversize, idle_timeout, partial_timeout, "
+            "partial_budget, evicted, refused)",
+            "reason",
+        )
+        self.partial_frame_bytes = Gauge(
+            "mercurystream_partial_frame_bytes", "Bytes of unfinished frames held across every connection", registry=r
+        )
+        self.budget_evictions_total = ScrapedCounter(
+            "mercurystream_budget_evictions",
+            "Items P2 let go, oldest first, because a memory bound was reached, by bound (bus_queue_bytes, "
+            "flight_ring_bytes: events; dedupe_ids: trade ids forgotten; partial_bytes_total: connections)",
+            "bound",
+        )
         self.analytics_skipped_total = Counter(
             "mercurystream_analytics_skipped",
             "Events an analytics consumer did not count, by reason",
@@ -269,6 +285,8 @@ class P2Metrics:
         )
         for collector in (
             self.events_total,
+            self.connections_closed_total,
+            self.budget_evictions_total,
             self.consumer_events_total,
             self.consumer_received_total,
             self.consumer_dropped_total,

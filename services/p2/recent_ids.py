@@ -1,13 +1,15 @@
-"""One product's recent distinct trade ids, as an LRU whose common case costs two integers.
+"""One product's recent distinct trade ids, as an LRU whose common case costs two integers, and the
+one store that holds every product's, for every rule, under one total bound.
 
 The duplicate rule (``detectors.DuplicateDetector``) and the analytics' dedupe
-(``analytics.TradeFilter``) both remember ids with it.
+(``analytics.TradeFilter``) both remember ids with it; in P2 both keep them in one
+:class:`RecentIdStore` (``p2.dedupe``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _COMPACT_MIN = 4096
 """A sightings list drops its forgotten head once it is this long and at least half the list."""
@@ -55,6 +57,11 @@ class RecentIds:
     def is_run(self) -> bool:
         """Whether the memory is just the two ends of a run."""
         return self.ids is None
+
+    @property
+    def cost(self) -> int:
+        """What this holds, in ids, as :class:`RecentIdStore` counts it: 1 for a run, else every sighting kept."""
+        return 1 if self.ids is None else len(self.order) - self.head + 1
 
     def remembered(self) -> list[int]:
         """The remembered ids, least recent first (for tests and introspection; O(max_ids))."""
@@ -179,3 +186,53 @@ class RecentIds:
         self.head = 0
         self.stale = {}
         self.irregular = len(kept) - 1
+
+
+class RecentIdStore:
+    """Every rule's :class:`RecentIds` by product, held under one bound of ``max_ids`` in total.
+
+    A rule keeps its products in :meth:`namespace` (a plain dict it reads and fills as before); the
+    owner calls :meth:`touched` after each batch with the products it changed. Past ``max_ids``
+    (each product's :attr:`RecentIds.cost`), the product of any rule touched longest ago is
+    forgotten first, whole, its ids counted in :attr:`evicted_ids`; the most recently touched one
+    always stays (it is bounded by its own ``max_ids``). A forgotten id is no longer a duplicate:
+    the bound trades exactness on very old ids for memory, never the count of what was seen.
+    """
+
+    def __init__(self, max_ids: int) -> None:
+        if max_ids <= 0:
+            raise ValueError("max_ids must be positive")
+        self.max_ids = max_ids
+        self.total = 0
+        self.evicted_ids = 0
+        self.evicted_products = 0
+        self._maps: dict[str, dict[str, RecentIds]] = {}
+        self._costs: dict[tuple[str, str], int] = {}
+        """Each held product's last known cost, least recently touched first."""
+
+    def namespace(self, rule: str) -> dict[str, RecentIds]:
+        return self._maps.setdefault(rule, {})
+
+    def touched(self, rule: str, products: Iterable[str]) -> None:
+        """Account the products ``rule`` just changed; forget the least recently touched past the bound."""
+        held = self._maps[rule]
+        costs = self._costs
+        total = self.total
+        for pid in products:
+            recent = held.get(pid)
+            if recent is None:
+                continue
+            key = (rule, pid)
+            total -= costs.pop(key, 0)
+            cost = recent.cost
+            costs[key] = cost
+            total += cost
+        while total > self.max_ids and len(costs) > 1:
+            (name, pid), cost = next(iter(costs.items()))
+            del costs[(name, pid)]
+            total -= cost
+            forgotten = self._maps[name].pop(pid, None)
+            if forgotten is not None:
+                self.evicted_ids += len(forgotten)
+                self.evicted_products += 1
+        self.total = total

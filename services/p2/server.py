@@ -5,12 +5,21 @@ objects → receive stamps → recorded lines → latencies), so it is tested by
 socket. :class:`TcpSource` is the thin asyncio shell around it. It uses ``asyncio.Protocol``
 rather than streams: ``data_received`` hands over whatever one read returned, which is exactly
 the batch the bus wants, with no await and no extra buffering per frame.
+
+What a client can make P2 hold is bounded: at most ``max_connections`` connections (a newcomer at
+the cap evicts a connection that never sent anything, else the one idle the longest, unless every
+one has read within :data:`ACTIVE_S`: then the newcomer is refused), each closed after ``idle_timeout_s`` without a
+read or ``partial_timeout_s`` holding an unfinished frame, each partial frame at most
+``max_frame_bytes`` and all of them together at most ``max_partial_bytes_total`` (past it the
+connection holding the largest partial frame is closed). Every close is counted by reason in
+``mercurystream_connections_closed_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +38,27 @@ ACK_HIGH_WATER = 64 * 1024
 """Above this many unsent bytes the peer is not reading acks (replay): stop writing them to it."""
 
 FRAME_ERROR_REASONS = ("invalid_json", "not_object", "oversize", "truncated")
+
+IDLE_TIMEOUT = "idle_timeout"
+PARTIAL_TIMEOUT = "partial_timeout"
+PARTIAL_BUDGET = "partial_budget"
+EVICTED = "evicted"
+REFUSED = "refused"
+OVERSIZE = "oversize"
+PEER = "peer"
+STOP = "stop"
+CLOSE_REASONS = (PEER, STOP, OVERSIZE, IDLE_TIMEOUT, PARTIAL_TIMEOUT, PARTIAL_BUDGET, EVICTED, REFUSED)
+"""Why a connection closed (``mercurystream_connections_closed_total{reason}``): the peer closed it,
+P2 stopped, a frame over ``MAX_FRAME_BYTES``, or one of the connection bounds."""
+
+ACTIVE_S = 2.0
+"""At the connection cap, a connection that read within this many seconds is active and is not
+evicted for a newcomer; if every connection is active, the newcomer is refused."""
+
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_PARTIAL_TIMEOUT_S = 10.0
+DEFAULT_MAX_PARTIAL_BYTES_TOTAL = 32 << 20
 
 
 def ack_frame(frames: int, final: bool = False) -> bytes:
@@ -124,8 +154,17 @@ class _Connection(asyncio.Protocol):
         self._acked = 0
         self._closing = False
         self._stopped_by_us = False
+        self.close_reason = PEER
         self.transport: Any = None
         self.peer = "?"
+        self.last_read = source.monotonic()
+        """When this connection last read anything (or connected): its idleness."""
+        self.has_read = False
+        """Whether it ever sent a byte: one that never did is evicted first at the cap, and never active."""
+        self.partial_since: float | None = None
+        """When the partial frame it holds was started (``None``: it holds none)."""
+        self.buffered = 0
+        """Bytes of the partial frame held, as :attr:`TcpSource.partial_bytes` counts them."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -143,14 +182,48 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        source = self._source
+        now = source.monotonic()
+        self.last_read = now
+        self.has_read = True
+        frames = self._ingest.frames
         got = self._ingest.feed(data)
-        self._source.accept(got, self.peer)
+        buffered = self._ingest.buffered
+        if not buffered:
+            self.partial_since = None
+        elif not self.buffered or self._ingest.frames != frames:
+            self.partial_since = now  # the frame held now was started by this read
+        source.partial_bytes += buffered - self.buffered
+        self.buffered = buffered
+        source.accept(got, self.peer)
         if got.oversize is not None:
             self._ack()
-            self._closing = True
-            self.transport.close()
+            self.drop(OVERSIZE)
             return
         self._ack()
+        if source.partial_bytes > source.max_partial_bytes_total:
+            source._over_partial_budget()
+
+    def drop(self, reason: str) -> None:
+        """Close this connection for ``reason`` (a bound): acknowledge what was read, forget its partial frame."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stopped_by_us = True
+        self.close_reason = reason
+        self._release_partial()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        self._ack()
+        transport.close()
+
+    def _release_partial(self) -> None:
+        self._ingest.decoder.drop_partial()
+        self._source.partial_bytes -= self.buffered
+        self.buffered = 0
+        self.partial_since = None
 
     def _ack(self) -> None:
         n = self._ingest.frames
@@ -164,6 +237,7 @@ class _Connection(asyncio.Protocol):
             return
         self._closing = True
         self._stopped_by_us = True
+        self.close_reason = STOP
         transport = self.transport
         if transport.is_closing():
             return
@@ -180,6 +254,7 @@ class _Connection(asyncio.Protocol):
         left = self._ingest.buffered
         if left and not self._stopped_by_us:
             self._source._truncated(left, self.peer)
+        self._release_partial()
         self._source._closed(self, exc)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -253,9 +328,25 @@ class TcpSource(Ingest, EventSource):
         metrics: P2Metrics,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock_us: Callable[[], int] = now_us,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        partial_timeout_s: float = DEFAULT_PARTIAL_TIMEOUT_S,
+        max_partial_bytes_total: int = DEFAULT_MAX_PARTIAL_BYTES_TOTAL,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(bus, metrics)
         self.host = host
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.partial_timeout_s = partial_timeout_s
+        self.max_partial_bytes_total = max_partial_bytes_total
+        self.monotonic = monotonic
+        self.active_s = ACTIVE_S
+        self.partial_bytes = 0
+        """Bytes of partial frames held across every connection."""
+        self.closed_by_reason = dict.fromkeys(CLOSE_REASONS, 0)
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = port
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
@@ -264,6 +355,9 @@ class TcpSource(Ingest, EventSource):
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()
+        metrics.connections_closed_total.source = lambda: self.closed_by_reason
+        metrics.partial_frame_bytes.set_function(lambda: self.partial_bytes)
+        metrics.connections.set_function(lambda: len(self._conns))
 
     @property
     def connections(self) -> int:
@@ -278,6 +372,45 @@ class TcpSource(Ingest, EventSource):
         self.stopping = False
         self._server = await loop.create_server(self.protocol, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="p2-connection-timeouts")
+
+    async def _sweep_forever(self) -> None:
+        tick = max(0.01, min(1.0, self.partial_timeout_s / 4, self.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Close the connections past the idle or the partial-frame timeout (the sweeper calls it every tick)."""
+        now = self.monotonic()
+        for conn in list(self._conns):
+            since = conn.partial_since
+            if since is not None and now - since > self.partial_timeout_s:
+                self._drop(conn, PARTIAL_TIMEOUT, f"a frame started {now - since:.1f} s ago is unfinished")
+            elif now - conn.last_read > self.idle_timeout_s:
+                self._drop(conn, IDLE_TIMEOUT, f"nothing read for {now - conn.last_read:.1f} s")
+
+    def _drop(self, conn: _Connection, reason: str, why: str) -> None:
+        if conn._closing:
+            return
+        if self._sampler.should_log(reason):
+            logger.warning(f"[{reason}] {conn.peer}: {why}; closing the connection")
+        conn.drop(reason)
+        self._conns.discard(conn)
+
+    def _over_partial_budget(self) -> None:
+        """Close the connections holding the largest partial frames until the total is within bound."""
+        while self.partial_bytes > self.max_partial_bytes_total:
+            holders = [c for c in self._conns if c.buffered and not c._closing]
+            if not holders:
+                return
+            worst = max(holders, key=lambda c: (c.buffered, -(c.partial_since or 0.0)))
+            self._drop(
+                worst,
+                PARTIAL_BUDGET,
+                f"{self.partial_bytes} bytes of partial frames across connections exceed "
+                f"MAX_PARTIAL_BYTES_TOTAL={self.max_partial_bytes_total}; this one holds the most ({worst.buffered})",
+            )
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, final-ack and close every connection; abort those that don't close in time."""
@@ -285,6 +418,11 @@ class TcpSource(Ingest, EventSource):
             return
         self.stopping = True
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         conns = list(self._conns)
         for conn in conns:
             conn.finish()
@@ -305,14 +443,27 @@ class TcpSource(Ingest, EventSource):
         return f"conns={len(self._conns)} | events={self.events} | frame_errors={errors}"
 
     def _opened(self, conn: _Connection) -> None:
-        self._conns.add(conn)
-        self.metrics.connections.inc()
         self.metrics.connections_total.inc()
-        logger.info(f"{conn.peer}: connected")
+        if len(self._conns) >= self.max_connections and not self.stopping:
+            now = self.monotonic()
+            idlest = min(self._conns, key=lambda c: (c.has_read, c.last_read))
+            if idlest.has_read and now - idlest.last_read < self.active_s:
+                self._conns.add(conn)
+                self._drop(conn, REFUSED, f"{len(self._conns) - 1} connections open, all active (MAX_CONNECTIONS)")
+                return
+            self._drop(
+                idlest,
+                EVICTED,
+                f"idle for {now - idlest.last_read:.1f} s, the longest of {len(self._conns)} connections "
+                f"(MAX_CONNECTIONS={self.max_connections}), for {conn.peer}",
+            )
+        self._conns.add(conn)
+        if self._sampler.should_log("connected"):
+            logger.info(f"{conn.peer}: connected")
 
     def _closed(self, conn: _Connection, exc: Exception | None) -> None:
-        if conn in self._conns:
-            self._conns.discard(conn)
-            self.metrics.connections.dec()
-        how = f" ({exc})" if exc is not None else ""
-        logger.info(f"{conn.peer}: closed after {conn.frames} frames{how}")
+        self._conns.discard(conn)
+        self.closed_by_reason[conn.close_reason] += 1
+        if self._sampler.should_log("closed") or conn.frames:
+            how = f" ({exc})" if exc is not None else ""
+            logger.info(f"{conn.peer}: closed after {conn.frames} frames ({conn.close_reason}){how}")

@@ -78,6 +78,14 @@ class FrameDecoder:
         """Bytes held that do not yet form a whole frame."""
         return len(self._buf) + self._parts_len
 
+    def drop_partial(self) -> int:
+        """Forget the bytes of a partial frame (the connection is being closed); how many there were."""
+        n = self.buffered
+        self._buf = b""
+        self._parts = []
+        self._parts_len = 0
+        return n
+
     def feed(self, data: bytes) -> list[bytes]:
         if self._closed:
             raise FrameTooLarge(-1, self.max_frame_bytes)

@@ -118,9 +118,6 @@ class OverBudget(AssertionError):
     """P2's memory went past its budget: the verdict a case awaiting the byte budget (issue 13 items 1-2) expects."""
 
 
-NEEDS_BUDGET = "needs issue 13 items 1-2 (byte budget, connection cap and timeouts)"
-
-
 class HostileP2:
     """One ``mercury-p2`` process with its own ports, files and log under ``tmp``."""
 

@@ -428,3 +428,40 @@ async def test_without_forensics_a_dump_is_refused_and_so_is_one_while_stopping(
     with pytest.raises(DumpRefused) as refused:
         app.dump("late")
     assert refused.value.reason == "unavailable"
+
+
+def test_the_memory_budget_and_connection_bounds_come_from_the_settings(tmp_path: Path) -> None:
+    from mercurystream.p2.batch import Batch as B
+
+    app = P2App(
+        settings_for(
+            tmp_path,
+            BUS_QUEUE_BYTES=50_000,
+            FLIGHT_RING_BYTES=40_000,
+            DEDUPE_IDS=3_000,
+            MAX_CONNECTIONS=7,
+            IDLE_TIMEOUT_S=11,
+            PARTIAL_TIMEOUT_S=3,
+            MAX_PARTIAL_BYTES_TOTAL=99_999,
+            FORENSICS=True,
+        )
+    )
+    assert all(s.max_bytes == 50_000 for s in app.bus.subscriptions)
+    forensics = next(c for c in app.consumers if c.name == "forensics")
+    assert forensics.recorder.max_bytes == 40_000
+    assert app.dedupe.store.max_ids == 3_000
+    src = app.source
+    assert (src.max_connections, src.idle_timeout_s, src.partial_timeout_s, src.max_partial_bytes_total) == (
+        7,
+        11,
+        3,
+        99_999,
+    )
+    big = [{"type": "match", "product_id": "BTC-USD", "trade_id": i, "pad": "x" * 1000} for i in range(100)]
+    app.bus.publish(B.of_events(big))
+    sample_value = app.metrics.registry.get_sample_value
+    dropped = sample_value("mercurystream_consumer_dropped_total", {"consumer": "vwap", "reason": "queue_bytes"})
+    assert dropped == app.bus.subscriptions[0].dropped_bytes > 0
+    assert sample_value("mercurystream_budget_evictions_total", {"bound": "bus_queue_bytes"}) == dropped * len(
+        app.bus.subscriptions
+    )

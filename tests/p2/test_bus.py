@@ -242,3 +242,72 @@ async def test_consumer_stop_drains_and_only_the_failing_event_is_counted() -> N
 
 
 # --- data derived once per batch ------------------------------------------------------------------
+
+
+# --- the byte bound ------------------------------------------------------------------------------
+
+
+def sized(start: int, n: int, pad: int) -> Batch:
+    return Batch.of_events([{"i": i, "pad": "x" * pad} for i in range(start, start + n)])
+
+
+def ids_of(sub: Subscription) -> list[int]:
+    return [int(line.split(b'"i":')[1].split(b",")[0]) for b in sub.take_nowait() for line in b.lines]
+
+
+def test_nbytes_counts_lines_and_a_fixed_overhead_per_event() -> None:
+    from mercurystream.p2.batch import EVENT_OVERHEAD_BYTES
+
+    b = sized(0, 3, 100)
+    assert b.nbytes == sum(map(len, b.lines)) + 3 * EVENT_OVERHEAD_BYTES
+    assert b.events_to_free(0) == 0
+    assert b.events_to_free(1) == 1
+    assert b.events_to_free(b.nbytes) == 3
+    assert b.events_to_free(10 * b.nbytes) == 3
+
+
+def test_the_byte_bound_drops_the_oldest_and_counts_them_apart() -> None:
+    drops: list[tuple[str, int]] = []
+    bus = Bus(on_drop=lambda name, n: drops.append((name, n)), queue_bytes=10_000)
+    sub = bus.subscribe("a", 1_000_000)
+    one = sized(0, 1, 1000).nbytes
+    per = 10_000 // one  # events that fit
+    for i in range(3 * per):
+        bus.publish(sized(i, 1, 1000))
+    assert sub.depth_bytes <= 10_000
+    assert sub.depth == per
+    assert sub.dropped == sub.dropped_bytes == 2 * per
+    assert sum(n for _, n in drops) == 2 * per
+    assert ids_of(sub) == list(range(2 * per, 3 * per))
+    assert sub.depth_bytes == 0
+
+
+def test_the_byte_bound_cuts_into_a_batch_and_keeps_the_newest_of_a_huge_one() -> None:
+    bus = Bus(queue_bytes=20_000)
+    sub = bus.subscribe("a", 1_000_000)
+    bus.publish(sized(0, 10, 1000))  # about 15 KB
+    bus.publish(sized(10, 4, 1000))  # over the bound: the oldest events of the first batch go
+    assert sub.depth_bytes <= 20_000
+    kept = ids_of(sub)
+    assert kept == list(range(14 - len(kept), 14))
+    assert sub.dropped_bytes == 14 - len(kept) > 0
+    bus.publish(sized(100, 1, 50_000))  # one event larger than the bound: it stays, alone
+    assert ids_of(sub) == [100]
+    bus.publish(sized(200, 3, 30_000))  # a batch larger than the bound keeps its newest event
+    assert ids_of(sub) == [202]
+
+
+def test_both_bounds_together_account_every_event() -> None:
+    bus = Bus(queue_bytes=8_000)
+    sub = bus.subscribe("a", 7)
+    total = 0
+    for i in range(50):
+        b = sized(total, 1 + i % 5, 200 * (i % 7))
+        total += len(b)
+        bus.publish(b)
+        assert sub.depth <= 7
+        assert sub.depth_bytes <= 8_000 or sub.depth == 1
+        assert sub.depth + sub.dropped + sub.delivered == total
+        if i % 9 == 0:
+            sub.take_nowait()
+    assert 0 < sub.dropped_bytes < sub.dropped

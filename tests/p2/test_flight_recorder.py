@@ -310,3 +310,68 @@ def test_an_empty_ring_is_not_dumped():
     with pytest.raises(DumpRefused, match="within the last 5 s"):
         aged.dump("stale")
     assert aged.ring_len == 0 and aged.pre_bound == PRE_BOUND_AGE
+
+
+# --- the byte bound --------------------------------------------------------------------------------
+
+
+def big(a: int, b: int, size: int = 1000) -> list[bytes]:
+    return [b'{"n":%d,"pad":"%s"}' % (k, b"x" * size) for k in range(a, b)]
+
+
+def test_the_ring_is_bounded_in_bytes_the_oldest_first_and_counted() -> None:
+    fr = FlightRecorder(pre_events=1000, post_events=3, cooldown_s=0.0, max_bytes=10_000)
+    for k in range(0, 60, 3):
+        fr.feed(big(k, k + 3))
+        assert fr.ring_bytes <= 10_000
+    assert fr.ring_len == 10_000 // len(big(0, 1)[0])
+    assert fr.evicted_bytes_bound == 60 - fr.ring_len
+    assert fr.pre_bound == "bytes"
+    cap = fr.feed(big(60, 61), [trig(0)]).started[0]
+    assert cap.pre[-1] == big(60, 61)[0]
+    assert sum(map(len, cap.pre)) <= 10_000
+    assert cap.pre_bound == "bytes"
+
+
+def test_a_line_larger_than_the_byte_bound_stays_alone() -> None:
+    fr = FlightRecorder(pre_events=100, post_events=0, cooldown_s=0.0, max_bytes=500)
+    fr.feed(lines(0, 5))
+    fr.feed(big(5, 6))
+    assert fr.ring_len == 1
+    assert fr.evicted_bytes_bound == 5
+    assert fr.dump("x").pre == big(5, 6)
+
+
+def test_the_event_bound_still_cuts_first_and_says_so() -> None:
+    fr = FlightRecorder(pre_events=4, post_events=0, cooldown_s=0.0, max_bytes=1 << 20)
+    fr.feed(lines(0, 3))
+    assert fr.pre_bound == PRE_BOUND_NONE
+    fr.feed(lines(3, 6))
+    assert fr.pre_bound == PRE_BOUND_EVENTS
+    assert fr.ring_bytes == sum(map(len, lines(2, 6)))
+    fr.feed(lines(6, 20))
+    assert fr.dump("x").pre == lines(16, 20)
+    assert fr.ring_bytes == sum(map(len, lines(16, 20)))
+    assert fr.evicted_bytes_bound == 0
+
+
+def test_a_capture_post_part_stops_at_the_byte_bound() -> None:
+    fr = FlightRecorder(pre_events=10, post_events=1000, cooldown_s=0.0, max_bytes=5_000)
+    res = fr.feed(big(0, 1), [trig(0)])
+    cap = res.started[0]
+    assert not res.completed
+    done = []
+    for k in range(1, 40):
+        done += fr.feed(big(k, k + 1)).completed
+    assert done == [cap]
+    assert cap.complete
+    assert 0 < sum(map(len, cap.post)) <= 5_000
+    assert fr.post_cut_bytes == 1
+
+
+def test_the_age_bound_keeps_the_byte_count() -> None:
+    clock = Clock(0.0)
+    fr = FlightRecorder(pre_events=100, post_events=0, cooldown_s=0.0, max_age_s=1.0, wall_clock=clock)
+    fr.feed(lines(0, 5), arrival_us=0)
+    fr.feed(lines(5, 8), arrival_us=2_000_000)
+    assert fr.ring_bytes == sum(map(len, lines(5, 8)))

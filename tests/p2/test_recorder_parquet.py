@@ -298,6 +298,9 @@ async def test_mercury_p2_records_parquet_and_sigterm_loses_no_row(tmp_path: Pat
         INCIDENTS_DIR=str(tmp_path / "incidents"),
         DRIFT_SAMPLE_FILE=str(tmp_path / "drift.jsonl"),
         INCIDENT_CHARTS="false",
+        # The whole burst fits the recorder's queue (30,000 events are about 25 MB by Batch.nbytes):
+        # this test is about the files and SIGTERM, not the queue's drop-oldest (tests/p2/test_bus.py).
+        BUS_QUEUE_BYTES=str(64 << 20),
     )
     n = 30_000
     proc = await asyncio.create_subprocess_exec(str(BIN / "mercury-p2"), env=env, stderr=asyncio.subprocess.PIPE)

@@ -567,3 +567,125 @@ def test_the_decoder_bounds_trade_times_by_its_own_clock_and_skew() -> None:
     assert IngestDecoder(clock_us=clock).feed(encode_frame(orjson.dumps(ahead))).batch.trades().future == [0]
     lax = IngestDecoder(clock_us=clock, max_future_skew_s=1e10)
     assert lax.feed(encode_frame(orjson.dumps(ahead))).batch.trades().future == []
+
+
+# ---------------------------------------------------------------- connection bounds
+
+
+async def bounded_server(**kw: object):
+    source, _, sub, metrics = make_source(max_frame_bytes=8192, **kw)
+    await source.start()
+    return source, sub, metrics
+
+
+async def closed_by_peer(client: Client, timeout: float = 5.0) -> bool:
+    """Whether P2 closes this connection within ``timeout`` (acks are read and ignored)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = await asyncio.wait_for(client.reader.read(65536), deadline - time.monotonic())
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+        if not data:
+            return True
+    return False
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout_and_counted() -> None:
+    source, _sub, metrics = await bounded_server(idle_timeout_s=0.3, partial_timeout_s=5.0)
+    try:
+        idle = await Client.connect(source.port)
+        busy = await Client.connect(source.port)
+        for i in range(8):  # reads every 0.1 s: never idle for 0.3 s
+            await busy.send(encode_frame(orjson.dumps(trade(i))))
+            await asyncio.sleep(0.1)
+        assert await closed_by_peer(idle, 3.0)
+        await eventually(lambda: source.closed_by_reason["idle_timeout"] == 1)
+        assert source.connections == 1
+        assert sample(metrics, "mercurystream_connections_closed_total", reason="idle_timeout") == 1
+        assert sample(metrics, "mercurystream_connections") == 1
+        await busy.wait_ack(8)
+        await busy.close()
+    finally:
+        await source.stop(timeout_s=5)
+
+
+async def test_an_unfinished_frame_is_closed_after_the_partial_timeout_without_a_truncated_count() -> None:
+    source, _sub, metrics = await bounded_server(idle_timeout_s=60.0, partial_timeout_s=0.3)
+    try:
+        slow = await Client.connect(source.port)
+        frame = encode_frame(orjson.dumps(trade(1)))
+        await slow.send(frame + frame[:10])
+        await slow.wait_ack(1)
+        await eventually(lambda: source.partial_bytes == 10)
+        assert sample(metrics, "mercurystream_partial_frame_bytes") == 10
+        for _ in range(5):  # a byte now and then keeps it from being idle, not from the partial timeout
+            await slow.send(frame[10:11])
+            await asyncio.sleep(0.05)
+        assert await closed_by_peer(slow, 3.0)
+        await eventually(lambda: source.closed_by_reason["partial_timeout"] == 1)
+        assert source.partial_bytes == 0
+        assert source.frame_errors["truncated"] == 0
+        assert sample(metrics, "mercurystream_connections_closed_total", reason="partial_timeout") == 1
+    finally:
+        await source.stop(timeout_s=5)
+
+
+async def test_partial_frames_are_bounded_in_total_by_closing_the_largest() -> None:
+    source, sub, _metrics = await bounded_server(max_partial_bytes_total=10_000)
+    try:
+        big_frame = encode_frame(b'{"pad":"' + b"x" * 7000 + b'"}')
+        clients = [await Client.connect(source.port) for _ in range(3)]
+        await clients[0].send(big_frame[:3000])
+        await clients[1].send(big_frame[:5000])
+        await eventually(lambda: source.partial_bytes == 8000)
+        await clients[2].send(big_frame[:4000])  # 12,000 in total: the one holding 5,000 goes
+        assert await closed_by_peer(clients[1], 3.0)
+        await eventually(lambda: source.closed_by_reason["partial_budget"] == 1)
+        assert source.partial_bytes == 7000
+        assert source.connections == 2
+        await clients[0].send(big_frame[3000:])  # the others go on
+        await clients[0].wait_ack(1)
+        assert sub.depth == 1
+    finally:
+        await source.stop(timeout_s=5)
+
+
+async def test_at_the_cap_a_newcomer_evicts_the_idlest_connection_or_is_refused_when_all_are_active() -> None:
+    source, sub, metrics = await bounded_server(max_connections=3)
+    source.active_s = 0.2
+    try:
+        hostile = [await Client.connect(source.port) for _ in range(3)]
+        await eventually(lambda: source.connections == 3)
+        await asyncio.sleep(0.3)
+        producer = await Client.connect(source.port)
+        assert await closed_by_peer(hostile[0], 3.0)  # the longest idle
+        await eventually(lambda: source.closed_by_reason["evicted"] == 1)
+        for i in range(5):
+            await producer.send(encode_frame(orjson.dumps(trade(i))))
+            await producer.wait_ack(i + 1)
+        # more hostile newcomers: each evicts an idle one, never the producer, which keeps reading
+        more = []
+        for i in range(4):
+            await asyncio.sleep(0.25)
+            await producer.send(encode_frame(orjson.dumps(trade(5 + i))))
+            await producer.wait_ack(6 + i)
+            more.append(await Client.connect(source.port))
+            await eventually(lambda n=i: source.closed_by_reason["evicted"] == 2 + n)
+        assert source.connections == 3
+        # every connection active: the newcomer is refused
+        active = [producer, *[await Client.connect(source.port) for _ in range(0)]]
+        await producer.send(encode_frame(orjson.dumps(trade(9))))
+        await producer.wait_ack(10)
+        for c in (more[-1], more[-2]):
+            await c.send(encode_frame(orjson.dumps(trade(0))))
+        await eventually(lambda: sub.depth == 12)
+        late = await Client.connect(source.port)
+        assert await closed_by_peer(late, 3.0)
+        assert source.closed_by_reason["refused"] == 1
+        assert sample(metrics, "mercurystream_connections_closed_total", reason="refused") == 1
+        assert not active[0].writer.is_closing()
+    finally:
+        await source.stop(timeout_s=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,12 +33,13 @@ class TradeFilter:
     garbage ids.
     """
 
-    def __init__(self, lru_max: int, max_products: int = 1024) -> None:
+    def __init__(self, lru_max: int, max_products: int = 1024, state: dict[str, RecentIds] | None = None) -> None:
+        """``state``: where the products' ids are kept (a ``RecentIdStore`` namespace; default: a dict of its own)."""
         if lru_max <= 0:
             raise ValueError("lru_max must be positive")
         self.lru_max = lru_max
         self.max_products = max_products
-        self._seen: dict[str, RecentIds] = {}
+        self._seen: dict[str, RecentIds] = {} if state is None else state
         self.accepted = 0
         self.skipped: dict[str, int] = dict.fromkeys(FILTER_REASONS, 0)
         self.last_rejected: dict[str, bytes] = {}
@@ -71,28 +73,44 @@ class TradeFilter:
         seen.add_run(trade_ids)
         return True
 
+    def repeats(self, batch: Batch) -> list[tuple[int, str]]:
+        """``(index in the batch, reason)`` of the valid trades of ``batch`` this filter does not count,
+        in batch order; each one that counts is remembered. ``p2.dedupe`` runs it once per batch at
+        publish, and every analytics consumer reads the verdict from the batch (``Batch.repeats``)."""
+        trades = batch.trades()
+        positions = trades.positions
+        ids = trades.ids
+        out: list[tuple[int, str]] = []
+        for pid, idx in trades.groups().items():
+            for k, reason in run(self, pid, (pick(ids, idx),), idx):
+                out.append((positions[k], reason))
+        out.sort()
+        return out
+
     def accept(self, batch: Batch) -> Trades:
-        """The trades of ``batch`` that count, in order; every other event counted under its reason."""
+        """The trades of ``batch`` that count, in order; every other event counted under its reason.
+
+        The dedupe verdict is the batch's own when it carries one (:attr:`Batch.repeats`), else this
+        filter decides it.
+        """
         trades = batch.trades()
         skipped = self.skipped
         lines = batch.lines
         for i, reason in trades.rejects:
             skipped[reason] += 1
             self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
-        out: list[tuple[int, str]] = []
-        ids = trades.ids
-        for pid, idx in trades.groups().items():
-            for k, reason in run(self, pid, (pick(ids, idx),), idx):
-                out.append((k, reason))
-        if not out:
+        repeats = batch.repeats
+        if repeats is None:
+            repeats = self.repeats(batch)
+        if not repeats:
             self.accepted += len(trades)
             return trades
         positions = trades.positions
         dropped = set()
-        for k, reason in out:
+        for i, reason in repeats:
             skipped[reason] += 1
-            self.last_rejected[reason] = lines[positions[k]][:SAMPLE_BYTES]
-            dropped.add(k)
+            self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
+            dropped.add(bisect_left(positions, i))
         kept = [k for k in range(len(trades)) if k not in dropped]
         self.accepted += len(kept)
         return trades.subset(kept)

@@ -15,7 +15,7 @@ from typing import Any
 
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors.drift import DriftDetector
-from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS, DuplicateDetector
+from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS, DuplicateDetector, duplicates_of
 from mercurystream.p2.detectors.latency_spike import LatencySpikeDetector, SpikeEvidence, nearest_rank
 from mercurystream.p2.detectors.out_of_order import OutOfOrderDetector
 from mercurystream.p2.detectors.sequence_gap import SequenceGapDetector
@@ -119,6 +119,9 @@ class Detectors:
         self.reference_only = not kernels
         self.drift = DriftDetector(drift_samples_per_min)
         self.duplicate = DuplicateDetector(duplicate_lru_max)
+        """Used only for batches that carry no verdict of their own (``Batch.duplicates``)."""
+        self.judged_duplicates = 0
+        """Duplicates counted from the verdicts the batches carried."""
         self.out_of_order = OutOfOrderDetector()
         self.sequence_gap = SequenceGapDetector(gap_reorder_window)
         self.latency = LatencySpikeDetector(
@@ -141,7 +144,7 @@ class Detectors:
     def counts(self) -> dict[str, int]:
         return {
             SCHEMA_DRIFT: self.drift.count,
-            DUPLICATE: self.duplicate.count,
+            DUPLICATE: self.duplicate.count + self.judged_duplicates,
             OUT_OF_ORDER: self.out_of_order.count,
             SEQUENCE_GAP: self.sequence_gap.count,
             LATENCY_SPIKE: self.latency.count,
@@ -164,6 +167,13 @@ class Detectors:
         lru = self.duplicate.max_ids
         window = self.sequence_gap.window
         backfilled = set(batch.backfilled)
+        dups = batch.duplicates
+        if dups is None:
+            dups = duplicates_of(self.duplicate, batch, self.reference_only)
+        else:
+            self.judged_duplicates += len(dups)
+        for i in dups:
+            out.append(Anomaly(DUPLICATE, i, 1, pids[i], {"trade_id": tids[i], "lru_max": lru}))
         notices: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for i, c in batch.controls:
             if c["type"] == GAP:
@@ -177,8 +187,6 @@ class Detectors:
                 self._gaps_with_notices(pid, matches, tids, notices[pid], out)
             if keyed:
                 p_tids = pick(tids, keyed)
-                for i, _ in run(self.duplicate, pid, (p_tids,), keyed, self.reference_only):
-                    out.append(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tids[i], "lru_max": lru}))
                 matches = keyed if all_match else [i for i in keyed if types[i] == "match"]
                 if matches and not (notices and pid in notices):
                     m_tids = p_tids if matches is keyed else pick(tids, matches)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mercurystream.p2.batch import Batch
 from mercurystream.p2.recent_ids import RecentIds
-from mercurystream.shared.event import increasing
+from mercurystream.p2.rule import run
+from mercurystream.shared.event import increasing, pick
 
 MAX_PRODUCTS = 10_000
 """Per-product state is created for at most this many product ids per detector, so a stream of
@@ -22,13 +24,14 @@ class DuplicateDetector:
     memory while a product's ids run without holes).
     """
 
-    def __init__(self, max_ids: int = 50_000) -> None:
+    def __init__(self, max_ids: int = 50_000, state: dict[str, RecentIds] | None = None) -> None:
+        """``state``: where the products' ids are kept (a ``RecentIdStore`` namespace; default: a dict of its own)."""
         if max_ids <= 0:
             raise ValueError("max_ids must be positive")
         self.max_ids = max_ids
         self.count = 0
         self.untracked = 0
-        self._state: dict[str, RecentIds] = {}
+        self._state: dict[str, RecentIds] = {} if state is None else state
 
     @property
     def products(self) -> int:
@@ -65,3 +68,24 @@ class DuplicateDetector:
             recent = self._state[product_id] = RecentIds(self.max_ids)
         recent.add_run(trade_ids)
         return True
+
+
+def duplicates_of(rule: DuplicateDetector, batch: Batch, reference_only: bool = False) -> list[int]:
+    """The indices of ``batch``'s duplicates by ``rule``, products in order of first appearance.
+
+    The rule sees every event with a trade id of the right kind except backfilled trades (P1
+    fetched those again on purpose). ``p2.dedupe`` runs this once per batch at publish; the
+    detectors read the verdict from the batch (``Batch.duplicates``).
+    """
+    tids = batch.trade_ids
+    clean = batch.clean
+    backfilled = set(batch.backfilled)
+    out: list[int] = []
+    for pid, idx in batch.groups().items():
+        if backfilled:
+            idx = [i for i in idx if i not in backfilled]
+        keyed = idx if clean else [i for i in idx if tids[i] is not None]
+        if keyed:
+            for i, _ in run(rule, pid, (pick(tids, keyed),), keyed, reference_only):
+                out.append(i)
+    return out

@@ -310,6 +310,7 @@ def render_report(
 
 _PRE_BOUNDS = {
     "events": ("events: the ring was full", "FLIGHT_PRE_EVENTS", ""),
+    "bytes": ("bytes: the ring was full in bytes", "FLIGHT_RING_BYTES", " bytes"),
     "age": ("age: older events had left the ring", "FLIGHT_MAX_AGE_S", " s"),
     "none": ("none: every event since P2 started", None, ""),
 }
