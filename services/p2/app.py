@@ -170,7 +170,9 @@ class P2App:
             "bus_queue_bytes": sum(s.dropped_bytes for s in self.bus.subscriptions),
             "flight_ring_bytes": sum(getattr(r, "evicted_bytes_bound", 0) for r in rings),
             "dedupe_ids": self.dedupe.evicted_ids,
-            "partial_bytes_total": self.source.closed_by_reason["partial_budget"],
+            "partial_bytes_total": (
+                self.source.closed_by_reason["partial_budget"] if isinstance(self.source, TcpSource) else 0
+            ),
         }
 
     @property

@@ -232,6 +232,16 @@ async def test_default_wiring_builds_the_app(fake_consumers: None, tmp_path: Pat
     assert app.sync_consumers.consumers == app.consumers  # the recorder shares the task too
 
 
+@pytest.mark.parametrize("source", ["tcp", "nats"])
+def test_metrics_collect_for_either_source_before_it_starts(tmp_path: Path, source: str) -> None:
+    """Every scraped counter reads its source; a NATS shard has no TCP connections to close or evict."""
+    from prometheus_client import generate_latest
+
+    app = P2App(settings_for(tmp_path, P2_SOURCE=source))
+    text = generate_latest(app.metrics.registry).decode()
+    assert 'mercurystream_budget_evictions_total{bound="partial_bytes_total"' in text
+
+
 # ---------------------------------------------------------------- the real process
 
 
