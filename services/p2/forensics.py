@@ -188,8 +188,12 @@ class ForensicsConsumer(Consumer):
                 "counters_at_trigger": self._counters_at(anomalies, per_type, cap.anomaly.index),
                 "config": self.config,
             }
-        for a in res.suppressed:
-            self._suppressed_metric[a.type].inc()
+        if res.suppressed:
+            suppressed: dict[str, int] = {}
+            for a in res.suppressed:
+                suppressed[a.type] = suppressed.get(a.type, 0) + 1
+            for t, n in suppressed.items():
+                self._suppressed_metric[t].inc(n)
         return res.completed
 
     def _counters_at(self, anomalies: list[Anomaly], per_type: dict[str, int], index: int) -> dict[str, int]:
