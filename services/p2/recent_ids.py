@@ -51,6 +51,12 @@ class RecentIds:
             return self.lo <= tid <= self.hi
         return tid in self.ids
 
+    def contains_all(self, tids: Sequence[int]) -> bool:
+        """Whether every one of ``tids`` is remembered (C-level passes)."""
+        if self.ids is None:
+            return self.lo <= min(tids) and max(tids) <= self.hi
+        return self.ids.issuperset(tids)
+
     @property
     def is_run(self) -> bool:
         """Whether the memory is just the two ends of a run."""

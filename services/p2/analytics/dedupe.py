@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from itertools import filterfalse, repeat
+from operator import itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch, Trades
@@ -16,6 +19,8 @@ TOO_MANY_PRODUCTS = "too_many_products"
 FILTER_REASONS = (*REASONS, CONTROL, DUPLICATE, TOO_MANY_PRODUCTS)
 """Why a consumer does not count an event: the schema's trade checks, a control event (no trade),
 then this filter's own."""
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 SAMPLE_BYTES = 200
 """The example kept for each skip reason is the event's recorded line cut to this many bytes."""
 
@@ -56,14 +61,20 @@ class TradeFilter:
         return None
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
-        """Ids increasing from above every id the product ever had: none can be a duplicate."""
+        """Ids increasing from above every id the product ever had: none can be a duplicate.
+
+        Or ids all remembered already (a resent stretch): every one is a duplicate, and a duplicate
+        changes nothing here."""
         (trade_ids,) = columns
         seen = self._seen.get(product_id)
         if seen is None:
             if len(self._seen) >= self.max_products:
                 return False
         elif not trade_ids[0] > seen.high:
-            return False
+            if not seen.contains_all(trade_ids):
+                return False
+            hits.extend(zip(range(len(trade_ids)), repeat(DUPLICATE)))
+            return True
         if not increasing(trade_ids):
             return False
         if seen is None:
@@ -82,17 +93,18 @@ class TradeFilter:
         out: list[tuple[int, str]] = []
         ids = trades.ids
         for pid, idx in trades.groups().items():
-            for k, reason in run(self, pid, (pick(ids, idx),), idx):
-                out.append((k, reason))
+            out += run(self, pid, (pick(ids, idx),), idx)
         if not out:
             self.accepted += len(trades)
             return trades
         positions = trades.positions
-        dropped = set()
-        for k, reason in out:
-            skipped[reason] += 1
+        reasons = list(map(_SECOND, out))
+        for reason, n in Counter(reasons).items():
+            skipped[reason] += n
+        # The last event skipped for each reason is the one in the sample.
+        for reason, k in dict(zip(reasons, map(_FIRST, out), strict=True)).items():
             self.last_rejected[reason] = lines[positions[k]][:SAMPLE_BYTES]
-            dropped.add(k)
-        kept = [k for k in range(len(trades)) if k not in dropped]
+        dropped = set(map(_FIRST, out))
+        kept = [] if len(dropped) == len(trades) else list(filterfalse(dropped.__contains__, range(len(trades))))
         self.accepted += len(kept)
         return trades.subset(kept)
