@@ -11,7 +11,7 @@ from typing import Any
 from mercurystream.p2.batch import Batch, Trades
 from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.p2.rule import run
-from mercurystream.shared.event import increasing, pick
+from mercurystream.shared.event import increasing
 from mercurystream.shared.schema import CONTROL, REASONS
 
 DUPLICATE = "duplicate"
@@ -91,9 +91,10 @@ class TradeFilter:
             skipped[reason] += 1
             self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
         out: list[tuple[int, str]] = []
-        ids = trades.ids
+        # Each product's ids as the trades share them, so every consumer asks about the same column.
+        by_product = trades.by_product()
         for pid, idx in trades.groups().items():
-            out += run(self, pid, (pick(ids, idx),), idx)
+            out += run(self, pid, (by_product[pid].ids,), idx)
         if not out:
             self.accepted += len(trades)
             return trades
