@@ -10,7 +10,8 @@ checked by every other detector whose fields it carries with the right kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch
@@ -93,6 +94,7 @@ class Anomaly:
 
 
 _BY_INDEX = attrgetter("index")
+_FIRST = itemgetter(0)
 
 
 class Detectors:
@@ -177,8 +179,11 @@ class Detectors:
                 self._gaps_with_notices(pid, matches, tids, notices[pid], out)
             if keyed:
                 p_tids = pick(tids, keyed)
-                for i, _ in run(self.duplicate, pid, (p_tids,), keyed, self.reference_only):
-                    out.append(Anomaly(DUPLICATE, i, 1, pid, {"trade_id": tids[i], "lru_max": lru}))
+                hits = run(self.duplicate, pid, (p_tids,), keyed, self.reference_only)
+                if hits:
+                    at = list(map(_FIRST, hits))
+                    details = [{"trade_id": tids[i], "lru_max": lru} for i in at]
+                    out += map(Anomaly, repeat(DUPLICATE), at, repeat(1), repeat(pid), details)
                 matches = keyed if all_match else [i for i in keyed if types[i] == "match"]
                 if matches and not (notices and pid in notices):
                     m_tids = p_tids if matches is keyed else pick(tids, matches)
@@ -187,8 +192,10 @@ class Detectors:
                         out.append(Anomaly(SEQUENCE_GAP, i, n, pid, detail))
             timed = idx if clean and not future else [i for i in idx if times[i] is not None and i not in future]
             if timed:
-                for i, latest in run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only):
-                    out.append(Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": times[i], "latest_time": latest}))
+                hits = run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only)
+                if hits:
+                    details = [{"time": times[i], "latest_time": latest} for i, latest in hits]
+                    out += map(Anomaly, repeat(OUT_OF_ORDER), map(_FIRST, hits), repeat(1), repeat(pid), details)
         if batch.latencies:
             for i, spike in run(self.latency, None, (batch.latencies,), batch.latency_at, self.reference_only):
                 out.append(Anomaly(LATENCY_SPIKE, i, 1, None, spike.summary, spike))
