@@ -8,8 +8,8 @@ recorded stream replays with its original latencies.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress, islice, repeat
-from operator import eq, itemgetter, le, lt
+from itertools import islice
+from operator import itemgetter, le, lt
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -65,21 +65,9 @@ def _by_identity(fn: Callable[[Sequence[Any]], T]) -> Callable[[Sequence[Any]], 
 _IDENTITY_CACHE = 64
 
 
-_FEW_KEYS = 8
-"""Up to this many distinct keys (a batch's products, usually), each key's positions take one C pass."""
-
-
 @_by_identity
 def group_positions(keys: Sequence[str]) -> dict[str, list[int]]:
-    """Each key's positions in order; keys in order of first appearance (the caller must not change it).
-
-    Keys are strings or ``None`` (a product id column), which equal only themselves."""
-    first = dict.fromkeys(keys)
-    if len(first) <= _FEW_KEYS:
-        if len(first) == 1:
-            return {key: list(range(len(keys))) for key in first}
-        positions = range(len(keys))
-        return {key: list(compress(positions, map(eq, keys, repeat(key)))) for key in first}
+    """Each key's positions in order; keys in order of first appearance (the caller must not change it)."""
     groups: dict[str, list[int]] = {}
     get = groups.get
     for i, key in enumerate(keys):
