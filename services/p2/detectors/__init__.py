@@ -161,7 +161,12 @@ class Detectors:
         types = batch.types
         clean = batch.clean
         # A time past the batch's bound is invalid_time: it must not become a product's latest.
-        future = set(batch.trades().future)
+        trades = batch.trades()
+        future = set(trades.future)
+        groups = batch.groups()
+        # The trades' own per-product ids when they group the batch itself (the clean case): the
+        # dedupes asked about those very columns already, so "increasing?" is remembered.
+        shared = trades.by_product() if clean and trades.groups() is groups else None
         all_match = clean and types.count("match") == len(types)
         lru = self.duplicate.max_ids
         window = self.sequence_gap.window
@@ -170,7 +175,8 @@ class Detectors:
         for i, c in batch.controls:
             if c["type"] == GAP:
                 notices.setdefault(c["product_id"], []).append((i, c))
-        for pid, idx in batch.groups().items():
+        for pid, group in groups.items():
+            idx = group
             if backfilled:
                 idx = [i for i in idx if i not in backfilled]
             keyed = idx if clean else [i for i in idx if tids[i] is not None]
@@ -178,7 +184,7 @@ class Detectors:
                 matches = [i for i in keyed if types[i] == "match"]
                 self._gaps_with_notices(pid, matches, tids, notices[pid], out)
             if keyed:
-                p_tids = pick(tids, keyed)
+                p_tids = shared[pid].ids if shared is not None and keyed is group else pick(tids, keyed)
                 hits = run(self.duplicate, pid, (p_tids,), keyed, self.reference_only)
                 if hits:
                     at = list(map(_FIRST, hits))
