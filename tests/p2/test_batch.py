@@ -270,3 +270,20 @@ def test_backfilled_trades_are_marked_and_the_batch_is_not_clean() -> None:
     assert t.backfilled == [0]
     c, _ = read([p1_event(1), gap_event()])
     assert c.tail(1).controls[0][0] == 0 and c.tail(2).controls == []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([p1_event, seed_event, replayed_event]), min_size=1, max_size=12))
+def test_a_read_of_any_mix_of_valid_shapes_is_what_the_event_by_event_build_makes(shapes) -> None:
+    """The column-wise paths of ``normalize`` (one shape per read) equal ``_from_rows`` on every mix."""
+    from mercurystream.p2.batch import _ROW, _decode, _from_rows
+
+    payloads = [orjson.dumps(shape(i)) for i, shape in enumerate(shapes, 1)]
+    batch, errors = normalize(payloads, RECV_US)
+    rows = [(True, _ROW(_decode(p)), None, None, None) for p in payloads]
+    ref = _from_rows(payloads, rows, RECV_US, clean=True)
+    assert errors == [] and batch is not None
+    assert list(batch.lines) == list(ref.lines)
+    assert list(batch.latencies) == list(ref.latencies) and list(batch.latency_at) == list(ref.latency_at)
+    assert [list(c) for c in batch.columns()] == [list(c) for c in ref.columns()]
+    assert batch.clean == ref.clean and batch.time_limit_s == ref.time_limit_s
