@@ -14,6 +14,7 @@ Over TCP, with the load generator on the same two cores, P2 measured about 20 % 
 
     .venv/bin/python benchmarks/profile_p2.py                 # table
     .venv/bin/python benchmarks/profile_p2.py --cprofile 25   # plus the top functions
+    .venv/bin/python benchmarks/profile_p2.py --shape storm   # a benchmark scenario's stream instead
     .venv/bin/python benchmarks/profile_p2.py --json          # one JSON object, for tools
 """
 
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,55 @@ class Stream:
             while frame < n and end_of_frame[frame] <= read_end:
                 frame += 1
             self.clock.append(ingest[max(frame - 1, 0)] + WIRE_DELAY_US)
+
+
+class ShapeStream:
+    """A scenario's stream (``benchmarks.stream``: ``p1``, ``seed``, ``replayed`` or ``storm``), as :class:`Stream`.
+
+    The pool is rendered in chunks of ``P1_BATCH`` frames, each stamped with one clock as the load
+    generator does, and cut into reads of ``chunk_bytes``. The storm first sends its window in
+    order (the priming) and then resends it shuffled, so most of it is duplicates out of order.
+    """
+
+    def __init__(self, n: int, chunk_bytes: int, shape: str) -> None:
+        if __package__ in (None, ""):  # run as a script: benchmarks/ is a package of the checkout
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.stream import FrameStream, StormStream, generate_pool
+
+        pool = generate_pool(min(n, 50_000))
+        base_us = time.time_ns() // 1000 - 10_000_000
+        parts: list[bytes] = []
+        stamps: list[int] = []
+        if shape == "storm":
+            window = min(STORM_WINDOW, len(pool))
+            prime = FrameStream(pool, "p1")
+            sources: list[tuple[Any, int]] = [(prime, window), (StormStream(pool, window), n - window)]
+        else:
+            sources = [(FrameStream(pool, shape), n)]
+        for src, count in sources:
+            while count > 0:
+                k = min(P1_BATCH, count)
+                now = base_us + len(parts) * P1_BATCH * 1_000_000 // WIRE_RATE
+                parts.append(src.take(k, now))
+                stamps.append(now)
+                count -= k
+        self.events = n
+        data = b"".join(parts)
+        self.payload_bytes = len(data) - 4 * n
+        self.chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+        self.clock = []
+        ends = list(accumulate(map(len, parts)))
+        read_end = 0
+        part = 0
+        for chunk in self.chunks:
+            read_end += len(chunk)
+            while part < len(parts) - 1 and ends[part] < read_end:
+                part += 1
+            self.clock.append(stamps[part] + WIRE_DELAY_US)
+
+
+STORM_WINDOW = 20_000
+"""As ``benchmarks.scenarios.STORM_WINDOW``."""
 
 
 class ReplayClock:
@@ -291,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         default="median",
         help="per-stage statistic over the runs (min: A/B on a noisy host)",
     )
+    ap.add_argument(
+        "--shape",
+        choices=("market", "p1", "seed", "replayed", "storm"),
+        default="market",
+        help="market: P1's pipeline over the exchange's market (default); else a benchmark scenario's stream",
+    )
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print the top N functions")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
@@ -298,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         print("profile_p2: --events, --chunk-bytes, --repeat and --exchange-rate must be positive", file=sys.stderr)
         return 2
     tune_runtime()
-    stream = Stream(args.events, args.chunk_bytes, args.exchange_rate)
+    stream: Any
+    if args.shape == "market":
+        stream = Stream(args.events, args.chunk_bytes, args.exchange_rate)
+    else:
+        stream = ShapeStream(args.events, args.chunk_bytes, args.shape)
     n = stream.events
     parse_runs: list[float] = []
     typed_runs: list[float] = []

@@ -22,7 +22,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import add, attrgetter, itemgetter, truediv
+from operator import add, attrgetter, itemgetter, sub, truediv
 from typing import Any
 
 import msgspec
@@ -446,11 +446,13 @@ def normalize(
     if True in columns[10]:
         typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
         return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
+    ingest_us = columns[7]
     if own_ms.count(None) == n and set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
         lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(_recv_suffix(recv_us))))
-        ingest_us = columns[7]
         if None not in ingest_us:
             latencies = list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
+        elif ingest_us.count(None) == n:
+            latencies = list(map(float, map((recv_us // 1000).__sub__, columns[6])))
         else:
             recv_ms = recv_us // 1000
             latencies = [
@@ -459,6 +461,11 @@ def normalize(
             ]
         limit = latest_valid_s(recv_us, max_future_skew_s)
         return Batch(lines, recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
+    if None not in own_ms and None not in columns[9] and None not in ingest_us:
+        # Every event carries its own receive stamps (a replay keeping them): kept as sent.
+        latencies = list(map(truediv, map(sub, columns[9], ingest_us), repeat(1000.0)))
+        limit = latest_valid_s(recv_us, max_future_skew_s)
+        return Batch(list(payloads), recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
     typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import islice
+from operator import le
 from typing import Any
 
 from mercurystream.p2.detectors import Anomaly
@@ -232,6 +233,12 @@ class FlightRecorder:
             return res
         now = self._clock()
         wall = self._wall()
+        if self._active is None and self._cooling(now) and _in_order(triggers, n):
+            # Nothing can start before the batch ends: every trigger is suppressed, and the ring only grows.
+            self.suppressed += len(triggers)
+            res.suppressed.extend(triggers)
+            self._advance(lines, 0, n, res)
+            return res
         pos = 0
         for a in triggers:
             i = a.index
@@ -347,9 +354,13 @@ class FlightRecorder:
                 for _ in range(k):
                     self._ring_bytes -= len(ring.popleft())
 
+    def _cooling(self, now: float) -> bool:
+        """Whether a trigger at ``now`` falls within the cooldown of the last capture's."""
+        return self._last_trigger is not None and now - self._last_trigger < self.cooldown_s
+
     def _trigger(self, anomaly: Anomaly, now: float, wall: float, res: FeedResult) -> None:
         cap = self._active
-        if cap is not None or (self._last_trigger is not None and now - self._last_trigger < self.cooldown_s):
+        if cap is not None or self._cooling(now):
             self.suppressed += 1
             res.suppressed.append(anomaly)
             if cap is not None:
@@ -418,3 +429,9 @@ class FlightRecorder:
         self._active = None
         cap.complete = False
         return cap
+
+
+def _in_order(triggers: Sequence[Anomaly], n: int) -> bool:
+    """Whether the triggers' indices are sorted and inside a batch of ``n`` lines."""
+    at = [a.index for a in triggers]
+    return at[0] >= 0 and at[-1] < n and all(map(le, at, islice(at, 1, None)))

@@ -207,8 +207,12 @@ class ForensicsConsumer(Consumer):
                 "config": self.config,
                 "first_line": base + cap.anomaly.index - cap.pre_count + 1,
             }
-        for a in res.suppressed:
-            self._suppressed_metric[a.type].inc()
+        if res.suppressed:
+            suppressed: dict[str, int] = {}
+            for a in res.suppressed:
+                suppressed[a.type] = suppressed.get(a.type, 0) + 1
+            for t, n in suppressed.items():
+                self._suppressed_metric[t].inc(n)
         return res.completed
 
     def _counters_at(self, anomalies: list[Anomaly], per_type: dict[str, int], index: int) -> dict[str, int]:

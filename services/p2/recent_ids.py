@@ -9,6 +9,7 @@ The duplicate rule (``detectors.DuplicateDetector``) and the analytics' dedupe
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 _COMPACT_MIN = 4096
@@ -52,6 +53,12 @@ class RecentIds:
         if self.ids is None:
             return self.lo <= tid <= self.hi
         return tid in self.ids
+
+    def contains_all(self, tids: Sequence[int]) -> bool:
+        """Whether every one of ``tids`` is remembered (C-level passes)."""
+        if self.ids is None:
+            return self.lo <= min(tids) and max(tids) <= self.hi
+        return self.ids.issuperset(tids)
 
     @property
     def is_run(self) -> bool:
@@ -126,6 +133,18 @@ class RecentIds:
         self._general()
         self.order.append(tid)
         self.stale[tid] = self.stale.get(tid, 0) + 1
+        self.irregular = len(self.order) - 1
+        if len(self.order) - self.head > 2 * len(self.ids) + _COMPACT_MIN:  # type: ignore[arg-type]
+            self._rebuild()
+
+    def seen_again_many(self, tids: Sequence[int]) -> None:
+        """:meth:`seen_again` of remembered ids in order; a rebuild that falls due waits for the last
+        of them, which leaves the same ids remembered in the same order."""
+        self._general()
+        self.order.extend(tids)
+        stale = self.stale
+        for tid, k in Counter(tids).items():
+            stale[tid] = stale.get(tid, 0) + k
         self.irregular = len(self.order) - 1
         if len(self.order) - self.head > 2 * len(self.ids) + _COMPACT_MIN:  # type: ignore[arg-type]
             self._rebuild()

@@ -96,7 +96,7 @@ class IngestDecoder:
     What the payloads are, and the batch they make, is ``p2.batch.normalize``'s one decision.
     """
 
-    __slots__ = ("_clock", "_dirty", "decoder", "max_future_skew_s")
+    __slots__ = ("_clock", "decoder", "max_future_skew_s")
 
     def __init__(
         self,
@@ -107,8 +107,6 @@ class IngestDecoder:
         self.decoder = FrameDecoder(max_frame_bytes)
         self._clock = clock_us
         self.max_future_skew_s = max_future_skew_s
-        self._dirty = False
-        """The decoder holds bytes of a partial frame that may contain a raw line break."""
 
     @property
     def frames(self) -> int:
@@ -126,13 +124,11 @@ class IngestDecoder:
         except FrameTooLarge as exc:
             payloads = exc.payloads
             oversize = exc
-        # One scan of the read instead of two per payload; a header byte may match, which only
-        # costs the per-payload check below.
-        dirty = self._dirty or b"\n" in data or b"\r" in data
-        self._dirty = dirty and self.decoder.buffered > 0
         if not payloads:
             return Received(None, (), (), oversize)
-        if dirty:
+        # The payloads joined, not the read: frame headers hold 0x0a and 0x0d bytes in most reads.
+        joined = b"".join(payloads)
+        if b"\n" in joined or b"\r" in joined:
             # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
             payloads = [_one_line(p) for p in payloads]
         batch, errors = normalize(payloads, self._clock(), self.max_future_skew_s)

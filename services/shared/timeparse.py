@@ -101,7 +101,11 @@ class IsoTimeParser:
                 i = j
             return list(map(add, bases, fractions))
         seconds = list(map(_SECOND, times))
-        epochs = {sec: get(sec) for sec in set(seconds)}
+        distinct = set(seconds)
+        # Remembered seconds in one C pass; only the others are parsed.
+        epochs = dict(zip(distinct, map(self._seconds.get, distinct, repeat(_UNKNOWN)), strict=True))
+        if _UNKNOWN in epochs.values():
+            epochs = {sec: get(sec) if epoch is _UNKNOWN else epoch for sec, epoch in epochs.items()}
         if None in epochs.values():
             return None
         return list(map(add, map(epochs.__getitem__, seconds), fractions))

@@ -53,3 +53,28 @@ def test_recent_ids_is_the_lru_in_either_form(ops, max_ids):
             r.add(tid)
         assert r.remembered() == list(ref.ids)
         assert all((t in r) == (t in ref.ids) for t in range(0, 140))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), max_size=40),
+    st.lists(st.lists(st.integers(0, 60), min_size=1, max_size=12), max_size=6),
+    st.integers(1, 8),
+)
+def test_seeing_many_again_is_seeing_each_again(first, later, max_ids):
+    """``contains_all`` is ``in`` for each; ``seen_again_many`` leaves the LRU as ``seen_again`` one by one."""
+    many, each = RecentIds(max_ids), RecentIds(max_ids)
+    for r in (many, each):
+        for tid in first:
+            r.seen_again(tid) if tid in r else r.add(tid)
+    for tids in later:
+        assert many.contains_all(tids) == all(t in many for t in tids)
+        if many.contains_all(tids):
+            many.seen_again_many(tids)
+            for t in tids:
+                each.seen_again(t)
+        else:
+            for r in (many, each):
+                for t in tids:
+                    r.seen_again(t) if t in r else r.add(t)
+        assert many.remembered() == each.remembered()

@@ -25,8 +25,11 @@ def _iso(us: int, fixed: bool) -> str:
 
 @st.composite
 def ids(draw) -> list[int]:
-    """Mostly a run continuing where the last left off (the kernels' case), sometimes anything."""
+    """Mostly a run continuing where the last left off (the kernels' case), sometimes anything, or a
+    few ids of a small range (often all remembered already: a resent stretch)."""
     n = draw(st.integers(1, 30))
+    if not draw(st.integers(0, 4)):
+        return draw(st.lists(st.integers(0, 6), min_size=1, max_size=5))
     if draw(st.integers(0, 3)):
         start = draw(st.integers(0, 60))
         step = draw(st.sampled_from([1, 1, 1, 2]))

@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 from mercurystream.shared.event import group_positions, latency_ms, pick
 
 
-@given(st.lists(st.sampled_from(["A", "B", "C", "D"]), max_size=30))
+@given(
+    st.lists(st.sampled_from(["A", "B", "C", "D", None]), max_size=30)
+    | st.lists(st.sampled_from([str(i) for i in range(12)]), max_size=40)
+)
 def test_group_positions_and_pick_partition_the_column(keys: list[str]) -> None:
     groups = group_positions(keys)
     assert list(groups) == list(dict.fromkeys(keys))

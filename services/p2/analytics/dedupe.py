@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Sequence
+from itertools import filterfalse, repeat
+from operator import itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch, Trades
 from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.p2.rule import run
-from mercurystream.shared.event import increasing, pick
+from mercurystream.shared.event import increasing
 from mercurystream.shared.schema import CONTROL, REASONS
 
 DUPLICATE = "duplicate"
@@ -17,6 +20,8 @@ TOO_MANY_PRODUCTS = "too_many_products"
 FILTER_REASONS = (*REASONS, CONTROL, DUPLICATE, TOO_MANY_PRODUCTS)
 """Why a consumer does not count an event: the schema's trade checks, a control event (no trade),
 then this filter's own."""
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 SAMPLE_BYTES = 200
 """The example kept for each skip reason is the event's recorded line cut to this many bytes."""
 
@@ -58,14 +63,20 @@ class TradeFilter:
         return None
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
-        """Ids increasing from above every id the product ever had: none can be a duplicate."""
+        """Ids increasing from above every id the product ever had: none can be a duplicate.
+
+        Or ids all remembered already (a resent stretch): every one is a duplicate, and a duplicate
+        changes nothing here."""
         (trade_ids,) = columns
         seen = self._seen.get(product_id)
         if seen is None:
             if len(self._seen) >= self.max_products:
                 return False
         elif not trade_ids[0] > seen.high:
-            return False
+            if not seen.contains_all(trade_ids):
+                return False
+            hits.extend(zip(range(len(trade_ids)), repeat(DUPLICATE)))
+            return True
         if not increasing(trade_ids):
             return False
         if seen is None:
@@ -79,11 +90,11 @@ class TradeFilter:
         publish, and every analytics consumer reads the verdict from the batch (``Batch.repeats``)."""
         trades = batch.trades()
         positions = trades.positions
-        ids = trades.ids
+        # Each product's ids as the trades share them, so the dedupe and the detectors ask about one column.
+        by_product = trades.by_product()
         out: list[tuple[int, str]] = []
         for pid, idx in trades.groups().items():
-            for k, reason in run(self, pid, (pick(ids, idx),), idx):
-                out.append((positions[k], reason))
+            out += [(positions[k], reason) for k, reason in run(self, pid, (by_product[pid].ids,), idx)]
         out.sort()
         return out
 
@@ -106,11 +117,13 @@ class TradeFilter:
             self.accepted += len(trades)
             return trades
         positions = trades.positions
-        dropped = set()
-        for i, reason in repeats:
-            skipped[reason] += 1
+        reasons = list(map(_SECOND, repeats))
+        for reason, n in Counter(reasons).items():
+            skipped[reason] += n
+        # The last event skipped for each reason is the one in the sample.
+        for reason, i in dict(zip(reasons, map(_FIRST, repeats), strict=True)).items():
             self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
-            dropped.add(bisect_left(positions, i))
-        kept = [k for k in range(len(trades)) if k not in dropped]
+        dropped = {bisect_left(positions, i) for i in map(_FIRST, repeats)}
+        kept = [] if len(dropped) == len(trades) else list(filterfalse(dropped.__contains__, range(len(trades))))
         self.accepted += len(kept)
         return trades.subset(kept)

@@ -10,7 +10,8 @@ checked by every other detector whose fields it carries with the right kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch
@@ -93,6 +94,7 @@ class Anomaly:
 
 
 _BY_INDEX = attrgetter("index")
+_FIRST = itemgetter(0)
 
 
 class Detectors:
@@ -162,7 +164,12 @@ class Detectors:
         types = batch.types
         clean = batch.clean
         # A time past the batch's bound is invalid_time: it must not become a product's latest.
-        future = set(batch.trades().future)
+        trades = batch.trades()
+        future = set(trades.future)
+        groups = batch.groups()
+        # The trades' own per-product ids when they group the batch itself (the clean case): the
+        # dedupes asked about those very columns already, so "increasing?" is remembered.
+        shared = trades.by_product() if clean and trades.groups() is groups else None
         all_match = clean and types.count("match") == len(types)
         lru = self.duplicate.max_ids
         window = self.sequence_gap.window
@@ -178,7 +185,8 @@ class Detectors:
         for i, c in batch.controls:
             if c["type"] == GAP:
                 notices.setdefault(c["product_id"], []).append((i, c))
-        for pid, idx in batch.groups().items():
+        for pid, group in groups.items():
+            idx = group
             if backfilled:
                 idx = [i for i in idx if i not in backfilled]
             keyed = idx if clean else [i for i in idx if tids[i] is not None]
@@ -186,7 +194,7 @@ class Detectors:
                 matches = [i for i in keyed if types[i] == "match"]
                 self._gaps_with_notices(pid, matches, tids, notices[pid], out)
             if keyed:
-                p_tids = pick(tids, keyed)
+                p_tids = shared[pid].ids if shared is not None and keyed is group else pick(tids, keyed)
                 matches = keyed if all_match else [i for i in keyed if types[i] == "match"]
                 if matches and not (notices and pid in notices):
                     m_tids = p_tids if matches is keyed else pick(tids, matches)
@@ -195,8 +203,10 @@ class Detectors:
                         out.append(Anomaly(SEQUENCE_GAP, i, n, pid, detail))
             timed = idx if clean and not future else [i for i in idx if times[i] is not None and i not in future]
             if timed:
-                for i, latest in run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only):
-                    out.append(Anomaly(OUT_OF_ORDER, i, 1, pid, {"time": times[i], "latest_time": latest}))
+                hits = run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only)
+                if hits:
+                    details = [{"time": times[i], "latest_time": latest} for i, latest in hits]
+                    out += map(Anomaly, repeat(OUT_OF_ORDER), map(_FIRST, hits), repeat(1), repeat(pid), details)
         if batch.latencies:
             for i, spike in run(self.latency, None, (batch.latencies,), batch.latency_at, self.reference_only):
                 out.append(Anomaly(LATENCY_SPIKE, i, 1, None, spike.summary, spike))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from mercurystream.p2.batch import Batch
@@ -54,14 +55,21 @@ class DuplicateDetector:
         return None
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
-        """Ids that increase from above every id the product ever had: none can be a duplicate."""
+        """Ids that increase from above every id the product ever had: none can be a duplicate.
+
+        Or ids all remembered (a resent stretch): every one is a duplicate, seen again in order."""
         (trade_ids,) = columns
         recent = self._state.get(product_id)
         if recent is None:
             if len(self._state) >= MAX_PRODUCTS:
                 return False
         elif not trade_ids[0] > recent.high:
-            return False
+            if not recent.contains_all(trade_ids):
+                return False
+            recent.seen_again_many(trade_ids)
+            self.count += len(trade_ids)
+            hits.extend(zip(range(len(trade_ids)), repeat(True)))
+            return True
         if not increasing(trade_ids):
             return False
         if recent is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from mercurystream.p2.detectors.duplicate import MAX_PRODUCTS
@@ -74,14 +75,24 @@ class OutOfOrderDetector:
         return None
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[str]], hits: list[tuple[int, Any]]) -> bool:
-        """Fixed-form times in order from the product's latest: none is late, only the latest moves."""
+        """Fixed-form times in order from the product's latest: none is late, only the latest moves.
+
+        Or fixed-form times all earlier than the latest (a resent stretch): every one is late, and
+        the latest stays."""
         (times,) = columns
         st = self._state.get(product_id)
         if st is None:
             if len(self._state) >= MAX_PRODUCTS:
                 return False
-        elif not st[1] or times[0] < st[0]:
+        elif not st[1]:
             return False
+        elif times[0] < st[0]:
+            latest = st[0]
+            if not (max(times) < latest and all_fixed_form(times)):
+                return False
+            self.count += len(times)
+            hits.extend(zip(range(len(times)), repeat(latest)))
+            return True
         if not (nondecreasing(times) and all_fixed_form(times)):
             return False
         last = times[-1]

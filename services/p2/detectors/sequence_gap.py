@@ -125,7 +125,9 @@ class SequenceGapDetector:
         return confirmed, missing
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[int]], hits: list[tuple[int, Any]]) -> bool:
-        """Ids continuing the product's with none skipped: nothing is missing, late or due; only the position moves."""
+        """Ids continuing the product's with none skipped: nothing is missing, late or due; only the position moves.
+
+        So too for ids none above ``high`` while nothing is missing (a resent stretch)."""
         (trade_ids,) = columns
         st = self._state.get(product_id)
         k = len(trade_ids)
@@ -133,8 +135,13 @@ class SequenceGapDetector:
         if st is None:
             if len(self._state) >= MAX_PRODUCTS:
                 return False
-        elif st.ranges or first != st.high + 1:
+        elif st.ranges:
             return False
+        elif first != st.high + 1:
+            if not max(trade_ids) <= st.high:
+                return False
+            st.n += k
+            return True
         if trade_ids[-1] - first != k - 1 or not increasing(trade_ids):
             return False
         if st is None:

@@ -50,8 +50,12 @@ def test_unparseable_times_are_counted_and_skipped():
 def test_fixed_times_in_order_take_the_kernel():
     d = OutOfOrderDetector()
     assert d.try_batch("P", ([iso(1), iso(1), iso(5)],), [])
-    assert not d.try_batch("P", ([iso(4)],), [])
+    assert not d.try_batch("P", ([iso(4), iso(6)],), [])  # late, then new: event by event
     assert run(d, "P", ([iso(4)],)) == [(0, iso(5))]
+    hits: list = []
+    assert d.try_batch("P", ([iso(2), iso(4)],), hits)  # all late: every one a hit, the latest stays
+    assert hits == [(0, iso(5)), (1, iso(5))] and d.count == 3
+    assert run(d, "P", ([iso(6)],)) == []
     d.observe("Q", "2024-05-01T12:00:00+00:00")
     assert not d.try_batch("Q", ([iso(9)],), [])  # the latest is not in the fixed form
 
