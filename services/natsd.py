@@ -1,6 +1,7 @@
 """A local ``nats-server -js`` for ``make demo-cluster`` and the benchmark: loopback, a free port, a temp store.
 
-The tests have their own fixture (``tests/nats_server.py``) with the same binary lookup; this one runs
+The tests have their own fixture (``tests/nats_server.py``, which kills and restarts the server) on this
+module's binary lookup and readiness probe; this one runs
 the server as a :class:`~mercurystream.processes.Service` beside the other services, and reads its
 resident memory and CPU time from ``/proc`` for the benchmark's results.
 """
@@ -55,7 +56,7 @@ class NatsServer:
         while time.monotonic() < deadline:
             if not self.service.alive():
                 raise ServiceError(f"nats-server exited early; see {self.service.log_path}")
-            if _jetstream_ready(self.port):
+            if jetstream_ready(self.port):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -70,7 +71,8 @@ class NatsServer:
         return proc_usage(self.pid)
 
 
-def _jetstream_ready(port: int) -> bool:
+def jetstream_ready(port: int) -> bool:
+    """The client port answers with an INFO line that says JetStream is on."""
     with contextlib.suppress(OSError, ValueError), socket.create_connection(("127.0.0.1", port), 1) as s:
         s.settimeout(1)
         line = s.recv(65536)

@@ -10,29 +10,15 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
+from mercurystream.natsd import find_binary, jetstream_ready
 from mercurystream.processes import free_port
 
-DEFAULT_PATHS = ("/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server")
 READY_TIMEOUT_S = 15.0
-
-
-def find_binary() -> str | None:
-    """``NATS_SERVER_BIN``, else ``nats-server`` on PATH, else Debian's location."""
-    explicit = os.environ.get("NATS_SERVER_BIN")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    return next((p for p in DEFAULT_PATHS if os.access(p, os.X_OK)), None)
 
 
 def require_binary() -> str:
@@ -104,11 +90,8 @@ class NatsServer:
             if self.proc.poll() is not None:
                 raise NatsServerError(f"nats-server exited with {self.proc.returncode}; see {self.log_path}: "
                                       f"{self.log_tail()}")  # fmt: skip
-            with contextlib.suppress(OSError, ValueError), socket.create_connection(("127.0.0.1", self.port), 1) as s:
-                s.settimeout(1)
-                line = s.recv(65536)
-                if line.startswith(b"INFO ") and orjson.loads(line[5:].strip()).get("jetstream"):
-                    return
+            if jetstream_ready(self.port):
+                return
             time.sleep(0.05)
         raise NatsServerError(f"nats-server not ready on {self.url} within {timeout_s:g} s; see {self.log_path}")
 
