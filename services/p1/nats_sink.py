@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from mercurystream.p1.metrics import P1Metrics
+from mercurystream.p1.sink import BufferedSink
 from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.jetstream import (
     BATCH_MAX_BYTES,
@@ -260,12 +261,15 @@ class NatsBuffer:
         return left
 
 
-class NatsSink:
+class NatsSink(BufferedSink):
     """Batches to JetStream with PubAcks, reconnecting with P1's capped backoff while P1 keeps reading.
 
     Same interface as :class:`~mercurystream.p1.sink.TcpSink` (``start``, ``publish``, ``stop``,
     ``held``, ``buffer``, ``reconnects``, ``connected``).
     """
+
+    target_label = "nats"
+    peer = "JetStream"
 
     def __init__(
         self,
@@ -283,79 +287,20 @@ class NatsSink:
         backoff_base_s: float = 0.25,
         batch_max_events: int = 4096,
     ) -> None:
+        super().__init__(
+            NatsBuffer(buffer_events, buffer_bytes, max_frame_bytes, venue, batch_max_events=batch_max_events),
+            Backoff(backoff_max, backoff_base_s),
+            metrics,
+            connect_timeout_s,
+        )
         self.url = url
         self.stream = stream
-        self.buffer = NatsBuffer(buffer_events, buffer_bytes, max_frame_bytes, venue, batch_max_events=batch_max_events)
-        self.backoff = Backoff(backoff_max, backoff_base_s)
-        self.metrics = metrics
         self.publish_timeout_s = publish_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sampler = LogSampler()
-        m = metrics
-        self._m_forwarded = m.forwarded_total
-        self._m_acked = m.acked_total
-        self._m_resent = m.resent_total
-        self._m_buffered = m.buffered
-        self._m_drop = {r: m.dropped_total.labels(r) for r in self.buffer.dropped}
-        self._m_connected = m.connected.labels("nats")
-        self._m_reconnects = m.reconnects_total.labels("nats")
-        self._m_batches = {r: m.nats_batches_total.labels(r) for r in ("stored", "duplicate", "failed")}
-
-    @property
-    def held(self) -> int:
-        return self.buffer.held
+        self._m_batches = {r: metrics.nats_batches_total.labels(r) for r in ("stored", "duplicate", "failed")}
 
     @property
     def target(self) -> str:
         return f"{self.url} stream {self.stream.name}"
-
-    async def start(self) -> None:
-        self._stop_requested.clear()
-        self._task = asyncio.create_task(self._run(), name="p1-nats-sink")
-
-    def publish(self, payloads: Sequence[bytes]) -> None:
-        buffer = self.buffer
-        if buffer.closed:
-            buffer.publish(payloads)
-            self._m_drop["shutdown"].inc(len(payloads))
-            return
-        full, oversize = buffer.publish(payloads)
-        if full:
-            self._m_drop["buffer_full"].inc(full)
-            self._sampler.warning("buffer_full", "JetStream not keeping up: dropped {} oldest held events", full)
-        if oversize:
-            self._m_drop["oversize"].inc(oversize)
-        self._m_buffered.set(buffer.held)
-        self._wake.set()
-
-    async def stop(self, timeout_s: float) -> None:
-        """Publish what is held and wait for its PubAcks, for at most ``timeout_s``; the rest is ``shutdown``."""
-        self._stop_requested.set()
-        self._wake.set()
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        left = self.buffer.close()
-        if left:
-            self._m_drop["shutdown"].inc(left)
-            logger.warning("sink: {} events not acknowledged by JetStream within {:g} s, counted as dropped",
-                           left, timeout_s)  # fmt: skip
-        self._m_buffered.set(0)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._task = None
-
-    def _done(self) -> bool:
-        return self._stop_requested.is_set() and self.buffer.held == 0
 
     async def _run(self) -> None:
         import nats
@@ -473,7 +418,3 @@ class NatsSink:
             headers={MSG_ID_HEADER: b.id, EVENTS_HEADER: str(len(b))},
         )
         return bool(ack.duplicate)
-
-    def _set_connected(self, up: bool) -> None:
-        self.connected = up
-        self._m_connected.set(1 if up else 0)

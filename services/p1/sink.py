@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -206,8 +207,98 @@ class SendBuffer:
         return left
 
 
-class TcpSink(EventSink):
+class BufferedSink(EventSink):
+    """What both of P1's sinks share: a bounded buffer, capped backoff, the accounting and its metrics.
+
+    A subclass names its ``target`` label and its ``peer`` (for log lines) and writes ``_run``, the
+    loop that connects, sends what the buffer gives and reports what the peer acknowledged. An event
+    is held until acknowledged, so ``acked + dropped + held == published`` whatever the transport.
+    """
+
+    target_label = ""
+    peer = ""
+
+    def __init__(self, buffer: Any, backoff: Backoff, metrics: P1Metrics, connect_timeout_s: float) -> None:
+        self.buffer = buffer
+        self.backoff = backoff
+        self.metrics = metrics
+        self.connect_timeout_s = connect_timeout_s
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sampler = LogSampler()
+        m = metrics
+        self._m_forwarded = m.forwarded_total
+        self._m_acked = m.acked_total
+        self._m_resent = m.resent_total
+        self._m_buffered = m.buffered
+        self._m_drop = {r: m.dropped_total.labels(r) for r in buffer.dropped}
+        self._m_connected = m.connected.labels(self.target_label)
+        self._m_reconnects = m.reconnects_total.labels(self.target_label)
+
+    @property
+    def held(self) -> int:
+        return self.buffer.held
+
+    async def start(self) -> None:
+        self._stop_requested.clear()
+        self._task = asyncio.create_task(self._run(), name=f"p1-sink-{self.target_label}")
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        buffer = self.buffer
+        if buffer.closed:
+            buffer.publish(payloads)
+            self._m_drop["shutdown"].inc(len(payloads))
+            return
+        full, oversize = buffer.publish(payloads)
+        if full:
+            self._m_drop["buffer_full"].inc(full)
+            self._sampler.warning("buffer_full", f"{self.peer} not keeping up: dropped {{}} oldest held events", full)
+        if oversize:
+            self._m_drop["oversize"].inc(oversize)
+        self._m_buffered.set(buffer.held)
+        self._wake.set()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Send what is held and wait for its acks, for at most ``timeout_s``; count the rest as ``shutdown``."""
+        self._stop_requested.set()
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        left = self.buffer.close()
+        if left:
+            self._m_drop["shutdown"].inc(left)
+            logger.warning(
+                "sink: {} events not acknowledged by {} within {:g} s, counted as dropped", left, self.peer, timeout_s
+            )
+        self._m_buffered.set(0)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._task = None
+
+    def _done(self) -> bool:
+        return self._stop_requested.is_set() and self.buffer.held == 0
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._m_connected.set(1 if up else 0)
+
+
+class TcpSink(BufferedSink):
     """Length-prefixed frames to P2 over TCP, reconnecting with capped backoff while P1 keeps reading."""
+
+    target_label = "p2"
+    peer = "P2"
 
     def __init__(
         self,
@@ -222,73 +313,12 @@ class TcpSink(EventSink):
         connect_timeout_s: float = 5.0,
         backoff_base_s: float = 0.25,
     ) -> None:
+        super().__init__(
+            SendBuffer(buffer_events, max_frame_bytes), Backoff(backoff_max, backoff_base_s), metrics, connect_timeout_s
+        )
         self.host = host
         self.port = port
-        self.buffer = SendBuffer(buffer_events, max_frame_bytes)
-        self.backoff = Backoff(backoff_max, backoff_base_s)
-        self.metrics = metrics
         self.max_batch = max_batch
-        self.connect_timeout_s = connect_timeout_s
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sampler = LogSampler()
-        m = metrics
-        self._m_forwarded = m.forwarded_total
-        self._m_acked = m.acked_total
-        self._m_resent = m.resent_total
-        self._m_buffered = m.buffered
-        self._m_drop = {r: m.dropped_total.labels(r) for r in self.buffer.dropped}
-        self._m_connected = m.connected.labels("p2")
-        self._m_reconnects = m.reconnects_total.labels("p2")
-
-    @property
-    def held(self) -> int:
-        return self.buffer.held
-
-    async def start(self) -> None:
-        self._stop_requested.clear()
-        self._task = asyncio.create_task(self._run(), name="p1-sink")
-
-    def publish(self, payloads: Sequence[bytes]) -> None:
-        buffer = self.buffer
-        if buffer.closed:
-            buffer.publish(payloads)
-            self._m_drop["shutdown"].inc(len(payloads))
-            return
-        full, oversize = buffer.publish(payloads)
-        if full:
-            self._m_drop["buffer_full"].inc(full)
-            self._sampler.warning("buffer_full", "P2 not keeping up: dropped {} oldest held events", full)
-        if oversize:
-            self._m_drop["oversize"].inc(oversize)
-        self._m_buffered.set(buffer.held)
-        self._wake.set()
-
-    async def stop(self, timeout_s: float) -> None:
-        """Send and wait for acks of what is held, for at most ``timeout_s``; count the rest as ``shutdown``."""
-        self._stop_requested.set()
-        self._wake.set()
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        left = self.buffer.close()
-        if left:
-            self._m_drop["shutdown"].inc(left)
-            logger.warning("sink: {} events not acknowledged by P2 within {:g} s, counted as dropped", left, timeout_s)
-        self._m_buffered.set(0)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._task = None
-
-    def _done(self) -> bool:
-        return self._stop_requested.is_set() and self.buffer.held == 0
 
     async def _run(self) -> None:
         first = True
@@ -405,7 +435,3 @@ class TcpSink(EventSink):
             logger.warning("sink: reading acks from P2 failed: {}", exc or type(exc).__name__)
         self._wake.set()
         writer.transport.abort()
-
-    def _set_connected(self, up: bool) -> None:
-        self.connected = up
-        self._m_connected.set(1 if up else 0)
