@@ -30,7 +30,7 @@ from mercurystream.p2.nats_source import NatsSource
 from mercurystream.p2.server import TcpSource
 from mercurystream.shared.config import load_settings
 from mercurystream.shared.logger import setup_logging
-from mercurystream.shared.runtime import tune_gc
+from mercurystream.shared.runtime import pin_mmap_threshold, tune_gc
 
 ConsumerFactory = Callable[[Bus, P2Settings, P2Metrics], Consumer]
 
@@ -354,8 +354,12 @@ def tune_runtime() -> None:
     write, and with the loop busy each of those moments waited up to 5 ms, which throttled the
     recorder below the ingest rate at saturation. The loop pays only when a thread asks, so a
     shorter interval costs nothing while the threads are idle.
+
+    Large events (a line of hundreds of KB) go to their own mappings whatever came before
+    (``shared.runtime.pin_mmap_threshold``), so the memory budget's byte bounds hold in RSS too.
     """
     tune_gc()
+    pin_mmap_threshold()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 

@@ -57,7 +57,7 @@ class P2Settings(CommonSettings, NatsSettings):
     GAP_REORDER_WINDOW: int = Field(50, ge=0)
     FLIGHT_RECORDER: bool = True
     FLIGHT_PRE_EVENTS: int = Field(5000, gt=0)
-    FLIGHT_RING_BYTES: int = Field(4 << 20, gt=0)
+    FLIGHT_RING_BYTES: int = Field(2 << 20, gt=0)
     FLIGHT_POST_EVENTS: int = Field(2000, ge=0)
     FLIGHT_COOLDOWN_S: float = Field(60.0, ge=0)
     FLIGHT_MAX_AGE_S: float = Field(0.0, ge=0)
