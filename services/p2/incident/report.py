@@ -164,6 +164,7 @@ _META_FIELDS = {
     "counters_at_trigger": _OBJECT,
     "config": _OBJECT,
     "suppressed_triggers": _LIST,
+    "suppressed_unlisted": _INTEGER,
     "detail": _OBJECT,
     "gaps": _LIST,
     "nats": _OBJECT,
@@ -271,6 +272,7 @@ def render_report(
     total = len(events) if not summary_only else sum(v for v in (pre, post) if _num(v))
     symbols = meta.get("affected_symbols") or []
     suppressed = meta.get("suppressed_triggers") or []
+    unlisted = meta.get("suppressed_unlisted") or 0
     complete = meta.get("complete", True)
     trigger_line = meta.get("trigger_line")
 
@@ -297,7 +299,7 @@ def render_report(
             f"| **Capture** | incomplete: finalized at shutdown with {_fmt_num(post)} of "
             f"{_fmt_num(meta.get('post_target', '?'))} post events |"
         )
-    out.append(f"| **Suppressed Triggers** | {len(suppressed)} |")
+    out.append(f"| **Suppressed Triggers** | {len(suppressed) + unlisted} |")
     out += ["", f"**Reason:** {md(meta.get('reason', ''))}", ""]
     if not have_events:
         out += [f"> {EVENTS_FILE} is missing from this bundle.", ""]
@@ -338,8 +340,8 @@ def render_report(
                     f"| {_fmt_num(s.get('line'))} | {md(s.get('type'))} | {md(clip(s.get('product_id') or ''))} "
                     f"| {md(s.get('at'))} |"
                 )
-        if len(suppressed) > 50:
-            out.append(f"| ... | {len(suppressed) - 50} more | | |")
+        if len(suppressed) + unlisted > 50:
+            out.append(f"| ... | {len(suppressed) + unlisted - 50} more | | |")
         out.append("")
     out += _tail(bundle, meta, replay_path, chart_note)
     return "\n".join(out)
