@@ -38,6 +38,11 @@ from typing import Any
 from mercurystream.p2.detectors import Anomaly
 
 MANUAL = "manual"
+SUPPRESSED_LISTED = 100
+"""Triggers suppressed into one capture that it lists in full; past it they are only counted
+(``suppressed_unlisted`` in ``meta.json``): an overload fires thousands during one post part."""
+SUPPRESSED_PRODUCTS = 1000
+"""Products of suppressed triggers a capture keeps for its affected symbols, listed or not."""
 """The type of an on-demand capture (an operator's request, not a detector's trigger)."""
 
 PRE_BOUND_EVENTS = "events"
@@ -74,6 +79,8 @@ class Capture:
         "pre_bound",
         "reason",
         "suppressed",
+        "suppressed_products",
+        "suppressed_unlisted",
         "triggered_at",
     )
 
@@ -97,6 +104,9 @@ class Capture:
         self.triggered_at = wall_s
         self.complete = False
         self.suppressed: list[dict[str, Any]] = []
+        """The first :data:`SUPPRESSED_LISTED` triggers suppressed into this capture."""
+        self.suppressed_unlisted = 0
+        self.suppressed_products: set[str] = set()
         self.context: dict[str, Any] = {}
         self.pre_bound = pre_bound
         self.reason = reason
@@ -108,6 +118,24 @@ class Capture:
     @property
     def pre_count(self) -> int:
         return len(self.pre)
+
+    def suppress(self, anomaly: Anomaly, wall_s: float) -> None:
+        """A trigger suppressed into this capture: listed while under :data:`SUPPRESSED_LISTED`, else counted."""
+        pid = anomaly.product_id
+        if pid is not None and len(self.suppressed_products) < SUPPRESSED_PRODUCTS:
+            self.suppressed_products.add(pid)
+        if len(self.suppressed) >= SUPPRESSED_LISTED:
+            self.suppressed_unlisted += 1
+            return
+        self.suppressed.append(
+            {
+                "type": anomaly.type,
+                "product_id": pid,
+                "line": len(self.pre) + len(self.post),
+                "at": iso_utc(wall_s),
+                "detail": anomaly.detail,
+            }
+        )
 
     @property
     def post_count(self) -> int:
@@ -364,15 +392,7 @@ class FlightRecorder:
             self.suppressed += 1
             res.suppressed.append(anomaly)
             if cap is not None:
-                cap.suppressed.append(
-                    {
-                        "type": anomaly.type,
-                        "product_id": anomaly.product_id,
-                        "line": len(cap.pre) + len(cap.post),
-                        "at": iso_utc(wall),
-                        "detail": anomaly.detail,
-                    }
-                )
+                cap.suppress(anomaly, wall)
             return
         self._last_trigger = self._last_capture = now
         self.started += 1

@@ -159,8 +159,10 @@ def test_connections_past_the_cap_are_refused_and_a_producer_is_still_served(sta
 
 @pytest.mark.xfail(
     raises=OverBudget,
-    strict=True,
-    reason="open: over 20 products with recording on the clean overload peaks at 83-90 MB (one product: under 80)",
+    strict=False,
+    reason="open: over 20 products with recording on the clean overload peaks at 78-85 MB (was 83-90 before the "
+    "dedupe's ascending form and the bounded suppressed-trigger list; one product: under 80); not strict while "
+    "it passes some runs",
 )
 def test_an_overload_of_clean_input_keeps_p2_under_80_mb(start_p2):
     """Issue 13 item 1: under 80 MB through an overload of clean input (a sender faster than P2, recording on)."""

@@ -15,6 +15,7 @@ from mercurystream.p2.flight_recorder import (
     PRE_BOUND_NONE,
     REFUSED_COOLDOWN,
     REFUSED_EMPTY,
+    SUPPRESSED_LISTED,
     DumpRefused,
     FlightRecorder,
     iso_utc,
@@ -103,6 +104,17 @@ def test_triggers_during_a_capture_are_suppressed_and_listed_with_their_line():
     assert cap.lines()[7 - 1] == b'{"n":8}'
     assert cap.suppressed[0]["at"] == iso_utc(1_714_564_800.0)
     assert fr.suppressed == 2
+
+
+def test_a_capture_lists_its_first_suppressed_triggers_and_counts_the_rest():
+    """An overload fires a trigger per batch through a post part: the list is bounded, the count is not."""
+    fr = recorder(pre=5, post=10_000, cooldown=0)
+    n = SUPPRESSED_LISTED + 250
+    res = fr.feed(lines(0, n + 2), [trig(1), *(trig(2 + i, SEQUENCE_GAP, f"P{i % 7}-USD") for i in range(n))])
+    cap = res.started[0]
+    assert len(cap.suppressed) == SUPPRESSED_LISTED and cap.suppressed_unlisted == 250
+    assert fr.suppressed == n and len(res.suppressed) == n
+    assert cap.suppressed_products == {f"P{i}-USD" for i in range(7)}
 
 
 def test_cooldown_counts_but_does_not_list_when_no_capture_is_active():

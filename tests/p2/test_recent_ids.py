@@ -78,3 +78,18 @@ def test_seeing_many_again_is_seeing_each_again(first, later, max_ids):
                 for t in tids:
                     r.seen_again(t) if t in r else r.add(t)
         assert many.remembered() == each.remembered()
+
+
+def test_increasing_ids_with_holes_take_the_ascending_form_8_bytes_an_id():
+    """Products sharing one id counter (every 20th id is this product's): no set, no list of ints."""
+    r = RecentIds(max_ids=1000)
+    for start in range(0, 200_000, 2000):
+        r.add_run(list(range(start, start + 2000, 20)))
+    assert not r.is_run and r.ids is None and r.asc is not None
+    assert len(r) == 1000 and r.cost == 1001
+    assert r.remembered() == list(range(200_000 - 20_000, 200_000, 20))
+    assert 199_980 in r and 199_981 not in r and 179_980 not in r and 180_000 in r
+    assert r.contains_all([180_000, 199_980]) and not r.contains_all([180_000, 180_001])
+    assert len(r.asc) < 2 * 4096 + 1000  # the forgotten head is dropped
+    r.add_run(list(range(200_000, 201_000)))
+    assert r.is_run and r.remembered() == list(range(200_000, 201_000))

@@ -92,7 +92,7 @@ def affected_symbols(capture: Capture) -> list[str]:
 
 
 def _affected(capture: Capture) -> list[str]:
-    symbols = {capture.anomaly.product_id, *(s.get("product_id") for s in capture.suppressed)}
+    symbols = {capture.anomaly.product_id, *capture.suppressed_products}
     symbols.discard(None)
     if capture.type == MANUAL:
         return _products(capture.lines())
@@ -213,6 +213,7 @@ def build_meta(capture: Capture) -> dict[str, Any]:
         "counters_at_trigger": ctx.get("counters_at_trigger", {}),
         "config": ctx.get("config", {}),
         "suppressed_triggers": capture.suppressed,
+        "suppressed_unlisted": capture.suppressed_unlisted,
         "gaps": gaps_of(capture.lines()),
         **_nats_of(capture),
     }

@@ -100,16 +100,47 @@ def _fmt_time(iso: object) -> str:
     return md(iso)
 
 
-class _Event:
-    __slots__ = ("line", "obj", "raw")
+_KEPT = ("type", "product_id", "price", "trade_id", "backfilled")
+"""The fields the report filters and sums events by; any other is read from the line when shown."""
+_LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\r|\n)|([^\r\n]+)")
+"""One line as ``bytes.splitlines`` cuts them, and its content."""
 
-    def __init__(self, line: int, raw: str, obj: dict[str, Any] | None) -> None:
+
+class _Event:
+    """One line of ``events.jsonl``: its number, the :data:`_KEPT` fields and its latency, and where it
+    lies in the file's bytes.
+
+    A bundle holds thousands of events and P2 renders its report while the stream runs (at worst while
+    it is overloaded, when a latency incident fires): keeping every parsed object and decoded line
+    cost about 800 bytes an event on top of the file, a third of that as slots. The few events shown
+    are read again from their line.
+    """
+
+    __slots__ = ("_data", "_end", "_start", "backfilled", "latency", "line", "price", "product_id", "trade_id", "type")
+
+    def __init__(self, line: int, data: bytes, start: int, end: int, obj: dict[str, Any] | None) -> None:
         self.line = line
-        self.raw = raw
-        self.obj = obj
+        self._data = data
+        self._start = start
+        self._end = end
+        if obj is None:
+            self.type = self.product_id = self.price = self.trade_id = self.backfilled = self.latency = None
+        else:
+            self.type, self.product_id, self.price, self.trade_id, self.backfilled = map(obj.get, _KEPT)
+            self.latency = latency_ms(obj)
+
+    @property
+    def raw(self) -> str:
+        return self._data[self._start : self._end].decode("utf-8", "replace")
 
     def get(self, key: str) -> Any:
-        return self.obj.get(key) if self.obj is not None else None
+        if key in _KEPT:
+            return getattr(self, key)
+        try:
+            obj = orjson.loads(self._data[self._start : self._end])
+        except orjson.JSONDecodeError:
+            return None
+        return obj.get(key) if isinstance(obj, dict) else None
 
 
 _STRING = (lambda v: isinstance(v, str), "a string")
@@ -133,6 +164,7 @@ _META_FIELDS = {
     "counters_at_trigger": _OBJECT,
     "config": _OBJECT,
     "suppressed_triggers": _LIST,
+    "suppressed_unlisted": _INTEGER,
     "detail": _OBJECT,
     "gaps": _LIST,
     "nats": _OBJECT,
@@ -197,12 +229,18 @@ def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
         data = (bundle / EVENTS_FILE).read_bytes()
     except OSError:
         return meta, events, False
-    for n, line in enumerate(data.splitlines(), 1):
+    shared: dict[str, str] = {}
+    for n, m in enumerate(_LINE.finditer(data), 1):
+        start, end = m.span(1) if m.group(2) is None else m.span(2)
         try:
-            obj = orjson.loads(line)
+            obj = orjson.loads(data[start:end])
         except orjson.JSONDecodeError:
             obj = None
-        events.append(_Event(n, line.decode("utf-8", "replace"), obj if isinstance(obj, dict) else None))
+        if not isinstance(obj, dict):
+            obj = None
+        elif type(obj.get("product_id")) is str:
+            obj["product_id"] = shared.setdefault(obj["product_id"], obj["product_id"])
+        events.append(_Event(n, data, start, end, obj))
     return meta, events, True
 
 
@@ -234,6 +272,7 @@ def render_report(
     total = len(events) if not summary_only else sum(v for v in (pre, post) if _num(v))
     symbols = meta.get("affected_symbols") or []
     suppressed = meta.get("suppressed_triggers") or []
+    unlisted = meta.get("suppressed_unlisted") or 0
     complete = meta.get("complete", True)
     trigger_line = meta.get("trigger_line")
 
@@ -260,7 +299,7 @@ def render_report(
             f"| **Capture** | incomplete: finalized at shutdown with {_fmt_num(post)} of "
             f"{_fmt_num(meta.get('post_target', '?'))} post events |"
         )
-    out.append(f"| **Suppressed Triggers** | {len(suppressed)} |")
+    out.append(f"| **Suppressed Triggers** | {len(suppressed) + unlisted} |")
     out += ["", f"**Reason:** {md(meta.get('reason', ''))}", ""]
     if not have_events:
         out += [f"> {EVENTS_FILE} is missing from this bundle.", ""]
@@ -301,8 +340,8 @@ def render_report(
                     f"| {_fmt_num(s.get('line'))} | {md(s.get('type'))} | {md(clip(s.get('product_id') or ''))} "
                     f"| {md(s.get('at'))} |"
                 )
-        if len(suppressed) > 50:
-            out.append(f"| ... | {len(suppressed) - 50} more | | |")
+        if len(suppressed) + unlisted > 50:
+            out.append(f"| ... | {len(suppressed) + unlisted - 50} more | | |")
         out.append("")
     out += _tail(bundle, meta, replay_path, chart_note)
     return "\n".join(out)
@@ -547,10 +586,8 @@ def _latency_evidence(detail: dict[str, Any], events: list[_Event], trigger_line
     last = trigger_line if type(trigger_line) is int else len(events)
     sampled: list[tuple[float, _Event]] = []
     for e in events[:last]:
-        if e.obj is not None:
-            lat = latency_ms(e.obj)
-            if lat is not None:
-                sampled.append((lat, e))
+        if e.latency is not None:
+            sampled.append((e.latency, e))
     if sampled:
         values = [v for v, _ in sampled]
         n = len(values)
