@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mercurystream.demo import DemoError, _raise_interrupt, banner
+from mercurystream.demo import DemoError, DemoServices, _raise_interrupt, banner
 from mercurystream.natsd import MISSING, NatsServer, find_binary
 from mercurystream.p2.incident.report import nats_replay_command
-from mercurystream.processes import BIN, Service, ServiceError, child_env, free_port, http_ok, wait_for
+from mercurystream.processes import BIN, Service, ServiceError, free_port, http_ok, wait_for
 from mercurystream.shared.scrape import scrape
 
 SHARDS = 2
@@ -42,7 +42,7 @@ def step(n: int, text: str) -> None:
     print(f"\n→ Step {n}/{STEPS}: {text}", flush=True)
 
 
-class ClusterDemo:
+class ClusterDemo(DemoServices):
     def __init__(self, args: argparse.Namespace, nats_bin: str) -> None:
         self.args = args
         self.root = Path(args.data_dir)
@@ -52,17 +52,6 @@ class ClusterDemo:
         self.nats = NatsServer(nats_bin, self.run_dir)
         self.services: list[Service] = []
         self.shard_metrics = [free_port() for _ in range(SHARDS)]
-
-    def env(self, **extra: object) -> dict[str, str]:
-        env = child_env(extra, keep=("LOG_LEVEL", "LOG_JSON"))
-        env.setdefault("STATUS_INTERVAL_S", str(self.args.status_interval))
-        return env
-
-    def spawn(self, name: str, argv: list[str], **env: object) -> Service:
-        svc = Service(name, argv, self.env(**env), self.run_dir)
-        svc.start()
-        self.services.append(svc)
-        return svc
 
     def shard_env(self) -> dict[str, object]:
         """Short captures and cooldowns so a minute shows incidents; latency spikes off (a loaded laptop

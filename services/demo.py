@@ -53,7 +53,27 @@ class DemoError(Exception):
     """A demo step failed; the message is the one line shown to the user."""
 
 
-class LocalDemo:
+class DemoServices:
+    """Starting a demo's services: each with the demo's log settings and status interval, logged under
+    ``run_dir``, and remembered in ``services`` so the demo stops them all."""
+
+    args: argparse.Namespace
+    run_dir: Path
+    services: list[Service]
+
+    def env(self, **extra: object) -> dict[str, str]:
+        env = child_env(extra, keep=("LOG_LEVEL", "LOG_JSON"))
+        env.setdefault("STATUS_INTERVAL_S", str(self.args.status_interval))
+        return env
+
+    def spawn(self, name: str, argv: list[str], **env: object) -> Service:
+        svc = Service(name, argv, self.env(**env), self.run_dir)
+        svc.start()
+        self.services.append(svc)
+        return svc
+
+
+class LocalDemo(DemoServices):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = Path(args.data_dir)
@@ -74,17 +94,6 @@ class LocalDemo:
             busy = [f"{k}={p}" for k, p in self.ports.items() if not port_is_free(p)]
             if busy:
                 raise DemoError(f"ports already in use: {', '.join(busy)} (stop what uses them, or pass --free-ports)")
-
-    def env(self, **extra: object) -> dict[str, str]:
-        env = child_env(extra, keep=("LOG_LEVEL", "LOG_JSON"))
-        env.setdefault("STATUS_INTERVAL_S", str(self.args.status_interval))
-        return env
-
-    def spawn(self, name: str, argv: list[str], **env: object) -> Service:
-        svc = Service(name, argv, self.env(**env), self.run_dir)
-        svc.start()
-        self.services.append(svc)
-        return svc
 
     def run(self) -> None:
         a, p = self.args, self.ports
