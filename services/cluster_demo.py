@@ -71,11 +71,6 @@ class ClusterDemo(DemoServices):
         env.update(METRICS_PORT=self.shard_metrics[i], INCIDENTS_DIR=self.incidents)
         return self.spawn(f"p2-shard-{i}", [str(BIN / "mercury-p2")], **env)
 
-    def _shard(self, i: int) -> Service:
-        env = {**self.shard_env(), "P2_SHARD": f"{i}/{SHARDS}", "PORT": free_port()}
-        env.update(METRICS_PORT=self.shard_metrics[i], INCIDENTS_DIR=self.incidents)
-        return self.spawn(f"p2-shard-{i}", [str(BIN / "mercury-p2")], **env)
-
     def run(self) -> Path:
         a = self.args
         self.run_dir.mkdir(parents=True, exist_ok=True)
