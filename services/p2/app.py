@@ -82,7 +82,12 @@ class P2App:
         m = self.metrics
         self._drop_counters: dict[str, Any] = {}
         self.dedupe = Dedupe(settings.DUPLICATE_LRU_MAX, settings.DEDUPE_IDS, detector=settings.FORENSICS)
-        self.bus = Bus(on_drop=self._on_drop, queue_bytes=settings.BUS_QUEUE_BYTES, judge=self.dedupe.judge)
+        self.bus = Bus(
+            on_drop=self._on_drop,
+            queue_bytes=settings.BUS_QUEUE_BYTES,
+            judge=self.dedupe.judge,
+            pause_bytes=settings.BUS_PAUSE_BYTES,
+        )
         factories = default_consumers(settings) if consumers is None else consumers
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.source: TcpSource | NatsSource
@@ -170,6 +175,7 @@ class P2App:
             "bus_queue_bytes": sum(s.dropped_bytes for s in self.bus.subscriptions),
             "flight_ring_bytes": sum(getattr(r, "evicted_bytes_bound", 0) for r in rings),
             "dedupe_ids": self.dedupe.evicted_ids,
+            "window_trades": sum(getattr(getattr(c, "window", None), "trimmed", 0) for c in self.consumers),
             "partial_bytes_total": (
                 self.source.closed_by_reason["partial_budget"] if isinstance(self.source, TcpSource) else 0
             ),

@@ -6,6 +6,11 @@ overflow either bound, the oldest events are dropped and counted against that su
 under :data:`QUEUE_FULL` (the event bound) or :data:`QUEUE_BYTES` (the byte bound), cut with
 ``Batch.tail``, the one place a batch is sliced. Events move as ``p2.batch.Batch`` objects so the
 hot path pays one queue operation and one wake-up per batch, not per event.
+
+Dropping is for one consumer that falls behind the others. When every queue holds more than
+``pause_bytes`` the loop itself is behind (a burst, a stall), and the bus asks its sources to stop
+reading (:meth:`Bus.on_pressure`) until the least-behind queue is down to half of that: the unread
+socket then holds the burst and TCP paces the sender, whose own buffer is bounded and counted.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ QUEUE_FULL = "queue_full"
 QUEUE_BYTES = "queue_bytes"
 """Events dropped (oldest first) because a subscriber's queue held its bound in bytes."""
 DEFAULT_QUEUE_BYTES = 8 << 20
+DEFAULT_PAUSE_BYTES = 4 << 20
 
 
 class Subscription:
     """One subscriber's bounded queue. Only the bus puts; only the owning consumer takes."""
 
     __slots__ = (
+        "_bus",
         "_queue",
         "_ready",
         "capacity",
@@ -62,6 +69,7 @@ class Subscription:
         self.dropped_bytes = 0
         """Of :attr:`dropped`, those the byte bound dropped (:data:`QUEUE_BYTES`)."""
         self.delivered = 0
+        self._bus: Bus | None = None
 
     def offer(self, batch: Batch) -> None:
         """Enqueue without waiting, dropping the oldest queued events beyond ``capacity`` events
@@ -150,6 +158,9 @@ class Subscription:
         self.delivered += taken
         if not queue:
             self._ready.clear()
+        bus = self._bus
+        if bus is not None and bus.paused:
+            bus.relieve()
         return out
 
     def share_wakeup(self, ready: asyncio.Event) -> None:
@@ -181,21 +192,48 @@ class Bus:
         on_drop: Callable[[str, int], None] | None = None,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         judge: Callable[[Batch], None] | None = None,
+        pause_bytes: int = DEFAULT_PAUSE_BYTES,
     ) -> None:
         """``queue_bytes`` bounds each subscriber's queue in bytes; ``judge`` (``p2.dedupe``) decides
-        a batch's per-event verdicts once, in stream order, before any queue sees it."""
+        a batch's per-event verdicts once, in stream order, before any queue sees it; above
+        ``pause_bytes`` in every queue the sources are asked to pause (0: never)."""
         self._subs: list[Subscription] = []
         self._on_drop = on_drop
         self.queue_bytes = queue_bytes
         self.judge = judge
         self.published = 0
+        self.pause_bytes = pause_bytes
+        self.paused = False
+        self.pauses = 0
+        """Times the sources were asked to pause."""
+        self._listeners: list[Callable[[bool], None]] = []
 
     def subscribe(self, name: str, capacity: int, max_bytes: int | None = None) -> Subscription:
         if any(s.name == name for s in self._subs):
             raise ValueError(f"subscriber {name!r} already exists")
         sub = Subscription(name, capacity, self._on_drop, self.queue_bytes if max_bytes is None else max_bytes)
+        sub._bus = self
         self._subs.append(sub)
         return sub
+
+    def on_pressure(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` when the sources should stop reading, ``listener(False)`` when they may go on."""
+        self._listeners.append(listener)
+
+    def backlog_bytes(self) -> int:
+        """What the least-behind subscriber still holds: above zero only while every one of them is behind."""
+        return min([s.depth_bytes for s in self._subs], default=0)
+
+    def relieve(self) -> None:
+        """A subscriber took from its queue: let the sources read again once the backlog is down to half."""
+        if self.paused and self.backlog_bytes() <= self.pause_bytes // 2:
+            self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.pauses += paused
+        for listener in self._listeners:
+            listener(paused)
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -209,6 +247,8 @@ class Bus:
             self.judge(batch)
         for sub in self._subs:
             sub.offer(batch)
+        if self.pause_bytes and not self.paused and self._listeners and self.backlog_bytes() > self.pause_bytes:
+            self._set_paused(True)
 
     def depths(self) -> dict[str, int]:
         return {s.name: s.depth for s in self._subs}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mercurystream.shared.config import CommonSettings, Port
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
@@ -34,6 +34,7 @@ class P2Settings(CommonSettings, NatsSettings):
     PARTIAL_TIMEOUT_S: float = Field(10.0, gt=0)
     BUS_QUEUE_EVENTS: int = Field(50000, gt=0)
     BUS_QUEUE_BYTES: int = Field(8 << 20, gt=0)
+    BUS_PAUSE_BYTES: int | None = Field(None, ge=0)
     MAX_FUTURE_SKEW_S: float = Field(MAX_FUTURE_SKEW_S, ge=0)
 
     RECORD: bool = False
@@ -46,6 +47,7 @@ class P2Settings(CommonSettings, NatsSettings):
 
     VWAP_WINDOW_S: float = Field(300.0, gt=0)
     VOL_WINDOW: int = Field(100, ge=3)
+    WINDOW_TRADES: int = Field(100_000, gt=0)
 
     FORENSICS: bool = True
     LATENCY_SPIKE_THRESHOLD_MS: float = Field(100.0, gt=0)
@@ -74,6 +76,18 @@ class P2Settings(CommonSettings, NatsSettings):
 
     def shard(self) -> tuple[int, int]:
         return parse_shard(self.P2_SHARD)
+
+    @model_validator(mode="after")
+    def _pause_below_queue(self) -> P2Settings:
+        """Unset: half the queue bound. Pausing at or past the bound would drop before it paused."""
+        if self.BUS_PAUSE_BYTES is None:
+            self.BUS_PAUSE_BYTES = self.BUS_QUEUE_BYTES // 2
+        elif self.BUS_PAUSE_BYTES >= self.BUS_QUEUE_BYTES:
+            raise ValueError(
+                f"BUS_PAUSE_BYTES ({self.BUS_PAUSE_BYTES}) must be below BUS_QUEUE_BYTES ({self.BUS_QUEUE_BYTES}); "
+                "0 never pauses"
+            )
+        return self
 
     @field_validator("P2_CONTROL_TOKEN")
     @classmethod

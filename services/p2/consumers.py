@@ -122,7 +122,7 @@ class VwapConsumer(_AnalyticsConsumer):
         self, bus: Bus, settings: P2Settings, metrics: P2Metrics, *, clock_us: Callable[[], int] = now_us
     ) -> None:
         super().__init__(bus, settings, metrics)
-        self.window = VwapWindow(settings.VWAP_WINDOW_S)
+        self.window = VwapWindow(settings.VWAP_WINDOW_S, settings.WINDOW_TRADES)
         self.ages_us = RollingQuantile(AGE_SAMPLES)
         self._clock_us = clock_us
         self._age_due_us = 0
@@ -147,6 +147,10 @@ class VwapConsumer(_AnalyticsConsumer):
             gauges = self._gauges
             for pid, p in trades.by_product().items():
                 run(window, pid, (p.prices, p.sizes, p.times))
+                v = vwap(pid)
+                if v is not None:
+                    gauges.set(pid, v)
+            for pid in window.trim():
                 v = vwap(pid)
                 if v is not None:
                     gauges.set(pid, v)
@@ -213,7 +217,7 @@ class VolumeConsumer(_AnalyticsConsumer):
 
     def __init__(self, bus: Bus, settings: P2Settings, metrics: P2Metrics) -> None:
         super().__init__(bus, settings, metrics)
-        self.window = VolumeWindow(self.window_s)
+        self.window = VolumeWindow(self.window_s, settings.WINDOW_TRADES)
         self._notional = metrics.volume_quote_1m
         self._trades = metrics.trades_1m
         self._skips = _SkipReporter(self.name, metrics, self.trade_filter, self.window.skipped)
@@ -223,6 +227,7 @@ class VolumeConsumer(_AnalyticsConsumer):
         if len(trades):
             run(self.window, None, (trades.product_ids, trades.prices, trades.sizes, trades.times))
             self.window.evict()
+            self.window.trim()
             self._set(self.window.figures())
         self._skips.flush()
 

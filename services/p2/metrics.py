@@ -227,10 +227,18 @@ class P2Metrics:
         self.partial_frame_bytes = Gauge(
             "mercurystream_partial_frame_bytes", "Bytes of unfinished frames held across every connection", registry=r
         )
+        self.ingest_pauses_total = ScrapedCounter(
+            "mercurystream_ingest_pauses",
+            "Times P2 stopped reading its connections because every consumer queue held more than BUS_PAUSE_BYTES",
+        )
+        self.ingest_paused_seconds_total = ScrapedCounter(
+            "mercurystream_ingest_paused_seconds", "Seconds P2 spent not reading its connections (BUS_PAUSE_BYTES)"
+        )
         self.budget_evictions_total = ScrapedCounter(
             "mercurystream_budget_evictions",
             "Items P2 let go, oldest first, because a memory bound was reached, by bound (bus_queue_bytes, "
-            "flight_ring_bytes: events; dedupe_ids: trade ids forgotten; partial_bytes_total: connections)",
+            "flight_ring_bytes: events; dedupe_ids: trade ids forgotten; partial_bytes_total: connections; "
+            "window_trades: trades the VWAP and volume windows let go early)",
             "bound",
         )
         self.analytics_skipped_total = Counter(
@@ -286,6 +294,8 @@ class P2Metrics:
         for collector in (
             self.events_total,
             self.connections_closed_total,
+            self.ingest_pauses_total,
+            self.ingest_paused_seconds_total,
             self.budget_evictions_total,
             self.consumer_events_total,
             self.consumer_received_total,

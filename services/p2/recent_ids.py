@@ -14,8 +14,9 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-_COMPACT_MIN = 4096
-"""A sightings list drops its forgotten head once it is this long and at least half the list."""
+_COMPACT_MIN = 64
+"""A sightings list drops its forgotten head once it is this long and at least half the list: small, since
+a store holds one list per product and each may keep this many dead entries."""
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 """The ids the ascending form can hold (``array('q')``); others take the general form."""
 

@@ -174,6 +174,8 @@ class _Connection(asyncio.Protocol):
         self._source._opened(self)
         if self._source.stopping:
             self.finish()
+        elif self._source.bus.paused:
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -214,6 +216,19 @@ class _Connection(asyncio.Protocol):
         transport.pause_reading()
         self._ack()
         transport.close()
+
+    def hold(self, paused: bool, held_s: float) -> None:
+        """Stop or resume reading for the bus's pressure; time spent held counts toward neither timeout."""
+        transport = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+            return
+        transport.resume_reading()
+        self.last_read += held_s
+        if self.partial_since is not None:
+            self.partial_since += held_s
 
     def _release_partial(self) -> None:
         self._ingest.decoder.drop_partial()
@@ -351,6 +366,12 @@ class TcpSource(Ingest, EventSource):
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()
+        self._paused_at = 0.0
+        self.paused_s = 0.0
+        """Seconds spent not reading because the bus asked (:meth:`Bus.on_pressure`)."""
+        bus.on_pressure(self._hold)
+        metrics.ingest_pauses_total.source = lambda: bus.pauses
+        metrics.ingest_paused_seconds_total.source = self._paused_seconds
         metrics.connections_closed_total.source = lambda: self.closed_by_reason
         metrics.partial_frame_bytes.set_function(lambda: self.partial_bytes)
         metrics.connections.set_function(lambda: len(self._conns))
@@ -358,6 +379,21 @@ class TcpSource(Ingest, EventSource):
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    def _hold(self, paused: bool) -> None:
+        """The bus's pressure: every connection stops reading, or resumes; the sockets hold what is unread."""
+        now = self.monotonic()
+        held = 0.0
+        if paused:
+            self._paused_at = now
+        else:
+            held = now - self._paused_at
+            self.paused_s += held
+        for conn in self._conns:
+            conn.hold(paused, held)
+
+    def _paused_seconds(self) -> float:
+        return self.paused_s + (self.monotonic() - self._paused_at if self.bus.paused else 0.0)
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol of one new connection (what the server makes per accept; tools drive it directly)."""
@@ -378,6 +414,8 @@ class TcpSource(Ingest, EventSource):
 
     def sweep(self) -> None:
         """Close the connections past the idle or the partial-frame timeout (the sweeper calls it every tick)."""
+        if self.bus.paused:
+            return
         now = self.monotonic()
         for conn in list(self._conns):
             since = conn.partial_since

@@ -58,10 +58,12 @@ class ConfigError(Exception):
 def describe_error(exc: ValidationError) -> str:
     """Turn the first pydantic error into ``VAR='value': what it accepts``."""
     err = exc.errors(include_url=False)[0]
-    var = str(err["loc"][0]).upper() if err["loc"] else "configuration"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if not err["loc"]:
+        return msg  # a rule across variables names them itself
+    var = str(err["loc"][0]).upper()
     given = err.get("input")
     if isinstance(given, (str, int, float)) and not isinstance(given, bool):
         return f"{var}={given!r}: {msg}"

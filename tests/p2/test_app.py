@@ -259,6 +259,15 @@ def test_bad_port_exits_2_with_one_line() -> None:
     assert "PORT" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_a_pause_bound_at_or_past_the_queue_bound_exits_2_with_one_line_naming_both() -> None:
+    env = p2_env(BUS_QUEUE_BYTES="1000000", BUS_PAUSE_BYTES="1000000")
+    proc = subprocess.run([str(BIN / "mercury-p2")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "BUS_PAUSE_BYTES" in lines[0] and "BUS_QUEUE_BYTES" in lines[0]
+
+
 STUB_MAIN = "import mercurystream.p2.app as m; m.default_consumers = lambda settings: []; m.main()"
 
 
@@ -447,6 +456,8 @@ def test_the_memory_budget_and_connection_bounds_come_from_the_settings(tmp_path
         settings_for(
             tmp_path,
             BUS_QUEUE_BYTES=50_000,
+            BUS_PAUSE_BYTES=20_000,
+            WINDOW_TRADES=1_234,
             FLIGHT_RING_BYTES=40_000,
             DEDUPE_IDS=3_000,
             MAX_CONNECTIONS=7,
@@ -457,6 +468,10 @@ def test_the_memory_budget_and_connection_bounds_come_from_the_settings(tmp_path
         )
     )
     assert all(s.max_bytes == 50_000 for s in app.bus.subscriptions)
+    assert app.bus.pause_bytes == 20_000
+    windows = {c.name: c.window for c in app.consumers if c.name in ("vwap", "volume")}
+    assert {n: w.max_entries for n, w in windows.items()} == {"vwap": 1_234, "volume": 1_234}
+    assert P2App(settings_for(tmp_path, BUS_QUEUE_BYTES=60_000)).bus.pause_bytes == 30_000
     forensics = next(c for c in app.consumers if c.name == "forensics")
     assert forensics.recorder.max_bytes == 40_000
     assert app.dedupe.store.max_ids == 3_000
@@ -475,3 +490,5 @@ def test_the_memory_budget_and_connection_bounds_come_from_the_settings(tmp_path
     assert sample_value("mercurystream_budget_evictions_total", {"bound": "bus_queue_bytes"}) == dropped * len(
         app.bus.subscriptions
     )
+    windows["vwap"].trimmed, windows["volume"].trimmed = 5, 7
+    assert sample_value("mercurystream_budget_evictions_total", {"bound": "window_trades"}) == 12

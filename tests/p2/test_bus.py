@@ -311,3 +311,49 @@ def test_both_bounds_together_account_every_event() -> None:
         if i % 9 == 0:
             sub.take_nowait()
     assert 0 < sub.dropped_bytes < sub.dropped
+
+
+# ---------------------------------------------------------------- pressure: pause the sources, not drop
+
+
+def pressured_bus(pause_bytes: int, queue_bytes: int = 1 << 20) -> tuple[Bus, list[bool]]:
+    bus = Bus(queue_bytes=queue_bytes, pause_bytes=pause_bytes)
+    calls: list[bool] = []
+    bus.on_pressure(calls.append)
+    return bus, calls
+
+
+def test_the_bus_asks_to_pause_once_every_queue_is_past_pause_bytes_and_resumes_at_half() -> None:
+    bus, calls = pressured_bus(pause_bytes=10_000)
+    a, b = bus.subscribe("a", 1_000_000), bus.subscribe("b", 1_000_000)
+    one = sized(0, 1, 1000).nbytes
+    i = 0
+    while bus.backlog_bytes() <= 10_000:
+        assert calls == []
+        bus.publish(sized(i, 1, 1000))
+        i += 1
+    assert calls == [True] and bus.paused and bus.pauses == 1
+    bus.publish(sized(i, 1, 1000))  # still paused: no second call, nothing dropped
+    assert calls == [True] and a.dropped == b.dropped == 0
+    a.take_nowait(1)  # one queue still holds more than half: paused
+    assert bus.paused
+    a.take_nowait()  # the least-behind queue is empty: every source may read again
+    assert calls == [True, False] and not bus.paused
+    assert b.depth_bytes > 10_000  # one lagging subscriber alone never pauses the sources
+    for j in range(20):
+        bus.publish(sized(1000 + j, 1, 1000))
+        a.take_nowait()
+    assert calls == [True, False]
+    assert a.dropped == b.dropped == 0 and one * 20 < b.max_bytes
+
+
+def test_a_bus_without_listeners_or_with_pause_bytes_0_never_pauses() -> None:
+    quiet = Bus(queue_bytes=20_000, pause_bytes=5_000)
+    off, calls = pressured_bus(pause_bytes=0, queue_bytes=20_000)
+    for bus in (quiet, off):
+        sub = bus.subscribe("a", 1_000_000)
+        for i in range(100):
+            bus.publish(sized(i, 1, 1000))
+        assert not bus.paused and bus.pauses == 0
+        assert sub.dropped_bytes > 0  # the byte bound still drops the oldest
+    assert calls == []

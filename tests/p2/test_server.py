@@ -689,3 +689,32 @@ async def test_at_the_cap_a_newcomer_evicts_the_idlest_connection_or_is_refused_
         assert not active[0].writer.is_closing()
     finally:
         await source.stop(timeout_s=5)
+
+
+async def test_the_bus_pressure_pauses_reading_and_the_socket_holds_the_rest_until_consumers_catch_up() -> None:
+    bus = Bus(pause_bytes=50_000)
+    sub = bus.subscribe("test", 1_000_000)
+    metrics = P2Metrics()
+    source = TcpSource("127.0.0.1", 0, bus, metrics, clock_us=FixedClock(), idle_timeout_s=0.2)
+    await source.start()
+    try:
+        client = await Client.connect(source.port)
+        n = 2000
+        client.writer.write(encode_frames([orjson.dumps(trade(i)) for i in range(n)]))
+        await eventually(lambda: bus.paused)
+        await asyncio.sleep(0.5)  # paused longer than the idle timeout: not idle, it may not read
+        assert source.connections == 1
+        read = source.events
+        assert read < n and sub.dropped == 0
+        assert sample(metrics, "mercurystream_ingest_pauses_total") == 1
+        assert sample(metrics, "mercurystream_ingest_paused_seconds_total") >= 0.5
+        got: list[dict] = []
+        while len(got) < n:
+            got.extend(events_of(sub)[0])
+            await asyncio.sleep(0.01)
+        assert [e["trade_id"] for e in got] == list(range(n))
+        await client.wait_ack(n)
+        assert not bus.paused and sub.dropped == 0
+        await client.close()
+    finally:
+        await source.stop(timeout_s=5)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mercurystream.shared.event import nondecreasing
 
-COMPACT_MIN = 4096
-"""A column drops its evicted head once it is this long and at least half the column."""
+COMPACT_MIN = 64
+"""A column drops its evicted head once it is this long and at least a quarter of the column: small, since a
+window holds columns per product and each may keep this many dead entries."""
 MIN_RECOMPUTE = 64
 """Running sums are recomputed exactly after at least this many evictions (and as many as the window holds)."""
 
@@ -82,7 +84,7 @@ class Entries:
             self.clear()
             return sums
         self.head = stop
-        if stop >= COMPACT_MIN and stop * 2 >= len(self.times):
+        if stop >= COMPACT_MIN and stop * 4 >= len(self.times):
             del self.times[:stop]
             for col in self.cols:
                 del col[:stop]
@@ -99,3 +101,25 @@ class Entries:
     def fsums(self) -> list[float]:
         head = self.head
         return [math.fsum(col[head:]) for col in self.cols]
+
+
+def over_budget(states: Mapping[str, Any], held: int, max_entries: int) -> dict[str, int]:
+    """How many of its oldest entries each product gives up so that ``held`` is within ``max_entries``.
+
+    The largest windows give first, down to a common level (water-filling), so a product flooding
+    the stream shortens its own window before a quiet product loses anything; a sixteenth of the
+    budget is freed beyond the bound so the next batches do not trim again at once.
+    """
+    if held <= max_entries:
+        return {}
+    excess = held - max_entries + max_entries // 16
+    sizes = sorted(((len(st.entries), pid) for pid, st in states.items()), reverse=True)
+    level = 0
+    taken = 0
+    for i, (n, _) in enumerate(sizes):
+        below = sizes[i + 1][0] if i + 1 < len(sizes) else 0
+        if taken + (i + 1) * (n - below) >= excess:
+            level = n - -(-(excess - taken) // (i + 1))
+            break
+        taken += (i + 1) * (n - below)
+    return {pid: n - max(level, 0) for n, pid in sizes if n > level}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from operator import mul
 from typing import Any
 
-from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries
+from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries, over_budget
 from mercurystream.shared.event import group_positions, nondecreasing, pick
 
 OUTSIDE_WINDOW = "outside_window"
@@ -46,13 +46,20 @@ class VolumeWindow:
     is one of the whole stream (its key is ``None``), and :meth:`evict` runs after each batch and
     when read. A trade older than the window edge is only counted (``skipped["outside_window"]``);
     a late one inside it counts and leaves in arrival order (see ``VwapWindow``). If the whole
-    stream stops, the figures hold still: exchange time does not move.
+    stream stops, the figures hold still: exchange time does not move. At most ``max_entries``
+    trades are held across products: past it, :meth:`trim` shortens the largest windows to their
+    newest trades (``trimmed`` counts what left early; those products' figures undercount).
     """
 
-    def __init__(self, window_s: float = 60.0) -> None:
-        if not window_s > 0:
-            raise ValueError("window_s must be positive")
+    def __init__(self, window_s: float = 60.0, max_entries: int = 1 << 62) -> None:
+        if not window_s > 0 or max_entries <= 0:
+            raise ValueError("window_s and max_entries must be positive")
         self.window_s = float(window_s)
+        self.max_entries = max_entries
+        self.held = 0
+        """Entries across products."""
+        self.trimmed = 0
+        """Entries :meth:`trim` let go before their time."""
         self.now = -math.inf
         """The stream's clock: the newest exchange time seen."""
         self._states: dict[str, _VolumeState] = {}
@@ -71,6 +78,7 @@ class VolumeWindow:
         notional = price * size
         st.entries.append(time_s, (notional,))
         st.notional += notional
+        self.held += 1
 
     def try_batch(self, key: None, columns: Sequence[Sequence[Any]], hits: list[tuple[int, Any]]) -> bool:
         """A batch of which no trade can be outside the window: each product's appended as columns."""
@@ -88,27 +96,38 @@ class VolumeWindow:
             notional = list(map(mul, pick(prices, idx), pick(sizes, idx)))
             st.entries.extend(p_times, (notional,), nondecreasing(p_times))
             st.notional += sum(notional)
+        self.held += len(times)
         return True
 
     def evict(self) -> None:
         """Drop every product's trades older than the stream's clock minus the window."""
         cutoff = self.now - self.window_s
         for st in self._states.values():
-            entries = st.entries
-            stop = entries.cut(cutoff)
-            n = stop - entries.head
-            if not n:
-                continue
-            (notional,) = entries.drop(stop)
-            st.evicted += n
-            if not len(entries):
-                st.notional = 0.0
-                st.evicted = 0
-            elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
-                (st.notional,) = entries.fsums()
-                st.evicted = 0
-            else:
-                st.notional -= notional
+            self._drop_to(st, st.entries.cut(cutoff))
+
+    def trim(self) -> None:
+        """Keep at most ``max_entries`` across products, the largest windows giving first."""
+        for pid, k in over_budget(self._states, self.held, self.max_entries).items():
+            st = self._states[pid]
+            self._drop_to(st, st.entries.head + k)
+            self.trimmed += k
+
+    def _drop_to(self, st: _VolumeState, stop: int) -> None:
+        entries = st.entries
+        n = stop - entries.head
+        if not n:
+            return
+        self.held -= n
+        (notional,) = entries.drop(stop)
+        st.evicted += n
+        if not len(entries):
+            st.notional = 0.0
+            st.evicted = 0
+        elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
+            (st.notional,) = entries.fsums()
+            st.evicted = 0
+        else:
+            st.notional -= notional
 
     def volume(self, product_id: str) -> tuple[float, int]:
         """``(notional, trades)`` in the window, for the stream's clock as of the last batch."""

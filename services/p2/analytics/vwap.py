@@ -8,7 +8,7 @@ from itertools import compress
 from operator import mul
 from typing import Any
 
-from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries
+from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries, over_budget
 from mercurystream.shared.event import nondecreasing
 
 OUTSIDE_WINDOW = "outside_window"
@@ -41,15 +41,21 @@ class VwapWindow:
     late one inside the window counts, and since entries are in arrival order it leaves when the
     entries that arrived before it do, i.e. it may outlive its window by at most its lateness.
     Exact re-sorting would cost O(window) per late trade. Memory is 24 bytes per trade in the
-    window.
+    window, and at most ``max_entries`` trades are held across products: past it, :meth:`trim`
+    shortens the largest windows to their newest trades (``trimmed`` counts what left early).
     """
 
-    def __init__(self, window_s: float) -> None:
-        if not window_s > 0:
-            raise ValueError("window_s must be positive")
+    def __init__(self, window_s: float, max_entries: int = 1 << 62) -> None:
+        if not window_s > 0 or max_entries <= 0:
+            raise ValueError("window_s and max_entries must be positive")
         self.window_s = float(window_s)
+        self.max_entries = max_entries
         self._states: dict[str, _VwapState] = {}
         self.skipped: dict[str, int] = {OUTSIDE_WINDOW: 0}
+        self.held = 0
+        """Entries across products."""
+        self.trimmed = 0
+        """Entries :meth:`trim` let go before their time."""
 
     def observe(self, product_id: str, price: float, size: float, time_s: float) -> None:
         """The reference: add one accepted trade and evict what it pushes out of the window."""
@@ -66,6 +72,7 @@ class VwapWindow:
             st.entries.append(time_s, (pv, size))
             st.pv += pv
             st.v += size
+            self.held += 1
         self._evict(st)
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[float]], hits: list[tuple[int, Any]]) -> bool:
@@ -90,15 +97,28 @@ class VwapWindow:
             st.entries.extend(times, (pvs, sizes), ordered)
             st.pv += sum(pvs)
             st.v += sum(sizes)
+            self.held += len(sizes)
         self._evict(st)
         return True
 
+    def trim(self) -> list[str]:
+        """Keep at most ``max_entries`` across products, the largest windows giving first; the products trimmed."""
+        cuts = over_budget(self._states, self.held, self.max_entries)
+        for pid, k in cuts.items():
+            st = self._states[pid]
+            self._drop_to(st, st.entries.head + k)
+            self.trimmed += k
+        return list(cuts)
+
     def _evict(self, st: _VwapState) -> None:
+        self._drop_to(st, st.entries.cut(st.latest - self.window_s))
+
+    def _drop_to(self, st: _VwapState, stop: int) -> None:
         entries = st.entries
-        stop = entries.cut(st.latest - self.window_s)
         n = stop - entries.head
         if not n:
             return
+        self.held -= n
         pv, v = entries.drop(stop)
         st.evicted += n
         if not len(entries):
