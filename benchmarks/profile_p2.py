@@ -11,11 +11,16 @@ consumer's pending batches, timing each stage. The parse-only baseline (frame de
 A third figure sends the same reads through the real asyncio shells on uvloop (the consumers' task,
 per-batch metrics, the recorder's thread), which is what a saturated P2 pays short of the socket.
 Over TCP, with the load generator on the same two cores, P2 measured about 20 % slower again.
+``--record-format parquet`` records Parquet instead: the writer process (several µs an event, on
+the other core, not in the table) cannot keep up with a loop running flat out, so the recorder
+spends much of the run at its bound and takes its batches in bursts; the asyncio figure's CPU is
+this process's alone, and its wall time includes waiting for the writer process at the end.
 
     .venv/bin/python benchmarks/profile_p2.py                 # table
     .venv/bin/python benchmarks/profile_p2.py --cprofile 25   # plus the top functions
     .venv/bin/python benchmarks/profile_p2.py --shape storm   # a benchmark scenario's stream instead
     .venv/bin/python benchmarks/profile_p2.py --json          # one JSON object, for tools
+    .venv/bin/python benchmarks/profile_p2.py --record-format parquet   # the recorder writing Parquet
 """
 
 from __future__ import annotations
@@ -147,6 +152,9 @@ class ShapeStream:
             self.clock.append(stamps[part] + WIRE_DELAY_US)
 
 
+DRAIN_S = 120.0
+"""How long the stage timing waits, after the last read, for a consumer still behind."""
+
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW``."""
 
@@ -181,24 +189,38 @@ def parse_only(stream: Stream, loads: Callable[[bytes], Any] = orjson.loads) -> 
     return elapsed
 
 
-def build_app(tmp: Path) -> P2App:
+def build_app(tmp: Path, record_format: str = "jsonl") -> P2App:
     settings = P2Settings(
         PORT=0,
         METRICS_PORT=0,
         RECORD=True,
         RECORD_FILE=tmp / "record.jsonl",
+        RECORD_FORMAT=record_format,
         FORENSICS=True,
         FLIGHT_RECORDER=True,
         INCIDENTS_DIR=tmp / "incidents",
         DRIFT_SAMPLE_FILE=tmp / "drift.jsonl",
         BUS_QUEUE_EVENTS=10_000_000,
+        BUS_QUEUE_BYTES=1 << 40,  # every event reaches every consumer, even a recorder behind its writer process
     )
     return P2App(settings, registry=CollectorRegistry())
 
 
-def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+def sync_writer(recorder: Any, path: Path) -> Any:
+    """A writer of the recorder's format for the same lines, driven on this thread."""
+    if recorder.format == "parquet":
+        from mercurystream.p2.recorder_parquet import ParquetRecordWriter
+
+        w = recorder.writer
+        return ParquetRecordWriter(path, rotate_bytes=w.rotate_bytes, rotate_s=w.rotate_s)
+    return type(recorder.writer)(path)
+
+
+def run_pipeline(
+    stream: Stream, tmp: Path, profiler: cProfile.Profile | None = None, record_format: str = "jsonl"
+) -> dict[str, Any]:
     """Seconds per stage over the whole stream, with the production objects of one :class:`P2App`."""
-    app = build_app(tmp)
+    app = build_app(tmp, record_format)
     source = app.source
     consumers = app.consumers
     for c in consumers:
@@ -244,14 +266,24 @@ def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = 
         got = None
         spent["release"] += clock() - t0
     wall = clock() - wall0
+    # A Parquet recorder takes nothing while its writer process holds a full bound of handoffs:
+    # give it the rest once that process catches up (the waiting is not P2's work, not timed).
+    deadline = time.monotonic() + DRAIN_S
+    while any(c.processed < stream.events for c in consumers) and time.monotonic() < deadline:
+        time.sleep(0.001)
+        for name, process in pending:
+            t0 = clock()
+            process()
+            spent[name] += clock() - t0
     if profiler is not None:
         profiler.disable()
-    # The recorder's writer thread ran beside the loop above: wait for it, then time the same writes
-    # done synchronously, so its share of the one core is in the table too.
+    # The recorder's writer thread ran beside the loop above: wait for it, then do the same writes
+    # on this thread, timed in its CPU (a Parquet close waits for the writer process), so the
+    # thread's share of P2's core is in the table too.
     asyncio.run(_close(consumers))
     lines = recorder.writer.written
-    writer = type(recorder.writer)(tmp / "record-sync.jsonl")
-    t0 = clock()
+    writer = sync_writer(recorder, tmp / "record-sync.jsonl")
+    t0 = time.thread_time_ns()
     chunk: list[list[bytes]] = []
     size = 0
     for lines_of_batch in recorded:  # in the recorder's handoffs: about coalesce_lines lines each
@@ -262,7 +294,7 @@ def run_pipeline(stream: Stream, tmp: Path, profiler: cProfile.Profile | None = 
             chunk, size = [], 0
     writer.write(chunk)
     writer.close()
-    spent["recorder thread"] = clock() - t0
+    spent["recorder thread"] = time.thread_time_ns() - t0
     for c in consumers:
         if c.processed != stream.events:
             raise SystemExit(f"{c.name} processed {c.processed} of {stream.events} events")
@@ -293,29 +325,31 @@ class _Transport:
         pass
 
 
-def run_loop(stream: Stream, tmp: Path) -> float:
-    """Seconds for the whole stream through the real asyncio shells on uvloop (no socket).
+def run_loop(stream: Stream, tmp: Path, record_format: str = "jsonl") -> tuple[float, float]:
+    """Seconds for the whole stream through the real asyncio shells on uvloop (no socket), and the
+    CPU seconds this process spent meanwhile (every thread: the loop, the recorder's; not the
+    Parquet writer process).
 
     One read is handed to the connection per loop iteration, as a saturated reader would: the
     consumers' task wakes, each consumer takes whatever is queued, and the task yields; the
     scheduling, the per-batch metrics and the recorder's thread are all in the figure.
     """
 
-    async def drive() -> float:
-        app = build_app(tmp)
+    async def drive() -> tuple[float, float]:
+        app = build_app(tmp, record_format)
         app.source.clock_us = ReplayClock(stream.clock)
         await app.start_consumers()
         conn = app.source.protocol()
         conn.connection_made(_Transport())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for chunk in stream.chunks:
             conn.data_received(chunk)
             await asyncio.sleep(0)
-        while not app.drained():
-            await asyncio.sleep(0)
-        elapsed = time.perf_counter() - t0
+        while not app.drained():  # a Parquet recorder is drained once its writer process acknowledges
+            await asyncio.sleep(0.001)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         await app.stop_consumers()
-        return elapsed
+        return elapsed, cpu
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(drive())
@@ -348,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         default="market",
         help="market: P1's pipeline over the exchange's market (default); else a benchmark scenario's stream",
     )
+    ap.add_argument("--record-format", choices=("jsonl", "parquet"), default="jsonl", help="RECORD_FORMAT")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print the top N functions")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
@@ -365,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     typed_runs: list[float] = []
     runs: list[dict[str, Any]] = []
     loop_runs: list[float] = []
+    loop_cpu_runs: list[float] = []
     profiler = cProfile.Profile() if args.cprofile else None
     with tempfile.TemporaryDirectory(prefix="profile_p2-") as tmpdir:
         for r in range(args.repeat):
@@ -374,19 +410,23 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             run_dir = Path(tmpdir) / f"run{r}"
             run_dir.mkdir()
-            runs.append(run_pipeline(stream, run_dir, profiler if r == args.repeat - 1 else None))
+            runs.append(run_pipeline(stream, run_dir, profiler if r == args.repeat - 1 else None, args.record_format))
             gc.collect()
             loop_dir = Path(tmpdir) / f"loop{r}"
             loop_dir.mkdir()
-            loop_runs.append(run_loop(stream, loop_dir))
+            loop_s, loop_cpu_s = run_loop(stream, loop_dir, args.record_format)
+            loop_runs.append(loop_s)
+            loop_cpu_runs.append(loop_cpu_s)
     stat = statistics.median if args.stat == "median" else min
     parse_s = stat(parse_runs)
     typed_s = stat(typed_runs)
     stages = combine(runs, stat)
     wall_s = stat(r["wall_s"] for r in runs)
     loop_s = stat(loop_runs)
+    loop_cpu_s = stat(loop_cpu_runs)
     total_s = sum(stages.values())
     result = {
+        "record_format": args.record_format,
         "events": n,
         "reads": len(stream.chunks),
         "events_per_read": n / len(stream.chunks),
@@ -402,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "asyncio_us": loop_s / n * 1e6,
         "asyncio_events_per_s": n / loop_s,
         "asyncio_ratio": parse_s / loop_s,
+        "asyncio_cpu_us": loop_cpu_s / n * 1e6,
     }
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
@@ -409,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{n} events, {len(stream.chunks)} reads of {args.chunk_bytes} B "
             f"({result['events_per_read']:.0f} events/read, {result['payload_bytes_mean']:.0f} B/event), "
-            f"{args.stat} of {args.repeat}"
+            f"{args.stat} of {args.repeat}, RECORD_FORMAT={args.record_format}"
         )
         print(f"{'stage':<18}{'µs/event':>10}{'share':>8}")
         for k, v in result["stages_us"].items():
@@ -424,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "through the asyncio shells (uvloop, consumers' task, recorder thread): "
             f"{result['asyncio_us']:.3f} µs/event"
-            f" → {result['asyncio_events_per_s']:,.0f} events/s, ratio {result['asyncio_ratio']:.2f}"
+            f" → {result['asyncio_events_per_s']:,.0f} events/s, ratio {result['asyncio_ratio']:.2f}; "
+            f"this process's CPU {result['asyncio_cpu_us']:.3f} µs/event"
         )
     if profiler is not None:
         out = io.StringIO()

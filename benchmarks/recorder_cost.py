@@ -2,9 +2,12 @@
 
 The lines are recorded lines in P1's exact shape (the benchmark pool: the offline exchange's trades
 normalized by P1's pipeline) with realistic ingest and receive stamps. Each format's writer gets
-them in handoffs of :data:`~mercurystream.p2.recorder.COALESCE_LINES`, as the recorder hands them
-over at load, through its ``write`` step on this thread (the same code its thread runs), and is
-then closed, so the Parquet figure includes its last row group and footer. ``us_per_event`` is wall
+them in handoffs of :data:`~mercurystream.p2.recorder.COALESCE_LINES`, each a list of read-sized
+batches (:data:`BATCH_LINES`), as the recorder hands them over at load, through its ``write`` step
+on this thread (the same code its thread runs), and is then closed, so the Parquet figure includes
+its last row group and footer. The measuring runs in a fresh process under P2's runtime settings
+(``p2.app.tune_runtime``: with its pinned mmap threshold, a large join is a fresh mapping whose
+pages fault in, as in P2), so it neither inherits nor changes the caller's. ``us_per_event`` is wall
 time to the end of the close; ``cpu_us_per_event`` is this thread's CPU, the work that contends for
 the GIL with P2's loop; ``child_cpu_us_per_event`` is the Parquet writer process's CPU (its start,
 mostly importing pyarrow, measured apart and left out): work on another core, not on P2's.
@@ -19,6 +22,7 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +35,9 @@ from mercurystream.p2.recorder import COALESCE_LINES, JsonlWriter
 from mercurystream.shared.event import recv_suffix
 
 START_US = 1_764_940_000_000_000
+BATCH_LINES = 200
+"""Lines per batch within a handoff: about one 64 KiB socket read of P1's events (``profile_p2``'s reads)."""
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def recorded_lines(n: int, seed: int = 1) -> list[bytes]:
@@ -69,14 +76,15 @@ def child_start_cpu_s() -> float:
 
 def measure(fmt: str, lines: list[bytes], child_start_s: float = 0.0) -> dict[str, float]:
     """One run: every line through the writer's step, then close; time, CPU and the bytes on disk."""
-    handoffs = [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
+    chunks = [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
+    handoffs = [[chunk[j : j + BATCH_LINES] for j in range(0, len(chunk), BATCH_LINES)] for chunk in chunks]
     with tempfile.TemporaryDirectory(prefix="recorder-cost-") as tmp:
         folder = Path(tmp)
         writer = _writer(fmt, folder)
         children = _children_cpu_s()
         wall, cpu = time.perf_counter(), time.thread_time()
         for handoff in handoffs:
-            writer.write([handoff])
+            writer.write(handoff)
         writer.close(600)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         children = _children_cpu_s() - children
@@ -97,6 +105,16 @@ KEYS = ("us_per_event", "cpu_us_per_event", "child_cpu_us_per_event", "bytes_per
 
 
 def run(events: int, runs: int) -> dict[str, object]:
+    """:func:`run_here` in a fresh process (see the module's docstring)."""
+    argv = [sys.executable, "-m", "benchmarks.recorder_cost", "--events", str(events), "--runs", str(runs), "--here"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"recorder_cost failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def run_here(events: int, runs: int) -> dict[str, object]:
+    """Both formats measured in this process, ``runs`` times each; medians."""
     lines = recorded_lines(events)
     t0 = time.perf_counter()
     import mercurystream.shared.parquet  # noqa: F401 - timed: the Parquet writer process pays this once
@@ -109,9 +127,12 @@ def run(events: int, runs: int) -> dict[str, object]:
     }
     start_s = statistics.median(child_start_cpu_s() for _ in range(runs))
     result["child_start_cpu_s"] = round(start_s, 3)
-    for fmt in ("jsonl", "parquet"):
-        samples = [measure(fmt, lines, start_s) for _ in range(runs)]
-        result[fmt] = {key: round(statistics.median(s[key] for s in samples), 3) for key in KEYS}
+    samples: dict[str, list[dict[str, float]]] = {"jsonl": [], "parquet": []}
+    for _ in range(runs):  # the formats alternate, so a change in the machine's load reaches both
+        for fmt, out in samples.items():
+            out.append(measure(fmt, lines, start_s))
+    for fmt, out in samples.items():
+        result[fmt] = {key: round(statistics.median(s[key] for s in out), 3) for key in KEYS}
     return result
 
 
@@ -119,10 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recorder_cost", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=200_000, help="recorded lines per run (default 200000)")
     p.add_argument("--runs", type=int, default=3, help="runs per format; medians are reported (default 3)")
+    p.add_argument("--here", action="store_true", help="measure in this process, after P2's runtime settings")
     args = p.parse_args(argv)
     if args.events <= 0 or args.runs <= 0:
         p.error("--events and --runs must be positive")
-    json.dump(run(args.events, args.runs), sys.stdout, indent=2)
+    if args.here:
+        from mercurystream.p2.app import tune_runtime
+
+        tune_runtime()
+    json.dump((run_here if args.here else run)(args.events, args.runs), sys.stdout, indent=2)
     print()
     return 0
 

@@ -4,8 +4,9 @@ Why a child process: turning a line into a typed row (:mod:`mercurystream.shared
 several microseconds of Python and Arrow work an event, against a fraction of one to append it to
 JSONL. On a thread of P2 that work holds the GIL the event loop needs, so it lowered P2's zero-drop
 throughput. Here the loop hands over the same recorded lines as for JSONL
-(:class:`~mercurystream.p2.recorder.RecorderConsumer`); the writer thread joins them, as the JSONL
-writer does, and writes them to a pipe (the GIL released while the pipe is full); the child,
+(:class:`~mercurystream.p2.recorder.RecorderConsumer`); the writer thread takes their lengths and
+hands the lines themselves to ``writev`` (:func:`send`: no join, the copy done by the kernel with
+the GIL released), so recording Parquet costs P2 less than appending JSONL; the child,
 ``python -m mercurystream.p2.recorder_parquet``, parses them into rows and writes the files
 (:class:`ParquetFiles`). P2 no longer loads pyarrow at all.
 
@@ -74,6 +75,32 @@ CHILD_NICE = 10
 """The child's niceness: where cores are short, P2's loop (every other consumer) goes first and the
 recorder alone falls behind, its drops counted on its own subscription."""
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _iov_max() -> int:
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (ValueError, OSError):
+        return 16
+
+
+_os_writev = os.writev
+IOV_LINES = _iov_max()
+"""Lines per ``writev`` (the system's limit on buffers per call; POSIX guarantees 16)."""
+
+
+def send(fd: int, parts: Sequence[bytes | array], size: int) -> None:
+    """All ``size`` bytes of ``parts`` onto the pipe in order, straight from the lines' own buffers.
+
+    Why ``writev`` rather than joining: the kernel copies each line once, with the GIL released,
+    where a join first copies them all in Python, holding the GIL the loop needs. A blocking pipe
+    writes everything unless a signal cuts the call short; the rest then goes out as one piece.
+    """
+    sent = _os_writev(fd, parts)
+    if sent < size:
+        view = memoryview(b"".join(parts))[sent:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def file_stem(base: Path) -> Path:
@@ -166,9 +193,11 @@ class ParquetRecordWriter(JsonlWriter):
         if not n:
             self._settle(handoffs, nbytes)
             return
-        data = b"".join(chain.from_iterable(batches))
-        lengths = array("Q", map(len, chain.from_iterable(batches)))
-        header = HEADER.pack(n, len(data))
+        lines = list(chain.from_iterable(batches))
+        lengths = array("Q", map(len, lines))
+        chunks = [lines[i : i + IOV_LINES] for i in range(0, n, IOV_LINES)]
+        sizes = [sum(lengths[i : i + IOV_LINES]) for i in range(0, n, IOV_LINES)]
+        header = HEADER.pack(n, sum(sizes))
         child = self._child if self._child is not None else self._spawn()
         registered = False
         if child is not None:
@@ -183,10 +212,9 @@ class ParquetRecordWriter(JsonlWriter):
             return
         try:
             fd = child.proc.stdin.fileno()  # type: ignore[union-attr]
-            for part in (header, lengths, data):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
+            send(fd, [header, lengths], HEADER.size + lengths.itemsize * n)
+            for chunk, size in zip(chunks, sizes, strict=True):
+                send(fd, chunk, size)
         except (OSError, ValueError) as exc:
             # The child is gone: its reader thread counts every line it had not accounted for,
             # these included, and settles the handoffs in flight.

@@ -231,6 +231,32 @@ def test_lines_holding_a_newline_keep_their_bounds(tmp_path: Path) -> None:
     assert writer.written == 3 and writer.rejected == 0
 
 
+@pytest.mark.parametrize("short", [False, True], ids=["whole", "cut-short"])
+def test_many_batches_go_out_whole_and_in_order_past_the_writev_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """Lines go to the pipe in ``writev`` calls of at most ``IOV_LINES`` buffers, across batches; one
+    cut short (a signal) is completed before the next, so every line keeps its bounds and its place."""
+    import mercurystream.p2.recorder_parquet as module
+
+    def cut_short(fd: int, parts: list[bytes]) -> int:
+        data = b"".join(parts)
+        return os.write(fd, data[: max(1, len(data) // 3)])
+
+    if short:
+        monkeypatch.setattr(module, "_os_writev", cut_short)
+    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60)
+    n = 2 * module.IOV_LINES + 100
+    lines = [recorded(i) for i in range(n)]
+    writer.write([lines[i : i + 300] for i in range(0, n, 300)])
+    writer.write([[recorded(n)]])
+    assert writer.close(30)
+    got = rows(tmp_path / "*.parquet")
+    assert [r["trade_id"] for r in got] == [10_000 + i for i in range(n + 1)]
+    assert [r["recv_ts_us"] for r in got] == [1000 + i for i in range(n + 1)]
+    assert writer.written == n + 1 and writer.rejected == 0 and writer.errors == 0
+
+
 def test_stale_part_files_are_reported_and_names_never_collide(tmp_path: Path) -> None:
     from loguru import logger
 
@@ -259,13 +285,13 @@ async def test_the_handoff_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     rec, bus, _, folder = make(tmp_path, BUS_QUEUE_EVENTS=100)
     rec.max_pending_bytes = 50_000
     gate = threading.Event()
-    real_write = rec.writer._write
+    real_handle = rec.writer._handle
 
-    def stuck_write(batches: list[list[bytes]], n: int) -> None:
+    def stuck_handle(batches: list[list[bytes]], n: int, handoffs: int, nbytes: int) -> None:
         gate.wait(30)
-        real_write(batches, n)
+        real_handle(batches, n, handoffs, nbytes)
 
-    rec.writer._write = stuck_write
+    rec.writer._handle = stuck_handle  # the Parquet writer's step (it never calls _write)
     long_lines = [orjson.dumps({**event(i), "pad": "x" * 10_000, "recv_ts_us": 1}) for i in range(40)]
     await rec.start()
     for i in range(40):
