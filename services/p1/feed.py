@@ -2,10 +2,10 @@
 
 The adapter (``p1.feeds``, e.g. :class:`FeedProtocol` for Coinbase Exchange) decides what each
 message means and :class:`WsClient` is the WebSocket connection (websockets' sans-I/O
-``ClientProtocol`` plus message reassembly); neither holds a socket. :class:`CoinbaseFeed` is the
-thin asyncio shell: an ``asyncio.Protocol`` feeds each socket read to the client and hands every
-message the read completed to the adapter in one call, so there is no await, task switch or
-queue per message.
+``ClientProtocol``, which it spares the plain data frames, plus message reassembly); neither
+holds a socket. :class:`CoinbaseFeed` is the thin asyncio shell: an ``asyncio.Protocol`` feeds
+each socket read to the client and hands every message the read completed to the adapter in one
+call, so there is no await, task switch or queue per message.
 """
 
 from __future__ import annotations
