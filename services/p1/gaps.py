@@ -75,22 +75,33 @@ class GapTracker:
         return self._high.get(product_id)
 
     def on_trades(self, trades: Iterable[dict[str, Any]]) -> None:
-        """The trade messages the feed forwards (as received): each ``match`` id moves its product on."""
+        """The trade messages the feed forwards (as received): each ``match`` id moves its product on.
+
+        A product id that cannot be a dict key (a list, say) is no configured product's: the
+        ``TypeError`` its lookup raises skips that message, and the loop goes on with the next
+        (a check per message would cost every trade what only hostile input needs).
+        """
         products = self.products
         high = self._high
-        for msg in trades:
-            pid = msg.get("product_id")
-            tid = msg.get("trade_id")
-            h = high.get(pid)  # type: ignore[arg-type]
-            if h is not None and tid == h + 1 and type(tid) is int and msg.get("type") == "match":
-                high[pid] = tid  # the common case: the next id of a known product
-            elif type(tid) is int and pid in products and msg.get("type") == "match":
-                self._see(pid, tid, TRADE_ID, inclusive=False)
+        rest = iter(trades)
+        while True:
+            try:
+                for msg in rest:
+                    pid = msg.get("product_id")
+                    tid = msg.get("trade_id")
+                    h = high.get(pid)  # type: ignore[arg-type]
+                    if h is not None and tid == h + 1 and type(tid) is int and msg.get("type") == "match":
+                        high[pid] = tid  # the common case: the next id of a known product
+                    elif type(tid) is int and pid in products and msg.get("type") == "match":
+                        self._see(pid, tid, TRADE_ID, inclusive=False)
+                return
+            except TypeError:
+                continue
 
     def on_control(self, msg: dict[str, Any]) -> None:
         """A ``heartbeat`` or ``last_match`` the feed read (neither is forwarded)."""
         pid = msg.get("product_id")
-        if pid not in self.products:
+        if type(pid) is not str or pid not in self.products:
             return
         if msg.get("type") == "last_match":
             tid = msg.get("trade_id")

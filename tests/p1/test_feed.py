@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
@@ -350,6 +352,115 @@ def test_a_refused_upgrade_is_a_handshake_failure():
     client.receive(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
     assert not client.open
     assert (client.failure() or "").startswith("handshake failed")
+
+
+# --- WsClient's own frame split against websockets' parser (the reference) ---------------------
+
+_TEXTS = st.binary(max_size=300) | st.sampled_from([b"x" * n for n in (125, 126, 127, 65_535, 65_536)])
+
+
+@st.composite
+def _frames(draw: st.DrawFn, max_message_bytes: int) -> list[bytes]:
+    """One frame or a short run of them, mostly plain data, sometimes what websockets must judge."""
+    kind = draw(
+        st.sampled_from(
+            ["text"] * 6
+            + ["binary", "ping", "pong", "fragmented", "start", "cont", "close", "rsv", "opcode", "masked", "big"]
+        )
+    )
+    data = draw(_TEXTS)
+    if kind == "text":
+        return [server_frame(Opcode.TEXT, data)]
+    if kind == "binary":
+        return [server_frame(Opcode.BINARY, data)]
+    if kind in ("ping", "pong"):
+        return [server_frame(Opcode.PING if kind == "ping" else Opcode.PONG, data[:125])]
+    if kind == "fragmented":
+        parts = draw(st.lists(_TEXTS, min_size=1, max_size=3))
+        out = [server_frame(Opcode.TEXT, data, fin=False)]
+        for k, part in enumerate(parts):
+            if draw(st.booleans()):
+                out.append(server_frame(Opcode.PING, b"p"))
+            out.append(server_frame(Opcode.CONT, part, fin=k == len(parts) - 1))
+        return out
+    if kind == "start":  # a fragmented message the next frames interrupt (or continue)
+        return [server_frame(Opcode.TEXT, data, fin=False)]
+    if kind == "close":
+        return [server_frame(Opcode.CLOSE, Close(1001, "bye").serialize())]
+    if kind == "rsv":
+        frame = server_frame(Opcode.TEXT, data)
+        return [bytes([frame[0] | 0x40]) + frame[1:]]
+    if kind == "opcode":
+        return [bytes([0x83, 1]) + b"x"]
+    if kind == "masked":
+        return [Frame(Opcode.TEXT, data).serialize(mask=True)]
+    if kind == "big":
+        return [server_frame(Opcode.TEXT, b"y" * (max_message_bytes + 1))]
+    return [server_frame(Opcode.CONT, data)]
+
+
+def _head(client: WsClient) -> bytes:
+    client.connect()
+    client.data_to_send()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(client.protocol.key)}\r\n\r\n"
+    ).encode()
+
+
+def _state(client: WsClient) -> tuple[Any, ...]:
+    sent = [(f.opcode, f.data) for f in sent_frames(client)]
+    return (client.open, client.state_open, client.pings, client.failure(), client.close_expected(), sent)
+
+
+def _same_per_read(
+    max_message_bytes: int, frames: list[bytes], cuts: list[int], *, eof: bool = False, close_at: int | None = None
+) -> None:
+    """Feed the handshake and ``frames`` cut at ``cuts`` (the last one ends the stream) to a splitting
+    client and to websockets alone; after every read they must agree. ``close_at``: our side starts
+    the closing handshake before that read; ``eof``: the venue drops TCP after the last one."""
+    split = WsClient("ws://venue.test/feed", max_message_bytes)
+    plain = WsClient("ws://venue.test/feed", max_message_bytes, split_frames=False)
+    body = b"".join(frames)
+    streams = [_head(split) + body, _head(plain) + body]
+    start = 0
+    for k, cut in enumerate(cuts):
+        if k == close_at:
+            split.close()
+            plain.close()
+        got = [c.receive(stream[start:cut]) for c, stream in zip((split, plain), streams, strict=True)]
+        assert got[0] == got[1]
+        assert _state(split) == _state(plain)
+        start = cut
+    if eof:
+        split.receive_eof()
+        plain.receive_eof()
+        assert _state(split) == _state(plain)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), max_message_bytes=st.sampled_from([200, 70_000]), eof=st.booleans())
+def test_the_frame_split_gives_what_websockets_gives_for_every_read(data: st.DataObject, max_message_bytes, eof):
+    """Per read: the same messages, replies, pings and failure, however the stream is cut (often in a header)."""
+    frames = [f for run in data.draw(st.lists(_frames(max_message_bytes), max_size=10)) for f in run]
+    head = len(_head(WsClient("ws://venue.test/feed", max_message_bytes)))
+    starts = [head + sum(map(len, frames[:k])) for k in range(len(frames) + 1)]
+    size = starts[-1]
+    near = sorted({min(size, s + k) for s in [0, *starts] for k in (1, 2, 3, 4, 5, 11)})
+    cuts = data.draw(st.lists(st.sampled_from(near) | st.integers(0, size), max_size=24))
+    stop = data.draw(st.integers(0, size)) if eof else size
+    cuts = [*sorted({c for c in cuts if c < stop}), stop]
+    if size - head <= 1500 and data.draw(st.booleans()):  # a byte a read: every boundary, every delay shows
+        cuts = list(range(1, stop + 1))
+    close_at = data.draw(st.none() | st.integers(0, len(cuts)))
+    _same_per_read(max_message_bytes, frames, cuts, eof=eof, close_at=close_at)
+
+
+def test_the_frame_split_bounds_a_fragment_by_what_the_message_has_left():
+    """websockets fails a continuation at its header once it would take the message over the limit."""
+    frames = [server_frame(Opcode.TEXT, b"a" * 150, fin=False), server_frame(Opcode.CONT, b"b" * 100)]
+    head = len(_head(WsClient("ws://venue.test/feed", 200)))
+    _same_per_read(200, frames, [head + 152 + 4, head + 152 + 102])
 
 
 # --- CoinbaseFeed: the socket shell around WsClient --------------------------------------------

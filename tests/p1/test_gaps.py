@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from mercurystream.p1.feeds.coinbase_exchange import FeedProtocol
 from mercurystream.p1.gaps import HEARTBEAT, TRADE_ID, Gap, GapTracker, control_event
 from mercurystream.shared.schema import control_of
 
@@ -141,3 +142,14 @@ def test_the_feed_protocol_hands_the_tracker_its_trades_heartbeats_and_last_matc
     assert [t["trade_id"] for t in trades] == [101, 104]
     assert counts == {"match": 2, "last_match": 1, "heartbeat": 2}
     assert fp.gaps.take() == [Gap("BTC-USD", 102, 103, TRADE_ID)]
+
+
+def test_a_product_id_that_cannot_be_a_key_is_skipped_not_raised_from_the_gap_tracker():
+    """A ``match`` whose product_id is a list once raised TypeError out of ``data_received``: the read was lost."""
+    proto = FeedProtocol(["BTC-USD"], "matches")
+    proto.gaps = GapTracker(["BTC-USD"])
+    raws = [orjson.dumps(m) for m in (match(1), {**match(2), "product_id": ["BTC-USD"]}, match(3))]
+    raws.append(orjson.dumps({"type": "heartbeat", "product_id": ["BTC-USD"], "last_trade_id": 3}))
+    trades, counts = proto.handle(raws)
+    assert len(trades) == 3 and counts == {"match": 3, "heartbeat": 1}
+    assert proto.gaps.high("BTC-USD") == 3 and proto.gaps.pending("BTC-USD") == [(2, 2)]
