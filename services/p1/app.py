@@ -53,6 +53,7 @@ class P1App:
                 settings.MAX_FRAME_BYTES,
                 self.metrics,
                 self.pipeline.venue,
+                round_s=getattr(settings, "NATS_ROUND_MS", 0.0) / 1000,
             )
         else:
             self.sink = TcpSink(

@@ -31,6 +31,8 @@ class P1Settings(CommonSettings, NatsSettings):
     P1_BUFFER_EVENTS: int = Field(10000, gt=0)
     P1_BUFFER_BYTES: int = Field(64 << 20, gt=0)
     """The NATS sink's held bytes at most (the TCP sink bounds events only)."""
+    NATS_ROUND_MS: float = Field(2.0, ge=0, le=1000)
+    """The NATS sink starts a round of batches at most this often while trades keep coming."""
     P1_METRICS_PORT: Port = 9100
     P1_METRICS_HOST: str = Field("127.0.0.1", min_length=1)
     P1_SHUTDOWN_TIMEOUT_S: float = Field(5.0, ge=0)

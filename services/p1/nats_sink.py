@@ -286,7 +286,11 @@ class NatsSink(BufferedSink):
         connect_timeout_s: float = 5.0,
         backoff_base_s: float = 0.25,
         batch_max_events: int = 4096,
+        round_s: float = 0.0,
     ) -> None:
+        """``round_s``: a round starts at most this often while events keep coming, so that each
+        message carries that long of its product's trades instead of the few that arrived during
+        the previous round's PubAck; an event after a quiet spell goes at once."""
         super().__init__(
             NatsBuffer(buffer_events, buffer_bytes, max_frame_bytes, venue, batch_max_events=batch_max_events),
             Backoff(backoff_max, backoff_base_s),
@@ -296,6 +300,7 @@ class NatsSink(BufferedSink):
         self.url = url
         self.stream = stream
         self.publish_timeout_s = publish_timeout_s
+        self.round_s = round_s
         self._m_batches = {r: metrics.nats_batches_total.labels(r) for r in ("stored", "duplicate", "failed")}
 
     @property
@@ -371,9 +376,16 @@ class NatsSink(BufferedSink):
         logger.info("sink: connected to JetStream {}; {} events held", self.target, buffer.held)
         wake = self._wake
         acked_any = False
+        clock = asyncio.get_running_loop().time
+        started = -self.round_s
         while not lost.is_set():
+            wait = started + self.round_s - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
             batches = buffer.next_round()
-            if not batches:
+            if batches:
+                started = clock()
+            else:
                 if self._done():
                     break
                 wake.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import nats
 import orjson
@@ -163,6 +164,7 @@ def make_sink(url: str, **kw) -> NatsSink:
         "coinbase",
         backoff_base_s=0.05,
         publish_timeout_s=2.0,
+        round_s=opts.get("round_s", 0.0),
     )
 
 
@@ -301,7 +303,36 @@ async def test_many_events_many_rounds_all_acknowledged(nats_server, n):
     await asyncio.wait_for(go(), 40)
 
 
-@pytest.mark.parametrize(("var", "value"), [("P1_SINK", "kafka"), ("NATS_STREAM", "a.b"), ("P1_BUFFER_BYTES", "0")])
+async def test_rounds_start_at_most_every_round_s_while_trades_keep_coming_and_a_lone_trade_goes_at_once(nats_server):
+    async def go():
+        sink = make_sink(nats_server, round_s=0.05)
+        await sink.start()
+        try:
+            await wait_until(lambda: sink.connected, 10, "the sink to connect")
+            t0 = time.monotonic()
+            sink.publish([ev(0)])
+            await wait_until(lambda: sink.buffer.acked == 1, 10, "the first ack")
+            assert time.monotonic() - t0 < 0.05  # after a quiet spell: no wait for the round
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            n = 1
+            while time.monotonic() - t0 < 0.5:  # a trade every millisecond for half a second
+                sink.publish([ev(n)])
+                n += 1
+                await asyncio.sleep(0.001)
+            await wait_until(lambda: sink.buffer.acked == n, 10, "every ack")
+        finally:
+            await sink.stop(5)
+        msgs = await stream_messages(nats_server)
+        assert 1 + 5 <= len(msgs) <= 1 + 0.5 / 0.05 + 2  # one message a round, a round every 50 ms
+        assert sorted(e["trade_id"] for e in events_of(msgs)) == list(range(n))
+
+    await asyncio.wait_for(go(), 30)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"), [("P1_SINK", "kafka"), ("NATS_STREAM", "a.b"), ("P1_BUFFER_BYTES", "0"), ("NATS_ROUND_MS", "-1")]
+)
 def test_mercury_p1_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
     import os
     import subprocess
