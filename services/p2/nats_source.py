@@ -21,8 +21,8 @@ never have reached the consumers, and counted as ``redelivered{action="reprocess
 detectors have not seen its events, so they count no duplicate. Only a batch finished by the
 consumers and not yet acknowledged at the crash (milliseconds) is processed twice in that case.
 
-While the bus's queues hold more than half their bound, the source fetches nothing: the stream,
-not the bus's drop-oldest, absorbs a burst.
+While a waited-on queue holds more than half its bound in events or more than ``BUS_PAUSE_BYTES``,
+the source fetches nothing: the stream, not the bus's drop-oldest, absorbs a burst.
 """
 
 from __future__ import annotations
@@ -103,14 +103,13 @@ class NatsSource(Ingest, EventSource):
         bus: Bus,
         metrics: P2Metrics,
         settled: Callable[[], int],
-        backlog: Callable[[], int],
+        behind: Callable[[], bool],
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock_us: Callable[[], int] = now_us,
         fetch_batch: int = 64,
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 1024,
-        high_water: int = 25_000,
         backoff_max: float = 10.0,
     ) -> None:
         super().__init__(bus, metrics)
@@ -119,14 +118,13 @@ class NatsSource(Ingest, EventSource):
         self.index, self.shards = shard
         self.durable = consumer_name(self.index, self.shards)
         self._settled = settled
-        self._backlog = backlog
+        self._behind = behind
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
         self.max_future_skew_s = MAX_FUTURE_SKEW_S
         self.fetch_batch = fetch_batch
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
-        self.high_water = high_water
         self.backoff = Backoff(backoff_max, 0.25)
         self.port = 0
         self.connected = False
@@ -320,7 +318,7 @@ class NatsSource(Ingest, EventSource):
 
         got_any = False
         while not lost.is_set():
-            while self._backlog() > self.high_water or len(self._held) >= self.max_ack_pending:
+            while self._behind() or len(self._held) >= self.max_ack_pending:
                 await asyncio.sleep(0.002)
             try:
                 msgs = await psub.fetch(self.fetch_batch, timeout=1.0)
@@ -492,9 +490,11 @@ def waited_on(consumers: list[Consumer]) -> Callable[[], int]:
     return lambda: min(c.settled for c in chosen)
 
 
-def backlog_of(bus: Bus, consumers: list[Consumer]) -> Callable[[], int]:
-    """The deepest queue among the waited-on consumers: the source pauses fetching above its high water."""
+def behind_of(bus: Bus, consumers: list[Consumer]) -> Callable[[], bool]:
+    """Whether a waited-on consumer's queue holds more than half its bound in events, or more than the
+    bus's ``pause_bytes``: the source fetches nothing meanwhile, before any queue would drop."""
     subs = [c.subscription for c in consumers if not c.waits]
     if not subs:
-        return lambda: 0
-    return lambda: max(s.depth for s in subs)
+        return lambda: False
+    pause_bytes = bus.pause_bytes or bus.queue_bytes // 2
+    return lambda: any(s.depth > s.capacity // 2 or s.depth_bytes > pause_bytes for s in subs)

@@ -340,3 +340,40 @@ def test_mercury_p2_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
     assert got.returncode == 2
     lines = got.stderr.strip().splitlines()
     assert len(lines) == 1 and var in lines[0], got.stderr
+
+
+def test_the_source_stops_fetching_before_a_waited_on_queue_could_drop() -> None:
+    from mercurystream.p2.batch import Batch
+    from mercurystream.p2.bus import Bus
+    from mercurystream.p2.consumer import Consumer
+    from mercurystream.p2.nats_source import behind_of
+
+    class Quick(Consumer):
+        name = "quick"
+
+        def handle(self, batch: Batch) -> None:
+            pass
+
+        def status_line(self) -> str:
+            return ""
+
+    class Waits(Quick):
+        name = "waits"
+
+        async def handle_async(self, batch: Batch) -> None:
+            pass
+
+    bus = Bus(queue_bytes=100_000, pause_bytes=40_000)
+    quick, waits = Quick(bus, 100), Waits(bus, 100)
+    behind = behind_of(bus, [quick, waits])
+    one = Batch.of_events([{"i": 0, "pad": "x" * 1000}])
+    while quick.subscription.depth_bytes <= 40_000:
+        assert not behind()
+        bus.publish(one)
+    assert behind() and quick.subscription.dropped == 0  # past pause_bytes, long before the byte bound
+    quick.subscription.take_nowait()
+    assert not behind()  # the consumer that waits (the slow demo one) is not waited on
+    small = Batch.of_events([{"i": 1}])
+    for _ in range(51):
+        bus.publish(small)
+    assert behind()  # past half the bound in events
