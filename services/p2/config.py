@@ -47,7 +47,7 @@ class P2Settings(CommonSettings, NatsSettings):
 
     VWAP_WINDOW_S: float = Field(300.0, gt=0)
     VOL_WINDOW: int = Field(100, ge=3)
-    WINDOW_TRADES: int = Field(100_000, gt=0)
+    WINDOW_TRADES: int = Field(50_000, gt=0)
 
     FORENSICS: bool = True
     LATENCY_SPIKE_THRESHOLD_MS: float = Field(100.0, gt=0)
