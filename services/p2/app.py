@@ -92,7 +92,7 @@ class P2App:
         self.consumers: list[Consumer] = [make(self.bus, settings, m) for make in factories]
         self.source: TcpSource | NatsSource
         if nats:
-            from mercurystream.p2.nats_source import behind_of, waited_on
+            from mercurystream.p2.nats_source import Backlog, waited_on
 
             self.source = NatsSource(
                 settings.NATS_URL,
@@ -101,7 +101,7 @@ class P2App:
                 self.bus,
                 m,
                 waited_on(self.consumers),
-                behind_of(self.bus, self.consumers),
+                Backlog(self.bus, self.consumers),
                 max_frame_bytes=settings.MAX_FRAME_BYTES,
                 fetch_batch=settings.NATS_FETCH_BATCH,
                 ack_wait_s=settings.NATS_ACK_WAIT_S,

@@ -103,7 +103,7 @@ class NatsSource(Ingest, EventSource):
         bus: Bus,
         metrics: P2Metrics,
         settled: Callable[[], int],
-        behind: Callable[[], bool],
+        backlog: Backlog,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock_us: Callable[[], int] = now_us,
@@ -118,7 +118,9 @@ class NatsSource(Ingest, EventSource):
         self.index, self.shards = shard
         self.durable = consumer_name(self.index, self.shards)
         self._settled = settled
-        self._behind = behind
+        self._backlog = backlog
+        self._msg_bytes = 0
+        """A fresh message's share of a bus batch's bytes (``Batch.nbytes``), as last measured."""
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
         self.max_future_skew_s = MAX_FUTURE_SKEW_S
@@ -318,10 +320,11 @@ class NatsSource(Ingest, EventSource):
 
         got_any = False
         while not lost.is_set():
-            while self._behind() or len(self._held) >= self.max_ack_pending:
+            backlog = self._backlog
+            while backlog.behind() or len(self._held) >= self.max_ack_pending:
                 await asyncio.sleep(0.002)
             try:
-                msgs = await psub.fetch(self.fetch_batch, timeout=1.0)
+                msgs = await psub.fetch(self._fetch_size(), timeout=1.0)
             except (NatsTimeout, TimeoutError):
                 continue
             got_any = True
@@ -375,16 +378,27 @@ class NatsSource(Ingest, EventSource):
             self._take_run([(msg, bid)])
         self._take_run(run)
 
+    def _fetch_size(self) -> int:
+        """Messages to ask for: at most ``fetch_batch``, and no more than the fullest waited-on queue has
+        room for, so that one fetch never makes a queue drop (P1's messages hold 2 ms of a product's
+        trades: 64 of them can outgrow the room between the pause and the byte bound)."""
+        if not self._msg_bytes:
+            return self.fetch_batch
+        return max(1, min(self.fetch_batch, self._backlog.room_bytes() // self._msg_bytes))
+
     def _take_run(self, run: list[tuple[Any, str]]) -> None:
         if not run:
             return
-        self._decode([m for m, _ in run], b"".join(m.data for m, _ in run) if len(run) > 1 else run[0][0].data)
+        nbytes = self._decode([m for m, _ in run], b"".join(m.data for m, _ in run) if len(run) > 1 else run[0][0].data)
+        if nbytes:
+            self._msg_bytes = max(1, nbytes // len(run))
         position = self.bus.published
         for msg, bid in run:
             self._held_until(msg, bid, position)
 
-    def _decode(self, msgs: list[Any], data: bytes) -> None:
-        """Decode ``data`` (the messages' bytes) into one batch that knows where it is in the stream."""
+    def _decode(self, msgs: list[Any], data: bytes) -> int:
+        """Decode ``data`` (the messages' bytes) into one batch that knows where it is in the stream;
+        its ``nbytes`` (0: no event)."""
         first, last = msgs[0].metadata, msgs[-1].metadata
         ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
         got = ingest.feed(data)
@@ -400,6 +414,7 @@ class NatsSource(Ingest, EventSource):
         self.accept(got, peer)
         if ingest.buffered and got.oversize is None:
             self._truncated(ingest.buffered, peer)
+        return got.batch.nbytes if got.batch is not None else 0
 
     def _held_until(self, msg: Any, bid: str, position: int) -> None:
         self.messages["processed"] += 1
@@ -490,11 +505,19 @@ def waited_on(consumers: list[Consumer]) -> Callable[[], int]:
     return lambda: min(c.settled for c in chosen)
 
 
-def behind_of(bus: Bus, consumers: list[Consumer]) -> Callable[[], bool]:
-    """Whether a waited-on consumer's queue holds more than half its bound in events, or more than the
-    bus's ``pause_bytes``: the source fetches nothing meanwhile, before any queue would drop."""
-    subs = [c.subscription for c in consumers if not c.waits]
-    if not subs:
-        return lambda: False
-    pause_bytes = bus.pause_bytes or bus.queue_bytes // 2
-    return lambda: any(s.depth > s.capacity // 2 or s.depth_bytes > pause_bytes for s in subs)
+class Backlog:
+    """The queues of the consumers the source waits on (every one that never waits), as a fetch sees them."""
+
+    def __init__(self, bus: Bus, consumers: list[Consumer]) -> None:
+        self.subs = [c.subscription for c in consumers if not c.waits]
+        self.pause_bytes = bus.pause_bytes or bus.queue_bytes // 2
+
+    def behind(self) -> bool:
+        """Whether a queue holds more than half its bound in events, or more than the bus's ``pause_bytes``:
+        the source fetches nothing meanwhile."""
+        pause = self.pause_bytes
+        return any(s.depth > s.capacity // 2 or s.depth_bytes > pause for s in self.subs)
+
+    def room_bytes(self) -> int:
+        """Bytes the fullest queue takes before its byte bound drops anything."""
+        return min((s.max_bytes - s.depth_bytes for s in self.subs), default=1 << 62)

@@ -346,7 +346,7 @@ def test_the_source_stops_fetching_before_a_waited_on_queue_could_drop() -> None
     from mercurystream.p2.batch import Batch
     from mercurystream.p2.bus import Bus
     from mercurystream.p2.consumer import Consumer
-    from mercurystream.p2.nats_source import behind_of
+    from mercurystream.p2.nats_source import Backlog
 
     class Quick(Consumer):
         name = "quick"
@@ -365,15 +365,39 @@ def test_the_source_stops_fetching_before_a_waited_on_queue_could_drop() -> None
 
     bus = Bus(queue_bytes=100_000, pause_bytes=40_000)
     quick, waits = Quick(bus, 100), Waits(bus, 100)
-    behind = behind_of(bus, [quick, waits])
+    backlog = Backlog(bus, [quick, waits])
+    behind = backlog.behind
+    assert backlog.room_bytes() == 100_000
     one = Batch.of_events([{"i": 0, "pad": "x" * 1000}])
     while quick.subscription.depth_bytes <= 40_000:
         assert not behind()
         bus.publish(one)
     assert behind() and quick.subscription.dropped == 0  # past pause_bytes, long before the byte bound
+    assert backlog.room_bytes() == 100_000 - quick.subscription.depth_bytes
     quick.subscription.take_nowait()
     assert not behind()  # the consumer that waits (the slow demo one) is not waited on
     small = Batch.of_events([{"i": 1}])
     for _ in range(51):
         bus.publish(small)
     assert behind()  # past half the bound in events
+
+
+def test_a_fetch_asks_for_no_more_messages_than_the_fullest_queue_has_room_for() -> None:
+    from mercurystream.p2.batch import Batch
+    from mercurystream.p2.bus import Bus
+    from mercurystream.p2.metrics import P2Metrics
+    from mercurystream.p2.nats_source import Backlog, NatsSource
+    from mercurystream.shared.jetstream import StreamSettings
+
+    bus = Bus(queue_bytes=1_000_000, pause_bytes=400_000)
+    sub = bus.subscribe("only", 1_000_000)
+    backlog = Backlog(bus, [])
+    backlog.subs = [sub]
+    source = NatsSource("nats://127.0.0.1:4222", StreamSettings(), (0, 1), bus, P2Metrics(), lambda: 0, backlog)
+    assert source._fetch_size() == 64  # nothing measured yet
+    source._msg_bytes = 50_000  # a P1 message of 2 ms of trades at a high rate, as the bus counts it
+    assert source._fetch_size() == 20
+    bus.publish(Batch.of_events([{"i": i, "pad": "x" * 1000} for i in range(300)]))
+    assert source._fetch_size() == max(1, (1_000_000 - sub.depth_bytes) // 50_000) < 20
+    source._msg_bytes = 10**9
+    assert source._fetch_size() == 1  # at least one: the pause before a fetch, not its size, waits for room
