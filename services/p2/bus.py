@@ -86,19 +86,8 @@ class Subscription:
         by_bytes = 0
         if excess > 0:
             while excess > 0 and queue:
-                head = queue[0]
-                k = head.events_to_free(excess)
-                if k == len(head):
-                    queue.popleft()
-                    self.depth -= k
-                    self.depth_bytes -= head.nbytes
-                    excess -= head.nbytes
-                else:
-                    cut = head.tail(k)
-                    queue[0] = cut
-                    self.depth -= k
-                    self.depth_bytes -= head.nbytes - cut.nbytes
-                    excess = 0
+                k = queue[0].events_to_free(excess)
+                excess -= self._drop_head(k)
                 by_bytes += k
             if excess > 0:
                 k = batch.events_to_free(excess)
@@ -121,22 +110,27 @@ class Subscription:
         queue = self._queue
         to_drop = overflow
         while to_drop > 0 and queue:
-            head = queue[0]
-            h = len(head)
-            if h <= to_drop:
-                queue.popleft()
-                self.depth -= h
-                self.depth_bytes -= head.nbytes
-                to_drop -= h
-            else:
-                cut = head.tail(to_drop)
-                queue[0] = cut
-                self.depth -= to_drop
-                self.depth_bytes -= head.nbytes - cut.nbytes
-                to_drop = 0
+            k = min(len(queue[0]), to_drop)
+            self._drop_head(k)
+            to_drop -= k
         if to_drop:
             batch = batch.tail(to_drop)
         return batch
+
+    def _drop_head(self, k: int) -> int:
+        """Drop the ``k`` oldest events of the oldest queued batch (all of it, or cut with ``Batch.tail``);
+        the bytes freed."""
+        queue = self._queue
+        head = queue[0]
+        if k == len(head):
+            queue.popleft()
+            freed = head.nbytes
+        else:
+            cut = queue[0] = head.tail(k)
+            freed = head.nbytes - cut.nbytes
+        self.depth -= k
+        self.depth_bytes -= freed
+        return freed
 
     def take_nowait(self, max_events: int = 0) -> list[Batch]:
         """Everything queued (or about ``max_events`` of it, in whole batches), oldest first."""
