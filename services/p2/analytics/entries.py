@@ -123,3 +123,83 @@ def over_budget(states: Mapping[str, Any], held: int, max_entries: int) -> dict[
             break
         taken += (i + 1) * (n - below)
     return {pid: n - max(level, 0) for n, pid in sizes if n > level}
+
+
+class SumsState:
+    """One product's window: its :class:`Entries` and the running sum of each value column."""
+
+    __slots__ = ("entries", "evicted", "sums")
+
+    def __init__(self, width: int) -> None:
+        self.entries = Entries(width)
+        self.sums = [0.0] * width
+        self.evicted = 0
+        """Entries evicted since the sums were last recomputed exactly."""
+
+
+class SummedWindows:
+    """Per-product windows of entries with running sums, at most ``max_entries`` held across products.
+
+    What VWAP and volume share: sums added to and subtracted from drift, so they are recomputed
+    exactly (``math.fsum``) after as many evictions as the window holds, which keeps each trade
+    O(1) amortized; and past ``max_entries`` :meth:`trim` shortens the largest windows to their
+    newest entries (``trimmed`` counts what left early). Subclasses decide what is stored and
+    when it is evicted.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries <= 0:
+            raise ValueError("max_entries must be positive")
+        self.max_entries = max_entries
+        self._states: dict[str, Any] = {}
+        self.held = 0
+        """Entries across products."""
+        self.trimmed = 0
+        """Entries :meth:`trim` let go before their time."""
+
+    def _append(self, st: SumsState, t: float, values: tuple[float, ...]) -> None:
+        st.entries.append(t, values)
+        sums = st.sums
+        for i, v in enumerate(values):
+            sums[i] += v
+        self.held += 1
+
+    def _extend(
+        self, st: SumsState, ts: Sequence[float], columns: tuple[Sequence[float], ...], ordered: bool | None
+    ) -> None:
+        st.entries.extend(ts, columns, ordered)
+        sums = st.sums
+        for i, col in enumerate(columns):
+            sums[i] += sum(col)
+        self.held += len(ts)
+
+    def _drop_to(self, st: SumsState, stop: int) -> None:
+        """Evict ``st``'s entries before ``stop`` and take them out of its sums."""
+        entries = st.entries
+        n = stop - entries.head
+        if not n:
+            return
+        self.held -= n
+        dropped = entries.drop(stop)
+        st.evicted += n
+        if not len(entries):
+            st.sums = [0.0] * len(st.sums)
+            st.evicted = 0
+        elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
+            st.sums = entries.fsums()
+            st.evicted = 0
+        else:
+            st.sums = [a - b for a, b in zip(st.sums, dropped, strict=True)]
+
+    def trim(self) -> list[str]:
+        """Keep at most ``max_entries`` across products, the largest windows giving first; the products trimmed."""
+        cuts = over_budget(self._states, self.held, self.max_entries)
+        for pid, k in cuts.items():
+            st = self._states[pid]
+            self._drop_to(st, st.entries.head + k)
+            self.trimmed += k
+        return list(cuts)
+
+    def __len__(self) -> int:
+        """Entries held across all products."""
+        return sum(len(st.entries) for st in self._states.values())

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from operator import mul
 from typing import Any
 
-from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries, over_budget
+from mercurystream.p2.analytics.entries import SummedWindows, SumsState
 from mercurystream.shared.event import group_positions, nondecreasing, pick
 
 OUTSIDE_WINDOW = "outside_window"
@@ -27,17 +27,7 @@ def quote_currency(product_id: str) -> str:
     return quote if sep and _QUOTE.match(quote) else UNKNOWN_QUOTE
 
 
-class _VolumeState:
-    __slots__ = ("entries", "evicted", "notional")
-
-    def __init__(self) -> None:
-        self.entries = Entries(1)
-        """Time, price*size."""
-        self.notional = 0.0
-        self.evicted = 0
-
-
-class VolumeWindow:
+class VolumeWindow(SummedWindows):
     """Per-product notional (price*size, in the quote currency) and trade count over the last ``window_s`` seconds.
 
     The clock is the newest exchange time seen across all products (the stream's clock), not the
@@ -52,17 +42,12 @@ class VolumeWindow:
     """
 
     def __init__(self, window_s: float = 60.0, max_entries: int = 1 << 62) -> None:
-        if not window_s > 0 or max_entries <= 0:
-            raise ValueError("window_s and max_entries must be positive")
+        if not window_s > 0:
+            raise ValueError("window_s must be positive")
+        super().__init__(max_entries)
         self.window_s = float(window_s)
-        self.max_entries = max_entries
-        self.held = 0
-        """Entries across products."""
-        self.trimmed = 0
-        """Entries :meth:`trim` let go before their time."""
         self.now = -math.inf
         """The stream's clock: the newest exchange time seen."""
-        self._states: dict[str, _VolumeState] = {}
         self.skipped: dict[str, int] = {OUTSIDE_WINDOW: 0}
 
     def observe(self, key: None, product_id: str, price: float, size: float, time_s: float) -> None:
@@ -74,11 +59,8 @@ class VolumeWindow:
             return
         st = self._states.get(product_id)
         if st is None:
-            st = self._states[product_id] = _VolumeState()
-        notional = price * size
-        st.entries.append(time_s, (notional,))
-        st.notional += notional
-        self.held += 1
+            st = self._states[product_id] = SumsState(1)
+        self._append(st, time_s, (price * size,))
 
     def try_batch(self, key: None, columns: Sequence[Sequence[Any]], hits: list[tuple[int, Any]]) -> bool:
         """A batch of which no trade can be outside the window: each product's appended as columns."""
@@ -91,12 +73,10 @@ class VolumeWindow:
         for pid, idx in group_positions(product_ids).items():
             st = states.get(pid)
             if st is None:
-                st = states[pid] = _VolumeState()
+                st = states[pid] = SumsState(1)
             p_times = pick(times, idx)
             notional = list(map(mul, pick(prices, idx), pick(sizes, idx)))
-            st.entries.extend(p_times, (notional,), nondecreasing(p_times))
-            st.notional += sum(notional)
-        self.held += len(times)
+            self._extend(st, p_times, (notional,), nondecreasing(p_times))
         return True
 
     def evict(self) -> None:
@@ -105,36 +85,12 @@ class VolumeWindow:
         for st in self._states.values():
             self._drop_to(st, st.entries.cut(cutoff))
 
-    def trim(self) -> None:
-        """Keep at most ``max_entries`` across products, the largest windows giving first."""
-        for pid, k in over_budget(self._states, self.held, self.max_entries).items():
-            st = self._states[pid]
-            self._drop_to(st, st.entries.head + k)
-            self.trimmed += k
-
-    def _drop_to(self, st: _VolumeState, stop: int) -> None:
-        entries = st.entries
-        n = stop - entries.head
-        if not n:
-            return
-        self.held -= n
-        (notional,) = entries.drop(stop)
-        st.evicted += n
-        if not len(entries):
-            st.notional = 0.0
-            st.evicted = 0
-        elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
-            (st.notional,) = entries.fsums()
-            st.evicted = 0
-        else:
-            st.notional -= notional
-
     def volume(self, product_id: str) -> tuple[float, int]:
         """``(notional, trades)`` in the window, for the stream's clock as of the last batch."""
         st = self._states.get(product_id)
         if st is None or not len(st.entries):
             return 0.0, 0
-        return max(st.notional, 0.0), len(st.entries)
+        return max(st.sums[0], 0.0), len(st.entries)
 
     def snapshot(self) -> dict[str, tuple[float, int]]:
         self.evict()

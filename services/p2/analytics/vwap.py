@@ -8,32 +8,28 @@ from itertools import compress
 from operator import mul
 from typing import Any
 
-from mercurystream.p2.analytics.entries import MIN_RECOMPUTE, Entries, over_budget
+from mercurystream.p2.analytics.entries import SummedWindows, SumsState
 from mercurystream.shared.event import nondecreasing
 
 OUTSIDE_WINDOW = "outside_window"
 
 
-class _VwapState:
-    __slots__ = ("entries", "evicted", "latest", "pv", "v")
+class _VwapState(SumsState):
+    """Entries of time, price*size and size; ``sums`` of the last two."""
+
+    __slots__ = ("latest",)
 
     def __init__(self) -> None:
-        self.entries = Entries(2)
-        """Time, price*size, size."""
-        self.pv = 0.0
-        self.v = 0.0
+        super().__init__(2)
         self.latest = -math.inf
-        self.evicted = 0
 
 
-class VwapWindow:
+class VwapWindow(SummedWindows):
     """Per-product VWAP over the last ``window_s`` seconds of that product's exchange time.
 
-    Running sums of price*size and size over the entries make each trade O(1) amortized. Sums
-    that are added to and subtracted from drift, so they are recomputed exactly (``math.fsum``)
-    after as many evictions as the window holds, which keeps that O(1) amortized too. Zero-size
-    trades move no VWAP and are not stored, so the size sum of a non-empty window is never a
-    rounding residue.
+    Running sums of price*size and size over the entries (:class:`SummedWindows`) make each trade
+    O(1) amortized. Zero-size trades move no VWAP and are not stored, so the size sum of a non-empty
+    window is never a rounding residue.
 
     The window edge is ``latest - window_s``, where ``latest`` is the newest exchange time seen
     for the product; entries strictly older are evicted. Out-of-order trades: one older than the
@@ -41,21 +37,15 @@ class VwapWindow:
     late one inside the window counts, and since entries are in arrival order it leaves when the
     entries that arrived before it do, i.e. it may outlive its window by at most its lateness.
     Exact re-sorting would cost O(window) per late trade. Memory is 24 bytes per trade in the
-    window, and at most ``max_entries`` trades are held across products: past it, :meth:`trim`
-    shortens the largest windows to their newest trades (``trimmed`` counts what left early).
+    window, and at most ``max_entries`` trades are held across products (:meth:`trim`).
     """
 
     def __init__(self, window_s: float, max_entries: int = 1 << 62) -> None:
-        if not window_s > 0 or max_entries <= 0:
-            raise ValueError("window_s and max_entries must be positive")
+        if not window_s > 0:
+            raise ValueError("window_s must be positive")
+        super().__init__(max_entries)
         self.window_s = float(window_s)
-        self.max_entries = max_entries
-        self._states: dict[str, _VwapState] = {}
         self.skipped: dict[str, int] = {OUTSIDE_WINDOW: 0}
-        self.held = 0
-        """Entries across products."""
-        self.trimmed = 0
-        """Entries :meth:`trim` let go before their time."""
 
     def observe(self, product_id: str, price: float, size: float, time_s: float) -> None:
         """The reference: add one accepted trade and evict what it pushes out of the window."""
@@ -68,11 +58,7 @@ class VwapWindow:
             self.skipped[OUTSIDE_WINDOW] += 1
             return
         if size:
-            pv = price * size
-            st.entries.append(time_s, (pv, size))
-            st.pv += pv
-            st.v += size
-            self.held += 1
+            self._append(st, time_s, (price * size, size))
         self._evict(st)
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[float]], hits: list[tuple[int, Any]]) -> bool:
@@ -94,53 +80,20 @@ class VwapWindow:
             sizes = list(compress(sizes, keep))
             times = list(compress(times, keep))
         if sizes:
-            st.entries.extend(times, (pvs, sizes), ordered)
-            st.pv += sum(pvs)
-            st.v += sum(sizes)
-            self.held += len(sizes)
+            self._extend(st, times, (pvs, sizes), ordered)
         self._evict(st)
         return True
 
-    def trim(self) -> list[str]:
-        """Keep at most ``max_entries`` across products, the largest windows giving first; the products trimmed."""
-        cuts = over_budget(self._states, self.held, self.max_entries)
-        for pid, k in cuts.items():
-            st = self._states[pid]
-            self._drop_to(st, st.entries.head + k)
-            self.trimmed += k
-        return list(cuts)
-
     def _evict(self, st: _VwapState) -> None:
         self._drop_to(st, st.entries.cut(st.latest - self.window_s))
-
-    def _drop_to(self, st: _VwapState, stop: int) -> None:
-        entries = st.entries
-        n = stop - entries.head
-        if not n:
-            return
-        self.held -= n
-        pv, v = entries.drop(stop)
-        st.evicted += n
-        if not len(entries):
-            st.pv = st.v = 0.0
-            st.evicted = 0
-        elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
-            st.pv, st.v = entries.fsums()
-            st.evicted = 0
-        else:
-            st.pv -= pv
-            st.v -= v
 
     def vwap(self, product_id: str) -> float | None:
         """``None`` until the product has a trade of non-zero size in its window."""
         st = self._states.get(product_id)
         if st is None or not len(st.entries):
             return None
-        return st.pv / st.v
+        pv, v = st.sums
+        return pv / v
 
     def snapshot(self) -> dict[str, float | None]:
         return {pid: self.vwap(pid) for pid in sorted(self._states)}
-
-    def __len__(self) -> int:
-        """Entries held across all products."""
-        return sum(len(st.entries) for st in self._states.values())
