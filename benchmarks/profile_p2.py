@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import gc
 import io
 import pstats
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(args.cprofile)
         print(out.getvalue(), file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -92,6 +92,7 @@ class Batch:
         "backfilled",
         "clean",
         "controls",
+        "counted",
         "drift",
         "duplicates",
         "ingest_ms",
@@ -157,6 +158,9 @@ class Batch:
         self.repeats: list[tuple[int, str]] | None = None
         """``(index, reason)`` of the trades the analytics' dedupe does not count, decided with
         :attr:`duplicates`; ``None`` likewise."""
+        self.counted: Any = None
+        """What :attr:`repeats` leaves every analytics consumer (``analytics.dedupe.Counted``), worked
+        out once by the first of them; never copied by :meth:`part`, which recomputes it."""
 
     @classmethod
     def of_events(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from mercurystream.p2.incident.spare import SpareCpu
 from mercurystream.p2.log_spans import LogSpans
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.schema import BACKFILL, GAP
+
+_TYPE = attrgetter("type")
 
 GAP_SOURCES = ("heartbeat", "trade_id")
 """How P1 finds a gap (``p1/gaps.py``); any other source is counted as ``other``, so the label stays bounded."""
@@ -180,16 +184,17 @@ class ForensicsConsumer(Consumer):
 
     def _count(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> tuple[list[Anomaly], dict[str, int]]:
         """Export the anomaly counts and drift samples; return the triggers and the per-type counts."""
-        per_type: dict[str, int] = {}
-        triggers: list[Anomaly] = []
-        samples: list[bytes] = []
-        for a in anomalies:
-            t = a.type
-            per_type[t] = per_type.get(t, 0) + a.count
-            if t in TRIGGER_TYPES:
-                triggers.append(a)
-            elif t == SCHEMA_DRIFT and a.detail["sampled"]:
-                samples.append(_drift_sample(a, batch.lines[a.index], wall))
+        per_type = Counter(map(_TYPE, anomalies))
+        for a in [a for a in anomalies if a.count != 1]:
+            per_type[a.type] += a.count - 1
+        triggers = [a for a in anomalies if a.type in TRIGGER_TYPES]
+        samples = []
+        if SCHEMA_DRIFT in per_type:
+            samples = [
+                _drift_sample(a, batch.lines[a.index], wall)
+                for a in anomalies
+                if a.type == SCHEMA_DRIFT and a.detail["sampled"]
+            ]
         for t, n in per_type.items():
             self._anomaly_metric[t].inc(n)
         if samples:

@@ -52,7 +52,7 @@ class RecentIds:
         """The last index of :attr:`asc` whose id does not follow the one before it by 1 (or a later one)."""
         self.order: list[int] = []
         self.head = 0
-        self.stale: dict[int, int] = {}
+        self.stale: Counter[int] = Counter()
         self.irregular = -1
         """The last index of :attr:`order` not known to continue a run from the sighting before it."""
         self.high: float = -math.inf
@@ -172,9 +172,7 @@ class RecentIds:
         of them, which leaves the same ids remembered in the same order."""
         self._general()
         self.order.extend(tids)
-        stale = self.stale
-        for tid, k in Counter(tids).items():
-            stale[tid] = stale.get(tid, 0) + k
+        self.stale.update(tids)
         self.irregular = len(self.order) - 1
         if len(self.order) - self.head > 2 * len(self.ids) + _COMPACT_MIN:  # type: ignore[arg-type]
             self._rebuild()
@@ -219,12 +217,12 @@ class RecentIds:
             self.asc = None
             self.holed = -1
             self.head = 0
-            self.stale = {}
+            self.stale = Counter()
         elif self.ids is None:
             self.order = list(range(self.lo, self.hi + 1))
             self.ids = set(self.order)
             self.head = 0
-            self.stale = {}
+            self.stale = Counter()
             self.irregular = -1
 
     def _forget(self, k: int) -> None:
@@ -255,7 +253,7 @@ class RecentIds:
             self.ids = None
             self.order = []
             self.head = 0
-            self.stale = {}
+            self.stale = Counter()
             self.irregular = -1
         elif head >= _COMPACT_MIN and head * 2 >= len(order):
             del order[:head]
@@ -264,16 +262,11 @@ class RecentIds:
 
     def _rebuild(self) -> None:
         """The sightings list without stale copies: each id at its most recent sighting."""
-        kept: list[int] = []
-        seen: set[int] = set()
-        for tid in reversed(self.order[self.head :]):
-            if tid not in seen:
-                seen.add(tid)
-                kept.append(tid)
+        kept = list(dict.fromkeys(reversed(self.order[self.head :])))
         kept.reverse()
         self.order = kept
         self.head = 0
-        self.stale = {}
+        self.stale = Counter()
         self.irregular = len(kept) - 1
 
 

@@ -12,7 +12,11 @@ returns ``False``. :func:`run` is the one driver, and one property-test harness
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from operator import itemgetter
 from typing import Any, Protocol
+
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 class Rule(Protocol):
@@ -65,4 +69,4 @@ def run(
                     hits.append((k, hit))
     if positions is None or not hits:
         return hits
-    return [(positions[k], hit) for k, hit in hits]
+    return list(zip(map(positions.__getitem__, map(_FIRST, hits)), map(_SECOND, hits), strict=True))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
-from itertools import filterfalse, repeat
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -93,15 +92,20 @@ class TradeFilter:
         # Each product's ids as the trades share them, so the dedupe and the detectors ask about one column.
         by_product = trades.by_product()
         out: list[tuple[int, str]] = []
-        for pid, idx in trades.groups().items():
-            out += [(positions[k], reason) for k, reason in run(self, pid, (by_product[pid].ids,), idx)]
-        out.sort()
+        groups = trades.groups()
+        for pid, idx in groups.items():
+            hits = run(self, pid, (by_product[pid].ids,), idx)
+            if hits:
+                out += zip(map(positions.__getitem__, map(_FIRST, hits)), map(_SECOND, hits), strict=True)
+        if len(groups) > 1:
+            out.sort(key=_FIRST)
         return out
 
     def accept(self, batch: Batch) -> Trades:
         """The trades of ``batch`` that count, in order; every other event counted under its reason.
 
-        The dedupe verdict is the batch's own when it carries one (:attr:`Batch.repeats`), else this
+        The dedupe verdict is the batch's own when it carries one (:attr:`Batch.repeats`), and then
+        what it leaves is worked out once for every consumer (:attr:`Batch.counted`); else this
         filter decides it.
         """
         trades = batch.trades()
@@ -110,20 +114,34 @@ class TradeFilter:
         for i, reason in trades.rejects:
             skipped[reason] += 1
             self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
-        repeats = batch.repeats
-        if repeats is None:
-            repeats = self.repeats(batch)
-        if not repeats:
-            self.accepted += len(trades)
-            return trades
-        positions = trades.positions
-        reasons = list(map(_SECOND, repeats))
-        for reason, n in Counter(reasons).items():
+        if batch.repeats is None:
+            counted = Counted(trades, self.repeats(batch))
+        else:
+            counted = batch.counted
+            if counted is None:
+                counted = batch.counted = Counted(trades, batch.repeats)
+        for reason, (n, i) in counted.skipped.items():
             skipped[reason] += n
-        # The last event skipped for each reason is the one in the sample.
-        for reason, i in dict(zip(reasons, map(_FIRST, repeats), strict=True)).items():
             self.last_rejected[reason] = lines[i][:SAMPLE_BYTES]
-        dropped = {bisect_left(positions, i) for i in map(_FIRST, repeats)}
-        kept = [] if len(dropped) == len(trades) else list(filterfalse(dropped.__contains__, range(len(trades))))
-        self.accepted += len(kept)
-        return trades.subset(kept)
+        self.accepted += len(counted.trades)
+        return counted.trades
+
+
+class Counted:
+    """A batch's trades less its repeats, and each repeat reason's ``(count, index of its last event)``."""
+
+    __slots__ = ("skipped", "trades")
+
+    def __init__(self, trades: Trades, repeats: list[tuple[int, str]]) -> None:
+        self.skipped: dict[str, tuple[int, int]] = {}
+        if not repeats:
+            self.trades = trades
+            return
+        reasons = list(map(_SECOND, repeats))
+        last = dict(zip(reasons, map(_FIRST, repeats), strict=True))
+        self.skipped = {reason: (n, last[reason]) for reason, n in Counter(reasons).items()}
+        if len(repeats) == len(trades):
+            self.trades = trades.subset(())
+            return
+        dropped = set(map(_FIRST, repeats))
+        self.trades = trades.subset([k for k, i in enumerate(trades.positions) if i not in dropped])

@@ -179,8 +179,9 @@ class Detectors:
             dups = duplicates_of(self.duplicate, batch, self.reference_only)
         else:
             self.judged_duplicates += len(dups)
-        for i in dups:
-            out.append(Anomaly(DUPLICATE, i, 1, pids[i], {"trade_id": tids[i], "lru_max": lru}))
+        if dups:
+            details = [{"trade_id": tids[i], "lru_max": lru} for i in dups]
+            out += map(Anomaly, repeat(DUPLICATE), dups, repeat(1), map(pids.__getitem__, dups), details)
         notices: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for i, c in batch.controls:
             if c["type"] == GAP:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch
@@ -11,6 +12,7 @@ from mercurystream.p2.recent_ids import RecentIds
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import increasing, pick
 
+_FIRST = itemgetter(0)
 MAX_PRODUCTS = 10_000
 """Per-product state is created for at most this many product ids per detector, so a stream of
 random product ids cannot exhaust memory; events of products beyond it are counted as untracked."""
@@ -94,6 +96,5 @@ def duplicates_of(rule: DuplicateDetector, batch: Batch, reference_only: bool = 
             idx = [i for i in idx if i not in backfilled]
         keyed = idx if clean else [i for i in idx if tids[i] is not None]
         if keyed:
-            for i, _ in run(rule, pid, (pick(tids, keyed),), keyed, reference_only):
-                out.append(i)
+            out += map(_FIRST, run(rule, pid, (pick(tids, keyed),), keyed, reference_only))
     return out
