@@ -219,7 +219,8 @@ class FlightRecorder:
         self._clock = clock
         self._wall = wall_clock
         self._new_id = new_id
-        self._ring: deque[bytes] = deque()
+        self._ring: deque[bytes] = deque(maxlen=pre_events)
+        """Its ``maxlen`` forgets the oldest line as each new one enters, in C."""
         self._active: Capture | None = None
         self._last_trigger: float | None = None
         self.seen = 0
@@ -332,8 +333,6 @@ class FlightRecorder:
             if over > 0:
                 self._cut = PRE_BOUND_EVENTS
                 self._ring_bytes -= sum(map(len, islice(ring, over)))
-                for _ in range(over):
-                    ring.popleft()
             ring.extend(chunk)
             self._ring_bytes += sum(map(len, chunk))
         if self._ring_bytes > self.max_bytes:

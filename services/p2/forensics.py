@@ -213,10 +213,7 @@ class ForensicsConsumer(Consumer):
                 "first_line": base + cap.anomaly.index - cap.pre_count + 1,
             }
         if res.suppressed:
-            suppressed: dict[str, int] = {}
-            for a in res.suppressed:
-                suppressed[a.type] = suppressed.get(a.type, 0) + 1
-            for t, n in suppressed.items():
+            for t, n in Counter(map(_TYPE, res.suppressed)).items():
                 self._suppressed_metric[t].inc(n)
         return res.completed
 
