@@ -18,6 +18,7 @@ this process's alone, and its wall time includes waiting for the writer process 
 
     .venv/bin/python benchmarks/profile_p2.py                 # table
     .venv/bin/python benchmarks/profile_p2.py --cprofile 25   # plus the top functions
+    .venv/bin/python benchmarks/profile_p2.py --cprofile 25 --sort cumulative
     .venv/bin/python benchmarks/profile_p2.py --shape storm   # a benchmark scenario's stream instead
     .venv/bin/python benchmarks/profile_p2.py --json          # one JSON object, for tools
     .venv/bin/python benchmarks/profile_p2.py --record-format parquet   # the recorder writing Parquet
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import os
 import gc
 import io
 import pstats
@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--record-format", choices=("jsonl", "parquet"), default="jsonl", help="RECORD_FORMAT")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print the top N functions")
+    ap.add_argument("--sort", default="tottime", help="the top functions' order (pstats: tottime, cumulative, ...)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
     if args.events <= 0 or args.chunk_bytes <= 0 or args.repeat <= 0 or not args.exchange_rate > 0:
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(args.cprofile)
+        pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.cprofile)
         print(out.getvalue(), file=sys.stderr if args.json else sys.stdout)
     return 0
 
