@@ -63,6 +63,7 @@ class P1App:
                 settings.BACKOFF_MAX,
                 settings.MAX_FRAME_BYTES,
                 self.metrics,
+                buffer_bytes=settings.P1_BUFFER_BYTES,
             )
         options = {"signer": settings.signer()} if settings.FEED_API == "advanced-trade" else {}
         self.feed = CoinbaseFeed(

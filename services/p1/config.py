@@ -30,7 +30,7 @@ class P1Settings(CommonSettings, NatsSettings):
     BACKOFF_MAX: float = Field(10.0, gt=0)
     P1_BUFFER_EVENTS: int = Field(10000, gt=0)
     P1_BUFFER_BYTES: int = Field(64 << 20, gt=0)
-    """The NATS sink's held bytes at most (the TCP sink bounds events only)."""
+    """Either sink holds at most this many bytes of events, beside ``P1_BUFFER_EVENTS``; the oldest unsent go first."""
     NATS_ROUND_MS: float = Field(2.0, ge=0, le=1000)
     """The NATS sink starts a round of batches at most this often while trades keep coming."""
     P1_METRICS_PORT: Port = 9100

@@ -26,7 +26,7 @@ from typing import Any
 from loguru import logger
 
 from mercurystream.p1.metrics import P1Metrics
-from mercurystream.p1.sink import BufferedSink
+from mercurystream.p1.sink import BufferedSink, HeldEvents
 from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.jetstream import (
     BATCH_MAX_BYTES,
@@ -40,7 +40,6 @@ from mercurystream.shared.jetstream import (
     subject_for,
     subject_token,
 )
-from mercurystream.shared.logger import LogSampler
 
 UNKNOWN_PRODUCT = "_"
 """The subject token of an event whose ``product_id`` cannot be read (forwarded as received, like TCP)."""
@@ -77,7 +76,7 @@ class Batch:
         return len(self.payloads)
 
 
-class NatsBuffer:
+class NatsBuffer(HeldEvents):
     """Held events, bounded in events (``capacity``) and bytes (``capacity_bytes``), made into batches.
 
     When a publish would overflow either bound, the oldest *pending* events go first
@@ -96,11 +95,7 @@ class NatsBuffer:
         batch_max_events: int = 4096,
         origin: str | None = None,
     ) -> None:
-        if capacity <= 0 or capacity_bytes <= 0:
-            raise ValueError("capacity must be positive")
-        self.capacity = capacity
-        self.capacity_bytes = capacity_bytes
-        self.max_frame_bytes = min(max_frame_bytes, batch_max_bytes - 4)
+        super().__init__(capacity, capacity_bytes, min(max_frame_bytes, batch_max_bytes - 4))
         self.venue = venue
         self.batch_max_bytes = batch_max_bytes
         self.batch_max_events = batch_max_events
@@ -113,15 +108,8 @@ class NatsBuffer:
         self.batch_bytes = 0
         self.batch_events = 0
         self.seq = 0
-        self.published = 0
-        self.acked = 0
-        self.forwarded = 0
-        self.resent = 0
         self.stored = 0
         self.duplicates = 0
-        self.dropped: dict[str, int] = {"buffer_full": 0, "unacked_at_disconnect": 0, "shutdown": 0, "oversize": 0}
-        self.closed = False
-        self._sampler = LogSampler()
         self._subjects: dict[str, str] = {}
         self._tokens: dict[str, str] = {}
 
@@ -133,25 +121,11 @@ class NatsBuffer:
     def held_bytes(self) -> int:
         return self.pending_bytes + self.batch_bytes
 
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
-
     def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
         """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
-        n = len(payloads)
-        if not n:
+        if not payloads:
             return 0, 0
-        self.published += n
-        if self.closed:
-            self.dropped["shutdown"] += n
-            return 0, 0
-        limit = self.max_frame_bytes
-        kept = [p for p in payloads if len(p) <= limit]
-        oversize = n - len(kept)
-        if oversize:
-            self.dropped["oversize"] += oversize
-            self._sampler.warning("oversize", "{} events over {} bytes dropped", oversize, limit)
+        kept, oversize = self._admit(payloads)
         pending = self.pending
         full = 0
         tokens = self._tokens

@@ -27,96 +27,122 @@ class AckProtocolError(Exception):
     """The peer's acks cannot be trusted (oversize frame, or a count outside what was sent)."""
 
 
-class SendBuffer:
-    """Held events (``pending``: not yet sent on this connection; ``unacked``: sent, not acknowledged).
+class HeldEvents:
+    """What both of P1's buffers share: their two bounds, their counters, and a publish's first steps.
 
-    Both count toward ``capacity``. When a publish would overflow it, the oldest *pending*
-    events are dropped (``buffer_full``): events already written cannot be recalled, and P2 may
-    yet deliver them, so counting them as dropped could make them count twice.
+    A buffer holds at most ``capacity`` events and ``capacity_bytes`` bytes of them, so a burst
+    of large events cannot grow P1's memory past its budget while the peer is away.
     """
 
-    __slots__ = (
-        "_decoder",
-        "_sampler",
-        "acked",
-        "bad_acks",
-        "capacity",
-        "closed",
-        "conn_acked",
-        "conn_sent",
-        "connected",
-        "dropped",
-        "forwarded",
-        "max_frame_bytes",
-        "pending",
-        "published",
-        "resent",
-        "unacked",
-    )
-
-    def __init__(self, capacity: int, max_frame_bytes: int) -> None:
-        if capacity <= 0:
+    def __init__(self, capacity: int, capacity_bytes: int, max_frame_bytes: int) -> None:
+        if capacity <= 0 or capacity_bytes <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.max_frame_bytes = max_frame_bytes
-        self.pending: deque[bytes] = deque()
-        self.unacked: deque[bytes] = deque()
         self.published = 0
         self.acked = 0
         self.forwarded = 0
         self.resent = 0
-        self.bad_acks = 0
         self.dropped: dict[str, int] = {"buffer_full": 0, "unacked_at_disconnect": 0, "shutdown": 0, "oversize": 0}
-        self.connected = False
         self.closed = False
+        self._sampler = LogSampler()
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def _admit(self, payloads: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
+        """Count a publish; returns the events to hold (none once closed) and how many were oversize."""
+        n = len(payloads)
+        self.published += n
+        if self.closed:
+            self.dropped["shutdown"] += n
+            return (), 0
+        limit = self.max_frame_bytes
+        if max(map(len, payloads)) <= limit:
+            return payloads, 0
+        kept = [p for p in payloads if len(p) <= limit]
+        oversize = n - len(kept)
+        self.dropped["oversize"] += oversize
+        self._sampler.warning("oversize", "{} events over {} bytes dropped", oversize, limit)
+        return kept, oversize
+
+
+class SendBuffer(HeldEvents):
+    """Held events (``pending``: not yet sent on this connection; ``unacked``: sent, not acknowledged).
+
+    Both count toward ``capacity`` and ``capacity_bytes``. When a publish would overflow either,
+    the oldest *pending* events are dropped (``buffer_full``): events already written cannot be
+    recalled, and P2 may yet deliver them, so counting them as dropped could make them count twice.
+    """
+
+    def __init__(self, capacity: int, max_frame_bytes: int, capacity_bytes: int = 64 << 20) -> None:
+        super().__init__(capacity, capacity_bytes, max_frame_bytes)
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.unacked: deque[bytes] = deque()
+        self.unacked_bytes = 0
+        self.bad_acks = 0
+        self.connected = False
         self.conn_sent = 0
         self.conn_acked = 0
         self._decoder = AckDecoder()
-        self._sampler = LogSampler()
 
     @property
     def held(self) -> int:
         return len(self.pending) + len(self.unacked)
 
     @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
+    def held_bytes(self) -> int:
+        return self.pending_bytes + self.unacked_bytes
 
     def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
         """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
+        if not payloads:
+            return 0, 0
+        payloads, oversize = self._admit(payloads)
         n = len(payloads)
         if not n:
-            return 0, 0
-        self.published += n
-        if self.closed:
-            self.dropped["shutdown"] += n
-            return 0, 0
-        oversize = 0
-        if max(map(len, payloads)) > self.max_frame_bytes:
-            limit = self.max_frame_bytes
-            kept = [p for p in payloads if len(p) <= limit]
-            oversize = n - len(kept)
-            self.dropped["oversize"] += oversize
-            self._sampler.warning("oversize", "{} events over MAX_FRAME_BYTES={} dropped", oversize, limit)
-            payloads = kept
-            n = len(kept)
+            return 0, oversize
         pending = self.pending
         overflow = len(pending) + len(self.unacked) + n - self.capacity
         if overflow > 0:
             from_pending = min(overflow, len(pending))
             if from_pending == len(pending):
                 pending.clear()
+                self.pending_bytes = 0
             else:
                 popleft = pending.popleft
-                for _ in range(from_pending):
-                    popleft()
+                self.pending_bytes -= sum(len(popleft()) for _ in range(from_pending))
             if overflow > from_pending:
                 payloads = payloads[overflow - from_pending :]
-            self.dropped["buffer_full"] += overflow
         else:
             overflow = 0
+        added = sum(map(len, payloads))
+        room = self.capacity_bytes - self.unacked_bytes
+        if self.pending_bytes + added > room:
+            overflow += self._shed_bytes(payloads, added, room)
+            payloads = ()
+        else:
+            self.pending_bytes += added
         pending.extend(payloads)
+        if overflow:
+            self.dropped["buffer_full"] += overflow
         return overflow, oversize
+
+    def _shed_bytes(self, payloads: Sequence[bytes], added: int, room: int) -> int:
+        """Hold the newest events that fit in ``room`` bytes beside what is pending; returns how many went."""
+        pending = self.pending
+        pending.extend(payloads)
+        total = self.pending_bytes + added
+        popleft = pending.popleft
+        shed = 0
+        while pending and total > room:
+            total -= len(popleft())
+            shed += 1
+        self.pending_bytes = total
+        return shed
 
     def on_connect(self) -> None:
         self.connected = True
@@ -132,9 +158,13 @@ class SendBuffer:
         if len(pending) <= max_events:
             batch = list(pending)
             pending.clear()
+            nbytes = self.pending_bytes
         else:
             popleft = pending.popleft
             batch = [popleft() for _ in range(max_events)]
+            nbytes = sum(map(len, batch))
+        self.pending_bytes -= nbytes
+        self.unacked_bytes += nbytes
         self.unacked.extend(batch)
         self.conn_sent += len(batch)
         self.forwarded += len(batch)
@@ -166,10 +196,10 @@ class SendBuffer:
         unacked = self.unacked
         if k == len(unacked):
             unacked.clear()
+            self.unacked_bytes = 0
         else:
             popleft = unacked.popleft
-            for _ in range(k):
-                popleft()
+            self.unacked_bytes -= sum(len(popleft()) for _ in range(k))
         self.conn_acked = n
         self.acked += k
         return k
@@ -180,6 +210,8 @@ class SendBuffer:
         if back:
             self.pending.extendleft(reversed(self.unacked))
             self.unacked.clear()
+            self.pending_bytes += self.unacked_bytes
+            self.unacked_bytes = 0
             self.resent += back
         self.connected = False
         return back
@@ -192,6 +224,7 @@ class SendBuffer:
         lost = len(self.unacked)
         if lost:
             self.unacked.clear()
+            self.unacked_bytes = 0
             self.dropped["unacked_at_disconnect"] += lost
         self.connected = False
         return lost
@@ -201,6 +234,7 @@ class SendBuffer:
         left = self.held
         self.pending.clear()
         self.unacked.clear()
+        self.pending_bytes = self.unacked_bytes = 0
         self.dropped["shutdown"] += left
         self.connected = False
         self.closed = True
@@ -309,13 +343,13 @@ class TcpSink(BufferedSink):
         max_frame_bytes: int,
         metrics: P1Metrics,
         *,
+        buffer_bytes: int = 64 << 20,
         max_batch: int = 4096,
         connect_timeout_s: float = 5.0,
         backoff_base_s: float = 0.25,
     ) -> None:
-        super().__init__(
-            SendBuffer(buffer_events, max_frame_bytes), Backoff(backoff_max, backoff_base_s), metrics, connect_timeout_s
-        )
+        buffer = SendBuffer(buffer_events, max_frame_bytes, buffer_bytes)
+        super().__init__(buffer, Backoff(backoff_max, backoff_base_s), metrics, connect_timeout_s)
         self.host = host
         self.port = port
         self.max_batch = max_batch

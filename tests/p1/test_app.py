@@ -101,6 +101,14 @@ async def test_keeps_reading_the_feed_while_p2_is_down(fake_p2):
     assert [e["trade_id"] for e in p2.events] == list(range(50, 200))
 
 
+@pytest.mark.parametrize("sink", ["tcp", "nats"])
+def test_either_sink_holds_at_most_p1_buffer_bytes(sink):
+    settings = build_settings(P1Settings, P1_SINK=sink, P1_BUFFER_EVENTS=500, P1_BUFFER_BYTES=12345, P1_METRICS_PORT=0)
+    app = P1App(settings)
+    assert app.sink.buffer.capacity == 500
+    assert app.sink.buffer.capacity_bytes == 12345
+
+
 # --- the console script --------------------------------------------------------------------
 
 

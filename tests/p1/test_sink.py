@@ -54,6 +54,24 @@ def test_drop_oldest_when_full():
     assert b.dropped["buffer_full"] == 15 and balanced(b)
 
 
+def test_drop_oldest_when_over_the_byte_bound():
+    """A few large events fill the bytes long before the count: the oldest unsent go, the newest stay."""
+    big = [b'{"trade_id":%d,"pad":"%s"}' % (i, b"x" * 1000) for i in range(10)]
+    size = len(big[0])
+    b = SendBuffer(1000, 1 << 20, capacity_bytes=3 * size)
+    b.on_connect()
+    b.publish(big[:2])
+    assert b.take(1) == big[:1]
+    assert b.publish(big[2:6]) == (3, 0)
+    assert list(b.unacked) == big[:1] and list(b.pending) == big[4:6]
+    assert b.held_bytes == 3 * size and balanced(b)
+    b.on_ack(1)
+    assert b.held_bytes == 2 * size
+    assert b.publish([big[6], ev(1)]) == (1, 0)
+    assert list(b.pending) == [big[5], big[6], ev(1)] and b.held_bytes == 2 * size + len(ev(1))
+    assert balanced(b)
+
+
 def test_unacked_counts_toward_capacity_and_is_never_dropped_for_space():
     b = SendBuffer(5, 1 << 20)
     b.on_connect()
@@ -187,10 +205,10 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.integers(1, 25), script=ops)
-def test_nothing_is_lost_uncounted_and_order_is_kept(capacity, script):
-    """Under any interleaving: published == acked + dropped + held, and P2 never sees a duplicate."""
-    b = SendBuffer(capacity, 1 << 20)
+@given(capacity=st.integers(1, 25), capacity_bytes=st.integers(1, 400), script=ops)
+def test_nothing_is_lost_uncounted_and_order_is_kept(capacity, capacity_bytes, script):
+    """Under any interleaving: published == acked + dropped + held, both bounds hold, and P2 never sees a duplicate."""
+    b = SendBuffer(capacity, 1 << 20, capacity_bytes=capacity_bytes)
     next_id = 0
     delivered: list[bytes] = []
     for op, arg in script:
@@ -210,6 +228,7 @@ def test_nothing_is_lost_uncounted_and_order_is_kept(capacity, script):
         elif op == "connect" and not b.connected:
             b.on_connect()
         assert b.held <= capacity
+        assert b.held_bytes == sum(map(len, b.pending)) + sum(map(len, b.unacked)) <= capacity_bytes
         assert balanced(b)
     ids = [orjson.loads(p)["trade_id"] for p in delivered]
     assert ids == sorted(set(ids))
