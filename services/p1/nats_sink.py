@@ -121,15 +121,11 @@ class NatsBuffer(HeldEvents):
     def held_bytes(self) -> int:
         return self.pending_bytes + self.batch_bytes
 
-    def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
-        """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
-        if not payloads:
-            return 0, 0
-        kept, oversize = self._admit(payloads)
+    def _hold(self, payloads: Sequence[bytes]) -> int:
         pending = self.pending
         full = 0
         tokens = self._tokens
-        for p in kept:
+        for p in payloads:
             raw = product_of(p)
             token = tokens.get(raw)
             if token is None:
@@ -145,8 +141,7 @@ class NatsBuffer(HeldEvents):
             _, old = pending.popleft()
             self.pending_bytes -= len(old)
             full += 1
-        self.dropped["buffer_full"] += full
-        return full, oversize
+        return full
 
     def _subject(self, product: str) -> str:
         subject = self._subjects.get(product)

@@ -28,7 +28,7 @@ class AckProtocolError(Exception):
 
 
 class HeldEvents:
-    """What both of P1's buffers share: their two bounds, their counters, and a publish's first steps.
+    """What both of P1's buffers share: their two bounds, their counters, and what a publish admits.
 
     A buffer holds at most ``capacity`` events and ``capacity_bytes`` bytes of them, so a burst
     of large events cannot grow P1's memory past its budget while the peer is away.
@@ -52,21 +52,30 @@ class HeldEvents:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    def _admit(self, payloads: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
-        """Count a publish; returns the events to hold (none once closed) and how many were oversize."""
+    def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
+        """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
         n = len(payloads)
+        if not n:
+            return 0, 0
         self.published += n
         if self.closed:
             self.dropped["shutdown"] += n
-            return (), 0
+            return 0, 0
         limit = self.max_frame_bytes
-        if max(map(len, payloads)) <= limit:
-            return payloads, 0
-        kept = [p for p in payloads if len(p) <= limit]
-        oversize = n - len(kept)
-        self.dropped["oversize"] += oversize
-        self._sampler.warning("oversize", "{} events over {} bytes dropped", oversize, limit)
-        return kept, oversize
+        oversize = 0
+        if max(map(len, payloads)) > limit:
+            payloads = [p for p in payloads if len(p) <= limit]
+            oversize = n - len(payloads)
+            self.dropped["oversize"] += oversize
+            self._sampler.warning("oversize", "{} events over {} bytes dropped", oversize, limit)
+        full = self._hold(payloads) if payloads else 0
+        if full:
+            self.dropped["buffer_full"] += full
+        return full, oversize
+
+    def _hold(self, payloads: Sequence[bytes]) -> int:
+        """Append events within both bounds, dropping the oldest unsent; returns how many were dropped."""
+        raise NotImplementedError
 
 
 class SendBuffer(HeldEvents):
@@ -97,16 +106,9 @@ class SendBuffer(HeldEvents):
     def held_bytes(self) -> int:
         return self.pending_bytes + self.unacked_bytes
 
-    def publish(self, payloads: Sequence[bytes]) -> tuple[int, int]:
-        """Queue events; returns ``(dropped as buffer_full, dropped as oversize)``."""
-        if not payloads:
-            return 0, 0
-        payloads, oversize = self._admit(payloads)
-        n = len(payloads)
-        if not n:
-            return 0, oversize
+    def _hold(self, payloads: Sequence[bytes]) -> int:
         pending = self.pending
-        overflow = len(pending) + len(self.unacked) + n - self.capacity
+        overflow = len(pending) + len(self.unacked) + len(payloads) - self.capacity
         if overflow > 0:
             from_pending = min(overflow, len(pending))
             if from_pending == len(pending):
@@ -122,14 +124,10 @@ class SendBuffer(HeldEvents):
         added = sum(map(len, payloads))
         room = self.capacity_bytes - self.unacked_bytes
         if self.pending_bytes + added > room:
-            overflow += self._shed_bytes(payloads, added, room)
-            payloads = ()
-        else:
-            self.pending_bytes += added
+            return overflow + self._shed_bytes(payloads, added, room)
+        self.pending_bytes += added
         pending.extend(payloads)
-        if overflow:
-            self.dropped["buffer_full"] += overflow
-        return overflow, oversize
+        return overflow
 
     def _shed_bytes(self, payloads: Sequence[bytes], added: int, room: int) -> int:
         """Hold the newest events that fit in ``room`` bytes beside what is pending; returns how many went."""
