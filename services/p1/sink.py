@@ -108,38 +108,14 @@ class SendBuffer(HeldEvents):
 
     def _hold(self, payloads: Sequence[bytes]) -> int:
         pending = self.pending
-        overflow = len(pending) + len(self.unacked) + len(payloads) - self.capacity
-        if overflow > 0:
-            from_pending = min(overflow, len(pending))
-            if from_pending == len(pending):
-                pending.clear()
-                self.pending_bytes = 0
-            else:
-                popleft = pending.popleft
-                self.pending_bytes -= sum(len(popleft()) for _ in range(from_pending))
-            if overflow > from_pending:
-                payloads = payloads[overflow - from_pending :]
-        else:
-            overflow = 0
-        added = sum(map(len, payloads))
-        room = self.capacity_bytes - self.unacked_bytes
-        if self.pending_bytes + added > room:
-            return overflow + self._shed_bytes(payloads, added, room)
-        self.pending_bytes += added
         pending.extend(payloads)
-        return overflow
-
-    def _shed_bytes(self, payloads: Sequence[bytes], added: int, room: int) -> int:
-        """Hold the newest events that fit in ``room`` bytes beside what is pending; returns how many went."""
-        pending = self.pending
-        pending.extend(payloads)
-        total = self.pending_bytes + added
+        self.pending_bytes += sum(map(len, payloads))
+        room, room_bytes = self.capacity - len(self.unacked), self.capacity_bytes - self.unacked_bytes
         popleft = pending.popleft
         shed = 0
-        while pending and total > room:
-            total -= len(popleft())
+        while pending and (len(pending) > room or self.pending_bytes > room_bytes):
+            self.pending_bytes -= len(popleft())
             shed += 1
-        self.pending_bytes = total
         return shed
 
     def on_connect(self) -> None:
