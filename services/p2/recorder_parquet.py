@@ -387,6 +387,20 @@ class ParquetFiles:
         if self._sink is not None and self._clock() - self._opened_at >= self.rotate_s:
             self.close()
 
+    def write_message(self, data: bytes, sizes: Sequence[int]) -> None:
+        """A message's lines, back to back in ``data`` (their lengths in ``sizes``), appended as rows.
+
+        One decode of them all when every line is a common one; else each line judged alone (:meth:`write`).
+        """
+        try:
+            batch = self._encoder.encode_joined(data, len(sizes))
+        except Exception:
+            batch = None
+        if batch is None:
+            self.write([data[a:b] for a, b in pairwise(accumulate(sizes, initial=0))])
+        else:
+            self._append(batch)
+
     def write(self, lines: Sequence[bytes]) -> None:
         """Parse the lines into rows and append them; roll when the file is big enough."""
         n = len(lines)
@@ -397,6 +411,9 @@ class ParquetFiles:
             return
         if bad:
             self._rejected(lines, bad)
+        self._append(batch)
+
+    def _append(self, batch: Any) -> None:
         if not batch.num_rows:
             return
         try:
@@ -495,13 +512,6 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def split_message(lengths: bytes, data: bytes) -> list[bytes]:
-    """The lines of one message (see :data:`HEADER`)."""
-    sizes = array("Q")
-    sizes.frombytes(lengths)
-    return [data[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
-
-
 def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None]) -> None:
     """Read messages until the pipe closes; acknowledge each once its rows are appended."""
     while True:
@@ -518,9 +528,10 @@ def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None
         if lengths is None or data is None:
             files.close()
             return
-        lines = split_message(lengths, data)
-        if sum(map(len, lines)) == data_len:
-            files.write(lines)
+        sizes = array("Q")
+        sizes.frombytes(lengths)
+        if sum(sizes) == data_len:
+            files.write_message(data, sizes)
         else:
             files.lose(n, f"a message of {n} lines whose lengths do not add up to its {data_len} bytes")
         files.tick()

@@ -167,6 +167,23 @@ async def test_a_failed_open_is_counted_and_recording_resumes(tmp_path: Path) ->
     assert rec.writer.written == 3
 
 
+def test_a_message_with_one_uncommon_line_is_judged_line_by_line(tmp_path: Path) -> None:
+    """One decode serves a message of common lines; one null, unknown key or bad line sends it to the exact path."""
+    rejected: dict[str, int] = {}
+    files = ParquetFiles(
+        tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_rejected=lambda r, k: rejected.update({r: k})
+    )
+    files.write_message(b"".join(recorded(i) for i in range(3)), [len(recorded(i)) for i in range(3)])
+    nulled = orjson.dumps({**event(3), "side": None, "recv_ts_ms": 1})
+    lines = [recorded(4), nulled, b"[1]", recorded(5)]
+    files.write_message(b"".join(lines), list(map(len, lines)))
+    files.close()
+    got = rows(tmp_path / "*.parquet")
+    assert [r["trade_id"] for r in got] == [10_000, 10_001, 10_002, 10_003, 10_004, 10_005]
+    assert got[3]["side"] is None and orjson.loads(got[3]["extra"]) == {"side": None}
+    assert files.written == 6 and files.rejected == 1 and rejected == {"not_object": 1}
+
+
 def test_a_failed_close_loses_that_file_counted_and_leaves_no_part(tmp_path: Path) -> None:
     errors: list[int] = []
     files = ParquetFiles(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_error=errors.append)

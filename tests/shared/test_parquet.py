@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mercurystream.shared.parquet import (
     COLUMNS,
+    DICTIONARY_COLUMNS,
     EXTRA,
     REQUIRED,
     SCHEMA,
@@ -157,6 +158,41 @@ def test_the_fast_path_and_the_exact_path_build_the_same_rows(changes: list[dict
     batch, bad = RowEncoder().encode(lines)
     kept = [orjson.loads(line) for i, line in enumerate(lines) if i not in {j for j, _ in bad}]
     assert events_of(batch) == kept
+    joined = RowEncoder().encode_joined(b"".join(lines), len(lines))
+    assert (joined is not None) == (fast is not None)
+    if joined is not None:
+        assert joined.equals(batch)
+
+
+@pytest.mark.parametrize(
+    ("lines", "n"),
+    [
+        ([b'{"a":1}'], 1),
+        (lines_of([event(0), event(1)]), 3),
+        (lines_of([event(0), event(1, side=None)]), 2),
+        (lines_of([event(0), event(1, x=1)]), 2),
+        ([], 0),
+    ],
+    ids=["not-a-trade", "count-differs", "null", "unknown-key", "empty"],
+)
+def test_a_joined_message_declines_unless_every_line_is_common(lines: list[bytes], n: int) -> None:
+    encoder = RowEncoder()
+    assert encoder.encode_joined(b"".join(lines), n) is None
+    assert encoder.rows == 0
+
+
+def test_labels_are_dictionary_encoded_and_times_and_ids_are_not(tmp_path: Path) -> None:
+    assert set(DICTIONARY_COLUMNS) == {"type", "product_id", "side", "venue", "feed"}
+    sink = ParquetSink(tmp_path / "x.parquet")
+    sink.append(RowEncoder().encode(lines_of([event(i) for i in range(1000)]))[0])
+    sink.close()
+    group = pq.ParquetFile(tmp_path / "x.parquet").metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if group.column(i).dictionary_page_offset is not None
+    }
+    assert dictionary == set(DICTIONARY_COLUMNS)
 
 
 def test_a_sink_writes_a_part_file_and_renames_it_on_close(tmp_path: Path) -> None:
