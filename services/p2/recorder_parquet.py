@@ -27,6 +27,9 @@ Bounds: a handoff stays pending (``pending``, ``pending_bytes``, which the recor
 child has appended its rows, so the pipe (at most :data:`PIPE_BYTES`) and the child's message are
 inside the recorder's bound; the child holds one message and one row group at most.
 
+Priority: the child runs at P2's own. A recording is evidence, so where cores are short it takes
+its share as the JSONL recorder does on P2's loop, rather than being the first consumer to drop.
+
 Stop: P2 closes the pipe; the child writes what it has, closes its file, reports and exits, and P2
 waits for it, so SIGTERM loses no row. The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C
 reaches the whole process group) and ends only when the pipe closes, which also happens when P2 is
@@ -71,9 +74,6 @@ CHILD_READY_S = 30.0
 """How long P2's start waits for the child to have loaded pyarrow, so P2 takes traffic with its recorder ready."""
 CHILD_EXIT_S = 30.0
 """How long P2 waits at stop for the child to write its last file."""
-CHILD_NICE = 10
-"""The child's niceness: where cores are short, P2's loop (every other consumer) goes first and the
-recorder alone falls behind, its drops counted on its own subscription."""
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -241,7 +241,6 @@ class ParquetRecordWriter(JsonlWriter):
         argv += ["--rotate-bytes", str(self.rotate_bytes), "--rotate-s", repr(self.rotate_s), "--log-level", level]
         if json:
             argv.append("--log-json")
-        argv += ["--nice", str(CHILD_NICE)]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         except OSError as exc:
@@ -545,13 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rotate-s", type=float, required=True)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-json", action="store_true")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's priority by this much")
     args = p.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    if args.nice:
-        with contextlib.suppress(OSError):
-            os.nice(args.nice)
     setup_logging("p2-recorder", args.log_level, args.log_json)
 
     def emit(report: dict[str, Any]) -> None:
