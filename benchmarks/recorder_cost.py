@@ -9,8 +9,10 @@ its last row group and footer. The measuring runs in a fresh process under P2's 
 (``p2.app.tune_runtime``: with its pinned mmap threshold, a large join is a fresh mapping whose
 pages fault in, as in P2), so it neither inherits nor changes the caller's. ``us_per_event`` is wall
 time to the end of the close; ``cpu_us_per_event`` is this thread's CPU, the work that contends for
-the GIL with P2's loop; ``child_cpu_us_per_event`` is the Parquet writer process's CPU (its start,
-mostly importing pyarrow, measured apart and left out): work on another core, not on P2's.
+the GIL with P2's loop; ``child_cpu_us_per_event`` is the Parquet writer process's CPU from the
+moment it is ready to its exit, less what an exit with no data costs (its start, mostly
+importing pyarrow, and that exit are left out and reported apart as ``child_start_cpu_s`` and
+``child_exit_cpu_s``): work on another core, not on P2's.
 
     .venv/bin/python -m benchmarks.recorder_cost                  # JSON on stdout
     .venv/bin/python -m benchmarks.recorder_cost --events 50000 --runs 1
@@ -30,8 +32,10 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks.lab import cpu_seconds
 from benchmarks.stream import generate_pool
 from mercurystream.p2.recorder import COALESCE_LINES, JsonlWriter
+from mercurystream.p2.recorder_parquet import ParquetRecordWriter
 from mercurystream.shared.event import recv_suffix
 
 START_US = 1_764_940_000_000_000
@@ -54,8 +58,6 @@ def recorded_lines(n: int, seed: int = 1) -> list[bytes]:
 def _writer(fmt: str, folder: Path) -> JsonlWriter:
     if fmt == "jsonl":
         return JsonlWriter(folder / "rec.jsonl")
-    from mercurystream.p2.recorder_parquet import ParquetRecordWriter
-
     return ParquetRecordWriter(folder / "rec.jsonl", rotate_bytes=1 << 40, rotate_s=1e9)
 
 
@@ -64,24 +66,35 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_start_cpu_s() -> float:
-    """CPU seconds the Parquet writer process takes to start and stop with no data (pyarrow's import)."""
+def child_overhead_cpu_s() -> tuple[float, float]:
+    """CPU seconds the Parquet writer process takes with no data: to get ready (pyarrow's import), then to exit."""
     with tempfile.TemporaryDirectory(prefix="recorder-cost-") as tmp:
         writer = _writer("parquet", Path(tmp))
+        assert isinstance(writer, ParquetRecordWriter)
         before = _children_cpu_s()
         writer.start()
+        ready = cpu_seconds(writer.child_pid) if writer.child_pid is not None else 0.0
         writer.close(60)
-        return _children_cpu_s() - before
+        return ready, _children_cpu_s() - before - ready
 
 
-def measure(fmt: str, lines: list[bytes], child_start_s: float = 0.0) -> dict[str, float]:
-    """One run: every line through the writer's step, then close; time, CPU and the bytes on disk."""
+def measure(fmt: str, lines: list[bytes], child_exit_s: float = 0.0) -> dict[str, float]:
+    """One run: every line through the writer's step, then close; time, CPU and the bytes on disk.
+
+    A Parquet writer's process is started and ready (pyarrow loaded) before the clock starts; the
+    CPU it had used by then, read from ``/proc``, and ``child_exit_s`` (its exit with no data) are
+    taken off its total, so what is left is its work, however much its start varies.
+    """
     chunks = [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
     handoffs = [[chunk[j : j + BATCH_LINES] for j in range(0, len(chunk), BATCH_LINES)] for chunk in chunks]
     with tempfile.TemporaryDirectory(prefix="recorder-cost-") as tmp:
         folder = Path(tmp)
         writer = _writer(fmt, folder)
         children = _children_cpu_s()
+        if isinstance(writer, ParquetRecordWriter):
+            writer.start()
+            pid = writer.child_pid
+            children += cpu_seconds(pid) if pid is not None else 0.0
         wall, cpu = time.perf_counter(), time.thread_time()
         for handoff in handoffs:
             writer.write(handoff)
@@ -92,7 +105,7 @@ def measure(fmt: str, lines: list[bytes], child_start_s: float = 0.0) -> dict[st
         if writer.written != len(lines) or writer.errors:
             raise RuntimeError(f"{fmt}: wrote {writer.written} of {len(lines)}, {writer.errors} errors")
     n = len(lines)
-    child = max(0.0, children - child_start_s) if fmt == "parquet" else 0.0
+    child = max(0.0, children - child_exit_s) if fmt == "parquet" else 0.0
     return {
         "us_per_event": wall / n * 1e6,
         "cpu_us_per_event": cpu / n * 1e6,
@@ -125,12 +138,14 @@ def run_here(events: int, runs: int) -> dict[str, object]:
         "line_bytes": sum(map(len, lines)) / len(lines),
         "pyarrow_import_s": round(time.perf_counter() - t0, 3),
     }
-    start_s = statistics.median(child_start_cpu_s() for _ in range(runs))
-    result["child_start_cpu_s"] = round(start_s, 3)
+    overheads = [child_overhead_cpu_s() for _ in range(runs)]
+    exit_s = statistics.median(e for _, e in overheads)
+    result["child_start_cpu_s"] = round(statistics.median(r + e for r, e in overheads), 3)
+    result["child_exit_cpu_s"] = round(exit_s, 3)
     samples: dict[str, list[dict[str, float]]] = {"jsonl": [], "parquet": []}
     for _ in range(runs):  # the formats alternate, so a change in the machine's load reaches both
         for fmt, out in samples.items():
-            out.append(measure(fmt, lines, start_s))
+            out.append(measure(fmt, lines, exit_s))
     for fmt, out in samples.items():
         result[fmt] = {key: round(statistics.median(s[key] for s in out), 3) for key in KEYS}
     return result
