@@ -28,6 +28,7 @@ def test_it_prints_both_formats_costs_as_json(capsys: pytest.CaptureFixture) -> 
 def test_its_lines_are_what_p2_records_and_all_take_the_fast_path() -> None:
     lines = recorded_lines(500)
     assert RowEncoder._fast(lines) is not None
+    assert RowEncoder().encode_joined(b"".join(lines), len(lines)) is not None  # the writer process's one decode
     assert all(line.endswith(b"}") and b'"recv_ts_us":' in line for line in lines)
 
 
