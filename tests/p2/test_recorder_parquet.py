@@ -168,7 +168,7 @@ async def test_a_failed_open_is_counted_and_recording_resumes(tmp_path: Path) ->
 
 
 def test_a_message_with_one_uncommon_line_is_judged_line_by_line(tmp_path: Path) -> None:
-    """One decode serves a message of common lines; one null, unknown key or bad line sends it to the exact path."""
+    """One decode serves a message of common lines; one null or bad line sends it to the exact path."""
     rejected: dict[str, int] = {}
     files = ParquetFiles(
         tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60, on_rejected=lambda r, k: rejected.update({r: k})
