@@ -82,6 +82,16 @@ a JSON ``null`` fails the decode too (it belongs in ``extra``), so ``None`` here
 _COLUMNS_STRUCT = pa.struct(list(SCHEMA)[: len(COLUMNS)])
 _FAST_DECODER = msgspec.json.Decoder(_FAST_ROW)
 _decode_fast = _FAST_DECODER.decode
+try:
+    from mercurystream.shared import _rowscan
+except ImportError:  # built without a C compiler: the plain decode below does all the work
+    _rowscan = None
+_SCAN_SPEC = (
+    tuple(name.encode() for name in NAMES),
+    bytes(("string", "float64", "int64", "bool").index(kind) for _, kind in COLUMNS),
+    bytes(name in REQUIRED for name in NAMES),
+)
+_ARROW_TYPES = tuple(_ARROW[kind] for _, kind in COLUMNS)
 DICTIONARY_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "str" and not f.time)
 """Columns written dictionary-encoded: labels that repeat (type, product, side, venue, feed). A
 time or an id rarely repeats, and trying a dictionary on it first costs the writer time for nothing."""
@@ -114,20 +124,25 @@ class RowEncoder:
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
-    def encode_joined(self, data: bytes, n: int) -> pa.RecordBatch | None:
+    def encode_joined(self, data: bytes | memoryview, n: int, scan: bool = True) -> pa.RecordBatch | None:
         """The rows of ``n`` lines given back to back in ``data``, in one decode; ``None`` unless all ``n`` are common.
 
         The caller vouches that each of its lines is one JSON object (P2's recorded lines are), so
         ``n`` objects decoded from ``data`` are its ``n`` lines in order. ``None`` sends the caller
-        to :meth:`encode` with the lines split, where each is judged alone.
+        to :meth:`encode` with the lines split, where each is judged alone. The C scanner
+        (:func:`scan_columns`) goes first when built and ``scan`` is true; what it declines, the
+        plain decode judges.
         """
-        try:
-            rows = _FAST_DECODER.decode_lines(data)
-        except (msgspec.DecodeError, RecursionError):
-            return None
-        if len(rows) != n or not n:
-            return None
-        batch = _record_batch(_columns(rows), None)
+        columns = scan_columns(data, n) if scan else None
+        if columns is None:
+            try:
+                rows = _FAST_DECODER.decode_lines(data)
+            except (msgspec.DecodeError, RecursionError):
+                return None
+            if len(rows) != n or not n:
+                return None
+            columns = _columns(rows)
+        batch = _record_batch(columns, None)
         self.rows += batch.num_rows
         return batch
 
@@ -209,6 +224,27 @@ def _rejection(obj: dict[str, Any]) -> str | None:
 def _columns(rows: list[Any]) -> list[pa.Array]:
     """Decoded fast rows as one Arrow array per column (a struct array built in C, then flattened)."""
     return pa.array(list(map(msgspec.structs.astuple, rows)), type=_COLUMNS_STRUCT).flatten()
+
+
+def scan_columns(data: bytes | memoryview, n: int) -> list[pa.Array] | None:
+    """The columns of ``n`` common lines back to back in ``data``, by the C scanner (``_rowscan.c``).
+
+    ``None`` when the scanner is not built or declines a line; it takes a subset of what the plain
+    decode in :meth:`RowEncoder.encode_joined` takes (plain ASCII strings, no escapes) and must give
+    the same columns, which a property test holds.
+    """
+    if _rowscan is None:
+        return None
+    scanned = _rowscan.scan(data, n, *_SCAN_SPEC)
+    if scanned is None:
+        return None
+    columns = []
+    for arrow_type, (validity, values, chars, nulls) in zip(_ARROW_TYPES, scanned, strict=True):
+        buffers = [None if validity is None else pa.py_buffer(validity), pa.py_buffer(values)]
+        if chars is not None:
+            buffers.append(pa.py_buffer(chars))
+        columns.append(pa.Array.from_buffers(arrow_type, n, buffers, null_count=nulls))
+    return columns
 
 
 def _record_batch(columns: list[pa.Array], extra: list[str | None] | None) -> pa.RecordBatch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import orjson
@@ -20,8 +22,10 @@ from mercurystream.shared.parquet import (
     TIME_TS,
     ParquetSink,
     RowEncoder,
+    _rowscan,
     events_of,
     is_parquet,
+    scan_columns,
 )
 from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
 
@@ -224,3 +228,132 @@ def test_empty_batches_append_nothing(tmp_path: Path, n: int) -> None:
     sink.append(batch)
     sink.close()
     assert pq.ParquetFile(tmp_path / "e.parquet").metadata.num_rows == n
+
+
+# --- the C scanner (shared/_rowscan.c) beside the plain decode ------------------------------------------
+
+_NAMES = [n for n, _ in COLUMNS]
+
+
+def _plain_columns(data: bytes, n: int) -> list[pa.Array] | None:
+    batch = RowEncoder().encode_joined(data, n, scan=False)
+    return None if batch is None else batch.columns[: len(COLUMNS)]
+
+
+def _render(value: object, spelling: int, kind: str = "float64") -> bytes:
+    """A JSON value as orjson writes it, or (numbers) spelled another valid way: exponent, trailing zeros.
+
+    An integer gets an exponent only in a float column (in an int column that makes it a float).
+    """
+    text = b"%d" % value if type(value) is int else orjson.dumps(value)
+    if type(value) is float and spelling == 1:
+        return repr(value).encode().replace(b"e+", b"E+") if "e" in repr(value) else b"%.17e" % value
+    if type(value) is float and spelling == 2 and b"e" not in text and b"." in text:
+        return text + b"000"
+    if type(value) is int and spelling == 1 and kind == "float64":
+        return b"%de0" % value
+    return text
+
+
+def _plain_text(value: object) -> bool:
+    return not isinstance(value, str) or all(" " <= ch <= "~" and ch not in '"\\' for ch in value)
+
+
+_OF_KIND = {
+    "string": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=8),
+    "float64": st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=-1e6, max_value=1e6).map(lambda v: round(v, 4)),
+        st.integers(min_value=-(1 << 53), max_value=1 << 53),
+        st.integers(min_value=-(1 << 54), max_value=1 << 54),
+    ),
+    "int64": st.one_of(
+        st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1), st.integers(min_value=-(1 << 64), max_value=1 << 64)
+    ),
+    "bool": st.booleans(),
+}
+
+
+@st.composite
+def _spelled_lines(draw: st.DrawFn) -> tuple[bytes, int, bool]:
+    """Lines of mostly well-typed events spelled as any producer might: key order, spacing, number forms.
+
+    Also returns whether every string in them is plain printable ASCII. Now and then a value of another
+    kind, a null or an unknown key.
+    """
+    lines = []
+    plain_text = True
+    for _ in range(draw(st.integers(0, 4))):
+        e = {}
+        for name, kind in COLUMNS:
+            if name in REQUIRED or draw(st.booleans()):
+                e[name] = draw(_OF_KIND[kind]) if draw(st.integers(0, 49)) else draw(_values)
+        if not draw(st.integers(0, 49)):
+            e["x"] = draw(_values)
+        plain_text &= all(map(_plain_text, e.values()))
+        keys = draw(st.permutations(list(e)))
+        ws = draw(st.sampled_from([b"", b" ", b"\n", b"\t", b"\r\n "]))
+        kinds = dict(COLUMNS)
+        parts = [
+            b'"%s"%s:%s%s' % (k.encode(), ws, ws, _render(e[k], draw(st.integers(0, 2)), kinds.get(k, "")))
+            for k in keys
+        ]
+        lines.append(ws + b"{" + ws + (b"," + ws).join(parts) + ws + b"}" + ws)
+    return b"".join(lines), len(lines), plain_text
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@settings(max_examples=300, deadline=None)
+@given(_spelled_lines())
+def test_the_scanner_gives_the_plain_decodes_columns_whenever_it_takes_a_message(
+    message: tuple[bytes, int, bool],
+) -> None:
+    """Held equal: what the scanner takes, the plain decode takes, into equal columns (-0.0 and 0.0 told apart).
+
+    And it pays: it declines a message the plain decode takes only for a string that is not plain
+    printable ASCII, or a number a double cannot hold.
+    """
+    data, n, plain_text = message
+    scanned = scan_columns(data, n)
+    plain = _plain_columns(data, n)
+    if scanned is not None:
+        assert plain is not None
+        assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+        signs = [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in scanned]
+        assert signs == [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in plain]
+    elif plain is not None and plain_text:
+        finite = [v for c in plain for v in c.to_pylist() if type(v) is float]
+        assert not all(map(math.isfinite, finite)), "declined a message of plain strings and finite numbers"
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+def test_the_scanner_takes_p2s_common_lines_and_declines_what_only_the_plain_decode_may_judge() -> None:
+    common = lines_of([event(i) for i in range(5)])
+    assert scan_columns(b"".join(common), 5) is not None
+    assert scan_columns(b"\n".join(common) + b"\n", 5) is not None
+    declined = {
+        "escape": orjson.dumps(event(1, side="b\\u0075y")).replace(b"\\\\", b"\\"),
+        "non-ascii": orjson.dumps(event(1, product_id="BTC-€")),
+        "null": orjson.dumps(event(1, best_bid=None)),
+        "unknown key": orjson.dumps(event(1, x=1)),
+        "repeated key": orjson.dumps(event(1))[:-1] + b',"price":1.5}',
+        "huge int in a float column": orjson.dumps(event(1, price=(1 << 53) + 1)),
+        "int64 overflow": orjson.dumps(event(1))[:-1].replace(b'"sequence":9001', b'"sequence":9223372036854775808')
+        + b"}",
+        "float in an int column": orjson.dumps(event(1)).replace(b'"trade_id":1001', b'"trade_id":1001.0'),
+        "overflowing float": orjson.dumps(event(1)).replace(b'"price":60001.5', b'"price":1e400'),
+        "nested": orjson.dumps(event(1, backfilled=[True])),
+        "missing required": orjson.dumps(event(1, price=...)),
+        "leading zero": orjson.dumps(event(1)).replace(b'"price":60001.5', b'"price":060001.5'),
+        "trailing garbage": orjson.dumps(event(1)) + b"x",
+    }
+    for why, line in declined.items():
+        assert scan_columns(common[0] + line, 2) is None, why
+    assert scan_columns(b"".join(common), 4) is None, "more objects than lines"
+    assert scan_columns(b"".join(common), 6) is None, "fewer objects than lines"
+
+
+def test_the_scanner_is_built_where_ci_requires_it() -> None:
+    """CI's machine has a C compiler: there the kernel must be built, so its tests above never skip silently."""
+    if os.environ.get("MERCURY_REQUIRE_ROWSCAN") == "1":
+        assert _rowscan is not None

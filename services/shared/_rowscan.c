@@ -1,0 +1,393 @@
+/* The Parquet writer's one speedup: P2's common recorded lines scanned straight into Arrow column buffers.
+ *
+ * A leaf kernel beside its plain reference (shared/parquet.py: msgspec's decode of FastRow, then
+ * pyarrow's conversion). It takes only what that reference takes and declines everything else by
+ * returning None, and the caller then runs the reference: an unknown or repeated key, a null, a
+ * value of another JSON kind, a string with an escape, a control character or a non-ASCII byte, an
+ * integer outside int64 (or outside +-2**53 in a float column), a number no double holds, anything
+ * that is not a flat object. It knows no field by name: the columns come from the schema, as
+ * arguments. A property test holds it equal to the reference (tests/shared/test_parquet.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_COLUMNS 64
+#define KIND_STR 0
+#define KIND_FLOAT 1
+#define KIND_INT 2
+#define KIND_BOOL 3
+#define EXACT_FLOAT_INT (((int64_t)1) << 53)
+#define MAX_NUMBER_CHARS 64
+
+typedef struct {
+    const char *name;
+    Py_ssize_t name_len;
+    int kind;
+    int required;
+    uint8_t *validity; /* one bit a row: 1 present */
+    uint8_t *values;   /* 8 bytes a row (float, int), a bit a row (bool), or string offsets (int32) */
+    char *chars;       /* string bytes */
+    Py_ssize_t chars_len, chars_cap;
+    Py_ssize_t nulls;
+} Column;
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+/* A string's body, from after its opening quote; NULL unless plain printable ASCII up to the closing quote. */
+static inline const char *plain_string(const char *p, const char *end, const char **body_end) {
+    const char *s = p;
+    while (s < end) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"') {
+            *body_end = s;
+            return s + 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80) return NULL;
+        s++;
+    }
+    return NULL;
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A decimal whose digits fit 2**53 and whose exponent is within 10**22 is one correctly rounded IEEE operation
+ * on two exact doubles (Clinger's fast path); returns 0 for any other, which takes the full parse. */
+static int clinger(const char *digits, const char *end, int neg, double *out) {
+    uint64_t m = 0;
+    int ndigits = 0, frac = 0, exp = 0, exp_neg = 0;
+    const char *s = digits;
+    for (; s < end && *s >= '0' && *s <= '9'; s++) {
+        m = m * 10 + (uint64_t)(*s - '0');
+        if (++ndigits > 15) return 0;
+    }
+    if (s < end && *s == '.') {
+        for (s++; s < end && *s >= '0' && *s <= '9'; s++) {
+            m = m * 10 + (uint64_t)(*s - '0');
+            frac++;
+            if (++ndigits > 15) return 0;
+        }
+    }
+    if (s < end && (*s == 'e' || *s == 'E')) {
+        s++;
+        if (s < end && (*s == '+' || *s == '-')) exp_neg = *s++ == '-';
+        for (; s < end && *s >= '0' && *s <= '9'; s++) {
+            exp = exp * 10 + (*s - '0');
+            if (exp > 1000) return 0;
+        }
+    }
+    int e = (exp_neg ? -exp : exp) - frac;
+    if (e < -22 || e > 22) return 0;
+    double v = (double)m; /* exact: m < 10**15 < 2**53 */
+    v = e < 0 ? v / POW10[-e] : v * POW10[e];
+    *out = neg ? -v : v;
+    return 1;
+}
+
+/* A JSON number at p. Sets *is_int and *ival when it has no fraction or exponent and fits int64, else *dval. */
+static const char *number(const char *p, const char *end, int *is_int, int64_t *ival, double *dval) {
+    const char *s = p;
+    int neg = 0;
+    if (s < end && *s == '-') {
+        neg = 1;
+        s++;
+    }
+    if (s >= end) return NULL;
+    const char *digits = s;
+    if (*s == '0') {
+        s++;
+    } else if (*s >= '1' && *s <= '9') {
+        while (s < end && *s >= '0' && *s <= '9') s++;
+    } else {
+        return NULL;
+    }
+    Py_ssize_t ndigits = s - digits;
+    int integral = 1;
+    if (s < end && *s == '.') {
+        integral = 0;
+        s++;
+        const char *f = s;
+        while (s < end && *s >= '0' && *s <= '9') s++;
+        if (s == f) return NULL;
+    }
+    if (s < end && (*s == 'e' || *s == 'E')) {
+        integral = 0;
+        s++;
+        if (s < end && (*s == '+' || *s == '-')) s++;
+        const char *e = s;
+        while (s < end && *s >= '0' && *s <= '9') s++;
+        if (s == e) return NULL;
+    }
+    if (integral) {
+        if (ndigits > 19) return NULL;
+        uint64_t v = 0; /* 19 digits never overflow 64 bits */
+        for (const char *d = digits; d < s; d++) v = v * 10 + (uint64_t)(*d - '0');
+        if (neg) {
+            if (v > (uint64_t)INT64_MAX + 1) return NULL;
+            *ival = (v == (uint64_t)INT64_MAX + 1) ? INT64_MIN : -(int64_t)v;
+        } else {
+            if (v > (uint64_t)INT64_MAX) return NULL;
+            *ival = (int64_t)v;
+        }
+        *is_int = 1;
+        return s;
+    }
+    double fast;
+    if (clinger(digits, s, neg, &fast)) {
+        *dval = fast;
+        *is_int = 0;
+        return s;
+    }
+    Py_ssize_t len = s - p;
+    if (len >= MAX_NUMBER_CHARS) return NULL;
+    char buf[MAX_NUMBER_CHARS];
+    memcpy(buf, p, (size_t)len);
+    buf[len] = '\0';
+    char *stop = NULL;
+    double d = PyOS_string_to_double(buf, &stop, NULL); /* Python's own correctly rounded, locale-free parse */
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (stop != buf + len || !isfinite(d)) return NULL;
+    *dval = d;
+    *is_int = 0;
+    return s;
+}
+
+static int grow_chars(Column *c, Py_ssize_t need) {
+    if (c->chars_len + need <= c->chars_cap) return 0;
+    Py_ssize_t cap = c->chars_cap ? c->chars_cap : 256;
+    while (cap < c->chars_len + need) cap *= 2;
+    if (cap > INT32_MAX) return -1;
+    char *grown = PyMem_Realloc(c->chars, (size_t)cap);
+    if (grown == NULL) return -1;
+    c->chars = grown;
+    c->chars_cap = cap;
+    return 0;
+}
+
+static inline void set_bit(uint8_t *bits, Py_ssize_t i) { bits[i >> 3] |= (uint8_t)(1u << (i & 7)); }
+
+/* One object at p into row `row`; returns where it ends, or NULL to decline. */
+static const char *scan_object(const char *p, const char *end, Column *cols, int ncols, Py_ssize_t row) {
+    uint64_t seen = 0;
+    int hint = 0; /* keys usually come in the schema's order: try the next column first */
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return NULL;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            if (p >= end || *p != '"') return NULL;
+            const char *key_end;
+            const char *after = plain_string(p + 1, end, &key_end);
+            if (after == NULL) return NULL;
+            Py_ssize_t key_len = key_end - (p + 1);
+            int k = ncols;
+            for (int i = 0; i < ncols; i++) {
+                int j = hint + i < ncols ? hint + i : hint + i - ncols;
+                if (cols[j].name_len == key_len && memcmp(cols[j].name, p + 1, (size_t)key_len) == 0) {
+                    k = j;
+                    break;
+                }
+            }
+            if (k == ncols || (seen >> k) & 1) return NULL;
+            hint = k + 1 < ncols ? k + 1 : 0;
+            seen |= ((uint64_t)1) << k;
+            p = skip_ws(after, end);
+            if (p >= end || *p != ':') return NULL;
+            p = skip_ws(p + 1, end);
+            if (p >= end) return NULL;
+            Column *c = &cols[k];
+            switch (c->kind) {
+            case KIND_STR: {
+                if (*p != '"') return NULL;
+                const char *body_end;
+                const char *next = plain_string(p + 1, end, &body_end);
+                if (next == NULL) return NULL;
+                Py_ssize_t len = body_end - (p + 1);
+                if (grow_chars(c, len) < 0) return NULL;
+                memcpy(c->chars + c->chars_len, p + 1, (size_t)len);
+                c->chars_len += len;
+                p = next;
+                break;
+            }
+            case KIND_BOOL:
+                if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
+                    set_bit(c->values, row);
+                    p += 4;
+                } else if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+                    p += 5;
+                } else {
+                    return NULL;
+                }
+                break;
+            default: {
+                int is_int = 0;
+                int64_t iv = 0;
+                double dv = 0.0;
+                const char *next = number(p, end, &is_int, &iv, &dv);
+                if (next == NULL) return NULL;
+                if (c->kind == KIND_INT) {
+                    if (!is_int) return NULL;
+                    memcpy(c->values + 8 * row, &iv, 8);
+                } else {
+                    if (is_int) {
+                        if (iv < -EXACT_FLOAT_INT || iv > EXACT_FLOAT_INT) return NULL;
+                        dv = (double)iv;
+                    }
+                    memcpy(c->values + 8 * row, &dv, 8);
+                }
+                p = next;
+            }
+            }
+            set_bit(c->validity, row);
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = skip_ws(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            return NULL;
+        }
+    }
+    for (int k = 0; k < ncols; k++) {
+        Column *c = &cols[k];
+        if (!((seen >> k) & 1)) {
+            if (c->required) return NULL;
+            c->nulls++;
+        }
+        if (c->kind == KIND_STR) {
+            int32_t off = (int32_t)c->chars_len;
+            memcpy(c->values + 4 * (row + 1), &off, 4);
+        }
+    }
+    return p;
+}
+
+static void free_columns(Column *cols, int ncols) {
+    for (int k = 0; k < ncols; k++) {
+        PyMem_Free(cols[k].validity);
+        PyMem_Free(cols[k].values);
+        PyMem_Free(cols[k].chars);
+    }
+}
+
+static PyObject *column_result(Column *c, Py_ssize_t n) {
+    Py_ssize_t bitmap = (n + 7) / 8;
+    PyObject *validity;
+    if (c->nulls) {
+        validity = PyBytes_FromStringAndSize((const char *)c->validity, bitmap);
+    } else {
+        validity = Py_NewRef(Py_None);
+    }
+    Py_ssize_t values_len = c->kind == KIND_STR ? 4 * (n + 1) : c->kind == KIND_BOOL ? bitmap : 8 * n;
+    PyObject *values = PyBytes_FromStringAndSize((const char *)c->values, values_len);
+    PyObject *chars = c->kind == KIND_STR ? PyBytes_FromStringAndSize(c->chars ? c->chars : "", c->chars_len)
+                                          : Py_NewRef(Py_None);
+    if (validity == NULL || values == NULL || chars == NULL) {
+        Py_XDECREF(validity);
+        Py_XDECREF(values);
+        Py_XDECREF(chars);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNn)", validity, values, chars, c->nulls);
+}
+
+PyDoc_STRVAR(scan_doc,
+             "scan(data, n, names, kinds, required) -> list | None\n\n"
+             "Exactly n flat JSON objects, back to back in data, as one (validity, values, chars, nulls) per column;\n"
+             "None when any object is one the plain path must judge. kinds: one byte a column (0 str, 1 float64,\n"
+             "2 int64, 3 bool); required: one byte a column (1 required).");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t n;
+    PyObject *names;
+    Py_buffer kinds, required;
+    if (!PyArg_ParseTuple(args, "y*nO!y*y*", &data, &n, &PyTuple_Type, &names, &kinds, &required)) return NULL;
+    PyObject *result = NULL;
+    Column cols[MAX_COLUMNS];
+    memset(cols, 0, sizeof(cols));
+    int ncols = (int)PyTuple_GET_SIZE(names);
+    if (ncols > MAX_COLUMNS || kinds.len != ncols || required.len != ncols || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "scan: bad column spec");
+        goto done;
+    }
+    Py_ssize_t bitmap = (n + 7) / 8;
+    for (int k = 0; k < ncols; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyBytes_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "scan: names must be bytes");
+            goto done;
+        }
+        Column *c = &cols[k];
+        c->name = PyBytes_AS_STRING(name);
+        c->name_len = PyBytes_GET_SIZE(name);
+        c->kind = ((const unsigned char *)kinds.buf)[k];
+        c->required = ((const unsigned char *)required.buf)[k] != 0;
+        if (c->kind > KIND_BOOL) {
+            PyErr_SetString(PyExc_ValueError, "scan: unknown kind");
+            goto done;
+        }
+        Py_ssize_t values_len = c->kind == KIND_STR ? 4 * (n + 1) : c->kind == KIND_BOOL ? bitmap : 8 * n;
+        c->validity = PyMem_Calloc((size_t)bitmap + 1, 1);
+        c->values = PyMem_Calloc((size_t)values_len + 1, 1);
+        if (c->validity == NULL || c->values == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    const char *p = data.buf;
+    const char *end = p + data.len;
+    Py_ssize_t row = 0;
+    int ok = n > 0;
+    for (; ok && row < n; row++) {
+        p = scan_object(p, end, cols, ncols, row);
+        if (p == NULL) ok = 0;
+    }
+    if (ok && skip_ws(p, end) != end) ok = 0;
+    if (!ok) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyList_New(ncols);
+    if (result == NULL) goto done;
+    for (int k = 0; k < ncols; k++) {
+        PyObject *col = column_result(&cols[k], n);
+        if (col == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, k, col);
+    }
+done:
+    free_columns(cols, ncols > MAX_COLUMNS ? 0 : ncols);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&kinds);
+    PyBuffer_Release(&required);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_rowscan", "The Parquet writer's line scanner (see shared/parquet.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__rowscan(void) { return PyModule_Create(&module); }
