@@ -386,17 +386,18 @@ class ParquetFiles:
         if self._sink is not None and self._clock() - self._opened_at >= self.rotate_s:
             self.close()
 
-    def write_message(self, data: bytes, sizes: Sequence[int]) -> None:
+    def write_message(self, data: bytes | memoryview, sizes: Sequence[int]) -> None:
         """A message's lines, back to back in ``data`` (their lengths in ``sizes``), appended as rows.
 
         One decode of them all when every line is a common one; else each line judged alone (:meth:`write`).
+        ``data`` may be a view of a buffer the caller reuses: nothing here keeps it.
         """
         try:
             batch = self._encoder.encode_joined(data, len(sizes))
         except Exception:
             batch = None
         if batch is None:
-            self.write([data[a:b] for a, b in pairwise(accumulate(sizes, initial=0))])
+            self.write([bytes(data[a:b]) for a, b in pairwise(accumulate(sizes, initial=0))])
         else:
             self._append(batch)
 
@@ -501,18 +502,39 @@ class ParquetFiles:
 def _read_exact(fd: int, n: int) -> bytes | None:
     """``n`` bytes from ``fd``; ``None`` at end of input (a message cut short counts as the end)."""
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+    return bytes(buf) if _read_into(fd, memoryview(buf)) else None
+
+
+def _read_into(fd: int, view: memoryview) -> bool:
+    """Fill ``view`` from ``fd``; ``False`` at end of input."""
+    got, n = 0, len(view)
     while got < n:
         k = os.readv(fd, [view[got:]])
         if not k:
-            return None
+            return False
         got += k
-    return bytes(buf)
+    return True
+
+
+class _MessageBuffer:
+    """The one buffer a message's lines are read into, reused: no allocation, zeroing or copy per message.
+
+    It grows to the largest message seen, which P2's handoff bounds (``recorder.COALESCE_BYTES`` and a batch).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray(PIPE_BYTES)
+
+    def read(self, fd: int, n: int) -> memoryview | None:
+        if n > len(self._buf):
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        return view if _read_into(fd, view) else None
 
 
 def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None]) -> None:
     """Read messages until the pipe closes; acknowledge each once its rows are appended."""
+    buffer = _MessageBuffer()
     while True:
         ready, _, _ = select.select([fd_in], [], [], files.due_in())
         if not ready:
@@ -523,7 +545,7 @@ def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None
         if header is not None:
             n, data_len = HEADER.unpack(header)
             lengths = _read_exact(fd_in, 8 * n)
-            data = _read_exact(fd_in, data_len) if lengths is not None else None
+            data = buffer.read(fd_in, data_len) if lengths is not None else None
         if lengths is None or data is None:
             files.close()
             return
@@ -533,6 +555,7 @@ def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None
             files.write_message(data, sizes)
         else:
             files.lose(n, f"a message of {n} lines whose lengths do not add up to its {data_len} bytes")
+        data.release()
         files.tick()
         emit({"ack": 1})
 
