@@ -14,6 +14,10 @@ moment it is ready to its exit, less what an exit with no data costs (its start,
 importing pyarrow, and that exit are left out and reported apart as ``child_start_cpu_s`` and
 ``child_exit_cpu_s``): work on another core, not on P2's.
 
+``scanner`` prices the writer process's line scanner (``shared/_rowscan.c``) against the plain
+decode it sits beside: both turn the same messages into columns in this process, alternating,
+and ``speedup`` is the median plain time over the median scanner time (absent when it is not built).
+
     .venv/bin/python -m benchmarks.recorder_cost                  # JSON on stdout
     .venv/bin/python -m benchmarks.recorder_cost --events 50000 --runs 1
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks.kernels import PAYS
 from benchmarks.lab import cpu_seconds
 from benchmarks.stream import generate_pool
 from mercurystream.p2.recorder import COALESCE_LINES, JsonlWriter
@@ -114,6 +119,34 @@ def measure(fmt: str, lines: list[bytes], child_exit_s: float = 0.0) -> dict[str
     }
 
 
+def price_scanner(lines: list[bytes], repeats: int) -> dict[str, float] | None:
+    """The scanner's speedup over the plain decode on the writer process's messages (``None``: not built)."""
+    from mercurystream.shared.parquet import RowEncoder, scan_columns
+
+    messages = [
+        (b"".join(lines[i : i + COALESCE_LINES]), len(lines[i : i + COALESCE_LINES]))
+        for i in range(0, len(lines), COALESCE_LINES)
+    ]
+    if scan_columns(*messages[0]) is None:
+        return None
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(max(3, repeats)):
+        for scan, out in times.items():
+            encoder = RowEncoder()
+            t = time.perf_counter()
+            for data, n in messages:
+                encoder.encode_joined(data, n, scan=scan)
+            out.append(time.perf_counter() - t)
+    plain, scanned = statistics.median(times[False]), statistics.median(times[True])
+    n = len(lines)
+    return {
+        "plain_us_per_event": round(plain / n * 1e6, 3),
+        "scan_us_per_event": round(scanned / n * 1e6, 3),
+        "speedup": round(plain / scanned, 2),
+        "pays": plain / scanned >= PAYS,
+    }
+
+
 KEYS = ("us_per_event", "cpu_us_per_event", "child_cpu_us_per_event", "bytes_per_event")
 
 
@@ -148,6 +181,9 @@ def run_here(events: int, runs: int) -> dict[str, object]:
             out.append(measure(fmt, lines, exit_s))
     for fmt, out in samples.items():
         result[fmt] = {key: round(statistics.median(s[key] for s in out), 3) for key in KEYS}
+    scanner = price_scanner(lines, runs)
+    if scanner is not None:
+        result["scanner"] = scanner
     return result
 
 

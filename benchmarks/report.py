@@ -111,6 +111,8 @@ def per_run_metrics(run: dict[str, Any]) -> dict[str, float]:
             out[f"recorder_{fmt}_cpu_us"] = cost[fmt]["cpu_us_per_event"]
             out[f"recorder_{fmt}_bytes"] = cost[fmt]["bytes_per_event"]
         out["recorder_parquet_child_cpu_us"] = cost["parquet"]["child_cpu_us_per_event"]
+        if "scanner" in cost:
+            out["recorder_scanner_speedup"] = cost["scanner"]["speedup"]
     for name, priced in run.get("kernels", {}).get("kernels", {}).items():
         for shape in KERNEL_SHAPES:
             out[f"kernel_{name}_{shape}_speedup"] = priced[shape]["speedup"]
@@ -296,6 +298,8 @@ def recorder_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
         f"{med('recorder_parquet_child_cpu_us'):.2f} us in its writer process, "
         f"{med('recorder_parquet_bytes'):.0f} bytes",
     ]
+    if "recorder_scanner_speedup" in summary:
+        lines.append(f"{'':<9} its line scanner: {med('recorder_scanner_speedup'):.2f}x the plain decode")
     if "p2_cpu_us" in summary and "p2_parquet_cpu_us" in summary:
         child = summary.get("p2_parquet_cpu_us_recorder_process", {}).get("median", math.nan)
         lines.append(

@@ -161,6 +161,8 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
         "{q[cpu_us_per_event]:.2f} µs CPU in P2 + {q[child_cpu_us_per_event]:.2f} µs in its writer process, "
         "{q[bytes_per_event]:.0f} B".format(j=cost["jsonl"], q=cost["parquet"])
     )
+    if "scanner" in cost:
+        logger.info("Parquet line scanner: {s[speedup]:.2f}x the plain decode".format(s=cost["scanner"]))
     priced = timed("kernels", kernels.measure, prof.kernel_events, prof.kernel_repeats, kernels.BATCH)
     logger.info(
         "kernels (reference time / kernel time, p1 shape, storm): "
