@@ -19,7 +19,9 @@ def test_pacer_owes_events_linearly_and_caps_catch_up():
     assert p.due(0.0) == 0
     assert p.due(0.001) == 100
     p.record(100)
-    assert p.due(0.0015) == 50
+    assert p.due(0.0015) == 0  # half a tick's worth: wait for the rest
+    assert p.wait(0.0015) == pytest.approx(0.001)
+    assert p.due(0.002) == 100
     assert p.due(1.0) == 1_000  # a second behind: one 10 ms chunk at a time
     assert p.max_lag_s == pytest.approx(1.0 - 0.001 - 0.001, abs=1e-3)
 
@@ -33,6 +35,23 @@ def test_pacer_waits_a_tick_at_high_rates_and_until_due_at_low_ones():
     assert slow.wait(0.0) == pytest.approx(0.1)
     slow.record(10)
     assert slow.done and slow.due(5.0) == 0
+
+
+def test_pacer_sends_a_ticks_worth_at_a_time_and_the_last_frames_without_waiting():
+    """A loop that asks again microseconds later gets nothing until the next tick: it sleeps, not spins."""
+    p = Pacer(rate=150_000, total=1_000, tick_s=0.001)
+    p.start(0.0)
+    sends = []
+    now = 0.0
+    while not p.done:
+        n = p.due(now)
+        if n:
+            sends.append(n)
+            p.record(n)
+        now += 0.00003
+    assert sum(sends) == 1_000
+    assert all(n >= 150 for n in sends[:-1])
+    assert len(sends) == 7
 
 
 def test_ack_reader_keeps_the_latest_ack_across_split_reads():
