@@ -14,7 +14,7 @@ help:
 	@echo "make benchmark  throughput / latency / memory benchmark (benchmarks/results.json + PNG)"
 	@echo "make up|down|logs  docker compose (needs a Docker engine)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py services/shared/_rowscan.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
