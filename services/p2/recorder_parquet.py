@@ -1,14 +1,14 @@
 """``RECORD_FORMAT=parquet``: the recorder's lines as rotating zstd Parquet files, built in a child process.
 
 Why a child process: turning a line into a typed row (:mod:`mercurystream.shared.parquet`) costs
-several microseconds of Python and Arrow work an event, against a fraction of one to append it to
-JSONL. On a thread of P2 that work holds the GIL the event loop needs, so it lowered P2's zero-drop
-throughput. Here the loop hands over the same recorded lines as for JSONL
-(:class:`~mercurystream.p2.recorder.RecorderConsumer`); the writer thread takes their lengths and
-hands the lines themselves to ``writev`` (:func:`send`: no join, the copy done by the kernel with
-the GIL released), so recording Parquet costs P2 less than appending JSONL; the child,
-``python -m mercurystream.p2.recorder_parquet``, parses them into rows and writes the files
-(:class:`ParquetFiles`). P2 no longer loads pyarrow at all.
+about a microsecond of C and Arrow work an event with its line scanner (several on the plain
+path), against a fraction of one to append it to JSONL. On a thread of P2 that work holds the GIL
+the event loop needs, so it lowered P2's zero-drop throughput. Here the loop hands over the same
+recorded lines as for JSONL (:class:`~mercurystream.p2.recorder.RecorderConsumer`); the writer
+thread takes their lengths and hands the lines themselves to ``writev`` (:func:`send`: no join,
+the copy done by the kernel with the GIL released), so recording Parquet costs P2 less than
+appending JSONL; the child, ``python -m mercurystream.p2.recorder_parquet``, parses them into rows
+and writes the files (:class:`ParquetFiles`). P2 no longer loads pyarrow at all.
 
 Files are ``<RECORD_FILE without suffix>.<UTC start>-<n>.parquet``, written as ``….parquet.part``
 and renamed when closed: a reader globbing ``*.parquet`` never opens a file that has no footer yet.

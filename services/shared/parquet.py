@@ -11,6 +11,10 @@ every key that has no column, or whose value does not fit its column (a JSON ``n
 JSON type), so the event can be rebuilt exactly. JSON has one kind of number, so an integer in a
 float column is stored as a float (``100`` comes back as ``100.0``, equal as a number). A line
 whose required field is missing or does not fit is rejected, counted under a reason, never stored.
+
+Lines become rows on one of three paths, each holding to the same rows: the C line scanner
+(``_rowscan.c``, :func:`scan_columns`) for a message of common lines, when it is built; msgspec's
+decode of exactly the columns when it declines; and the exact per-line path for anything else.
 """
 
 from __future__ import annotations
