@@ -215,9 +215,11 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
                 const char *next = plain_string(p + 1, end, &body_end);
                 if (next == NULL) return NULL;
                 Py_ssize_t len = body_end - (p + 1);
-                if (grow_chars(c, len) < 0) return NULL;
-                memcpy(c->chars + c->chars_len, p + 1, (size_t)len);
-                c->chars_len += len;
+                if (len) {
+                    if (grow_chars(c, len) < 0) return NULL;
+                    memcpy(c->chars + c->chars_len, p + 1, (size_t)len);
+                    c->chars_len += len;
+                }
                 p = next;
                 break;
             }

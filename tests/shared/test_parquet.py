@@ -326,6 +326,37 @@ def test_the_scanner_gives_the_plain_decodes_columns_whenever_it_takes_a_message
         assert not all(map(math.isfinite, finite)), "declined a message of plain strings and finite numbers"
 
 
+_EDIT_BYTES = b'{}[]",:.-+eE0123456789 \n\t\\atrufnl\x00\xff'
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.lists(
+        st.tuples(
+            st.integers(0, 2000),
+            st.integers(0, 4),
+            st.binary(max_size=3).map(lambda b: bytes(_EDIT_BYTES[x % len(_EDIT_BYTES)] for x in b)),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 4),
+)
+def test_the_scanner_on_damaged_bytes_declines_or_agrees(lines: int, edits: list, n: int) -> None:
+    """Bytes cut, inserted or truncated anywhere: the scanner never reads past them and never disagrees."""
+    data = bytearray(b"".join(lines_of([event(i) for i in range(lines)])))
+    for pos, cut, insert in edits:
+        pos %= len(data) + 1
+        data[pos : pos + cut] = insert
+    scanned = scan_columns(bytes(data), n)
+    if scanned is not None:
+        plain = _plain_columns(bytes(data), n)
+        assert plain is not None
+        assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+
+
 @pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
 def test_the_scanner_takes_p2s_common_lines_and_declines_what_only_the_plain_decode_may_judge() -> None:
     common = lines_of([event(i) for i in range(5)])
