@@ -555,7 +555,6 @@ def serve(fd_in: int, files: ParquetFiles, emit: Callable[[dict[str, Any]], None
             files.write_message(data, sizes)
         else:
             files.lose(n, f"a message of {n} lines whose lengths do not add up to its {data_len} bytes")
-        data.release()
         files.tick()
         emit({"ack": 1})
 
