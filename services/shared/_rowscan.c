@@ -174,6 +174,13 @@ static int grow_chars(Column *c, Py_ssize_t need) {
     return 0;
 }
 
+static inline Py_ssize_t bitmap_bytes(Py_ssize_t n) { return (n + 7) / 8; }
+
+/* A column's values buffer for n rows: string offsets (int32, n + 1), a bit a row (bool), 8 bytes a row. */
+static inline Py_ssize_t values_bytes(int kind, Py_ssize_t n) {
+    return kind == KIND_STR ? 4 * (n + 1) : kind == KIND_BOOL ? bitmap_bytes(n) : 8 * n;
+}
+
 static inline void set_bit(uint8_t *bits, Py_ssize_t i) { bits[i >> 3] |= (uint8_t)(1u << (i & 7)); }
 
 /* One object at p into row `row`; returns where it ends, or NULL to decline. */
@@ -288,15 +295,13 @@ static void free_columns(Column *cols, int ncols) {
 }
 
 static PyObject *column_result(Column *c, Py_ssize_t n) {
-    Py_ssize_t bitmap = (n + 7) / 8;
     PyObject *validity;
     if (c->nulls) {
-        validity = PyBytes_FromStringAndSize((const char *)c->validity, bitmap);
+        validity = PyBytes_FromStringAndSize((const char *)c->validity, bitmap_bytes(n));
     } else {
         validity = Py_NewRef(Py_None);
     }
-    Py_ssize_t values_len = c->kind == KIND_STR ? 4 * (n + 1) : c->kind == KIND_BOOL ? bitmap : 8 * n;
-    PyObject *values = PyBytes_FromStringAndSize((const char *)c->values, values_len);
+    PyObject *values = PyBytes_FromStringAndSize((const char *)c->values, values_bytes(c->kind, n));
     PyObject *chars = c->kind == KIND_STR ? PyBytes_FromStringAndSize(c->chars ? c->chars : "", c->chars_len)
                                           : Py_NewRef(Py_None);
     if (validity == NULL || values == NULL || chars == NULL) {
@@ -328,7 +333,6 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "scan: bad column spec");
         goto done;
     }
-    Py_ssize_t bitmap = (n + 7) / 8;
     for (int k = 0; k < ncols; k++) {
         PyObject *name = PyTuple_GET_ITEM(names, k);
         if (!PyBytes_Check(name)) {
@@ -344,9 +348,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "scan: unknown kind");
             goto done;
         }
-        Py_ssize_t values_len = c->kind == KIND_STR ? 4 * (n + 1) : c->kind == KIND_BOOL ? bitmap : 8 * n;
-        c->validity = PyMem_Calloc((size_t)bitmap + 1, 1);
-        c->values = PyMem_Calloc((size_t)values_len + 1, 1);
+        c->validity = PyMem_Calloc((size_t)bitmap_bytes(n) + 1, 1);
+        c->values = PyMem_Calloc((size_t)values_bytes(c->kind, n) + 1, 1);
         if (c->validity == NULL || c->values == NULL) {
             PyErr_NoMemory();
             goto done;
