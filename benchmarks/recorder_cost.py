@@ -83,6 +83,11 @@ def child_overhead_cpu_s() -> tuple[float, float]:
         return ready, _children_cpu_s() - before - ready
 
 
+def _chunks(lines: list[bytes]) -> list[list[bytes]]:
+    """The lines as the recorder hands them to its writer at load: :data:`COALESCE_LINES` at a time."""
+    return [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
+
+
 def measure(fmt: str, lines: list[bytes], child_exit_s: float = 0.0) -> dict[str, float]:
     """One run: every line through the writer's step, then close; time, CPU and the bytes on disk.
 
@@ -90,8 +95,7 @@ def measure(fmt: str, lines: list[bytes], child_exit_s: float = 0.0) -> dict[str
     CPU it had used by then, read from ``/proc``, and ``child_exit_s`` (its exit with no data) are
     taken off its total, so what is left is its work, however much its start varies.
     """
-    chunks = [lines[i : i + COALESCE_LINES] for i in range(0, len(lines), COALESCE_LINES)]
-    handoffs = [[chunk[j : j + BATCH_LINES] for j in range(0, len(chunk), BATCH_LINES)] for chunk in chunks]
+    handoffs = [[chunk[j : j + BATCH_LINES] for j in range(0, len(chunk), BATCH_LINES)] for chunk in _chunks(lines)]
     with tempfile.TemporaryDirectory(prefix="recorder-cost-") as tmp:
         folder = Path(tmp)
         writer = _writer(fmt, folder)
@@ -123,10 +127,7 @@ def price_scanner(lines: list[bytes], repeats: int) -> dict[str, float] | None:
     """The scanner's speedup over the plain decode on the writer process's messages (``None``: not built)."""
     from mercurystream.shared.parquet import RowEncoder, scan_columns
 
-    messages = [
-        (b"".join(lines[i : i + COALESCE_LINES]), len(lines[i : i + COALESCE_LINES]))
-        for i in range(0, len(lines), COALESCE_LINES)
-    ]
+    messages = [(b"".join(chunk), len(chunk)) for chunk in _chunks(lines)]
     if scan_columns(*messages[0]) is None:
         return None
     times: dict[bool, list[float]] = {True: [], False: []}
