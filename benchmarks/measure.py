@@ -279,20 +279,44 @@ def sweep(
     name: str, run_step, start: float, factor: float, prof: Profile, max_steps: int | None = None
 ) -> dict[str, Any]:
     """Search the highest passing rate; ``run_step(rate) -> step dict``; ``max_steps`` overrides the profile's."""
-    search = RateSweep(start, factor=factor, precision=prof.precision, max_steps=max_steps or prof.max_steps)
-    steps = []
-    while (rate := search.next_rate) is not None:
-        step = run_step(rate)
-        steps.append(step)
-        search.record(rate, step["passed"])
-        verdict = "pass" if step["passed"] else f"FAIL: {step['failure']}"
-        logger.info(f"{name:<24} {rate:>11,.0f} ev/s  {verdict}")
+    return sweeps({name: (run_step, start, factor)}, prof, max_steps)[name]
+
+
+def sweeps(
+    searches: dict[str, tuple[Callable[[float], dict[str, Any]], float, float]],
+    prof: Profile,
+    max_steps: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Several rate searches, ``{name: (run_step, start, factor)}``, taking one step of each in turn.
+
+    Their results are compared with each other (Parquet against JSONL, without the flight recorder
+    against with it). Run one after the other, a stretch in which this shared machine runs slow
+    would fall on one search alone and read as a difference between them; taken in turn, it falls
+    on all of them.
+    """
+    limit = max_steps or prof.max_steps
+    state = {
+        name: (run_step, RateSweep(start, factor=factor, precision=prof.precision, max_steps=limit), [])
+        for name, (run_step, start, factor) in searches.items()
+    }
+    while live := [name for name, (_, search, _) in state.items() if search.next_rate is not None]:
+        for name in live:
+            run_step, search, steps = state[name]
+            rate = search.next_rate
+            step = run_step(rate)
+            steps.append(step)
+            search.record(rate, step["passed"])
+            verdict = "pass" if step["passed"] else f"FAIL: {step['failure']}"
+            logger.info(f"{name:<24} {rate:>11,.0f} ev/s  {verdict}")
     return {
-        "events_per_s": search.best or 0.0,
-        "lowest_fail": search.worst,
-        "capped": search.capped,
-        "generator_limited": any(s["loadgen"]["generator_limited"] and not s["passed"] for s in steps),
-        "steps": steps,
+        name: {
+            "events_per_s": search.best or 0.0,
+            "lowest_fail": search.worst,
+            "capped": search.capped,
+            "generator_limited": any(s["loadgen"]["generator_limited"] and not s["passed"] for s in steps),
+            "steps": steps,
+        }
+        for name, (_, search, steps) in state.items()
     }
 
 

@@ -1,0 +1,29 @@
+"""``benchmarks.measure.sweeps``: searches compared with each other take their steps in turn."""
+
+from __future__ import annotations
+
+from benchmarks.measure import QUICK, sweep, sweeps
+
+
+def _step(limit: float, log: list[tuple[str, float]], name: str):
+    def run_step(rate: float) -> dict:
+        log.append((name, rate))
+        ok = rate <= limit
+        return {"rate": rate, "passed": ok, "failure": None if ok else "over", "loadgen": {"generator_limited": False}}
+
+    return run_step
+
+
+def test_searches_alternate_and_each_finds_what_it_would_alone():
+    log: list[tuple[str, float]] = []
+    limits = {"a": 150_000.0, "b": 90_000.0, "c": 400_000.0}
+    found = sweeps({k: (_step(v, log, k), 100_000.0, 1.5) for k, v in limits.items()}, QUICK)
+    names = [name for name, _ in log]
+    # Round-robin while all three search; the longer searches then go on alone.
+    assert names[:6] == ["a", "b", "c"] * 2
+    for name, limit in limits.items():
+        alone: list[tuple[str, float]] = []
+        by_itself = sweep(name, _step(limit, alone, name), 100_000.0, 1.5, QUICK)
+        assert found[name]["events_per_s"] == by_itself["events_per_s"] <= limit
+        assert [r for n, r in log if n == name] == [r for _, r in alone]
+        assert [s["rate"] for s in found[name]["steps"]] == [r for _, r in alone]
