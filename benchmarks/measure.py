@@ -292,15 +292,20 @@ def sweeps(
     Their results are compared with each other (Parquet against JSONL, without the flight recorder
     against with it). Run one after the other, a stretch in which this shared machine runs slow
     would fall on one search alone and read as a difference between them; taken in turn, it falls
-    on all of them.
+    on all of them. Each round starts with the next search, so none always goes first. Given the
+    same ``start`` and ``factor``, searches try the same rates until their outcomes differ, so equal
+    limits give equal results rather than neighbouring steps of two different ladders.
     """
     limit = max_steps or prof.max_steps
     state = {
         name: (run_step, RateSweep(start, factor=factor, precision=prof.precision, max_steps=limit), [])
         for name, (run_step, start, factor) in searches.items()
     }
+    turn = 0
     while live := [name for name, (_, search, _) in state.items() if search.next_rate is not None]:
-        for name in live:
+        first = turn % len(live)
+        turn += 1
+        for name in live[first:] + live[:first]:
             run_step, search, steps = state[name]
             rate = search.next_rate
             step = run_step(rate)

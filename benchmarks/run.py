@@ -98,16 +98,14 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
     def sweep(name: str, label: str, step: Callable[[float], dict[str, Any]], start: float, factor: float) -> Any:
         return timed(name, measure.sweep, label, step, start, factor, prof)
 
-    # P2 as users run it, and the two variants compared with it, searched in turn (measure.sweeps).
+    # P2 as users run it, and the two variants compared with it: searched in turn (measure.sweeps),
+    # all from P2's start, so they climb the same ladder of rates.
     variants = {
         "p2": partial(measure.p2_step, lab, prof=prof),
         "p2_parquet": partial(measure.p2_step, lab, prof=prof, record_format="parquet"),
         "p2_no_flight_recorder": partial(measure.p2_step, lab, prof=prof, flight_recorder=False),
     }
-    searches = {
-        name: (step, *_start(prev.get(name) or prev.get("p2"), prof.sweep_start, prof))
-        for name, step in variants.items()
-    }
+    searches = {name: (step, *_start(prev.get("p2"), prof.sweep_start, prof)) for name, step in variants.items()}
     timed("p2_variants", measure.sweeps, searches, prof)
     run.update(run.pop("p2_variants"))
     p2 = run["p2"]

@@ -19,11 +19,18 @@ def test_searches_alternate_and_each_finds_what_it_would_alone():
     limits = {"a": 150_000.0, "b": 90_000.0, "c": 400_000.0}
     found = sweeps({k: (_step(v, log, k), 100_000.0, 1.5) for k, v in limits.items()}, QUICK)
     names = [name for name, _ in log]
-    # Round-robin while all three search; the longer searches then go on alone.
-    assert names[:6] == ["a", "b", "c"] * 2
+    # Round-robin while all three search, each round begun by the next; the longer searches then go on alone.
+    assert names[:6] == ["a", "b", "c", "b", "c", "a"]
     for name, limit in limits.items():
         alone: list[tuple[str, float]] = []
         by_itself = sweep(name, _step(limit, alone, name), 100_000.0, 1.5, QUICK)
         assert found[name]["events_per_s"] == by_itself["events_per_s"] <= limit
         assert [r for n, r in log if n == name] == [r for _, r in alone]
         assert [s["rate"] for s in found[name]["steps"]] == [r for _, r in alone]
+
+
+def test_equal_limits_give_equal_results():
+    log: list[tuple[str, float]] = []
+    found = sweeps({k: (_step(123_456.0, log, k), 100_000.0, 1.5) for k in "ab"}, QUICK)
+    assert found["a"]["steps"] == found["b"]["steps"]
+    assert found["a"]["events_per_s"] == found["b"]["events_per_s"] > 0
