@@ -348,6 +348,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "scan: unknown kind");
             goto done;
         }
+    }
+    /* An object takes two bytes at least: a larger n cannot be right, and must not size the buffers. */
+    if (n == 0 || n > data.len / 2) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (int k = 0; k < ncols; k++) {
+        Column *c = &cols[k];
         c->validity = PyMem_Calloc((size_t)bitmap_bytes(n) + 1, 1);
         c->values = PyMem_Calloc((size_t)values_bytes(c->kind, n) + 1, 1);
         if (c->validity == NULL || c->values == NULL) {
@@ -358,7 +366,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const char *p = data.buf;
     const char *end = p + data.len;
     Py_ssize_t row = 0;
-    int ok = n > 0;
+    int ok = 1;
     for (; ok && row < n; row++) {
         p = scan_object(p, end, cols, ncols, row);
         if (p == NULL) ok = 0;

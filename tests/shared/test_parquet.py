@@ -382,6 +382,7 @@ def test_the_scanner_takes_p2s_common_lines_and_declines_what_only_the_plain_dec
         assert scan_columns(common[0] + line, 2) is None, why
     assert scan_columns(b"".join(common), 4) is None, "more objects than lines"
     assert scan_columns(b"".join(common), 6) is None, "fewer objects than lines"
+    assert scan_columns(b"".join(common), 1 << 40) is None, "more lines than the bytes could hold"
 
 
 def test_the_scanner_is_built_where_ci_requires_it() -> None:
