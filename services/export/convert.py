@@ -1,7 +1,8 @@
 """One JSONL recording to one Parquet file, streamed: memory stays bounded whatever the file's size.
 
-The file is read in fixed-size chunks and split on newlines (never a line at a time, never whole);
-each chunk's lines go through :class:`~mercurystream.shared.parquet.RowEncoder` and into a
+The file is read in fixed-size chunks and split on newlines by
+:class:`~mercurystream.shared.recording.LineSplitter` (never a line at a time, never whole); each
+chunk's lines go through :class:`~mercurystream.shared.parquet.RowEncoder` and into a
 :class:`~mercurystream.shared.parquet.ParquetSink`, which holds at most one row group. A line longer
 than ``max_line_bytes`` is skipped without being held (``oversize``), so one enormous line cannot
 exhaust memory either. Every line without a row is counted by reason; the first line numbers are kept.
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.parquet import REJECT_REASONS, ParquetSink, RowEncoder
+from mercurystream.shared.recording import LineSplitter
 
 CHUNK_BYTES = 1 << 20
 MAX_REPORTED_LINES = 10
@@ -46,45 +48,21 @@ def line_chunks(
     f: BinaryIO, report: Conversion, max_line_bytes: int, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[tuple[int, list[bytes]]]:
     """``(number of the first line, lines)`` per chunk read; an oversize line is counted in ``report`` and blanked."""
-    carry = b""
-    skipping = False
+    splitter = LineSplitter(max_line_bytes)
     lineno = 0
-    while chunk := f.read(chunk_bytes):
-        report.bytes_read += len(chunk)
-        if skipping:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                continue
-            chunk = chunk[nl + 1 :]
-            skipping = False
-        lines = chunk.split(b"\n")
-        lines[0] = carry + lines[0]
-        carry = lines.pop()
+    while True:
+        chunk = f.read(chunk_bytes)
+        if chunk:
+            report.bytes_read += len(chunk)
+        lines, over = splitter.feed(chunk) if chunk else splitter.end()
+        for i in over:
+            report.count_bad("oversize", lineno + 1 + i)
         if lines:
-            if max(map(len, lines)) > max_line_bytes:
-                _blank_oversize(lines, lineno + 1, report, max_line_bytes)
             yield lineno + 1, lines
             lineno += len(lines)
-        if len(carry) > max_line_bytes:
-            lineno += 1
-            report.count_bad("oversize", lineno)
-            carry = b""
-            skipping = True
-    if carry and not skipping:
-        last = [carry]
-        if len(carry) > max_line_bytes:
-            _blank_oversize(last, lineno + 1, report, max_line_bytes)
-        yield lineno + 1, last
-        lineno += 1
+        if not chunk:
+            break
     report.lines = lineno
-
-
-def _blank_oversize(lines: list[bytes], first: int, report: Conversion, max_line_bytes: int) -> None:
-    """Count each line over the limit and blank it in place, so line numbers stay positional."""
-    for i, line in enumerate(lines):
-        if len(line) > max_line_bytes:
-            report.count_bad("oversize", first + i)
-            lines[i] = b""
 
 
 def convert(

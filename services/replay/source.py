@@ -1,8 +1,9 @@
 """Reading a recording: a streaming JSONL (or Parquet) reader and the queue the sender takes batches from, sans I/O.
 
-The file is read in fixed-size chunks and split on newlines, never loaded whole and never read a
-line at a time: memory stays bounded by the chunk plus the longest allowed line, even for a file
-that is one gigantic line.
+The file is read in fixed-size chunks and split on newlines by
+:class:`~mercurystream.shared.recording.LineSplitter`, never loaded whole and never read a line at a
+time: memory stays bounded by the chunk plus the longest allowed line, even for a file that is one
+gigantic line. A line is oversize by its length without the newline, whatever the chunking.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 
 from mercurystream.replay.inject import Injector, Item
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
+from mercurystream.shared.recording import LineSplitter
 
 CHUNK_BYTES = 64 * 1024
 """Below glibc's 128 KiB mmap threshold, so each read reuses heap memory instead of faulting in fresh pages."""
@@ -24,11 +26,12 @@ MAX_REPORTED_LINES = 10
 _DICT_ONLY = {dict}
 
 MALFORMED_REASONS = ("invalid_json", "not_object", "oversize", "too_deep")
+"""Why a line is skipped: not JSON, JSON but not an object, longer than P2 accepts in one frame,
+nested too deep to write back."""
 MAX_DEPTH = 254
 """Nesting orjson writes back (it reads up to 1,024 levels): a deeper object could not be re-sent."""
 DEEP_MIN_BYTES = 2 * MAX_DEPTH
 """A shorter line cannot nest deeper than :data:`MAX_DEPTH`, so only longer ones are checked."""
-"""Why a line is skipped: not JSON, JSON but not an object, longer than P2 accepts in one frame."""
 
 
 class JsonlReader:
@@ -67,60 +70,46 @@ class JsonlReader:
     def batches(self) -> Iterator[list[Item]]:
         read = self._f.read
         size = self._chunk
-        carry = b""
-        skipping = False
+        splitter = LineSplitter(self._max)
         while not self._full():
             chunk = read(size)
-            if not chunk:
-                if carry and not skipping:
-                    batch = self._validate([carry])
-                    if batch:
-                        yield batch
-                return
-            self.bytes_read += len(chunk)
-            if skipping:
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    continue
-                chunk = chunk[nl + 1 :]
-                skipping = False
-            lines = chunk.split(b"\n")
-            if carry:
-                lines[0] = carry + lines[0]
-            carry = lines.pop()
-            batch = self._validate(lines)
+            if chunk:
+                self.bytes_read += len(chunk)
+            lines, over = splitter.feed(chunk) if chunk else splitter.end()
+            batch = self._validate(lines, over)
             if batch:
                 yield batch
-            if len(carry) > self._max and not self._full():
-                self.lines += 1
-                self._bad("oversize", self.lines)
-                carry = b""
-                skipping = True
+            if not chunk:
+                return
 
     def _full(self) -> bool:
         return self._limit is not None and self.events >= self._limit
 
-    def _validate(self, lines: list[bytes]) -> list[Item]:
-        """Valid items of ``lines``, stopping at the event limit so nothing past it is read or counted."""
+    def _validate(self, lines: list[bytes], over: list[int]) -> list[Item]:
+        """Valid items of ``lines`` (``over``: the positions of lines over the length limit, blanked),
+        stopping at the event limit so nothing past it is read or counted."""
+        if not lines:
+            return []
         room = len(lines) if self._limit is None else self._limit - self.events
-        fast = self._validate_clean(lines[:room] if room < len(lines) else lines)
-        if fast is not None:
-            return fast
-        return self._validate_each(lines, room)
+        if not over:
+            fast = self._validate_clean(lines[:room] if room < len(lines) else lines)
+            if fast is not None:
+                return fast
+        return self._validate_each(lines, room, set(over))
 
     def _validate_clean(self, lines: list[bytes]) -> list[Item] | None:
         """All of ``lines`` as items in C-level passes when every one is a valid object, else ``None``.
 
-        A recording is nearly always clean, so a chunk is checked as a whole: strip, length and parse
-        run as ``map`` over the list, with no Python bytecode per line. Any blank, oversize, invalid
-        or non-object line sends the whole chunk to :meth:`_validate_each`, which counts exactly what
-        it would have counted line by line; the parse is the same ``orjson.loads`` either way.
+        A recording is nearly always clean, so a chunk is checked as a whole: strip and parse run as
+        ``map`` over the list, with no Python bytecode per line. Any blank, invalid or non-object
+        line sends the whole chunk to :meth:`_validate_each`, as an oversize one already has, which
+        counts exactly what it would have counted line by line; the parse is the same
+        ``orjson.loads`` either way.
         """
         if not lines:
             return None
         stripped = list(map(bytes.strip, lines))
-        longest = max(map(len, stripped))
-        if b"" in stripped or longest > self._max:
+        if b"" in stripped:
             return None
         try:
             if self._parse:
@@ -134,32 +123,33 @@ class JsonlReader:
             return None
         if kinds != _DICT_ONLY:
             return None
-        if longest > DEEP_MIN_BYTES and any(len(line) > DEEP_MIN_BYTES and _too_deep(line) for line in stripped):
+        if max(map(len, stripped)) > DEEP_MIN_BYTES and any(
+            len(line) > DEEP_MIN_BYTES and _too_deep(line) for line in stripped
+        ):
             return None
         n = len(stripped)
         self.lines += n
         self.events += n
         return items
 
-    def _validate_each(self, lines: list[bytes], room: int) -> list[Item]:
+    def _validate_each(self, lines: list[bytes], room: int, over: set[int]) -> list[Item]:
         out: list[Item] = []
         append = out.append
         loads = orjson.loads
         bad_json = orjson.JSONDecodeError
         parse = self._parse
-        max_len = self._max
         lineno = self.lines
         blank = 0
-        for raw in lines:
+        for k, raw in enumerate(lines):
             if len(out) >= room:
                 break
             lineno += 1
+            if over and k in over:
+                self._bad("oversize", lineno)
+                continue
             line = raw.strip()
             if not line:
                 blank += 1
-                continue
-            if len(line) > max_len:
-                self._bad("oversize", lineno)
                 continue
             try:
                 obj = loads(line)

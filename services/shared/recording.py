@@ -1,5 +1,5 @@
 """Recording files: which format one is in, decided without loading pyarrow (replay imports this for every
-file), and the one rule that keeps a JSONL file to whole lines."""
+file), the one rule that keeps a JSONL file to whole lines, and the one that reads it back as bounded lines."""
 
 from __future__ import annotations
 
@@ -42,3 +42,67 @@ def cut_torn_line(fd: int, truncate: Callable[[int, int], None] = os.ftruncate) 
         end = start
     truncate(fd, end)
     return end, size - end
+
+
+class LineSplitter:
+    """A JSONL byte stream cut into its lines, sans I/O: feed it chunks in order, then call :meth:`end`.
+
+    A line is its bytes without the ``\n``. One longer than ``max_line_bytes`` is over the limit
+    whatever the chunking: it comes out as ``b""`` at its place, with its position listed, and its
+    bytes are dropped as they arrive. So the splitter holds at most ``max_line_bytes`` between
+    chunks, and a file that is one enormous line cannot exhaust memory. The replay reader and the
+    Parquet export both read recordings through it, so both number and bound lines alike.
+    """
+
+    __slots__ = ("_carry", "_skipping", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int) -> None:
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be positive")
+        self.max_line_bytes = max_line_bytes
+        self._carry = b""
+        self._skipping = False
+
+    @property
+    def held(self) -> int:
+        """Bytes held between chunks: the partial last line, never more than ``max_line_bytes``."""
+        return len(self._carry)
+
+    def feed(self, chunk: bytes) -> tuple[list[bytes], list[int]]:
+        """The lines ``chunk`` completes, and the positions among them of those over the limit."""
+        limit = self.max_line_bytes
+        ended = False
+        if self._skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                return [], []
+            chunk = chunk[nl + 1 :]
+            self._skipping = False
+            ended = True
+        # A line can be over the limit only if the chunk and what was held could hold one.
+        could_be_over = len(self._carry) + len(chunk) > limit
+        lines = chunk.split(b"\n")
+        if self._carry:
+            lines[0] = self._carry + lines[0]
+        carry = lines.pop()
+        if len(carry) > limit:
+            carry = b""
+            self._skipping = True
+        self._carry = carry
+        over: list[int] = []
+        if could_be_over and lines and max(map(len, lines)) > limit:
+            over = [i for i, line in enumerate(lines) if len(line) > limit]
+            for i in over:
+                lines[i] = b""
+        if ended:
+            lines.insert(0, b"")
+            over = [0, *(i + 1 for i in over)]
+        return lines, over
+
+    def end(self) -> tuple[list[bytes], list[int]]:
+        """The last line when the stream does not end with a newline, as :meth:`feed` gives lines."""
+        if self._skipping:
+            self._skipping = False
+            return [b""], [0]
+        carry, self._carry = self._carry, b""
+        return ([carry] if carry else []), []

@@ -106,6 +106,7 @@ LINE_KINDS = [
     b"not json %d",
     b"[%d]",
     b'{"pad":"' + b"x" * 700 + b'","n":%d}',  # oversize at max_line_bytes=700
+    b'{"pad":"' + b"x" * 680 + b'","n":%d}' + b" " * 30,  # oversize by its padding, whatever the chunking
     b'{"bad":"\xff","n":%d}',
     b'{"n":%d,"d":' + b"[" * 300 + b"]" * 300 + b"}",  # too deep to write back
 ]
@@ -120,11 +121,11 @@ def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list
             break
         seen = lineno
         line = raw.strip()
-        if not line:
-            continue
         reason = None
-        if len(line) > max_len:
+        if len(raw) > max_len:  # by the line's own length, before stripping
             reason = "oversize"
+        elif not line:
+            continue
         else:
             try:
                 obj = orjson.loads(line)
