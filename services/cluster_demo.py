@@ -19,17 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mercurystream.demo import DemoError, DemoServices, _raise_interrupt, banner
+from mercurystream.demo import DemoError, DemoServices, banner, drive
 from mercurystream.natsd import MISSING, NatsServer, find_binary
 from mercurystream.p2.incident.report import nats_replay_command
-from mercurystream.processes import BIN, Service, ServiceError, free_port, http_ok, wait_for
+from mercurystream.processes import BIN, Service, free_port, http_ok, wait_for
 from mercurystream.shared.scrape import scrape
 
 SHARDS = 2
@@ -218,19 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make demo-cluster: {MISSING}", file=sys.stderr)
         return 2
     banner("MercuryStream Cluster Demo: P1 → JetStream → 2 shards")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = ClusterDemo(args, binary)
-    try:
-        demo.run()
-        return 0
-    except (DemoError, ServiceError) as exc:
-        print(f"\ndemo-cluster failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping services", file=sys.stderr)
-        return 130
-    finally:
-        demo.stop()
+    return drive(lambda: ClusterDemo(args, binary), "demo-cluster")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from mercurystream.processes import (
     BIN,
@@ -315,6 +317,31 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class Demo(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def drive(make: Callable[[], Demo], name: str) -> int:
+    """Build a demo with ``make`` and run it: 0 when it ran through, 1 on a failure (one line on
+    stderr), 130 on Ctrl-C or SIGTERM. Whatever happens, the services it started are stopped."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    demo = None
+    try:
+        demo = make()
+        demo.run()
+        return 0
+    except (DemoError, ServiceError) as exc:
+        print(f"\n{name} failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping services", file=sys.stderr)
+        return 130
+    finally:
+        if demo is not None:
+            demo.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mercury-demo", description=__doc__.splitlines()[0])
     ap.add_argument("--docker", action="store_true", help="run against docker compose instead of local processes")
@@ -333,21 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docker:
         return docker_demo(args)
     banner("MercuryStream Incident Detection Demo")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = None
-    try:
-        demo = LocalDemo(args)
-        demo.run()
-        return 0
-    except (DemoError, ServiceError) as exc:
-        print(f"\ndemo failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping services", file=sys.stderr)
-        return 130
-    finally:
-        if demo is not None:
-            demo.stop()
+    return drive(lambda: LocalDemo(args), "demo")
 
 
 if __name__ == "__main__":
