@@ -8,8 +8,6 @@ order; P1App forwards to a fake P2. Each forwarded event is checked field by fie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,49 +22,21 @@ from mercurystream.shared.config import build_settings
 from mercurystream.shared.scrape import scrape
 
 from .conftest import wait_until
+from .recording_venue import RecordingVenue, recv_request, send_all
+from .recording_venue import recorded as recorded_in
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "coinbase_exchange"
 TAKER = {"buy": "sell", "sell": "buy"}
 
 
 def recorded(name: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in (FIXTURES / name).read_bytes().splitlines() if line.strip()]
+    return recorded_in("coinbase_exchange", name)
 
 
-Script = Callable[[ServerConnection, int], Awaitable[None]]
-
-
-class RecordingVenue:
-    """Answers each subscribe with the simulator's protocol, then runs ``script(ws, connection_index)``."""
-
-    def __init__(self, products: list[str], script: Script) -> None:
-        self.products = products
-        self.script = script
-        self.connections = 0
-        self.requests: list[dict[str, Any]] = []
-        self._server = None
-
-    async def start(self) -> RecordingVenue:
-        self._server = await serve(self._handle, "127.0.0.1", 0, compression=None)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        n = self.connections
-        self.connections += 1
-        session = Session(self.products)
-        while not session.subscribed:
-            raw = await asyncio.wait_for(ws.recv(), 5.0)
-            self.requests.append(orjson.loads(raw))
-            await ws.send(session.handle(raw).text.decode())
-        await self.script(ws, n)
-
-    async def stop(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
+async def exchange_handshake(ws: ServerConnection, products: list[str], requests: list[dict[str, Any]]) -> None:
+    """The simulator's Exchange session answers each subscribe (it rejects an unknown product as Coinbase does)."""
+    session = Session(products)
+    while not session.subscribed:
+        await ws.send(session.handle(await recv_request(ws, requests)).text.decode())
 
 
 def settings(url: str, p2_port: int, **extra: object) -> P1Settings:
@@ -79,11 +49,6 @@ def settings(url: str, p2_port: int, **extra: object) -> P1Settings:
         BACKOFF_MAX=0.2,
         **extra,
     )
-
-
-async def send_all(ws: ServerConnection, msgs: list[dict[str, Any]]) -> None:
-    for m in msgs:
-        await ws.send(orjson.dumps(m).decode())
 
 
 async def test_recorded_matches_reach_p2_exactly_across_a_reconnect(fake_p2):
@@ -99,7 +64,7 @@ async def test_recorded_matches_reach_p2_exactly_across_a_reconnect(fake_p2):
         if n:
             await ws.wait_closed()
 
-    venue = await RecordingVenue(["BTC-USD"], script).start()
+    venue = await RecordingVenue(["BTC-USD"], script, exchange_handshake).start()
     p2 = await fake_p2()
     app = P1App(settings(venue.url, p2.port, SYMBOLS="BTC-USD"))
     await app.start()
@@ -145,7 +110,7 @@ async def test_recorded_ticker_on_subscribe_is_not_forwarded_again_after_a_recon
         if n:
             await ws.wait_closed()
 
-    venue = await RecordingVenue(["BTC-EUR"], script).start()
+    venue = await RecordingVenue(["BTC-EUR"], script, exchange_handshake).start()
     p2 = await fake_p2()
     app = P1App(settings(venue.url, p2.port, SYMBOLS="BTC-EUR", FEED_CHANNEL="ticker"))
     await app.start()

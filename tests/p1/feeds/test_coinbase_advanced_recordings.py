@@ -9,7 +9,6 @@ for the venue where the test needs a market: a bad product, scheduled disconnect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,50 +26,22 @@ from mercurystream.shared.config import build_settings
 from mercurystream.shared.scrape import scrape
 
 from ..conftest import wait_until
+from ..recording_venue import RecordingVenue, recv_request, send_all
+from ..recording_venue import recorded as recorded_in
 
-FIXTURES = Path(__file__).parents[2] / "fixtures" / "coinbase_advanced"
 FIELDS = ("type", "product_id", "price", "last_size", "time", "trade_id", "side", "venue", "feed")
 
 
 def recorded(name: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in (FIXTURES / name).read_bytes().splitlines() if line.strip()]
+    return recorded_in("coinbase_advanced", name)
 
 
-Script = Callable[[ServerConnection, int], Awaitable[None]]
-
-
-class AdvancedRecordingVenue:
-    """Answers subscribes with the simulator's Advanced Trade session (no snapshot), then runs ``script``."""
-
-    def __init__(self, products: list[str], script: Script) -> None:
-        self.products = products
-        self.script = script
-        self.connections = 0
-        self.requests: list[dict[str, Any]] = []
-        self._server = None
-
-    async def start(self) -> AdvancedRecordingVenue:
-        self._server = await serve(self._handle, "127.0.0.1", 0, compression=None)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        n = self.connections
-        self.connections += 1
-        session = AdvancedSession(self.products)
-        while not any(session.mask):
-            raw = await asyncio.wait_for(ws.recv(), 5.0)
-            self.requests.append(orjson.loads(raw))
-            session.handle(raw)
-            await ws.send(session.subscriptions("2026-09-30T01:41:25.000000000Z").decode())
-        await self.script(ws, n)
-
-    async def stop(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
+async def advanced_handshake(ws: ServerConnection, products: list[str], requests: list[dict[str, Any]]) -> None:
+    """The simulator's Advanced Trade session answers each subscribe (no snapshot)."""
+    session = AdvancedSession(products)
+    while not any(session.mask):
+        session.handle(await recv_request(ws, requests))
+        await ws.send(session.subscriptions("2026-09-30T01:41:25.000000000Z").decode())
 
 
 def p1_settings(url: str, p2_port: int, **extra: object) -> P1Settings:
@@ -108,11 +79,6 @@ def p2_events(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
 
 
-async def send_all(ws: ServerConnection, msgs: list[dict[str, Any]]) -> None:
-    for m in msgs:
-        await ws.send(orjson.dumps(m).decode())
-
-
 async def test_recorded_trades_reach_p2_exactly_and_snapshots_are_not_repeated_across_a_reconnect(tmp_path):
     """ETH-USD 2026-09-30 (an update of two fills) and BTC-USD 2025-10-27 (a subscribe snapshot)."""
     (update,) = recorded("market_trades_eth_usd_2026-09-30.jsonl")
@@ -127,7 +93,7 @@ async def test_recorded_trades_reach_p2_exactly_and_snapshots_are_not_repeated_a
         if n:
             await ws.wait_closed()
 
-    venue = await AdvancedRecordingVenue(["BTC-USD", "ETH-USD"], script).start()
+    venue = await RecordingVenue(["BTC-USD", "ETH-USD"], script, advanced_handshake).start()
     p2 = await start_p2(tmp_path)
     app = P1App(p1_settings(venue.url, p2.port, SYMBOLS="BTC-USD,ETH-USD"))
     await app.start()
