@@ -1,7 +1,9 @@
-"""Events and batches for the consumer tests: trades at fixed offsets from one instant."""
+"""Events and batches for the consumer tests: trades at fixed offsets from one instant; metric and wait helpers."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 
@@ -43,6 +45,20 @@ def make_settings(**overrides) -> P2Settings:
 
 def sample(metrics: P2Metrics, name: str, **labels) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
+
+
+def counted(metrics: P2Metrics, name: str, **labels: str) -> float:
+    """A counter's value, 0 while its series does not exist yet."""
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def eventually(cond, timeout: float = 20.0) -> None:
+    """Wait until ``cond()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 def feed(bus: Bus, consumer, events) -> None:

@@ -18,16 +18,9 @@ from mercurystream.p2.consumers import (
     VwapConsumer,
 )
 from mercurystream.p2.metrics import P2Metrics
-from tests.p2.support import batch, broken, make_settings, sample, trade
+from tests.p2.support import batch, broken, eventually, make_settings, sample, trade
 
 # --- running as tasks ----------------------------------------------------------------------------
-
-
-async def wait_until(cond, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_consumers_run_as_tasks_and_drain_on_stop():
@@ -43,7 +36,7 @@ async def test_consumers_run_as_tasks_and_drain_on_stop():
         await c.start()
     for k in range(20):
         bus.publish(batch([trade(k * 10 + i, price=100.0 + i, t=k + i / 10) for i in range(10)]))
-    await wait_until(lambda: all(c.processed == 200 for c in consumers))
+    await eventually(lambda: all(c.processed == 200 for c in consumers))
     for c in consumers:
         await c.stop()
     assert all(c.failed == 0 for c in consumers)
@@ -122,9 +115,9 @@ async def test_slow_consumer_drops_oldest_and_slows_no_one():
         bus.publish(batch([trade(k * 10 + i, t=k) for i in range(10)]))
         total += 10
         await asyncio.sleep(0)
-    await wait_until(lambda: vwap.processed == total, timeout_s=10)
+    await eventually(lambda: vwap.processed == total)
     assert slow.handled < total
-    await wait_until(lambda: slow.handled >= 3)
+    await eventually(lambda: slow.handled >= 3)
     assert slow.subscription.dropped > 0
     status = slow.status()
     assert status.startswith("SLOW       | processed=")

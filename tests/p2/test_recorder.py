@@ -13,22 +13,11 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import SyncConsumers
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import JsonlWriter, RecorderConsumer
+from tests.p2.support import counted, eventually
 
 
 def batch(start: int, n: int) -> Batch:
     return Batch.of_events([{"i": i, "recv_ts_ms": 1, "recv_ts_us": 1000} for i in range(start, start + n)])
-
-
-def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-async def eventually(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def make(tmp_path: Path, **kw: object) -> tuple[RecorderConsumer, Bus, P2Metrics, Path]:
@@ -50,7 +39,7 @@ async def test_every_line_is_written_in_order_and_flushed_on_stop(tmp_path: Path
     expected = b"".join(b'{"i":%d,"recv_ts_ms":1,"recv_ts_us":1000}\n' % i for i in range(350))
     assert path.read_bytes() == expected
     assert rec.writer.written == 350
-    assert sample(metrics, "mercurystream_recorded_events_total") == 350
+    assert counted(metrics, "mercurystream_recorded_events_total") == 350
     assert rec.status() == f"RECORDER   | file={path} written=350 errors=0 drops=0 format=jsonl"
 
 
@@ -80,7 +69,7 @@ async def test_a_write_error_is_counted_and_recording_resumes(tmp_path: Path) ->
     await rec.start()
     bus.publish(batch(0, 4))
     await eventually(lambda: rec.writer.errors == 4)
-    assert sample(metrics, "mercurystream_recorder_errors_total") == 4
+    assert counted(metrics, "mercurystream_recorder_errors_total") == 4
     path.rmdir()
     bus.publish(batch(4, 2))
     await eventually(lambda: rec.writer.written == 2)
@@ -257,8 +246,8 @@ def test_a_full_disk_leaves_whole_lines_counts_exactly_and_resumes(tmp_path: Pat
     writer.write([lines_of(3, start=5000)])
     assert whole_lines(path) == [*kept, 5000, 5001, 5002]
     assert writer.written + writer.errors == 2018
-    assert sample(metrics, "mercurystream_recorder_errors_total") == writer.errors
-    assert sample(metrics, "mercurystream_recorded_events_total") == writer.written
+    assert counted(metrics, "mercurystream_recorder_errors_total") == writer.errors
+    assert counted(metrics, "mercurystream_recorded_events_total") == writer.written
     assert writer.close(1)
 
 

@@ -25,7 +25,7 @@ from mercurystream.p2.recorder import RecorderConsumer
 from mercurystream.p2.recorder_parquet import HEADER, ParquetFiles, ParquetRecordWriter, file_stem
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
 from mercurystream.shared.parquet import COLUMNS
-from tests.p2.support import lines_batch
+from tests.p2.support import counted, eventually, lines_batch
 
 BIN = Path(sys.executable).parent
 
@@ -53,18 +53,6 @@ def recorded(i: int) -> bytes:
 def batch(start: int, n: int) -> Batch:
     lines = [recorded(i) for i in range(start, start + n)]
     return lines_batch(lines)
-
-
-def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-async def eventually(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def rows(pattern: str | Path) -> list[dict]:
@@ -96,7 +84,7 @@ async def test_every_row_is_in_a_closed_file_after_stop(tmp_path: Path) -> None:
     for row, i in zip(got, range(1000), strict=True):
         expected = orjson.loads(recorded(i))
         assert {n: row[n] for n, _ in COLUMNS} == {n: expected.get(n) for n, _ in COLUMNS}
-    assert sample(metrics, "mercurystream_recorded_events_total") == 1000
+    assert counted(metrics, "mercurystream_recorded_events_total") == 1000
     status = rec.status()
     assert status.startswith(f"RECORDER   | file={files[0]} written=1000 errors=0 drops=0 format=parquet")
     assert status.endswith("rejected=0 files=1")
@@ -108,7 +96,7 @@ async def test_rows_count_as_written_only_when_their_file_is_closed(tmp_path: Pa
     bus.publish(batch(0, 10))
     await eventually(lambda: rec.writer.done == 1)
     assert [p.name.endswith(".parquet.part") for p in folder.iterdir()] == [True]
-    assert rec.writer.written == 0 and sample(metrics, "mercurystream_recorded_events_total") == 0
+    assert rec.writer.written == 0 and counted(metrics, "mercurystream_recorded_events_total") == 0
     await rec.stop()
     assert rec.writer.written == 10 and not list(folder.glob("*.part"))
 
@@ -148,7 +136,7 @@ async def test_lines_with_no_row_are_counted_by_reason(tmp_path: Path) -> None:
     assert len(rows(folder / "*.parquet")) == 2
     assert rec.writer.rejected == 3
     for reason in ("invalid_json", "wrong_type", "missing_field"):
-        assert sample(metrics, "mercurystream_recorder_rejected_total", reason=reason) == 1
+        assert counted(metrics, "mercurystream_recorder_rejected_total", reason=reason) == 1
     assert "rejected=3" in rec.status()
 
 
@@ -159,7 +147,7 @@ async def test_a_failed_open_is_counted_and_recording_resumes(tmp_path: Path) ->
     await rec.start()
     bus.publish(batch(0, 4))
     await eventually(lambda: rec.writer.errors == 4)
-    assert sample(metrics, "mercurystream_recorder_errors_total") == 4
+    assert counted(metrics, "mercurystream_recorder_errors_total") == 4
     folder.unlink()
     bus.publish(batch(4, 3))
     await rec.stop()

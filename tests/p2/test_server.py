@@ -17,6 +17,7 @@ from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.server import ACK_HIGH_WATER, IngestDecoder, TcpSource, _Connection, ack_frame
 from mercurystream.shared.event import latency_ms
 from mercurystream.shared.framing import HEADER, FrameDecoder, decode_object, encode_frame, encode_frames
+from tests.p2.support import counted, eventually
 
 RECV_US = 1_700_000_000_123_456
 SUFFIX = b',"recv_ts_ms":1700000000123,"recv_ts_us":1700000000123456}'
@@ -262,13 +263,6 @@ class Client:
             await self.writer.wait_closed()
 
 
-async def eventually(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 def events_of(sub: Subscription) -> tuple[list[dict], list[bytes]]:
     events: list[dict] = []
     lines: list[bytes] = []
@@ -276,11 +270,6 @@ def events_of(sub: Subscription) -> tuple[list[dict], list[bytes]]:
         events.extend(received(b))
         lines.extend(b.lines)
     return events, lines
-
-
-def sample(metrics: P2Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 @pytest.fixture
@@ -306,7 +295,7 @@ async def test_chunked_frames_arrive_stamped_in_order_and_acked(server) -> None:
     assert [e["trade_id"] for e in events] == list(range(20))
     assert lines == [p[:-1] + SUFFIX for p in payloads]
     assert [orjson.loads(line) for line in lines] == [{**e, **STAMPS} for e in events]
-    assert sample(metrics, "mercurystream_events_total") == 20
+    assert counted(metrics, "mercurystream_events_total") == 20
     assert metrics.latency_ms.count == 20
     assert metrics.latency_ms.sum == pytest.approx(20 * 0.7)
     acks = [a["ack"] for a in client.acks]
@@ -335,9 +324,9 @@ async def test_bad_frames_are_counted_and_the_connection_goes_on(server) -> None
     await client.wait_ack(5)
     events, _ = events_of(sub)
     assert [e["trade_id"] for e in events] == [1, 2]
-    assert sample(metrics, "mercurystream_frame_errors_total", reason="invalid_json") == 1
-    assert sample(metrics, "mercurystream_frame_errors_total", reason="not_object") == 2
-    assert sample(metrics, "mercurystream_events_total") == 2
+    assert counted(metrics, "mercurystream_frame_errors_total", reason="invalid_json") == 1
+    assert counted(metrics, "mercurystream_frame_errors_total", reason="not_object") == 2
+    assert counted(metrics, "mercurystream_events_total") == 2
     assert source.connections == 1
     await client.close()
 
@@ -350,7 +339,7 @@ async def test_oversize_header_closes_only_that_connection(server) -> None:
     while await client.read_acks():
         pass
     assert client.acks[-1] == {"ack": 1}
-    assert sample(metrics, "mercurystream_frame_errors_total", reason="oversize") == 1
+    assert counted(metrics, "mercurystream_frame_errors_total", reason="oversize") == 1
     await other.send(encode_frame(orjson.dumps(trade(2))))
     await other.wait_ack(1)
     events, _ = events_of(sub)
@@ -363,7 +352,7 @@ async def test_oversize_header_closes_only_that_connection(server) -> None:
 async def test_several_connections_at_once(server) -> None:
     source, sub, metrics = server
     clients = [await Client.connect(source.port) for _ in range(4)]
-    await eventually(lambda: sample(metrics, "mercurystream_connections") == 4)
+    await eventually(lambda: counted(metrics, "mercurystream_connections") == 4)
 
     async def run(k: int, client: Client) -> None:
         for j in range(10):
@@ -378,8 +367,8 @@ async def test_several_connections_at_once(server) -> None:
         assert mine == [k * 1000 + i for i in range(100)]
     for c in clients:
         await c.close()
-    await eventually(lambda: sample(metrics, "mercurystream_connections") == 0)
-    assert sample(metrics, "mercurystream_connections_accepted_total") == 4
+    await eventually(lambda: counted(metrics, "mercurystream_connections") == 0)
+    assert counted(metrics, "mercurystream_connections_accepted_total") == 4
     assert source.connections == 0
 
 
@@ -390,7 +379,7 @@ async def test_disconnect_mid_frame_counts_truncated(server) -> None:
     await client.send(frame + frame[:6])
     await client.wait_ack(1)
     await client.close()
-    await eventually(lambda: sample(metrics, "mercurystream_frame_errors_total", reason="truncated") == 1)
+    await eventually(lambda: counted(metrics, "mercurystream_frame_errors_total", reason="truncated") == 1)
     assert len(events_of(sub)[0]) == 1
 
 
@@ -407,7 +396,7 @@ async def test_stop_sends_a_final_ack_for_what_was_read_and_closes() -> None:
     assert client.acks[-1] == {"ack": 3, "final": True}
     assert len(events_of(sub)[0]) == 3
     assert source.connections == 0
-    assert sample(metrics, "mercurystream_frame_errors_total", reason="truncated") == 0
+    assert counted(metrics, "mercurystream_frame_errors_total", reason="truncated") == 0
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", source.port)
     await client.close()
@@ -550,7 +539,7 @@ def test_accept_publishes_and_counts_without_a_socket() -> None:
     source.accept(got, "peer")
     assert sub.depth == 2 and source.events == 2
     assert source.frame_errors["not_object"] == 1
-    assert sample(metrics, "mercurystream_events_total") == 2
+    assert counted(metrics, "mercurystream_events_total") == 2
 
 
 async def test_protocol_is_a_connection_of_this_source() -> None:
@@ -604,8 +593,8 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout_and_counted()
         assert await closed_by_peer(idle, 3.0)
         await eventually(lambda: source.closed_by_reason["idle_timeout"] == 1)
         assert source.connections == 1
-        assert sample(metrics, "mercurystream_connections_closed_total", reason="idle_timeout") == 1
-        assert sample(metrics, "mercurystream_connections") == 1
+        assert counted(metrics, "mercurystream_connections_closed_total", reason="idle_timeout") == 1
+        assert counted(metrics, "mercurystream_connections") == 1
         await busy.wait_ack(8)
         await busy.close()
     finally:
@@ -620,7 +609,7 @@ async def test_an_unfinished_frame_is_closed_after_the_partial_timeout_without_a
         await slow.send(frame + frame[:10])
         await slow.wait_ack(1)
         await eventually(lambda: source.partial_bytes == 10)
-        assert sample(metrics, "mercurystream_partial_frame_bytes") == 10
+        assert counted(metrics, "mercurystream_partial_frame_bytes") == 10
         for _ in range(5):  # a byte now and then keeps it from being idle, not from the partial timeout
             await slow.send(frame[10:11])
             await asyncio.sleep(0.05)
@@ -628,7 +617,7 @@ async def test_an_unfinished_frame_is_closed_after_the_partial_timeout_without_a
         await eventually(lambda: source.closed_by_reason["partial_timeout"] == 1)
         assert source.partial_bytes == 0
         assert source.frame_errors["truncated"] == 0
-        assert sample(metrics, "mercurystream_connections_closed_total", reason="partial_timeout") == 1
+        assert counted(metrics, "mercurystream_connections_closed_total", reason="partial_timeout") == 1
     finally:
         await source.stop(timeout_s=5)
 
@@ -685,7 +674,7 @@ async def test_at_the_cap_a_newcomer_evicts_the_idlest_connection_or_is_refused_
         late = await Client.connect(source.port)
         assert await closed_by_peer(late, 3.0)
         assert source.closed_by_reason["refused"] == 1
-        assert sample(metrics, "mercurystream_connections_closed_total", reason="refused") == 1
+        assert counted(metrics, "mercurystream_connections_closed_total", reason="refused") == 1
         assert not active[0].writer.is_closing()
     finally:
         await source.stop(timeout_s=5)
@@ -706,8 +695,8 @@ async def test_the_bus_pressure_pauses_reading_and_the_socket_holds_the_rest_unt
         assert source.connections == 1
         read = source.events
         assert read < n and sub.dropped == 0
-        assert sample(metrics, "mercurystream_ingest_pauses_total") == 1
-        assert sample(metrics, "mercurystream_ingest_paused_seconds_total") >= 0.5
+        assert counted(metrics, "mercurystream_ingest_pauses_total") == 1
+        assert counted(metrics, "mercurystream_ingest_paused_seconds_total") >= 0.5
         got: list[dict] = []
         while len(got) < n:
             got.extend(events_of(sub)[0])
