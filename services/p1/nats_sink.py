@@ -276,15 +276,14 @@ class NatsSink(BufferedSink):
     def target(self) -> str:
         return f"{self.url} stream {self.stream.name}"
 
+    @property
+    def address(self) -> str:
+        return f"NATS {self.url}"
+
     async def _run(self) -> None:
         import nats
 
-        first = True
-        while not self._done():
-            if not first:
-                self.reconnects += 1
-                self._m_reconnects.inc()
-            first = False
+        for _ in self._attempts():
             lost = asyncio.Event()
 
             async def on_down(*_: Any, lost: asyncio.Event = lost) -> None:
@@ -327,17 +326,6 @@ class NatsSink(BufferedSink):
             if healthy:
                 self.backoff.reset()
             await self._pause("connection lost")
-
-    async def _pause(self, reason: str) -> None:
-        delay = self.backoff.next_delay()
-        if self._sampler.should_log("reconnect"):
-            logger.warning("sink: NATS {} {}; {} events held; retrying in {:.2f} s",
-                           self.url, reason, self.buffer.held, delay)  # fmt: skip
-        if self._stop_requested.is_set():
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     async def _session(self, js: Any, lost: asyncio.Event) -> bool:
         """Publish rounds until the connection is lost; returns whether any PubAck arrived."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from loguru import logger
@@ -218,8 +218,9 @@ class SendBuffer(HeldEvents):
 class BufferedSink(EventSink):
     """What both of P1's sinks share: a bounded buffer, capped backoff, the accounting and its metrics.
 
-    A subclass names its ``target`` label and its ``peer`` (for log lines) and writes ``_run``, the
-    loop that connects, sends what the buffer gives and reports what the peer acknowledged. An event
+    A subclass names its ``target`` label, its ``peer`` and ``address`` (for log lines) and writes
+    ``_run``, the loop that connects (an attempt per :meth:`_attempts`, a :meth:`_pause` after each
+    failure), sends what the buffer gives and reports what the peer acknowledged. An event
     is held until acknowledged, so ``acked + dropped + held == published`` whatever the transport.
     """
 
@@ -297,6 +298,34 @@ class BufferedSink(EventSink):
     async def _run(self) -> None:
         raise NotImplementedError
 
+    @property
+    def address(self) -> str:
+        """Where the sink connects, for log lines (``P2 host:port``)."""
+        raise NotImplementedError
+
+    def _attempts(self) -> Iterator[None]:
+        """One step per connection attempt until the sink is done; each after the first is a reconnect."""
+        first = True
+        while not self._done():
+            if not first:
+                self.reconnects += 1
+                self._m_reconnects.inc()
+            first = False
+            yield
+
+    async def _pause(self, reason: str) -> None:
+        """Wait out the next backoff delay before reconnecting; a stop cuts it short unless events are still held."""
+        delay = self.backoff.next_delay()
+        if self._sampler.should_log("reconnect"):
+            logger.warning(
+                "sink: {} {}; {} events held; retrying in {:.2f} s", self.address, reason, self.buffer.held, delay
+            )
+        if self._stop_requested.is_set():
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+
     def _set_connected(self, up: bool) -> None:
         self.connected = up
         self._m_connected.set(1 if up else 0)
@@ -328,13 +357,12 @@ class TcpSink(BufferedSink):
         self.port = port
         self.max_batch = max_batch
 
+    @property
+    def address(self) -> str:
+        return f"P2 {self.host}:{self.port}"
+
     async def _run(self) -> None:
-        first = True
-        while not self._done():
-            if not first:
-                self.reconnects += 1
-                self._m_reconnects.inc()
-            first = False
+        for _ in self._attempts():
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.host, self.port), self.connect_timeout_s
@@ -357,23 +385,6 @@ class TcpSink(BufferedSink):
             if healthy:
                 self.backoff.reset()
             await self._pause("connection closed")
-
-    async def _pause(self, reason: str) -> None:
-        delay = self.backoff.next_delay()
-        if self._sampler.should_log("reconnect"):
-            logger.warning(
-                "sink: P2 {}:{} {}; {} events held; retrying in {:.2f} s",
-                self.host,
-                self.port,
-                reason,
-                self.buffer.held,
-                delay,
-            )
-        if self._stop_requested.is_set():
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Write batches until the connection ends; returns whether P2 acknowledged anything."""
