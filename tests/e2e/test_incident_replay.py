@@ -49,7 +49,10 @@ def replay(port: int, file: Path, *flags: object) -> None:
 
 def only_bundle(cluster, incidents: Path) -> Path:
     def ready() -> bool:
-        return incidents.is_dir() and any((d / "report.md").exists() for d in incidents.iterdir() if d.is_dir())
+        # A bundle is written in a ``.tmp_*`` directory and renamed whole: only a renamed one is done.
+        return incidents.is_dir() and any(
+            (d / "report.md").exists() for d in incidents.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
 
     cluster.wait(f"a bundle in {incidents}", ready, timeout=60)
     (bundle,) = [d for d in incidents.iterdir() if d.is_dir() and not d.name.startswith(".")]

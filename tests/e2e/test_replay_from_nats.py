@@ -40,7 +40,8 @@ def event(tid: int, product: str) -> bytes:
 def bundles(directory) -> list:
     if not directory.is_dir():
         return []
-    return sorted(d for d in directory.iterdir() if d.is_dir() and (d / "meta.json").exists())
+    """The finished bundles: one is written in a ``.tmp_*`` directory and renamed whole when done."""
+    return sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def trigger(bundle) -> tuple[dict, dict]:
