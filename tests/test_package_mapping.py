@@ -6,6 +6,7 @@ pyright and IDEs only look for a directory named like the package: the symlink i
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -30,12 +31,22 @@ def test_every_declared_package_resolves_through_the_symlink() -> None:
         assert (ROOT / package.replace(".", "/") / "__init__.py").is_file(), package
 
 
-@pytest.mark.skipif(shutil.which("pyright") is None, reason="pyright is not installed (npm install -g pyright)")
-def test_pyright_resolves_the_package_imports() -> None:
-    target = ROOT / "services" / "shared" / "transport.py"
-    run = subprocess.run(["pyright", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+def test_pyright_resolves_every_import_of_the_project() -> None:
+    """No import pyright cannot resolve, anywhere it looks (pyproject's ``[tool.pyright] include``).
+
+    A skip without pyright, or a failure when ``MERCURY_REQUIRE_PYRIGHT=1`` (as ``.ci/run`` sets
+    once it has installed it). Only import resolution is the goal here, not the type checks.
+    """
+    if shutil.which("pyright") is None:
+        reason = "pyright is not installed (npm install -g pyright)"
+        if os.environ.get("MERCURY_REQUIRE_PYRIGHT") == "1":
+            pytest.fail(f"MERCURY_REQUIRE_PYRIGHT=1 but {reason}")
+        pytest.skip(reason)
+    run = subprocess.run(["pyright"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert " errors, " in run.stdout, run.stdout + run.stderr
-    assert "reportMissingImports" not in run.stdout, run.stdout
+    unresolved = [line for line in run.stdout.splitlines() if "reportMissingImports" in line]
+    unresolved += [line for line in run.stdout.splitlines() if "reportMissingModuleSource" in line]
+    assert not unresolved, "\n".join(unresolved)
 
 
 def test_every_package_directory_is_declared() -> None:
