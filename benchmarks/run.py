@@ -155,8 +155,9 @@ def one_run(lab: Lab, prof: Profile, recording: Path, prev: dict[str, float]) ->
         f"{p1['cpu_share']:.0%} of a core, dropped {p1['dropped']}), "
         f"peak RSS {p1['peak_rss_mb']} MB"
     )
-    rep = timed("replay", measure.replay_rate, lab, recording, prof.replay_events)
-    logger.info(f"replay {rep['events_per_s']:,.0f} ev/s ({rep['events']:,} events)")
+    rep = timed("replay", measure.replay_rate, lab, recording, prof.replay_events, prof.replay_repeats)
+    sends = ", ".join(f"{v:,.0f}" for v in rep["values"])
+    logger.info(f"replay {rep['events_per_s']:,.0f} ev/s, the median of [{sends}] ({rep['events']:,} events each)")
     cost = timed("recorder_cost", recorder_cost.run, prof.recorder_cost_events, 1)
     logger.info(
         "recorder per event: JSONL {j[cpu_us_per_event]:.2f} µs CPU in P2, {j[bytes_per_event]:.0f} B; Parquet "
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(recorder: written to disk) with no drop, {prof.step_s:g} s of sending plus {prof.grace_s:g} s grace. "
             "The p2, p2_parquet and p2_no_flight_recorder searches take their steps in turn.",
             "Latency: exchange -> P1 -> P2 with every consumer, recv_ts_us - ingest_ts_us from P2's recording.",
+            "Replay: mercury-replay --rate 0 of a P2-style recording into a fresh baseline reader, replay_repeats"
+            " sends per run, the median send's rate (all in replay.values).",
             "Scenarios: each a rate sweep against one long-lived P2 (recorder on, flight recorder at its defaults); "
             "a step passes on the deltas of P2's counters (every consumer processed every event, no bus queue drop) "
             "after P2 settled; trade ids and times keep increasing across the sweep, except in the storm, which "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from benchmarks import measure
 from benchmarks.measure import QUICK, sweep, sweeps
 
 
@@ -34,3 +35,17 @@ def test_equal_limits_give_equal_results():
     found = sweeps({k: (_step(123_456.0, log, k), 100_000.0, 1.5) for k in "ab"}, QUICK)
     assert found["a"]["steps"] == found["b"]["steps"]
     assert found["a"]["events_per_s"] == found["b"]["events_per_s"] > 0
+
+
+def test_replay_reports_the_median_send_and_every_rate(monkeypatch):
+    rates = iter([520_000.0, 340_000.0, 610_000.0])
+
+    def once(lab, recording, events):
+        rate = next(rates)
+        return {"events": events, "events_per_s": rate, "summary": f"sent at {rate:,.0f}"}
+
+    monkeypatch.setattr(measure, "_replay_once", once)
+    got = measure.replay_rate(None, None, 500_000, repeats=3)
+    assert got["events_per_s"] == 520_000.0 and got["summary"] == "sent at 520,000"
+    assert got["values"] == [520_000.0, 340_000.0, 610_000.0]
+    assert QUICK.replay_repeats == 3
