@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.parquet import REJECT_REASONS, ParquetSink, RowEncoder
-from mercurystream.shared.recording import LineSplitter
+from mercurystream.shared.recording import read_lines
 
 CHUNK_BYTES = 1 << 20
 MAX_REPORTED_LINES = 10
@@ -48,20 +48,14 @@ def line_chunks(
     f: BinaryIO, report: Conversion, max_line_bytes: int, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[tuple[int, list[bytes]]]:
     """``(number of the first line, lines)`` per chunk read; an oversize line is counted in ``report`` and blanked."""
-    splitter = LineSplitter(max_line_bytes)
     lineno = 0
-    while True:
-        chunk = f.read(chunk_bytes)
-        if chunk:
-            report.bytes_read += len(chunk)
-        lines, over = splitter.feed(chunk) if chunk else splitter.end()
+    for size, lines, over in read_lines(f, max_line_bytes, chunk_bytes):
+        report.bytes_read += size
         for i in over:
             report.count_bad("oversize", lineno + 1 + i)
         if lines:
             yield lineno + 1, lines
             lineno += len(lines)
-        if not chunk:
-            break
     report.lines = lineno
 
 

@@ -314,7 +314,8 @@ class BufferedSink(EventSink):
             yield
 
     async def _pause(self, reason: str) -> None:
-        """Wait out the next backoff delay before reconnecting; a stop cuts it short unless events are still held."""
+        """Wait out the next backoff delay before reconnecting: a stop requested meanwhile cuts it short;
+        once stopping (events still held), each retry waits its whole delay."""
         delay = self.backoff.next_delay()
         if self._sampler.should_log("reconnect"):
             logger.warning(

@@ -17,7 +17,7 @@ import orjson
 
 from mercurystream.replay.inject import Injector, Item
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
-from mercurystream.shared.recording import LineSplitter
+from mercurystream.shared.recording import read_lines
 
 CHUNK_BYTES = 64 * 1024
 """Below glibc's 128 KiB mmap threshold, so each read reuses heap memory instead of faulting in fresh pages."""
@@ -68,18 +68,14 @@ class JsonlReader:
         return sum(self.malformed.values())
 
     def batches(self) -> Iterator[list[Item]]:
-        read = self._f.read
-        size = self._chunk
-        splitter = LineSplitter(self._max)
-        while not self._full():
-            chunk = read(size)
-            if chunk:
-                self.bytes_read += len(chunk)
-            lines, over = splitter.feed(chunk) if chunk else splitter.end()
+        if self._full():
+            return
+        for size, lines, over in read_lines(self._f, self._max, self._chunk):
+            self.bytes_read += size
             batch = self._validate(lines, over)
             if batch:
                 yield batch
-            if not chunk:
+            if self._full():
                 return
 
     def _full(self) -> bool:

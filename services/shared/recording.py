@@ -4,7 +4,8 @@ file), the one rule that keeps a JSONL file to whole lines, and the one that rea
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 PARQUET_MAGIC = b"PAR1"
 PART_SUFFIX = ".part"
@@ -106,3 +107,13 @@ class LineSplitter:
             return [b""], [0]
         carry, self._carry = self._carry, b""
         return ([carry] if carry else []), []
+
+
+def read_lines(f: BinaryIO, max_line_bytes: int, chunk_bytes: int) -> Iterator[tuple[int, list[bytes], list[int]]]:
+    """A file's lines as :class:`LineSplitter` cuts them, one read of ``chunk_bytes`` at a time:
+    ``(bytes read, lines, positions over the limit)``, then the last line if it has no newline
+    (0 bytes read). Lazy, so a reader that stops taking items stops reading the file."""
+    splitter = LineSplitter(max_line_bytes)
+    while chunk := f.read(chunk_bytes):
+        yield len(chunk), *splitter.feed(chunk)
+    yield 0, *splitter.end()

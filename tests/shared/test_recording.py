@@ -3,6 +3,7 @@ reading one back as bounded lines."""
 
 from __future__ import annotations
 
+import io
 import os
 from itertools import pairwise
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercurystream.shared.recording import LineSplitter, cut_torn_line, is_parquet
+from mercurystream.shared.recording import LineSplitter, cut_torn_line, is_parquet, read_lines
 
 
 def test_is_parquet_by_extension_or_magic(tmp_path: Path) -> None:
@@ -106,3 +107,12 @@ def test_a_stream_ending_inside_an_oversize_line_still_counts_it() -> None:
 def test_the_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         LineSplitter(0)
+
+
+def test_read_lines_gives_each_reads_lines_and_size_then_the_unterminated_last_line() -> None:
+    data = b"a\n" + b"x" * 9 + b"\nbb\ncc"
+    got = list(read_lines(io.BytesIO(data), 4, 5))
+    assert sum(size for size, _, _ in got) == len(data)
+    lines = [line for _, chunk, _ in got for line in chunk]
+    assert (lines, got[-1]) == ([b"a", b"", b"bb", b"cc"], (0, [b"cc"], []))
+    assert [over for _, _, over in got if over] == [[0]]
