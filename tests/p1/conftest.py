@@ -10,9 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from mercurystream.shared.framing import FrameDecoder, encode_frame
+
+from .recording_venue import RecordingVenue, recv_request
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -114,48 +116,24 @@ class FakeP2:
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
-class FakeVenue:
+async def echo_subscriptions(ws: ServerConnection, products: list[str], requests: list[dict[str, Any]]) -> None:
+    """Answer one subscribe with the ``subscriptions`` reply naming exactly what it asked for."""
+    await recv_request(ws, requests)
+    request = requests[-1]
+    channels = [{"name": c, "product_ids": request["product_ids"]} for c in request["channels"]]
+    await ws.send(orjson.dumps({"type": "subscriptions", "channels": channels}).decode())
+
+
+class FakeVenue(RecordingVenue):
     """A WebSocket server speaking just enough of Coinbase's feed: subscribe, then scripted messages.
 
     ``script(ws, n)`` runs after the ``subscriptions`` reply on the ``n``-th connection (from 0).
     When it returns, the server closes the connection, which is how a venue drop looks to P1.
+    ``requests`` holds every subscribe received.
     """
 
     def __init__(self, script: Callable[[ServerConnection, int], Awaitable[None]]) -> None:
-        self.script = script
-        self.subscribes: list[dict[str, Any]] = []
-        self.connections = 0
-        self.port = 0
-        self._server = None
-
-    async def start(self) -> FakeVenue:
-        self._server = await serve(self._handle, "127.0.0.1", 0, compression=None)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        n = self.connections
-        self.connections += 1
-        request = orjson.loads(await asyncio.wait_for(ws.recv(), 5.0))
-        self.subscribes.append(request)
-        await ws.send(
-            orjson.dumps(
-                {
-                    "type": "subscriptions",
-                    "channels": [{"name": c, "product_ids": request["product_ids"]} for c in request["channels"]],
-                }
-            ).decode()
-        )
-        await self.script(ws, n)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        super().__init__([], script, echo_subscriptions)
 
 
 @pytest.fixture

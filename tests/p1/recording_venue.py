@@ -64,5 +64,6 @@ class RecordingVenue:
         await self.script(ws, n)
 
     async def stop(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

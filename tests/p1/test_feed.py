@@ -119,7 +119,7 @@ async def test_reconnects_and_resubscribes_after_the_venue_drops():
         await venue.stop()
     assert venue.connections >= 3
     expected = {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channels": ["matches", "heartbeat"]}
-    assert all(s == expected for s in venue.subscribes)
+    assert all(s == expected for s in venue.requests)
     assert [t["trade_id"] for t in got.trades[:9]] == list(range(9))
     assert metrics.reconnects_total.labels("websocket")._value.get() >= 2
     assert metrics.messages_total.labels("subscriptions")._value.get() >= 3
@@ -520,7 +520,7 @@ async def test_a_venue_close_is_answered_and_followed_by_a_reconnect():
         await feed.stop()
         await venue.stop()
     assert closes == [1001], "the feed echoed the venue's close frame"
-    assert len(venue.subscribes) >= 2, "and resubscribed"
+    assert len(venue.requests) >= 2, "and resubscribed"
 
 
 async def test_an_oversize_message_is_counted_and_the_feed_reconnects():
