@@ -10,6 +10,9 @@ consumers), before the clock starts. Every rule gets every event of the shape, t
 (in P2 the dedupe keeps the storm's duplicates from them; here they price their kernels on
 out-of-order times).
 
+The read decode's kernel (``shared.wire.Columns``, the C scanner) is priced the same way on the
+shapes' raw reads, against msgspec's typed decode, as :data:`DECODE`.
+
 Timed: :func:`mercurystream.p2.rule.run` over every batch, for a fresh rule (primed untimed with
 the storm's window), with its kernel and with ``reference_only``, the two alternating within
 each repeat so that background load falls on both. ``speedup`` is the median reference time over
@@ -34,7 +37,7 @@ from typing import Any
 
 from benchmarks.stream import HEADER, POOL_START_US, FrameStream, StormStream, generate_pool, stamps
 from mercurystream.p2.analytics import TradeFilter, VolatilityWindow, VolumeWindow, VwapWindow
-from mercurystream.p2.batch import Batch, normalize
+from mercurystream.p2.batch import COLUMNS, Batch, normalize
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import (
     DuplicateDetector,
@@ -44,6 +47,7 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
+from mercurystream.shared.wire import Columns
 
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW`` (not imported: that module pulls in the process lab)."""
@@ -54,6 +58,11 @@ PAYS = 1.1
 """A kernel at least this much faster than its reference on some shape pays for itself."""
 LATENCY_MEDIAN_MS = 0.3
 """P1→P2 latencies are drawn around this (a log-normal), below the spike threshold as on a healthy feed."""
+
+WIRE = Columns(COLUMNS)
+"""P2's read decode (``p2.batch.normalize``'s first step), for :data:`DECODE`."""
+DECODE = "wire_decode"
+"""The read decode's kernel, priced beside the rules' when the C scanner is built."""
 
 Calls = list[tuple[Hashable, tuple[Sequence[Any], ...], Sequence[int] | None]]
 """One rule's work for a batch: ``(key, columns, positions)`` per :func:`run` call."""
@@ -129,14 +138,21 @@ RULES = (
 )
 
 
-def _batches(bodies: list[bytes], size: int, rng: random.Random, t0_us: int) -> list[Batch]:
-    """``bodies`` (frames up to their ingest stamps) as P2's batches of ``size`` events, with realistic latencies."""
+def _reads(bodies: list[bytes], size: int, rng: random.Random, t0_us: int) -> list[tuple[list[bytes], int]]:
+    """``bodies`` (frames up to their ingest stamps) as P2's reads of ``size`` payloads, each with its receive time."""
     out = []
     for k in range(0, len(bodies), size):
         ingest_us = t0_us + k * 10
         tail = stamps(ingest_us)
         payloads = [b[HEADER.size :] + tail for b in bodies[k : k + size]]
-        recv_us = ingest_us + round(rng.lognormvariate(0, 0.5) * LATENCY_MEDIAN_MS * 1000)
+        out.append((payloads, ingest_us + round(rng.lognormvariate(0, 0.5) * LATENCY_MEDIAN_MS * 1000)))
+    return out
+
+
+def _batches(reads: list[tuple[list[bytes], int]]) -> list[Batch]:
+    """The reads normalized as P2 normalizes them, with realistic latencies."""
+    out = []
+    for payloads, recv_us in reads:
         batch, errors = normalize(payloads, recv_us)
         if batch is None or errors:
             raise RuntimeError(f"the benchmark's events did not normalize: {errors[:1]}")
@@ -144,15 +160,23 @@ def _batches(bodies: list[bytes], size: int, rng: random.Random, t0_us: int) -> 
     return out
 
 
-def shape_batches(shape: str, events: int, size: int, pool: list[bytes]) -> tuple[list[Batch], list[Batch]]:
-    """``(priming batches, timed batches)`` of a shape."""
+def shape_reads(
+    shape: str, events: int, size: int, pool: list[bytes]
+) -> tuple[list[tuple[list[bytes], int]], list[tuple[list[bytes], int]]]:
+    """``(priming reads, timed reads)`` of a shape."""
     rng = random.Random(5)
     if shape == "p1":
-        return [], _batches(FrameStream(pool).bodies(events), size, rng, POOL_START_US)
+        return [], _reads(FrameStream(pool).bodies(events), size, rng, POOL_START_US)
     window = min(STORM_WINDOW, len(pool))
-    prime = _batches(FrameStream(pool).bodies(window), size, rng, POOL_START_US)
+    prime = _reads(FrameStream(pool).bodies(window), size, rng, POOL_START_US)
     storm = StormStream(pool, window, seed=1)
-    return prime, _batches(storm.bodies(events), size, rng, POOL_START_US + window * 10)
+    return prime, _reads(storm.bodies(events), size, rng, POOL_START_US + window * 10)
+
+
+def shape_batches(shape: str, events: int, size: int, pool: list[bytes]) -> tuple[list[Batch], list[Batch]]:
+    """``(priming batches, timed batches)`` of a shape."""
+    prime, timed = shape_reads(shape, events, size, pool)
+    return _batches(prime), _batches(timed)
 
 
 def _feed(rule: Any, work: list[Calls], reference_only: bool) -> float:
@@ -181,10 +205,29 @@ def price(
     }
 
 
+def price_decode(reads: list[tuple[list[bytes], int]], repeats: int, events: int) -> dict[str, float]:
+    """The read decode's kernel (``shared.wire.Columns``: the C scanner) against msgspec's typed decode alone."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(repeats):
+        for reference_only in (False, True) if r % 2 == 0 else (True, False):
+            decode = WIRE.reference if reference_only else WIRE
+            t = time.perf_counter()
+            for payloads, _ in reads:
+                decode(payloads)
+            times[reference_only].append(time.perf_counter() - t)
+    kernel, reference = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "kernel_us_per_event": round(kernel / events * 1e6, 4),
+        "reference_us_per_event": round(reference / events * 1e6, 4),
+        "speedup": round(reference / kernel, 3) if kernel else 0.0,
+    }
+
+
 def measure(events: int, repeats: int, batch: int, pool_events: int = 100_000) -> dict[str, Any]:
     settings = P2Settings()
     pool = generate_pool(min(pool_events, max(events, STORM_WINDOW)))
-    shapes = {shape: shape_batches(shape, events, batch, pool) for shape in SHAPES}
+    reads = {shape: shape_reads(shape, events, batch, pool) for shape in SHAPES}
+    shapes = {shape: (_batches(prime), _batches(timed)) for shape, (prime, timed) in reads.items()}
     result: dict[str, Any] = {"events": events, "repeats": repeats, "batch": batch, "pays_at": PAYS, "kernels": {}}
     for rule in RULES:
         prices: dict[str, Any] = {"module": rule.module}
@@ -194,6 +237,12 @@ def measure(events: int, repeats: int, batch: int, pool_events: int = 100_000) -
             prices[shape] = price(rule, settings, prime_calls, work, repeats, sum(map(len, timed)))
         prices["pays"] = any(prices[shape]["speedup"] >= PAYS for shape in SHAPES)
         result["kernels"][rule.name] = prices
+    if WIRE.kernel(reads["p1"][1][0][0]) is not None:
+        decode: dict[str, Any] = {"module": "shared.wire"}
+        for shape, (_, timed) in reads.items():
+            decode[shape] = price_decode(timed, repeats, sum(len(p) for p, _ in timed))
+        decode["pays"] = any(decode[shape]["speedup"] >= PAYS for shape in SHAPES)
+        result["kernels"][DECODE] = decode
     return result
 
 

@@ -3,8 +3,8 @@
 :func:`normalize` is the whole decision about a read's payloads, made once at the socket and read
 by every consumer afterwards:
 
-- a payload that decodes to ``shared.schema.WireTrade`` (the common case, whatever optional,
-  stamp or unknown keys it carries) fills every column;
+- a read whose every payload decodes to ``shared.schema.WireTrade`` (the common case, whatever
+  optional, stamp or unknown keys it carries) fills every column at once (``shared.wire.Columns``);
 - anything else is parsed once, generically, and checked field by field with the schema's own
   rules: a field of the wrong kind is ``None`` in its column, a broken schema is listed in
   :attr:`Batch.drift`, a value no trade can have in :attr:`Batch.invalid`; a payload that is
@@ -51,13 +51,15 @@ from mercurystream.shared.schema import (
     wire_decoder,
 )
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
+from mercurystream.shared.wire import Columns
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
 """The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
 BACKFILLED = "backfilled"
-_ROW = attrgetter(*COLUMNS, RECV_MS, RECV_US, BACKFILLED)
 _FIELDS = tuple(BY_NAME[name] for name in COLUMNS)
 _decode = wire_decoder().decode
+_wire_columns = Columns((*COLUMNS, RECV_MS, RECV_US, BACKFILLED))
+_ROW = attrgetter(*_wire_columns.names)
 _generic = msgspec.json.decode
 _ALL_BUT_LAST = itemgetter(slice(None, -1))
 _LAST_BYTE = itemgetter(slice(-1, None))
@@ -433,22 +435,18 @@ def normalize(
 
     Its trades may carry exchange times up to ``max_future_skew_s`` ahead of ``recv_us``.
 
-    The common read decodes typed as a whole in one C-level pass; a read with anything else in it
-    is taken payload by payload, each parsed once.
+    The common read decodes typed as a whole into columns (``shared.wire.Columns``); a read with
+    anything else in it is taken payload by payload, each parsed once.
     """
     if not payloads:
         return None, []
-    try:
-        rows = list(map(_decode, payloads))
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return _normalize_each(payloads, recv_us, max_future_skew_s)
-    columns = list(zip(*map(_ROW, rows), strict=True))
-    if not _texts_ok(columns[1]):
+    columns = _wire_columns(payloads)
+    if columns is None or not _texts_ok(columns[1]):
         return _normalize_each(payloads, recv_us, max_future_skew_s)
     own_ms = columns[8]
     n = len(payloads)
     if True in columns[10]:
-        typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
+        typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
         return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
     ingest_us = columns[7]
     if own_ms.count(None) == n and set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
@@ -470,7 +468,7 @@ def normalize(
         latencies = list(map(truediv, map(sub, columns[9], ingest_us), repeat(1000.0)))
         limit = latest_valid_s(recv_us, max_future_skew_s)
         return Batch(list(payloads), recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
-    typed = [(True, row, None, None, None) for row in map(_ROW, rows)]
+    typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
 

@@ -1,12 +1,18 @@
-/* The Parquet writer's one speedup: P2's common recorded lines scanned straight into Arrow column buffers.
+/* The one C kernel: flat JSON objects scanned into columns, for the Parquet writer and for P2's ingest.
  *
- * A leaf kernel beside its plain reference (shared/parquet.py: msgspec's decode of FastRow, then
- * pyarrow's conversion). It takes only what that reference takes and declines everything else by
- * returning None, and the caller then runs the reference: an unknown or repeated key, a null, a
- * value of another JSON kind, a string with an escape, a control character or a non-ASCII byte, an
- * integer outside int64 (or outside +-2**53 in a float column), a number no double holds, anything
- * that is not a flat object. It knows no field by name: the columns come from the schema, as
- * arguments. A property test holds it equal to the reference (tests/shared/test_parquet.py).
+ * One parser, two outputs. scan() fills Arrow column buffers from recorded lines back to back, beside
+ * its plain reference in shared/parquet.py (msgspec's decode of FastRow, then pyarrow's conversion).
+ * scan_objects() fills one list of Python values a column from a read's payloads, beside its plain
+ * reference in shared/wire.py (msgspec's decode of WireTrade, then the columns).
+ *
+ * Either takes only what its reference takes and declines everything else by returning None, and the
+ * caller then runs the reference: an unknown key (scan_objects passes over one whose value is a plain
+ * scalar, as WireTrade ignores it), a repeated key, a null (scan_objects takes it in an optional
+ * column), a value of another JSON kind, a string with an escape, a control character or a non-ASCII
+ * byte, an integer outside int64 (or outside +-2**53 in a float column), a number no double holds,
+ * anything that is not a flat object, and (scan_objects) a value breaking its column's value rule. It
+ * knows no field by name: the columns, their kinds and rules come from the schema, as arguments. Property tests hold each
+ * output equal to its reference (tests/shared/test_parquet.py, tests/shared/test_wire.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +28,7 @@
 #define KIND_BOOL 3
 #define EXACT_FLOAT_INT (((int64_t)1) << 53)
 #define MAX_NUMBER_CHARS 64
+#define RECENT 4
 
 typedef struct {
     const char *name;
@@ -33,7 +40,22 @@ typedef struct {
     char *chars;       /* string bytes */
     Py_ssize_t chars_len, chars_cap;
     Py_ssize_t nulls;
+    /* objects mode */
+    int emit;                       /* make the column's values (else only check them) */
+    PyObject *list;                 /* the values, one a row (None when absent) */
+    PyObject *recent[RECENT];       /* strings that passed the rules, reused while the next is equal */
+    int recent_next;
+    int has_gt, has_ge;             /* a float column's value rules */
+    double gt, ge;
+    Py_ssize_t min_len, max_len;    /* a string column's, in bytes (plain ASCII: characters); max_len -1: none */
+    PyObject *choices;              /* a string column's allowed values (a tuple of bytes), or NULL */
 } Column;
+
+/* What a scan makes: Arrow buffers (the Parquet writer), or Python objects (P2's ingest), which
+ * also take a null in an optional column (as None) and pass over unknown keys with a scalar value. */
+typedef struct {
+    int objects;
+} Mode;
 
 static inline const char *skip_ws(const char *p, const char *end) {
     while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
@@ -183,9 +205,59 @@ static inline Py_ssize_t values_bytes(int kind, Py_ssize_t n) {
 
 static inline void set_bit(uint8_t *bits, Py_ssize_t i) { bits[i >> 3] |= (uint8_t)(1u << (i & 7)); }
 
-/* One object at p into row `row`; returns where it ends, or NULL to decline. */
-static const char *scan_object(const char *p, const char *end, Column *cols, int ncols, Py_ssize_t row) {
-    uint64_t seen = 0;
+/* An unknown key's value when it is a plain string, a number, true, false or null; NULL for anything else. */
+static const char *skip_scalar(const char *p, const char *end) {
+    if (*p == '"') {
+        const char *body_end;
+        return plain_string(p + 1, end, &body_end);
+    }
+    if (end - p >= 4 && (memcmp(p, "true", 4) == 0 || memcmp(p, "null", 4) == 0)) return p + 4;
+    if (end - p >= 5 && memcmp(p, "false", 5) == 0) return p + 5;
+    int is_int = 0;
+    int64_t iv = 0;
+    double dv = 0.0;
+    return number(p, end, &is_int, &iv, &dv);
+}
+
+/* A string of the column's that keeps its rules, as a str: one of its recent ones again when the bytes
+ * are the same (labels repeat). NULL without an error set when it breaks a rule; with one on a failure. */
+static PyObject *string_object(Column *c, const char *s, Py_ssize_t len) {
+    for (int i = 0; i < RECENT; i++) {
+        PyObject *seen = c->recent[i];
+        if (seen != NULL && PyUnicode_GET_LENGTH(seen) == len && memcmp(PyUnicode_DATA(seen), s, (size_t)len) == 0)
+            return Py_NewRef(seen);
+    }
+    if (len < c->min_len || (c->max_len >= 0 && len > c->max_len)) return NULL;
+    if (c->choices != NULL) {
+        int allowed = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(c->choices) && !allowed; i++) {
+            PyObject *choice = PyTuple_GET_ITEM(c->choices, i);
+            allowed = PyBytes_GET_SIZE(choice) == len && memcmp(PyBytes_AS_STRING(choice), s, (size_t)len) == 0;
+        }
+        if (!allowed) return NULL;
+    }
+    PyObject *made = PyUnicode_DecodeASCII(s, len, NULL);
+    if (made == NULL) return NULL;
+    Py_XSETREF(c->recent[c->recent_next], Py_NewRef(made));
+    c->recent_next = (c->recent_next + 1) % RECENT;
+    return made;
+}
+
+/* Row `row` of an objects-mode column; the list owns the reference. NULL is a failure (an error is set). */
+static inline int put(Column *c, Py_ssize_t row, PyObject *value) {
+    if (value == NULL) return -1;
+    if (c->emit) {
+        PyList_SET_ITEM(c->list, row, value);
+    } else {
+        Py_DECREF(value);
+    }
+    return 0;
+}
+
+/* One object at p into row `row`; returns where it ends, or NULL to decline (or on an error, which is set). */
+static const char *scan_object(const char *p, const char *end, Column *cols, int ncols, Py_ssize_t row,
+                               const Mode *mode) {
+    uint64_t seen = 0, nulled = 0;
     int hint = 0; /* keys usually come in the schema's order: try the next column first */
     p = skip_ws(p, end);
     if (p >= end || *p != '{') return NULL;
@@ -207,6 +279,13 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
                     break;
                 }
             }
+            if (k == ncols && mode->objects) {
+                p = skip_ws(after, end);
+                if (p >= end || *p != ':') return NULL;
+                p = skip_ws(p + 1, end);
+                if (p >= end || (p = skip_scalar(p, end)) == NULL) return NULL;
+                goto next_key;
+            }
             if (k == ncols || (seen >> k) & 1) return NULL;
             hint = k + 1 < ncols ? k + 1 : 0;
             seen |= ((uint64_t)1) << k;
@@ -215,6 +294,11 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
             p = skip_ws(p + 1, end);
             if (p >= end) return NULL;
             Column *c = &cols[k];
+            if (mode->objects && !c->required && end - p >= 4 && memcmp(p, "null", 4) == 0) {
+                nulled |= ((uint64_t)1) << k; /* as if absent: None, below */
+                p += 4;
+                goto next_key;
+            }
             switch (c->kind) {
             case KIND_STR: {
                 if (*p != '"') return NULL;
@@ -222,7 +306,9 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
                 const char *next = plain_string(p + 1, end, &body_end);
                 if (next == NULL) return NULL;
                 Py_ssize_t len = body_end - (p + 1);
-                if (len) {
+                if (mode->objects) {
+                    if (put(c, row, string_object(c, p + 1, len)) < 0) return NULL;
+                } else if (len) {
                     if (grow_chars(c, len) < 0) return NULL;
                     memcpy(c->chars + c->chars_len, p + 1, (size_t)len);
                     c->chars_len += len;
@@ -230,16 +316,24 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
                 p = next;
                 break;
             }
-            case KIND_BOOL:
+            case KIND_BOOL: {
+                int truth;
                 if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
-                    set_bit(c->values, row);
+                    truth = 1;
                     p += 4;
                 } else if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+                    truth = 0;
                     p += 5;
                 } else {
                     return NULL;
                 }
+                if (mode->objects) {
+                    if (c->emit) put(c, row, Py_NewRef(truth ? Py_True : Py_False));
+                } else if (truth) {
+                    set_bit(c->values, row);
+                }
                 break;
+            }
             default: {
                 int is_int = 0;
                 int64_t iv = 0;
@@ -248,18 +342,28 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
                 if (next == NULL) return NULL;
                 if (c->kind == KIND_INT) {
                     if (!is_int) return NULL;
-                    memcpy(c->values + 8 * row, &iv, 8);
+                    if (mode->objects) {
+                        if (c->emit && put(c, row, PyLong_FromLongLong(iv)) < 0) return NULL;
+                    } else {
+                        memcpy(c->values + 8 * row, &iv, 8);
+                    }
                 } else {
                     if (is_int) {
                         if (iv < -EXACT_FLOAT_INT || iv > EXACT_FLOAT_INT) return NULL;
                         dv = (double)iv;
                     }
-                    memcpy(c->values + 8 * row, &dv, 8);
+                    if ((c->has_gt && !(dv > c->gt)) || (c->has_ge && !(dv >= c->ge))) return NULL;
+                    if (mode->objects) {
+                        if (c->emit && put(c, row, PyFloat_FromDouble(dv)) < 0) return NULL;
+                    } else {
+                        memcpy(c->values + 8 * row, &dv, 8);
+                    }
                 }
                 p = next;
             }
             }
-            set_bit(c->validity, row);
+            if (!mode->objects) set_bit(c->validity, row);
+        next_key:
             p = skip_ws(p, end);
             if (p < end && *p == ',') {
                 p = skip_ws(p + 1, end);
@@ -274,11 +378,12 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
     }
     for (int k = 0; k < ncols; k++) {
         Column *c = &cols[k];
-        if (!((seen >> k) & 1)) {
+        if (!((seen >> k) & 1) || ((nulled >> k) & 1)) {
             if (c->required) return NULL;
             c->nulls++;
+            if (mode->objects && c->emit) put(c, row, Py_NewRef(Py_None));
         }
-        if (c->kind == KIND_STR) {
+        if (c->kind == KIND_STR && !mode->objects) {
             int32_t off = (int32_t)c->chars_len;
             memcpy(c->values + 4 * (row + 1), &off, 4);
         }
@@ -291,6 +396,8 @@ static void free_columns(Column *cols, int ncols) {
         PyMem_Free(cols[k].validity);
         PyMem_Free(cols[k].values);
         PyMem_Free(cols[k].chars);
+        Py_CLEAR(cols[k].list);
+        for (int i = 0; i < RECENT; i++) Py_CLEAR(cols[k].recent[i]);
     }
 }
 
@@ -313,6 +420,34 @@ static PyObject *column_result(Column *c, Py_ssize_t n) {
     return Py_BuildValue("(NNNn)", validity, values, chars, c->nulls);
 }
 
+/* The column spec both entry points take; 0, or -1 with an error set. */
+static int read_spec(Column *cols, PyObject *names, Py_buffer *kinds, Py_buffer *required, int *ncols_out) {
+    int ncols = (int)PyTuple_GET_SIZE(names);
+    *ncols_out = 0;
+    if (ncols > MAX_COLUMNS || kinds->len != ncols || required->len != ncols) {
+        PyErr_SetString(PyExc_ValueError, "scan: bad column spec");
+        return -1;
+    }
+    *ncols_out = ncols;
+    for (int k = 0; k < ncols; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyBytes_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "scan: names must be bytes");
+            return -1;
+        }
+        Column *c = &cols[k];
+        c->name = PyBytes_AS_STRING(name);
+        c->name_len = PyBytes_GET_SIZE(name);
+        c->kind = ((const unsigned char *)kinds->buf)[k];
+        c->required = ((const unsigned char *)required->buf)[k] != 0;
+        if (c->kind > KIND_BOOL) {
+            PyErr_SetString(PyExc_ValueError, "scan: unknown kind");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(scan_doc,
              "scan(data, n, names, kinds, required) -> list | None\n\n"
              "Exactly n flat JSON objects, back to back in data, as one (validity, values, chars, nulls) per column;\n"
@@ -328,26 +463,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Column cols[MAX_COLUMNS];
     memset(cols, 0, sizeof(cols));
-    int ncols = (int)PyTuple_GET_SIZE(names);
-    if (ncols > MAX_COLUMNS || kinds.len != ncols || required.len != ncols || n < 0) {
+    int ncols = 0;
+    Mode mode = {0};
+    if (read_spec(cols, names, &kinds, &required, &ncols) < 0) goto done;
+    if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "scan: bad column spec");
         goto done;
-    }
-    for (int k = 0; k < ncols; k++) {
-        PyObject *name = PyTuple_GET_ITEM(names, k);
-        if (!PyBytes_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "scan: names must be bytes");
-            goto done;
-        }
-        Column *c = &cols[k];
-        c->name = PyBytes_AS_STRING(name);
-        c->name_len = PyBytes_GET_SIZE(name);
-        c->kind = ((const unsigned char *)kinds.buf)[k];
-        c->required = ((const unsigned char *)required.buf)[k] != 0;
-        if (c->kind > KIND_BOOL) {
-            PyErr_SetString(PyExc_ValueError, "scan: unknown kind");
-            goto done;
-        }
     }
     /* An object takes two bytes at least: a larger n cannot be right, and must not size the buffers. */
     if (n == 0 || n > data.len / 2) {
@@ -368,7 +489,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_ssize_t row = 0;
     int ok = 1;
     for (; ok && row < n; row++) {
-        p = scan_object(p, end, cols, ncols, row);
+        p = scan_object(p, end, cols, ncols, row, &mode);
         if (p == NULL) ok = 0;
     }
     if (ok && skip_ws(p, end) != end) ok = 0;
@@ -387,20 +508,125 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(result, k, col);
     }
 done:
-    free_columns(cols, ncols > MAX_COLUMNS ? 0 : ncols);
+    free_columns(cols, ncols);
     PyBuffer_Release(&data);
     PyBuffer_Release(&kinds);
     PyBuffer_Release(&required);
     return result;
 }
 
+/* Each column's emit flag and value rules: (gt, ge, min_len, max_len, choices), None where a rule is absent.
+ * gt and ge only on a float column, lengths and choices only on a string column. 0, or -1 with an error set. */
+static int read_rules(Column *cols, int ncols, Py_buffer *emit, PyObject *rules) {
+    if (emit->len != ncols || PyTuple_GET_SIZE(rules) != ncols) {
+        PyErr_SetString(PyExc_ValueError, "scan_objects: bad rules");
+        return -1;
+    }
+    for (int k = 0; k < ncols; k++) {
+        Column *c = &cols[k];
+        PyObject *gt, *ge, *choices;
+        Py_ssize_t min_len, max_len;
+        PyObject *rule = PyTuple_GET_ITEM(rules, k);
+        c->emit = ((const unsigned char *)emit->buf)[k] != 0;
+        if (!PyTuple_Check(rule) || !PyArg_ParseTuple(rule, "OOnnO", &gt, &ge, &min_len, &max_len, &choices)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "scan_objects: a rule is a tuple");
+            return -1;
+        }
+        int numeric = gt != Py_None || ge != Py_None;
+        int textual = min_len > 0 || max_len >= 0 || choices != Py_None;
+        if ((numeric && c->kind != KIND_FLOAT) || (textual && c->kind != KIND_STR)) {
+            PyErr_SetString(PyExc_ValueError, "scan_objects: a rule this column's kind does not take");
+            return -1;
+        }
+        if ((c->has_gt = gt != Py_None) && (c->gt = PyFloat_AsDouble(gt)) == -1.0 && PyErr_Occurred()) return -1;
+        if ((c->has_ge = ge != Py_None) && (c->ge = PyFloat_AsDouble(ge)) == -1.0 && PyErr_Occurred()) return -1;
+        c->min_len = min_len;
+        c->max_len = max_len;
+        if (choices != Py_None) {
+            if (!PyTuple_Check(choices)) {
+                PyErr_SetString(PyExc_TypeError, "scan_objects: choices are a tuple of bytes");
+                return -1;
+            }
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(choices); i++) {
+                if (!PyBytes_Check(PyTuple_GET_ITEM(choices, i))) {
+                    PyErr_SetString(PyExc_TypeError, "scan_objects: choices are a tuple of bytes");
+                    return -1;
+                }
+            }
+            c->choices = choices; /* borrowed: the rules tuple outlives the scan */
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(scan_objects_doc,
+             "scan_objects(payloads, names, kinds, required, emit, rules) -> list | None\n\n"
+             "Each payload (bytes) one flat JSON object, as one list of values per column: str, float, int, bool,\n"
+             "or None where a column is absent or null; a column whose emit byte is 0 is checked but given as None.\n"
+             "Unknown keys with a scalar value are passed over. rules: one (gt, ge, min_len, max_len, choices) a\n"
+             "column, each value keeping them. None when any payload is one the plain path must judge (a rule\n"
+             "broken included). kinds and required as for scan().");
+
+static PyObject *scan_objects(PyObject *self, PyObject *args) {
+    PyObject *payloads, *names, *rules;
+    Py_buffer kinds, required, emit;
+    if (!PyArg_ParseTuple(args, "O!O!y*y*y*O!", &PyList_Type, &payloads, &PyTuple_Type, &names, &kinds, &required,
+                          &emit, &PyTuple_Type, &rules))
+        return NULL;
+    PyObject *result = NULL;
+    Column cols[MAX_COLUMNS];
+    memset(cols, 0, sizeof(cols));
+    int ncols = 0;
+    Mode mode = {1};
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    if (read_spec(cols, names, &kinds, &required, &ncols) < 0) goto done;
+    if (read_rules(cols, ncols, &emit, rules) < 0) goto done;
+    if (n == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (int k = 0; k < ncols; k++) {
+        if (!cols[k].emit) continue;
+        cols[k].list = PyList_New(n);
+        if (cols[k].list == NULL) goto done;
+    }
+    for (Py_ssize_t row = 0; row < n; row++) {
+        PyObject *item = PyList_GET_ITEM(payloads, row);
+        if (!PyBytes_Check(item)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        const char *p = PyBytes_AS_STRING(item);
+        const char *end = p + PyBytes_GET_SIZE(item);
+        p = scan_object(p, end, cols, ncols, row, &mode);
+        if (p == NULL || skip_ws(p, end) != end) {
+            if (PyErr_Occurred()) goto done;
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    result = PyList_New(ncols);
+    if (result == NULL) goto done;
+    for (int k = 0; k < ncols; k++) {
+        PyList_SET_ITEM(result, k, cols[k].emit ? cols[k].list : Py_NewRef(Py_None));
+        cols[k].list = NULL;
+    }
+done:
+    free_columns(cols, ncols);
+    PyBuffer_Release(&kinds);
+    PyBuffer_Release(&required);
+    PyBuffer_Release(&emit);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"scan_objects", scan_objects, METH_VARARGS, scan_objects_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_rowscan", "The Parquet writer's line scanner (see shared/parquet.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_rowscan", "Flat JSON objects scanned into columns: the Parquet writer's and P2's ingest (see shared/parquet.py, shared/wire.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__rowscan(void) { return PyModule_Create(&module); }
