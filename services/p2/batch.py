@@ -22,7 +22,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import add, attrgetter, itemgetter, sub, truediv
+from operator import attrgetter, sub, truediv
 from typing import Any
 
 import msgspec
@@ -36,6 +36,7 @@ from mercurystream.shared.event import (
     group_positions,
     latency_ms,
     pick,
+    stamped_lines,
 )
 from mercurystream.shared.event import recv_suffix as _recv_suffix
 from mercurystream.shared.schema import (
@@ -61,9 +62,6 @@ _decode = wire_decoder().decode
 _wire_columns = Columns((*COLUMNS, RECV_MS, RECV_US, BACKFILLED))
 _ROW = attrgetter(*_wire_columns.names)
 _generic = msgspec.json.decode
-_ALL_BUT_LAST = itemgetter(slice(None, -1))
-_LAST_BYTE = itemgetter(slice(-1, None))
-_CLOSING_BRACE = {b"}"}
 _time_parser = IsoTimeParser()
 """Shared by every batch: its caches skip repeated checks but never change a result."""
 EVENT_OVERHEAD_BYTES = 512
@@ -449,8 +447,8 @@ def normalize(
         typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
         return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
     ingest_us = columns[7]
-    if own_ms.count(None) == n and set(map(_LAST_BYTE, payloads)) == _CLOSING_BRACE:
-        lines = list(map(add, map(_ALL_BUT_LAST, payloads), repeat(_recv_suffix(recv_us))))
+    lines = stamped_lines(payloads, _recv_suffix(recv_us)) if own_ms.count(None) == n else None
+    if lines is not None:
         if None not in ingest_us:
             latencies = list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
         elif ingest_us.count(None) == n:

@@ -1,5 +1,8 @@
 /* The one C kernel: flat JSON objects scanned into columns, for the Parquet writer and for P2's ingest.
  *
+ * (Beside them, splice() stamps a read's payloads into recorded lines, beside its plain reference in
+ * shared/event.py: stamped_lines.)
+ *
  * One parser, two outputs. scan() fills Arrow column buffers from recorded lines back to back, beside
  * its plain reference in shared/parquet.py (msgspec's decode of FastRow, then pyarrow's conversion).
  * scan_objects() fills one list of Python values a column from a read's payloads, beside its plain
@@ -619,9 +622,43 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(splice_doc,
+             "splice(payloads, suffix) -> list | None\n\n"
+             "Each payload (bytes) with its last byte, a closing brace, replaced by suffix; None unless every\n"
+             "payload is bytes ending in a closing brace.");
+
+static PyObject *splice(PyObject *self, PyObject *args) {
+    PyObject *payloads;
+    Py_buffer suffix;
+    if (!PyArg_ParseTuple(args, "O!y*", &PyList_Type, &payloads, &suffix)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    PyObject *lines = PyList_New(n);
+    if (lines == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(payloads, i);
+        Py_ssize_t len = PyBytes_Check(item) ? PyBytes_GET_SIZE(item) : 0;
+        if (len == 0 || PyBytes_AS_STRING(item)[len - 1] != '}') {
+            Py_SETREF(lines, Py_NewRef(Py_None));
+            goto done;
+        }
+        PyObject *line = PyBytes_FromStringAndSize(NULL, len - 1 + suffix.len);
+        if (line == NULL) {
+            Py_CLEAR(lines);
+            goto done;
+        }
+        memcpy(PyBytes_AS_STRING(line), PyBytes_AS_STRING(item), (size_t)(len - 1));
+        if (suffix.len) memcpy(PyBytes_AS_STRING(line) + len - 1, suffix.buf, (size_t)suffix.len);
+        PyList_SET_ITEM(lines, i, line);
+    }
+done:
+    PyBuffer_Release(&suffix);
+    return lines;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"scan_objects", scan_objects, METH_VARARGS, scan_objects_doc},
+    {"splice", splice, METH_VARARGS, splice_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,9 +8,14 @@ recorded stream replays with its original latencies.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import islice
-from operator import itemgetter, le, lt
+from itertools import islice, repeat
+from operator import add, itemgetter, le, lt
 from typing import Any, TypeVar
+
+try:
+    from mercurystream.shared import _rowscan
+except ImportError:  # built without a C compiler: the reference does all the work
+    _rowscan = None
 
 T = TypeVar("T")
 
@@ -36,6 +41,26 @@ def latency_ms(event: dict[str, Any]) -> float | None:
 def recv_suffix(recv_us: int) -> bytes:
     """What P2 appends inside a received JSON object: ``,"recv_ts_ms":…,"recv_ts_us":…}``."""
     return b',"recv_ts_ms":%d,"recv_ts_us":%d}' % (recv_us // 1000, recv_us)
+
+
+_ALL_BUT_LAST = itemgetter(slice(None, -1))
+_LAST_BYTE = itemgetter(slice(-1, None))
+_CLOSING_BRACE = {b"}"}
+
+
+def stamped_lines_reference(payloads: Sequence[bytes], suffix: bytes) -> list[bytes] | None:
+    """Each payload with its closing brace replaced by ``suffix`` (:func:`recv_suffix`), or ``None``
+    unless every payload ends in its brace (one with trailing whitespace is spliced one by one)."""
+    if not set(map(_LAST_BYTE, payloads)) <= _CLOSING_BRACE:
+        return None
+    return list(map(add, map(_ALL_BUT_LAST, payloads), repeat(suffix)))
+
+
+def stamped_lines(payloads: Sequence[bytes], suffix: bytes) -> list[bytes] | None:
+    """:func:`stamped_lines_reference`, by the C kernel's ``splice`` when it is built (one copy a line, not two)."""
+    if _rowscan is None or type(payloads) is not list:
+        return stamped_lines_reference(payloads, suffix)
+    return _rowscan.splice(payloads, suffix)
 
 
 def _by_identity(fn: Callable[[Sequence[Any]], T]) -> Callable[[Sequence[Any]], T]:
