@@ -63,11 +63,16 @@ from loguru import logger
 from mercurystream.p2.recorder import JsonlWriter
 from mercurystream.shared.logger import LogSampler, setup_logging
 from mercurystream.shared.recording import PART_SUFFIX
+from mercurystream.shared.runtime import tune_gc
 
 HEADER = struct.Struct("<IQ")
 """One message on the pipe: its lines and their bytes; then each line's length (8 bytes each), then
 the lines back to back. Lengths, not a separator: a line may hold any byte, and counting separators
 costs P2 more than taking the lengths."""
+CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+"""Set for the writer process. pyarrow imports numpy, whose OpenBLAS starts a thread a core that spins
+waiting for work the writer never gives it: about 0.1 s of CPU at every start, some of it after the
+writer is ready, on the cores P2 and its producer share."""
 PIPE_BYTES = 1 << 20
 """The pipe's capacity asked for (Linux's default limit for a process without privileges)."""
 CHILD_READY_S = 30.0
@@ -242,7 +247,9 @@ class ParquetRecordWriter(JsonlWriter):
         if json:
             argv.append("--log-json")
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env={**os.environ, **CHILD_ENV}
+            )
         except OSError as exc:
             if self._sampler.should_log("spawn"):
                 logger.error(f"recorder: starting the Parquet writer process failed: {exc!r}")
@@ -584,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         on_error=lambda k: emit({"errors": k}),
         on_rejected=lambda reason, k: emit({"rejected": {reason: k}}),
     )
+    tune_gc()
     emit({"ready": 1})
     serve(0, files, emit)
     return 0

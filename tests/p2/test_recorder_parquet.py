@@ -204,6 +204,21 @@ def test_a_dead_writer_process_counts_what_it_held_and_the_next_handoff_starts_a
     assert writer.written == 1 and writer.errors == 3
 
 
+def test_the_writer_process_starts_no_idle_blas_threads(tmp_path: Path) -> None:
+    """pyarrow imports numpy; its OpenBLAS threads would spin on P2's cores at every start of the writer."""
+    writer = ParquetRecordWriter(tmp_path / "r.jsonl", rotate_bytes=1 << 30, rotate_s=60)
+    writer.start()
+    try:
+        pid = writer.child_pid
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"OPENBLAS_NUM_THREADS=1" in environ
+        names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(names) <= 2, names
+    finally:
+        assert writer.close(30)
+
+
 def test_the_writer_process_closes_its_file_when_p2_is_gone(tmp_path: Path) -> None:
     """P2 killed: the pipe closes, nobody reads the reports, and the rows still end in a closed file."""
     argv = [sys.executable, "-m", "mercurystream.p2.recorder_parquet", str(tmp_path / "r.jsonl")]
