@@ -329,30 +329,37 @@ def test_the_scanner_gives_the_plain_decodes_columns_whenever_it_takes_a_message
 _EDIT_BYTES = b'{}[]",:.-+eE0123456789 \n\t\\atrufnl\x00\xff'
 
 
-@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
-@settings(max_examples=300, deadline=None)
-@given(
-    st.integers(1, 3),
-    st.lists(
+def edits(max_pos: int) -> st.SearchStrategy[list[tuple[int, int, bytes]]]:
+    """Up to four edits ``(position, bytes cut, bytes inserted)`` of JSON's own characters and some that break it."""
+    return st.lists(
         st.tuples(
-            st.integers(0, 2000),
+            st.integers(0, max_pos),
             st.integers(0, 4),
             st.binary(max_size=3).map(lambda b: bytes(_EDIT_BYTES[x % len(_EDIT_BYTES)] for x in b)),
         ),
         min_size=1,
         max_size=4,
-    ),
-    st.integers(0, 4),
-)
-def test_the_scanner_on_damaged_bytes_declines_or_agrees(lines: int, edits: list, n: int) -> None:
+    )
+
+
+def damaged(data: bytes, changes: list[tuple[int, int, bytes]]) -> bytes:
+    """``data`` with each edit applied in turn (a position past the end appends)."""
+    out = bytearray(data)
+    for pos, cut, insert in changes:
+        pos %= len(out) + 1
+        out[pos : pos + cut] = insert
+    return bytes(out)
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), edits(2000), st.integers(0, 4))
+def test_the_scanner_on_damaged_bytes_declines_or_agrees(lines: int, changes: list, n: int) -> None:
     """Bytes cut, inserted or truncated anywhere: the scanner never reads past them and never disagrees."""
-    data = bytearray(b"".join(lines_of([event(i) for i in range(lines)])))
-    for pos, cut, insert in edits:
-        pos %= len(data) + 1
-        data[pos : pos + cut] = insert
-    scanned = scan_columns(bytes(data), n)
+    data = damaged(b"".join(lines_of([event(i) for i in range(lines)])), changes)
+    scanned = scan_columns(data, n)
     if scanned is not None:
-        plain = _plain_columns(bytes(data), n)
+        plain = _plain_columns(data, n)
         assert plain is not None
         assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
 

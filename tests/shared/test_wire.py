@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from mercurystream.shared.schema import FIELDS
 from mercurystream.shared.wire import Columns, _rowscan
+from tests.shared.test_parquet import damaged, edits
+from tests.shared.test_parquet import event as recorded_event
 
 NAMES = tuple(f.name for f in FIELDS)
 ALL = Columns(NAMES)
@@ -19,22 +21,9 @@ needs_scanner = pytest.mark.skipif(_rowscan is None, reason="the C scanner is no
 
 
 def event(i: int, **changes: object) -> dict:
-    e = {
-        "type": "match",
-        "product_id": ("BTC-USD", "ETH-USD")[i % 2],
-        "price": 60000.5 + i,
-        "last_size": 0.25,
-        "time": f"2026-12-05T13:14:{i % 60:02d}.{i:06d}Z",
-        "trade_id": 1000 + i,
-        "sequence": 9000 + i,
-        "side": "buy",
-        "venue": "coinbase",
-        "feed": "exchange",
-        "ingest_ts_ms": 1_764_940_000_000 + i,
-        "ingest_ts_us": 1_764_940_000_000_000 + i,
-    }
-    e.update(changes)
-    return {k: v for k, v in e.items() if v is not ...}
+    """P1's payload: a recorded line's event (``test_parquet.event``) without P2's receive stamps."""
+    p1 = {"recv_ts_ms": ..., "recv_ts_us": ..., "venue": "coinbase", "feed": "exchange"}
+    return recorded_event(i, **{**p1, **changes})
 
 
 def typed(columns: list | None) -> list | None:
@@ -109,29 +98,12 @@ def test_the_kernel_gives_the_references_columns_whenever_it_takes_a_read(payloa
     assert typed(ALL(payloads)) == typed(ALL.reference(payloads))
 
 
-_EDIT_BYTES = b'{}[]",:.-+eE0123456789 \n\t\\atrufnl\x00\xff'
-
-
 @needs_scanner
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, 600),
-            st.integers(0, 4),
-            st.binary(max_size=3).map(lambda b: bytes(_EDIT_BYTES[x % len(_EDIT_BYTES)] for x in b)),
-        ),
-        min_size=1,
-        max_size=4,
-    )
-)
-def test_the_kernel_on_damaged_payloads_declines_or_agrees(edits: list) -> None:
+@given(edits(600))
+def test_the_kernel_on_damaged_payloads_declines_or_agrees(changes: list) -> None:
     """Bytes cut, inserted or truncated anywhere: the kernel never reads past a payload and never disagrees."""
-    data = bytearray(orjson.dumps(event(1)))
-    for pos, cut, insert in edits:
-        pos %= len(data) + 1
-        data[pos : pos + cut] = insert
-    payloads = [orjson.dumps(event(0)), bytes(data)]
+    payloads = [orjson.dumps(event(0)), damaged(orjson.dumps(event(1)), changes)]
     found = ALL.kernel(payloads)
     if found is not None:
         assert typed(found) == typed(ALL.reference(payloads))
