@@ -10,7 +10,7 @@ consumers), before the clock starts. Every rule gets every event of the shape, t
 (in P2 the dedupe keeps the storm's duplicates from them; here they price their kernels on
 out-of-order times).
 
-The read decode's kernel (``shared.wire.Columns``, the C scanner) is priced the same way on the
+P2's read decode (``p2.batch.WIRE_COLUMNS``: ``shared.wire.Columns``, the C scanner) is priced the same way on the
 shapes' raw reads, against msgspec's typed decode, as :data:`DECODE`.
 
 Timed: :func:`mercurystream.p2.rule.run` over every batch, for a fresh rule (primed untimed with
@@ -37,7 +37,7 @@ from typing import Any
 
 from benchmarks.stream import HEADER, POOL_START_US, FrameStream, StormStream, generate_pool, stamps
 from mercurystream.p2.analytics import TradeFilter, VolatilityWindow, VolumeWindow, VwapWindow
-from mercurystream.p2.batch import COLUMNS, Batch, normalize
+from mercurystream.p2.batch import WIRE_COLUMNS, Batch, normalize
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import (
     DuplicateDetector,
@@ -47,7 +47,6 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
-from mercurystream.shared.wire import Columns
 
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW`` (not imported: that module pulls in the process lab)."""
@@ -59,8 +58,6 @@ PAYS = 1.1
 LATENCY_MEDIAN_MS = 0.3
 """P1→P2 latencies are drawn around this (a log-normal), below the spike threshold as on a healthy feed."""
 
-WIRE = Columns(COLUMNS)
-"""P2's read decode (``p2.batch.normalize``'s first step), for :data:`DECODE`."""
 DECODE = "wire_decode"
 """The read decode's kernel, priced beside the rules' when the C scanner is built."""
 
@@ -210,7 +207,7 @@ def price_decode(reads: list[tuple[list[bytes], int]], repeats: int, events: int
     times: dict[bool, list[float]] = {False: [], True: []}
     for r in range(repeats):
         for reference_only in (False, True) if r % 2 == 0 else (True, False):
-            decode = WIRE.reference if reference_only else WIRE
+            decode = WIRE_COLUMNS.reference if reference_only else WIRE_COLUMNS
             t = time.perf_counter()
             for payloads, _ in reads:
                 decode(payloads)
@@ -237,7 +234,7 @@ def measure(events: int, repeats: int, batch: int, pool_events: int = 100_000) -
             prices[shape] = price(rule, settings, prime_calls, work, repeats, sum(map(len, timed)))
         prices["pays"] = any(prices[shape]["speedup"] >= PAYS for shape in SHAPES)
         result["kernels"][rule.name] = prices
-    if WIRE.kernel(reads["p1"][1][0][0]) is not None:
+    if WIRE_COLUMNS.kernel(reads["p1"][1][0][0]) is not None:
         decode: dict[str, Any] = {"module": "shared.wire"}
         for shape, (_, timed) in reads.items():
             decode[shape] = price_decode(timed, repeats, sum(len(p) for p, _ in timed))

@@ -22,7 +22,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import attrgetter, sub, truediv
+from operator import sub, truediv
 from typing import Any
 
 import msgspec
@@ -49,7 +49,6 @@ from mercurystream.shared.schema import (
     invalid_reason,
     kind_ok,
     text_ok,
-    wire_decoder,
 )
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
 from mercurystream.shared.wire import Columns
@@ -58,9 +57,8 @@ COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGES
 """The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
 BACKFILLED = "backfilled"
 _FIELDS = tuple(BY_NAME[name] for name in COLUMNS)
-_decode = wire_decoder().decode
-_wire_columns = Columns((*COLUMNS, RECV_MS, RECV_US, BACKFILLED))
-_ROW = attrgetter(*_wire_columns.names)
+WIRE_COLUMNS = Columns((*COLUMNS, RECV_MS, RECV_US, BACKFILLED))
+"""The typed decode of a read: the :data:`COLUMNS`, the event's own receive stamps and ``backfilled``."""
 _generic = msgspec.json.decode
 _time_parser = IsoTimeParser()
 """Shared by every batch: its caches skip repeated checks but never change a result."""
@@ -438,7 +436,7 @@ def normalize(
     """
     if not payloads:
         return None, []
-    columns = _wire_columns(payloads)
+    columns = WIRE_COLUMNS(payloads)
     if columns is None or not _texts_ok(columns[1]):
         return _normalize_each(payloads, recv_us, max_future_skew_s)
     own_ms = columns[8]
@@ -484,14 +482,11 @@ def _normalize_each(
     kept: list[bytes] = []
     errors: list[tuple[str, bytes]] = []
     for p in payloads:
-        try:
-            row = _ROW(_decode(p))
-            if text_ok(row[1]):
-                rows.append((True, row, None, None, None))
-                kept.append(p)
-                continue
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-            pass
+        row = WIRE_COLUMNS.row(p)
+        if row is not None and text_ok(row[1]):
+            rows.append((True, row, None, None, None))
+            kept.append(p)
+            continue
         obj = _parse(p)
         if obj is _NOT_JSON:
             errors.append(("invalid_json", p))

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from mercurystream.shared.recording import PART_SUFFIX, is_parquet
 from mercurystream.shared.schema import FIELDS
 from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
+from mercurystream.shared.wire import SCAN_SPEC
 
 _KINDS = {"str": "string", "number": "float64", "int": "int64", "bool": "bool"}
 COLUMNS: tuple[tuple[str, str], ...] = tuple((f.name, _KINDS[f.kind]) for f in FIELDS)
@@ -90,11 +91,6 @@ try:
     from mercurystream.shared import _rowscan
 except ImportError:  # built without a C compiler: the plain decode below does all the work
     _rowscan = None
-_SCAN_SPEC = (
-    tuple(name.encode() for name in NAMES),
-    bytes(("string", "float64", "int64", "bool").index(kind) for _, kind in COLUMNS),
-    bytes(name in REQUIRED for name in NAMES),
-)
 _ARROW_TYPES = tuple(_ARROW[kind] for _, kind in COLUMNS)
 DICTIONARY_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "str" and not f.time)
 """Columns written dictionary-encoded: labels that repeat (type, product, side, venue, feed). A
@@ -239,7 +235,7 @@ def scan_columns(data: bytes | memoryview, n: int) -> list[pa.Array] | None:
     """
     if _rowscan is None:
         return None
-    scanned = _rowscan.scan(data, n, *_SCAN_SPEC)
+    scanned = _rowscan.scan(data, n, *SCAN_SPEC)
     if scanned is None:
         return None
     columns = []

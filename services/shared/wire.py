@@ -26,11 +26,13 @@ except ImportError:  # built without a C compiler: the reference does all the wo
     _rowscan = None
 
 _decode = wire_decoder().decode
-_SPEC = (
+SCAN_SPEC = (
     tuple(f.name.encode() for f in FIELDS),
     bytes(("str", "number", "int", "bool").index(f.kind) for f in FIELDS),
     bytes(f.required for f in FIELDS),
 )
+"""The schema's fields as both of the C scanner's entry points take them: names, kind codes (the
+order of ``_rowscan.c``'s ``KIND_*``) and required flags, in wire order."""
 _INDEX = {f.name: i for i, f in enumerate(FIELDS)}
 
 
@@ -64,6 +66,13 @@ class Columns:
         self._at = [_INDEX[name] for name in self.names]
         self._emit = bytes(f.name in self.names for f in FIELDS)
 
+    def row(self, payload: bytes) -> tuple[Any, ...] | None:
+        """One payload's values of ``names`` by the reference decode; ``None`` if it is not a valid ``WireTrade``."""
+        try:
+            return self._get(_decode(payload))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            return None
+
     def reference(self, payloads: Sequence[bytes]) -> list[Sequence[Any]] | None:
         try:
             rows = list(map(_decode, payloads))
@@ -77,7 +86,7 @@ class Columns:
         """The scanner's columns; ``None`` when it is not built or declines a payload (a broken value rule too)."""
         if _rowscan is None or _RULES is None or type(payloads) is not list:
             return None
-        scanned = _rowscan.scan_objects(payloads, *_SPEC, self._emit, _RULES)
+        scanned = _rowscan.scan_objects(payloads, *SCAN_SPEC, self._emit, _RULES)
         return None if scanned is None else [scanned[i] for i in self._at]
 
     def __call__(self, payloads: Sequence[bytes]) -> list[Sequence[Any]] | None:

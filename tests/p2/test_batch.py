@@ -329,11 +329,11 @@ def test_a_product_id_with_a_lone_surrogate_is_drift_and_never_a_label(product: 
 @given(st.lists(st.sampled_from([p1_event, seed_event, replayed_event]), min_size=1, max_size=12))
 def test_a_read_of_any_mix_of_valid_shapes_is_what_the_event_by_event_build_makes(shapes) -> None:
     """The column-wise paths of ``normalize`` (one shape per read) equal ``_from_rows`` on every mix."""
-    from mercurystream.p2.batch import _ROW, _decode, _from_rows
+    from mercurystream.p2.batch import WIRE_COLUMNS, _from_rows
 
     payloads = [orjson.dumps(shape(i)) for i, shape in enumerate(shapes, 1)]
     batch, errors = normalize(payloads, RECV_US)
-    rows = [(True, _ROW(_decode(p)), None, None, None) for p in payloads]
+    rows = [(True, WIRE_COLUMNS.row(p), None, None, None) for p in payloads]
     ref = _from_rows(payloads, rows, RECV_US, clean=True)
     assert errors == [] and batch is not None
     assert list(batch.lines) == list(ref.lines)

@@ -177,12 +177,12 @@ def test_the_kernel_is_built_where_ci_requires_it() -> None:
 def test_the_scanner_refuses_a_rule_spec_it_cannot_check() -> None:
     """A malformed spec is the caller's bug: an exception, never a silently unchecked rule."""
     from mercurystream.shared.schema import Field
-    from mercurystream.shared.wire import _SPEC, _rule, _scannable
+    from mercurystream.shared.wire import SCAN_SPEC, _rule, _scannable
 
     emit = bytes(len(FIELDS))
     rules = tuple(map(_rule, FIELDS))
     payloads = [orjson.dumps(event(0))]
-    assert _rowscan.scan_objects(payloads, *_SPEC, emit, rules) == [None] * len(FIELDS)
+    assert _rowscan.scan_objects(payloads, *SCAN_SPEC, emit, rules) == [None] * len(FIELDS)
     price = NAMES.index("price")
     trade_id = NAMES.index("trade_id")
 
@@ -198,9 +198,9 @@ def test_the_scanner_refuses_a_rule_spec_it_cannot_check() -> None:
     }
     for spec in bad.values():
         with pytest.raises((ValueError, TypeError)):
-            _rowscan.scan_objects(payloads, *_SPEC, emit, spec)
+            _rowscan.scan_objects(payloads, *SCAN_SPEC, emit, spec)
     with pytest.raises(ValueError):
-        _rowscan.scan_objects(payloads, *_SPEC, emit[:-1], rules)
+        _rowscan.scan_objects(payloads, *SCAN_SPEC, emit[:-1], rules)
     assert not _scannable(Field("n", "int", True, "venue", "", gt=0))
     assert not _scannable(Field("n", "number", True, "venue", "", max_length=3))
     assert all(map(_scannable, FIELDS))
