@@ -11,7 +11,9 @@ consumers), before the clock starts. Every rule gets every event of the shape, t
 out-of-order times).
 
 P2's read decode (``p2.batch.WIRE_COLUMNS``: ``shared.wire.Columns``, the C scanner) is priced the same way on the
-shapes' raw reads, against msgspec's typed decode, as :data:`DECODE`.
+shapes' raw reads, against msgspec's typed decode, as :data:`DECODE`; and the exchange times' conversion
+(``shared.timeparse.fixed_seconds``, the C kernel) on the batches' time columns, against
+``fixed_seconds_reference``, as :data:`TIMES`.
 
 Timed: :func:`mercurystream.p2.rule.run` over every batch, for a fresh rule (primed untimed with
 the storm's window), with its kernel and with ``reference_only``, the two alternating within
@@ -47,6 +49,7 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
+from mercurystream.shared.timeparse import _rowscan, fixed_seconds, fixed_seconds_reference
 
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW`` (not imported: that module pulls in the process lab)."""
@@ -60,6 +63,8 @@ LATENCY_MEDIAN_MS = 0.3
 
 DECODE = "wire_decode"
 """The read decode's kernel, priced beside the rules' when the C scanner is built."""
+TIMES = "fixed_seconds"
+"""The exchange times' kernel, priced beside the rules' when the C kernel is built."""
 
 Calls = list[tuple[Hashable, tuple[Sequence[Any], ...], Sequence[int] | None]]
 """One rule's work for a batch: ``(key, columns, positions)`` per :func:`run` call."""
@@ -202,21 +207,23 @@ def price(
     }
 
 
-def price_decode(reads: list[tuple[list[bytes], int]], repeats: int, events: int) -> dict[str, float]:
-    """The read decode's kernel (``shared.wire.Columns``: the C scanner) against msgspec's typed decode alone."""
+def price_leaf(
+    kernel: Callable[[Any], Any], reference: Callable[[Any], Any], inputs: list[Any], repeats: int, events: int
+) -> dict[str, float]:
+    """A leaf kernel (one call per batch) against its plain reference, over the same inputs."""
     times: dict[bool, list[float]] = {False: [], True: []}
     for r in range(repeats):
         for reference_only in (False, True) if r % 2 == 0 else (True, False):
-            decode = WIRE_COLUMNS.reference if reference_only else WIRE_COLUMNS
+            fn = reference if reference_only else kernel
             t = time.perf_counter()
-            for payloads, _ in reads:
-                decode(payloads)
+            for x in inputs:
+                fn(x)
             times[reference_only].append(time.perf_counter() - t)
-    kernel, reference = statistics.median(times[False]), statistics.median(times[True])
+    kernel_s, reference_s = statistics.median(times[False]), statistics.median(times[True])
     return {
-        "kernel_us_per_event": round(kernel / events * 1e6, 4),
-        "reference_us_per_event": round(reference / events * 1e6, 4),
-        "speedup": round(reference / kernel, 3) if kernel else 0.0,
+        "kernel_us_per_event": round(kernel_s / events * 1e6, 4),
+        "reference_us_per_event": round(reference_s / events * 1e6, 4),
+        "speedup": round(reference_s / kernel_s, 3) if kernel_s else 0.0,
     }
 
 
@@ -237,9 +244,18 @@ def measure(events: int, repeats: int, batch: int, pool_events: int = 100_000) -
     if WIRE_COLUMNS.kernel(reads["p1"][1][0][0]) is not None:
         decode: dict[str, Any] = {"module": "shared.wire"}
         for shape, (_, timed) in reads.items():
-            decode[shape] = price_decode(timed, repeats, sum(len(p) for p, _ in timed))
+            payloads = [p for p, _ in timed]
+            decode[shape] = price_leaf(WIRE_COLUMNS, WIRE_COLUMNS.reference, payloads, repeats, sum(map(len, payloads)))
         decode["pays"] = any(decode[shape]["speedup"] >= PAYS for shape in SHAPES)
         result["kernels"][DECODE] = decode
+    if _rowscan is not None:
+        convert: dict[str, Any] = {"module": "shared.timeparse"}
+        for shape, (_, timed) in shapes.items():
+            columns = [list(b.times) for b in timed]
+            n = sum(map(len, columns))
+            convert[shape] = price_leaf(fixed_seconds, fixed_seconds_reference, columns, repeats, n)
+        convert["pays"] = any(convert[shape]["speedup"] >= PAYS for shape in SHAPES)
+        result["kernels"][TIMES] = convert
     return result
 
 

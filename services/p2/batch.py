@@ -50,7 +50,7 @@ from mercurystream.shared.schema import (
     kind_ok,
     text_ok,
 )
-from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, all_fixed_form, latest_valid_s
+from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, fixed_seconds, latest_valid_s
 from mercurystream.shared.wire import Columns
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
@@ -322,8 +322,8 @@ class Trades:
     def of(cls, batch: Batch) -> Trades:
         n = len(batch)
         limit = batch.time_limit_s
-        if batch.clean and n and all_fixed_form(batch.times):
-            times = _time_parser.parse_fixed(batch.times)
+        if batch.clean and n:
+            times = fixed_seconds(batch.times)
             if times is not None and max(times) <= limit:
                 return cls(
                     range(n),

@@ -1,7 +1,8 @@
 /* The one C kernel: flat JSON objects scanned into columns, for the Parquet writer and for P2's ingest.
  *
- * (Beside them, splice() stamps a read's payloads into recorded lines, beside its plain reference in
- * shared/event.py: stamped_lines.)
+ * (Beside them, two small leaf kernels, each beside its plain reference: splice() stamps a read's
+ * payloads into recorded lines (shared/event.py: stamped_lines), and fixed_seconds() converts a column of
+ * fixed-form exchange times to epoch seconds (shared/timeparse.py: fixed_seconds).)
  *
  * One parser, two outputs. scan() fills Arrow column buffers from recorded lines back to back, beside
  * its plain reference in shared/parquet.py (msgspec's decode of FastRow, then pyarrow's conversion).
@@ -655,10 +656,82 @@ done:
     return lines;
 }
 
+PyDoc_STRVAR(fixed_seconds_doc,
+             "fixed_seconds(times) -> list | None\n\n"
+             "Each time of a list of str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ (ASCII digits, a valid\n"
+             "calendar date, hour 0-23, minute 0-59, second 0-60) as float epoch seconds: the second's epoch\n"
+             "plus ffffff / 1e6, as shared/timeparse.py computes it; None unless every time is one.");
+
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar (y >= 1). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+    y -= m <= 2;
+    int64_t era = y / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static inline int digits(const Py_UCS1 *s, int from, int count, int64_t *out) {
+    int64_t v = 0;
+    for (int i = from; i < from + count; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* One fixed-form time's value; 0 if it is not one. */
+static int fixed_time(PyObject *item, double *out) {
+    static const int DAYS[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (!PyUnicode_Check(item) || PyUnicode_READY(item) < 0 || !PyUnicode_IS_ASCII(item) ||
+        PyUnicode_GET_LENGTH(item) != 27)
+        return 0;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(item);
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[19] != '.' || s[26] != 'Z')
+        return 0;
+    int64_t y, mo, d, h, mi, sec, frac;
+    if (!digits(s, 0, 4, &y) || !digits(s, 5, 2, &mo) || !digits(s, 8, 2, &d) || !digits(s, 11, 2, &h) ||
+        !digits(s, 14, 2, &mi) || !digits(s, 17, 2, &sec) || !digits(s, 20, 6, &frac))
+        return 0;
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 60) return 0;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > DAYS[mo - 1] + (mo == 2 && leap)) return 0;
+    int64_t second = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+    *out = (double)second + (double)frac / 1e6;
+    return 1;
+}
+
+static PyObject *fixed_seconds(PyObject *self, PyObject *times) {
+    if (!PyList_Check(times)) {
+        PyErr_SetString(PyExc_TypeError, "fixed_seconds() takes a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(times);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v;
+        if (!fixed_time(PyList_GET_ITEM(times, i), &v)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        PyObject *f = PyFloat_FromDouble(v);
+        if (f == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, f);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"scan_objects", scan_objects, METH_VARARGS, scan_objects_doc},
     {"splice", splice, METH_VARARGS, splice_doc},
+    {"fixed_seconds", fixed_seconds, METH_O, fixed_seconds_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,7 +8,9 @@ Analytics need exchange time as a number for every trade. ``datetime.fromisoform
 microsecond; trades arrive in order, so the minute prefix repeats and is parsed once per minute,
 and in the fixed form (``…SS.ffffffZ``, the only one Coinbase sends) the second prefix repeats
 too, so most times only need their six fraction digits checked. :meth:`IsoTimeParser.parse_fixed`
-converts a whole batch of fixed-form times with C-level loops.
+converts a whole batch of fixed-form times with C-level loops, and :func:`fixed_seconds` a whole
+column, by the C kernel when it is built (``_rowscan.c: fixed_seconds``) and else by
+:func:`fixed_seconds_reference`.
 
 A fixed-form time is ``epoch(second) + int(ffffff) / 1e6`` on every path, so a string has one
 value whichever path parses it; other forms are ``epoch(minute) + float(seconds)``.
@@ -22,6 +24,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice, repeat
 from operator import add, itemgetter, le, truediv
+
+try:
+    from mercurystream.shared import _rowscan
+except ImportError:  # built without a C compiler: the reference does all the work
+    _rowscan = None
 
 FIXED_LEN = 27
 _FIXED_TEMPLATE = "0000-00-00T00:00:00.000000Z"
@@ -188,6 +195,23 @@ def parse_time_us(s: str) -> int | None:
 
 
 _validity = IsoTimeParser()
+_columns = IsoTimeParser()
+
+
+def fixed_seconds_reference(times: Sequence[object]) -> list[float] | None:
+    """Every time's :meth:`IsoTimeParser.parse` value when all are valid times in the fixed form; else ``None``
+    (the caller then parses one by one, to tell which are not)."""
+    if not all_fixed_form(times):
+        return None
+    return _columns.parse_fixed(times)  # type: ignore[arg-type]
+
+
+def fixed_seconds(times: Sequence[object]) -> list[float] | None:
+    """:func:`fixed_seconds_reference`, by the C kernel when it is built (one pass, no string slicing)."""
+    if _rowscan is None or type(times) is not list:
+        return fixed_seconds_reference(times)
+    return _rowscan.fixed_seconds(times)
+
 
 MAX_FUTURE_SKEW_S = 300.0
 """How far ahead of the receiver's wall clock an exchange time may be (``MAX_FUTURE_SKEW_S``)."""

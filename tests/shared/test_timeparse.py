@@ -1,3 +1,4 @@
+import os
 import re
 from datetime import datetime
 
@@ -5,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercurystream.shared.timeparse import IsoTimeParser, all_fixed_form
+from mercurystream.shared.timeparse import (
+    IsoTimeParser,
+    _rowscan,
+    all_fixed_form,
+    fixed_seconds,
+    fixed_seconds_reference,
+)
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
@@ -120,3 +127,71 @@ def test_a_cached_second_does_not_accept_a_bad_fraction() -> None:
     assert p.parse("2024-05-01T12:34:56.000001Z") is not None
     for bad in ("2024-05-01T12:34:56.00000aZ", "2024-05-01T12:34:56.٣00000Z", "2024-05-01T12:34:56.000001X"):
         assert p.parse(bad) is None
+
+
+# --- a column of fixed-form times: the C kernel beside its reference ------------------------------------------
+
+any_year_fixed = st.builds(
+    lambda y, mo, d, h, mi, s, f: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{f:06d}Z",
+    st.integers(0, 9999) | st.sampled_from([1, 1600, 1900, 1970, 2000, 2100, 9999]),
+    st.integers(0, 13),
+    st.integers(0, 32) | st.sampled_from([28, 29, 30, 31]),
+    st.integers(0, 25),
+    st.integers(0, 60),
+    st.integers(0, 61) | st.sampled_from([59, 60]),
+    st.integers(0, 999_999) | st.sampled_from([0, 999_999]),
+)
+"""Every year the calendar has and one it has not (0), leap days and the last of each month,
+hour 24 and second 60/61 included."""
+
+
+class _Str(str):
+    pass
+
+
+@settings(max_examples=3000)
+@given(any_year_fixed | any_year_fixed.flatmap(_mutations))
+def test_fixed_seconds_of_one_time_is_its_reference(time: str) -> None:
+    """One time at a time, so every calendar edge is met alone (a list is ``None`` if any time fails)."""
+    expected = fixed_seconds_reference([time])
+    assert fixed_seconds([time]) == expected
+    value = IsoTimeParser().parse(time)
+    assert expected == (None if _FIXED.fullmatch(time) is None or value is None else [value])
+
+
+@settings(max_examples=500)
+@given(st.lists(any_year_fixed | any_year_fixed.flatmap(_mutations), max_size=10))
+def test_fixed_seconds_is_its_reference_whichever_way_it_is_computed(times: list[str]) -> None:
+    """Held equal, value for value, or ``None`` from both; the reference is :meth:`IsoTimeParser.parse` of each."""
+    expected = fixed_seconds_reference(times)
+    assert fixed_seconds(times) == expected
+    assert fixed_seconds(tuple(times)) == expected
+    one_by_one = [IsoTimeParser().parse(t) for t in times]
+    if expected is None:
+        assert not all_fixed_form(times) or None in one_by_one
+    else:
+        assert expected == one_by_one
+
+
+@pytest.mark.parametrize("year", [1, 4, 100, 1600, 1900, 1970, 2000, 2023, 2024, 2100, 9996, 9999])
+def test_fixed_seconds_keeps_the_gregorian_leap_days(year: int) -> None:
+    for t in (
+        f"{year:04d}-02-28T23:59:59.999999Z",
+        f"{year:04d}-02-29T00:00:00.000000Z",
+        f"{year:04d}-12-31T23:59:60.5Z",
+    ):
+        assert fixed_seconds([t]) == fixed_seconds_reference([t]), t
+
+
+def test_fixed_seconds_takes_only_strings_of_the_fixed_form() -> None:
+    good = "2024-02-29T23:59:60.999999Z"
+    assert fixed_seconds([]) == []
+    assert fixed_seconds([good, _Str(good)]) == [1709251200.999999] * 2
+    for odd in ([good, None], [good.encode()], [good[:-1], "Z" + good], [good.replace("2", "٢")], ["x" * 27]):
+        assert fixed_seconds(odd) is None, odd
+        assert fixed_seconds_reference(odd) is None, odd
+
+
+def test_the_time_kernel_is_built_where_ci_requires_it() -> None:
+    if os.environ.get("MERCURY_REQUIRE_ROWSCAN") == "1":
+        assert _rowscan is not None
