@@ -35,7 +35,7 @@ from itertools import islice
 from operator import le
 from typing import Any
 
-from mercurystream.p2.detectors import Anomaly
+from mercurystream.p2.detectors import Anomaly, Findings
 
 MANUAL = "manual"
 SUPPRESSED_LISTED = 100
@@ -164,7 +164,8 @@ class FeedResult:
     def __init__(self) -> None:
         self.started: list[Capture] = []
         self.completed: list[Capture] = []
-        self.suppressed: list[Anomaly] = []
+        self.suppressed: list[str] = []
+        """The type of each trigger suppressed, in order."""
 
 
 class DumpRefused(Exception):
@@ -246,7 +247,7 @@ class FlightRecorder:
         return self._cut
 
     def feed(
-        self, lines: Sequence[bytes], triggers: Sequence[Anomaly] = (), arrival_us: int | None = None
+        self, lines: Sequence[bytes], triggers: Findings | Sequence[Anomaly] = (), arrival_us: int | None = None
     ) -> FeedResult:
         """Record a batch. ``triggers`` hold indices into ``lines`` and must be sorted by index.
 
@@ -260,12 +261,15 @@ class FlightRecorder:
         if not triggers:
             self._advance(lines, 0, n, res)
             return res
+        if not isinstance(triggers, Findings):
+            triggers = Findings.of(triggers)
         now = self._clock()
         wall = self._wall()
-        if self._active is None and self._cooling(now) and _in_order(triggers, n):
-            # Nothing can start before the batch ends: every trigger is suppressed, and the ring only grows.
+        if self._active is None and self._cooling(now) and _in_order(triggers.indices, n):
+            # Nothing can start before the batch ends: every trigger is suppressed, and the ring only
+            # grows. No trigger is made an object: in a storm this is nearly every event's path.
             self.suppressed += len(triggers)
-            res.suppressed.extend(triggers)
+            res.suppressed.extend(triggers.types)
             self._advance(lines, 0, n, res)
             return res
         pos = 0
@@ -389,7 +393,7 @@ class FlightRecorder:
         cap = self._active
         if cap is not None or self._cooling(now):
             self.suppressed += 1
-            res.suppressed.append(anomaly)
+            res.suppressed.append(anomaly.type)
             if cap is not None:
                 cap.suppress(anomaly, wall)
             return
@@ -450,7 +454,6 @@ class FlightRecorder:
         return cap
 
 
-def _in_order(triggers: Sequence[Anomaly], n: int) -> bool:
+def _in_order(at: Sequence[int], n: int) -> bool:
     """Whether the triggers' indices are sorted and inside a batch of ``n`` lines."""
-    at = [a.index for a in triggers]
     return at[0] >= 0 and at[-1] < n and all(map(le, at, islice(at, 1, None)))

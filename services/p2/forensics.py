@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from mercurystream.p2.detectors import (
     SCHEMA_DRIFT,
     SEQUENCE_GAP,
     TRIGGER_TYPES,
-    Anomaly,
     Detectors,
+    Findings,
 )
 from mercurystream.p2.flight_recorder import MANUAL, Capture, DumpRefused, FlightRecorder, iso_utc
 from mercurystream.p2.incident.bundle import BundleWriter
@@ -38,8 +37,6 @@ from mercurystream.p2.incident.spare import SpareCpu
 from mercurystream.p2.log_spans import LogSpans
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.schema import BACKFILL, GAP
-
-_TYPE = attrgetter("type")
 
 GAP_SOURCES = ("heartbeat", "trade_id")
 """How P1 finds a gap (``p1/gaps.py``); any other source is counted as ``other``, so the label stays bounded."""
@@ -144,18 +141,18 @@ class ForensicsConsumer(Consumer):
         if batch.controls or batch.backfilled:
             self._count_gaps(batch)
         wall = self._wall()
-        anomalies = self.detectors.process(batch, wall)
+        findings = self.detectors.process(batch, wall)
         if self.recorder is None:
-            if anomalies:
-                self._count(batch, anomalies, wall)
+            if findings:
+                self._count(batch, findings, wall)
             return
         base = self.recorder.seen
         if batch.origin is not None:
             self.spans.add(base, len(batch.lines), batch.origin)
-        if not anomalies:
+        if not findings:
             completed = self.recorder.feed(batch.lines, (), batch.recv_ts_us).completed
         else:
-            completed = self._on_anomalies(batch, anomalies, wall, base)
+            completed = self._on_anomalies(batch, findings, wall, base)
         for cap in completed:
             self._submit(cap)
 
@@ -182,49 +179,49 @@ class ForensicsConsumer(Consumer):
                     self.backfill_ids[k] += c[k]
                     metric.inc(c[k])
 
-    def _count(self, batch: Batch, anomalies: list[Anomaly], wall: float) -> tuple[list[Anomaly], dict[str, int]]:
-        """Export the anomaly counts and drift samples; return the triggers and the per-type counts."""
-        per_type = Counter(map(_TYPE, anomalies))
-        for a in [a for a in anomalies if a.count != 1]:
-            per_type[a.type] += a.count - 1
-        triggers = [a for a in anomalies if a.type in TRIGGER_TYPES]
+    def _count(self, batch: Batch, findings: Findings, wall: float) -> Findings:
+        """Export the anomaly counts and drift samples; return the triggers."""
+        per_type = findings.per_type
         samples = []
         if SCHEMA_DRIFT in per_type:
             samples = [
-                _drift_sample(a, batch.lines[a.index], wall)
-                for a in anomalies
-                if a.type == SCHEMA_DRIFT and a.detail["sampled"]
+                _drift_sample(detail, batch.lines[i], wall)
+                for i, t, _, _, detail, _ in findings.rows
+                if t == SCHEMA_DRIFT and detail["sampled"]
             ]
         for t, n in per_type.items():
             self._anomaly_metric[t].inc(n)
         if samples:
             self.writer.append_drift(samples)
-        return triggers, per_type
+        if TRIGGER_TYPES.isdisjoint(per_type):
+            return Findings([])
+        return findings.triggers()
 
-    def _on_anomalies(self, batch: Batch, anomalies: list[Anomaly], wall: float, base: int) -> list[Capture]:
+    def _on_anomalies(self, batch: Batch, findings: Findings, wall: float, base: int) -> list[Capture]:
         """``base`` is the recorder's line number of the batch's first line."""
-        triggers, per_type = self._count(batch, anomalies, wall)
+        triggers = self._count(batch, findings, wall)
         res = self.recorder.feed(batch.lines, triggers, batch.recv_ts_us)
         for cap in res.started:
             self.captures_started += 1
             cap.context = {
-                "counters_at_trigger": self._counters_at(anomalies, per_type, cap.anomaly.index),
+                "counters_at_trigger": self._counters_at(findings, cap.anomaly.index),
                 "config": self.config,
                 "first_line": base + cap.anomaly.index - cap.pre_count + 1,
             }
         if res.suppressed:
-            for t, n in Counter(map(_TYPE, res.suppressed)).items():
+            for t, n in Counter(res.suppressed).items():
                 self._suppressed_metric[t].inc(n)
         return res.completed
 
-    def _counters_at(self, anomalies: list[Anomaly], per_type: dict[str, int], index: int) -> dict[str, int]:
+    def _counters_at(self, findings: Findings, index: int) -> dict[str, int]:
         """Counters as they stood right after the trigger event (inclusive), not at the batch's end."""
         now = self.detectors.counts
+        per_type = findings.per_type
         at = {t: now[t] - per_type.get(t, 0) for t in ANOMALY_TYPES}
-        for a in anomalies:
-            if a.index > index:
+        for i, t, n, *_ in findings.rows:
+            if i > index:
                 break
-            at[a.type] += a.count
+            at[t] += n
         return {"processed": self.processed + index + 1, **at, "incidents_written": self.writer.written}
 
     def status_line(self) -> str:
@@ -299,8 +296,7 @@ def _strict_json(line: bytes) -> bool:
     return True
 
 
-def _drift_sample(a: Anomaly, line: bytes, wall: float) -> bytes:
-    d = a.detail
+def _drift_sample(d: dict[str, Any], line: bytes, wall: float) -> bytes:
     sample: dict[str, Any] = {
         "time": iso_utc(wall),
         "missing": d["missing"],

@@ -49,7 +49,7 @@ def test_the_storm_is_all_duplicates_and_out_of_order_and_p1_is_clean() -> None:
     _, p1 = shape_batches("p1", 1_000, 100, pool)
     clean = Detectors()
     for batch in p1:
-        assert clean.process(batch) == []
+        assert clean.process(batch).anomalies() == []
 
 
 def test_bad_arguments_exit_2() -> None:

@@ -206,7 +206,7 @@ def test_normalize_never_raises_and_every_payload_is_an_event_or_an_error(batch_
         assert len(batch.part(i, i + 1)) == 1
     for anomaly in Detectors().process(batch):
         if anomaly.type == "schema_drift":
-            orjson.loads(_drift_sample(anomaly, batch.lines[anomaly.index], 0.0))
+            orjson.loads(_drift_sample(anomaly.detail, batch.lines[anomaly.index], 0.0))
     consumers, metrics = analytics()
     for consumer in consumers:
         consumer.handle(batch)

@@ -96,7 +96,7 @@ def test_triggers_during_a_capture_are_suppressed_and_listed_with_their_line():
     fr = recorder(pre=5, post=5, cooldown=0)
     res = fr.feed(lines(0, 10), [trig(6), trig(6, SEQUENCE_GAP), trig(8, LATENCY_SPIKE, None)])
     cap = res.started[0]
-    assert [a.type for a in res.suppressed] == [SEQUENCE_GAP, LATENCY_SPIKE]
+    assert res.suppressed == [SEQUENCE_GAP, LATENCY_SPIKE]
     assert [(s["type"], s["line"], s["product_id"]) for s in cap.suppressed] == [
         (SEQUENCE_GAP, 5, "BTC-USD"),
         (LATENCY_SPIKE, 7, None),

@@ -9,9 +9,9 @@ checked by every other detector whose fields it carries with the right kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from itertools import repeat
-from operator import attrgetter, itemgetter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Any
 
 from mercurystream.p2.batch import Batch
@@ -37,6 +37,7 @@ __all__ = [
     "Detectors",
     "DriftDetector",
     "DuplicateDetector",
+    "Findings",
     "LatencySpikeDetector",
     "OutOfOrderDetector",
     "SequenceGapDetector",
@@ -54,6 +55,10 @@ LATENCY_SPIKE = "latency_spike"
 ANOMALY_TYPES = (SCHEMA_DRIFT, DUPLICATE, OUT_OF_ORDER, SEQUENCE_GAP, LATENCY_SPIKE)
 TRIGGER_TYPES = frozenset({DUPLICATE, SEQUENCE_GAP, LATENCY_SPIKE})
 """Anomaly types that start a flight-recorder capture; drift and out-of-order are counted only."""
+
+
+DETAIL_KEYS = {DUPLICATE: ("trade_id", "lru_max"), OUT_OF_ORDER: ("time", "latest_time")}
+"""The detail keys of the anomalies a storm is made of: their rows carry the values alone."""
 
 
 class Anomaly:
@@ -82,6 +87,17 @@ class Anomaly:
         self.detail = detail
         self.evidence = evidence
 
+    @classmethod
+    def of_row(cls, row: Row) -> Anomaly:
+        """The anomaly a :class:`Findings` row stands for."""
+        index, type_, count, product_id, detail, evidence = row
+        if type(detail) is tuple:
+            detail = dict(zip(DETAIL_KEYS[type_], detail, strict=True))
+        return cls(type_, index, count, product_id, detail, evidence)
+
+    def row(self) -> Row:
+        return (self.index, self.type, self.count, self.product_id, self.detail, self.evidence)
+
     def resolve(self) -> dict[str, Any]:
         """``detail`` completed with the deferred evidence."""
         if self.evidence is not None:
@@ -93,12 +109,74 @@ class Anomaly:
         return f"Anomaly({self.type!r}, index={self.index}, count={self.count}, product_id={self.product_id!r})"
 
 
-_BY_INDEX = attrgetter("index")
+Row = tuple[int, str, int, "str | None", Any, "Callable[[], dict[str, Any]] | None"]
+"""An anomaly as :class:`Findings` holds it: ``(index, type, count, product_id, detail, evidence)``,
+where the detail of a type in :data:`DETAIL_KEYS` may be the tuple of its values."""
+
 _FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+class Findings:
+    """A batch's anomalies in event order, as rows; each becomes an :class:`Anomaly` only when one is wanted.
+
+    In an anomaly storm nearly every event makes an anomaly or two, and nearly all of them are only
+    counted (the flight recorder suppresses triggers while it cools down): an object and a dict
+    for each would cost more than the detection. So the rules' hits are kept as plain tuples
+    (:data:`Row`), made in C-level passes, and ``per_type`` is how much they add to each type's
+    counter. Iterating gives :class:`Anomaly` objects.
+    """
+
+    __slots__ = ("_per_type", "rows")
+
+    def __init__(self, rows: list[Row], per_type: dict[str, int] | None = None) -> None:
+        """``rows`` sorted by index; ``per_type``: their counts by type, when the caller knows them."""
+        self.rows = rows
+        self._per_type = per_type
+
+    @classmethod
+    def of(cls, anomalies: Iterable[Anomaly]) -> Findings:
+        """Findings of anomalies made one by one (a manual dump, tests), in their order."""
+        return cls([a.row() for a in anomalies])
+
+    @property
+    def per_type(self) -> dict[str, int]:
+        """How much these anomalies add to each type's counter (types with none left out)."""
+        if self._per_type is None:
+            counts: dict[str, int] = {}
+            for _, t, n, *_ in self.rows:
+                counts[t] = counts.get(t, 0) + n
+            self._per_type = counts
+        return self._per_type
+
+    @property
+    def indices(self) -> list[int]:
+        return list(map(_FIRST, self.rows))
+
+    @property
+    def types(self) -> list[str]:
+        return list(map(_SECOND, self.rows))
+
+    def triggers(self) -> Findings:
+        """The anomalies that may start a capture (:data:`TRIGGER_TYPES`), in order."""
+        rows = self.rows
+        return Findings(list(compress(rows, map(TRIGGER_TYPES.__contains__, map(_SECOND, rows)))))
+
+    def anomalies(self) -> list[Anomaly]:
+        return list(map(Anomaly.of_row, self.rows))
+
+    def __iter__(self) -> Iterator[Anomaly]:
+        return map(Anomaly.of_row, self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"Findings({self.anomalies()!r})"
 
 
 class Detectors:
-    """All five detectors over a batch: :meth:`process` gives the anomalies in event order, counted.
+    """All five detectors over a batch: :meth:`process` gives the anomalies in event order, counted (:class:`Findings`).
 
     The per-product rules run product by product, in the order products first appear in the batch
     (so per-product state is created in event order), each on the events that carry its fields
@@ -152,13 +230,14 @@ class Detectors:
             LATENCY_SPIKE: self.latency.count,
         }
 
-    def process(self, batch: Batch, now_s: float = 0.0) -> list[Anomaly]:
+    def process(self, batch: Batch, now_s: float = 0.0) -> Findings:
         """Check a batch; ``now_s`` (wall clock, read once per batch) paces the drift samples."""
-        out: list[Anomaly] = []
+        before = self.counts
+        out: list[Row] = []
         pids = batch.product_ids
         if batch.drift:
             observe = self.drift.observe
-            out.extend(Anomaly(SCHEMA_DRIFT, i, 1, pids[i], observe(d, now_s)) for i, d in batch.drift)
+            out.extend((i, SCHEMA_DRIFT, 1, pids[i], observe(d, now_s), None) for i, d in batch.drift)
         tids = batch.trade_ids
         times = batch.times
         types = batch.types
@@ -180,8 +259,8 @@ class Detectors:
         else:
             self.judged_duplicates += len(dups)
         if dups:
-            details = [{"trade_id": tids[i], "lru_max": lru} for i in dups]
-            out += map(Anomaly, repeat(DUPLICATE), dups, repeat(1), map(pids.__getitem__, dups), details)
+            details = zip(map(tids.__getitem__, dups), repeat(lru))
+            out += zip(dups, repeat(DUPLICATE), repeat(1), map(pids.__getitem__, dups), details, repeat(None))
         notices: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for i, c in batch.controls:
             if c["type"] == GAP:
@@ -201,18 +280,20 @@ class Detectors:
                     m_tids = p_tids if matches is keyed else pick(tids, matches)
                     for i, (ranges, n) in run(self.sequence_gap, pid, (m_tids,), matches, self.reference_only):
                         detail = {"ranges": ranges, "trade_id": tids[i], "window": window}
-                        out.append(Anomaly(SEQUENCE_GAP, i, n, pid, detail))
+                        out.append((i, SEQUENCE_GAP, n, pid, detail, None))
             timed = idx if clean and not future else [i for i in idx if times[i] is not None and i not in future]
             if timed:
                 hits = run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only)
                 if hits:
-                    details = [{"time": times[i], "latest_time": latest} for i, latest in hits]
-                    out += map(Anomaly, repeat(OUT_OF_ORDER), map(_FIRST, hits), repeat(1), repeat(pid), details)
+                    at = list(map(_FIRST, hits))
+                    details = zip(map(times.__getitem__, at), map(_SECOND, hits), strict=True)
+                    out += zip(at, repeat(OUT_OF_ORDER), repeat(1), repeat(pid), details, repeat(None))
         if batch.latencies:
             for i, spike in run(self.latency, None, (batch.latencies,), batch.latency_at, self.reference_only):
-                out.append(Anomaly(LATENCY_SPIKE, i, 1, None, spike.summary, spike))
-        out.sort(key=_BY_INDEX)
-        return out
+                out.append((i, LATENCY_SPIKE, 1, None, spike.summary, spike))
+        out.sort(key=_FIRST)
+        after = self.counts
+        return Findings(out, {t: n - before[t] for t, n in after.items() if n != before[t]})
 
     def _gaps_with_notices(
         self,
@@ -220,7 +301,7 @@ class Detectors:
         matches: list[int],
         tids: Any,
         notices: list[tuple[int, dict[str, Any]]],
-        out: list[Anomaly],
+        out: list[Row],
     ) -> None:
         """The gap rule over one product's matches with P1's gap notices taken in their place in the batch."""
         window = self.sequence_gap.window
@@ -235,15 +316,15 @@ class Detectors:
             if hit is not None:
                 ranges, n = hit
                 detail = {"ranges": ranges, "trade_id": None, "window": window, "source": c["source"]}
-                out.append(Anomaly(SEQUENCE_GAP, j, n, pid, detail))
+                out.append((j, SEQUENCE_GAP, n, pid, detail, None))
         self._gap_segment(pid, matches[k:], tids, out)
 
-    def _gap_segment(self, pid: str, seg: list[int], tids: Any, out: list[Anomaly]) -> None:
+    def _gap_segment(self, pid: str, seg: list[int], tids: Any, out: list[Row]) -> None:
         if not seg:
             return
         window = self.sequence_gap.window
         for i, (ranges, n) in run(self.sequence_gap, pid, (pick(tids, seg),), seg, self.reference_only):
-            out.append(Anomaly(SEQUENCE_GAP, i, n, pid, {"ranges": ranges, "trade_id": tids[i], "window": window}))
+            out.append((i, SEQUENCE_GAP, n, pid, {"ranges": ranges, "trade_id": tids[i], "window": window}, None))
 
 
 def describe(anomaly: Anomaly) -> str:

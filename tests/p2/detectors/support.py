@@ -37,7 +37,14 @@ def types_of(anomalies):
 
 
 def process(det, events, now_s: float = 0.0):
-    """The detectors over parsed events, normalized as P2 normalizes a read."""
+    """The detectors over parsed events, normalized as P2 normalizes a read: the anomalies, whose
+    counts by type must be what the findings say they add to the counters."""
     from mercurystream.p2.batch import Batch
 
-    return det.process(Batch.of_events(events), now_s)
+    findings = det.process(Batch.of_events(events), now_s)
+    anomalies = findings.anomalies()
+    counted: dict[str, int] = {}
+    for a in anomalies:
+        counted[a.type] = counted.get(a.type, 0) + a.count
+    assert findings.per_type == counted
+    return anomalies
