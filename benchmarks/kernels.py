@@ -37,7 +37,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.stream import HEADER, POOL_START_US, FrameStream, StormStream, generate_pool, stamps
+import orjson
+
+from benchmarks.stream import HEADER, ZERO_STAMPS, FrameStream, StormStream, generate_pool, stamps
 from mercurystream.p2.analytics import TradeFilter, VolatilityWindow, VolumeWindow, VwapWindow
 from mercurystream.p2.batch import WIRE_COLUMNS, Batch, normalize
 from mercurystream.p2.config import P2Settings
@@ -49,7 +51,7 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
-from mercurystream.shared.timeparse import _rowscan, fixed_seconds, fixed_seconds_reference
+from mercurystream.shared.timeparse import _rowscan, fixed_seconds, fixed_seconds_reference, parse_time_us
 
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW`` (not imported: that module pulls in the process lab)."""
@@ -140,13 +142,20 @@ RULES = (
 )
 
 
-def _reads(bodies: list[bytes], size: int, rng: random.Random, t0_us: int) -> list[tuple[list[bytes], int]]:
-    """``bodies`` (frames up to their ingest stamps) as P2's reads of ``size`` payloads, each with its receive time."""
+def _reads(bodies: list[bytes], size: int, rng: random.Random) -> list[tuple[list[bytes], int]]:
+    """``bodies`` (frames up to their ingest stamps) as P2's reads of ``size`` payloads, each with its receive time.
+
+    P1 stamps a read when its newest trade has happened (the exchange's clock, as on a live feed), so
+    P2 takes every trade as valid: stamped at a send-rate clock instead, most trades would lie further
+    ahead than ``MAX_FUTURE_SKEW_S`` and be rejected before any window saw them."""
     out = []
+    last_us = 0
     for k in range(0, len(bodies), size):
-        ingest_us = t0_us + k * 10
+        chunk = [b[HEADER.size :] for b in bodies[k : k + size]]
+        newest = max(parse_time_us(orjson.loads(p + ZERO_STAMPS)["time"]) or 0 for p in chunk)
+        ingest_us = last_us = max(last_us + 10 * len(chunk), newest + 1000)
         tail = stamps(ingest_us)
-        payloads = [b[HEADER.size :] + tail for b in bodies[k : k + size]]
+        payloads = [p + tail for p in chunk]
         out.append((payloads, ingest_us + round(rng.lognormvariate(0, 0.5) * LATENCY_MEDIAN_MS * 1000)))
     return out
 
@@ -168,11 +177,11 @@ def shape_reads(
     """``(priming reads, timed reads)`` of a shape."""
     rng = random.Random(5)
     if shape == "p1":
-        return [], _reads(FrameStream(pool).bodies(events), size, rng, POOL_START_US)
+        return [], _reads(FrameStream(pool).bodies(events), size, rng)
     window = min(STORM_WINDOW, len(pool))
-    prime = _reads(FrameStream(pool).bodies(window), size, rng, POOL_START_US)
+    prime = _reads(FrameStream(pool).bodies(window), size, rng)
     storm = StormStream(pool, window, seed=1)
-    return prime, _reads(storm.bodies(events), size, rng, POOL_START_US + window * 10)
+    return prime, _reads(storm.bodies(events), size, rng)
 
 
 def shape_batches(shape: str, events: int, size: int, pool: list[bytes]) -> tuple[list[Batch], list[Batch]]:

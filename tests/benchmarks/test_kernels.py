@@ -47,6 +47,10 @@ def test_the_storm_is_all_duplicates_and_out_of_order_and_p1_is_clean() -> None:
     assert sent == 1_000
     assert detectors.counts["duplicate"] == sent and detectors.counts["out_of_order"] == sent
     _, p1 = shape_batches("p1", 1_000, 100, pool)
+    # Twice round the pool: its second cycle trades a day later, far past what P2 takes ahead of a read.
+    _, long = shape_batches("p1", 4_000, 500, generate_pool(2_000))
+    for batch in (*prime, *storm, *long):
+        assert not batch.trades().rejects, "every event reaches the windows as a valid trade"
     clean = Detectors()
     for batch in p1:
         assert clean.process(batch).anomalies() == []
