@@ -31,6 +31,19 @@ def log_return(price: float, previous: float) -> float:
     return math.log(price) - math.log(previous)
 
 
+def _returns(prices: Sequence[float], previous: float) -> list[float]:
+    """The log return of each price from the one before it (``previous`` before the first), in C-level passes."""
+    before = chain((previous,), islice(prices, len(prices) - 1))
+    try:
+        rs = list(map(math.log, map(truediv, prices, before)))
+        if math.isfinite(sum(rs)):
+            return rs
+    except ValueError:  # a ratio that underflowed to 0
+        pass
+    # Or one that overflowed: the returns of extreme prices, one by one.
+    return list(map(log_return, prices, chain((previous,), islice(prices, len(prices) - 1))))
+
+
 class _VolState:
     __slots__ = ("evicted", "head", "last_price", "last_time", "returns", "s1", "s2", "times")
 
@@ -94,7 +107,10 @@ class VolatilityWindow:
             self._evicted(st, 1)
 
     def try_batch(self, product_id: str, columns: Sequence[Sequence[float]], hits: list[tuple[int, Any]]) -> bool:
-        """A product's trades in time order from its last one: their returns in C-level passes."""
+        """A product's trades in time order from its last one: their returns in C-level passes.
+
+        When they make at least the ``n - 1`` returns the window holds, only those are computed:
+        the window is then their returns alone, whatever it held, and the sums are taken anew."""
         prices, times = columns
         st = self._states.get(product_id)
         if st is not None and times[0] < st.last_time:
@@ -107,29 +123,31 @@ class VolatilityWindow:
             times = times[1:]
             if not prices:
                 return True
-        previous = chain((st.last_price,), islice(prices, len(prices) - 1))
-        try:
-            rs = list(map(math.log, map(truediv, prices, previous)))
-            total = sum(rs)
-        except ValueError:  # a ratio that underflowed to 0
-            total = math.inf
-        if not math.isfinite(total):  # or one that overflowed: the returns of extreme prices, one by one
-            previous = chain((st.last_price,), islice(prices, len(prices) - 1))
-            rs = list(map(log_return, prices, previous))
-            total = sum(rs)
+        m = self.n - 1
+        k = len(prices)
+        if k >= m:
+            base = st.last_price if k == m else prices[k - m - 1]
+            rs = _returns(prices[k - m :], base)
+            st.returns = array("d", rs)
+            st.head = 0
+            st.s1 = math.fsum(rs)
+            st.s2 = math.fsum(map(mul, rs, rs))
+            st.evicted = 0
+        else:
+            rs = _returns(prices, st.last_price)
+            returns = st.returns
+            returns.fromlist(rs)
+            st.s1 += sum(rs)
+            st.s2 += sum(map(mul, rs, rs))
+            excess = len(returns) - st.head - m
+            if excess > 0:
+                old = returns[st.head : st.head + excess]
+                st.s1 -= sum(old)
+                st.s2 -= sum(map(mul, old, old))
+                self._evicted(st, excess)
         st.last_price = prices[-1]
         st.last_time = times[-1]
         st.times.extend(times)
-        returns = st.returns
-        returns.fromlist(rs)
-        st.s1 += total
-        st.s2 += sum(map(mul, rs, rs))
-        excess = len(returns) - st.head - (self.n - 1)
-        if excess > 0:
-            old = returns[st.head : st.head + excess]
-            st.s1 -= sum(old)
-            st.s2 -= sum(map(mul, old, old))
-            self._evicted(st, excess)
         return True
 
     def _evicted(self, st: _VolState, k: int) -> None:
