@@ -12,8 +12,8 @@ out-of-order times).
 
 P2's read decode (``p2.batch.WIRE_COLUMNS``: ``shared.wire.Columns``, the C scanner) is priced the same way on the
 shapes' raw reads, against msgspec's typed decode, as :data:`DECODE`; and the exchange times' conversion
-(``shared.timeparse.fixed_seconds``, the C kernel) on the batches' time columns, against
-``fixed_seconds_reference``, as :data:`TIMES`.
+(``shared.timeparse.fixed_seconds``, the C kernel) and their form check (``all_fixed_form``) on the
+batches' time columns, against their references, as :data:`TIMES` and :data:`FORM`.
 
 Timed: :func:`mercurystream.p2.rule.run` over every batch, for a fresh rule (primed untimed with
 the storm's window), with its kernel and with ``reference_only``, the two alternating within
@@ -51,7 +51,14 @@ from mercurystream.p2.detectors import (
 )
 from mercurystream.p2.rule import run
 from mercurystream.shared.event import pick
-from mercurystream.shared.timeparse import _rowscan, fixed_seconds, fixed_seconds_reference, parse_time_us
+from mercurystream.shared.timeparse import (
+    _rowscan,
+    all_fixed_form,
+    all_fixed_form_reference,
+    fixed_seconds,
+    fixed_seconds_reference,
+    parse_time_us,
+)
 
 STORM_WINDOW = 20_000
 """As ``benchmarks.scenarios.STORM_WINDOW`` (not imported: that module pulls in the process lab)."""
@@ -66,8 +73,12 @@ LATENCY_MEDIAN_MS = 0.3
 DECODE = "wire_decode"
 """The read decode's kernel, priced beside the rules' when the C scanner is built."""
 TIMES = "fixed_seconds"
-"""The exchange times' kernel, priced beside the rules' when the C kernel is built."""
+"""The exchange times' conversion kernel, priced beside the rules' when the C kernel is built."""
+FORM = "all_fixed_form"
+"""The exchange times' form check (the out-of-order rule's, P1's), priced likewise."""
 
+Leaf = Callable[[Any], Any]
+"""A leaf kernel or its reference: one call on one batch's input."""
 Calls = list[tuple[Hashable, tuple[Sequence[Any], ...], Sequence[int] | None]]
 """One rule's work for a batch: ``(key, columns, positions)`` per :func:`run` call."""
 
@@ -216,9 +227,7 @@ def price(
     }
 
 
-def price_leaf(
-    kernel: Callable[[Any], Any], reference: Callable[[Any], Any], inputs: list[Any], repeats: int, events: int
-) -> dict[str, float]:
+def price_leaf(kernel: Leaf, reference: Leaf, inputs: list[Any], repeats: int, events: int) -> dict[str, float]:
     """A leaf kernel (one call per batch) against its plain reference, over the same inputs."""
     times: dict[bool, list[float]] = {False: [], True: []}
     for r in range(repeats):
@@ -251,21 +260,28 @@ def measure(events: int, repeats: int, batch: int, pool_events: int = 100_000) -
         prices["pays"] = any(prices[shape]["speedup"] >= PAYS for shape in SHAPES)
         result["kernels"][rule.name] = prices
     if WIRE_COLUMNS.kernel(reads["p1"][1][0][0]) is not None:
-        decode: dict[str, Any] = {"module": "shared.wire"}
-        for shape, (_, timed) in reads.items():
-            payloads = [p for p, _ in timed]
-            decode[shape] = price_leaf(WIRE_COLUMNS, WIRE_COLUMNS.reference, payloads, repeats, sum(map(len, payloads)))
-        decode["pays"] = any(decode[shape]["speedup"] >= PAYS for shape in SHAPES)
-        result["kernels"][DECODE] = decode
+        payloads = {shape: [p for p, _ in timed] for shape, (_, timed) in reads.items()}
+        result["kernels"][DECODE] = _price_leaf("shared.wire", WIRE_COLUMNS, WIRE_COLUMNS.reference, payloads, repeats)
     if _rowscan is not None:
-        convert: dict[str, Any] = {"module": "shared.timeparse"}
-        for shape, (_, timed) in shapes.items():
-            columns = [list(b.times) for b in timed]
-            n = sum(map(len, columns))
-            convert[shape] = price_leaf(fixed_seconds, fixed_seconds_reference, columns, repeats, n)
-        convert["pays"] = any(convert[shape]["speedup"] >= PAYS for shape in SHAPES)
-        result["kernels"][TIMES] = convert
+        columns = {shape: [list(b.times) for b in timed] for shape, (_, timed) in shapes.items()}
+        result["kernels"][TIMES] = _price_leaf(
+            "shared.timeparse", fixed_seconds, fixed_seconds_reference, columns, repeats
+        )
+        result["kernels"][FORM] = _price_leaf(
+            "shared.timeparse", all_fixed_form, all_fixed_form_reference, columns, repeats
+        )
     return result
+
+
+def _price_leaf(
+    module: str, kernel: Leaf, reference: Leaf, inputs: dict[str, list[Any]], repeats: int
+) -> dict[str, Any]:
+    """:func:`price_leaf` on each shape's inputs (one a batch), and whether it pays."""
+    prices: dict[str, Any] = {"module": module}
+    for shape, xs in inputs.items():
+        prices[shape] = price_leaf(kernel, reference, xs, repeats, sum(map(len, xs)))
+    prices["pays"] = any(prices[shape]["speedup"] >= PAYS for shape in SHAPES)
+    return prices
 
 
 def main(argv: list[str] | None = None) -> int:

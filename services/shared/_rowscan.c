@@ -1,8 +1,8 @@
 /* The one C kernel: flat JSON objects scanned into columns, for the Parquet writer and for P2's ingest.
  *
  * (Beside them, two small leaf kernels, each beside its plain reference: splice() stamps a read's
- * payloads into recorded lines (shared/event.py: stamped_lines), and fixed_seconds() converts a column of
- * fixed-form exchange times to epoch seconds (shared/timeparse.py: fixed_seconds).)
+ * payloads into recorded lines (shared/event.py: stamped_lines), and fixed_seconds() and
+ * all_fixed_form() convert and check a column of fixed-form exchange times (shared/timeparse.py).)
  *
  * One parser, two outputs. scan() fills Arrow column buffers from recorded lines back to back, beside
  * its plain reference in shared/parquet.py (msgspec's decode of FastRow, then pyarrow's conversion).
@@ -672,35 +672,63 @@ static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
     return era * 146097 + doe - 719468;
 }
 
-static inline int digits(const Py_UCS1 *s, int from, int count, int64_t *out) {
+/* The value of count digits (already checked to be digits) from s[from]. */
+static inline void digits(const Py_UCS1 *s, int from, int count, int64_t *out) {
     int64_t v = 0;
-    for (int i = from; i < from + count; i++) {
-        if (s[i] < '0' || s[i] > '9') return 0;
-        v = v * 10 + (s[i] - '0');
-    }
+    for (int i = from; i < from + count; i++) v = v * 10 + (s[i] - '0');
     *out = v;
-    return 1;
+}
+
+/* The fixed form's characters: a str of 27 ASCII characters, digits where the template has them. */
+static const Py_UCS1 *fixed_form(PyObject *item) {
+    static const char TEMPLATE[] = "0000-00-00T00:00:00.000000Z";
+    if (!PyUnicode_Check(item) || PyUnicode_READY(item) < 0 || !PyUnicode_IS_ASCII(item) ||
+        PyUnicode_GET_LENGTH(item) != 27)
+        return NULL;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(item);
+    for (int i = 0; i < 27; i++) {
+        if (TEMPLATE[i] == '0' ? (s[i] < '0' || s[i] > '9') : s[i] != TEMPLATE[i]) return NULL;
+    }
+    return s;
 }
 
 /* One fixed-form time's value; 0 if it is not one. */
 static int fixed_time(PyObject *item, double *out) {
     static const int DAYS[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (!PyUnicode_Check(item) || PyUnicode_READY(item) < 0 || !PyUnicode_IS_ASCII(item) ||
-        PyUnicode_GET_LENGTH(item) != 27)
-        return 0;
-    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(item);
-    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[19] != '.' || s[26] != 'Z')
-        return 0;
+    const Py_UCS1 *s = fixed_form(item);
+    if (s == NULL) return 0;
     int64_t y, mo, d, h, mi, sec, frac;
-    if (!digits(s, 0, 4, &y) || !digits(s, 5, 2, &mo) || !digits(s, 8, 2, &d) || !digits(s, 11, 2, &h) ||
-        !digits(s, 14, 2, &mi) || !digits(s, 17, 2, &sec) || !digits(s, 20, 6, &frac))
-        return 0;
+    digits(s, 0, 4, &y);
+    digits(s, 5, 2, &mo);
+    digits(s, 8, 2, &d);
+    digits(s, 11, 2, &h);
+    digits(s, 14, 2, &mi);
+    digits(s, 17, 2, &sec);
+    digits(s, 20, 6, &frac);
     if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 60) return 0;
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     if (d > DAYS[mo - 1] + (mo == 2 && leap)) return 0;
     int64_t second = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
     *out = (double)second + (double)frac / 1e6;
     return 1;
+}
+
+PyDoc_STRVAR(all_fixed_form_doc,
+             "all_fixed_form(times) -> bool\n\n"
+             "Whether every item of a list is a str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ with ASCII\n"
+             "digits (the form only, not the calendar), as shared/timeparse.py: all_fixed_form_reference says.");
+
+static PyObject *all_fixed_form(PyObject *self, PyObject *times) {
+    if (!PyList_Check(times) && !PyTuple_Check(times)) {
+        PyErr_SetString(PyExc_TypeError, "all_fixed_form() takes a list or a tuple");
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(times);
+    PyObject **items = PySequence_Fast_ITEMS(times);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (fixed_form(items[i]) == NULL) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
 }
 
 static PyObject *fixed_seconds(PyObject *self, PyObject *times) {
@@ -732,6 +760,7 @@ static PyMethodDef methods[] = {
     {"scan_objects", scan_objects, METH_VARARGS, scan_objects_doc},
     {"splice", splice, METH_VARARGS, splice_doc},
     {"fixed_seconds", fixed_seconds, METH_O, fixed_seconds_doc},
+    {"all_fixed_form", all_fixed_form, METH_O, all_fixed_form_doc},
     {NULL, NULL, 0, NULL},
 };
 

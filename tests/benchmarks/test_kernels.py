@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import DECODE, RULES, SHAPES, TIMES, main, shape_batches
+from benchmarks.kernels import DECODE, FORM, RULES, SHAPES, TIMES, main, shape_batches
 from benchmarks.stream import generate_pool
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import Detectors
@@ -16,9 +16,9 @@ from mercurystream.shared.wire import _rowscan
 def test_it_prices_every_rule_with_a_kernel_on_both_shapes(capsys: pytest.CaptureFixture) -> None:
     assert main(["--events", "1500", "--repeats", "1", "--batch", "100"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["kernels"]) - {DECODE, TIMES} == {r.name for r in RULES}
+    assert set(result["kernels"]) - {DECODE, TIMES, FORM} == {r.name for r in RULES}
     assert (DECODE in result["kernels"]) == (_rowscan is not None), "the read decode's kernel is priced when built"
-    assert (TIMES in result["kernels"]) == (_rowscan is not None), "the time kernel is priced when built"
+    assert (TIMES in result["kernels"]) == (FORM in result["kernels"]) == (_rowscan is not None), "time kernels too"
     for priced in result["kernels"].values():
         assert priced["module"] in ("detectors", "analytics", "shared.wire", "shared.timeparse")
         for shape in SHAPES:

@@ -10,6 +10,7 @@ from mercurystream.shared.timeparse import (
     IsoTimeParser,
     _rowscan,
     all_fixed_form,
+    all_fixed_form_reference,
     fixed_seconds,
     fixed_seconds_reference,
 )
@@ -85,14 +86,17 @@ any_time = fixed_like | fixed_like.flatmap(_mutations)
 @settings(max_examples=500)
 @given(st.lists(any_time, max_size=8))
 def test_all_fixed_form_is_the_regex_on_every_item(times: list[str]) -> None:
-    assert all_fixed_form(times) == all(_FIXED.fullmatch(t) is not None for t in times)
+    """The kernel (a list or a tuple) and the reference alike."""
+    expected = all(_FIXED.fullmatch(t) is not None for t in times)
+    assert all_fixed_form(times) == all_fixed_form(tuple(times)) == all_fixed_form_reference(times) == expected
 
 
-def test_all_fixed_form_rejects_non_strings_and_shifted_lengths() -> None:
+@pytest.mark.parametrize("check", [all_fixed_form, all_fixed_form_reference])
+def test_all_fixed_form_rejects_non_strings_and_shifted_lengths(check) -> None:
     good = "2024-05-01T12:34:56.123456Z"
-    assert all_fixed_form([]) and all_fixed_form([good, good])
-    assert not all_fixed_form([good, None])
-    assert not all_fixed_form([good[:-1], "Z" + good])  # joined, it would match the template
+    assert check([]) and check([good, good]) and check((good, _Str(good)))
+    assert not check([good, None]) and not check([good.encode()])
+    assert not check([good[:-1], "Z" + good])  # joined, it would match the template
 
 
 @settings(max_examples=500)
