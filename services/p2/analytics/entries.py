@@ -6,6 +6,8 @@ import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from itertools import repeat
+from operator import lt, mul
 from typing import Any
 
 from mercurystream.shared.event import nondecreasing
@@ -14,7 +16,15 @@ COMPACT_MIN = 64
 """A column drops its evicted head once it is this long and at least a quarter of the column: small, since a
 window holds columns per product and each may keep this many dead entries."""
 MIN_RECOMPUTE = 64
-"""Running sums are recomputed exactly after at least this many evictions (and as many as the window holds)."""
+"""Running sums are recomputed exactly after at least this many evictions (and :data:`RECOMPUTE_EVERY` times
+as many as the window holds)."""
+RECOMPUTE_EVERY = 8
+"""How many windowfuls of evictions the running sums go between exact recomputes (an exact ``fsum``
+costs tens of ns an entry: after every windowful, it cost VWAP a third of its time)."""
+SHRINK = 16
+"""A running sum that falls below ``1 / SHRINK`` of the largest it was since the last recompute is
+recomputed at once: what it still holds may be far smaller than what left, and so than the rounding
+the subtractions left behind (a burst of large trades leaving a window of small ones)."""
 
 
 class Entries:
@@ -128,11 +138,13 @@ def over_budget(states: Mapping[str, Any], held: int, max_entries: int) -> dict[
 class SumsState:
     """One product's window: its :class:`Entries` and the running sum of each value column."""
 
-    __slots__ = ("entries", "evicted", "sums")
+    __slots__ = ("entries", "evicted", "peaks", "sums")
 
     def __init__(self, width: int) -> None:
         self.entries = Entries(width)
         self.sums = [0.0] * width
+        self.peaks = [0.0] * width
+        """The largest each sum has been since it was last recomputed exactly."""
         self.evicted = 0
         """Entries evicted since the sums were last recomputed exactly."""
 
@@ -140,11 +152,14 @@ class SumsState:
 class SummedWindows:
     """Per-product windows of entries with running sums, at most ``max_entries`` held across products.
 
-    What VWAP and volume share: sums added to and subtracted from drift, so they are recomputed
-    exactly (``math.fsum``) after as many evictions as the window holds, which keeps each trade
-    O(1) amortized; and past ``max_entries`` :meth:`trim` shortens the largest windows to their
-    newest entries (``trimmed`` counts what left early). Subclasses decide what is stored and
-    when it is evicted.
+    What VWAP and volume share: sums of positive values, added to and subtracted from, drift, so
+    they are recomputed exactly (``math.fsum``) after :data:`RECOMPUTE_EVERY` times as many
+    evictions as the window holds, which keeps each trade O(1) amortized, and as soon as one falls
+    below ``1 / SHRINK`` of its peak. Each add or subtract rounds by at most half an ulp of the
+    peak, so the relative drift of a window of ``n`` trades stays under about
+    ``2 * RECOMPUTE_EVERY * SHRINK * n`` ulps (about 1e-9 at the default ``WINDOW_TRADES``). Past
+    ``max_entries``, :meth:`trim` shortens the largest windows to their newest entries
+    (``trimmed`` counts what left early). Subclasses decide what is stored and when it is evicted.
     """
 
     def __init__(self, max_entries: int) -> None:
@@ -160,8 +175,11 @@ class SummedWindows:
     def _append(self, st: SumsState, t: float, values: tuple[float, ...]) -> None:
         st.entries.append(t, values)
         sums = st.sums
+        peaks = st.peaks
         for i, v in enumerate(values):
             sums[i] += v
+            if sums[i] > peaks[i]:
+                peaks[i] = sums[i]
         self.held += 1
 
     def _extend(
@@ -171,6 +189,7 @@ class SummedWindows:
         sums = st.sums
         for i, col in enumerate(columns):
             sums[i] += sum(col)
+        st.peaks = list(map(max, st.peaks, sums))
         self.held += len(ts)
 
     def _drop_to(self, st: SumsState, stop: int) -> None:
@@ -184,12 +203,17 @@ class SummedWindows:
         st.evicted += n
         if not len(entries):
             st.sums = [0.0] * len(st.sums)
+            st.peaks = [0.0] * len(st.sums)
             st.evicted = 0
-        elif st.evicted >= max(len(entries), MIN_RECOMPUTE):
-            st.sums = entries.fsums()
+            return
+        sums = [a - b for a, b in zip(st.sums, dropped, strict=True)]
+        if st.evicted >= max(RECOMPUTE_EVERY * len(entries), MIN_RECOMPUTE) or any(
+            map(lt, map(mul, sums, repeat(SHRINK)), st.peaks)
+        ):
+            sums = entries.fsums()
+            st.peaks = list(sums)
             st.evicted = 0
-        else:
-            st.sums = [a - b for a, b in zip(st.sums, dropped, strict=True)]
+        st.sums = sums
 
     def trim(self) -> list[str]:
         """Keep at most ``max_entries`` across products, the largest windows giving first; the products trimmed."""

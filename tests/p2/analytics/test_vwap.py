@@ -72,3 +72,24 @@ def test_vwap_matches_brute_force_over_long_run():
         inside = [(p, s) for _, p, s, tt in trades if tt >= t - 30]
         expected = math.fsum(p * s for p, s in inside) / math.fsum(s for _, s in inside)
         assert w.vwap("BTC-USD") == pytest.approx(expected, rel=1e-12)
+
+
+def test_vwap_stays_near_exact_when_a_burst_of_huge_trades_leaves_the_window():
+    """The running sums go several windowfuls between exact recomputes (``RECOMPUTE_EVERY``): a burst
+    ten orders of magnitude larger than what follows must not leave its rounding behind."""
+    rng = random.Random(11)
+    w = VwapWindow(window_s=10)
+    trades = []
+    t = 0.0
+    for step in range(400):
+        burst = 100 <= step < 120
+        batch = []
+        for _ in range(rng.randint(1, 60)):
+            t += rng.expovariate(20.0 if burst else 2.0)
+            size = rng.uniform(1e4, 1e6) if burst else rng.uniform(1e-6, 1e-4)
+            batch.append(("BTC-USD", rng.uniform(90_000, 110_000), size, t))
+        trades.extend(batch)
+        feed(w, batch)
+        inside = [(p, s) for _, p, s, tt in trades if tt >= t - 10]
+        expected = math.fsum(p * s for p, s in inside) / math.fsum(s for _, s in inside)
+        assert w.vwap("BTC-USD") == pytest.approx(expected, rel=1e-9), step
