@@ -658,7 +658,7 @@ done:
 
 PyDoc_STRVAR(fixed_seconds_doc,
              "fixed_seconds(times) -> list | None\n\n"
-             "Each time of a list of str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ (ASCII digits, a valid\n"
+             "Each time of a list or tuple of str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ (ASCII digits, a valid\n"
              "calendar date, hour 0-23, minute 0-59, second 0-60) as float epoch seconds: the second's epoch\n"
              "plus ffffff / 1e6, as shared/timeparse.py computes it; None unless every time is one.");
 
@@ -715,16 +715,25 @@ static int fixed_time(PyObject *item, double *out) {
 
 PyDoc_STRVAR(all_fixed_form_doc,
              "all_fixed_form(times) -> bool\n\n"
-             "Whether every item of a list is a str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ with ASCII\n"
+             "Whether every item of a list or tuple is a str in the fixed form YYYY-MM-DDTHH:MM:SS.ffffffZ with ASCII\n"
              "digits (the form only, not the calendar), as shared/timeparse.py: all_fixed_form_reference says.");
 
-static PyObject *all_fixed_form(PyObject *self, PyObject *times) {
+/* A column of times' items and their number, for a list or a tuple; 0 with a TypeError for anything
+ * else. (An empty list's items pointer may be NULL, so success is the return value, not the pointer.) */
+static int time_items(PyObject *times, const char *name, PyObject ***items, Py_ssize_t *n) {
     if (!PyList_Check(times) && !PyTuple_Check(times)) {
-        PyErr_SetString(PyExc_TypeError, "all_fixed_form() takes a list or a tuple");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s() takes a list or a tuple", name);
+        return 0;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(times);
-    PyObject **items = PySequence_Fast_ITEMS(times);
+    *n = PySequence_Fast_GET_SIZE(times);
+    *items = PySequence_Fast_ITEMS(times);
+    return 1;
+}
+
+static PyObject *all_fixed_form(PyObject *self, PyObject *times) {
+    Py_ssize_t n;
+    PyObject **items;
+    if (!time_items(times, "all_fixed_form", &items, &n)) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (fixed_form(items[i]) == NULL) Py_RETURN_FALSE;
     }
@@ -732,16 +741,14 @@ static PyObject *all_fixed_form(PyObject *self, PyObject *times) {
 }
 
 static PyObject *fixed_seconds(PyObject *self, PyObject *times) {
-    if (!PyList_Check(times)) {
-        PyErr_SetString(PyExc_TypeError, "fixed_seconds() takes a list");
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(times);
+    Py_ssize_t n;
+    PyObject **items;
+    if (!time_items(times, "fixed_seconds", &items, &n)) return NULL;
     PyObject *out = PyList_New(n);
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         double v;
-        if (!fixed_time(PyList_GET_ITEM(times, i), &v)) {
+        if (!fixed_time(items[i], &v)) {
             Py_DECREF(out);
             Py_RETURN_NONE;
         }

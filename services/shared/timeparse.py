@@ -31,6 +31,8 @@ except ImportError:  # built without a C compiler: the reference does all the wo
     _rowscan = None
 
 FIXED_LEN = 27
+_KERNEL_COLUMNS = (list, tuple)
+"""The column types the C kernels read in place; any other sequence takes the reference."""
 _FIXED_TEMPLATE = "0000-00-00T00:00:00.000000Z"
 _DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
 _SECOND = itemgetter(slice(0, 19))
@@ -44,7 +46,7 @@ _NO_SECOND = "\0" * (FIXED_LEN + 1)
 
 def all_fixed_form(times: Sequence[object]) -> bool:
     """:func:`all_fixed_form_reference`, by the C kernel when it is built (a few ns a time)."""
-    if _rowscan is None or (type(times) is not list and type(times) is not tuple):
+    if _rowscan is None or type(times) not in _KERNEL_COLUMNS:
         return all_fixed_form_reference(times)
     return _rowscan.all_fixed_form(times)
 
@@ -215,7 +217,7 @@ def fixed_seconds_reference(times: Sequence[object]) -> list[float] | None:
 
 def fixed_seconds(times: Sequence[object]) -> list[float] | None:
     """:func:`fixed_seconds_reference`, by the C kernel when it is built (one pass, no string slicing)."""
-    if _rowscan is None or type(times) is not list:
+    if _rowscan is None or type(times) not in _KERNEL_COLUMNS:
         return fixed_seconds_reference(times)
     return _rowscan.fixed_seconds(times)
 
