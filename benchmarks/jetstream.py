@@ -254,7 +254,10 @@ def _counts(samples: list[Any]) -> dict[str, float]:
     for m in samples:
         out["received"] += m.total("mercurystream_events_total")
         out["recorded"] += m.total("mercurystream_recorded_events_total")
-        out["drops"] += m.total("mercurystream_drops_total")
+        for c, v in m.by_label("mercurystream_drops_total", "consumer").items():
+            out["drops"] += v
+            if v:
+                out[f"drops:{c}"] = out.get(f"drops:{c}", 0.0) + v
         for c, v in m.by_label("mercurystream_consumer_events_total", "consumer").items():
             if c in out:
                 out[c] += v
@@ -280,9 +283,10 @@ def js_step(
         def settled() -> bool:
             c = _counts([p.metrics() for p in p2s])
             if c["drops"]:
-                state["failure"] = f"{c['drops']:.0f} events dropped"
+                by = ", ".join(f"{k.removeprefix('drops:')}={v:.0f}" for k, v in c.items() if k.startswith("drops:"))
+                state["failure"] = f"{c['drops']:.0f} events dropped ({by})"
                 return True
-            behind = {k: int(v) for k, v in c.items() if k != "drops" and v != sent["sent"]}
+            behind = {k: int(v) for k, v in c.items() if not k.startswith("drops") and v != sent["sent"]}
             state["failure"] = f"not all of {sent['sent']} events processed: {behind}" if behind else None
             return not behind
 

@@ -22,7 +22,12 @@ detectors have not seen its events, so they count no duplicate. Only a batch fin
 consumers and not yet acknowledged at the crash (milliseconds) is processed twice in that case.
 
 While a waited-on queue holds more than half its bound in events or more than ``BUS_PAUSE_BYTES``,
-the source fetches nothing: the stream, not the bus's drop-oldest, absorbs a burst.
+the source fetches nothing: the stream, not the bus's drop-oldest, absorbs a burst. A fetch is sized
+by the room left, but messages vary (a publisher catching up sends larger ones), and the client may
+hand over more than was asked for. So a fetch's messages are published in batches of at most that
+pause threshold, each once every waited-on queue has room for all of it: the source is the bus's only
+producer here, so a queue drops only a batch larger than its whole bound, which the message size
+limit rules out at default settings.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from mercurystream.p2.bus import Bus
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.log_spans import LogOrigin
 from mercurystream.p2.metrics import P2Metrics
-from mercurystream.p2.server import Ingest, IngestDecoder
+from mercurystream.p2.server import Ingest, IngestDecoder, Received
 from mercurystream.shared.backoff import Backoff
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, HEADER, HEADER_SIZE
@@ -66,18 +71,20 @@ REDELIVERED_ACTIONS = ("skipped", "reprocessed")
 _NEW = object()
 
 
-def _whole_frames(data: bytes, limit: int) -> bool:
-    """Whether ``data`` is whole frames, none longer than ``limit``: then it can share a decode."""
+def _whole_frames(data: bytes, limit: int) -> int:
+    """How many frames ``data`` is when it is whole frames, none longer than ``limit`` (then it can
+    share a decode); -1 when it is not."""
     unpack = HEADER.unpack_from
-    pos, end = 0, len(data)
+    pos, end, frames = 0, len(data), 0
     while pos < end:
         if pos + HEADER_SIZE > end:
-            return False
+            return -1
         (length,) = unpack(data, pos)
         if length > limit:
-            return False
+            return -1
         pos += HEADER_SIZE + length
-    return pos == end
+        frames += 1
+    return frames if pos == end else -1
 
 
 class _Held:
@@ -121,6 +128,8 @@ class NatsSource(Ingest, EventSource):
         self._backlog = backlog
         self._msg_bytes = 0
         """A fresh message's share of a bus batch's bytes (``Batch.nbytes``), as last measured."""
+        self._expansion = 4.0
+        """A batch's bytes on the bus per byte of its messages, as last measured (a guess until then)."""
         self.max_frame_bytes = max_frame_bytes
         self.clock_us = clock_us
         self.max_future_skew_s = MAX_FUTURE_SKEW_S
@@ -334,7 +343,7 @@ class NatsSource(Ingest, EventSource):
                 if bid is not None:
                     fresh.append((msg, bid))
             if fresh:
-                self._take(fresh)
+                await self._take(fresh)
             self._ack_wake.set()
         return got_any
 
@@ -360,23 +369,34 @@ class NatsSource(Ingest, EventSource):
             self._redelivered("reprocessed", msg)
         return bid
 
-    def _take(self, fresh: list[tuple[Any, str]]) -> None:
-        """A fetch's messages for the bus: consecutive whole-frame messages make one batch.
+    async def _take(self, fresh: list[tuple[Any, str]]) -> None:
+        """A fetch's messages for the bus: consecutive whole-frame messages make one batch, of a bounded size.
 
         P2's cost is mostly per batch, and a P1 round's messages are small (one product each), so one
         bus batch per message held a shard to a few thousand messages a second. A message that is not
-        whole frames (or holds one over the limit) is decoded alone, so its fault stays its own.
+        whole frames (or holds one over the limit) is decoded alone, so its fault stays its own. A
+        batch holds at most :meth:`Backlog.batch_limits` (by its messages' bytes times the last
+        measured expansion), so it fits a queue drained to its pause threshold.
         """
         limit = self.max_frame_bytes
+        max_bytes, max_events = self._backlog.batch_limits()
         run: list[tuple[Any, str]] = []
+        run_bytes = run_events = 0.0
         for msg, bid in fresh:
-            if _whole_frames(msg.data, limit):
-                run.append((msg, bid))
+            frames = _whole_frames(msg.data, limit)
+            if frames < 0:
+                await self._take_run(run)
+                run, run_bytes, run_events = [], 0.0, 0.0
+                await self._take_run([(msg, bid)])
                 continue
-            self._take_run(run)
-            run = []
-            self._take_run([(msg, bid)])
-        self._take_run(run)
+            size = len(msg.data) * self._expansion
+            if run and (run_bytes + size > max_bytes or run_events + frames > max_events):
+                await self._take_run(run)
+                run, run_bytes, run_events = [], 0.0, 0.0
+            run.append((msg, bid))
+            run_bytes += size
+            run_events += frames
+        await self._take_run(run)
 
     def _fetch_size(self) -> int:
         """Messages to ask for: at most ``fetch_batch``, and no more than the fullest waited-on queue has
@@ -386,19 +406,30 @@ class NatsSource(Ingest, EventSource):
             return self.fetch_batch
         return max(1, min(self.fetch_batch, self._backlog.room_bytes() // self._msg_bytes))
 
-    def _take_run(self, run: list[tuple[Any, str]]) -> None:
+    async def _take_run(self, run: list[tuple[Any, str]]) -> None:
+        """Decode the messages into one batch, wait until every waited-on queue has room for it, publish, hold."""
         if not run:
             return
-        nbytes = self._decode([m for m, _ in run], b"".join(m.data for m, _ in run) if len(run) > 1 else run[0][0].data)
-        if nbytes:
-            self._msg_bytes = max(1, nbytes // len(run))
+        msgs = [m for m, _ in run]
+        data = b"".join(m.data for m in msgs) if len(msgs) > 1 else msgs[0].data
+        got, ingest = self._decode(msgs, data)
+        batch = got.batch
+        if batch is not None:
+            self._msg_bytes = max(1, batch.nbytes // len(run))
+            self._expansion = batch.nbytes / max(1, len(data))
+            backlog = self._backlog
+            while not backlog.fits(len(batch), batch.nbytes):
+                await asyncio.sleep(0.002)
+        peer = f"{msgs[0].subject}#{msgs[0].metadata.sequence.stream}"
+        self.accept(got, peer)
+        if ingest.buffered and got.oversize is None:
+            self._truncated(ingest.buffered, peer)
         position = self.bus.published
         for msg, bid in run:
             self._held_until(msg, bid, position)
 
-    def _decode(self, msgs: list[Any], data: bytes) -> int:
-        """Decode ``data`` (the messages' bytes) into one batch that knows where it is in the stream;
-        its ``nbytes`` (0: no event)."""
+    def _decode(self, msgs: list[Any], data: bytes) -> tuple[Received, IngestDecoder]:
+        """Decode ``data`` (the messages' bytes) into one batch that knows where it is in the stream."""
         first, last = msgs[0].metadata, msgs[-1].metadata
         ingest = IngestDecoder(self.max_frame_bytes, self.clock_us, self.max_future_skew_s)
         got = ingest.feed(data)
@@ -410,11 +441,7 @@ class NatsSource(Ingest, EventSource):
                 int(first.timestamp.timestamp() * 1e9),
                 int(last.timestamp.timestamp() * 1e9),
             )
-        peer = f"{msgs[0].subject}#{first.sequence.stream}"
-        self.accept(got, peer)
-        if ingest.buffered and got.oversize is None:
-            self._truncated(ingest.buffered, peer)
-        return got.batch.nbytes if got.batch is not None else 0
+        return got, ingest
 
     def _held_until(self, msg: Any, bid: str, position: int) -> None:
         self.messages["processed"] += 1
@@ -517,6 +544,19 @@ class Backlog:
         the source fetches nothing meanwhile."""
         pause = self.pause_bytes
         return any(s.depth > s.capacity // 2 or s.depth_bytes > pause for s in self.subs)
+
+    def fits(self, events: int, nbytes: int) -> bool:
+        """Whether every queue takes a batch of ``events`` and ``nbytes`` without dropping (an empty one always
+        takes it: waiting could not make more room)."""
+        return all(
+            not s.depth or (s.depth + events <= s.capacity and s.depth_bytes + nbytes <= s.max_bytes) for s in self.subs
+        )
+
+    def batch_limits(self) -> tuple[int, int]:
+        """The bytes and events one batch of a fetch may hold: what a queue at its pause threshold has room for."""
+        events = min((s.capacity - s.capacity // 2 for s in self.subs), default=1 << 62)
+        nbytes = min((s.max_bytes - self.pause_bytes for s in self.subs), default=1 << 62)
+        return max(1, nbytes), max(1, events)
 
     def room_bytes(self) -> int:
         """Bytes the fullest queue takes before its byte bound drops anything."""

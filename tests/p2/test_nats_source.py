@@ -326,6 +326,68 @@ async def test_a_fetch_is_one_bus_batch_and_a_broken_message_stays_alone(nats_se
     await asyncio.wait_for(go(), 60)
 
 
+class SlowBatches(Batches):
+    """Batches, taking a few milliseconds each, so a queue holds what the source publishes meanwhile."""
+
+    name = "slow"
+    label = "SLOW"
+
+    def handle(self, batch: Batch) -> None:
+        super().handle(batch)
+        time.sleep(0.003)
+
+
+async def test_a_backlog_far_larger_than_the_queues_is_published_in_batches_that_fit_and_nothing_drops(
+    nats_server, tmp_path
+):
+    """A shard that starts behind (restarted, or after a burst) fetches messages that together outgrow its queues:
+    the stream holds the rest, each batch waits for room, and the bus drops nothing."""
+
+    async def go():
+        await publish(nats_server, 600, PRODUCTS[:4], per_msg=150)  # 16 messages of 150 events
+        app = P2App(settings_for(tmp_path, nats_server, BUS_QUEUE_EVENTS=400), consumers=[SlowBatches])
+        await app.start()
+        try:
+            seen = app.consumers[0]
+
+            async def done():
+                return len(seen.ids) == 2400 and await consumer_state(nats_server, "0/1") == (0, 0)
+
+            await until(done, 30, "2,400 events processed and every message acknowledged")
+            assert seen.subscription.dropped == 0
+            assert value(app, "mercurystream_drops_total", consumer="slow") == 0
+            assert max(n for n, _ in seen.batches) <= 200  # what a queue at its pause threshold has room for
+            assert sorted(seen.ids) == sorted((p, t) for p in PRODUCTS[:4] for t in range(600))
+        finally:
+            await app.stop()
+
+    await asyncio.wait_for(go(), 60)
+
+
+def test_a_batch_waits_until_every_waited_on_queue_has_room_for_all_of_it() -> None:
+    from mercurystream.p2.nats_source import Backlog
+
+    class Quick(Consumer):
+        name = "quick"
+
+        def handle(self, batch: Batch) -> None:
+            pass
+
+        def status_line(self) -> str:
+            return ""
+
+    bus = Bus(queue_bytes=100_000, pause_bytes=40_000)
+    quick = Quick(bus, 100)
+    backlog = Backlog(bus, [quick])
+    assert backlog.batch_limits() == (60_000, 50)
+    assert backlog.fits(10**6, 10**9)  # an empty queue takes anything: waiting would not make room
+    bus.publish(Batch.of_events([{"i": i} for i in range(60)]))
+    depth_bytes = quick.subscription.depth_bytes
+    assert backlog.fits(40, 100_000 - depth_bytes)
+    assert not backlog.fits(41, 10)
+    assert not backlog.fits(1, 100_001 - depth_bytes)
+
+
 @pytest.mark.parametrize(("var", "value"), [("P2_SHARD", "2/2"), ("P2_SOURCE", "kafka"), ("NATS_URL", "http://x")])
 def test_mercury_p2_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
     import os
