@@ -48,10 +48,14 @@ def test_a_dropped_trade_is_announced_backfilled_and_marked_recovered_in_the_bun
     assert p2.value("mercurystream_anomalies_total", type="schema_drift") == 0
 
     recorded = c.recorded()
-    gap = [e for e in recorded if e.get("type") == "gap"]
-    assert len(gap) == 1 and gap[0]["last_missing"] - gap[0]["first_missing"] == 2
+    # Usually one announcement. A heartbeat that falls between the dropped trades (about one run in
+    # twenty at this rate) announces those before it, and the next trade the rest: then two, which
+    # together name each missing id once.
+    gaps = sorted((e["first_missing"], e["last_missing"]) for e in recorded if e.get("type") == "gap")
+    missing = [i for first, last in gaps for i in range(first, last + 1)]
+    assert 1 <= len(gaps) <= 2 and len(missing) == 3 and missing == list(range(missing[0], missing[0] + 3)), gaps
     backfilled = sorted(e["trade_id"] for e in recorded if e.get("backfilled") is True)
-    assert backfilled == list(range(gap[0]["first_missing"], gap[0]["last_missing"] + 1))
+    assert backfilled == missing
     ids = sorted(e["trade_id"] for e in recorded if e.get("type") == "match")
     assert ids == list(range(ids[0], ids[-1] + 1)), "with the backfill, every trade id is there once"
 
@@ -63,9 +67,10 @@ def test_a_dropped_trade_is_announced_backfilled_and_marked_recovered_in_the_bun
     c.wait("the incident bundle", lambda: bundle_meta() is not None, timeout=30)
     meta = bundle_meta()
     assert meta is not None and meta["type"] == "sequence_gap"
-    (entry,) = meta["gaps"]
-    assert entry["first_missing"] == gap[0]["first_missing"] and entry["status"] == "recovered"
-    assert entry["recovered"] == 3 and entry["unrecoverable"] == 0 and entry["backfilled"] == 3
+    entries = sorted(meta["gaps"], key=lambda e: e["first_missing"])
+    assert [e["first_missing"] for e in entries] == [first for first, _ in gaps]
+    assert all(e["status"] == "recovered" and e["unrecoverable"] == 0 for e in entries)
+    assert sum(e["recovered"] for e in entries) == 3 and sum(e["backfilled"] for e in entries) == 3
     report = (c.incidents / meta["incident_id"] / "report.md").read_text()
     assert "## Gaps and Backfill" in report and "| recovered |" in report
 
