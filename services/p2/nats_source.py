@@ -24,10 +24,11 @@ consumers and not yet acknowledged at the crash (milliseconds) is processed twic
 While a waited-on queue holds more than half its bound in events or more than ``BUS_PAUSE_BYTES``,
 the source fetches nothing: the stream, not the bus's drop-oldest, absorbs a burst. A fetch is sized
 by the room left, but messages vary (a publisher catching up sends larger ones), and the client may
-hand over more than was asked for. So a fetch's messages are published in batches of at most that
-pause threshold, each once every waited-on queue has room for all of it: the source is the bus's only
-producer here, so a queue drops only a batch larger than its whole bound, which the message size
-limit rules out at default settings.
+hand over more than was asked for. So a fetch's messages are published in batches of at most what a
+queue at that threshold has room for, each once every waited-on queue has room for all of it: the
+source is the bus's only producer here, so a queue drops only a single message larger than its room,
+which P1's message bounds (``shared.jetstream.BATCH_MAX_BYTES``, 4,096 events) rule out at the
+default queue bounds.
 """
 
 from __future__ import annotations
