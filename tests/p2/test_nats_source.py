@@ -337,6 +337,18 @@ class SlowBatches(Batches):
         time.sleep(0.003)
 
 
+class Quick(Consumer):
+    """A consumer that never waits and does nothing: the source waits on its queue."""
+
+    name = "quick"
+
+    def handle(self, batch: Batch) -> None:
+        pass
+
+    def status_line(self) -> str:
+        return ""
+
+
 async def test_a_backlog_far_larger_than_the_queues_is_published_in_batches_that_fit_and_nothing_drops(
     nats_server, tmp_path
 ):
@@ -367,15 +379,6 @@ async def test_a_backlog_far_larger_than_the_queues_is_published_in_batches_that
 def test_a_batch_waits_until_every_waited_on_queue_has_room_for_all_of_it() -> None:
     from mercurystream.p2.nats_source import Backlog
 
-    class Quick(Consumer):
-        name = "quick"
-
-        def handle(self, batch: Batch) -> None:
-            pass
-
-        def status_line(self) -> str:
-            return ""
-
     bus = Bus(queue_bytes=100_000, pause_bytes=40_000)
     quick = Quick(bus, 100)
     backlog = Backlog(bus, [quick])
@@ -405,19 +408,7 @@ def test_mercury_p2_exits_2_with_one_line_on_a_bad_nats_setting(var, value):
 
 
 def test_the_source_stops_fetching_before_a_waited_on_queue_could_drop() -> None:
-    from mercurystream.p2.batch import Batch
-    from mercurystream.p2.bus import Bus
-    from mercurystream.p2.consumer import Consumer
     from mercurystream.p2.nats_source import Backlog
-
-    class Quick(Consumer):
-        name = "quick"
-
-        def handle(self, batch: Batch) -> None:
-            pass
-
-        def status_line(self) -> str:
-            return ""
 
     class Waits(Quick):
         name = "waits"
