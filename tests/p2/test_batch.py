@@ -7,7 +7,7 @@ import math
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mercurystream.p2.batch import COLUMNS, Batch, normalize
@@ -196,6 +196,7 @@ _value = (
     changes=st.dictionaries(st.sampled_from([*COLUMNS, "sequence", "side", "venue", "recv_ts_ms", "extra"]), _value),
     drop=st.sets(st.sampled_from(COLUMNS), max_size=2),
 )
+@example(changes={"price": 2**53 + 1}, drop=set())  # an integer a float holds only rounded (found by a CI run)
 def test_the_typed_path_and_the_per_event_path_agree_on_every_event(changes: dict, drop: set) -> None:
     """Whichever path an event takes, its columns and verdicts are the schema's rules applied to it."""
     ev = {k: v for k, v in p1_event(7, **changes).items() if k not in drop}
@@ -205,6 +206,8 @@ def test_the_typed_path_and_the_per_event_path_agree_on_every_event(changes: dic
     for name, column in zip(COLUMNS, alone.columns(), strict=True):
         value = ev.get(name)
         expected = value if value is not None and kind_ok(BY_NAME[name], value) else None
+        if BY_NAME[name].kind == "number" and type(expected) is int:
+            expected = float(expected)  # a number column holds floats: an integer past 2**53 is rounded, as JSON allows
         got = column[0]
         assert got == expected or (isinstance(got, float) and math.isnan(got) and expected is not None)
     assert [d for _, d in alone.drift] == ([] if drift_of(ev) is None else [drift_of(ev)])
