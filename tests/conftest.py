@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.nats_server import NatsServer, require_binary
+
+# HYPOTHESIS_PROFILE=ci (.ci/run): the same examples every run, so a build goes red for a change, never
+# for a draw. Local runs keep Hypothesis's random search, where new cases are found (each becomes an @example).
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
