@@ -44,7 +44,7 @@ from loguru import logger
 
 from benchmarks.lab import Lab, LoadGen, poll_until, proc_status_mb
 from benchmarks.loadgen import ACHIEVED_TOLERANCE, Pacer
-from benchmarks.measure import CONSUMERS, Profile, percentiles, recorded_latencies_us
+from benchmarks.measure import CONSUMERS, Profile, dropped, percentiles, recorded_latencies_us
 from benchmarks.stream import FrameStream, read_pool, stamps
 from mercurystream.natsd import NatsServer, find_binary
 from mercurystream.processes import ServiceError
@@ -249,15 +249,14 @@ async def _delete_stream(url: str, name: str) -> None:
 
 
 def _counts(samples: list[Any]) -> dict[str, float]:
-    """Every shard's counters summed: received, each consumer's processed, recorded, and drops."""
-    out = {"received": 0.0, "recorded": 0.0, "drops": 0.0, **dict.fromkeys(CONSUMERS, 0.0)}
+    """Every shard's counters summed: received, each consumer's processed, recorded, and drops by consumer
+    (``drops:<consumer>``, as ``measure.p2_counts`` names them)."""
+    out = {"received": 0.0, "recorded": 0.0, **dict.fromkeys(CONSUMERS, 0.0)}
     for m in samples:
         out["received"] += m.total("mercurystream_events_total")
         out["recorded"] += m.total("mercurystream_recorded_events_total")
         for c, v in m.by_label("mercurystream_drops_total", "consumer").items():
-            out["drops"] += v
-            if v:
-                out[f"drops:{c}"] = out.get(f"drops:{c}", 0.0) + v
+            out[f"drops:{c}"] = out.get(f"drops:{c}", 0.0) + v
         for c, v in m.by_label("mercurystream_consumer_events_total", "consumer").items():
             if c in out:
                 out[c] += v
@@ -282,11 +281,11 @@ def js_step(
 
         def settled() -> bool:
             c = _counts([p.metrics() for p in p2s])
-            if c["drops"]:
-                by = ", ".join(f"{k.removeprefix('drops:')}={v:.0f}" for k, v in c.items() if k.startswith("drops:"))
-                state["failure"] = f"{c['drops']:.0f} events dropped ({by})"
+            failure = dropped(c)
+            if failure is not None:
+                state["failure"] = failure
                 return True
-            behind = {k: int(v) for k, v in c.items() if not k.startswith("drops") and v != sent["sent"]}
+            behind = {k: int(v) for k, v in c.items() if not k.startswith("drops:") and v != sent["sent"]}
             state["failure"] = f"not all of {sent['sent']} events processed: {behind}" if behind else None
             return not behind
 

@@ -163,13 +163,20 @@ def p2_verdict(m: Sample, sent: int, before: dict[str, float] | None = None) -> 
     counts = p2_counts(m)
     if before is not None:
         counts = {k: v - before.get(k, 0.0) for k, v in counts.items()}
-    drops = {k.removeprefix("drops:"): v for k, v in counts.items() if k.startswith("drops:")}
-    if sum(drops.values()):
-        return True, f"{sum(drops.values()):.0f} events dropped ({_nonzero(drops)})"
+    failure = dropped(counts)
+    if failure is not None:
+        return True, failure
     behind = {k: int(v) for k, v in counts.items() if not k.startswith("drops:") and v != sent}
     if behind:
         return False, f"not all of {sent} events processed: {behind}"
     return True, None
+
+
+def dropped(counts: dict[str, float]) -> str | None:
+    """``"N events dropped (consumer=n, ...)"`` from the ``drops:<consumer>`` counts; ``None`` when none dropped."""
+    drops = {k.removeprefix("drops:"): v for k, v in counts.items() if k.startswith("drops:")}
+    total = sum(drops.values())
+    return f"{total:.0f} events dropped ({_nonzero(drops)})" if total else None
 
 
 def _nonzero(d: dict[str, float]) -> str:
