@@ -65,6 +65,8 @@ from mercurystream.shared.transport import EventSource
 
 RECENT_BATCH_IDS = 65536
 """Batch ids remembered, far more than can be unacknowledged at once (``max_ack_pending``)."""
+ROOM_POLL_S = 0.002
+"""How often a source waiting for the consumers (to fetch, or to publish a batch) looks again."""
 MESSAGE_ACTIONS = ("processed", "foreign")
 REDELIVERED_ACTIONS = ("skipped", "reprocessed")
 
@@ -332,7 +334,7 @@ class NatsSource(Ingest, EventSource):
         while not lost.is_set():
             backlog = self._backlog
             while backlog.behind() or len(self._held) >= self.max_ack_pending:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(ROOM_POLL_S)
             try:
                 msgs = await psub.fetch(self._fetch_size(), timeout=1.0)
             except (NatsTimeout, TimeoutError):
@@ -420,7 +422,7 @@ class NatsSource(Ingest, EventSource):
             self._expansion = batch.nbytes / max(1, len(data))
             backlog = self._backlog
             while not backlog.fits(len(batch), batch.nbytes):
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(ROOM_POLL_S)
         peer = f"{msgs[0].subject}#{msgs[0].metadata.sequence.stream}"
         self.accept(got, peer)
         if ingest.buffered and got.oversize is None:
