@@ -95,6 +95,16 @@ _ARROW_TYPES = tuple(_ARROW[kind] for _, kind in COLUMNS)
 DICTIONARY_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "str" and not f.time)
 """Columns written dictionary-encoded: labels that repeat (type, product, side, venue, feed). A
 time or an id rarely repeats, and trying a dictionary on it first costs the writer time for nothing."""
+DELTA_ENCODINGS: dict[str, str] = {
+    **{f.name: "DELTA_BINARY_PACKED" for f in FIELDS if f.kind == "int"},
+    **{f.name: "DELTA_BYTE_ARRAY" for f in FIELDS if f.kind == "str" and f.time},
+    TIME_TS: "DELTA_BINARY_PACKED",
+}
+"""Columns written as differences from the row before: ids, sequences, stamps and times mostly climb
+in small steps, and a time string shares most of its bytes with the one before. A delta is a
+byte or two where the plain value is eight (or 27 for a time), so zstd gets a fraction of the
+bytes to compress: the writer spends less time and the file comes out a little smaller. DuckDB
+and pyarrow read these encodings."""
 
 
 def _fits(kind: str, value: object) -> bool:
@@ -327,7 +337,11 @@ class ParquetSink:
         self._buffered_bytes = 0
         self._file: BinaryIO = open(self.part, "xb")  # noqa: SIM115 - closed by close() or discard()
         self._writer = pq.ParquetWriter(
-            self._file, SCHEMA, compression=compression, use_dictionary=list(DICTIONARY_COLUMNS)
+            self._file,
+            SCHEMA,
+            compression=compression,
+            use_dictionary=list(DICTIONARY_COLUMNS),
+            column_encoding=DELTA_ENCODINGS,
         )
 
     @property

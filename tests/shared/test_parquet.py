@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mercurystream.shared.parquet import (
     COLUMNS,
+    DELTA_ENCODINGS,
     DICTIONARY_COLUMNS,
     EXTRA,
     REQUIRED,
@@ -185,18 +186,28 @@ def test_a_joined_message_declines_unless_every_line_is_common(lines: list[bytes
     assert encoder.rows == 0
 
 
-def test_labels_are_dictionary_encoded_and_times_and_ids_are_not(tmp_path: Path) -> None:
+def test_labels_are_dictionary_encoded_and_times_and_ids_delta_encoded(tmp_path: Path) -> None:
     assert set(DICTIONARY_COLUMNS) == {"type", "product_id", "side", "venue", "feed"}
+    assert {
+        **dict.fromkeys(
+            ("trade_id", "sequence", "ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us", "time_ts"),
+            "DELTA_BINARY_PACKED",
+        ),
+        "time": "DELTA_BYTE_ARRAY",
+    } == DELTA_ENCODINGS
     sink = ParquetSink(tmp_path / "x.parquet")
     sink.append(RowEncoder().encode(lines_of([event(i) for i in range(1000)]))[0])
     sink.close()
     group = pq.ParquetFile(tmp_path / "x.parquet").metadata.row_group(0)
-    dictionary = {
-        group.column(i).path_in_schema
-        for i in range(group.num_columns)
-        if group.column(i).dictionary_page_offset is not None
-    }
+    columns = [group.column(i) for i in range(group.num_columns)]
+    dictionary = {c.path_in_schema for c in columns if c.dictionary_page_offset is not None}
     assert dictionary == set(DICTIONARY_COLUMNS)
+    for c in columns:
+        data = set(c.encodings) - {"RLE"}  # RLE: the validity levels every column has
+        if c.path_in_schema in DELTA_ENCODINGS:
+            assert data == {DELTA_ENCODINGS[c.path_in_schema]}, c.path_in_schema
+        elif c.path_in_schema not in DICTIONARY_COLUMNS:
+            assert data == {"PLAIN"}, c.path_in_schema
 
 
 def test_a_sink_writes_a_part_file_and_renames_it_on_close(tmp_path: Path) -> None:
