@@ -66,9 +66,25 @@ static inline const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
-/* A string's body, from after its opening quote; NULL unless plain printable ASCII up to the closing quote. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether any of eight bytes (one word, read unaligned) is a quote, a backslash, a control character
+ * or a non-ASCII byte: the classic "has a zero byte" and "has a byte less than n" word tests, exact
+ * about whether one is there (not about which). */
+static inline int special8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    uint64_t quote = w ^ (ONES * '"'), slash = w ^ (ONES * '\\');
+    uint64_t hits = ((quote - ONES) & ~quote) | ((slash - ONES) & ~slash) | ((w - ONES * 0x20) & ~w) | w;
+    return (hits & HIGHS) != 0;
+}
+
+/* A string's body, from after its opening quote; NULL unless plain printable ASCII up to the closing quote.
+ * Eight bytes at a time while none is special, then byte by byte. */
 static inline const char *plain_string(const char *p, const char *end, const char **body_end) {
     const char *s = p;
+    while (end - s >= 8 && !special8(s)) s += 8;
     while (s < end) {
         unsigned char c = (unsigned char)*s;
         if (c == '"') {
@@ -81,43 +97,27 @@ static inline const char *plain_string(const char *p, const char *end, const cha
     return NULL;
 }
 
-static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
-/* A decimal whose digits fit 2**53 and whose exponent is within 10**22 is one correctly rounded IEEE operation
- * on two exact doubles (Clinger's fast path); returns 0 for any other, which takes the full parse. */
-static int clinger(const char *digits, const char *end, int neg, double *out) {
-    uint64_t m = 0;
-    int ndigits = 0, frac = 0, exp = 0, exp_neg = 0;
-    const char *s = digits;
-    for (; s < end && *s >= '0' && *s <= '9'; s++) {
-        m = m * 10 + (uint64_t)(*s - '0');
-        if (++ndigits > 15) return 0;
+/* Whether n bytes are equal, eight at a time: inline, for the short keys and labels compared once or
+ * more an object, where a call to memcmp costs more than the comparison. */
+static inline int same(const char *a, const char *b, Py_ssize_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
     }
-    if (s < end && *s == '.') {
-        for (s++; s < end && *s >= '0' && *s <= '9'; s++) {
-            m = m * 10 + (uint64_t)(*s - '0');
-            frac++;
-            if (++ndigits > 15) return 0;
-        }
-    }
-    if (s < end && (*s == 'e' || *s == 'E')) {
-        s++;
-        if (s < end && (*s == '+' || *s == '-')) exp_neg = *s++ == '-';
-        for (; s < end && *s >= '0' && *s <= '9'; s++) {
-            exp = exp * 10 + (*s - '0');
-            if (exp > 1000) return 0;
-        }
-    }
-    int e = (exp_neg ? -exp : exp) - frac;
-    if (e < -22 || e > 22) return 0;
-    double v = (double)m; /* exact: m < 10**15 < 2**53 */
-    v = e < 0 ? v / POW10[-e] : v * POW10[e];
-    *out = neg ? -v : v;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
     return 1;
 }
 
-/* A JSON number at p. Sets *is_int and *ival when it has no fraction or exponent and fits int64, else *dval. */
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number at p, read in one pass. Sets *is_int and *ival when it has no fraction or exponent
+ * and fits int64, else *dval. A decimal of at most 15 digits whose exponent is within 10**22 is one
+ * correctly rounded IEEE operation on two exact doubles (Clinger's fast path); any other goes to
+ * Python's own correctly rounded, locale-free parse. */
 static const char *number(const char *p, const char *end, int *is_int, int64_t *ival, double *dval) {
     const char *s = p;
     int neg = 0;
@@ -127,49 +127,51 @@ static const char *number(const char *p, const char *end, int *is_int, int64_t *
     }
     if (s >= end) return NULL;
     const char *digits = s;
+    uint64_t m = 0; /* the digits' value, exact while there are at most 19 */
     if (*s == '0') {
         s++;
     } else if (*s >= '1' && *s <= '9') {
-        while (s < end && *s >= '0' && *s <= '9') s++;
+        while (s < end && *s >= '0' && *s <= '9') m = m * 10 + (uint64_t)(*s++ - '0');
     } else {
         return NULL;
     }
     Py_ssize_t ndigits = s - digits;
-    int integral = 1;
-    if (s < end && *s == '.') {
-        integral = 0;
-        s++;
-        const char *f = s;
-        while (s < end && *s >= '0' && *s <= '9') s++;
-        if (s == f) return NULL;
-    }
-    if (s < end && (*s == 'e' || *s == 'E')) {
-        integral = 0;
-        s++;
-        if (s < end && (*s == '+' || *s == '-')) s++;
-        const char *e = s;
-        while (s < end && *s >= '0' && *s <= '9') s++;
-        if (s == e) return NULL;
-    }
-    if (integral) {
+    if (s >= end || (*s != '.' && *s != 'e' && *s != 'E')) {
         if (ndigits > 19) return NULL;
-        uint64_t v = 0; /* 19 digits never overflow 64 bits */
-        for (const char *d = digits; d < s; d++) v = v * 10 + (uint64_t)(*d - '0');
         if (neg) {
-            if (v > (uint64_t)INT64_MAX + 1) return NULL;
-            *ival = (v == (uint64_t)INT64_MAX + 1) ? INT64_MIN : -(int64_t)v;
+            if (m > (uint64_t)INT64_MAX + 1) return NULL;
+            *ival = (m == (uint64_t)INT64_MAX + 1) ? INT64_MIN : -(int64_t)m;
         } else {
-            if (v > (uint64_t)INT64_MAX) return NULL;
-            *ival = (int64_t)v;
+            if (m > (uint64_t)INT64_MAX) return NULL;
+            *ival = (int64_t)m;
         }
         *is_int = 1;
         return s;
     }
-    double fast;
-    if (clinger(digits, s, neg, &fast)) {
-        *dval = fast;
-        *is_int = 0;
-        return s;
+    Py_ssize_t frac = 0;
+    if (*s == '.') {
+        const char *f = ++s;
+        while (s < end && *s >= '0' && *s <= '9') m = m * 10 + (uint64_t)(*s++ - '0');
+        frac = s - f;
+        if (frac == 0) return NULL;
+    }
+    int exp = 0, exp_neg = 0;
+    if (s < end && (*s == 'e' || *s == 'E')) {
+        s++;
+        if (s < end && (*s == '+' || *s == '-')) exp_neg = *s++ == '-';
+        const char *e = s;
+        for (; s < end && *s >= '0' && *s <= '9'; s++) exp = exp > 1000 ? exp : exp * 10 + (*s - '0');
+        if (s == e) return NULL;
+    }
+    *is_int = 0;
+    if (ndigits + frac <= 15 && exp <= 1000) {
+        int e = (exp_neg ? -exp : exp) - (int)frac;
+        if (e >= -22 && e <= 22) {
+            double v = (double)m; /* exact: m < 10**15 < 2**53 */
+            v = e < 0 ? v / POW10[-e] : v * POW10[e];
+            *dval = neg ? -v : v;
+            return s;
+        }
     }
     Py_ssize_t len = s - p;
     if (len >= MAX_NUMBER_CHARS) return NULL;
@@ -177,14 +179,13 @@ static const char *number(const char *p, const char *end, int *is_int, int64_t *
     memcpy(buf, p, (size_t)len);
     buf[len] = '\0';
     char *stop = NULL;
-    double d = PyOS_string_to_double(buf, &stop, NULL); /* Python's own correctly rounded, locale-free parse */
+    double d = PyOS_string_to_double(buf, &stop, NULL);
     if (d == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
         return NULL;
     }
     if (stop != buf + len || !isfinite(d)) return NULL;
     *dval = d;
-    *is_int = 0;
     return s;
 }
 
@@ -228,7 +229,7 @@ static const char *skip_scalar(const char *p, const char *end) {
 static PyObject *string_object(Column *c, const char *s, Py_ssize_t len) {
     for (int i = 0; i < RECENT; i++) {
         PyObject *seen = c->recent[i];
-        if (seen != NULL && PyUnicode_GET_LENGTH(seen) == len && memcmp(PyUnicode_DATA(seen), s, (size_t)len) == 0)
+        if (seen != NULL && PyUnicode_GET_LENGTH(seen) == len && same(PyUnicode_DATA(seen), s, len))
             return Py_NewRef(seen);
     }
     if (len < c->min_len || (c->max_len >= 0 && len > c->max_len)) return NULL;
@@ -271,16 +272,23 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
     } else {
         for (;;) {
             if (p >= end || *p != '"') return NULL;
-            const char *key_end;
-            const char *after = plain_string(p + 1, end, &key_end);
-            if (after == NULL) return NULL;
-            Py_ssize_t key_len = key_end - (p + 1);
+            const char *key = p + 1, *after;
             int k = ncols;
-            for (int i = 0; i < ncols; i++) {
-                int j = hint + i < ncols ? hint + i : hint + i - ncols;
-                if (cols[j].name_len == key_len && memcmp(cols[j].name, p + 1, (size_t)key_len) == 0) {
-                    k = j;
-                    break;
+            Py_ssize_t hint_len = cols[hint].name_len;
+            if (end - key > hint_len && key[hint_len] == '"' && same(key, cols[hint].name, hint_len)) {
+                k = hint; /* the usual case; a name is plain ASCII (read_spec), so the key is too */
+                after = key + hint_len + 1;
+            } else {
+                const char *key_end;
+                after = plain_string(key, end, &key_end);
+                if (after == NULL) return NULL;
+                Py_ssize_t key_len = key_end - key;
+                for (int i = 1; i < ncols; i++) { /* from the hint on: the key is usually a little further */
+                    int j = hint + i < ncols ? hint + i : hint + i - ncols;
+                    if (cols[j].name_len == key_len && same(cols[j].name, key, key_len)) {
+                        k = j;
+                        break;
+                    }
                 }
             }
             if (k == ncols && mode->objects) {
@@ -428,7 +436,7 @@ static PyObject *column_result(Column *c, Py_ssize_t n) {
 static int read_spec(Column *cols, PyObject *names, Py_buffer *kinds, Py_buffer *required, int *ncols_out) {
     int ncols = (int)PyTuple_GET_SIZE(names);
     *ncols_out = 0;
-    if (ncols > MAX_COLUMNS || kinds->len != ncols || required->len != ncols) {
+    if (ncols < 1 || ncols > MAX_COLUMNS || kinds->len != ncols || required->len != ncols) {
         PyErr_SetString(PyExc_ValueError, "scan: bad column spec");
         return -1;
     }
@@ -442,6 +450,13 @@ static int read_spec(Column *cols, PyObject *names, Py_buffer *kinds, Py_buffer 
         Column *c = &cols[k];
         c->name = PyBytes_AS_STRING(name);
         c->name_len = PyBytes_GET_SIZE(name);
+        for (Py_ssize_t i = 0; i < c->name_len; i++) {
+            unsigned char ch = (unsigned char)c->name[i];
+            if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x80) {
+                PyErr_SetString(PyExc_ValueError, "scan: a name must be plain printable ASCII");
+                return -1;
+            }
+        }
         c->kind = ((const unsigned char *)kinds->buf)[k];
         c->required = ((const unsigned char *)required->buf)[k] != 0;
         if (c->kind > KIND_BOOL) {

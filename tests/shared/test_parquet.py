@@ -403,6 +403,78 @@ def test_the_scanner_takes_p2s_common_lines_and_declines_what_only_the_plain_dec
     assert scan_columns(b"".join(common), 1 << 40) is None, "more lines than the bytes could hold"
 
 
+SPECIAL_BYTES = (b"\\", b"\x1f", b"\x7f", b"\x80", "é".encode())
+"""Bytes a plain string may not hold, and one it may (DEL), each tried at every offset of an eight-byte word."""
+NUMBER_SPELLINGS = (
+    *(b"7" * k for k in range(1, 21)),
+    *(b"-" + b"9" * k for k in (18, 19, 20)),
+    b"9223372036854775807",
+    b"9223372036854775808",
+    b"-9223372036854775808",
+    b"-9223372036854775809",
+    *(b"1." + b"3" * k for k in range(12, 17)),
+    b"955430966832521.1",  # 16 digits, and 17 below: one rounding of the digits and another of the
+    b"821.72843949926903",  # division would be off by one unit in the last place
+    *(b"123456789012345e" + e for e in (b"7", b"8", b"-22", b"-23", b"22", b"23")),
+    b"0.1e-22",
+    b"5e1000",
+    b"5e-1000",
+    b"5e00000000000000000000000001",
+    b"0.000000000000000000000000000001",
+    b"-0.0",
+    b"-0",
+)
+"""Numbers at the edges of the one-pass reader: 19 and 20 digits, int64's ends, 15 and 16 significant
+digits, exponents either side of 10**22 and of 1000, leading zeros in an exponent."""
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@pytest.mark.parametrize("special", SPECIAL_BYTES)
+def test_the_scanner_finds_a_special_byte_at_any_offset_of_a_word(special: bytes) -> None:
+    """A string is read eight bytes at a time: a byte it may not hold is found wherever it falls."""
+    for length in range(0, 26):
+        for at in range(length):
+            text = b"a" * at + special + b"b" * (length - at - 1)
+            data = orjson.dumps(event(1)).replace(b'"buy"', b'"' + text + b'"')
+            scanned = scan_columns(data, 1)
+            if special == b"\x7f":
+                plain = _plain_columns(data, 1)
+                assert scanned is not None and plain is not None, (length, at)
+                assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+            else:
+                assert scanned is None, (length, at)
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@pytest.mark.parametrize("key", [b"pric", b"price2", b"Price", b"", b"sidee", b"recv_ts_u", b"recv_ts_us_"])
+def test_a_key_near_a_columns_name_is_not_taken_for_it(key: bytes) -> None:
+    """The next column's name is tried first, byte for byte; a key one byte short, longer or other is another key."""
+    line = orjson.dumps(event(1))[:-1] + b',"' + key + b'":1}'
+    assert scan_columns(line, 1) is None
+    assert _plain_columns(line, 1) is None
+
+
+@pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
+@pytest.mark.parametrize("spelling", NUMBER_SPELLINGS)
+def test_the_scanner_reads_numbers_at_the_edges_as_the_plain_decode_does(spelling: bytes) -> None:
+    """In a float column and an int column: equal values (signs too), or declined where the plain decode
+    declines or reads a value no double holds."""
+    for column in (b"price", b"sequence"):
+        key = b'"%s":' % column
+        line = orjson.dumps(event(1, **{column.decode(): 1})).replace(key + b"1", key + spelling)
+        scanned, plain = scan_columns(line, 1), _plain_columns(line, 1)
+        if scanned is not None:
+            assert plain is not None
+            assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+            signs = [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in scanned]
+            assert signs == [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in plain]
+        else:
+            finite = plain is not None and all(
+                math.isfinite(v) for c in plain for v in c.to_pylist() if type(v) is float
+            )
+            assert not finite, "declined a number the plain decode reads as a finite value"
+
+
 def test_the_scanner_is_built_where_ci_requires_it() -> None:
     """CI's machine has a C compiler: there the kernel must be built, so its tests above never skip silently."""
     if os.environ.get("MERCURY_REQUIRE_ROWSCAN") == "1":
