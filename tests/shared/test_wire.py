@@ -193,7 +193,7 @@ def test_the_kernel_is_built_where_ci_requires_it() -> None:
 
 @needs_scanner
 def test_the_scanner_refuses_a_rule_spec_it_cannot_check() -> None:
-    """A malformed spec is the caller's bug: an exception, never a silently unchecked rule."""
+    """A malformed spec is the caller's bug: an exception, never a silently unchecked rule or a key misread."""
     from mercurystream.shared.schema import Field
     from mercurystream.shared.wire import SCAN_SPEC, _rule, _scannable
 
@@ -219,6 +219,14 @@ def test_the_scanner_refuses_a_rule_spec_it_cannot_check() -> None:
             _rowscan.scan_objects(payloads, *SCAN_SPEC, emit, spec)
     with pytest.raises(ValueError):
         _rowscan.scan_objects(payloads, *SCAN_SPEC, emit[:-1], rules)
+    names, kinds, required = SCAN_SPEC
+    for name in (b'pri"ce', b"pri\\ce", b"pri\nce", "prïce".encode()):  # keys are matched in place, byte for byte
+        with pytest.raises(ValueError, match="plain printable ASCII"):
+            _rowscan.scan_objects(payloads, (name, *names[1:]), kinds, required, emit, rules)
+        with pytest.raises(ValueError, match="plain printable ASCII"):
+            _rowscan.scan(payloads[0], 1, (name, *names[1:]), kinds, required)
+    with pytest.raises(ValueError, match="bad column spec"):
+        _rowscan.scan(payloads[0], 1, (), b"", b"")
     assert not _scannable(Field("n", "int", True, "venue", "", gt=0))
     assert not _scannable(Field("n", "number", True, "venue", "", max_length=3))
     assert all(map(_scannable, FIELDS))
