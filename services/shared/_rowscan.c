@@ -66,12 +66,14 @@ static inline const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
+/* A byte a plain string may not hold: a quote (it ends one), a backslash, a control or a non-ASCII byte. */
+static inline int special_byte(unsigned char c) { return c == '"' || c == '\\' || c < 0x20 || c >= 0x80; }
+
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
-/* Whether any of eight bytes (one word, read unaligned) is a quote, a backslash, a control character
- * or a non-ASCII byte: the classic "has a zero byte" and "has a byte less than n" word tests, exact
- * about whether one is there (not about which). */
+/* Whether any of eight bytes (one word, read unaligned) is a special_byte: the classic "has a zero
+ * byte" and "has a byte less than n" word tests, exact about whether one is there (not about which). */
 static inline int special8(const char *s) {
     uint64_t w;
     memcpy(&w, s, 8);
@@ -91,7 +93,7 @@ static inline const char *plain_string(const char *p, const char *end, const cha
             *body_end = s;
             return s + 1;
         }
-        if (c == '\\' || c < 0x20 || c >= 0x80) return NULL;
+        if (special_byte(c)) return NULL;
         s++;
     }
     return NULL;
@@ -451,8 +453,7 @@ static int read_spec(Column *cols, PyObject *names, Py_buffer *kinds, Py_buffer 
         c->name = PyBytes_AS_STRING(name);
         c->name_len = PyBytes_GET_SIZE(name);
         for (Py_ssize_t i = 0; i < c->name_len; i++) {
-            unsigned char ch = (unsigned char)c->name[i];
-            if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x80) {
+            if (special_byte((unsigned char)c->name[i])) {
                 PyErr_SetString(PyExc_ValueError, "scan: a name must be plain printable ASCII");
                 return -1;
             }
