@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -251,6 +252,14 @@ def _plain_columns(data: bytes, n: int) -> list[pa.Array] | None:
     return None if batch is None else batch.columns[: len(COLUMNS)]
 
 
+def assert_same_columns(scanned: list[pa.Array], plain: list[pa.Array] | None) -> None:
+    """The scanner's columns equal the plain decode's, -0.0 told from 0.0."""
+    assert plain is not None
+    assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+    signs = [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in scanned]
+    assert signs == [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in plain]
+
+
 def _render(value: object, spelling: int, kind: str = "float64") -> bytes:
     """A JSON value as orjson writes it, or (numbers) spelled another valid way: exponent, trailing zeros.
 
@@ -328,10 +337,7 @@ def test_the_scanner_gives_the_plain_decodes_columns_whenever_it_takes_a_message
     scanned = scan_columns(data, n)
     plain = _plain_columns(data, n)
     if scanned is not None:
-        assert plain is not None
-        assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
-        signs = [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in scanned]
-        assert signs == [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in plain]
+        assert_same_columns(scanned, plain)
     elif plain is not None and plain_text:
         finite = [v for c in plain for v in c.to_pylist() if type(v) is float]
         assert not all(map(math.isfinite, finite)), "declined a message of plain strings and finite numbers"
@@ -370,9 +376,7 @@ def test_the_scanner_on_damaged_bytes_declines_or_agrees(lines: int, changes: li
     data = damaged(b"".join(lines_of([event(i) for i in range(lines)])), changes)
     scanned = scan_columns(data, n)
     if scanned is not None:
-        plain = _plain_columns(data, n)
-        assert plain is not None
-        assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
+        assert_same_columns(scanned, _plain_columns(data, n))
 
 
 @pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
@@ -405,6 +409,15 @@ def test_the_scanner_takes_p2s_common_lines_and_declines_what_only_the_plain_dec
 
 SPECIAL_BYTES = (b"\\", b"\x1f", b"\x7f", b"\x80", "é".encode())
 """Bytes a plain string may not hold, and one it may (DEL), each tried at every offset of an eight-byte word."""
+
+
+def texts_holding(special: bytes) -> Iterator[bytes]:
+    """Strings of 1 to 25 bytes with ``special`` at each offset: every place in a word and past three words."""
+    for length in range(1, 26):
+        for at in range(length):
+            yield b"a" * at + special + b"b" * (length - at - 1)
+
+
 NUMBER_SPELLINGS = (
     *(b"7" * k for k in range(1, 21)),
     *(b"-" + b"9" * k for k in (18, 19, 20)),
@@ -432,17 +445,14 @@ digits, exponents either side of 10**22 and of 1000, leading zeros in an exponen
 @pytest.mark.parametrize("special", SPECIAL_BYTES)
 def test_the_scanner_finds_a_special_byte_at_any_offset_of_a_word(special: bytes) -> None:
     """A string is read eight bytes at a time: a byte it may not hold is found wherever it falls."""
-    for length in range(0, 26):
-        for at in range(length):
-            text = b"a" * at + special + b"b" * (length - at - 1)
-            data = orjson.dumps(event(1)).replace(b'"buy"', b'"' + text + b'"')
-            scanned = scan_columns(data, 1)
-            if special == b"\x7f":
-                plain = _plain_columns(data, 1)
-                assert scanned is not None and plain is not None, (length, at)
-                assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
-            else:
-                assert scanned is None, (length, at)
+    for text in texts_holding(special):
+        data = orjson.dumps(event(1)).replace(b'"buy"', b'"' + text + b'"')
+        scanned = scan_columns(data, 1)
+        if special == b"\x7f":
+            assert scanned is not None, text
+            assert_same_columns(scanned, _plain_columns(data, 1))
+        else:
+            assert scanned is None, text
 
 
 @pytest.mark.skipif(_rowscan is None, reason="the C scanner is not built (no C compiler at install)")
@@ -464,10 +474,7 @@ def test_the_scanner_reads_numbers_at_the_edges_as_the_plain_decode_does(spellin
         line = orjson.dumps(event(1, **{column.decode(): 1})).replace(key + b"1", key + spelling)
         scanned, plain = scan_columns(line, 1), _plain_columns(line, 1)
         if scanned is not None:
-            assert plain is not None
-            assert pa.Table.from_arrays(scanned, names=_NAMES).equals(pa.Table.from_arrays(plain, names=_NAMES))
-            signs = [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in scanned]
-            assert signs == [[math.copysign(1, v) for v in c.to_pylist() if type(v) is float] for c in plain]
+            assert_same_columns(scanned, plain)
         else:
             finite = plain is not None and all(
                 math.isfinite(v) for c in plain for v in c.to_pylist() if type(v) is float
