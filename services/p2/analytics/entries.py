@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,15 @@ SHRINK = 16
 """A running sum that falls below ``1 / SHRINK`` of the largest it was since the last recompute is
 recomputed at once: what it still holds may be far smaller than what left, and so than the rounding
 the subtractions left behind (a burst of large trades leaving a window of small ones)."""
+
+
+def extend_doubles(column: array, values: Sequence[float]) -> None:
+    """Append ``values`` to an ``array('d')`` column, packed as native doubles in one ``struct`` call.
+
+    ``array.fromlist`` converts each item through the generic ``PyArg_Parse``; ``struct`` reads each
+    float directly, so the same values go in for fewer instructions, whatever the list's length.
+    """
+    column.frombytes(struct.pack(f"{len(values)}d", *values))
 
 
 class Entries:
@@ -69,10 +79,9 @@ class Entries:
                 if t < last:
                     self.sorted_from = end + i
                 last = t
-        # array.fromlist reads a list in C about twice as fast as extend() reads any iterable.
-        times.fromlist(ts if type(ts) is list else list(ts))
+        extend_doubles(times, ts)
         for col, vs in zip(self.cols, columns, strict=True):
-            col.fromlist(vs if type(vs) is list else list(vs))
+            extend_doubles(col, vs)
 
     def cut(self, cutoff: float) -> int:
         """The index of the first entry the eviction keeps (``head`` if none goes)."""

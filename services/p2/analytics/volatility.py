@@ -10,7 +10,7 @@ from itertools import chain, islice
 from operator import mul, truediv
 from typing import Any
 
-from mercurystream.p2.analytics.entries import COMPACT_MIN
+from mercurystream.p2.analytics.entries import COMPACT_MIN, extend_doubles
 from mercurystream.shared.event import nondecreasing
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
@@ -128,7 +128,8 @@ class VolatilityWindow:
         if k >= m:
             base = st.last_price if k == m else prices[k - m - 1]
             rs = _returns(prices[k - m :], base)
-            st.returns = array("d", rs)
+            st.returns = array("d")
+            extend_doubles(st.returns, rs)
             st.head = 0
             st.s1 = math.fsum(rs)
             st.s2 = math.fsum(map(mul, rs, rs))
@@ -136,7 +137,7 @@ class VolatilityWindow:
         else:
             rs = _returns(prices, st.last_price)
             returns = st.returns
-            returns.fromlist(rs)
+            extend_doubles(returns, rs)
             st.s1 += sum(rs)
             st.s2 += sum(map(mul, rs, rs))
             excess = len(returns) - st.head - m
