@@ -23,6 +23,7 @@ import orjson
 
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, OUT_OF_ORDER, SEQUENCE_GAP, nearest_rank
 from mercurystream.p2.flight_recorder import MANUAL
+from mercurystream.p2.incident import reproduce
 from mercurystream.p2.incident.marks import STYLES
 from mercurystream.shared.clip import clip, join_clipped
 from mercurystream.shared.event import latency_ms
@@ -132,6 +133,10 @@ class _Event:
     @property
     def raw(self) -> str:
         return self._data[self._start : self._end].decode("utf-8", "replace")
+
+    @property
+    def raw_bytes(self) -> bytes:
+        return self._data[self._start : self._end]
 
     def get(self, key: str) -> Any:
         if key in _KEPT:
@@ -343,7 +348,8 @@ def render_report(
         if len(suppressed) + unlisted > 50:
             out.append(f"| ... | {len(suppressed) + unlisted - 50} more | | |")
         out.append("")
-    out += _tail(bundle, meta, replay_path, chart_note)
+    checked = reproduce.check([e.raw_bytes for e in events], meta) if have_events else None
+    out += _tail(bundle, meta, replay_path, chart_note, checked)
     return "\n".join(out)
 
 
@@ -367,8 +373,15 @@ def _pre_bound(meta: dict[str, Any]) -> str:
     return text
 
 
-def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_note: str | None) -> list[str]:
-    """Counters, configuration, chart and the replay command: what follows the evidence."""
+def _tail(
+    bundle: Path,
+    meta: dict[str, Any],
+    replay_path: str | None,
+    chart_note: str | None,
+    checked: reproduce.Reproduction | None = None,
+) -> list[str]:
+    """Counters, configuration, chart and the replay command (with what replaying it finds, when
+    ``checked``): what follows the evidence."""
     out = _kv_section("Counters at Trigger", "Counter", meta.get("counters_at_trigger"))
     out += _kv_section("Configuration", "Setting", meta.get("config"))
     path = _events_path(bundle, replay_path)
@@ -396,6 +409,9 @@ def _tail(bundle: Path, meta: dict[str, Any], replay_path: str | None, chart_not
         code_block([f"python replay.py --file {shlex.quote(path)} --keep-timestamps --rate 0"], "bash"),
         "",
     ]
+    if checked is not None and checked.reproduced is not None:
+        verdict = "It reproduces the incident" if checked.reproduced else "**It does not reproduce the incident**"
+        out += [f"{verdict}, checked in process with this bundle's configuration: {md(checked.why)}.", ""]
     command = nats_replay_command(meta.get("nats"))
     if command:
         out += [
