@@ -65,7 +65,9 @@ class P2Settings(CommonSettings, NatsSettings):
     FLIGHT_MAX_AGE_S: float = Field(0.0, ge=0)
     INCIDENT_CHARTS: bool = True
     INCIDENTS_DIR: Path = Path("data/incidents")
+    INCIDENTS_MAX_BYTES: int = Field(1 << 30, gt=0)
     DRIFT_SAMPLE_FILE: Path = Path("data/drift_samples.jsonl")
+    DRIFT_SAMPLE_MAX_BYTES: int = Field(64 << 20, gt=0)
     DRIFT_SAMPLES_PER_MIN: int = Field(100, ge=0)
 
     @field_validator("P2_SHARD")

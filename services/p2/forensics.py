@@ -107,6 +107,8 @@ class ForensicsConsumer(Consumer):
             drift_file=settings.DRIFT_SAMPLE_FILE,
             chart=chart,
             spare=self.spare_cpu.spare,
+            max_dir_bytes=settings.INCIDENTS_MAX_BYTES,
+            drift_max_bytes=settings.DRIFT_SAMPLE_MAX_BYTES,
         )
         self.config = {k: _plain(getattr(settings, k)) for k in CONFIG_KEYS}
         self._anomaly_metric = {t: metrics.anomalies_total.labels(type=t) for t in ANOMALY_TYPES}

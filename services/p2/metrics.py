@@ -144,6 +144,11 @@ class P2Metrics:
         self.incident_write_errors_total = Counter(
             "mercurystream_incident_write_errors", "Incident bundles that failed to write", registry=r
         )
+        self.incidents_pruned_total = Counter(
+            "mercurystream_incidents_pruned",
+            "Incident bundles removed, oldest first, to keep INCIDENTS_DIR under INCIDENTS_MAX_BYTES",
+            registry=r,
+        )
         self.incident_triggers_suppressed_total = Counter(
             "mercurystream_incident_triggers_suppressed",
             "Triggers not captured because a capture was active or in cooldown",

@@ -318,6 +318,47 @@ def remove_leftovers(incidents_dir: Path) -> tuple[int, list[str]]:
     return removed, failed
 
 
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` (a bundle: a few files, no symlinks followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def prune_bundles(incidents_dir: Path, max_bytes: int, keep: Path | None = None) -> list[str]:
+    """Remove the oldest bundles until those left total at most ``max_bytes``; returns the names removed.
+
+    A bundle's name starts with its UTC trigger time, so name order is age order. ``keep`` (the
+    bundle just written) is never removed, nor anything but a bundle directory: dot names (a writer's
+    temporary directory) and plain files are left alone and not counted.
+    """
+    try:
+        entries = sorted(
+            (e for e in os.scandir(incidents_dir) if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)),
+            key=lambda e: e.name,
+        )
+    except OSError:
+        return []
+    sizes = [_tree_bytes(e.path) for e in entries]
+    total = sum(sizes)
+    removed: list[str] = []
+    for entry, size in zip(entries, sizes, strict=True):
+        if total <= max_bytes:
+            break
+        if keep is not None and entry.name == keep.name:
+            continue
+        try:
+            shutil.rmtree(entry.path)
+        except OSError:
+            continue
+        total -= size
+        removed.append(entry.name)
+    return removed
+
+
 def run_chart(chart: ChartCommand, bundle_dir: Path, timeout_s: float) -> bool:
     """Draw ``chart.png`` into ``bundle_dir`` with the renderer subprocess; whether it is there now.
     A renderer that failed or was killed leaves no partial file behind."""
@@ -364,7 +405,11 @@ class BundleWriter:
 
     ``submit`` and ``append_drift`` never block. Failures are logged and counted
     (``incident_write_errors_total``) and the pipeline goes on. At most ``max_pending`` bundles
-    wait at once; one more is counted as a write error rather than held in memory.
+    wait at once; one more is counted as a write error rather than held in memory. After each bundle,
+    the oldest bundles are removed while the directory's bundles exceed ``max_dir_bytes``
+    (``INCIDENTS_MAX_BYTES``): incidents come at most one a cooldown, but a feed that keeps
+    misbehaving would otherwise fill the disk with them. The drift sample file, likewise, moves to
+    ``<file>.1`` (replacing the one before) when an append would take it past ``drift_max_bytes``.
 
     Charts are drawn after their bundle is in place, one at a time, when ``spare()`` says P2 has CPU
     to spare (polled every ``chart_poll_s`` while charts wait; ``None`` draws at once). At most
@@ -384,8 +429,16 @@ class BundleWriter:
         spare: Callable[[], bool] | None = None,
         chart_poll_s: float = 0.25,
         max_pending_charts: int = 32,
+        max_dir_bytes: int | None = None,
+        drift_max_bytes: int | None = None,
     ) -> None:
         self.incidents_dir = Path(incidents_dir)
+        self.drift_max_bytes = drift_max_bytes
+        self.drift_rotations = 0
+        """Times the drift file was moved to ``<file>.1`` to stay under ``drift_max_bytes``."""
+        self.max_dir_bytes = max_dir_bytes
+        self.pruned = 0
+        """Bundles removed, oldest first, to keep the directory under ``max_dir_bytes``."""
         self.drift_file = Path(drift_file) if drift_file is not None else None
         self._metrics = metrics
         self._chart_opt = chart
@@ -562,6 +615,8 @@ class BundleWriter:
         self.last_path = path
         if self._metrics is not None:
             self._metrics.incidents_total.labels(type=capture.type).inc()
+        if self.max_dir_bytes is not None:
+            self._prune(path)
         state = "complete" if capture.complete else "incomplete"
         logger.info(
             f"incident {capture.id} ({capture.type}, {state}): {capture.pre_count} pre + "
@@ -573,6 +628,19 @@ class BundleWriter:
             if len(self._charts) >= self.max_pending_charts:
                 self._give_up(self._charts.popleft(), CHART_NOT_DRAWN)
             self._charts.append(path)
+
+    def _prune(self, written: Path) -> None:
+        removed = prune_bundles(self.incidents_dir, self.max_dir_bytes or 0, keep=written)
+        if not removed:
+            return
+        self.pruned += len(removed)
+        if self._metrics is not None:
+            self._metrics.incidents_pruned_total.inc(len(removed))
+        if self._log.should_log("pruned"):
+            logger.warning(
+                f"incident writer: removed {len(removed)} oldest bundles (first {removed[0]}) to keep "
+                f"{self.incidents_dir} under INCIDENTS_MAX_BYTES={self.max_dir_bytes}"
+            )
 
     def _draw_next(self) -> None:
         self._drawing = True  # before the pop, so charts_pending never reads 0 while one is drawn
@@ -625,11 +693,7 @@ class BundleWriter:
         holds an ``flock`` on the file, as another P2 may append to the same one (the demo's two do)."""
         data = b"\n".join(lines) + b"\n"
         try:
-            if self._drift_fd is None:
-                self.drift_file.parent.mkdir(parents=True, exist_ok=True)
-                self._drift_fd = os.open(self.drift_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            fd = self._drift_fd
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = self._drift_locked(len(data))
         except OSError as exc:
             self._drift_dropped(lines, exc)
             return
@@ -652,6 +716,43 @@ class BundleWriter:
         self.drift_written += len(lines)
         if self._metrics is not None:
             self._metrics.drift_samples_total.inc(len(lines))
+
+    def _drift_locked(self, incoming: int) -> int:
+        """The drift file's descriptor, locked, with room for ``incoming`` more bytes (:meth:`_has_room`)."""
+        for _ in range(3):
+            if self._drift_fd is None:
+                self.drift_file.parent.mkdir(parents=True, exist_ok=True)
+                self._drift_fd = os.open(self.drift_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = self._drift_fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._has_room(fd, incoming):
+                    return fd
+            except OSError:
+                self._drift_fd = None
+                os.close(fd)
+                raise
+            self._drift_fd = None
+            os.close(fd)
+        raise OSError(errno.EAGAIN, "the drift sample file kept being replaced")
+
+    def _has_room(self, fd: int, incoming: int) -> bool:
+        """Whether ``fd`` (locked) is still the file at the path and takes ``incoming`` bytes under
+        ``drift_max_bytes``. A full one is moved to ``<file>.1`` here; either way ``False`` reopens
+        the path (another P2 sharing the file may have moved it)."""
+        st = os.fstat(fd)
+        try:
+            at_path = os.stat(self.drift_file)
+        except FileNotFoundError:
+            return False
+        if (at_path.st_dev, at_path.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        cap = self.drift_max_bytes
+        if cap is None or not st.st_size or st.st_size + incoming <= cap:
+            return True
+        os.replace(self.drift_file, f"{self.drift_file}.1")
+        self.drift_rotations += 1
+        return False
 
     def _drift_dropped(self, lines: list[bytes], exc: OSError) -> None:
         """Count lines lost to ``exc`` and let the next append reopen the file (it may have been replaced)."""

@@ -19,7 +19,7 @@ from loguru import logger
 from mercurystream.p2.detectors import DUPLICATE, LATENCY_SPIKE, Anomaly
 from mercurystream.p2.flight_recorder import Capture, FlightRecorder
 from mercurystream.p2.incident import bundle as bundle_mod
-from mercurystream.p2.incident.bundle import BundleWriter, build_meta, write_bundle
+from mercurystream.p2.incident.bundle import BundleWriter, build_meta, prune_bundles, write_bundle
 from mercurystream.p2.incident.report import bundles_under
 from mercurystream.p2.metrics import P2Metrics
 
@@ -699,3 +699,66 @@ def test_a_bundle_without_gaps_has_an_empty_list_and_no_section(tmp_path):
     path = write_bundle(tmp_path / "incidents", make_capture())
     assert orjson.loads((path / "meta.json").read_bytes())["gaps"] == []
     assert "Gaps and Backfill" not in (path / "report.md").read_text()
+
+
+def test_the_oldest_bundles_go_once_the_directory_is_over_its_bound(tmp_path: Path) -> None:
+    for name, size in (("20260101_000000_a", 400), ("20260102_000000_b", 400), ("20260103_000000_c", 400)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.jsonl").write_bytes(b"x" * size)
+    (tmp_path / ".tmp_20260104_000000_d_x").mkdir()  # a writer's: never counted, never removed
+    (tmp_path / ".tmp_20260104_000000_d_x" / "events.jsonl").write_bytes(b"x" * 5000)
+    (tmp_path / "notes.txt").write_bytes(b"x" * 5000)
+    assert prune_bundles(tmp_path, 1200) == []
+    assert prune_bundles(tmp_path, 900, keep=tmp_path / "20260101_000000_a") == ["20260102_000000_b"]
+    assert prune_bundles(tmp_path, 0) == ["20260101_000000_a", "20260103_000000_c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp_20260104_000000_d_x", "notes.txt"]
+    assert prune_bundles(tmp_path / "missing", 0) == []
+
+
+def test_the_writer_keeps_its_directory_under_incidents_max_bytes(tmp_path: Path) -> None:
+    metrics = P2Metrics()
+    writer = BundleWriter(tmp_path, metrics, chart=False, max_dir_bytes=1)
+    writer.start()
+    try:
+        for _ in range(3):
+            assert writer.submit(make_capture())
+            assert writer.wait_idle(10)
+    finally:
+        writer.stop()
+    assert writer.written == 3 and writer.pruned == 2
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [writer.last_path.name]
+    assert metrics.incidents_pruned_total._value.get() == 2
+
+
+def test_the_drift_file_moves_aside_before_an_append_would_pass_its_bound(tmp_path: Path) -> None:
+    target = tmp_path / "drift.jsonl"
+    writer = BundleWriter(tmp_path / "inc", None, drift_file=target, chart=False, drift_max_bytes=20)
+    writer.start()
+    try:
+        for k in range(5):
+            writer.append_drift([b'{"k":%d}' % k])  # 8 bytes a line with its newline
+        assert writer.wait_idle(10)
+    finally:
+        writer.stop()
+    assert writer.drift_written == 5 and writer.drift_errors == 0 and writer.drift_rotations == 2
+    assert target.read_bytes() == b'{"k":4}\n'
+    assert Path(f"{target}.1").read_bytes() == b'{"k":2}\n{"k":3}\n'
+
+
+def test_a_writer_sharing_the_drift_file_follows_the_other_ones_move(tmp_path: Path) -> None:
+    target = tmp_path / "drift.jsonl"
+    one = BundleWriter(tmp_path / "a", None, drift_file=target, chart=False, drift_max_bytes=20)
+    two = BundleWriter(tmp_path / "b", None, drift_file=target, chart=False, drift_max_bytes=20)
+    for w in (one, two):
+        w.start()
+    try:
+        for k in range(6):
+            w = (one, two)[k % 2]
+            w.append_drift([b'{"k":%d}' % k])
+            assert w.wait_idle(10)
+    finally:
+        one.stop()
+        two.stop()
+    assert one.drift_errors == two.drift_errors == 0
+    assert target.read_bytes() == b'{"k":4}\n{"k":5}\n'
+    assert Path(f"{target}.1").read_bytes() == b'{"k":2}\n{"k":3}\n'
