@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US, RECV_MS, RECV_US
-from mercurystream.shared.framing import HEADER
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, HEADER
 
 Item = bytes | dict[str, Any]
 
@@ -291,33 +291,46 @@ class PayloadEncoder:
     the fixed width of a recording (:func:`_fixed_tail`) is cut and framed by ``map`` and one
     ``join``; any other batch goes item by item, a line cut at its stamps or a dict re-serialized.
     Dicts handed in are consumed (their recorded stamps may be removed in place).
+
+    A payload longer than ``max_frame_bytes`` is never sent (P2 would count it oversize and close
+    the connection, losing every frame after it): it is counted in :attr:`oversize`. A line under
+    the limit as read can cross it once restamped (the send stamps are ~60 bytes), aged or drifted.
     """
 
-    def __init__(self, keep_timestamps: bool, latency_ms: int = 0) -> None:
+    def __init__(
+        self, keep_timestamps: bool, latency_ms: int = 0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be 0 or more")
         self.keep_timestamps = keep_timestamps
         self.latency_ms = latency_ms
+        self.max_frame_bytes = max_frame_bytes
         self.aged = 0
         """Events sent with ``ingest_ts_*`` aged by ``latency_ms``."""
+        self.oversize = 0
+        """Events not sent because their payload, as it would be sent, exceeds ``max_frame_bytes``."""
 
     def encode(self, items: list[Item], now_us: int) -> bytes:
+        """The frames of ``items``, less those counted in :attr:`oversize`."""
         if not self.keep_timestamps:
             return self._restamp(items, now_us)
         if self.latency_ms:
             return self._age_recorded(items)
         return self._as_is(items)
 
-    @staticmethod
-    def _as_is(items: list[Item]) -> bytes:
-        if set(map(type, items)) == _BYTES_ONLY:
+    def _as_is(self, items: list[Item]) -> bytes:
+        if set(map(type, items)) == _BYTES_ONLY and max(map(len, items)) <= self.max_frame_bytes:  # type: ignore[arg-type]
             return _frame_all(items)  # type: ignore[arg-type]
         parts: list[bytes] = []
         append = parts.append
         pack = HEADER.pack
         dumps = orjson.dumps
+        limit = self.max_frame_bytes
         for it in items:
             payload = it if type(it) is bytes else dumps(it)
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
             append(pack(len(payload)))
             append(payload)
         return b"".join(parts)
@@ -326,17 +339,21 @@ class PayloadEncoder:
         stamp_us = now_us - self.latency_ms * 1000
         stamps = b'"%b":%d,"%b":%d}' % (INGEST_MS.encode(), stamp_us // 1000, INGEST_US.encode(), stamp_us)
         after_key = b"," + stamps
-        if self.latency_ms:
-            self.aged += len(items)
         if items and set(map(type, items)) == _BYTES_ONLY:
             cut = _fixed_tail(items)  # type: ignore[arg-type]
-            if cut is not None:
+            if cut is not None and max(map(len, items)) - cut + len(after_key) <= self.max_frame_bytes:  # type: ignore[arg-type]
+                if self.latency_ms:
+                    self.aged += len(items)
                 return self._restamp_cut(items, cut, after_key)  # type: ignore[arg-type]
-        return self._restamp_each(items, after_key)
+        skipped = self.oversize
+        out = self._restamp_each(items, after_key)
+        if self.latency_ms:
+            self.aged += len(items) - (self.oversize - skipped)
+        return out
 
-    @staticmethod
-    def _restamp_each(items: list[Item], after_key: bytes) -> bytes:
-        """One item at a time: the path for dicts, and for lines whose stamps are not all of one fixed form."""
+    def _restamp_each(self, items: list[Item], after_key: bytes) -> bytes:
+        """One item at a time: the path for dicts, for lines whose stamps are not all of one fixed form,
+        and for a batch with a line that restamping takes over the frame limit."""
         stamps = after_key[1:]
         parts: list[bytes] = []
         append = parts.append
@@ -345,6 +362,7 @@ class PayloadEncoder:
         loads = orjson.loads
         pop = dict.pop
         stamped_tail = _STAMPED_TAIL.fullmatch
+        limit = self.max_frame_bytes
         for it in items:
             if type(it) is bytes:
                 # P1's stamps come last and P2 splices its own after them: cut the line there
@@ -352,16 +370,21 @@ class PayloadEncoder:
                 cut = it.rfind(_TAIL_START)
                 if cut > 0 and stamped_tail(it, cut):
                     payload = it[:cut] + after_key
-                    append(pack(len(payload)))
-                    append(payload)
-                    continue
-                it = loads(it)
-            pop(it, INGEST_MS, None)
-            pop(it, INGEST_US, None)
-            pop(it, RECV_MS, None)
-            pop(it, RECV_US, None)
-            body = dumps(it)
-            payload = body[:-1] + after_key if len(body) > 2 else b"{" + stamps
+                else:
+                    it = loads(it)
+                    payload = b""
+            else:
+                payload = b""
+            if not payload:
+                pop(it, INGEST_MS, None)
+                pop(it, INGEST_US, None)
+                pop(it, RECV_MS, None)
+                pop(it, RECV_US, None)
+                body = dumps(it)
+                payload = body[:-1] + after_key if len(body) > 2 else b"{" + stamps
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
             append(pack(len(payload)))
             append(payload)
         return b"".join(parts)
@@ -371,7 +394,7 @@ class PayloadEncoder:
         """Each line less its last ``cut`` bytes, framed with the batch's stamp bytes after it.
 
         The stamp bytes are one object repeated in the list, so nothing is concatenated per event:
-        the single ``join`` copies each body once.
+        the single ``join`` copies each body once. The caller has checked that no frame exceeds the limit.
         """
         parts: list[bytes] = [after_key] * (3 * len(lines))
         parts[0::3] = map(HEADER.pack, map(add, map(len, lines), repeat(len(after_key) - cut)))
@@ -386,6 +409,7 @@ class PayloadEncoder:
         pack = HEADER.pack
         dumps = orjson.dumps
         loads = orjson.loads
+        limit = self.max_frame_bytes
         aged = 0
         for it in items:
             ev = loads(it) if type(it) is bytes else dict(it)
@@ -398,11 +422,12 @@ class PayloadEncoder:
                 ev[INGEST_MS] = ms - shift_ms
             if us is not None:
                 ev[INGEST_US] = us - shift_us
-            if ms is not None or us is not None:
-                aged += 1
-                payload = dumps(ev)
-            else:
-                payload = it if type(it) is bytes else dumps(ev)
+            changed = ms is not None or us is not None
+            payload = it if type(it) is bytes and not changed else dumps(ev)
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
+            aged += changed
             append(pack(len(payload)))
             append(payload)
         self.aged += aged

@@ -216,6 +216,44 @@ async def test_p2_closing_mid_replay_is_exit_3(recording, capsys) -> None:
     assert "sent " in captured.out
 
 
+async def test_p2_closing_before_acknowledging_everything_sent_is_exit_3(recording, capsys) -> None:
+    """Everything was written, but P2 closed without acknowledging it: the events may be lost, so not exit 0."""
+    path, _ = recording
+    async with FakeP2(ack=False, close_after=10) as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=0", "--limit=10") == 3
+    captured = capsys.readouterr()
+    assert "acknowledged by P2: 0 of 10 (P2 closed the connection)" in captured.out
+    assert "P2 closed the connection after 10 events were sent, 0 acknowledged" in captured.err
+
+
+async def test_a_line_that_restamping_takes_over_the_frame_limit_is_skipped_not_sent(tmp_path: Path, capsys) -> None:
+    """A line just under the 1 MiB limit grew past it when restamped; P2 closed on it and the run
+    still exited 0 with a thousand events unsent. Now it is counted oversize and the rest arrive."""
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    head = b'{"type":"match","product_id":"BTC-USD","price":1,"last_size":1,"time":"2024-01-01T00:00:00.000000Z",'
+    head += b'"trade_id":2,"pad":"'
+    big = head + b"x" * ((1 << 20) - 10 - len(head) - 2) + b'"}'
+    small = [recorded_line(i) for i in range(300)]
+    src = tmp_path / "near_limit.jsonl"
+    src.write_bytes(b"\n".join([small[0], big, *small[1:]]) + b"\n")
+    settings = P2Settings(HOST="127.0.0.1", PORT=0, METRICS_PORT=0, RECORD=True, RECORD_FILE=tmp_path / "out.jsonl")
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    try:
+        assert await replay("--file", str(src), "--port", str(app.port), "--rate=0") == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    out = capsys.readouterr().out
+    assert "sent 300 events (301 read from" in out
+    assert "(oversize=1)" in out and "acknowledged by P2: 300 of 300\n" in out
+    recorded = [orjson.loads(line)["trade_id"] for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert recorded == [5000 + i for i in range(300)]
+
+
 async def test_missing_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert await replay("--file", str(tmp_path / "nope.jsonl")) == 2
     captured = capsys.readouterr()
