@@ -483,6 +483,17 @@ def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str
         numbers = ", ".join(map(str, r.malformed_lines))
         more = ", ..." if r.malformed_total > len(r.malformed_lines) else ""
         lines.append(f"skipped {r.malformed_total} malformed {what} ({reasons}); first {where} {numbers}{more}")
+    if r.lenient:
+        what = "events" if isinstance(r, NatsRangeReader) else "lines"
+        lines.append(
+            f"kept {r.lenient} {what} only P2's lenient parse reads (NaN, Infinity, 1e400, a lone surrogate escape) "
+            f"as events, for P2 to judge as it did live (lenient={r.lenient})"
+        )
+    if replay.encoder.unrewritten:
+        n = replay.encoder.unrewritten
+        lines.append(
+            f"sent {n} of them as read, not restamped or aged: Python's json cannot write them back (unrewritten={n})"
+        )
     if replay.encoder.oversize:
         lines.append(
             f"skipped {replay.encoder.oversize} events over P2's frame limit of {replay.encoder.max_frame_bytes:,} "

@@ -5,6 +5,13 @@ nothing must change it) or a ``dict`` (parsed because some option has to rewrite
 re-serialized only when an option changes it; restamping cuts a line as P1 and P2 write it at its
 stamps rather than round-tripping it through a dict.
 
+A *lenient* line is one P2 reads but orjson does not (``NaN``, ``1e400``, a lone surrogate escape;
+``shared.wire.parse_payload``). It stays bytes, since orjson would write ``NaN`` as ``null`` and
+refuses a surrogate: restamping cuts its stamps off as for any line, or splices the send stamps
+before its closing brace as P2 splices its own when it has none, so its values keep their bytes;
+only a lenient line with stamps elsewhere, or one aged or drifted, is re-serialized, by Python's
+``json`` (every value kept, ``1e400`` written as ``Infinity``, which P2 reads as the same number).
+
 Order of operations, each stage seeing only what the previous one let through:
 
 1. ``gap``        drop each event with probability ``gap_rate``;
@@ -25,6 +32,7 @@ the input was cut into batches. Drift kinds rotate in a fixed order for the same
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterable
@@ -37,6 +45,7 @@ import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US, RECV_MS, RECV_US
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, HEADER
+from mercurystream.shared.wire import parse_payload
 
 Item = bytes | dict[str, Any]
 
@@ -90,6 +99,24 @@ def _fixed_tail(lines: list[bytes]) -> int | None:
     if ends.translate(_DIGITS_TO_ZERO) != tail * len(lines):
         return None
     return size
+
+
+_STAMP_KEYS = (INGEST_MS, INGEST_US, RECV_MS, RECV_US)
+
+
+def _lenient_dumps(obj: Any) -> bytes | None:
+    """A lenient line's object written back by Python's ``json`` (``NaN``, infinities, integers of any
+    size; non-ASCII and lone surrogates as ``\\u`` escapes), or ``None`` if even that cannot write it."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def _lenient_dict(line: bytes) -> dict[str, Any] | None:
+    """A line orjson refused, parsed as P2 parses it; ``None`` if it is no object even to P2."""
+    obj = parse_payload(line)
+    return obj if type(obj) is dict else None
 
 
 def _frame_all(payloads: list[bytes]) -> bytes:
@@ -244,14 +271,30 @@ class Injector:
                 out[i] = self._drift_one(it)
         return out
 
-    def _drift_one(self, item: Item) -> dict[str, Any]:
-        ev = orjson.loads(item) if type(item) is bytes else dict(item)
+    def _drift_one(self, item: Item) -> Item:
+        """The event broken by the next kind in rotation: a dict, or bytes for a lenient line
+        (re-serialized by Python's ``json``; one it cannot write is left as it is, not counted)."""
+        lenient = False
+        if type(item) is bytes:
+            try:
+                ev = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                ev = _lenient_dict(item)
+                if ev is None:
+                    return item
+                lenient = True
+        else:
+            ev = dict(item)
         n = self.counts["drift"]
         name, breaker = DRIFT_KINDS[n % len(DRIFT_KINDS)]
         breaker(ev, n // len(DRIFT_KINDS))
+        if lenient:
+            out = _lenient_dumps(ev)
+            if out is None:
+                return item
         self.counts["drift"] = n + 1
         self.drift_kinds[name] += 1
-        return ev
+        return out if lenient else ev
 
     def _apply_duplicate(self, batch: list[Item]) -> list[Item]:
         draw = self._dup.random
@@ -309,6 +352,8 @@ class PayloadEncoder:
         """Events sent with ``ingest_ts_*`` aged by ``latency_ms``."""
         self.oversize = 0
         """Events not sent because their payload, as it would be sent, exceeds ``max_frame_bytes``."""
+        self.unrewritten = 0
+        """Lenient lines that had to be rewritten but that not even Python's ``json`` writes back, sent as read."""
 
     def encode(self, items: list[Item], now_us: int) -> bytes:
         """The frames of ``items``, less those counted in :attr:`oversize`."""
@@ -371,8 +416,11 @@ class PayloadEncoder:
                 if cut > 0 and stamped_tail(it, cut):
                     payload = it[:cut] + after_key
                 else:
-                    it = loads(it)
-                    payload = b""
+                    try:
+                        it = loads(it)
+                        payload = b""
+                    except orjson.JSONDecodeError:
+                        payload = self._restamp_lenient(it, after_key)
             else:
                 payload = b""
             if not payload:
@@ -388,6 +436,21 @@ class PayloadEncoder:
             append(pack(len(payload)))
             append(payload)
         return b"".join(parts)
+
+    def _restamp_lenient(self, line: bytes, after_key: bytes) -> bytes:
+        """A lenient line restamped: the send stamps spliced before its closing brace when it has no
+        stamps of its own (P2's own splice, every other byte kept), else re-serialized by Python's ``json``."""
+        ev = _lenient_dict(line)
+        if ev is not None and not any(k in ev for k in _STAMP_KEYS):
+            return line.rstrip()[:-1] + after_key if ev else b"{" + after_key[1:]
+        if ev is not None:
+            for k in _STAMP_KEYS:
+                ev.pop(k, None)
+            body = _lenient_dumps(ev)
+            if body is not None:
+                return body[:-1] + after_key if len(body) > 2 else b"{" + after_key[1:]
+        self.unrewritten += 1
+        return line
 
     @staticmethod
     def _restamp_cut(lines: list[bytes], cut: int, after_key: bytes) -> bytes:
@@ -412,7 +475,14 @@ class PayloadEncoder:
         limit = self.max_frame_bytes
         aged = 0
         for it in items:
-            ev = loads(it) if type(it) is bytes else dict(it)
+            lenient = False
+            if type(it) is bytes:
+                try:
+                    ev = loads(it)
+                except orjson.JSONDecodeError:
+                    ev, lenient = _lenient_dict(it) or {}, True
+            else:
+                ev = dict(it)
             ms = ev.get(INGEST_MS)
             us = ev.get(INGEST_US)
             # A stamp that would fall below 64 bits (only a hostile file has one) is sent as recorded.
@@ -423,7 +493,13 @@ class PayloadEncoder:
             if us is not None:
                 ev[INGEST_US] = us - shift_us
             changed = ms is not None or us is not None
-            payload = it if type(it) is bytes and not changed else dumps(ev)
+            if lenient:
+                payload = (_lenient_dumps(ev) if changed else None) or it
+                if changed and payload is it:
+                    self.unrewritten += 1
+                    changed = False
+            else:
+                payload = it if type(it) is bytes and not changed else dumps(ev)
             if len(payload) > limit:
                 self.oversize += 1
                 continue

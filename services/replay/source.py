@@ -18,6 +18,7 @@ import orjson
 from mercurystream.replay.inject import Injector, Item
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.recording import read_lines
+from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 CHUNK_BYTES = 64 * 1024
 """Below glibc's 128 KiB mmap threshold, so each read reuses heap memory instead of faulting in fresh pages."""
@@ -40,6 +41,11 @@ class JsonlReader:
     ``parse=False`` yields the stripped line bytes (validated, then sent as they are);
     ``parse=True`` yields the parsed dicts, for when every event has to be rewritten anyway.
     Blank lines are ignored; malformed ones are counted by reason and their first line numbers kept.
+
+    A line is JSON when P2 reads it as JSON (:func:`~mercurystream.shared.wire.parse_payload`): one
+    orjson refuses but P2 reads (``NaN``, ``1e400``, a lone surrogate escape: P2 counts it schema
+    drift and records it) is sent, always as its bytes, and counted in :attr:`lenient`. Only the
+    lines of a chunk orjson refuses pay for the second parse.
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class JsonlReader:
         self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
         self.malformed_lines: list[int] = []
         """The first :data:`MAX_REPORTED_LINES` malformed line numbers (1-based)."""
+        self.lenient = 0
+        """Lines only P2's lenient parse reads, sent as bytes (orjson cannot hold their values)."""
 
     @property
     def malformed_total(self) -> int:
@@ -150,7 +158,15 @@ class JsonlReader:
             try:
                 obj = loads(line)
             except bad_json:
-                self._bad("invalid_json", lineno)
+                obj = parse_payload(line)
+                if obj is NOT_JSON:
+                    self._bad("invalid_json", lineno)
+                elif type(obj) is not dict:
+                    self._bad("not_object", lineno)
+                else:
+                    # Never re-serialized by orjson (it would write NaN as null), so no depth limit.
+                    self.lenient += 1
+                    append(line)
                 continue
             if type(obj) is not dict:
                 self._bad("not_object", lineno)
@@ -235,6 +251,7 @@ class ParquetReader:
         self.bytes_read = 0
         self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
         self.malformed_lines: list[int] = []
+        self.lenient = 0
         self._file = self.open_check(f)
 
     @property

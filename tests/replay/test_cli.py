@@ -469,6 +469,49 @@ async def test_an_object_nested_deeper_than_can_be_written_back_is_skipped_as_to
     assert [orjson.loads(f)["trade_id"] for f in p2.connections[0]] == [orjson.loads(recorded_line(3))["trade_id"]]
 
 
+async def record_with_p2(tmp_path: Path, name: str, *argv: str) -> list[bytes]:
+    """The lines a real P2 records from one replay run with ``argv``."""
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    out = tmp_path / f"{name}.jsonl"
+    settings = P2Settings(HOST="127.0.0.1", PORT=0, METRICS_PORT=0, RECORD=True, RECORD_FILE=out)
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    try:
+        assert await replay(*argv, "--port", str(app.port), "--rate=0") == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    return out.read_bytes().splitlines()
+
+
+async def test_lines_p2_recorded_as_drift_are_replayed_not_dropped(tmp_path: Path, capsys) -> None:
+    """P2 reads NaN, 1e400 and a lone surrogate escape (schema drift) and records them; replay counted
+    them invalid_json and dropped them, so a replayed bundle lost lines and every later one moved."""
+    src = [recorded_line(i) for i in range(6)]
+    src[1] = src[1].replace(b'"price":87001.5', b'"price":NaN')
+    src[2] = src[2].replace(b'"price":87002.5', b'"price":1e400')
+    src[3] = src[3].replace(b'"ETH-USD"', b'"\\ud800"')
+    src[4] = b'{"type":"match","price":-Infinity,"trade_id":1}'  # no stamps: P2 splices its own in
+    first = tmp_path / "first.jsonl"
+    first.write_bytes(b"\n".join(src) + b"\n")
+    recorded = await record_with_p2(tmp_path, "recorded", "--file", str(first), "--keep-timestamps")
+    assert len(recorded) == 6 and b'"price":NaN' in recorded[1] and b'"\\ud800"' in recorded[3]
+    assert "kept 4 lines only P2's lenient parse reads" in capsys.readouterr().out
+    bundle = tmp_path / "bundle.jsonl"
+    bundle.write_bytes(b"\n".join(recorded) + b"\n")
+    # Deterministic replay of the bundle: P2 records it again byte for byte.
+    assert await record_with_p2(tmp_path, "again", "--file", str(bundle), "--keep-timestamps") == recorded
+    # Restamped: every line arrives, each value as it was spelt.
+    restamped = await record_with_p2(tmp_path, "restamped", "--file", str(bundle))
+    stamps = re.compile(rb',"(?:ingest|recv)_ts_(?:ms|us)":\d+')
+    assert [stamps.sub(b"", line) for line in restamped] == [stamps.sub(b"", line) for line in recorded]
+    out = capsys.readouterr().out
+    assert "malformed" not in out and "(lenient=4)" in out and "acknowledged by P2: 6 of 6" in out
+
+
 async def test_a_stamp_that_cannot_be_aged_is_sent_as_recorded(tmp_path: Path, capsys) -> None:
     line = b'{"type":"match","ingest_ts_ms":-9223372036854775808,"ingest_ts_us":-9223372036854775807}'
     path = tmp_path / "edge.jsonl"

@@ -342,3 +342,52 @@ def test_kept_and_aged_payloads_over_the_limit_are_not_sent() -> None:
     assert as_is.encode([line, orjson.loads(line)], NOW_US) == b"" and as_is.oversize == 2
     aged = PayloadEncoder(True, latency_ms=1, max_frame_bytes=499)
     assert aged.encode([line], NOW_US) == b"" and aged.oversize == 1 and aged.aged == 0
+
+
+# ---------------------------------------------------------------- lines only P2's lenient parse reads
+
+
+def test_a_lenient_line_is_restamped_with_its_values_bytes_kept() -> None:
+    """Cut at its stamps, or the send stamps spliced in as P2 splices its own: no value is re-spelt."""
+    body = b'{"trade_id":1,"price":NaN,"big":1e400,"s":"\\ud800"'
+    recorded = body + TAIL_FORMS["p2"](0)
+    enc = PayloadEncoder(False)
+    assert decode(enc.encode([recorded, body + b"}", b"{ }"], NOW_US)) == [
+        body + SEND_STAMPS,
+        body + SEND_STAMPS,
+        b"{" + SEND_STAMPS[1:],
+    ]
+    assert enc.unrewritten == 0
+
+
+def test_a_lenient_line_with_stamps_inside_is_rewritten_by_pythons_json() -> None:
+    import json
+
+    line = b'{"ingest_ts_ms":5,"price":NaN,"s":"\\ud800","recv_ts_us":3,"big":1e400,"n":123456789012345678901234}'
+    (frame,) = decode(PayloadEncoder(False).encode([line], NOW_US))
+    ev = json.loads(frame)
+    assert frame.startswith(b'{"price":NaN,"s":"\\ud800","big":Infinity,"n":123456789012345678901234,')
+    assert (ev["ingest_ts_ms"], ev["ingest_ts_us"], "recv_ts_us" in ev) == (NOW_US // 1000, NOW_US, False)
+
+
+def test_a_lenient_line_is_aged_by_pythons_json_and_keeps_its_receive_stamps() -> None:
+    import json
+
+    line = b'{"price":NaN' + TAIL_FORMS["p2"](0)
+    enc = PayloadEncoder(True, latency_ms=250)
+    (frame,) = decode(enc.encode([line, b'{"price":NaN}'], NOW_US))[:1]
+    ev = json.loads(frame)
+    assert ev["ingest_ts_ms"] == MS - 250 and ev["recv_ts_us"] == US and frame.startswith(b'{"price":NaN,')
+    assert decode(enc.encode([b'{"price":NaN}'], NOW_US)) == [b'{"price":NaN}'] and enc.aged == 1
+
+
+def test_drift_on_a_lenient_line_gives_bytes_p2_reads_as_drift() -> None:
+    from mercurystream.shared.wire import parse_payload
+
+    src = [b'{"type":"match","trade_id":%d,"price":NaN,"s":"\\ud800"}' % i for i in range(len(DRIFT_KINDS))]
+    inj = Injector(InjectOptions(drift_rate=1.0))
+    out = inj.run(src)
+    assert all(type(x) is bytes for x in out) and inj.counts["drift"] == len(src)
+    events = [parse_payload(x) for x in out]
+    assert all(type(e) is dict and e.get("s") == "\ud800" for e in events)
+    assert any(e.get("trade_id") is True for e in events)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mercurystream.replay.inject import InjectOptions, Injector
 from mercurystream.replay.source import EventQueue, JsonlReader
+from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 MIXED = (
     b'{"trade_id":1}\n'  # 1
@@ -40,6 +41,21 @@ def test_valid_lines_pass_as_stripped_bytes_and_the_rest_is_counted_by_line() ->
     assert reader.malformed == {"invalid_json": 2, "not_object": 2, "oversize": 0, "too_deep": 0}
     assert reader.malformed_lines == [3, 5, 7, 8]
     assert reader.bytes_read == len(MIXED)
+
+
+LENIENT = [b'{"price":NaN}', b'{"price":1e400,"x":-Infinity}', b'{"product_id":"\\ud800"}', b'{"a":[Infinity]}']
+"""Lines P2 reads (its msgspec parse falls back to Python's json) and records, and orjson refuses."""
+
+
+@pytest.mark.parametrize("parse", [False, True])
+def test_lines_only_p2s_lenient_parse_reads_are_sent_as_their_bytes(parse: bool) -> None:
+    """Replay counted these invalid_json and dropped them, so a replayed bundle lost lines P2 had recorded."""
+    data = b"\n".join([b'{"trade_id":1}', *LENIENT, b"{NaN}", b'{"x":"\xff"}', b'{"trade_id":2}']) + b"\n"
+    reader, items = read_all(data, parse=parse)
+    first, last = ({"trade_id": 1}, {"trade_id": 2}) if parse else (b'{"trade_id":1}', b'{"trade_id":2}')
+    assert items == [first, *LENIENT, last]
+    assert reader.lenient == len(LENIENT)
+    assert reader.malformed["invalid_json"] == 2 and reader.malformed_lines == [6, 7]
 
 
 def test_parse_yields_dicts() -> None:
@@ -109,6 +125,9 @@ LINE_KINDS = [
     b'{"pad":"' + b"x" * 680 + b'","n":%d}' + b" " * 30,  # oversize by its padding, whatever the chunking
     b'{"bad":"\xff","n":%d}',
     b'{"n":%d,"d":' + b"[" * 300 + b"]" * 300 + b"}",  # too deep to write back
+    b'{"n":%d,"price":NaN}',  # only P2's lenient parse reads these: sent, as bytes
+    b'{"n":%d,"x":"\\ud800","y":1e400}',
+    b"[NaN,%d]",  # lenient, but not an object
 ]
 
 
@@ -133,7 +152,8 @@ def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list
                 if reason is None:
                     orjson.dumps(obj)
             except orjson.JSONDecodeError:
-                reason = "invalid_json"
+                obj = parse_payload(line)  # P2's parse, whose rule replay follows
+                reason = "invalid_json" if obj is NOT_JSON else None if type(obj) is dict else "not_object"
             except orjson.JSONEncodeError:
                 reason = "too_deep"
         if reason:
