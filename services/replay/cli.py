@@ -477,8 +477,8 @@ def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str
         other = f", {r.skipped_messages} of other products skipped" if r.skipped_messages else ""
         lines.append(f"read {r.messages} messages, stream sequences {r.first_seq}..{r.last_seq}{other}")
     if r.malformed_total:
-        what = "events" if isinstance(r, NatsRangeReader) else "lines"
-        where = "in messages" if isinstance(r, NatsRangeReader) else "at lines"
+        what = "events" if isinstance(r, NatsRangeReader) else "rows" if isinstance(r, ParquetReader) else "lines"
+        where = "in messages" if isinstance(r, NatsRangeReader) else f"at {what}"
         reasons = ", ".join(f"{k}={v}" for k, v in r.malformed.items() if v)
         numbers = ", ".join(map(str, r.malformed_lines))
         more = ", ..." if r.malformed_total > len(r.malformed_lines) else ""

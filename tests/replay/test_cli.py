@@ -594,3 +594,43 @@ async def test_a_file_that_is_not_parquet_inside_is_one_line_exit_2(tmp_path: Pa
     assert await replay("--file", str(bad), "--port", "1") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable Parquet file" in err and "Traceback" not in err
+
+
+async def test_hostile_parquet_files_end_in_a_summary_or_one_line_never_a_traceback(tmp_path: Path, capsys) -> None:
+    """A bad ``extra`` or a column with no JSON value (decimal, binary) ended in a traceback and exit 1."""
+    import decimal
+
+    import pyarrow as pa
+
+    from tests.replay.test_source import hostile_parquet
+
+    files = {
+        "extra_badjson": (
+            {"extra": ["{not json", None, None]},
+            0,
+            "skipped 1 malformed rows (invalid_json=1); first at rows 1",
+        ),
+        "extra_array": (
+            {"extra": ["[1,2]", None, "[]"]},
+            0,
+            "skipped 2 malformed rows (not_object=2); first at rows 1, 3",
+        ),
+        "extra_all_bad": ({"extra": ["5"] * 3}, 2, "no valid event in"),
+        "extra_int": ({"extra": pa.array([5] * 3, pa.int64())}, 2, "not a recording: column extra is int64"),
+        "price_decimal": (
+            {"price": pa.array([decimal.Decimal("1.5")] * 3, pa.decimal128(5, 2))},
+            2,
+            "not a recording: column price is decimal128(5, 2), not double",
+        ),
+        "pid_binary": ({"product_id": pa.array([b"\xff\xfe"] * 3, pa.binary())}, 2, "column product_id is binary"),
+    }
+    async with FakeP2() as p2:
+        for name, (columns, expected_rc, message) in files.items():
+            path = hostile_parquet(tmp_path, name, **columns)
+            for opts in ([], ["--keep-timestamps", "--latency-ms=3"]):
+                rc = await replay("--file", str(path), "--port", str(p2.port), "--rate=0", *opts)
+                captured = capsys.readouterr()
+                assert rc == expected_rc, (name, opts, captured)
+                assert "Traceback" not in captured.err and message in captured.out + captured.err, (name, captured)
+                if rc == 2:
+                    assert captured.err.count("\n") == 1, (name, opts, captured.err)
