@@ -25,8 +25,6 @@ from itertools import repeat
 from operator import sub, truediv
 from typing import Any
 
-import msgspec
-
 from mercurystream.p2.log_spans import LogOrigin
 from mercurystream.shared.event import (
     INGEST_MS,
@@ -51,7 +49,9 @@ from mercurystream.shared.schema import (
     text_ok,
 )
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, fixed_seconds, latest_valid_s
+from mercurystream.shared.wire import NOT_JSON as _NOT_JSON
 from mercurystream.shared.wire import Columns
+from mercurystream.shared.wire import parse_payload as _parse
 
 COLUMNS = ("type", "product_id", "price", "last_size", "time", "trade_id", INGEST_MS, INGEST_US)
 """The fields a consumer reads, as :class:`Batch` columns (``types``, ``product_ids``, ... ``ingest_us``)."""
@@ -59,7 +59,6 @@ BACKFILLED = "backfilled"
 _FIELDS = tuple(BY_NAME[name] for name in COLUMNS)
 WIRE_COLUMNS = Columns((*COLUMNS, RECV_MS, RECV_US, BACKFILLED))
 """The typed decode of a read: the :data:`COLUMNS`, the event's own receive stamps and ``backfilled``."""
-_generic = msgspec.json.decode
 _time_parser = IsoTimeParser()
 """Shared by every batch: its caches skip repeated checks but never change a result."""
 EVENT_OVERHEAD_BYTES = 512
@@ -498,27 +497,6 @@ def _normalize_each(
     if not rows:
         return None, errors
     return _from_rows(kept, rows, recv_us, max_future_skew_s=max_future_skew_s), errors
-
-
-_NOT_JSON = object()
-
-
-def _parse(payload: bytes) -> Any:
-    """A payload parsed generically, or :data:`_NOT_JSON`.
-
-    msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
-    fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
-    Nesting deeper than either parser's recursion limit (about 1,000 levels) raises
-    ``RecursionError``, which is no bug of P2's but a payload it will not read: ``invalid_json``.
-    """
-    try:
-        return _generic(payload)
-    except (msgspec.DecodeError, RecursionError):
-        pass
-    try:
-        return json.loads(payload)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
 
 
 def _checked_row(obj: dict[str, Any]) -> _Row:

@@ -52,8 +52,12 @@ order; only restamped timestamps differ.
 --start-seq N, and optionally --end TIME or --end-seq N (default: the stream's last message when
 the read begins). TIME is ISO-8601 (2026-12-05T23:50:00Z; no zone means UTC) or Unix seconds.
 
+An event larger than P2's frame limit (1 MiB) as it would be sent, restamped or aged, is not sent
+and is counted oversize in the summary (P2 would close the connection on it).
+
 exit status: 0 done; 2 bad option, unreadable file, no such stream, or no valid event to send;
-3 P2 or the NATS server not reachable, or P2 closed the connection; 130 interrupted.
+3 P2 or the NATS server not reachable, or P2 closed the connection (or sent its final ack) before
+acknowledging every event sent; 130 interrupted.
 """
 
 
@@ -205,6 +209,8 @@ class Outcome:
     finished: float | None = None
     ack_waited: bool = False
     ack_timed_out: bool = False
+    lost: bool = False
+    """P2 closed or sent its final ack before acknowledging every event sent."""
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -324,6 +330,8 @@ class Replay:
             if rc == EXIT_OK and not args.no_wait_ack:
                 self.outcome.ack_waited = True
                 await self._wait_acks()
+                if self.acks.acked < self.outcome.sent and (self.acks.final or self.peer_closed):
+                    rc = self._lost()
         finally:
             await self._close(writer, ack_task)
         return rc
@@ -353,8 +361,12 @@ class Replay:
                     return EXIT_USAGE
                 if not items:
                     break
-                writer.write(encoder.encode(items, now_us()))
-                out.sent += len(items)
+                skipped = encoder.oversize
+                frames = encoder.encode(items, now_us())
+                out.sent += len(items) - (encoder.oversize - skipped)
+                if not frames:
+                    continue
+                writer.write(frames)
                 try:
                     await writer.drain()
                 except OSError:
@@ -367,6 +379,7 @@ class Replay:
 
     def _lost(self) -> int:
         how = "is shutting down (final ack)" if self.acks.final else "closed the connection"
+        self.outcome.lost = True
         self.outcome.errors.append(
             f"P2 {how} after {self.outcome.sent} events were sent, {self.acks.acked} acknowledged"
         )
@@ -464,15 +477,33 @@ def _summary(args: argparse.Namespace, replay: Replay, out: Outcome) -> list[str
         other = f", {r.skipped_messages} of other products skipped" if r.skipped_messages else ""
         lines.append(f"read {r.messages} messages, stream sequences {r.first_seq}..{r.last_seq}{other}")
     if r.malformed_total:
-        what = "events" if isinstance(r, NatsRangeReader) else "lines"
-        where = "in messages" if isinstance(r, NatsRangeReader) else "at lines"
+        what = "events" if isinstance(r, NatsRangeReader) else "rows" if isinstance(r, ParquetReader) else "lines"
+        where = "in messages" if isinstance(r, NatsRangeReader) else f"at {what}"
         reasons = ", ".join(f"{k}={v}" for k, v in r.malformed.items() if v)
         numbers = ", ".join(map(str, r.malformed_lines))
         more = ", ..." if r.malformed_total > len(r.malformed_lines) else ""
         lines.append(f"skipped {r.malformed_total} malformed {what} ({reasons}); first {where} {numbers}{more}")
+    if r.lenient:
+        what = "events" if isinstance(r, NatsRangeReader) else "lines"
+        lines.append(
+            f"kept {r.lenient} {what} only P2's lenient parse reads (NaN, Infinity, 1e400, a lone surrogate escape) "
+            f"as events, for P2 to judge as it did live (lenient={r.lenient})"
+        )
+    if replay.encoder.unrewritten:
+        n = replay.encoder.unrewritten
+        lines.append(
+            f"sent {n} of them as read, not restamped or aged: Python's json cannot write them back (unrewritten={n})"
+        )
+    if replay.encoder.oversize:
+        lines.append(
+            f"skipped {replay.encoder.oversize} events over P2's frame limit of {replay.encoder.max_frame_bytes:,} "
+            f"bytes as they would be sent, stamps included (oversize={replay.encoder.oversize})"
+        )
     acks = replay.acks
     note = ""
-    if not out.ack_waited:
+    if out.lost:
+        note = " (P2 sent its final ack)" if acks.final else " (P2 closed the connection)"
+    elif not out.ack_waited:
         note = " (not waited for)"
     elif out.ack_timed_out:
         note = f" (not all within {args.ack_timeout:g} s)"

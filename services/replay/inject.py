@@ -5,6 +5,13 @@ nothing must change it) or a ``dict`` (parsed because some option has to rewrite
 re-serialized only when an option changes it; restamping cuts a line as P1 and P2 write it at its
 stamps rather than round-tripping it through a dict.
 
+A *lenient* line is one P2 reads but orjson does not (``NaN``, ``1e400``, a lone surrogate escape;
+``shared.wire.parse_payload``). It stays bytes, since orjson would write ``NaN`` as ``null`` and
+refuses a surrogate: restamping cuts its stamps off as for any line, or splices the send stamps
+before its closing brace as P2 splices its own when it has none, so its values keep their bytes;
+only a lenient line with stamps elsewhere, or one aged or drifted, is re-serialized, by Python's
+``json`` (every value kept, ``1e400`` written as ``Infinity``, which P2 reads as the same number).
+
 Order of operations, each stage seeing only what the previous one let through:
 
 1. ``gap``        drop each event with probability ``gap_rate``;
@@ -25,6 +32,7 @@ the input was cut into batches. Drift kinds rotate in a fixed order for the same
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterable
@@ -36,7 +44,8 @@ from typing import Any
 import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US, RECV_MS, RECV_US
-from mercurystream.shared.framing import HEADER
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, HEADER
+from mercurystream.shared.wire import parse_payload
 
 Item = bytes | dict[str, Any]
 
@@ -90,6 +99,24 @@ def _fixed_tail(lines: list[bytes]) -> int | None:
     if ends.translate(_DIGITS_TO_ZERO) != tail * len(lines):
         return None
     return size
+
+
+_STAMP_KEYS = (INGEST_MS, INGEST_US, RECV_MS, RECV_US)
+
+
+def _lenient_dumps(obj: Any) -> bytes | None:
+    """A lenient line's object written back by Python's ``json`` (``NaN``, infinities, integers of any
+    size; non-ASCII and lone surrogates as ``\\u`` escapes), or ``None`` if even that cannot write it."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def _lenient_dict(line: bytes) -> dict[str, Any] | None:
+    """A line orjson refused, parsed as P2 parses it; ``None`` if it is no object even to P2."""
+    obj = parse_payload(line)
+    return obj if type(obj) is dict else None
 
 
 def _frame_all(payloads: list[bytes]) -> bytes:
@@ -244,14 +271,30 @@ class Injector:
                 out[i] = self._drift_one(it)
         return out
 
-    def _drift_one(self, item: Item) -> dict[str, Any]:
-        ev = orjson.loads(item) if type(item) is bytes else dict(item)
+    def _drift_one(self, item: Item) -> Item:
+        """The event broken by the next kind in rotation: a dict, or bytes for a lenient line
+        (re-serialized by Python's ``json``; one it cannot write is left as it is, not counted)."""
+        lenient = False
+        if type(item) is bytes:
+            try:
+                ev = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                ev = _lenient_dict(item)
+                if ev is None:
+                    return item
+                lenient = True
+        else:
+            ev = dict(item)
         n = self.counts["drift"]
         name, breaker = DRIFT_KINDS[n % len(DRIFT_KINDS)]
         breaker(ev, n // len(DRIFT_KINDS))
+        if lenient:
+            out = _lenient_dumps(ev)
+            if out is None:
+                return item
         self.counts["drift"] = n + 1
         self.drift_kinds[name] += 1
-        return ev
+        return out if lenient else ev
 
     def _apply_duplicate(self, batch: list[Item]) -> list[Item]:
         draw = self._dup.random
@@ -291,33 +334,48 @@ class PayloadEncoder:
     the fixed width of a recording (:func:`_fixed_tail`) is cut and framed by ``map`` and one
     ``join``; any other batch goes item by item, a line cut at its stamps or a dict re-serialized.
     Dicts handed in are consumed (their recorded stamps may be removed in place).
+
+    A payload longer than ``max_frame_bytes`` is never sent (P2 would count it oversize and close
+    the connection, losing every frame after it): it is counted in :attr:`oversize`. A line under
+    the limit as read can cross it once restamped (the send stamps are ~60 bytes), aged or drifted.
     """
 
-    def __init__(self, keep_timestamps: bool, latency_ms: int = 0) -> None:
+    def __init__(
+        self, keep_timestamps: bool, latency_ms: int = 0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
         if latency_ms < 0:
             raise ValueError("latency_ms must be 0 or more")
         self.keep_timestamps = keep_timestamps
         self.latency_ms = latency_ms
+        self.max_frame_bytes = max_frame_bytes
         self.aged = 0
         """Events sent with ``ingest_ts_*`` aged by ``latency_ms``."""
+        self.oversize = 0
+        """Events not sent because their payload, as it would be sent, exceeds ``max_frame_bytes``."""
+        self.unrewritten = 0
+        """Lenient lines that had to be rewritten but that not even Python's ``json`` writes back, sent as read."""
 
     def encode(self, items: list[Item], now_us: int) -> bytes:
+        """The frames of ``items``, less those counted in :attr:`oversize`."""
         if not self.keep_timestamps:
             return self._restamp(items, now_us)
         if self.latency_ms:
             return self._age_recorded(items)
         return self._as_is(items)
 
-    @staticmethod
-    def _as_is(items: list[Item]) -> bytes:
-        if set(map(type, items)) == _BYTES_ONLY:
+    def _as_is(self, items: list[Item]) -> bytes:
+        if set(map(type, items)) == _BYTES_ONLY and max(map(len, items)) <= self.max_frame_bytes:  # type: ignore[arg-type]
             return _frame_all(items)  # type: ignore[arg-type]
         parts: list[bytes] = []
         append = parts.append
         pack = HEADER.pack
         dumps = orjson.dumps
+        limit = self.max_frame_bytes
         for it in items:
             payload = it if type(it) is bytes else dumps(it)
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
             append(pack(len(payload)))
             append(payload)
         return b"".join(parts)
@@ -326,17 +384,21 @@ class PayloadEncoder:
         stamp_us = now_us - self.latency_ms * 1000
         stamps = b'"%b":%d,"%b":%d}' % (INGEST_MS.encode(), stamp_us // 1000, INGEST_US.encode(), stamp_us)
         after_key = b"," + stamps
-        if self.latency_ms:
-            self.aged += len(items)
         if items and set(map(type, items)) == _BYTES_ONLY:
             cut = _fixed_tail(items)  # type: ignore[arg-type]
-            if cut is not None:
+            if cut is not None and max(map(len, items)) - cut + len(after_key) <= self.max_frame_bytes:  # type: ignore[arg-type]
+                if self.latency_ms:
+                    self.aged += len(items)
                 return self._restamp_cut(items, cut, after_key)  # type: ignore[arg-type]
-        return self._restamp_each(items, after_key)
+        skipped = self.oversize
+        out = self._restamp_each(items, after_key)
+        if self.latency_ms:
+            self.aged += len(items) - (self.oversize - skipped)
+        return out
 
-    @staticmethod
-    def _restamp_each(items: list[Item], after_key: bytes) -> bytes:
-        """One item at a time: the path for dicts, and for lines whose stamps are not all of one fixed form."""
+    def _restamp_each(self, items: list[Item], after_key: bytes) -> bytes:
+        """One item at a time: the path for dicts, for lines whose stamps are not all of one fixed form,
+        and for a batch with a line that restamping takes over the frame limit."""
         stamps = after_key[1:]
         parts: list[bytes] = []
         append = parts.append
@@ -345,6 +407,7 @@ class PayloadEncoder:
         loads = orjson.loads
         pop = dict.pop
         stamped_tail = _STAMPED_TAIL.fullmatch
+        limit = self.max_frame_bytes
         for it in items:
             if type(it) is bytes:
                 # P1's stamps come last and P2 splices its own after them: cut the line there
@@ -352,26 +415,49 @@ class PayloadEncoder:
                 cut = it.rfind(_TAIL_START)
                 if cut > 0 and stamped_tail(it, cut):
                     payload = it[:cut] + after_key
-                    append(pack(len(payload)))
-                    append(payload)
-                    continue
-                it = loads(it)
-            pop(it, INGEST_MS, None)
-            pop(it, INGEST_US, None)
-            pop(it, RECV_MS, None)
-            pop(it, RECV_US, None)
-            body = dumps(it)
-            payload = body[:-1] + after_key if len(body) > 2 else b"{" + stamps
+                else:
+                    try:
+                        it = loads(it)
+                        payload = b""
+                    except orjson.JSONDecodeError:
+                        payload = self._restamp_lenient(it, after_key)
+            else:
+                payload = b""
+            if not payload:
+                pop(it, INGEST_MS, None)
+                pop(it, INGEST_US, None)
+                pop(it, RECV_MS, None)
+                pop(it, RECV_US, None)
+                body = dumps(it)
+                payload = body[:-1] + after_key if len(body) > 2 else b"{" + stamps
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
             append(pack(len(payload)))
             append(payload)
         return b"".join(parts)
+
+    def _restamp_lenient(self, line: bytes, after_key: bytes) -> bytes:
+        """A lenient line restamped: the send stamps spliced before its closing brace when it has no
+        stamps of its own (P2's own splice, every other byte kept), else re-serialized by Python's ``json``."""
+        ev = _lenient_dict(line)
+        if ev is not None and not any(k in ev for k in _STAMP_KEYS):
+            return line.rstrip()[:-1] + after_key if ev else b"{" + after_key[1:]
+        if ev is not None:
+            for k in _STAMP_KEYS:
+                ev.pop(k, None)
+            body = _lenient_dumps(ev)
+            if body is not None:
+                return body[:-1] + after_key if len(body) > 2 else b"{" + after_key[1:]
+        self.unrewritten += 1
+        return line
 
     @staticmethod
     def _restamp_cut(lines: list[bytes], cut: int, after_key: bytes) -> bytes:
         """Each line less its last ``cut`` bytes, framed with the batch's stamp bytes after it.
 
         The stamp bytes are one object repeated in the list, so nothing is concatenated per event:
-        the single ``join`` copies each body once.
+        the single ``join`` copies each body once. The caller has checked that no frame exceeds the limit.
         """
         parts: list[bytes] = [after_key] * (3 * len(lines))
         parts[0::3] = map(HEADER.pack, map(add, map(len, lines), repeat(len(after_key) - cut)))
@@ -386,9 +472,17 @@ class PayloadEncoder:
         pack = HEADER.pack
         dumps = orjson.dumps
         loads = orjson.loads
+        limit = self.max_frame_bytes
         aged = 0
         for it in items:
-            ev = loads(it) if type(it) is bytes else dict(it)
+            lenient = False
+            if type(it) is bytes:
+                try:
+                    ev = loads(it)
+                except orjson.JSONDecodeError:
+                    ev, lenient = _lenient_dict(it) or {}, True
+            else:
+                ev = dict(it)
             ms = ev.get(INGEST_MS)
             us = ev.get(INGEST_US)
             # A stamp that would fall below 64 bits (only a hostile file has one) is sent as recorded.
@@ -398,11 +492,18 @@ class PayloadEncoder:
                 ev[INGEST_MS] = ms - shift_ms
             if us is not None:
                 ev[INGEST_US] = us - shift_us
-            if ms is not None or us is not None:
-                aged += 1
-                payload = dumps(ev)
+            changed = ms is not None or us is not None
+            if lenient:
+                payload = (_lenient_dumps(ev) if changed else None) or it
+                if changed and payload is it:
+                    self.unrewritten += 1
+                    changed = False
             else:
-                payload = it if type(it) is bytes else dumps(ev)
+                payload = it if type(it) is bytes and not changed else dumps(ev)
+            if len(payload) > limit:
+                self.oversize += 1
+                continue
+            aged += changed
             append(pack(len(payload)))
             append(payload)
         self.aged += aged

@@ -30,6 +30,7 @@ from mercurystream.replay.inject import Item
 from mercurystream.replay.source import MAX_REPORTED_LINES
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge
 from mercurystream.shared.jetstream import SUBJECT_ROOT, subject_product, subject_token
+from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 FETCH_MESSAGES = 256
 FETCH_TIMEOUT_S = 1.0
@@ -173,6 +174,8 @@ class NatsRangeReader:
         self.stream_last_seq = 0
         self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
         self.malformed_lines: list[int] = []
+        self.lenient = 0
+        """Events only P2's lenient parse reads, sent as bytes."""
 
     @property
     def malformed_total(self) -> int:
@@ -350,7 +353,15 @@ class NatsRangeReader:
             try:
                 obj = orjson.loads(p)
             except orjson.JSONDecodeError:
-                self._bad("invalid_json", seq)
+                obj = parse_payload(p)  # what P2 reads (NaN, 1e400, a lone surrogate) is sent as its bytes
+                if obj is NOT_JSON:
+                    self._bad("invalid_json", seq)
+                elif type(obj) is not dict:
+                    self._bad("not_object", seq)
+                else:
+                    self.lenient += 1
+                    items.append(p)
+                    self.events += 1
                 continue
             if type(obj) is not dict:
                 self._bad("not_object", seq)

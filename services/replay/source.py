@@ -18,6 +18,7 @@ import orjson
 from mercurystream.replay.inject import Injector, Item
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.recording import read_lines
+from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 CHUNK_BYTES = 64 * 1024
 """Below glibc's 128 KiB mmap threshold, so each read reuses heap memory instead of faulting in fresh pages."""
@@ -40,6 +41,11 @@ class JsonlReader:
     ``parse=False`` yields the stripped line bytes (validated, then sent as they are);
     ``parse=True`` yields the parsed dicts, for when every event has to be rewritten anyway.
     Blank lines are ignored; malformed ones are counted by reason and their first line numbers kept.
+
+    A line is JSON when P2 reads it as JSON (:func:`~mercurystream.shared.wire.parse_payload`): one
+    orjson refuses but P2 reads (``NaN``, ``1e400``, a lone surrogate escape: P2 counts it schema
+    drift and records it) is sent, always as its bytes, and counted in :attr:`lenient`. Only the
+    lines of a chunk orjson refuses pay for the second parse.
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class JsonlReader:
         self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
         self.malformed_lines: list[int] = []
         """The first :data:`MAX_REPORTED_LINES` malformed line numbers (1-based)."""
+        self.lenient = 0
+        """Lines only P2's lenient parse reads, sent as bytes (orjson cannot hold their values)."""
 
     @property
     def malformed_total(self) -> int:
@@ -150,7 +158,15 @@ class JsonlReader:
             try:
                 obj = loads(line)
             except bad_json:
-                self._bad("invalid_json", lineno)
+                obj = parse_payload(line)
+                if obj is NOT_JSON:
+                    self._bad("invalid_json", lineno)
+                elif type(obj) is not dict:
+                    self._bad("not_object", lineno)
+                else:
+                    # Never re-serialized by orjson (it would write NaN as null), so no depth limit.
+                    self.lenient += 1
+                    append(line)
                 continue
             if type(obj) is not dict:
                 self._bad("not_object", lineno)
@@ -221,8 +237,11 @@ class ParquetReader:
 
     Each row becomes the event it was made from (``extra`` keys restored) as JSON bytes, or the dict
     with ``parse=True``. Rows are read one record batch at a time, so memory stays bounded. A file
-    that cannot be read raises ``OSError`` with one line: at :meth:`open_check`, or mid-file from
-    :meth:`batches`. A Parquet file has no malformed lines: the counts stay zero.
+    that cannot be read, or whose columns have types that are no JSON value (a decimal ``price``, a
+    binary ``product_id``: ``shared.parquet.schema_problem``), raises ``OSError`` with one line: at
+    :meth:`open_check`, or mid-file from :meth:`batches`. A row whose ``extra`` is not a JSON object
+    (``invalid_json``, ``not_object``) or whose event nests too deep to write (``too_deep``) is
+    skipped and counted, its row number (1-based) kept as a JSONL reader keeps line numbers.
     """
 
     def __init__(self, f: BinaryIO, parse: bool = False, limit: int | None = None) -> None:
@@ -235,19 +254,21 @@ class ParquetReader:
         self.bytes_read = 0
         self.malformed: dict[str, int] = dict.fromkeys(MALFORMED_REASONS, 0)
         self.malformed_lines: list[int] = []
+        self.lenient = 0
         self._file = self.open_check(f)
 
     @property
     def malformed_total(self) -> int:
-        return 0
+        return sum(self.malformed.values())
 
     @staticmethod
     def open_check(f: BinaryIO) -> Any:
-        """The opened ``ParquetFile``, or ``OSError`` when it is not one or lacks the required columns."""
+        """The opened ``ParquetFile``, or ``OSError`` when it is not one, lacks the required columns or
+        has a column of a type that is no JSON value."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from mercurystream.shared.parquet import REQUIRED
+        from mercurystream.shared.parquet import REQUIRED, schema_problem
 
         try:
             pf = pq.ParquetFile(f)
@@ -256,6 +277,9 @@ class ParquetReader:
         missing = sorted(REQUIRED - set(pf.schema_arrow.names))
         if missing:
             raise OSError(f"not a recording: the Parquet file has no column {', '.join(missing)}")
+        problem = schema_problem(pf.schema_arrow)
+        if problem:
+            raise OSError(f"not a recording: {problem}")
         return pf
 
     def batches(self) -> Iterator[list[Item]]:
@@ -270,17 +294,48 @@ class ParquetReader:
             size = os.fstat(self._f.fileno()).st_size
         it = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS)
         while self._limit is None or self.events < self._limit:
+            bad: list[tuple[int, str]] = []
             try:
                 batch = next(it, None)
-            except (pa.ArrowException, ValueError) as exc:
-                raise OSError(f"the Parquet file is damaged after {self.events} rows: {exc}") from None
-            if batch is None:
-                return
-            if self._limit is not None and self.events + batch.num_rows > self._limit:
-                batch = batch.slice(0, self._limit - self.events)
-            events = events_of(batch)
-            self.lines += len(events)
-            self.events += len(events)
+                if batch is None:
+                    return
+                if self._limit is not None and self.events + batch.num_rows > self._limit:
+                    batch = batch.slice(0, self._limit - self.events)
+                events = events_of(batch, bad)
+            except (pa.ArrowException, ValueError, TypeError) as exc:
+                raise OSError(f"the Parquet file is damaged after {self.lines} rows: {exc}") from None
+            items = self._writable(events, bad, batch.num_rows)
+            for i, reason in sorted(bad):
+                self._bad(reason, self.lines + i + 1)
+            self.lines += batch.num_rows
+            self.events += len(items)
             self.bytes_read = size * self.lines // total
-            if events:
-                yield events if self._parse else list(map(orjson.dumps, events))
+            if items:
+                yield items
+
+    def _writable(self, events: list[dict[str, Any]], bad: list[tuple[int, str]], rows: int) -> list[Item]:
+        """The events (or their JSON) that orjson can write back; the others listed in ``bad`` as ``too_deep``.
+
+        Every event is written once even with ``parse=True``, so aging or restamping never meets one it cannot write.
+        """
+        try:
+            payloads = list(map(orjson.dumps, events))
+        except orjson.JSONEncodeError:
+            skipped = {i for i, _ in bad}
+            row_of = [i for i in range(rows) if i not in skipped]
+            keep: list[dict[str, Any]] = []
+            payloads = []
+            for row, ev in zip(row_of, events, strict=True):
+                try:
+                    payloads.append(orjson.dumps(ev))
+                except orjson.JSONEncodeError:
+                    bad.append((row, "too_deep"))
+                    continue
+                keep.append(ev)
+            events = keep
+        return events if self._parse else payloads  # type: ignore[return-value]
+
+    def _bad(self, reason: str, row: int) -> None:
+        self.malformed[reason] += 1
+        if len(self.malformed_lines) < MAX_REPORTED_LINES:
+            self.malformed_lines.append(row)

@@ -44,7 +44,16 @@ TIME_TS = "time_ts"
 EXTRA = "extra"
 NAMES = tuple(name for name, _ in COLUMNS)
 REQUIRED = frozenset(REQUIRED_FIELDS)
-__all__ = ["COLUMNS", "SCHEMA", "ParquetSink", "RowEncoder", "events_of", "is_parquet", "iter_event_batches"]
+__all__ = [
+    "COLUMNS",
+    "SCHEMA",
+    "ParquetSink",
+    "RowEncoder",
+    "events_of",
+    "is_parquet",
+    "iter_event_batches",
+    "schema_problem",
+]
 _STAMPS = ("ingest_ts_ms", "ingest_ts_us", "recv_ts_ms", "recv_ts_us")
 
 _ARROW = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_()}
@@ -279,11 +288,45 @@ def _parse_times(times: pa.Array) -> pa.Array:
     return pa.array(out, type=TS_TYPE)
 
 
-def events_of(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
+_READABLE: dict[str, Any] = {
+    "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "float64": lambda t: pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t),
+    "int64": pa.types.is_integer,
+    "bool": pa.types.is_boolean,
+}
+"""Arrow types whose values :func:`events_of` turns into the JSON value of a column's kind: any
+width of integer, a float (not half: Python has no such float), the string kinds."""
+
+
+def schema_problem(schema: pa.Schema) -> str | None:
+    """Why the columns :func:`events_of` reads cannot be events (one line), or ``None`` if they can.
+
+    A file another tool wrote may give a column another type: a decimal ``price`` or a binary
+    ``product_id`` has no JSON value, so the whole file is refused, not each of its rows. A
+    dictionary-encoded column is judged by its values; a column of nulls only is absent in every row.
+    """
+    for name, kind in (*COLUMNS, (EXTRA, "string")):
+        count = schema.names.count(name)
+        if count > 1:
+            return f"column {name} appears {count} times"
+        if not count:
+            continue
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (pa.types.is_null(t) or _READABLE[kind](t)):
+            return f"column {name} is {t}, not {_ARROW[kind]}"
+    return None
+
+
+def events_of(batch: pa.RecordBatch | pa.Table, bad: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
     """The events a batch of rows was made from: non-null columns in wire order, ``extra`` merged back.
 
     Keys from ``extra`` go before the timestamps, where P1 puts the extra keys of a message it
-    forwards as received.
+    forwards as received. A row whose ``extra`` is not a JSON object (only a file not written here
+    has one) has no event: with ``bad`` it is skipped and listed as ``(row index, reason)``
+    (``invalid_json`` or ``not_object``), without it ``ValueError`` is raised. The columns'
+    types are :func:`schema_problem`'s to check.
     """
     names = [n for n in NAMES if n in batch.schema.names]
     data = batch.select(names).to_pydict()
@@ -296,7 +339,17 @@ def events_of(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     for i, ex in enumerate(extras):
         event = {n: c[i] for n, c in zip(body, body_cols, strict=True) if c[i] is not None}
         if ex is not None:
-            event.update(orjson.loads(ex))
+            try:
+                kept = orjson.loads(ex)
+                reason = None if type(kept) is dict else "not_object"
+            except orjson.JSONDecodeError:
+                reason = "invalid_json"
+            if reason is not None:
+                if bad is None:
+                    raise ValueError(f"row {i}: its {EXTRA} column is {reason.replace('_', ' ')}")
+                bad.append((i, reason))
+                continue
+            event.update(kept)
         for n, c in zip(stamps, stamp_cols, strict=True):
             if c[i] is not None:
                 event[n] = c[i]

@@ -12,6 +12,7 @@ a rule included, goes to the reference, which decides. A property test holds the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -92,3 +93,28 @@ class Columns:
     def __call__(self, payloads: Sequence[bytes]) -> list[Sequence[Any]] | None:
         found = self.kernel(payloads)
         return found if found is not None else self.reference(payloads)
+
+
+NOT_JSON = object()
+"""What :func:`parse_payload` returns for a payload P2 does not read as JSON."""
+_generic = msgspec.json.decode
+
+
+def parse_payload(payload: bytes) -> Any:
+    """A payload parsed generically as P2 parses it, or :data:`NOT_JSON`: the one rule of what is JSON to P2.
+
+    msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
+    fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
+    The standard library also reads ``NaN``, ``Infinity`` and a lone surrogate escape (``"\\ud800"``),
+    which msgspec and orjson refuse. Nesting deeper than either parser's recursion limit (about
+    1,000 levels) raises ``RecursionError``, which is no bug but a payload P2 will not read.
+    Replay uses it too, so a line P2 recorded is one replay can send back.
+    """
+    try:
+        return _generic(payload)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return NOT_JSON

@@ -216,6 +216,44 @@ async def test_p2_closing_mid_replay_is_exit_3(recording, capsys) -> None:
     assert "sent " in captured.out
 
 
+async def test_p2_closing_before_acknowledging_everything_sent_is_exit_3(recording, capsys) -> None:
+    """Everything was written, but P2 closed without acknowledging it: the events may be lost, so not exit 0."""
+    path, _ = recording
+    async with FakeP2(ack=False, close_after=10) as p2:
+        assert await replay("--file", str(path), "--port", str(p2.port), "--rate=0", "--limit=10") == 3
+    captured = capsys.readouterr()
+    assert "acknowledged by P2: 0 of 10 (P2 closed the connection)" in captured.out
+    assert "P2 closed the connection after 10 events were sent, 0 acknowledged" in captured.err
+
+
+async def test_a_line_that_restamping_takes_over_the_frame_limit_is_skipped_not_sent(tmp_path: Path, capsys) -> None:
+    """A line just under the 1 MiB limit grew past it when restamped; P2 closed on it and the run
+    still exited 0 with a thousand events unsent. Now it is counted oversize and the rest arrive."""
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    head = b'{"type":"match","product_id":"BTC-USD","price":1,"last_size":1,"time":"2024-01-01T00:00:00.000000Z",'
+    head += b'"trade_id":2,"pad":"'
+    big = head + b"x" * ((1 << 20) - 10 - len(head) - 2) + b'"}'
+    small = [recorded_line(i) for i in range(300)]
+    src = tmp_path / "near_limit.jsonl"
+    src.write_bytes(b"\n".join([small[0], big, *small[1:]]) + b"\n")
+    settings = P2Settings(HOST="127.0.0.1", PORT=0, METRICS_PORT=0, RECORD=True, RECORD_FILE=tmp_path / "out.jsonl")
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    try:
+        assert await replay("--file", str(src), "--port", str(app.port), "--rate=0") == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    out = capsys.readouterr().out
+    assert "sent 300 events (301 read from" in out
+    assert "(oversize=1)" in out and "acknowledged by P2: 300 of 300\n" in out
+    recorded = [orjson.loads(line)["trade_id"] for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert recorded == [5000 + i for i in range(300)]
+
+
 async def test_missing_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert await replay("--file", str(tmp_path / "nope.jsonl")) == 2
     captured = capsys.readouterr()
@@ -431,6 +469,49 @@ async def test_an_object_nested_deeper_than_can_be_written_back_is_skipped_as_to
     assert [orjson.loads(f)["trade_id"] for f in p2.connections[0]] == [orjson.loads(recorded_line(3))["trade_id"]]
 
 
+async def record_with_p2(tmp_path: Path, name: str, *argv: str) -> list[bytes]:
+    """The lines a real P2 records from one replay run with ``argv``."""
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    out = tmp_path / f"{name}.jsonl"
+    settings = P2Settings(HOST="127.0.0.1", PORT=0, METRICS_PORT=0, RECORD=True, RECORD_FILE=out)
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    try:
+        assert await replay(*argv, "--port", str(app.port), "--rate=0") == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    return out.read_bytes().splitlines()
+
+
+async def test_lines_p2_recorded_as_drift_are_replayed_not_dropped(tmp_path: Path, capsys) -> None:
+    """P2 reads NaN, 1e400 and a lone surrogate escape (schema drift) and records them; replay counted
+    them invalid_json and dropped them, so a replayed bundle lost lines and every later one moved."""
+    src = [recorded_line(i) for i in range(6)]
+    src[1] = src[1].replace(b'"price":87001.5', b'"price":NaN')
+    src[2] = src[2].replace(b'"price":87002.5', b'"price":1e400')
+    src[3] = src[3].replace(b'"ETH-USD"', b'"\\ud800"')
+    src[4] = b'{"type":"match","price":-Infinity,"trade_id":1}'  # no stamps: P2 splices its own in
+    first = tmp_path / "first.jsonl"
+    first.write_bytes(b"\n".join(src) + b"\n")
+    recorded = await record_with_p2(tmp_path, "recorded", "--file", str(first), "--keep-timestamps")
+    assert len(recorded) == 6 and b'"price":NaN' in recorded[1] and b'"\\ud800"' in recorded[3]
+    assert "kept 4 lines only P2's lenient parse reads" in capsys.readouterr().out
+    bundle = tmp_path / "bundle.jsonl"
+    bundle.write_bytes(b"\n".join(recorded) + b"\n")
+    # Deterministic replay of the bundle: P2 records it again byte for byte.
+    assert await record_with_p2(tmp_path, "again", "--file", str(bundle), "--keep-timestamps") == recorded
+    # Restamped: every line arrives, each value as it was spelt.
+    restamped = await record_with_p2(tmp_path, "restamped", "--file", str(bundle))
+    stamps = re.compile(rb',"(?:ingest|recv)_ts_(?:ms|us)":\d+')
+    assert [stamps.sub(b"", line) for line in restamped] == [stamps.sub(b"", line) for line in recorded]
+    out = capsys.readouterr().out
+    assert "malformed" not in out and "(lenient=4)" in out and "acknowledged by P2: 6 of 6" in out
+
+
 async def test_a_stamp_that_cannot_be_aged_is_sent_as_recorded(tmp_path: Path, capsys) -> None:
     line = b'{"type":"match","ingest_ts_ms":-9223372036854775808,"ingest_ts_us":-9223372036854775807}'
     path = tmp_path / "edge.jsonl"
@@ -513,3 +594,43 @@ async def test_a_file_that_is_not_parquet_inside_is_one_line_exit_2(tmp_path: Pa
     assert await replay("--file", str(bad), "--port", "1") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable Parquet file" in err and "Traceback" not in err
+
+
+async def test_hostile_parquet_files_end_in_a_summary_or_one_line_never_a_traceback(tmp_path: Path, capsys) -> None:
+    """A bad ``extra`` or a column with no JSON value (decimal, binary) ended in a traceback and exit 1."""
+    import decimal
+
+    import pyarrow as pa
+
+    from tests.replay.test_source import hostile_parquet
+
+    files = {
+        "extra_badjson": (
+            {"extra": ["{not json", None, None]},
+            0,
+            "skipped 1 malformed rows (invalid_json=1); first at rows 1",
+        ),
+        "extra_array": (
+            {"extra": ["[1,2]", None, "[]"]},
+            0,
+            "skipped 2 malformed rows (not_object=2); first at rows 1, 3",
+        ),
+        "extra_all_bad": ({"extra": ["5"] * 3}, 2, "no valid event in"),
+        "extra_int": ({"extra": pa.array([5] * 3, pa.int64())}, 2, "not a recording: column extra is int64"),
+        "price_decimal": (
+            {"price": pa.array([decimal.Decimal("1.5")] * 3, pa.decimal128(5, 2))},
+            2,
+            "not a recording: column price is decimal128(5, 2), not double",
+        ),
+        "pid_binary": ({"product_id": pa.array([b"\xff\xfe"] * 3, pa.binary())}, 2, "column product_id is binary"),
+    }
+    async with FakeP2() as p2:
+        for name, (columns, expected_rc, message) in files.items():
+            path = hostile_parquet(tmp_path, name, **columns)
+            for opts in ([], ["--keep-timestamps", "--latency-ms=3"]):
+                rc = await replay("--file", str(path), "--port", str(p2.port), "--rate=0", *opts)
+                captured = capsys.readouterr()
+                assert rc == expected_rc, (name, opts, captured)
+                assert "Traceback" not in captured.err and message in captured.out + captured.err, (name, captured)
+                if rc == 2:
+                    assert captured.err.count("\n") == 1, (name, opts, captured.err)

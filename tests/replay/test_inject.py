@@ -268,6 +268,7 @@ TAIL_FORMS = {
     "other_key": lambda n: tail(("ingest_ts_ms", MS), ("x", US + n)),
     "extra_key": lambda n: tail(("ingest_ts_ms", MS), ("ingest_ts_us", US), ("extra", n)),
     "no_stamps": lambda n: b"}",
+    "ms_only": lambda n: tail(("ingest_ts_ms", MS + n)),
 }
 SEND_STAMPS = b',"ingest_ts_ms":%d,"ingest_ts_us":%d}' % (NOW_US // 1000, NOW_US)
 
@@ -278,7 +279,9 @@ def test_batch_restamp_equals_restamping_each_line(shape: list[tuple[str, int]])
     """Whichever path a batch takes, its frames are those of the per-line path, byte for byte."""
     batch = [b'{"trade_id":%d,"price":1.5' % n + TAIL_FORMS[form](n) for form, n in shape]
     assert all(type(orjson.loads(x)) is dict for x in batch)
-    assert PayloadEncoder(False).encode(list(batch), NOW_US) == PayloadEncoder._restamp_each(list(batch), SEND_STAMPS)
+    assert PayloadEncoder(False).encode(list(batch), NOW_US) == PayloadEncoder(False)._restamp_each(
+        list(batch), SEND_STAMPS
+    )
 
 
 @pytest.mark.parametrize("form", ["p2", "p1"])
@@ -299,3 +302,92 @@ def test_as_is_frames_bytes_and_dicts_alike() -> None:
     assert PayloadEncoder(True).encode(list(src), NOW_US) == PayloadEncoder(True).encode(mixed, NOW_US)
     assert decode(PayloadEncoder(True).encode(list(src), NOW_US)) == src
     assert PayloadEncoder(True).encode([], NOW_US) == b""
+
+
+# ---------------------------------------------------------------- the frame limit
+
+
+def padded(n: int, size: int, form: str = "p2") -> bytes:
+    """A line of exactly ``size`` bytes with the stamps of ``form``."""
+    head, end = b'{"trade_id":%d,"pad":"' % n, b'"' + TAIL_FORMS[form](n)
+    return head + b"x" * (size - len(head) - len(end)) + end
+
+
+@pytest.mark.parametrize("form", ["ms_only", "narrow", "no_stamps"])
+def test_a_line_that_restamping_takes_over_the_frame_limit_is_not_sent(form: str) -> None:
+    """A line under the limit as read grows when restamped; sent, P2 would close the connection on it.
+
+    ``ms_only`` takes the batch path (one fixed form), the others the per-line one."""
+    limit = 1000
+    big = padded(1, limit - 10, form)
+    src = [padded(0, 200, form), big, padded(2, 200, form)]
+    enc = PayloadEncoder(False, latency_ms=5, max_frame_bytes=limit)
+    frames = decode(enc.encode(list(src), NOW_US))
+    assert [orjson.loads(f)["trade_id"] for f in frames] == [0, 2]
+    assert max(map(len, frames)) <= limit
+    assert enc.oversize == 1 and enc.aged == 2
+
+
+def test_a_frame_exactly_at_the_limit_is_sent() -> None:
+    line = padded(0, 300, "no_stamps")
+    size = len(decode(PayloadEncoder(False).encode([line], NOW_US))[0])
+    enc = PayloadEncoder(False, max_frame_bytes=size)
+    assert decode(enc.encode([line], NOW_US))[0].startswith(line[:-1]) and enc.oversize == 0
+
+
+def test_kept_and_aged_payloads_over_the_limit_are_not_sent() -> None:
+    """A drifted dict re-serialized, or a recorded stamp aged, can grow as well: every path checks."""
+    line = padded(0, 500, "p2")
+    as_is = PayloadEncoder(True, max_frame_bytes=499)
+    assert as_is.encode([line, orjson.loads(line)], NOW_US) == b"" and as_is.oversize == 2
+    aged = PayloadEncoder(True, latency_ms=1, max_frame_bytes=499)
+    assert aged.encode([line], NOW_US) == b"" and aged.oversize == 1 and aged.aged == 0
+
+
+# ---------------------------------------------------------------- lines only P2's lenient parse reads
+
+
+def test_a_lenient_line_is_restamped_with_its_values_bytes_kept() -> None:
+    """Cut at its stamps, or the send stamps spliced in as P2 splices its own: no value is re-spelt."""
+    body = b'{"trade_id":1,"price":NaN,"big":1e400,"s":"\\ud800"'
+    recorded = body + TAIL_FORMS["p2"](0)
+    enc = PayloadEncoder(False)
+    assert decode(enc.encode([recorded, body + b"}", b"{ }"], NOW_US)) == [
+        body + SEND_STAMPS,
+        body + SEND_STAMPS,
+        b"{" + SEND_STAMPS[1:],
+    ]
+    assert enc.unrewritten == 0
+
+
+def test_a_lenient_line_with_stamps_inside_is_rewritten_by_pythons_json() -> None:
+    import json
+
+    line = b'{"ingest_ts_ms":5,"price":NaN,"s":"\\ud800","recv_ts_us":3,"big":1e400,"n":123456789012345678901234}'
+    (frame,) = decode(PayloadEncoder(False).encode([line], NOW_US))
+    ev = json.loads(frame)
+    assert frame.startswith(b'{"price":NaN,"s":"\\ud800","big":Infinity,"n":123456789012345678901234,')
+    assert (ev["ingest_ts_ms"], ev["ingest_ts_us"], "recv_ts_us" in ev) == (NOW_US // 1000, NOW_US, False)
+
+
+def test_a_lenient_line_is_aged_by_pythons_json_and_keeps_its_receive_stamps() -> None:
+    import json
+
+    line = b'{"price":NaN' + TAIL_FORMS["p2"](0)
+    enc = PayloadEncoder(True, latency_ms=250)
+    (frame,) = decode(enc.encode([line, b'{"price":NaN}'], NOW_US))[:1]
+    ev = json.loads(frame)
+    assert ev["ingest_ts_ms"] == MS - 250 and ev["recv_ts_us"] == US and frame.startswith(b'{"price":NaN,')
+    assert decode(enc.encode([b'{"price":NaN}'], NOW_US)) == [b'{"price":NaN}'] and enc.aged == 1
+
+
+def test_drift_on_a_lenient_line_gives_bytes_p2_reads_as_drift() -> None:
+    from mercurystream.shared.wire import parse_payload
+
+    src = [b'{"type":"match","trade_id":%d,"price":NaN,"s":"\\ud800"}' % i for i in range(len(DRIFT_KINDS))]
+    inj = Injector(InjectOptions(drift_rate=1.0))
+    out = inj.run(src)
+    assert all(type(x) is bytes for x in out) and inj.counts["drift"] == len(src)
+    events = [parse_payload(x) for x in out]
+    assert all(type(e) is dict and e.get("s") == "\ud800" for e in events)
+    assert any(e.get("trade_id") is True for e in events)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mercurystream.replay.inject import InjectOptions, Injector
 from mercurystream.replay.source import EventQueue, JsonlReader
+from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 MIXED = (
     b'{"trade_id":1}\n'  # 1
@@ -40,6 +41,21 @@ def test_valid_lines_pass_as_stripped_bytes_and_the_rest_is_counted_by_line() ->
     assert reader.malformed == {"invalid_json": 2, "not_object": 2, "oversize": 0, "too_deep": 0}
     assert reader.malformed_lines == [3, 5, 7, 8]
     assert reader.bytes_read == len(MIXED)
+
+
+LENIENT = [b'{"price":NaN}', b'{"price":1e400,"x":-Infinity}', b'{"product_id":"\\ud800"}', b'{"a":[Infinity]}']
+"""Lines P2 reads (its msgspec parse falls back to Python's json) and records, and orjson refuses."""
+
+
+@pytest.mark.parametrize("parse", [False, True])
+def test_lines_only_p2s_lenient_parse_reads_are_sent_as_their_bytes(parse: bool) -> None:
+    """Replay counted these invalid_json and dropped them, so a replayed bundle lost lines P2 had recorded."""
+    data = b"\n".join([b'{"trade_id":1}', *LENIENT, b"{NaN}", b'{"x":"\xff"}', b'{"trade_id":2}']) + b"\n"
+    reader, items = read_all(data, parse=parse)
+    first, last = ({"trade_id": 1}, {"trade_id": 2}) if parse else (b'{"trade_id":1}', b'{"trade_id":2}')
+    assert items == [first, *LENIENT, last]
+    assert reader.lenient == len(LENIENT)
+    assert reader.malformed["invalid_json"] == 2 and reader.malformed_lines == [6, 7]
 
 
 def test_parse_yields_dicts() -> None:
@@ -109,6 +125,9 @@ LINE_KINDS = [
     b'{"pad":"' + b"x" * 680 + b'","n":%d}' + b" " * 30,  # oversize by its padding, whatever the chunking
     b'{"bad":"\xff","n":%d}',
     b'{"n":%d,"d":' + b"[" * 300 + b"]" * 300 + b"}",  # too deep to write back
+    b'{"n":%d,"price":NaN}',  # only P2's lenient parse reads these: sent, as bytes
+    b'{"n":%d,"x":"\\ud800","y":1e400}',
+    b"[NaN,%d]",  # lenient, but not an object
 ]
 
 
@@ -133,7 +152,8 @@ def reference(lines: list[bytes], limit: int | None, max_len: int) -> tuple[list
                 if reason is None:
                     orjson.dumps(obj)
             except orjson.JSONDecodeError:
-                reason = "invalid_json"
+                obj = parse_payload(line)  # P2's parse, whose rule replay follows
+                reason = "invalid_json" if obj is NOT_JSON else None if type(obj) is dict else "not_object"
             except orjson.JSONEncodeError:
                 reason = "too_deep"
         if reason:
@@ -235,3 +255,93 @@ def test_parquet_reader_refuses_a_parquet_file_that_is_not_a_recording(tmp_path:
     pq.write_table(pa.table({"a": [1]}), tmp_path / "other.parquet")
     with open(tmp_path / "other.parquet", "rb") as f, pytest.raises(OSError, match="has no column"):
         ParquetReader(f)
+
+
+def hostile_parquet(tmp_path: Path, name: str, rows: int = 3, **columns) -> Path:
+    """A Parquet file with every required column, ``columns`` replacing or adding some (not mercury-export's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = {
+        "type": ["match"] * rows,
+        "product_id": ["BTC-USD"] * rows,
+        "price": [1.0] * rows,
+        "last_size": [1.0] * rows,
+        "time": ["2024-01-01T00:00:00.000000Z"] * rows,
+        "trade_id": list(range(1, rows + 1)),
+        "ingest_ts_ms": [1_700_000_000_000] * rows,
+    }
+    path = tmp_path / f"{name}.parquet"
+    pq.write_table(pa.table({**base, **columns}), path)
+    return path
+
+
+def test_parquet_rows_whose_extra_is_no_json_object_are_counted_and_skipped(tmp_path: Path) -> None:
+    """A bad ``extra`` ended the replay in a traceback; now the row is skipped under a reason, by its number."""
+    from mercurystream.replay.source import ParquetReader
+
+    deep = '{"a":' * 300 + "1" + "}" * 300  # orjson reads it but cannot write the event back
+    extra = [None, "{not json", "[1,2]", '{"maker":"x"}', "5", deep]
+    path = hostile_parquet(tmp_path, "extra", rows=len(extra), extra=extra)
+    for parse in (False, True):
+        with open(path, "rb") as f:
+            reader = ParquetReader(f, parse=parse)
+            got = [orjson.loads(e) if type(e) is bytes else e for b in reader.batches() for e in b]
+        assert [e["trade_id"] for e in got] == [1, 4] and got[1]["maker"] == "x"
+        assert {k: v for k, v in reader.malformed.items() if v} == {"invalid_json": 1, "not_object": 2, "too_deep": 1}
+        assert reader.malformed_lines == [2, 3, 5, 6] and (reader.lines, reader.events) == (6, 2)
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("price_decimal", "column price is decimal128(5, 2), not double"),
+        ("product_id_binary", "column product_id is binary, not string"),
+        ("price_list", "column price is list<element: double>, not double"),
+        ("extra_int", "column extra is int64, not string"),
+        ("time_timestamp", "column time is timestamp[us], not string"),
+    ],
+)
+def test_a_parquet_column_of_a_type_with_no_json_value_refuses_the_file_in_one_line(
+    tmp_path: Path, column: str, expected: str
+) -> None:
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    from mercurystream.replay.source import ParquetReader
+
+    values = {
+        "price_decimal": ("price", pa.array([decimal.Decimal("1.5")] * 3, pa.decimal128(5, 2))),
+        "product_id_binary": ("product_id", pa.array([b"\xff\xfe"] * 3, pa.binary())),
+        "price_list": ("price", pa.array([[1.0]] * 3, pa.list_(pa.float64()))),
+        "extra_int": ("extra", pa.array([5] * 3, pa.int64())),
+        "time_timestamp": ("time", pa.array([datetime.datetime(2024, 1, 1)] * 3, pa.timestamp("us"))),
+    }
+    name, array = values[column]
+    path = hostile_parquet(tmp_path, column, **{name: array})
+    with open(path, "rb") as f, pytest.raises(OSError) as info:
+        ParquetReader(f)
+    assert str(info.value) == f"not a recording: {expected}"
+
+
+def test_parquet_columns_of_other_widths_and_encodings_are_read(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from mercurystream.replay.source import ParquetReader
+
+    path = hostile_parquet(
+        tmp_path,
+        "widths",
+        trade_id=pa.array([2**64 - 1] * 3, pa.uint64()),
+        price=pa.array([1.5] * 3, pa.float32()),
+        product_id=pa.array(["BTC-USD"] * 3, pa.large_string()).dictionary_encode(),
+        side=pa.array([None] * 3, pa.null()),
+    )
+    with open(path, "rb") as f:
+        reader = ParquetReader(f)
+        got = [orjson.loads(e) for b in reader.batches() for e in b]
+    assert [(e["trade_id"], e["price"], e["product_id"], "side" in e) for e in got] == [
+        (2**64 - 1, 1.5, "BTC-USD", False)
+    ] * 3

@@ -28,6 +28,7 @@ from mercurystream.shared.parquet import (
     events_of,
     is_parquet,
     scan_columns,
+    schema_problem,
 )
 from mercurystream.shared.schema import REQUIRED as REQUIRED_FIELDS
 
@@ -486,3 +487,25 @@ def test_the_scanner_is_built_where_ci_requires_it() -> None:
     """CI's machine has a C compiler: there the kernel must be built, so its tests above never skip silently."""
     if os.environ.get("MERCURY_REQUIRE_ROWSCAN") == "1":
         assert _rowscan is not None
+
+
+def test_rows_whose_extra_is_no_json_object_have_no_event() -> None:
+    """Only a file not written here has such a row: listed with its reason when asked, else ``ValueError``."""
+    batch, _ = RowEncoder().encode(lines_of([event(i) for i in range(4)]))
+    extra = pa.array([None, "{not json", "[1,2]", '{"k":1}'], pa.string())
+    hostile = batch.set_column(batch.schema.get_field_index(EXTRA), EXTRA, extra)
+    bad: list[tuple[int, str]] = []
+    assert events_of(hostile, bad) == [event(0), {**event(3), "k": 1}]
+    assert bad == [(1, "invalid_json"), (2, "not_object")]
+    with pytest.raises(ValueError, match="row 1: its extra column is invalid json"):
+        events_of(hostile)
+
+
+def test_the_recording_schema_has_no_problem_and_foreign_types_are_named() -> None:
+    assert schema_problem(SCHEMA) is None
+    price = SCHEMA.get_field_index("price")
+    assert schema_problem(SCHEMA.set(price, pa.field("price", pa.decimal128(5, 2)))) == (
+        "column price is decimal128(5, 2), not double"
+    )
+    assert schema_problem(SCHEMA.set(price, pa.field("price", pa.uint8()))) is None
+    assert schema_problem(SCHEMA.append(pa.field("price", pa.float64()))) == "column price appears 2 times"
