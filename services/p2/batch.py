@@ -508,15 +508,18 @@ def _parse(payload: bytes) -> Any:
 
     msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
     fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
-    Nesting deeper than either parser's recursion limit (about 1,000 levels) raises
-    ``RecursionError``, which is no bug of P2's but a payload it will not read: ``invalid_json``.
+    The standard library is given the payload decoded as strict UTF-8: given bytes, it would also
+    read UTF-16, UTF-32, a byte-order mark and UTF-8-encoded surrogates, which every other reader
+    of a recorded line (orjson, msgspec, the C scanner) rejects. Nesting deeper than either
+    parser's recursion limit (about 1,000 levels) raises ``RecursionError``, which is no bug of
+    P2's but a payload it will not read: ``invalid_json``.
     """
     try:
         return _generic(payload)
     except (msgspec.DecodeError, RecursionError):
         pass
     try:
-        return json.loads(payload)
+        return json.loads(payload.decode())
     except (ValueError, RecursionError):
         return _NOT_JSON
 

@@ -107,6 +107,27 @@ def test_frame_errors_never_enter_the_batch() -> None:
     assert len(batch) == 1 and batch.trade_ids[0] == 1
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda t: b"\xef\xbb\xbf" + t.encode(),
+        lambda t: t.encode("utf-16-le"),
+        lambda t: t.encode("utf-16"),
+        lambda t: t.encode("utf-32-be"),
+        lambda t: t.replace("BTC", "\ud800").encode("utf-8", "surrogatepass"),
+    ],
+    ids=["utf-8 bom", "utf-16-le", "utf-16 bom", "utf-32-be", "utf-8 surrogate"],
+)
+def test_a_payload_not_in_utf_8_is_invalid_json_not_a_trade(encode) -> None:
+    """The standard library's fallback read bytes in any UTF encoding: such a payload became a clean trade
+    whose recorded line no other reader (orjson, msgspec, the C scanner) could read back."""
+    odd = encode(orjson.dumps(p1_event(2)).decode())
+    for payloads in ([odd], [orjson.dumps(p1_event(1)), odd]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [("invalid_json", odd)]
+        assert (batch is None) if len(payloads) == 1 else batch.trade_ids == (1,)
+
+
 @pytest.mark.parametrize("depth", [1000, 5000, 100_000])
 def test_json_nested_past_the_parsers_limit_is_invalid_json_not_an_exception(depth: int) -> None:
     """msgspec raises RecursionError past about 1,000 levels; it escaped the read and closed the connection."""
