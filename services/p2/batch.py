@@ -503,6 +503,11 @@ def _normalize_each(
 _NOT_JSON = object()
 
 
+def is_json(payload: bytes) -> bool:
+    """Whether a payload is JSON as :func:`normalize` reads it (one value, in UTF-8, of any kind)."""
+    return _parse(payload) is not _NOT_JSON
+
+
 def _parse(payload: bytes) -> Any:
     """A payload parsed generically, or :data:`_NOT_JSON`.
 
