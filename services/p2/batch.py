@@ -148,7 +148,9 @@ class Batch:
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
         self.origin: LogOrigin | None = None
-        """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics."""
+        """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics.
+        A piece cut by :meth:`part` keeps the whole batch's, which covers it: a range that may start or end a
+        few messages beyond the piece's lines, never one that misses them."""
         self._nbytes = -1
         self.duplicates: list[int] | None = None
         """The indices of this batch's duplicates by the duplicate rule, decided once at publish
@@ -244,7 +246,8 @@ class Batch:
     def part(self, start: int, stop: int) -> Batch:
         """The events ``start`` to ``stop`` (excluded): the one place a batch is cut.
 
-        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole.
+        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole. The
+        piece keeps the batch's :attr:`origin` (which messages of the log held its lines are not known).
         """
         at = self.latency_at
         if type(at) is range:
@@ -265,6 +268,7 @@ class Batch:
             [(i - start, c) for i, c in self.controls if start <= i < stop],
             [i - start for i in self.backfilled if start <= i < stop],
         )
+        part.origin = self.origin
         if self.duplicates is not None:
             part.duplicates = [i - start for i in self.duplicates if start <= i < stop]
         if self.repeats is not None:

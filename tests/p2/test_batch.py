@@ -202,6 +202,21 @@ def test_part_cuts_one_event_out_with_its_verdicts_and_latency() -> None:
     assert list(middle.trade_ids) == [1, 2] and list(middle.latency_at) == [0, 1] and middle.clean
 
 
+def test_every_piece_keeps_the_whole_batchs_log_origin() -> None:
+    """Drop-oldest's tail and the per-event retry dropped ``origin``: forensics then recorded no stream range."""
+    from mercurystream.p2.bus import Subscription
+    from mercurystream.p2.log_spans import LogOrigin
+
+    batch, _ = read([p1_event(i) for i in range(4)])
+    assert batch.part(0, 2).origin is None
+    batch.origin = LogOrigin("S", 10, 13, 5, 6)
+    assert [p.origin for p in (batch.tail(1), batch.part(2, 3), batch.part(0, 4))] == [batch.origin] * 3
+    sub = Subscription("forensics", capacity=3)
+    sub.offer(batch)
+    (kept,) = sub.take_nowait()
+    assert len(kept) == 3 and kept.origin == batch.origin
+
+
 _value = (
     st.integers(-(2**70), 2**70)
     | st.floats()
