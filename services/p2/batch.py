@@ -11,8 +11,10 @@ by every consumer afterwards:
   not a JSON object is a frame error and never enters the batch.
 
 The recorded line is the payload as received with P2's receive stamps spliced before its closing
-brace, or the payload as is when it carried ``recv_ts_ms`` already (a replay keeping its stamps):
-a recording keeps P1's bytes, unknown keys included.
+brace, or the payload as is when it carried a ``recv_ts_ms`` already (a replay keeping its stamps):
+a recording keeps P1's bytes, unknown keys included. A ``null`` receive stamp is no stamp, on every
+path: P2 stamps the event, and the line carries P2's stamps in place of the receive-stamp members
+sent (a null ``recv_ts_ms``, any ``recv_ts_us`` beside it), so no key is ever in it twice.
 """
 
 from __future__ import annotations
@@ -449,7 +451,8 @@ def normalize(
         typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
         return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
     ingest_us = columns[7]
-    lines = stamped_lines(payloads, _recv_suffix(recv_us)) if own_ms.count(None) == n else None
+    unstamped = own_ms.count(None) == n and columns[9].count(None) == n
+    lines = stamped_lines(payloads, _recv_suffix(recv_us)) if unstamped else None
     if lines is not None:
         if None not in ingest_us:
             latencies = list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
@@ -537,14 +540,14 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
     """``(typed, column values + receive stamps + backfilled, drift detail, invalid reason, control)``
     of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
     values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
-    own = obj.get(RECV_MS), obj.get(RECV_US)
-    own = (
-        tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in own)
-        if RECV_MS in obj
-        else (None, None)
-    )
-    if RECV_MS in obj and own[0] is None:
-        own = (_OWN_UNTYPED, None)
+    own_ms = obj.get(RECV_MS)
+    own: tuple[Any, Any]
+    if own_ms is None:
+        own = (None, _RESTAMP if RECV_MS in obj or RECV_US in obj else None)
+    else:
+        own = tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in (own_ms, obj.get(RECV_US)))
+        if own[0] is None:
+            own = (_OWN_UNTYPED, None)
     row = (*values, *own, obj.get(BACKFILLED) is True)
     control = control_of(obj)
     if control is not None:
@@ -554,8 +557,11 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
 
 _Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
 _OWN_UNTYPED = object()
-"""A ``recv_ts_ms`` that is there but not a 64-bit int: the line is still kept as sent, with no latency
-(a 401-digit stamp made the latency's float conversion raise and lose the read)."""
+"""A ``recv_ts_ms`` that is there but not a 64-bit int (nor null): the line is still kept as sent, with no
+latency (a 401-digit stamp made the latency's float conversion raise and lose the read)."""
+_RESTAMP = object()
+"""The own ``recv_ts_us`` of an event with no ``recv_ts_ms`` of its own but receive-stamp members (a null
+``recv_ts_ms``, any ``recv_ts_us``): P2 stamps it, and its line has P2's stamps in their place."""
 
 
 def _from_rows(
@@ -586,7 +592,7 @@ def _from_rows(
             lines.append(p)
             lat = latency_ms({INGEST_MS: ing_ms, INGEST_US: ing_us, RECV_MS: own_ms, RECV_US: own_us})
         else:
-            lines.append(_splice(p, suffix))
+            lines.append(_splice(p, suffix) if own_us is None else _restamped(p, suffix))
             lat = (
                 (recv_us - ing_us) / 1000.0
                 if ing_us is not None
@@ -608,6 +614,60 @@ def _from_rows(
     limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
     at_ = None if len(at) == len(lines) else at
     return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit, controls, backfilled)
+
+
+def _restamped(payload: bytes, suffix: bytes) -> bytes:
+    """The payload with P2's stamps in place of its top-level receive-stamp members, every other member as sent.
+
+    Splicing alone would write a key twice. The payload is known JSON (it was parsed); the walk finds
+    each member's extent (the standard library's scanner), so a stamp key spelled with an escape or
+    repeated is cut too and a nested one left alone. Should the walk fail anyway, the payload is kept
+    as sent: no key twice, only no stamps of P2's.
+    """
+    try:
+        text = payload.decode()
+        kept = [text[a:b] for key, a, b in _members(text) if key != RECV_MS and key != RECV_US]
+    except (ValueError, IndexError, RecursionError):
+        return payload
+    return _splice(("{" + ",".join(kept) + "}").encode(), suffix)
+
+
+_scan_string = json.decoder.scanstring
+_scan_value = json.JSONDecoder().raw_decode
+_JSON_SPACE = " \t\n\r"
+
+
+def _members(text: str) -> list[tuple[str, int, int]]:
+    """``(key, start, end)`` of each member of the JSON object ``text``; ``ValueError`` or ``IndexError`` if none."""
+    i = _skip_space(text, 0)
+    if text[i] != "{":
+        raise ValueError("not an object")
+    i = _skip_space(text, i + 1)
+    out: list[tuple[str, int, int]] = []
+    if text[i] == "}":
+        return out
+    while True:
+        if text[i] != '"':
+            raise ValueError("not a key")
+        start = i
+        key, i = _scan_string(text, i + 1)
+        i = _skip_space(text, i)
+        if text[i] != ":":
+            raise ValueError("no colon")
+        _, i = _scan_value(text, _skip_space(text, i + 1))
+        out.append((key, start, i))
+        i = _skip_space(text, i)
+        if text[i] == "}":
+            return out
+        if text[i] != ",":
+            raise ValueError("no comma")
+        i = _skip_space(text, i + 1)
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _JSON_SPACE:
+        i += 1
+    return i
 
 
 def _splice(payload: bytes, suffix: bytes) -> bytes:

@@ -90,8 +90,8 @@ class IngestDecoder:
     Every frame completed by a read becomes either an event in the batch or an ``(reason, payload)``
     error; ``frames`` counts both, which is what an ack acknowledges. One clock read stamps the whole
     read. The recorded line is the payload as received with the stamps spliced before its closing
-    brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
-    keeping its timestamps) is kept as is, and its own stamps define its latency.
+    brace, so a recording keeps P1's bytes; a payload that already carries a ``recv_ts_ms`` (a replay
+    keeping its timestamps; a ``null`` one is none) is kept as is, and its own stamps define its latency.
 
     What the payloads are, and the batch they make, is ``p2.batch.normalize``'s one decision.
     """

@@ -37,9 +37,9 @@ _INDEX = {f.name: i for i, f in enumerate(FIELDS)}
 
 
 def _rule(f: Field) -> tuple[Any, ...]:
-    """A field's value rules as the scanner takes them: ``(gt, ge, min_len, max_len, choices)``."""
+    """A field's value rules as the scanner takes them: ``(gt, ge, min_len, max_len, choices, nullable)``."""
     choices = None if f.choices is None else tuple(c.encode() for c in f.choices)
-    return (f.gt, f.ge, f.min_length or 0, -1 if f.max_length is None else f.max_length, choices)
+    return (f.gt, f.ge, f.min_length or 0, -1 if f.max_length is None else f.max_length, choices, f.nullable)
 
 
 def _scannable(f: Field) -> bool:
@@ -57,7 +57,8 @@ class Columns:
     """The columns of ``names`` (schema fields) for a read: :meth:`__call__` with the kernel, :meth:`reference` without.
 
     Either returns one sequence a field, in ``names`` order, with ``None`` where an optional field
-    is absent or null; or ``None`` when some payload does not decode as a valid ``WireTrade``.
+    is absent or null (a null only where the field is ``nullable``); or ``None`` when some payload
+    does not decode as a valid ``WireTrade``.
     """
 
     def __init__(self, names: Sequence[str]) -> None:

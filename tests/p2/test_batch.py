@@ -159,6 +159,41 @@ def test_a_receive_stamp_past_64_bits_is_kept_as_sent_with_no_latency(stamps: by
     assert all(map(math.isfinite, batch.latencies))
 
 
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        b'"recv_ts_ms":null',
+        b'"recv_ts_us":null',
+        b'"recv_ts_ms":null,"recv_ts_us":null',
+        b'"recv_ts_us" : 5 , "recv_ts_ms" :null',
+        b'"recv_ts_us":5',
+        b'"recv_ts_us":"soon"',
+        b'"recv\\u005fts_ms":null,"recv_ts_us":null,"recv_ts_us":[1]',
+    ],
+)
+@pytest.mark.parametrize("price", [b"100.5", b"0"])
+def test_a_null_receive_stamp_is_no_stamp_and_no_key_is_recorded_twice(stamps: bytes, price: bytes) -> None:
+    """``recv_ts_ms: null`` was absent for a valid trade (stamped, the key then written twice) but a kept
+    stamp for an invalid one (no stamp, no latency). On every path it is now absent: P2's stamps take
+    the place of the receive-stamp members sent, and every other member stays as sent."""
+    body = orjson.dumps(p1_event(2, note={"recv_ts_ms": None}))[:-1].replace(b'"price":100.5', b'"price":' + price)
+    payload = body + b"," + stamps + b"}"
+    plain, _ = normalize([body + b"}"], RECV_US)
+    for payloads in ([payload], [orjson.dumps(p1_event(1)), payload]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [] and batch.trade_ids[-1] == 2
+        line = batch.lines[-1]
+        assert json.loads(line, object_pairs_hook=list) == json.loads(plain.lines[0], object_pairs_hook=list)
+        assert list(batch.latency_at) == list(range(len(payloads))) and batch.latencies[-1] == plain.latencies[0]
+        assert batch.invalid == [(len(payloads) - 1, "invalid_price")] if price == b"0" else batch.invalid == []
+
+
+def test_a_kept_receive_stamp_beside_a_null_one_is_kept_as_sent() -> None:
+    kept = orjson.dumps(p1_event(2))[:-1] + b',"recv_ts_ms":1700000000001,"recv_ts_us":null}'
+    batch, _ = normalize([orjson.dumps(p1_event(1)), kept], RECV_US)
+    assert batch.lines[1] == kept and batch.latencies[1] == 1.0
+
+
 def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
     batch, _ = read([p1_event(1, product_id="X" * 900_000)])
     assert batch.product_ids[0] is None
