@@ -24,7 +24,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import sub, truediv
+from operator import le, sub, truediv
 from typing import Any
 
 import msgspec
@@ -79,10 +79,12 @@ class Batch:
     schema, ``invalid`` ``(index, reason)`` of those no trade can be (a bad time is found by
     :meth:`trades`, which checks every time once). ``time_limit_s`` is the latest exchange time a
     trade of this batch may carry (``shared.timeparse.latest_valid_s``; infinite when the batch
-    has no receive clock of its own). ``controls`` lists ``(index, fields)`` of the
-    control events (``shared.schema.control_of``: a gap P1 announces, a backfill's result), which
-    are also in ``invalid`` under ``control``; ``backfilled`` the indices of trades marked
-    ``backfilled: true``. Either makes the batch not clean.
+    has no receive clock of its own). ``time_limits``, when not ``None``, is each event's own bound
+    in its place: an event that carries its own receive stamp (a replay keeping them) is bounded
+    by that stamp, so a replay judges a time as the P2 that recorded it did. ``controls`` lists
+    ``(index, fields)`` of the control events (``shared.schema.control_of``: a gap P1 announces, a
+    backfill's result), which are also in ``invalid`` under ``control``; ``backfilled`` the indices
+    of trades marked ``backfilled: true``. Either makes the batch not clean.
     """
 
     __slots__ = (
@@ -108,6 +110,7 @@ class Batch:
         "repeats",
         "sizes",
         "time_limit_s",
+        "time_limits",
         "times",
         "trade_ids",
         "types",
@@ -126,6 +129,7 @@ class Batch:
         time_limit_s: float = math.inf,
         controls: Sequence[tuple[int, dict[str, Any]]] = (),
         backfilled: Sequence[int] = (),
+        time_limits: Sequence[float] | None = None,
     ) -> None:
         self.lines = lines
         self.recv_ts_us = recv_ts_us
@@ -145,6 +149,7 @@ class Batch:
         self.invalid = invalid
         self.clean = clean
         self.time_limit_s = time_limit_s
+        self.time_limits = time_limits
         self.controls = controls
         self.backfilled = backfilled
         self._groups: dict[str, list[int]] | None = None
@@ -269,6 +274,7 @@ class Batch:
             self.time_limit_s,
             [(i - start, c) for i, c in self.controls if start <= i < stop],
             [i - start for i in self.backfilled if start <= i < stop],
+            None if self.time_limits is None else self.time_limits[start:stop],
         )
         part.origin = self.origin
         if self.duplicates is not None:
@@ -284,8 +290,9 @@ class Trades:
     Every event is either a trade (``positions[k]`` is its index in the batch) or in ``rejects``
     as ``(index, reason)``, both in batch order. The clean case checks the times as one fixed-form
     column, and the time bound as one ``max`` of it; anything else checks event by event.
-    ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` (also in
-    ``rejects`` as ``invalid_time``): the detectors keep them off their clocks too.
+    ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` or the
+    event's own bound in ``time_limits`` (also in ``rejects`` as ``invalid_time``): the detectors keep
+    them off their clocks too.
     """
 
     __slots__ = (
@@ -328,9 +335,10 @@ class Trades:
     def of(cls, batch: Batch) -> Trades:
         n = len(batch)
         limit = batch.time_limit_s
+        limits = batch.time_limits
         if batch.clean and n:
             times = fixed_seconds(batch.times)
-            if times is not None and max(times) <= limit:
+            if times is not None and (max(times) <= limit if limits is None else all(map(le, times, limits))):
                 return cls(
                     range(n),
                     batch.product_ids,
@@ -352,7 +360,7 @@ class Trades:
             if reason is None:
                 s = parse(t)
                 if s is not None:
-                    if s <= limit:
+                    if s <= (limit if limits is None else limits[i]):
                         positions.append(i)
                         times.append(s)
                         continue
@@ -467,10 +475,14 @@ def normalize(
         limit = latest_valid_s(recv_us, max_future_skew_s)
         return Batch(lines, recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
     if None not in own_ms and None not in columns[9] and None not in ingest_us:
-        # Every event carries its own receive stamps (a replay keeping them): kept as sent.
+        # Every event carries its own receive stamps (a replay keeping them): kept as sent, bounded by them.
         latencies = list(map(truediv, map(sub, columns[9], ingest_us), repeat(1000.0)))
         limit = latest_valid_s(recv_us, max_future_skew_s)
-        return Batch(list(payloads), recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
+        limits = list(map(latest_valid_s, columns[9], repeat(max_future_skew_s)))
+        batch = Batch(
+            list(payloads), recv_us, columns[:8], latencies, clean=True, time_limit_s=limit, time_limits=limits
+        )
+        return batch, []
     typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
@@ -576,6 +588,8 @@ def _from_rows(
     """A batch built event by event: lines, latencies and the per-event verdicts.
 
     ``own_only``: the events' own stamps are all there is (no receive clock, so no time bound).
+    Otherwise an event that keeps its own receive stamp is bounded by it (``Batch.time_limits``), one
+    without by ``recv_us``.
     """
     suffix = _recv_suffix(recv_us)
     recv_ms = recv_us // 1000
@@ -586,8 +600,17 @@ def _from_rows(
     invalid: list[tuple[int, str]] = []
     controls: list[tuple[int, dict[str, Any]]] = []
     backfilled: list[int] = []
+    limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
+    limits: list[float] = []
+    own_bound = False
     for i, (p, (_typed, row, d, reason, control)) in enumerate(zip(kept, rows, strict=True)):
         ing_ms, ing_us, own_ms, own_us = row[6], row[7], row[8], row[9]
+        if own_ms is not None and not own_only:
+            own_clock = own_us if type(own_us) is int else (own_ms * 1000 if type(own_ms) is int else recv_us)
+            limits.append(latest_valid_s(own_clock, max_future_skew_s))
+            own_bound = True
+        else:
+            limits.append(limit)
         if own_ms is not None or own_only:
             lines.append(p)
             lat = latency_ms({INGEST_MS: ing_ms, INGEST_US: ing_us, RECV_MS: own_ms, RECV_US: own_us})
@@ -611,9 +634,21 @@ def _from_rows(
             backfilled.append(i)
     columns = list(zip(*(r[1][:8] for r in rows), strict=True)) or [()] * len(COLUMNS)
     clean = clean and not drift and not invalid and not backfilled and all(None not in col for col in columns[:6])
-    limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
     at_ = None if len(at) == len(lines) else at
-    return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit, controls, backfilled)
+    return Batch(
+        lines,
+        recv_us,
+        columns,
+        latencies,
+        at_,
+        drift,
+        invalid,
+        clean,
+        limit,
+        controls,
+        backfilled,
+        limits if own_bound else None,
+    )
 
 
 def _restamped(payload: bytes, suffix: bytes) -> bytes:

@@ -330,6 +330,26 @@ def test_a_time_past_the_future_skew_is_invalid_time_and_listed_as_future():
     assert tight.tail(1).trades().future == [0]
 
 
+def test_a_replay_keeping_its_stamps_bounds_each_time_by_the_events_own_receive_stamp():
+    """Bounded by the replaying P2's clock, a time ten minutes ahead of the live receipt was invalid_time
+    live and a valid trade when the recording was replayed an hour later (out_of_order counts changed)."""
+    ahead = p1_event(2, time="2023-11-14T22:23:20.000000Z")  # RECV_US + 600 s
+    live, _ = normalize([orjson.dumps(p1_event(1)), orjson.dumps(ahead)], RECV_US)
+    assert live.trades().future == [1]
+    later = RECV_US + 3600 * 10**6
+    seed = orjson.dumps(seed_event(3))
+    broken = orjson.dumps(p1_event(4, price="x"))
+    for payloads in (list(live.lines), [*live.lines, seed], [seed, *live.lines, broken]):
+        replay, _ = normalize(payloads, later)
+        at = payloads.index(live.lines[1])
+        assert replay.trades().future == [at]
+        assert replay.tail(at).trades().future == [0] and replay.part(at, at + 1).trades().future == [0]
+        if seed in payloads:
+            assert payloads.index(seed) in replay.trades().positions  # an unstamped event: the replayer's clock
+    stamped_ms = orjson.dumps({**ahead, "recv_ts_ms": RECV_US // 1000})
+    assert normalize([stamped_ms, broken], later)[0].trades().future == [0]
+
+
 def test_without_a_receive_clock_no_time_is_too_far_ahead():
     assert Batch.of_events([p1_event(1, time="9999-12-31T23:59:59.999999Z")]).trades().future == []
 
@@ -414,3 +434,4 @@ def test_a_read_of_any_mix_of_valid_shapes_is_what_the_event_by_event_build_make
     assert list(batch.latencies) == list(ref.latencies) and list(batch.latency_at) == list(ref.latency_at)
     assert [list(c) for c in batch.columns()] == [list(c) for c in ref.columns()]
     assert batch.clean == ref.clean and batch.time_limit_s == ref.time_limit_s
+    assert batch.time_limits == ref.time_limits
