@@ -551,7 +551,7 @@ def _parse(payload: bytes) -> Any:
 def _checked_row(obj: dict[str, Any]) -> _Row:
     """``(typed, column values + receive stamps + backfilled, drift detail, invalid reason, control)``
     of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
-    values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
+    values = tuple(_column_value(f, obj.get(f.name)) for f in _FIELDS)
     own_ms = obj.get(RECV_MS)
     own: tuple[Any, Any]
     if own_ms is None:
@@ -565,6 +565,14 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
     if control is not None:
         return False, row, None, CONTROL, control
     return False, row, drift_of(obj), invalid_reason(obj), None
+
+
+def _column_value(field: Any, value: Any) -> Any:
+    """A value as its column holds it: ``None`` unless of the field's kind, an int of a number field as
+    the float the typed decode makes of it (past 2**53 it is rounded; kept an int, the two paths differed)."""
+    if not kind_ok(field, value):
+        return None
+    return float(value) if type(value) is int and field.kind == "number" else value
 
 
 _Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
