@@ -11,8 +11,10 @@ by every consumer afterwards:
   not a JSON object is a frame error and never enters the batch.
 
 The recorded line is the payload as received with P2's receive stamps spliced before its closing
-brace, or the payload as is when it carried ``recv_ts_ms`` already (a replay keeping its stamps):
-a recording keeps P1's bytes, unknown keys included.
+brace, or the payload as is when it carried a ``recv_ts_ms`` already (a replay keeping its stamps):
+a recording keeps P1's bytes, unknown keys included. A ``null`` receive stamp is no stamp, on every
+path: P2 stamps the event, and the line carries P2's stamps in place of the receive-stamp members
+sent (a null ``recv_ts_ms``, any ``recv_ts_us`` beside it), so no key is ever in it twice.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
-from operator import sub, truediv
+from operator import le, sub, truediv
 from typing import Any
 
 from mercurystream.p2.log_spans import LogOrigin
@@ -76,10 +78,12 @@ class Batch:
     schema, ``invalid`` ``(index, reason)`` of those no trade can be (a bad time is found by
     :meth:`trades`, which checks every time once). ``time_limit_s`` is the latest exchange time a
     trade of this batch may carry (``shared.timeparse.latest_valid_s``; infinite when the batch
-    has no receive clock of its own). ``controls`` lists ``(index, fields)`` of the
-    control events (``shared.schema.control_of``: a gap P1 announces, a backfill's result), which
-    are also in ``invalid`` under ``control``; ``backfilled`` the indices of trades marked
-    ``backfilled: true``. Either makes the batch not clean.
+    has no receive clock of its own). ``time_limits``, when not ``None``, is each event's own bound
+    in its place: an event that carries its own receive stamp (a replay keeping them) is bounded
+    by that stamp, so a replay judges a time as the P2 that recorded it did. ``controls`` lists
+    ``(index, fields)`` of the control events (``shared.schema.control_of``: a gap P1 announces, a
+    backfill's result), which are also in ``invalid`` under ``control``; ``backfilled`` the indices
+    of trades marked ``backfilled: true``. Either makes the batch not clean.
     """
 
     __slots__ = (
@@ -105,6 +109,7 @@ class Batch:
         "repeats",
         "sizes",
         "time_limit_s",
+        "time_limits",
         "times",
         "trade_ids",
         "types",
@@ -123,6 +128,7 @@ class Batch:
         time_limit_s: float = math.inf,
         controls: Sequence[tuple[int, dict[str, Any]]] = (),
         backfilled: Sequence[int] = (),
+        time_limits: Sequence[float] | None = None,
     ) -> None:
         self.lines = lines
         self.recv_ts_us = recv_ts_us
@@ -142,12 +148,15 @@ class Batch:
         self.invalid = invalid
         self.clean = clean
         self.time_limit_s = time_limit_s
+        self.time_limits = time_limits
         self.controls = controls
         self.backfilled = backfilled
         self._groups: dict[str, list[int]] | None = None
         self._trades: Trades | None = None
         self.origin: LogOrigin | None = None
-        """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics."""
+        """Where the batch is in the JetStream log (``P2_SOURCE=nats``): set by that source, read by forensics.
+        A piece cut by :meth:`part` keeps the whole batch's, which covers it: a range that may start or end a
+        few messages beyond the piece's lines, never one that misses them."""
         self._nbytes = -1
         self.duplicates: list[int] | None = None
         """The indices of this batch's duplicates by the duplicate rule, decided once at publish
@@ -243,7 +252,8 @@ class Batch:
     def part(self, start: int, stop: int) -> Batch:
         """The events ``start`` to ``stop`` (excluded): the one place a batch is cut.
 
-        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole.
+        :meth:`tail` for drop-oldest; one event at a time when a consumer failed on the whole. The
+        piece keeps the batch's :attr:`origin` (which messages of the log held its lines are not known).
         """
         at = self.latency_at
         if type(at) is range:
@@ -263,7 +273,9 @@ class Batch:
             self.time_limit_s,
             [(i - start, c) for i, c in self.controls if start <= i < stop],
             [i - start for i in self.backfilled if start <= i < stop],
+            None if self.time_limits is None else self.time_limits[start:stop],
         )
+        part.origin = self.origin
         if self.duplicates is not None:
             part.duplicates = [i - start for i in self.duplicates if start <= i < stop]
         if self.repeats is not None:
@@ -277,8 +289,9 @@ class Trades:
     Every event is either a trade (``positions[k]`` is its index in the batch) or in ``rejects``
     as ``(index, reason)``, both in batch order. The clean case checks the times as one fixed-form
     column, and the time bound as one ``max`` of it; anything else checks event by event.
-    ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` (also in
-    ``rejects`` as ``invalid_time``): the detectors keep them off their clocks too.
+    ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` or the
+    event's own bound in ``time_limits`` (also in ``rejects`` as ``invalid_time``): the detectors keep
+    them off their clocks too.
     """
 
     __slots__ = (
@@ -321,9 +334,10 @@ class Trades:
     def of(cls, batch: Batch) -> Trades:
         n = len(batch)
         limit = batch.time_limit_s
+        limits = batch.time_limits
         if batch.clean and n:
             times = fixed_seconds(batch.times)
-            if times is not None and max(times) <= limit:
+            if times is not None and (max(times) <= limit if limits is None else all(map(le, times, limits))):
                 return cls(
                     range(n),
                     batch.product_ids,
@@ -345,7 +359,7 @@ class Trades:
             if reason is None:
                 s = parse(t)
                 if s is not None:
-                    if s <= limit:
+                    if s <= (limit if limits is None else limits[i]):
                         positions.append(i)
                         times.append(s)
                         continue
@@ -444,7 +458,8 @@ def normalize(
         typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
         return _from_rows(payloads, typed, recv_us, max_future_skew_s=max_future_skew_s), []
     ingest_us = columns[7]
-    lines = stamped_lines(payloads, _recv_suffix(recv_us)) if own_ms.count(None) == n else None
+    unstamped = own_ms.count(None) == n and columns[9].count(None) == n
+    lines = stamped_lines(payloads, _recv_suffix(recv_us)) if unstamped else None
     if lines is not None:
         if None not in ingest_us:
             latencies = list(map(truediv, map(recv_us.__sub__, ingest_us), repeat(1000.0)))
@@ -459,10 +474,14 @@ def normalize(
         limit = latest_valid_s(recv_us, max_future_skew_s)
         return Batch(lines, recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
     if None not in own_ms and None not in columns[9] and None not in ingest_us:
-        # Every event carries its own receive stamps (a replay keeping them): kept as sent.
+        # Every event carries its own receive stamps (a replay keeping them): kept as sent, bounded by them.
         latencies = list(map(truediv, map(sub, columns[9], ingest_us), repeat(1000.0)))
         limit = latest_valid_s(recv_us, max_future_skew_s)
-        return Batch(list(payloads), recv_us, columns[:8], latencies, None, clean=True, time_limit_s=limit), []
+        limits = list(map(latest_valid_s, columns[9], repeat(max_future_skew_s)))
+        batch = Batch(
+            list(payloads), recv_us, columns[:8], latencies, clean=True, time_limit_s=limit, time_limits=limits
+        )
+        return batch, []
     typed = [(True, row, None, None, None) for row in zip(*columns, strict=True)]
     return _from_rows(payloads, typed, recv_us, clean=True, max_future_skew_s=max_future_skew_s), []
 
@@ -499,18 +518,23 @@ def _normalize_each(
     return _from_rows(kept, rows, recv_us, max_future_skew_s=max_future_skew_s), errors
 
 
+def is_json(payload: bytes) -> bool:
+    """Whether a payload is JSON as :func:`normalize` reads it (one value, in UTF-8, of any kind)."""
+    return _parse(payload) is not _NOT_JSON
+
+
 def _checked_row(obj: dict[str, Any]) -> _Row:
     """``(typed, column values + receive stamps + backfilled, drift detail, invalid reason, control)``
     of one parsed event. A control event is no drift: it is skipped by the analytics as ``control``."""
-    values = tuple(v if kind_ok(f, v := obj.get(f.name)) else None for f in _FIELDS)
-    own = obj.get(RECV_MS), obj.get(RECV_US)
-    own = (
-        tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in own)
-        if RECV_MS in obj
-        else (None, None)
-    )
-    if RECV_MS in obj and own[0] is None:
-        own = (_OWN_UNTYPED, None)
+    values = tuple(_column_value(f, obj.get(f.name)) for f in _FIELDS)
+    own_ms = obj.get(RECV_MS)
+    own: tuple[Any, Any]
+    if own_ms is None:
+        own = (None, _RESTAMP if RECV_MS in obj or RECV_US in obj else None)
+    else:
+        own = tuple(v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None for v in (own_ms, obj.get(RECV_US)))
+        if own[0] is None:
+            own = (_OWN_UNTYPED, None)
     row = (*values, *own, obj.get(BACKFILLED) is True)
     control = control_of(obj)
     if control is not None:
@@ -518,10 +542,21 @@ def _checked_row(obj: dict[str, Any]) -> _Row:
     return False, row, drift_of(obj), invalid_reason(obj), None
 
 
+def _column_value(field: Any, value: Any) -> Any:
+    """A value as its column holds it: ``None`` unless of the field's kind, an int of a number field as
+    the float the typed decode makes of it (past 2**53 it is rounded; kept an int, the two paths differed)."""
+    if not kind_ok(field, value):
+        return None
+    return float(value) if type(value) is int and field.kind == "number" else value
+
+
 _Row = tuple[bool, tuple[Any, ...], dict[str, Any] | None, str | None, dict[str, Any] | None]
 _OWN_UNTYPED = object()
-"""A ``recv_ts_ms`` that is there but not a 64-bit int: the line is still kept as sent, with no latency
-(a 401-digit stamp made the latency's float conversion raise and lose the read)."""
+"""A ``recv_ts_ms`` that is there but not a 64-bit int (nor null): the line is still kept as sent, with no
+latency (a 401-digit stamp made the latency's float conversion raise and lose the read)."""
+_RESTAMP = object()
+"""The own ``recv_ts_us`` of an event with no ``recv_ts_ms`` of its own but receive-stamp members (a null
+``recv_ts_ms``, any ``recv_ts_us``): P2 stamps it, and its line has P2's stamps in their place."""
 
 
 def _from_rows(
@@ -536,6 +571,8 @@ def _from_rows(
     """A batch built event by event: lines, latencies and the per-event verdicts.
 
     ``own_only``: the events' own stamps are all there is (no receive clock, so no time bound).
+    Otherwise an event that keeps its own receive stamp is bounded by it (``Batch.time_limits``), one
+    without by ``recv_us``.
     """
     suffix = _recv_suffix(recv_us)
     recv_ms = recv_us // 1000
@@ -546,13 +583,22 @@ def _from_rows(
     invalid: list[tuple[int, str]] = []
     controls: list[tuple[int, dict[str, Any]]] = []
     backfilled: list[int] = []
+    limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
+    limits: list[float] = []
+    own_bound = False
     for i, (p, (_typed, row, d, reason, control)) in enumerate(zip(kept, rows, strict=True)):
         ing_ms, ing_us, own_ms, own_us = row[6], row[7], row[8], row[9]
+        if own_ms is not None and not own_only:
+            own_clock = own_us if type(own_us) is int else (own_ms * 1000 if type(own_ms) is int else recv_us)
+            limits.append(latest_valid_s(own_clock, max_future_skew_s))
+            own_bound = True
+        else:
+            limits.append(limit)
         if own_ms is not None or own_only:
             lines.append(p)
             lat = latency_ms({INGEST_MS: ing_ms, INGEST_US: ing_us, RECV_MS: own_ms, RECV_US: own_us})
         else:
-            lines.append(_splice(p, suffix))
+            lines.append(_splice(p, suffix) if own_us is None else _restamped(p, suffix))
             lat = (
                 (recv_us - ing_us) / 1000.0
                 if ing_us is not None
@@ -571,9 +617,75 @@ def _from_rows(
             backfilled.append(i)
     columns = list(zip(*(r[1][:8] for r in rows), strict=True)) or [()] * len(COLUMNS)
     clean = clean and not drift and not invalid and not backfilled and all(None not in col for col in columns[:6])
-    limit = math.inf if own_only else latest_valid_s(recv_us, max_future_skew_s)
     at_ = None if len(at) == len(lines) else at
-    return Batch(lines, recv_us, columns, latencies, at_, drift, invalid, clean, limit, controls, backfilled)
+    return Batch(
+        lines,
+        recv_us,
+        columns,
+        latencies,
+        at_,
+        drift,
+        invalid,
+        clean,
+        limit,
+        controls,
+        backfilled,
+        limits if own_bound else None,
+    )
+
+
+def _restamped(payload: bytes, suffix: bytes) -> bytes:
+    """The payload with P2's stamps in place of its top-level receive-stamp members, every other member as sent.
+
+    Splicing alone would write a key twice. The payload is known JSON (it was parsed); the walk finds
+    each member's extent (the standard library's scanner), so a stamp key spelled with an escape or
+    repeated is cut too and a nested one left alone. Should the walk fail anyway, the payload is kept
+    as sent: no key twice, only no stamps of P2's.
+    """
+    try:
+        text = payload.decode()
+        kept = [text[a:b] for key, a, b in _members(text) if key != RECV_MS and key != RECV_US]
+    except (ValueError, IndexError, RecursionError):
+        return payload
+    return _splice(("{" + ",".join(kept) + "}").encode(), suffix)
+
+
+_scan_string = json.decoder.scanstring
+_scan_value = json.JSONDecoder().raw_decode
+_JSON_SPACE = " \t\n\r"
+
+
+def _members(text: str) -> list[tuple[str, int, int]]:
+    """``(key, start, end)`` of each member of the JSON object ``text``; ``ValueError`` or ``IndexError`` if none."""
+    i = _skip_space(text, 0)
+    if text[i] != "{":
+        raise ValueError("not an object")
+    i = _skip_space(text, i + 1)
+    out: list[tuple[str, int, int]] = []
+    if text[i] == "}":
+        return out
+    while True:
+        if text[i] != '"':
+            raise ValueError("not a key")
+        start = i
+        key, i = _scan_string(text, i + 1)
+        i = _skip_space(text, i)
+        if text[i] != ":":
+            raise ValueError("no colon")
+        _, i = _scan_value(text, _skip_space(text, i + 1))
+        out.append((key, start, i))
+        i = _skip_space(text, i)
+        if text[i] == "}":
+            return out
+        if text[i] != ",":
+            raise ValueError("no comma")
+        i = _skip_space(text, i + 1)
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _JSON_SPACE:
+        i += 1
+    return i
 
 
 def _splice(payload: bytes, suffix: bytes) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 
 from loguru import logger
 
-from mercurystream.p2.batch import Batch, normalize
+from mercurystream.p2.batch import Batch, is_json, normalize
 from mercurystream.p2.bus import Bus
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.clock import now_us
@@ -90,8 +90,8 @@ class IngestDecoder:
     Every frame completed by a read becomes either an event in the batch or an ``(reason, payload)``
     error; ``frames`` counts both, which is what an ack acknowledges. One clock read stamps the whole
     read. The recorded line is the payload as received with the stamps spliced before its closing
-    brace, so a recording keeps P1's bytes; a payload that already carries ``recv_ts_ms`` (a replay
-    keeping its timestamps) is kept as is, and its own stamps define its latency.
+    brace, so a recording keeps P1's bytes; a payload that already carries a ``recv_ts_ms`` (a replay
+    keeping its timestamps; a ``null`` one is none) is kept as is, and its own stamps define its latency.
 
     What the payloads are, and the batch they make, is ``p2.batch.normalize``'s one decision.
     """
@@ -129,14 +129,20 @@ class IngestDecoder:
         # The payloads joined, not the read: frame headers hold 0x0a and 0x0d bytes in most reads.
         joined = b"".join(payloads)
         if b"\n" in joined or b"\r" in joined:
-            # Raw line breaks can only be JSON whitespace; blank them so a recorded line stays one line.
             payloads = [_one_line(p) for p in payloads]
         batch, errors = normalize(payloads, self._clock(), self.max_future_skew_s)
         return Received(batch, batch.latencies if batch is not None else (), errors, oversize)
 
 
 def _one_line(payload: bytes) -> bytes:
-    if b"\n" in payload or b"\r" in payload:
+    """The payload with its raw line breaks blanked, so its recorded line stays one line.
+
+    Only in a payload that is JSON as sent: there a raw line break can only be whitespace. Inside a
+    string it is an unescaped control character, which makes the payload ``invalid_json``; blanked,
+    ``"BTC\\n-USD"`` had become the valid product ``BTC -USD``. Such a payload is left as sent, for
+    :func:`~mercurystream.p2.batch.normalize` to count.
+    """
+    if (b"\n" in payload or b"\r" in payload) and is_json(payload):
         return payload.replace(b"\n", b" ").replace(b"\r", b" ")
     return payload
 

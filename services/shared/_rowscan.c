@@ -12,7 +12,7 @@
  * Either takes only what its reference takes and declines everything else by returning None, and the
  * caller then runs the reference: an unknown key (scan_objects passes over one whose value is a plain
  * scalar, as WireTrade ignores it), a repeated key, a null (scan_objects takes it in an optional
- * column), a value of another JSON kind, a string with an escape, a control character or a non-ASCII
+ * column that is nullable), a value of another JSON kind, a string with an escape, a control character or a non-ASCII
  * byte, an integer outside int64 (or outside +-2**53 in a float column), a number no double holds,
  * anything that is not a flat object, and (scan_objects) a value breaking its column's value rule. It
  * knows no field by name: the columns, their kinds and rules come from the schema, as arguments. Property tests hold each
@@ -53,6 +53,7 @@ typedef struct {
     double gt, ge;
     Py_ssize_t min_len, max_len;    /* a string column's, in bytes (plain ASCII: characters); max_len -1: none */
     PyObject *choices;              /* a string column's allowed values (a tuple of bytes), or NULL */
+    int nullable;                   /* an optional column that takes a null as absent (else declined) */
 } Column;
 
 /* What a scan makes: Arrow buffers (the Parquet writer), or Python objects (P2's ingest), which
@@ -325,7 +326,8 @@ static const char *scan_object(const char *p, const char *end, Column *cols, int
             p = skip_ws(p + 1, end);
             if (p >= end) return NULL;
             Column *c = &cols[k];
-            if (*p == 'n' && mode->objects && !c->required && end - p >= 4 && memcmp(p, "null", 4) == 0) {
+            if (*p == 'n' && mode->objects && !c->required && c->nullable && end - p >= 4 &&
+                memcmp(p, "null", 4) == 0) {
                 nulled |= ((uint64_t)1) << k; /* as if absent: None, below */
                 p += 4;
                 goto next_key;
@@ -552,7 +554,8 @@ done:
     return result;
 }
 
-/* Each column's emit flag and value rules: (gt, ge, min_len, max_len, choices), None where a rule is absent.
+/* Each column's emit flag and value rules: (gt, ge, min_len, max_len, choices[, nullable]), None where a rule
+ * is absent; nullable (default true) says whether a null in an optional column is taken as absent.
  * gt and ge only on a float column, lengths and choices only on a string column. 0, or -1 with an error set. */
 static int read_rules(Column *cols, int ncols, Py_buffer *emit, PyObject *rules) {
     if (emit->len != ncols || PyTuple_GET_SIZE(rules) != ncols) {
@@ -563,9 +566,11 @@ static int read_rules(Column *cols, int ncols, Py_buffer *emit, PyObject *rules)
         Column *c = &cols[k];
         PyObject *gt, *ge, *choices;
         Py_ssize_t min_len, max_len;
+        int nullable = 1;
         PyObject *rule = PyTuple_GET_ITEM(rules, k);
         c->emit = ((const unsigned char *)emit->buf)[k] != 0;
-        if (!PyTuple_Check(rule) || !PyArg_ParseTuple(rule, "OOnnO", &gt, &ge, &min_len, &max_len, &choices)) {
+        if (!PyTuple_Check(rule) ||
+            !PyArg_ParseTuple(rule, "OOnnO|p", &gt, &ge, &min_len, &max_len, &choices, &nullable)) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "scan_objects: a rule is a tuple");
             return -1;
         }
@@ -579,6 +584,7 @@ static int read_rules(Column *cols, int ncols, Py_buffer *emit, PyObject *rules)
         if ((c->has_ge = ge != Py_None) && (c->ge = PyFloat_AsDouble(ge)) == -1.0 && PyErr_Occurred()) return -1;
         c->min_len = min_len;
         c->max_len = max_len;
+        c->nullable = nullable;
         if (choices != Py_None) {
             if (!PyTuple_Check(choices)) {
                 PyErr_SetString(PyExc_TypeError, "scan_objects: choices are a tuple of bytes");
@@ -600,8 +606,8 @@ PyDoc_STRVAR(scan_objects_doc,
              "scan_objects(payloads, names, kinds, required, emit, rules) -> list | None\n\n"
              "Each payload (bytes) one flat JSON object, as one list of values per column: str, float, int, bool,\n"
              "or None where a column is absent or null; a column whose emit byte is 0 is checked but given as None.\n"
-             "Unknown keys with a scalar value are passed over. rules: one (gt, ge, min_len, max_len, choices) a\n"
-             "column, each value keeping them. None when any payload is one the plain path must judge (a rule\n"
+             "Unknown keys with a scalar value are passed over. rules: one (gt, ge, min_len, max_len, choices[,\n"
+             "nullable]) a column, each value keeping them; a null in a column not nullable is declined. None when any payload is one the plain path must judge (a rule\n"
              "broken included). kinds and required as for scan().");
 
 static PyObject *scan_objects(PyObject *self, PyObject *args) {

@@ -44,6 +44,9 @@ class Field:
     float a float can hold, ``bool``: ``true``/``false``). ``max_length`` bounds a string as part of
     its kind. ``gt``, ``ge``, ``min_length``, ``choices`` and ``time`` are value rules: a value
     breaking one is an invalid trade, counted under ``reason`` where the analytics check it.
+    ``nullable``: whether the typed decoder takes a JSON ``null`` in this optional field as absent;
+    P2's receive stamps are not, so a payload carrying a null one is taken event by event, where
+    P2 replaces it with its own stamps (``p2.batch``).
     """
 
     name: str
@@ -58,6 +61,7 @@ class Field:
     choices: tuple[str, ...] | None = None
     time: bool = False
     reason: str | None = None
+    nullable: bool = True
 
 
 FIELDS: tuple[Field, ...] = (
@@ -101,8 +105,15 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("ingest_ts_ms", "int", True, "P1", "P1 wall clock at receipt (the seed's field)"),
     Field("ingest_ts_us", "int", False, "P1", "the same in microseconds; latency falls back to ms without it"),
-    Field("recv_ts_ms", "int", False, "P2", "P2 wall clock at receipt; kept if the frame already has it"),
-    Field("recv_ts_us", "int", False, "P2", "the same in microseconds"),
+    Field(
+        "recv_ts_ms",
+        "int",
+        False,
+        "P2",
+        "P2 wall clock at receipt; kept if the frame already has it (a `null` one is replaced)",
+        nullable=False,
+    ),
+    Field("recv_ts_us", "int", False, "P2", "the same in microseconds", nullable=False),
 )
 
 BY_NAME: Mapping[str, Field] = {f.name: f for f in FIELDS}
@@ -272,7 +283,7 @@ def control_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
 def _msgspec_type(field: Field) -> Any:
     if field.choices is not None:
         base: Any = Literal[field.choices]  # type: ignore[valid-type]
-        return base if field.required else base | None
+        return base if field.required or not field.nullable else base | None
     meta: dict[str, Any] = {}
     if field.kind == "int":
         base, meta = int, {"ge": INT64_MIN, "le": INT64_MAX}
@@ -287,7 +298,7 @@ def _msgspec_type(field: Field) -> Any:
         if value is not None:
             meta[key] = value
     typ = Annotated[base, msgspec.Meta(**meta)] if meta else base
-    return typ if field.required else typ | None
+    return typ if field.required or not field.nullable else typ | None
 
 
 WireTrade = msgspec.defstruct(

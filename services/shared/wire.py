@@ -38,9 +38,9 @@ _INDEX = {f.name: i for i, f in enumerate(FIELDS)}
 
 
 def _rule(f: Field) -> tuple[Any, ...]:
-    """A field's value rules as the scanner takes them: ``(gt, ge, min_len, max_len, choices)``."""
+    """A field's value rules as the scanner takes them: ``(gt, ge, min_len, max_len, choices, nullable)``."""
     choices = None if f.choices is None else tuple(c.encode() for c in f.choices)
-    return (f.gt, f.ge, f.min_length or 0, -1 if f.max_length is None else f.max_length, choices)
+    return (f.gt, f.ge, f.min_length or 0, -1 if f.max_length is None else f.max_length, choices, f.nullable)
 
 
 def _scannable(f: Field) -> bool:
@@ -58,7 +58,8 @@ class Columns:
     """The columns of ``names`` (schema fields) for a read: :meth:`__call__` with the kernel, :meth:`reference` without.
 
     Either returns one sequence a field, in ``names`` order, with ``None`` where an optional field
-    is absent or null; or ``None`` when some payload does not decode as a valid ``WireTrade``.
+    is absent or null (a null only where the field is ``nullable``); or ``None`` when some payload
+    does not decode as a valid ``WireTrade``.
     """
 
     def __init__(self, names: Sequence[str]) -> None:
@@ -106,15 +107,17 @@ def parse_payload(payload: bytes) -> Any:
     msgspec keeps integers of any size exactly; a number no float can hold (``1e400``) makes it
     fail, and the standard library then reads it as infinity, which the schema's kind rule rejects.
     The standard library also reads ``NaN``, ``Infinity`` and a lone surrogate escape (``"\\ud800"``),
-    which msgspec and orjson refuse. Nesting deeper than either parser's recursion limit (about
-    1,000 levels) raises ``RecursionError``, which is no bug but a payload P2 will not read.
-    Replay uses it too, so a line P2 recorded is one replay can send back.
+    which msgspec and orjson refuse. It is given the payload decoded as strict UTF-8: given bytes,
+    it would also read UTF-16, UTF-32, a byte-order mark and UTF-8-encoded surrogates, which every
+    other reader of a recorded line (orjson, msgspec, the C scanner) rejects. Nesting deeper than
+    either parser's recursion limit (about 1,000 levels) raises ``RecursionError``, which is no bug
+    but a payload P2 will not read. Replay uses it too, so a line P2 recorded is one replay can send back.
     """
     try:
         return _generic(payload)
     except (msgspec.DecodeError, RecursionError):
         pass
     try:
-        return json.loads(payload)
+        return json.loads(payload.decode())
     except (ValueError, RecursionError):
         return NOT_JSON

@@ -107,6 +107,27 @@ def test_frame_errors_never_enter_the_batch() -> None:
     assert len(batch) == 1 and batch.trade_ids[0] == 1
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda t: b"\xef\xbb\xbf" + t.encode(),
+        lambda t: t.encode("utf-16-le"),
+        lambda t: t.encode("utf-16"),
+        lambda t: t.encode("utf-32-be"),
+        lambda t: t.replace("BTC", "\ud800").encode("utf-8", "surrogatepass"),
+    ],
+    ids=["utf-8 bom", "utf-16-le", "utf-16 bom", "utf-32-be", "utf-8 surrogate"],
+)
+def test_a_payload_not_in_utf_8_is_invalid_json_not_a_trade(encode) -> None:
+    """The standard library's fallback read bytes in any UTF encoding: such a payload became a clean trade
+    whose recorded line no other reader (orjson, msgspec, the C scanner) could read back."""
+    odd = encode(orjson.dumps(p1_event(2)).decode())
+    for payloads in ([odd], [orjson.dumps(p1_event(1)), odd]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [("invalid_json", odd)]
+        assert (batch is None) if len(payloads) == 1 else batch.trade_ids == (1,)
+
+
 @pytest.mark.parametrize("depth", [1000, 5000, 100_000])
 def test_json_nested_past_the_parsers_limit_is_invalid_json_not_an_exception(depth: int) -> None:
     """msgspec raises RecursionError past about 1,000 levels; it escaped the read and closed the connection."""
@@ -136,6 +157,41 @@ def test_a_receive_stamp_past_64_bits_is_kept_as_sent_with_no_latency(stamps: by
     batch, errors = normalize([orjson.dumps(p1_event(1)), line], RECV_US)
     assert errors == [] and batch.lines[1] == line and batch.trade_ids == (1, 2)
     assert all(map(math.isfinite, batch.latencies))
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        b'"recv_ts_ms":null',
+        b'"recv_ts_us":null',
+        b'"recv_ts_ms":null,"recv_ts_us":null',
+        b'"recv_ts_us" : 5 , "recv_ts_ms" :null',
+        b'"recv_ts_us":5',
+        b'"recv_ts_us":"soon"',
+        b'"recv\\u005fts_ms":null,"recv_ts_us":null,"recv_ts_us":[1]',
+    ],
+)
+@pytest.mark.parametrize("price", [b"100.5", b"0"])
+def test_a_null_receive_stamp_is_no_stamp_and_no_key_is_recorded_twice(stamps: bytes, price: bytes) -> None:
+    """``recv_ts_ms: null`` was absent for a valid trade (stamped, the key then written twice) but a kept
+    stamp for an invalid one (no stamp, no latency). On every path it is now absent: P2's stamps take
+    the place of the receive-stamp members sent, and every other member stays as sent."""
+    body = orjson.dumps(p1_event(2, note={"recv_ts_ms": None}))[:-1].replace(b'"price":100.5', b'"price":' + price)
+    payload = body + b"," + stamps + b"}"
+    plain, _ = normalize([body + b"}"], RECV_US)
+    for payloads in ([payload], [orjson.dumps(p1_event(1)), payload]):
+        batch, errors = normalize(payloads, RECV_US)
+        assert errors == [] and batch.trade_ids[-1] == 2
+        line = batch.lines[-1]
+        assert json.loads(line, object_pairs_hook=list) == json.loads(plain.lines[0], object_pairs_hook=list)
+        assert list(batch.latency_at) == list(range(len(payloads))) and batch.latencies[-1] == plain.latencies[0]
+        assert batch.invalid == [(len(payloads) - 1, "invalid_price")] if price == b"0" else batch.invalid == []
+
+
+def test_a_kept_receive_stamp_beside_a_null_one_is_kept_as_sent() -> None:
+    kept = orjson.dumps(p1_event(2))[:-1] + b',"recv_ts_ms":1700000000001,"recv_ts_us":null}'
+    batch, _ = normalize([orjson.dumps(p1_event(1)), kept], RECV_US)
+    assert batch.lines[1] == kept and batch.latencies[1] == 1.0
 
 
 def test_a_long_product_id_is_drift_and_reaches_no_rule() -> None:
@@ -181,6 +237,21 @@ def test_part_cuts_one_event_out_with_its_verdicts_and_latency() -> None:
     assert list(middle.trade_ids) == [1, 2] and list(middle.latency_at) == [0, 1] and middle.clean
 
 
+def test_every_piece_keeps_the_whole_batchs_log_origin() -> None:
+    """Drop-oldest's tail and the per-event retry dropped ``origin``: forensics then recorded no stream range."""
+    from mercurystream.p2.bus import Subscription
+    from mercurystream.p2.log_spans import LogOrigin
+
+    batch, _ = read([p1_event(i) for i in range(4)])
+    assert batch.part(0, 2).origin is None
+    batch.origin = LogOrigin("S", 10, 13, 5, 6)
+    assert [p.origin for p in (batch.tail(1), batch.part(2, 3), batch.part(0, 4))] == [batch.origin] * 3
+    sub = Subscription("forensics", capacity=3)
+    sub.offer(batch)
+    (kept,) = sub.take_nowait()
+    assert len(kept) == 3 and kept.origin == batch.origin
+
+
 _value = (
     st.integers(-(2**70), 2**70)
     | st.floats()
@@ -197,6 +268,7 @@ _value = (
     drop=st.sets(st.sampled_from(COLUMNS), max_size=2),
 )
 @example(changes={"price": 2**53 + 1}, drop=set())  # an integer a float holds only rounded (found by a CI run)
+@example(changes={"type": None, "price": 2**53 + 1}, drop=set())  # the same on the per-event path
 def test_the_typed_path_and_the_per_event_path_agree_on_every_event(changes: dict, drop: set) -> None:
     """Whichever path an event takes, its columns and verdicts are the schema's rules applied to it."""
     ev = {k: v for k, v in p1_event(7, **changes).items() if k not in drop}
@@ -257,6 +329,26 @@ def test_a_time_past_the_future_skew_is_invalid_time_and_listed_as_future():
     tight, _ = normalize([orjson.dumps(e) for e in (p1_event(1), near)], RECV_US, max_future_skew_s=10)
     assert tight.trades().future == [1]
     assert tight.tail(1).trades().future == [0]
+
+
+def test_a_replay_keeping_its_stamps_bounds_each_time_by_the_events_own_receive_stamp():
+    """Bounded by the replaying P2's clock, a time ten minutes ahead of the live receipt was invalid_time
+    live and a valid trade when the recording was replayed an hour later (out_of_order counts changed)."""
+    ahead = p1_event(2, time="2023-11-14T22:23:20.000000Z")  # RECV_US + 600 s
+    live, _ = normalize([orjson.dumps(p1_event(1)), orjson.dumps(ahead)], RECV_US)
+    assert live.trades().future == [1]
+    later = RECV_US + 3600 * 10**6
+    seed = orjson.dumps(seed_event(3))
+    broken = orjson.dumps(p1_event(4, price="x"))
+    for payloads in (list(live.lines), [*live.lines, seed], [seed, *live.lines, broken]):
+        replay, _ = normalize(payloads, later)
+        at = payloads.index(live.lines[1])
+        assert replay.trades().future == [at]
+        assert replay.tail(at).trades().future == [0] and replay.part(at, at + 1).trades().future == [0]
+        if seed in payloads:
+            assert payloads.index(seed) in replay.trades().positions  # an unstamped event: the replayer's clock
+    stamped_ms = orjson.dumps({**ahead, "recv_ts_ms": RECV_US // 1000})
+    assert normalize([stamped_ms, broken], later)[0].trades().future == [0]
 
 
 def test_without_a_receive_clock_no_time_is_too_far_ahead():
@@ -343,3 +435,4 @@ def test_a_read_of_any_mix_of_valid_shapes_is_what_the_event_by_event_build_make
     assert list(batch.latencies) == list(ref.latencies) and list(batch.latency_at) == list(ref.latency_at)
     assert [list(c) for c in batch.columns()] == [list(c) for c in ref.columns()]
     assert batch.clean == ref.clean and batch.time_limit_s == ref.time_limit_s
+    assert batch.time_limits == ref.time_limits

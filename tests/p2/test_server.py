@@ -444,6 +444,19 @@ def test_pretty_printed_payload_is_recorded_on_one_line():
     }
 
 
+@pytest.mark.parametrize("brk", [b"\n", b"\r", b"\r\n"])
+def test_a_raw_line_break_inside_a_string_is_invalid_json_not_blanked(brk: bytes) -> None:
+    """Blanked before parsing, ``"BTC\\n-USD"`` was the valid trade ``BTC -USD``; a raw control character
+    in a string is not JSON, in a read of its own or beside valid payloads (pretty-printed ones too)."""
+    bad = orjson.dumps(trade(2, ingest_ts_ms=1)).replace(b"BTC-USD", b"BTC" + brk + b"-USD")
+    pretty = b"{" + brk + orjson.dumps(trade(3, ingest_ts_ms=1))[1:]
+    for payloads in ([bad], [orjson.dumps(trade(1, ingest_ts_ms=1)), bad, pretty]):
+        got = IngestDecoder(clock_us=FixedClock()).feed(encode_frames(payloads))
+        assert got.errors == [("invalid_json", bad)]
+        assert (got.batch is None) if len(payloads) == 1 else got.batch.trade_ids == (1, 3)
+        assert got.batch is None or all(b"\n" not in line and b"\r" not in line for line in got.batch.lines)
+
+
 # ---------------------------------------------------------------- batch-wide work in the receive path
 
 

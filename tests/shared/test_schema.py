@@ -69,7 +69,9 @@ def test_the_typed_decoder_takes_exactly_what_every_rule_but_the_time_accepts(ch
     except (msgspec.ValidationError, msgspec.DecodeError):
         decoded = None
     ok = all(
-        conforms(f, event[f.name]) if f.name in event and (f.required or event[f.name] is not None) else not f.required
+        conforms(f, event[f.name])
+        if f.name in event and (f.required or not f.nullable or event[f.name] is not None)
+        else not f.required
         for f in FIELDS
         if not f.time
     ) and isinstance(event.get("time"), str)

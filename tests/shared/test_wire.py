@@ -137,6 +137,8 @@ def test_the_kernel_leaves_to_the_reference_what_only_it_may_judge() -> None:
         "nested unknown key": orjson.dumps(event(1, note={"a": 1})),
         "repeated key": orjson.dumps(event(1))[:-1] + b',"price":1.5}',
         "null in a required field": orjson.dumps(event(1, price=None)),
+        "null receive stamp": orjson.dumps(event(1, recv_ts_ms=None)),
+        "null receive stamp (us)": orjson.dumps(event(1, recv_ts_ms=1, recv_ts_us=None)),
         "huge int in a number": orjson.dumps(event(1, price=(1 << 53) + 1)),
         "int64 overflow": orjson.dumps(event(1, sequence=1 << 63)),
         "float in an int field": orjson.dumps(event(1)).replace(b'"trade_id":1001', b'"trade_id":1001.0'),
