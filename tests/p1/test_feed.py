@@ -197,6 +197,25 @@ async def test_backoff_grows_while_the_venue_is_unreachable():
     assert feed.reconnects >= 3 and feed.connects == 0
 
 
+async def test_backoff_keeps_growing_after_a_healthy_session_once_the_venue_is_gone():
+    """A subscribed session resets the backoff; the failed connects after it must not (they used to,
+    because ``subscribed`` kept that session's answer, so a venue down for good was retried at the base delay)."""
+
+    async def script(ws, n):
+        return  # subscribed, then the venue closes the connection
+
+    venue = await FakeVenue(script).start()
+    feed = make_feed(venue.url, Collector())
+    await feed.start()
+    try:
+        await wait_until(lambda: feed.connects >= 1 and feed.protocol.subscribed, what="one subscribed session")
+        await venue.stop()  # the listener is gone: every attempt from here fails to connect
+        await wait_until(lambda: feed.backoff.attempt >= 4, what="the backoff growing after failed connects")
+    finally:
+        await feed.stop()
+    assert feed.protocol.subscribed, "the stale flag the reset used to trust"
+
+
 async def test_messages_already_received_are_handed_on_in_batches():
     n_trades = 3000
 
