@@ -217,8 +217,8 @@ async def run(settings: P1Settings) -> int:
     app = P1App(settings)
     try:
         await app.start()
-    except OSError as exc:
-        logger.error("P1 cannot start: {}", exc)
+    except (OSError, ValueError) as exc:  # binding the endpoint: OSError, or UnicodeError for a name no resolver takes
+        logger.error("P1 cannot start: {}: {}", type(exc).__name__, exc)
         await app.stop()
         return 1
     stopped = asyncio.create_task(stop.wait())

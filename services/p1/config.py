@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mercurystream.p1.feeds import DEFAULT_URLS
-from mercurystream.shared.config import CommonSettings, Port, Symbols, parse_symbols
+from mercurystream.shared.config import CommonSettings, Host, Port, Symbols, parse_symbols
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.jetstream import NatsSettings
 
@@ -25,7 +25,7 @@ class P1Settings(CommonSettings, NatsSettings):
     COINBASE_API_PRIVATE_KEY: SecretStr | None = None
     P1_SINK: Literal["tcp", "nats"] = "tcp"
     """``tcp``: framed TCP to P2 (``P2_HOST``/``P2_PORT``); ``nats``: batches to JetStream (``NATS_*``)."""
-    P2_HOST: str = Field("127.0.0.1", min_length=1)
+    P2_HOST: Host = "127.0.0.1"
     P2_PORT: Port = 9001
     BACKOFF_MAX: float = Field(10.0, gt=0)
     P1_BUFFER_EVENTS: int = Field(10000, gt=0)
@@ -34,7 +34,7 @@ class P1Settings(CommonSettings, NatsSettings):
     NATS_ROUND_MS: float = Field(2.0, ge=0, le=1000)
     """The NATS sink starts a round of batches at most this often while trades keep coming."""
     P1_METRICS_PORT: Port = 9100
-    P1_METRICS_HOST: str = Field("127.0.0.1", min_length=1)
+    P1_METRICS_HOST: Host = "127.0.0.1"
     P1_SHUTDOWN_TIMEOUT_S: float = Field(5.0, ge=0)
     MAX_FRAME_BYTES: int = Field(DEFAULT_MAX_FRAME_BYTES, gt=0)
     BACKFILL: bool = True

@@ -7,10 +7,12 @@ never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mercurystream.shared.labels import MAX_PRODUCT_LABELS
@@ -21,6 +23,35 @@ EXIT_CONFIG = 2
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 Symbols = Annotated[list[str], NoDecode]
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+
+
+def check_host(value: str) -> str:
+    """An IP address or a host name the resolver can take, else ``ValueError`` with one line.
+
+    Caught here because the resolver refuses some names with ``UnicodeError`` (an empty label as in
+    ``foo..bar``, a label over 63 characters), not the ``OSError`` a connect loop retries.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or not all(map(_HOST_LABEL.match, name.split("."))):
+        raise ValueError(
+            "expected an IP address or a host name: dot-separated labels of 1 to 63 letters, digits, '-' or '_'"
+        )
+    return value
+
+
+Host = Annotated[str, AfterValidator(check_host)]
+"""A host to connect to or bind: checked at start, so a name no resolver takes is a config error."""
 
 
 class CommonSettings(BaseSettings):

@@ -120,7 +120,14 @@ def p1_env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("P1_METRICS_PORT", "abc"), ("FEED_CHANNEL", "level2"), ("P1_BUFFER_EVENTS", "-5"), ("SYMBOLS", "BTC-USD,,")],
+    [
+        ("P1_METRICS_PORT", "abc"),
+        ("FEED_CHANNEL", "level2"),
+        ("P1_BUFFER_EVENTS", "-5"),
+        ("SYMBOLS", "BTC-USD,,"),
+        ("P2_HOST", "foo..bar"),
+        ("P1_METRICS_HOST", "foo..bar"),
+    ],
 )
 async def test_bad_config_exits_2_with_one_line(var, value):
     proc = await asyncio.create_subprocess_exec(
@@ -135,6 +142,15 @@ async def test_bad_config_exits_2_with_one_line(var, value):
     assert len(lines) == 1, lines
     assert var in lines[0] and "Traceback" not in lines[0]
     assert out == b""
+
+
+async def test_an_endpoint_that_cannot_be_bound_is_one_line_and_exit_1(capsys):
+    """Past validation, a metrics host the resolver refuses raises UnicodeError, not OSError: still one line."""
+    from mercurystream.p1.app import run
+
+    settings = build_settings(P1Settings, P1_METRICS_PORT=0, P2_PORT=1, COINBASE_WS_URL="ws://127.0.0.1:1")
+    settings.P1_METRICS_HOST = "foo..bar"  # as if validation had let it through
+    assert await run(settings) == 1
 
 
 async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):

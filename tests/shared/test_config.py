@@ -59,6 +59,10 @@ def test_environment_is_read_and_normalized(monkeypatch):
         ("LOG_JSON", "maybe", "boolean"),
         ("STATUS_INTERVAL_S", "-1", "greater than 0"),
         ("MAX_FRAME_BYTES", "1.5", "integer"),
+        ("P2_HOST", "foo..bar", "host name"),
+        ("P2_HOST", "a" * 64 + ".example", "host name"),
+        ("P2_HOST", "p2 host", "host name"),
+        ("P1_METRICS_HOST", "foo..bar", "host name"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(monkeypatch, var, value, says):
@@ -116,3 +120,12 @@ def test_arguments_are_refused_in_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "environment variables" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "p2", "mercury_p2", "p2.example.com."])
+def test_ordinary_hosts_are_accepted(monkeypatch, host):
+    monkeypatch.setenv("P2_HOST", host)
+    monkeypatch.setenv("P1_METRICS_HOST", host)
+    s = build_settings(P1Settings)
+    got = (s.P2_HOST, s.P1_METRICS_HOST)
+    assert got == (host, host)
