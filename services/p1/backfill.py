@@ -350,7 +350,7 @@ class Backfiller:
         self.base_url = base_url.rstrip("/")
         self.on_trades = on_trades
         self.on_outcome = on_outcome
-        self.planner = planner or BackfillPlanner()
+        self.planner = planner if planner is not None else BackfillPlanner()  # an empty planner is falsy (__len__)
         self.clock = clock
         self.bucket = TokenBucket(rate, burst, clock())
         self.timeout_s = timeout_s

@@ -161,3 +161,11 @@ async def test_http_get_refuses_a_closed_port_with_one_error() -> None:
     s.close()
     with pytest.raises(HttpError):
         await http_get(f"http://127.0.0.1:{port}", "/products/BTC-USD/trades", timeout_s=2)
+
+
+def test_the_backfiller_keeps_the_planner_it_is_given() -> None:
+    """An empty planner has ``len() == 0``: ``planner or BackfillPlanner()`` replaced it, dropping
+    ``BACKFILL_QUEUE_GAPS`` and ``BACKFILL_MAX_IDS`` (the app hands over an empty one)."""
+    planner = BackfillPlanner(max_queue=3, max_ids=7)
+    bf = Backfiller("http://127.0.0.1:1", lambda t: None, lambda o: None, planner=planner)
+    assert bf.planner is planner
