@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mercurystream.p1.feeds import DEFAULT_URLS
-from mercurystream.shared.config import CommonSettings, Host, Port, Symbols, parse_symbols
+from mercurystream.shared.config import CommonSettings, Host, Port, Symbols, check_url, parse_symbols
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.jetstream import NatsSettings
 
@@ -50,6 +50,27 @@ class P1Settings(CommonSettings, NatsSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """Compose passes ``${VAR:-}`` through as an empty string: that means no credentials."""
         return None if value == "" else value
+
+    @field_validator("COINBASE_WS_URL", "COINBASE_REST_URL")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        """Host and port as the clients will read them: a bad one is a config error now, not a crash later.
+
+        ``ws://127.0.0.1:99999`` or ``ws://[::1`` raised from the feed's constructor with a traceback,
+        and a bad ``COINBASE_REST_URL`` killed the backfill on its first gap.
+        """
+        if not value:
+            return value
+        check_url(value)
+        if value.startswith("ws"):
+            from websockets.exceptions import InvalidURI
+            from websockets.uri import parse_uri
+
+            try:
+                parse_uri(value)
+            except (InvalidURI, ValueError) as exc:
+                raise ValueError(f"not a WebSocket URL websockets accepts: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _per_api(self) -> P1Settings:

@@ -11,6 +11,7 @@ import ipaddress
 import re
 import sys
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +48,25 @@ def check_host(value: str) -> str:
         raise ValueError(
             "expected an IP address or a host name: dot-separated labels of 1 to 63 letters, digits, '-' or '_'"
         )
+    return value
+
+
+def check_url(value: str) -> str:
+    """A URL whose host and port a client can use, else ``ValueError`` with one line.
+
+    ``urlsplit(...).port`` raises ``ValueError`` on a port outside 0..65535 or not a number, and an
+    unclosed ``[`` fails the split itself: both used to surface only when a client first connected.
+    """
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL ({exc}); expected scheme://host[:port] with a port 1 to 65535") from None
+    if port == 0:
+        raise ValueError("port 0 cannot be connected to; expected a port 1 to 65535")
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    check_host(parts.hostname)
     return value
 
 

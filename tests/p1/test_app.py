@@ -127,6 +127,8 @@ def p1_env(**extra: str) -> dict[str, str]:
         ("SYMBOLS", "BTC-USD,,"),
         ("P2_HOST", "foo..bar"),
         ("P1_METRICS_HOST", "foo..bar"),
+        ("COINBASE_WS_URL", "ws://[::1"),
+        ("COINBASE_REST_URL", "http://127.0.0.1:99999"),
     ],
 )
 async def test_bad_config_exits_2_with_one_line(var, value):

@@ -169,3 +169,36 @@ def test_the_backfiller_keeps_the_planner_it_is_given() -> None:
     planner = BackfillPlanner(max_queue=3, max_ids=7)
     bf = Backfiller("http://127.0.0.1:1", lambda t: None, lambda o: None, planner=planner)
     assert bf.planner is planner
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://foo..bar"])
+async def test_http_get_turns_an_unusable_url_into_one_error(base: str) -> None:
+    """``urlsplit().port`` raises ValueError, the resolver UnicodeError: both used to escape ``http_get``."""
+    with pytest.raises(HttpError):
+        await http_get(base, "/products/BTC-USD/trades", timeout_s=2)
+
+
+async def test_a_request_that_raises_anything_is_an_error_outcome_and_the_loop_goes_on(monkeypatch) -> None:
+    """Whatever one request raises is counted as an error; the next gap is still fetched (the task used to die)."""
+    calls: list[str] = []
+
+    async def broken_get(base_url: str, path: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
+        calls.append(path)
+        raise RuntimeError("no socket today")
+
+    monkeypatch.setattr("mercurystream.p1.backfill.http_get", broken_get)
+    outcomes: list[Outcome] = []
+    bf = Backfiller("http://127.0.0.1:1", lambda t: None, outcomes.append, planner=BackfillPlanner(max_attempts=1))
+    await bf.start()
+    try:
+        bf.submit(Gap("BTC-USD", 10, 12, "trade_id"))
+        bf.submit(Gap("BTC-USD", 20, 21, "trade_id"))
+        deadline = time.monotonic() + 10
+        while len(outcomes) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert bf._task is not None and not bf._task.done()
+    finally:
+        await bf.stop()
+    assert [(o.gap.first, o.recovered, o.unrecoverable) for o in outcomes] == [(10, 0, 3), (20, 0, 2)]
+    assert bf.requests["error"] == 2 and len(calls) == 2
+    assert len(bf.planner) == 0
