@@ -90,14 +90,24 @@ class CommonSettings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
 
+_PRODUCT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+"""Coinbase's product ids (``BTC-USD``, ``BTC-PERP-INTX``): letters and digits in dash-separated parts."""
+
+
 def parse_symbols(value: object) -> object:
-    """Split ``BTC-USD, eth-usd`` into ``["BTC-USD", "ETH-USD"]``; empty entries are an error."""
+    """Split ``BTC-USD, eth-usd`` into ``["BTC-USD", "ETH-USD"]``; an empty or malformed entry is an error.
+
+    A malformed one (``BTC USD``) would only be refused by the venue, in words P1 may not recognise.
+    """
     if isinstance(value, str):
         parts = [p.strip().upper() for p in value.split(",")]
         if not all(parts):
             raise ValueError("expected comma-separated product ids like BTC-USD,ETH-USD")
         if max(map(len, parts)) > PRODUCT_ID_MAX:
             raise ValueError(f"a product id has at most {PRODUCT_ID_MAX} characters")
+        for p in parts:
+            if not _PRODUCT_ID.fullmatch(p):
+                raise ValueError(f"{p!r} is not a product id: letters and digits in dash-separated parts, like BTC-USD")
         return parts
     return value
 

@@ -127,6 +127,7 @@ def p1_env(**extra: str) -> dict[str, str]:
         ("SYMBOLS", "BTC-USD,,"),
         ("P2_HOST", "foo..bar"),
         ("P1_METRICS_HOST", "foo..bar"),
+        ("SYMBOLS", "BTC-USD,BTC USD"),
         ("COINBASE_WS_URL", "ws://[::1"),
         ("COINBASE_REST_URL", "http://127.0.0.1:99999"),
     ],
