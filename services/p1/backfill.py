@@ -305,23 +305,29 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], max_body: int) -> bytes:
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks: list[bytes] = []
         total = 0
         while True:
             size_line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(size_line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise HttpError("malformed chunk size") from None
+            digits = size_line.split(b";")[0].strip()
+            # Hex digits only: int(..., 16) also takes "-5", "+5", "0x5" and "5_0", and a negative size
+            # made readexactly raise ValueError, which used to end the backfill task.
+            if not digits or digits.strip(_HEX_DIGITS):
+                raise HttpError(f"malformed chunk size {digits[:20]!r}")
+            size = int(digits, 16)
             if size == 0:
                 return b"".join(chunks)
             total += size
             if total > max_body:
                 raise HttpError(f"response body over {max_body} bytes")
             chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+            if await reader.readexactly(2) != b"\r\n":
+                raise HttpError("a chunk not followed by CRLF")
     length = headers.get("content-length")
     if length is not None:
         n = _int(length)
