@@ -42,6 +42,8 @@ class P1Settings(CommonSettings, NatsSettings):
     BACKFILL_RATE: float = Field(5.0, gt=0, le=10)
     BACKFILL_QUEUE_GAPS: int = Field(256, gt=0, le=100_000)
     BACKFILL_MAX_IDS: int = Field(10_000, gt=0, le=1_000_000)
+    GAP_MAX_IDS: int = Field(1_000_000, gt=0, le=1 << 62)
+    """The widest trade-id jump announced as a gap; a wider one is bad data (``implausible_jump``), see p1/gaps.py."""
 
     _split_symbols = field_validator("SYMBOLS", mode="before")(classmethod(lambda cls, v: parse_symbols(v)))
 

@@ -192,6 +192,18 @@ async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):
     assert "P1 | msgs=101 valid=100 invalid=0 forwarded=100 acked=100 buffered=0 dropped=0" in log
 
 
+def test_gap_max_ids_bounds_the_gap_tracker_and_implausible_jumps_are_exported():
+    app = P1App(build_settings(P1Settings, SYMBOLS="BTC-USD", GAP_MAX_IDS=10, P1_METRICS_PORT=0))
+    assert app.gaps is not None and app.gaps.max_jump == 10
+    app.gaps.on_control({"type": "last_match", "product_id": "BTC-USD", "trade_id": 100})
+    for tid in (1000, 1001, 1002):
+        app.gaps.on_trades([match(tid)])
+    m = app.metrics
+    assert m.bad_trade_ids_total.labels("implausible_jump")._value.get() == 3
+    assert m.gap_rebaselines_total._value.get() == 1
+    assert m.gap_ids_total.labels("trade_id")._value.get() == 0
+
+
 def test_the_status_line_is_bounded_however_many_products_are_configured():
     from mercurystream.p1.app import SUBSCRIBED_MAX
 

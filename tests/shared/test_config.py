@@ -63,6 +63,7 @@ def test_environment_is_read_and_normalized(monkeypatch):
         ("SYMBOLS", "BTC-USD,BTC/USD", "is not a product id"),
         ("SYMBOLS", "-USD", "is not a product id"),
         ("SYMBOLS", "BTC--USD", "is not a product id"),
+        ("GAP_MAX_IDS", "0", "greater than 0"),
         ("P2_HOST", "foo..bar", "host name"),
         ("P2_HOST", "a" * 64 + ".example", "host name"),
         ("P2_HOST", "p2 host", "host name"),
