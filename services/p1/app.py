@@ -15,7 +15,7 @@ from mercurystream.p1.backfill import Backfiller, BackfillPlanner, Outcome, rest
 from mercurystream.p1.config import P1Settings
 from mercurystream.p1.feed import CoinbaseFeed
 from mercurystream.p1.feeds import make_adapter
-from mercurystream.p1.gaps import Gap, GapTracker, control_event
+from mercurystream.p1.gaps import IMPLAUSIBLE_JUMP, Gap, GapTracker, control_event
 from mercurystream.p1.metrics import P1Metrics
 from mercurystream.p1.nats_sink import NatsSink
 from mercurystream.p1.pipeline import IngestPipeline
@@ -93,7 +93,13 @@ class P1App:
 
     def _wire_gaps(self, s: P1Settings) -> None:
         """Gap notices on the ``matches`` channel (p1/gaps.py) and, with ``BACKFILL``, their backfill."""
-        self.gaps = self.feed.protocol.gaps = GapTracker(s.SYMBOLS)
+        m = self.metrics
+        implausible = m.bad_trade_ids_total.labels(IMPLAUSIBLE_JUMP)
+
+        def on_jump(what: str) -> None:
+            (implausible if what == IMPLAUSIBLE_JUMP else m.gap_rebaselines_total).inc()
+
+        self.gaps = self.feed.protocol.gaps = GapTracker(s.SYMBOLS, max_jump=s.GAP_MAX_IDS, on_jump=on_jump)
         self.feed.on_gaps = self._on_gaps
         if s.BACKFILL:
             rate = s.BACKFILL_RATE
@@ -217,8 +223,8 @@ async def run(settings: P1Settings) -> int:
     app = P1App(settings)
     try:
         await app.start()
-    except OSError as exc:
-        logger.error("P1 cannot start: {}", exc)
+    except (OSError, ValueError) as exc:  # binding the endpoint: OSError, or UnicodeError for a name no resolver takes
+        logger.error("P1 cannot start: {}: {}", type(exc).__name__, exc)
         await app.stop()
         return 1
     stopped = asyncio.create_task(stop.wait())

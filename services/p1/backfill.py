@@ -250,17 +250,21 @@ class HttpError(Exception):
 async def http_get(
     base_url: str, path: str, *, timeout_s: float = 10.0, max_body: int = MAX_BODY_BYTES
 ) -> tuple[int, dict[str, str], bytes]:
-    """One ``GET`` over a fresh connection (``Connection: close``): status, lower-cased headers, body."""
-    parts = urlsplit(base_url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if secure else 80)
-    ctx = ssl.create_default_context() if secure else None
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: mercurystream-p1\r\n"
-        "Accept: application/json\r\nConnection: close\r\n\r\n"
-    ).encode()
+    """One ``GET`` over a fresh connection (``Connection: close``): status, lower-cased headers, body.
+
+    Any failure is an :class:`HttpError`, a URL whose port or host cannot be used included
+    (``ValueError``, ``UnicodeError``): the caller counts it and goes on.
+    """
     try:
+        parts = urlsplit(base_url)
+        secure = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        ctx = ssl.create_default_context() if secure else None
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: mercurystream-p1\r\n"
+            "Accept: application/json\r\nConnection: close\r\n\r\n"
+        ).encode()
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port, ssl=ctx, limit=1 << 16)
             try:
@@ -273,7 +277,16 @@ async def http_get(
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError) as exc:
+    except HttpError:
+        raise
+    except (
+        OSError,
+        TimeoutError,
+        ValueError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ssl.SSLError,
+    ) as exc:
         raise HttpError(f"{type(exc).__name__}: {exc}") from None
     return status, headers, body
 
@@ -292,23 +305,29 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], max_body: int) -> bytes:
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks: list[bytes] = []
         total = 0
         while True:
             size_line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(size_line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise HttpError("malformed chunk size") from None
+            digits = size_line.split(b";")[0].strip()
+            # Hex digits only: int(..., 16) also takes "-5", "+5", "0x5" and "5_0", and a negative size
+            # made readexactly raise ValueError, which used to end the backfill task.
+            if not digits or digits.strip(_HEX_DIGITS):
+                raise HttpError(f"malformed chunk size {digits[:20]!r}")
+            size = int(digits, 16)
             if size == 0:
                 return b"".join(chunks)
             total += size
             if total > max_body:
                 raise HttpError(f"response body over {max_body} bytes")
             chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+            if await reader.readexactly(2) != b"\r\n":
+                raise HttpError("a chunk not followed by CRLF")
     length = headers.get("content-length")
     if length is not None:
         n = _int(length)
@@ -350,7 +369,7 @@ class Backfiller:
         self.base_url = base_url.rstrip("/")
         self.on_trades = on_trades
         self.on_outcome = on_outcome
-        self.planner = planner or BackfillPlanner()
+        self.planner = planner if planner is not None else BackfillPlanner()  # an empty planner is falsy (__len__)
         self.clock = clock
         self.bucket = TokenBucket(rate, burst, clock())
         self.timeout_s = timeout_s
@@ -393,9 +412,10 @@ class Backfiller:
             _, path = request
             try:
                 status, headers, body = await http_get(self.base_url, path, timeout_s=self.timeout_s)
-            except HttpError as exc:
+            except Exception as exc:  # one request never ends the loop: an error outcome like any failed GET
                 self._count("error")
-                self._sampler.warning("http", "backfill: GET {}{} failed: {}", self.base_url, path, exc)
+                why = exc if isinstance(exc, HttpError) else f"{type(exc).__name__}: {exc}"
+                self._sampler.warning("http", "backfill: GET {}{} failed: {}", self.base_url, path, why)
                 self._emit(planner.on_error(0))
                 await asyncio.sleep(1.0)
                 continue

@@ -488,6 +488,7 @@ class CoinbaseFeed:
                 self.reconnects += 1
                 self._reconnects_counter.inc()
             first = False
+            connects = self.connects
             try:
                 reason = await self._session()
             except asyncio.CancelledError:
@@ -505,7 +506,10 @@ class CoinbaseFeed:
                 self._stopping = True
                 self.gave_up.set()
                 return
-            if self.protocol.subscribed:
+            # Healthy means this session got past the handshake (``on_connect`` ran) and the venue then
+            # confirmed a subscribe: ``subscribed`` alone still holds an earlier session's answer when
+            # this one failed to connect, and resetting on it kept every retry at the base delay.
+            if self.connects > connects and self.protocol.subscribed:
                 self.backoff.reset()
             delay = self.backoff.next_delay()
             if self._sampler.should_log("reconnect"):

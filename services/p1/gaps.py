@@ -13,17 +13,25 @@ to P2 and hands the range to the backfill.
 Coinbase's heartbeat carries ``last_trade_id`` (Exchange WebSocket channel docs); some clients
 have seen it stay ``0`` (go-coinbasepro issue #89), so a heartbeat without a positive int id is
 counted and gives no gap.
+
+An id more than ``max_jump`` from the baseline, either way, is no gap: one bogus id (``9e18``, still
+an int64) would otherwise confirm a gap of ~9e18 ids and, as the new baseline, hide every later real
+loss. It is counted as ``implausible_jump`` and held as a *candidate*; it becomes the baseline (a
+*rebaseline*, no gap announced) only when ``confirmations`` messages of the product in a row, trades
+or heartbeats, continue from it (each within ``max_jump`` of the last, none near the old baseline in
+between), as after a reconnect that followed a long outage or a venue renumbering its ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import orjson
 
 from mercurystream.shared.event import INGEST_MS, INGEST_US
 from mercurystream.shared.id_ranges import fill
+from mercurystream.shared.logger import LogSampler
 from mercurystream.shared.schema import BACKFILL, GAP
 
 HEARTBEAT = "heartbeat"
@@ -32,6 +40,13 @@ SOURCES = (HEARTBEAT, TRADE_ID)
 """How a gap was found: a heartbeat's ``last_trade_id`` ahead of the last id seen, or a jump in the ids."""
 MAX_PENDING = 64
 """Unconfirmed ranges held per product; past it the oldest is confirmed at once (memory stays bounded)."""
+MAX_JUMP = 1_000_000
+"""The widest id jump taken as a gap (``GAP_MAX_IDS``); BTC-USD makes well under a million trades a day."""
+CONFIRMATIONS = 3
+"""Messages in a row continuing from an implausible id before it becomes the baseline."""
+IMPLAUSIBLE_JUMP = "implausible_jump"
+"""The bad-data reason of an id more than ``max_jump`` from its product's baseline."""
+REBASELINE = "rebaseline"
 
 
 class Gap(NamedTuple):
@@ -50,9 +65,31 @@ class Gap(NamedTuple):
 class GapTracker:
     """Per product: the highest trade id accounted for, the skipped ranges, the gaps confirmed lost."""
 
-    def __init__(self, products: Iterable[str], max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        products: Iterable[str],
+        max_pending: int = MAX_PENDING,
+        *,
+        max_jump: int = MAX_JUMP,
+        confirmations: int = CONFIRMATIONS,
+        on_jump: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_jump`` is told :data:`IMPLAUSIBLE_JUMP` for each id past ``max_jump`` and
+        :data:`REBASELINE` when a run of them is adopted, for the metrics."""
+        if max_jump <= 0 or confirmations <= 0:
+            raise ValueError("max_jump and confirmations must be positive")
         self.products = frozenset(products)
         self.max_pending = max_pending
+        self.max_jump = max_jump
+        self.confirmations = confirmations
+        self.on_jump = on_jump
+        self.implausible = 0
+        """Messages whose id was more than ``max_jump`` from the baseline."""
+        self.rebaselines = 0
+        """Runs of such ids adopted as the new baseline."""
+        # [highest id of the run, messages in it, the baseline when it last grew], per product.
+        self._candidate: dict[str, list[int]] = {}
+        self._sampler = LogSampler()
         self._high: dict[str, int] = {}
         # [lo, hi, source, heartbeats seen since it appeared], sorted by lo (which is creation order).
         self._pending: dict[str, list[list[Any]]] = {}
@@ -131,6 +168,11 @@ class GapTracker:
         if high is None:
             self._high[pid] = tid
             return
+        if tid - high > self.max_jump or high - tid > self.max_jump:
+            self._implausible(pid, tid, high)
+            return
+        if self._candidate:
+            self._candidate.pop(pid, None)  # the feed went on from the baseline: the far id was bogus
         if tid > high:
             hi = tid if inclusive else tid - 1
             if hi > high:
@@ -140,6 +182,45 @@ class GapTracker:
             ranges = self._pending.get(pid)
             if ranges:
                 fill(ranges, tid)
+
+    def _implausible(self, pid: str, tid: int, high: int) -> None:
+        """An id more than ``max_jump`` from the baseline: counted, held as a candidate, adopted once confirmed."""
+        self.implausible += 1
+        if self.on_jump is not None:
+            self.on_jump(IMPLAUSIBLE_JUMP)
+        c = self._candidate.get(pid)
+        if c is not None and c[2] == high and abs(tid - c[0]) <= self.max_jump:
+            c[0] = max(c[0], tid)
+            c[1] += 1
+        else:
+            # The baseline moved since (a trade continued it on the fast path) or this is far from the last
+            # candidate too: start over from this id.
+            c = self._candidate[pid] = [tid, 1, high]
+        if c[1] < self.confirmations:
+            self._sampler.warning(
+                IMPLAUSIBLE_JUMP,
+                "gaps: {} trade id {} is {} ids from the baseline {} (over {}): counted as bad data, no gap",
+                pid,
+                tid,
+                abs(tid - high),
+                high,
+                self.max_jump,
+            )
+            return
+        del self._candidate[pid]
+        self._high[pid] = c[0]
+        self.rebaselines += 1
+        if self.on_jump is not None:
+            self.on_jump(REBASELINE)
+        self._sampler.warning(
+            REBASELINE,
+            "gaps: {} continued from trade id {} for {} messages: it is the new baseline (was {}); "
+            "the ids between are not announced as a gap",
+            pid,
+            c[0],
+            c[1],
+            high,
+        )
 
     def _add(self, pid: str, r: list[Any]) -> None:
         ranges = self._pending.setdefault(pid, [])

@@ -107,6 +107,19 @@ class P1Metrics:
             ["source"],
             registry=r,
         )
+        self.bad_trade_ids_total = Counter(
+            "mercurystream_p1_bad_trade_ids",
+            "Heartbeats, last_match and trades whose trade id is no gap, by reason (implausible_jump: more "
+            "than GAP_MAX_IDS from the product's baseline)",
+            ["reason"],
+            registry=r,
+        )
+        self.bad_trade_ids_total.labels("implausible_jump")
+        self.gap_rebaselines_total = Counter(
+            "mercurystream_p1_gap_rebaselines",
+            "Implausible trade-id jumps the feed confirmed by continuing from them, adopted as the baseline",
+            registry=r,
+        )
         self.backfill_ids_total = Counter(
             "mercurystream_p1_backfill_ids",
             "Missing trade ids handed to the backfill (requested) and how they ended (recovered, unrecoverable)",

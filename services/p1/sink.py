@@ -368,8 +368,10 @@ class TcpSink(BufferedSink):
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.host, self.port), self.connect_timeout_s
                 )
-            except (OSError, TimeoutError) as exc:
-                await self._pause(f"cannot connect: {exc or type(exc).__name__}")
+            except Exception as exc:  # any failed connect is a retry, never a dead sink task
+                # Not only OSError: the resolver refuses some host names with UnicodeError, and a dead task
+                # would leave every later event to be dropped as buffer_full without a word.
+                await self._pause(f"cannot connect: {type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 continue
             self.connects += 1
             self._set_connected(True)

@@ -7,10 +7,13 @@ never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mercurystream.shared.labels import MAX_PRODUCT_LABELS
@@ -21,6 +24,54 @@ EXIT_CONFIG = 2
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 Symbols = Annotated[list[str], NoDecode]
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+
+
+def check_host(value: str) -> str:
+    """An IP address or a host name the resolver can take, else ``ValueError`` with one line.
+
+    Caught here because the resolver refuses some names with ``UnicodeError`` (an empty label as in
+    ``foo..bar``, a label over 63 characters), not the ``OSError`` a connect loop retries.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or not all(map(_HOST_LABEL.match, name.split("."))):
+        raise ValueError(
+            "expected an IP address or a host name: dot-separated labels of 1 to 63 letters, digits, '-' or '_'"
+        )
+    return value
+
+
+def check_url(value: str) -> str:
+    """A URL whose host and port a client can use, else ``ValueError`` with one line.
+
+    ``urlsplit(...).port`` raises ``ValueError`` on a port outside 0..65535 or not a number, and an
+    unclosed ``[`` fails the split itself: both used to surface only when a client first connected.
+    """
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL ({exc}); expected scheme://host[:port] with a port 1 to 65535") from None
+    if port == 0:
+        raise ValueError("port 0 cannot be connected to; expected a port 1 to 65535")
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    check_host(parts.hostname)
+    return value
+
+
+Host = Annotated[str, AfterValidator(check_host)]
+"""A host to connect to or bind: checked at start, so a name no resolver takes is a config error."""
 
 
 class CommonSettings(BaseSettings):
@@ -39,14 +90,24 @@ class CommonSettings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
 
+_PRODUCT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+"""Coinbase's product ids (``BTC-USD``, ``BTC-PERP-INTX``): letters and digits in dash-separated parts."""
+
+
 def parse_symbols(value: object) -> object:
-    """Split ``BTC-USD, eth-usd`` into ``["BTC-USD", "ETH-USD"]``; empty entries are an error."""
+    """Split ``BTC-USD, eth-usd`` into ``["BTC-USD", "ETH-USD"]``; an empty or malformed entry is an error.
+
+    A malformed one (``BTC USD``) would only be refused by the venue, in words P1 may not recognise.
+    """
     if isinstance(value, str):
         parts = [p.strip().upper() for p in value.split(",")]
         if not all(parts):
             raise ValueError("expected comma-separated product ids like BTC-USD,ETH-USD")
         if max(map(len, parts)) > PRODUCT_ID_MAX:
             raise ValueError(f"a product id has at most {PRODUCT_ID_MAX} characters")
+        for p in parts:
+            if not _PRODUCT_ID.fullmatch(p):
+                raise ValueError(f"{p!r} is not a product id: letters and digits in dash-separated parts, like BTC-USD")
         return parts
     return value
 

@@ -120,7 +120,17 @@ def p1_env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("P1_METRICS_PORT", "abc"), ("FEED_CHANNEL", "level2"), ("P1_BUFFER_EVENTS", "-5"), ("SYMBOLS", "BTC-USD,,")],
+    [
+        ("P1_METRICS_PORT", "abc"),
+        ("FEED_CHANNEL", "level2"),
+        ("P1_BUFFER_EVENTS", "-5"),
+        ("SYMBOLS", "BTC-USD,,"),
+        ("P2_HOST", "foo..bar"),
+        ("P1_METRICS_HOST", "foo..bar"),
+        ("SYMBOLS", "BTC-USD,BTC USD"),
+        ("COINBASE_WS_URL", "ws://[::1"),
+        ("COINBASE_REST_URL", "http://127.0.0.1:99999"),
+    ],
 )
 async def test_bad_config_exits_2_with_one_line(var, value):
     proc = await asyncio.create_subprocess_exec(
@@ -135,6 +145,15 @@ async def test_bad_config_exits_2_with_one_line(var, value):
     assert len(lines) == 1, lines
     assert var in lines[0] and "Traceback" not in lines[0]
     assert out == b""
+
+
+async def test_an_endpoint_that_cannot_be_bound_is_one_line_and_exit_1(capsys):
+    """Past validation, a metrics host the resolver refuses raises UnicodeError, not OSError: still one line."""
+    from mercurystream.p1.app import run
+
+    settings = build_settings(P1Settings, P1_METRICS_PORT=0, P2_PORT=1, COINBASE_WS_URL="ws://127.0.0.1:1")
+    settings.P1_METRICS_HOST = "foo..bar"  # as if validation had let it through
+    assert await run(settings) == 1
 
 
 async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):
@@ -171,6 +190,18 @@ async def test_sigterm_flushes_to_p2_and_exits_0(fake_p2):
     assert proc.returncode == 0, log
     assert "Traceback" not in log
     assert "P1 | msgs=101 valid=100 invalid=0 forwarded=100 acked=100 buffered=0 dropped=0" in log
+
+
+def test_gap_max_ids_bounds_the_gap_tracker_and_implausible_jumps_are_exported():
+    app = P1App(build_settings(P1Settings, SYMBOLS="BTC-USD", GAP_MAX_IDS=10, P1_METRICS_PORT=0))
+    assert app.gaps is not None and app.gaps.max_jump == 10
+    app.gaps.on_control({"type": "last_match", "product_id": "BTC-USD", "trade_id": 100})
+    for tid in (1000, 1001, 1002):
+        app.gaps.on_trades([match(tid)])
+    m = app.metrics
+    assert m.bad_trade_ids_total.labels("implausible_jump")._value.get() == 3
+    assert m.gap_rebaselines_total._value.get() == 1
+    assert m.gap_ids_total.labels("trade_id")._value.get() == 0
 
 
 def test_the_status_line_is_bounded_however_many_products_are_configured():

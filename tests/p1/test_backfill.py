@@ -161,3 +161,102 @@ async def test_http_get_refuses_a_closed_port_with_one_error() -> None:
     s.close()
     with pytest.raises(HttpError):
         await http_get(f"http://127.0.0.1:{port}", "/products/BTC-USD/trades", timeout_s=2)
+
+
+def test_the_backfiller_keeps_the_planner_it_is_given() -> None:
+    """An empty planner has ``len() == 0``: ``planner or BackfillPlanner()`` replaced it, dropping
+    ``BACKFILL_QUEUE_GAPS`` and ``BACKFILL_MAX_IDS`` (the app hands over an empty one)."""
+    planner = BackfillPlanner(max_queue=3, max_ids=7)
+    bf = Backfiller("http://127.0.0.1:1", lambda t: None, lambda o: None, planner=planner)
+    assert bf.planner is planner
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://foo..bar"])
+async def test_http_get_turns_an_unusable_url_into_one_error(base: str) -> None:
+    """``urlsplit().port`` raises ValueError, the resolver UnicodeError: both used to escape ``http_get``."""
+    with pytest.raises(HttpError):
+        await http_get(base, "/products/BTC-USD/trades", timeout_s=2)
+
+
+async def test_a_request_that_raises_anything_is_an_error_outcome_and_the_loop_goes_on(monkeypatch) -> None:
+    """Whatever one request raises is counted as an error; the next gap is still fetched (the task used to die)."""
+    calls: list[str] = []
+
+    async def broken_get(base_url: str, path: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
+        calls.append(path)
+        raise RuntimeError("no socket today")
+
+    monkeypatch.setattr("mercurystream.p1.backfill.http_get", broken_get)
+    outcomes: list[Outcome] = []
+    bf = Backfiller("http://127.0.0.1:1", lambda t: None, outcomes.append, planner=BackfillPlanner(max_attempts=1))
+    await bf.start()
+    try:
+        bf.submit(Gap("BTC-USD", 10, 12, "trade_id"))
+        bf.submit(Gap("BTC-USD", 20, 21, "trade_id"))
+        deadline = time.monotonic() + 10
+        while len(outcomes) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert bf._task is not None and not bf._task.done()
+    finally:
+        await bf.stop()
+    assert [(o.gap.first, o.recovered, o.unrecoverable) for o in outcomes] == [(10, 0, 3), (20, 0, 2)]
+    assert bf.requests["error"] == 2 and len(calls) == 2
+    assert len(bf.planner) == 0
+
+
+async def _serve_once(response: bytes) -> asyncio.Server:
+    """A server answering every request with ``response`` and closing."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b"", b"zz"])
+async def test_a_malformed_chunk_size_is_one_http_error(size: bytes) -> None:
+    server = await _serve_once(CHUNKED + size + b"\r\nhello\r\n0\r\n\r\n")
+    try:
+        with pytest.raises(HttpError, match="chunk size"):
+            await http_get(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "/x", timeout_s=5)
+    finally:
+        server.close()
+
+
+async def test_chunked_bodies_still_read() -> None:
+    server = await _serve_once(CHUNKED + b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n")
+    try:
+        status, _, body = await http_get(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "/x", timeout_s=5)
+    finally:
+        server.close()
+    assert (status, body) == (200, b"hello0123456789")
+
+
+async def test_a_hostile_chunked_answer_is_an_error_outcome_not_a_dead_backfill() -> None:
+    """A negative chunk size made readexactly raise ValueError and ended the task; now a failed request."""
+    server = await _serve_once(CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n")
+    outcomes: list[Outcome] = []
+    bf = Backfiller(
+        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        lambda t: None,
+        outcomes.append,
+        planner=BackfillPlanner(max_attempts=1),
+    )
+    await bf.start()
+    try:
+        bf.submit(Gap("BTC-USD", 10, 12, "trade_id"))
+        deadline = time.monotonic() + 10
+        while not outcomes and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert bf._task is not None and not bf._task.done()
+    finally:
+        await bf.stop()
+        server.close()
+    assert [(o.recovered, o.unrecoverable) for o in outcomes] == [(0, 3)]
+    assert bf.requests["error"] == 1

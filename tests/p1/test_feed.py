@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve
@@ -80,6 +81,31 @@ def test_an_unknown_type_is_labelled_and_logged_within_a_bounded_width():
     proto = FeedProtocol(["BTC-USD"], "matches")
     _, counts = proto.handle([orjson.dumps({"type": "t" * 900_000})])
     assert [len(k) for k in counts] == [64] and list(counts.values()) == [1]
+
+
+@pytest.mark.parametrize(
+    ("symbols", "echoed", "dropped"),
+    [
+        (["BTC-USD", "BTC USD"], "BTC USD", "BTC USD"),  # a space: the old pattern (\S+) never matched it
+        (["BTC-USD", "XYZ-USD"], " xyz-usd ", "XYZ-USD"),  # echoed with spaces or in another case
+        (["BTC-USD", "A:B"], "A:B", "A:B"),
+    ],
+)
+def test_a_rejection_is_recognised_whatever_product_string_the_venue_echoes(symbols, echoed, dropped):
+    proto = FeedProtocol(symbols, "matches")
+    error = {"type": "error", "message": "Failed to subscribe", "reason": f"{echoed} is not a valid product"}
+    proto.handle([orjson.dumps(error)])
+    assert list(proto.invalid) == [dropped]
+    assert [orjson.loads(r)["product_ids"] for r in proto.outbox] == [["BTC-USD"]]
+    assert proto.fatal is None
+
+
+@pytest.mark.parametrize("reason", [" is not a valid product", "ETH-USD is not a valid product", "BTC-USD is fine"])
+def test_a_rejection_naming_no_configured_product_is_only_counted(reason):
+    proto = FeedProtocol(["BTC-USD"], "matches")
+    _, counts = proto.handle([orjson.dumps({"type": "error", "message": "Failed to subscribe", "reason": reason})])
+    assert counts == {"error": 1}
+    assert proto.invalid == {} and proto.outbox == [] and proto.fatal is None
 
 
 # --- CoinbaseFeed against an in-test venue -------------------------------------------------
@@ -195,6 +221,25 @@ async def test_backoff_grows_while_the_venue_is_unreachable():
     finally:
         await feed.stop()
     assert feed.reconnects >= 3 and feed.connects == 0
+
+
+async def test_backoff_keeps_growing_after_a_healthy_session_once_the_venue_is_gone():
+    """A subscribed session resets the backoff; the failed connects after it must not (they used to,
+    because ``subscribed`` kept that session's answer, so a venue down for good was retried at the base delay)."""
+
+    async def script(ws, n):
+        return  # subscribed, then the venue closes the connection
+
+    venue = await FakeVenue(script).start()
+    feed = make_feed(venue.url, Collector())
+    await feed.start()
+    try:
+        await wait_until(lambda: feed.connects >= 1 and feed.protocol.subscribed, what="one subscribed session")
+        await venue.stop()  # the listener is gone: every attempt from here fails to connect
+        await wait_until(lambda: feed.backoff.attempt >= 4, what="the backoff growing after failed connects")
+    finally:
+        await feed.stop()
+    assert feed.protocol.subscribed, "the stale flag the reset used to trust"
 
 
 async def test_messages_already_received_are_handed_on_in_batches():

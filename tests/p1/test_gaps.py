@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from mercurystream.p1.feeds.coinbase_exchange import FeedProtocol
 from mercurystream.p1.gaps import HEARTBEAT, TRADE_ID, Gap, GapTracker, control_event
@@ -153,3 +154,86 @@ def test_a_product_id_that_cannot_be_a_key_is_skipped_not_raised_from_the_gap_tr
     trades, counts = proto.handle(raws)
     assert len(trades) == 3 and counts == {"match": 3, "heartbeat": 1}
     assert proto.gaps.high("BTC-USD") == 3 and proto.gaps.pending("BTC-USD") == [(2, 2)]
+
+
+# --- implausible jumps: one bogus id never inflates the counts nor blinds the tracker ----------
+
+BOGUS = 9_000_000_000_000_000_000  # an int64, so the pipeline forwards it as a valid trade
+
+
+def settle(t: GapTracker, last: int, n: int = 3) -> list[Gap]:
+    for _ in range(n):
+        t.on_control(heartbeat(last))
+    return t.take()
+
+
+def test_one_bogus_trade_id_is_bad_data_and_later_losses_are_still_found() -> None:
+    seen: list[str] = []
+    t = GapTracker(["BTC-USD"], on_jump=seen.append)
+    t.on_control(last_match(100))
+    t.on_trades([match(101), match(102), match(BOGUS), match(103), match(104), match(106), match(107)])
+    assert settle(t, 107) == [Gap("BTC-USD", 105, 105, TRADE_ID)]
+    assert t.high("BTC-USD") == 107 and t.ids[TRADE_ID] == 1
+    t.on_trades([match(108), match(110)])
+    assert settle(t, 110) == [Gap("BTC-USD", 109, 109, TRADE_ID)]
+    assert t.implausible == 1 and t.rebaselines == 0 and seen == ["implausible_jump"]
+
+
+def test_a_huge_heartbeat_id_is_bad_data_too() -> None:
+    t = tracker()
+    t.on_trades([match(101)])
+    t.on_control(heartbeat(BOGUS))
+    t.on_trades([match(102), match(104)])
+    assert settle(t, 104) == [Gap("BTC-USD", 103, 103, TRADE_ID)]
+    assert t.high("BTC-USD") == 104 and t.implausible == 1 and sum(t.ids.values()) == 1
+
+
+def test_the_bound_is_gap_max_ids_ids() -> None:
+    t = GapTracker(["BTC-USD"], max_jump=10)
+    t.on_control(last_match(100))
+    t.on_control(last_match(110))  # 101..110: ten ids, the widest gap announced
+    t.on_trades([match(122)])  # 111..121 would be eleven: 122 is 12 ids on
+    assert t.pending("BTC-USD") == [(101, 110)] and t.implausible == 1 and t.high("BTC-USD") == 110
+
+
+def test_a_jump_the_feed_continues_from_becomes_the_baseline_without_a_gap() -> None:
+    """After a long outage (or a renumbering) the feed really is far on: the run of ids confirms it."""
+    seen: list[str] = []
+    t = GapTracker(["BTC-USD"], max_jump=1000, on_jump=seen.append)
+    t.on_control(last_match(100))
+    t.on_control(last_match(50_000))  # the reconnect's last_match
+    t.on_control(heartbeat(50_000))
+    assert t.high("BTC-USD") == 100
+    t.on_trades([match(50_001)])  # the third message in a row continuing from it
+    assert t.high("BTC-USD") == 50_001 and t.rebaselines == 1 and t.implausible == 3
+    assert seen == ["implausible_jump"] * 3 + ["rebaseline"]
+    assert t.take() == [] and t.pending("BTC-USD") == []
+    t.on_trades([match(50_003)])
+    assert settle(t, 50_003) == [Gap("BTC-USD", 50_002, 50_002, TRADE_ID)]
+
+
+def test_bogus_ids_between_which_the_feed_goes_on_from_the_baseline_are_never_adopted() -> None:
+    t = tracker()
+    for i in range(1, 10):
+        t.on_trades([match(BOGUS + i), match(100 + i)])
+    assert t.high("BTC-USD") == 109 and t.rebaselines == 0 and t.implausible == 9
+    t.on_control(heartbeat(BOGUS))
+    t.on_control(heartbeat(109))  # a heartbeat at the baseline breaks the run as well
+    t.on_control(heartbeat(BOGUS))
+    assert t.rebaselines == 0 and settle(t, 109) == []
+
+
+def test_a_bogus_first_baseline_is_replaced_once_the_feed_goes_on_far_below_it() -> None:
+    t = GapTracker(["BTC-USD"])
+    t.on_control(last_match(BOGUS))  # the very first id was the bad one
+    t.on_trades([match(101), match(102), match(103)])
+    assert t.high("BTC-USD") == 103 and t.rebaselines == 1
+    t.on_trades([match(105)])
+    assert settle(t, 105) == [Gap("BTC-USD", 104, 104, TRADE_ID)]
+
+
+def test_the_bounds_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        GapTracker(["BTC-USD"], max_jump=0)
+    with pytest.raises(ValueError):
+        GapTracker(["BTC-USD"], confirmations=0)

@@ -391,6 +391,21 @@ async def test_bogus_ack_closes_the_connection_and_counts_unacked(fake_p2):
     assert balanced(sink.buffer)
 
 
+@pytest.mark.parametrize("host", ["foo..bar", "a" * 64 + ".example"])
+async def test_a_host_the_resolver_refuses_is_retried_never_a_dead_task(host):
+    """The resolver raises UnicodeError (not OSError) for these names: a counted retry like any failed connect."""
+    metrics = P1Metrics()
+    sink = TcpSink(host, 9, 100, 0.05, 1 << 20, metrics, backoff_base_s=0.01)
+    await sink.start()
+    sink.publish(evs(0, 5))
+    await wait_until(lambda: sink.reconnects >= 3, what="retries")
+    assert sink._task is not None and not sink._task.done()
+    assert metrics.reconnects_total.labels("p2")._value.get() >= 3
+    assert sink.buffer.held == 5 and sink.buffer.dropped_total == 0
+    await sink.stop(0.1)  # used to re-raise the dead task's UnicodeError
+    assert sink.buffer.dropped["shutdown"] == 5 and balanced(sink.buffer)
+
+
 async def test_publish_after_stop_is_counted_as_shutdown():
     metrics = P1Metrics()
     sink = make_sink(free_port(), metrics=metrics)

@@ -59,6 +59,22 @@ def test_environment_is_read_and_normalized(monkeypatch):
         ("LOG_JSON", "maybe", "boolean"),
         ("STATUS_INTERVAL_S", "-1", "greater than 0"),
         ("MAX_FRAME_BYTES", "1.5", "integer"),
+        ("SYMBOLS", "BTC-USD,BTC USD", "'BTC USD' is not a product id"),
+        ("SYMBOLS", "BTC-USD,BTC/USD", "is not a product id"),
+        ("SYMBOLS", "-USD", "is not a product id"),
+        ("SYMBOLS", "BTC--USD", "is not a product id"),
+        ("GAP_MAX_IDS", "0", "greater than 0"),
+        ("P2_HOST", "foo..bar", "host name"),
+        ("P2_HOST", "a" * 64 + ".example", "host name"),
+        ("P2_HOST", "p2 host", "host name"),
+        ("P1_METRICS_HOST", "foo..bar", "host name"),
+        ("COINBASE_WS_URL", "ws://127.0.0.1:99999", "port 1 to 65535"),
+        ("COINBASE_WS_URL", "ws://127.0.0.1:abc/", "port 1 to 65535"),
+        ("COINBASE_WS_URL", "ws://[::1", "not a usable URL"),
+        ("COINBASE_WS_URL", "ws://127.0.0.1:0", "port 0"),
+        ("COINBASE_WS_URL", "ws://foo..bar:8765", "host name"),
+        ("COINBASE_REST_URL", "http://127.0.0.1:99999", "port 1 to 65535"),
+        ("COINBASE_REST_URL", "http://127.0.0.1:abc", "port 1 to 65535"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(monkeypatch, var, value, says):
@@ -116,3 +132,27 @@ def test_arguments_are_refused_in_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "environment variables" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "p2", "mercury_p2", "p2.example.com."])
+def test_ordinary_hosts_are_accepted(monkeypatch, host):
+    monkeypatch.setenv("P2_HOST", host)
+    monkeypatch.setenv("P1_METRICS_HOST", host)
+    s = build_settings(P1Settings)
+    got = (s.P2_HOST, s.P1_METRICS_HOST)
+    assert got == (host, host)
+
+
+@pytest.mark.parametrize(
+    ("var", "url"),
+    [
+        ("COINBASE_WS_URL", "ws://127.0.0.1:8765"),
+        ("COINBASE_WS_URL", "wss://ws-feed.exchange.coinbase.com"),
+        ("COINBASE_WS_URL", "ws://[::1]:8765/feed"),
+        ("COINBASE_REST_URL", "https://api.exchange.coinbase.com"),
+        ("COINBASE_REST_URL", "http://127.0.0.1:8765/"),
+    ],
+)
+def test_ordinary_urls_are_accepted(monkeypatch, var, url):
+    monkeypatch.setenv(var, url)
+    assert getattr(build_settings(P1Settings), var) == url

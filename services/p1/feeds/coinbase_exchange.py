@@ -6,7 +6,6 @@ out, plus the subscribe requests to send. The shared shell (``p1.feed``) owns th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,9 +20,10 @@ from mercurystream.shared.models import CONTROL_TYPES, TRADE_TYPES
 SUBSCRIBE_TICKER = "subscribe_ticker"
 """The ticker Coinbase sends per product right after a ticker subscribe, repeating its latest trade."""
 _ALWAYS_LABELLED = frozenset(TRADE_TYPES | CONTROL_TYPES) | {"last_match", SUBSCRIBE_TICKER, MALFORMED, OTHER, OVERSIZE}
-_INVALID_PRODUCT = re.compile(r"^(\S+) is not a valid product$")
-"""Coinbase's reason when a subscribe names an unknown product, e.g. ``"XYZ-USD is not a valid product"``
-(its ``error`` message says ``"Failed to subscribe"``; the whole subscribe is then ignored)."""
+_INVALID_PRODUCT = " is not a valid product"
+"""The end of Coinbase's reason when a subscribe names an unknown product, e.g. ``"XYZ-USD is not a valid product"``
+(its ``error`` message says ``"Failed to subscribe"``; the whole subscribe is then ignored). Whatever precedes
+it is the echoed product, spaces and all: a pattern for the product's shape missed ``"BTC USD"``."""
 
 
 class FeedProtocol(FeedState):
@@ -123,11 +123,22 @@ class FeedProtocol(FeedState):
         self.subscribed_products = frozenset(products & set(self.symbols))
         logger.info("feed: subscribed: {}", clip(orjson.dumps(channels).decode(), STATUS_MAX))
 
+    def _rejected_product(self, reason: object) -> str | None:
+        """The configured product an unknown-product ``reason`` names, compared as echoed, then trimmed and
+        upper-cased (as ``SYMBOLS`` is read); ``None`` for any other reason or a product not configured."""
+        if type(reason) is not str or not reason.endswith(_INVALID_PRODUCT):
+            return None
+        echoed = reason[: -len(_INVALID_PRODUCT)]
+        symbols = self.symbols
+        if echoed in symbols:
+            return echoed
+        echoed = echoed.strip().upper()
+        return echoed if echoed in symbols else None
+
     def _on_error(self, msg: dict[str, Any]) -> None:
         reason = msg.get("reason")
-        m = _INVALID_PRODUCT.match(reason) if type(reason) is str else None
-        product = m.group(1) if m else None
-        if product is None or product not in self.symbols or product in self.invalid:
+        product = self._rejected_product(reason)
+        if product is None or product in self.invalid:
             self._sampler.warning(
                 "venue_error", "feed: venue error: {} ({})", preview(msg.get("message")), preview(reason)
             )
