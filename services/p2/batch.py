@@ -290,8 +290,10 @@ class Trades:
     as ``(index, reason)``, both in batch order. The clean case checks the times as one fixed-form
     column, and the time bound as one ``max`` of it; anything else checks event by event.
     ``future`` lists the events whose time is valid but past the batch's ``time_limit_s`` or the
-    event's own bound in ``time_limits`` (also in ``rejects`` as ``invalid_time``): the detectors keep
-    them off their clocks too.
+    event's own bound in ``time_limits`` (also in ``rejects`` as ``invalid_time``). ``off_clock``
+    lists every event whose time is a string that may move no clock: not a time by
+    ``shared.timeparse.is_time``, or in ``future``, whatever other reason the event is rejected for;
+    the detectors keep them off their clocks as the windows do.
     """
 
     __slots__ = (
@@ -299,6 +301,7 @@ class Trades:
         "_groups",
         "future",
         "ids",
+        "off_clock",
         "positions",
         "prices",
         "product_ids",
@@ -318,6 +321,7 @@ class Trades:
         rejects: Sequence[tuple[int, str]],
         groups: dict[str, list[int]] | None = None,
         future: Sequence[int] = (),
+        off_clock: Sequence[int] = (),
     ) -> None:
         self.positions = positions
         self.product_ids = product_ids
@@ -327,6 +331,7 @@ class Trades:
         self.ids = ids
         self.rejects = rejects
         self.future = future
+        self.off_clock = off_clock
         self._groups = groups
         self._by_product: dict[str, ProductTrades] | None = None
 
@@ -354,6 +359,7 @@ class Trades:
         times: list[float] = []
         rejects: list[tuple[int, str]] = []
         future: list[int] = []
+        off_clock: list[int] = []
         for i, t in enumerate(batch.times):
             reason = invalid.get(i)
             if reason is None:
@@ -364,10 +370,14 @@ class Trades:
                         times.append(s)
                         continue
                     future.append(i)
+                if t is not None:
+                    off_clock.append(i)
                 reason = "invalid_time"
+            elif t is not None and ((s := parse(t)) is None or s > (limit if limits is None else limits[i])):
+                off_clock.append(i)  # rejected for another field, and its time is no time either
             rejects.append((i, reason))
         if not positions:
-            return cls((), (), (), (), (), (), rejects, None, future)
+            return cls((), (), (), (), (), (), rejects, None, future, off_clock)
         return cls(
             positions,
             pick(batch.product_ids, positions),
@@ -378,6 +388,7 @@ class Trades:
             rejects,
             None,
             future,
+            off_clock,
         )
 
     def __len__(self) -> int:
@@ -386,7 +397,7 @@ class Trades:
     def subset(self, keep: Sequence[int]) -> Trades:
         """These trades at ``keep`` (positions into these columns, in order); the rejects unchanged."""
         if not keep:
-            return Trades((), (), (), (), (), (), self.rejects, None, self.future)
+            return Trades((), (), (), (), (), (), self.rejects, None, self.future, self.off_clock)
         return Trades(
             pick(self.positions, keep),
             pick(self.product_ids, keep),
@@ -397,6 +408,7 @@ class Trades:
             self.rejects,
             None,
             self.future,
+            self.off_clock,
         )
 
     def groups(self) -> dict[str, list[int]]:

@@ -1,7 +1,8 @@
 """Every rule about exchange time: what a valid time is, how it orders, and its value in seconds.
 
 Coinbase sends ISO-8601 UTC times (``2024-05-01T12:34:56.789012Z``). :func:`is_time` is the
-validity rule, :func:`parse_time_us` the exact value the out-of-order rule compares, and
+validity rule, :func:`parse_time_us` the exact value the out-of-order rule compares (``None`` for
+exactly the strings :func:`is_time` refuses), and
 :class:`IsoTimeParser` the float seconds the analytics' windows run on, fast.
 
 Analytics need exchange time as a number for every trade. ``datetime.fromisoformat`` costs about a
@@ -192,15 +193,32 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 
-def parse_time_us(s: str) -> int | None:
-    """An ISO-8601 time as integer microseconds since the epoch (naive means UTC); ``None`` if not a time."""
-    try:
-        dt = datetime.fromisoformat(s)
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return (dt - _EPOCH) // _ONE_US
-    except (ValueError, OverflowError, TypeError):
+def parse_time_us(s: object) -> int | None:
+    """A time as integer microseconds since the epoch (naive means UTC); ``None`` exactly when
+    :func:`is_time` says it is not a time.
+
+    The validity rule is :func:`is_time`'s, so every consumer agrees on which strings are times:
+    ``datetime.fromisoformat`` alone also takes a comma before the fraction, an empty fraction
+    (``56.Z``) or a space before the ``Z``, and the out-of-order clock once took such a string,
+    stamped 2099, as a product's latest time. The value is ``fromisoformat``'s (exact, fraction
+    digits past the sixth dropped), except for second 60 (a leap second), which :class:`IsoTimeParser`
+    reads as the next minute's second 0 and ``fromisoformat`` refuses: the same here.
+    """
+    if _validity.parse(s) is None:
         return None
+    text: str = s  # type: ignore[assignment]
+    try:
+        return _us_of(text)
+    except ValueError:
+        # The one form the validity rule takes and fromisoformat does not: second 60.
+        return _us_of(text[:17] + "59" + text[19:]) + 1_000_000
+
+
+def _us_of(s: str) -> int:
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _ONE_US
 
 
 _validity = IsoTimeParser()
@@ -238,5 +256,9 @@ def latest_valid_s(recv_us: int, max_future_skew_s: float = MAX_FUTURE_SKEW_S) -
 
 
 def is_time(s: object) -> bool:
-    """Whether ``s`` is a time a trade can carry: a string :class:`IsoTimeParser` reads."""
+    """Whether ``s`` is a time a trade can carry: a string :class:`IsoTimeParser` reads.
+
+    The one validity rule: :func:`parse_time_us` is ``None`` for exactly the strings this refuses,
+    and a time it refuses moves no clock (no window's, no detector's).
+    """
     return _validity.parse(s) is not None

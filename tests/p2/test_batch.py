@@ -436,3 +436,19 @@ def test_a_read_of_any_mix_of_valid_shapes_is_what_the_event_by_event_build_make
     assert [list(c) for c in batch.columns()] == [list(c) for c in ref.columns()]
     assert batch.clean == ref.clean and batch.time_limit_s == ref.time_limit_s
     assert batch.time_limits == ref.time_limits
+
+
+def test_off_clock_lists_every_time_that_may_move_no_clock():
+    """Not a time (a comma, a calendar error), past the bound, or both on an event rejected for another field."""
+    events = [
+        p1_event(1),
+        p1_event(2, time="2023-11-14T22:13:20,000000Z"),
+        p1_event(3, time="2023-13-14T22:13:20.000000Z"),
+        p1_event(4, time="9999-12-31T23:59:59.999999Z"),
+        p1_event(5, price=0.0, time="9999-12-31T23:59:59.999999Z"),
+        p1_event(6, price=0.0),
+    ]
+    batch, _ = read(events)
+    trades = batch.trades()
+    assert trades.off_clock == [1, 2, 3, 4] and trades.future == [3]
+    assert list(trades.positions) == [0]

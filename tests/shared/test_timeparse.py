@@ -13,6 +13,8 @@ from mercurystream.shared.timeparse import (
     all_fixed_form_reference,
     fixed_seconds,
     fixed_seconds_reference,
+    is_time,
+    parse_time_us,
 )
 
 
@@ -199,3 +201,72 @@ def test_fixed_seconds_takes_only_strings_of_the_fixed_form() -> None:
 def test_the_time_kernel_is_built_where_ci_requires_it() -> None:
     if os.environ.get("MERCURY_REQUIRE_ROWSCAN") == "1":
         assert _rowscan is not None
+
+
+# --- one validity rule: is_time and parse_time_us agree on every string -------------------------
+
+_NEAR_ISO_CHARS = st.sampled_from(
+    ["", "0", "5", "9", ",", ".", ":", "-", "+", "Z", "z", " ", "T", "W", "٣", "60", "1Z"]
+)
+
+
+def _near_iso_strings() -> st.SearchStrategy[str]:
+    """Times in the forms a venue might send, and the same with a character changed, dropped or added."""
+    base = st.builds(
+        lambda y, mo, d, h, mi, s, frac, sep, suffix: (
+            f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}" + frac + suffix
+        ),
+        st.sampled_from([1, 1970, 2024, 2099, 9999]),
+        st.integers(0, 13),
+        st.sampled_from([0, 1, 28, 29, 30, 31, 32]),
+        st.sampled_from([0, 12, 23, 24]),
+        st.sampled_from([0, 34, 59, 60]),
+        st.sampled_from([0, 56, 59, 60, 61]),
+        st.sampled_from(["", ".", ",", ".1", ",5", ".123", ".123456", ",123456", ".1234567", ".123456789"]),
+        st.sampled_from(["T", " ", "t"]),
+        st.sampled_from(["Z", "z", "", " Z", "+00:00", "-00:00", "+02:00", "-05:00", "+0000", "+00", "Z+00:00"]),
+    )
+
+    def mutate(s: str) -> st.SearchStrategy[str]:
+        return st.tuples(st.integers(0, len(s)), _NEAR_ISO_CHARS, st.integers(0, 1)).map(
+            lambda m: s[: m[0]] + m[1] + s[m[0] + m[2] :]
+        )
+
+    return base | base.flatmap(mutate) | st.text(alphabet="0123456789-:T.,Z+ ", max_size=32)
+
+
+@settings(max_examples=3000)
+@given(_near_iso_strings())
+def test_is_time_and_parse_time_us_agree_on_which_strings_are_times(s: str) -> None:
+    """One time rule: a string the validity check refuses has no value, and one it takes has the
+    value the analytics' parser gives it (to the microsecond, fraction digits past the sixth dropped)."""
+    us = parse_time_us(s)
+    assert is_time(s) == (us is not None)
+    if us is not None:
+        seconds = IsoTimeParser().parse(s)
+        assert abs(us / 1e6 - seconds) <= 1e-6 + 1e-15 * abs(seconds)
+
+
+@pytest.mark.parametrize(
+    "s",
+    [
+        "2099-01-01T00:00:00,000000Z",  # a comma before the fraction: fromisoformat takes it
+        "2099-01-01T00:00:00.Z",  # an empty fraction
+        "2024-05-01T12:34:56.123456 Z",
+        "2024-05-01T12:34:56.123456z",
+    ],
+)
+def test_parse_time_us_refuses_what_is_time_refuses(s: str) -> None:
+    assert not is_time(s) and parse_time_us(s) is None
+
+
+def test_second_60_is_a_time_to_both_and_the_next_minute() -> None:
+    assert is_time("2024-05-01T12:34:60.5Z")
+    assert parse_time_us("2024-05-01T12:34:60.5Z") == parse_time_us("2024-05-01T12:35:00.5Z")
+    assert parse_time_us("9999-12-31T23:59:60Z") == parse_time_us("9999-12-31T23:59:59Z") + 1_000_000
+    assert not is_time("2024-05-01T12:34:61Z") and parse_time_us("2024-05-01T12:34:61Z") is None
+
+
+@pytest.mark.parametrize("odd", [None, 12345, b"2024-05-01T12:34:56Z", 1.5])
+def test_parse_time_us_of_a_non_string_is_none(odd: object) -> None:
+    assert parse_time_us(odd) is None and not is_time(odd)

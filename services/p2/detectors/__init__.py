@@ -242,9 +242,10 @@ class Detectors:
         times = batch.times
         types = batch.types
         clean = batch.clean
-        # A time past the batch's bound is invalid_time: it must not become a product's latest.
+        # A time the schema calls invalid (not a time, or past the batch's bound) moves no clock:
+        # it must not become a product's latest.
         trades = batch.trades()
-        future = set(trades.future)
+        off_clock = set(trades.off_clock)
         groups = batch.groups()
         # The trades' own per-product ids when they group the batch itself (the clean case): the
         # dedupes asked about those very columns already, so "increasing?" is remembered.
@@ -281,7 +282,7 @@ class Detectors:
                     for i, (ranges, n) in run(self.sequence_gap, pid, (m_tids,), matches, self.reference_only):
                         detail = {"ranges": ranges, "trade_id": tids[i], "window": window}
                         out.append((i, SEQUENCE_GAP, n, pid, detail, None))
-            timed = idx if clean and not future else [i for i in idx if times[i] is not None and i not in future]
+            timed = idx if clean and not off_clock else [i for i in idx if times[i] is not None and i not in off_clock]
             if timed:
                 hits = run(self.out_of_order, pid, (pick(times, timed),), timed, self.reference_only)
                 if hits:

@@ -19,6 +19,11 @@ class OutOfOrderDetector:
     to integer microseconds (``shared.timeparse.parse_time_us``, exact, unlike float seconds); a
     string that is not a time is counted in ``unparsed`` and neither checked nor remembered. An
     equal time is not out of order. An out-of-order event does not move the latest time back.
+
+    Which strings are times is ``shared.timeparse.is_time``'s rule alone: ``parse_time_us`` refuses
+    exactly what it refuses, and :class:`~mercurystream.p2.detectors.Detectors` gives this rule no
+    event in ``Trades.off_clock`` (not a time, a fixed-form string with a calendar error among them,
+    or past the batch's future bound), so no such time becomes a product's latest.
     """
 
     def __init__(self) -> None:

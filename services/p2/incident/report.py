@@ -227,26 +227,89 @@ def _load_meta(bundle: Path) -> dict[str, Any]:
     return meta
 
 
-def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool]:
+MAX_REPORT_EVENTS = 100_000
+"""At most this many lines of ``events.jsonl`` are read for a report (P2's bundles hold
+``FLIGHT_PRE_EVENTS + FLIGHT_POST_EVENTS``, 7,000 by default); the report says what it left out."""
+MAX_REPORT_BYTES = 32 << 20
+"""At most this many bytes of ``events.jsonl`` are read for a report (P2's bundles hold at most twice
+``FLIGHT_RING_BYTES``, 4 MiB by default). A 5 MB file of 2.5 million short lines took 558 MB when
+every line was kept; what is read is held as bytes plus a few slots an event, so the two bounds
+hold the report near 60 MB whatever the file."""
+_READ_CHUNK = 1 << 16
+
+
+class Cut:
+    """Where the report stopped reading ``events.jsonl``: after ``lines`` lines and ``bytes_read`` of
+    the file's ``size`` bytes, because of ``bound`` (``events`` or ``bytes``)."""
+
+    __slots__ = ("bound", "bytes_read", "lines", "size")
+
+    def __init__(self, bound: str, lines: int, bytes_read: int, size: int) -> None:
+        self.bound = bound
+        self.lines = lines
+        self.bytes_read = bytes_read
+        self.size = size
+
+    def sentence(self) -> str:
+        limit = f"{MAX_REPORT_EVENTS:,} lines" if self.bound == "events" else f"{MAX_REPORT_BYTES >> 20} MiB"
+        return (
+            f"{EVENTS_FILE} is larger than a report reads ({limit}): the evidence, the per-symbol table and "
+            f"the line counts are of its first {self.lines:,} lines ({self.bytes_read:,} of {self.size:,} "
+            f"bytes); the remaining {self.size - self.bytes_read:,} bytes are left out."
+        )
+
+
+def _load(bundle: Path) -> tuple[dict[str, Any], list[_Event], bool, Cut | None]:
+    """``meta.json``, the events read, whether there is an events file, and where reading stopped early.
+
+    The file is read a line at a time, never whole: at most :data:`MAX_REPORT_EVENTS` lines and
+    :data:`MAX_REPORT_BYTES` bytes (a longer line is not read past the bound either)."""
     meta = _load_meta(bundle)
     events: list[_Event] = []
     try:
-        data = (bundle / EVENTS_FILE).read_bytes()
+        f = (bundle / EVENTS_FILE).open("rb")
     except OSError:
-        return meta, events, False
-    shared: dict[str, str] = {}
-    for n, m in enumerate(_LINE.finditer(data), 1):
-        start, end = m.span(1) if m.group(2) is None else m.span(2)
+        return meta, events, False, None
+    with f:
         try:
-            obj = orjson.loads(data[start:end])
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            obj = None
-        elif type(obj.get("product_id")) is str:
-            obj["product_id"] = shared.setdefault(obj["product_id"], obj["product_id"])
-        events.append(_Event(n, data, start, end, obj))
-    return meta, events, True
+            size = os.fstat(f.fileno()).st_size
+            return (meta, *_read_events(f, size, events))
+        except OSError:
+            return meta, events, False, None
+
+
+def _read_events(f: Any, size: int, events: list[_Event]) -> tuple[list[_Event], bool, Cut | None]:
+    data = bytearray()
+    shared: dict[str, str] = {}
+    n = 0
+    while True:
+        base = len(data)
+        room = MAX_REPORT_BYTES - base
+        piece = f.readline(min(_READ_CHUNK, room + 1))
+        while piece and not piece.endswith(b"\n") and len(piece) <= room:
+            more = f.readline(min(_READ_CHUNK, room + 1 - len(piece)))
+            if not more:
+                break
+            piece += more
+        if not piece:
+            return events, True, None
+        if n >= MAX_REPORT_EVENTS:
+            return events, True, Cut("events", n, base, max(size, base + len(piece)))
+        if len(piece) > room:
+            return events, True, Cut("bytes", n, base, max(size, base + len(piece)))
+        data += piece
+        for m in _LINE.finditer(piece):
+            start, end = m.span(1) if m.group(2) is None else m.span(2)
+            n += 1
+            try:
+                obj = orjson.loads(piece[start:end])
+            except orjson.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                obj = None
+            elif type(obj.get("product_id")) is str:
+                obj["product_id"] = shared.setdefault(obj["product_id"], obj["product_id"])
+            events.append(_Event(n, data, base + start, base + end, obj))
 
 
 def render_report(
@@ -266,10 +329,11 @@ def render_report(
     takes the GIL from a loop that is usually at its limit when an incident fires. The full report
     replaces it with the chart."""
     bundle = Path(bundle_dir)
+    cut: Cut | None = None
     if summary_only:
         meta, events, have_events = _load_meta(bundle), [], True
     else:
-        meta, events, have_events = _load(bundle)
+        meta, events, have_events, cut = _load(bundle)
     incident_id = meta.get("incident_id", bundle.name)
     itype = str(meta.get("type", "unknown"))
     pre = meta.get("pre_events", 0)
@@ -308,6 +372,8 @@ def render_report(
     out += ["", f"**Reason:** {md(meta.get('reason', ''))}", ""]
     if not have_events:
         out += [f"> {EVENTS_FILE} is missing from this bundle.", ""]
+    elif cut is not None:
+        out += [f"> {cut.sentence()}", ""]
     elif total != (pre if _num(pre) else 0) + (post if _num(post) else 0):
         out += [f"> {EVENTS_FILE} has {total:,} lines but meta.json counts {md(pre)} + {md(post)}.", ""]
 
@@ -765,7 +831,11 @@ def _report_one(bundle: Path, args: argparse.Namespace) -> str | None:
         _load_meta(bundle)
         _check_events_file(bundle)
         if not args.no_charts and (args.charts or not (bundle / CHART_FILE).exists()):
-            _draw_chart(bundle)
+            too_large = _over_bounds(bundle)
+            if too_large:
+                print(f"mercury-report: {bundle}: no chart: {too_large}", file=sys.stderr)
+            else:
+                _draw_chart(bundle)
         path = write_report(bundle, str(bundle / EVENTS_FILE))
         print(path)
     except ReportError as exc:
@@ -776,6 +846,24 @@ def _report_one(bundle: Path, args: argparse.Namespace) -> str | None:
         return f"{bundle}: the path is not valid UTF-8, and the report quotes it"
     except Exception as exc:
         return f"{bundle}: cannot render the report: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _over_bounds(bundle: Path) -> str | None:
+    """Why ``events.jsonl`` is too large to chart (the renderer keeps every event), or ``None``.
+
+    Counted a chunk at a time: the report itself reads such a file only up to its bounds and says so."""
+    try:
+        with (bundle / EVENTS_FILE).open("rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_REPORT_BYTES:
+                return f"{EVENTS_FILE} is over {MAX_REPORT_BYTES >> 20} MiB"
+            lines = 0
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+                if lines > MAX_REPORT_EVENTS:
+                    return f"{EVENTS_FILE} has over {MAX_REPORT_EVENTS:,} lines"
+    except OSError:
+        return None  # the chart says what it cannot read
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,43 @@ def _check_latency_batches(batches, size, every, consec):
             ref.above,
         )
         assert list(det._window) == list(ref.window) and list(det._evicted) == list(ref.evicted)
+
+
+# --- a bundle's replay evaluates at the same events (known open: the cadence counts from P2's start) ----
+
+
+def _spike_line(payload_batches: list[list[bytes]]) -> bytes:
+    """The trigger line of the first latency-spike capture of a fresh P2 fed these reads."""
+    from mercurystream.p2.batch import normalize
+    from mercurystream.p2.flight_recorder import FlightRecorder
+
+    det = Detectors(latency_threshold_ms=100, latency_buffer_size=300, latency_eval_every=100, latency_consecutive=2)
+    fr = FlightRecorder(450, 100, cooldown_s=1e9, clock=lambda: 0.0, wall_clock=lambda: 1.7e9)
+    caps = []
+    for payloads in payload_batches:
+        b, _ = normalize(payloads, 1_700_000_000_000_000)
+        caps += fr.feed(b.lines, det.process(b).triggers(), b.recv_ts_us).completed
+    last = fr.finalize()
+    cap = caps[0] if caps else last
+    return cap.lines()[cap.trigger_line - 1]
+
+
+@pytest.mark.xfail(strict=True, reason="open: LATENCY_EVAL_EVERY counts samples from P2's start, not the stream's")
+def test_a_latency_bundle_replayed_into_a_fresh_p2_triggers_on_the_same_event():
+    """The reviewer's case: 1,000 calm events, then a sustained 300 ms; the bundle's first line is not
+    sample 1 (mod 100) of the original P2, so the replay evaluated at other events and triggered 50 later."""
+    import orjson
+
+    base = 1_700_000_000_000_000
+
+    def line(i: int, lat_ms: int) -> bytes:
+        ing = base + i * 1000
+        e = {**ev(i + 1), "ingest_ts_ms": ing // 1000, "ingest_ts_us": ing}
+        e.update(recv_ts_ms=(ing + lat_ms * 1000) // 1000, recv_ts_us=ing + lat_ms * 1000)
+        return orjson.dumps(e)
+
+    events = [line(i, 1) for i in range(1000)] + [line(i, 300) for i in range(1000, 2000)]
+    original = _spike_line([events[i : i + 64] for i in range(0, len(events), 64)])
+    start = events.index(original) - 449  # the bundle: 450 pre lines up to the trigger, then the post
+    bundle = events[start : start + 550]
+    assert _spike_line([bundle[i : i + 512] for i in range(0, len(bundle), 512)]) == original

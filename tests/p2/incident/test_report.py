@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tracemalloc
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.detectors import Detectors
 from mercurystream.p2.flight_recorder import FlightRecorder
+from mercurystream.p2.incident import report
 from mercurystream.p2.incident.bundle import write_bundle
 from mercurystream.p2.incident.marks import STYLES
 from mercurystream.p2.incident.report import (
@@ -547,3 +549,76 @@ def test_a_counter_past_64_bits_is_written_and_reported_exactly(tmp_path):
     assert b'"gaps": 18446744073709551621' in (bundle / "meta.json").read_bytes()
     assert "| gaps | 1.8446744073709552e+19 |" in render_report(bundle)
     assert main(["--no-charts", str(bundle)]) == 0
+
+
+# --- bounded reading of events.jsonl ---------------------------------------------------------------
+
+
+def _meta_only_bundle(root, name: str = "b1"):
+    bundle = root / name
+    bundle.mkdir(parents=True)
+    meta = {"incident_id": name, "type": "duplicate", "trigger_line": 1, "pre_events": 1, "post_events": 0}
+    (bundle / "meta.json").write_bytes(orjson.dumps(meta))
+    return bundle
+
+
+def test_a_bundle_of_many_short_lines_is_read_up_to_the_line_bound_and_says_so(tmp_path, monkeypatch):
+    """The reviewer's 5 MB of ``1`` lines took 558 MB when every line was kept: now the report reads
+    what its bounds allow, in bounded memory, and names what it left out."""
+    monkeypatch.setattr(report, "MAX_REPORT_EVENTS", 1000)
+    bundle = _meta_only_bundle(tmp_path)
+    (bundle / "events.jsonl").write_bytes(b"1\n" * 50_000)
+    tracemalloc.start()
+    try:
+        text = render_report(bundle)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, peak
+    assert (
+        "> events.jsonl is larger than a report reads (1,000 lines): the evidence, the per-symbol table and "
+        "the line counts are of its first 1,000 lines (2,000 of 100,000 bytes); the remaining 98,000 bytes "
+        "are left out." in text
+    )
+    assert "| **Total Events** | 1,000 (1 pre + 0 post) |" in text
+
+
+def test_a_line_longer_than_the_byte_bound_is_not_read_past_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "MAX_REPORT_BYTES", 4096)
+    bundle = _meta_only_bundle(tmp_path)
+    first = orjson.dumps(event(1)) + b"\n"
+    (bundle / "events.jsonl").write_bytes(first + b"x" * 1_000_000)  # no newline: one line of 1 MB
+    tracemalloc.start()
+    try:
+        text = render_report(bundle)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 512 << 10, peak
+    size = len(first) + 1_000_000
+    assert f"of its first 1 lines ({len(first):,} of {size:,} bytes)" in text
+    assert "| BTC-USD | 1 | 1 | 0 |" in text  # the line read is in the per-symbol table
+
+
+def test_a_bundle_within_the_bounds_is_read_whole_with_no_note(tmp_path, monkeypatch):
+    events = [event(k) for k in range(1, 30)]
+    events.insert(20, event(12))
+    path = bundle_from(tmp_path, events, pre=50, post=5)
+    size = (path / "events.jsonl").stat().st_size
+    monkeypatch.setattr(report, "MAX_REPORT_EVENTS", 26)
+    monkeypatch.setattr(report, "MAX_REPORT_BYTES", size)
+    text = render_report(path)
+    assert "larger than a report reads" not in text
+    assert "| **Total Events** | 26 (21 pre + 5 post) |" in text
+    assert "The trade id occurs 2 times in this bundle" in text
+
+
+def test_cli_a_bundle_past_the_bounds_gets_its_report_and_one_line_instead_of_a_chart(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(report, "MAX_REPORT_EVENTS", 100)
+    bundle = _meta_only_bundle(tmp_path / "incidents")
+    (bundle / "events.jsonl").write_bytes(b"{}\n" * 500)
+    assert main([str(tmp_path / "incidents")]) == 0
+    err = capsys.readouterr().err
+    assert f"mercury-report: {bundle}: no chart: events.jsonl has over 100 lines\n" in err
+    assert not (bundle / "chart.png").exists()
+    assert "larger than a report reads (100 lines)" in (bundle / "report.md").read_text()
