@@ -50,7 +50,13 @@ from mercurystream.shared.schema import (
     kind_ok,
     text_ok,
 )
-from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S, IsoTimeParser, fixed_seconds, latest_valid_s
+from mercurystream.shared.timeparse import (
+    MAX_FUTURE_SKEW_S,
+    IsoTimeParser,
+    fixed_seconds,
+    latest_valid_many,
+    latest_valid_s,
+)
 from mercurystream.shared.wire import NOT_JSON as _NOT_JSON
 from mercurystream.shared.wire import Columns
 from mercurystream.shared.wire import parse_payload as _parse
@@ -489,7 +495,7 @@ def normalize(
         # Every event carries its own receive stamps (a replay keeping them): kept as sent, bounded by them.
         latencies = list(map(truediv, map(sub, columns[9], ingest_us), repeat(1000.0)))
         limit = latest_valid_s(recv_us, max_future_skew_s)
-        limits = list(map(latest_valid_s, columns[9], repeat(max_future_skew_s)))
+        limits = latest_valid_many(columns[9], max_future_skew_s)
         batch = Batch(
             list(payloads), recv_us, columns[:8], latencies, clean=True, time_limit_s=limit, time_limits=limits
         )

@@ -262,3 +262,8 @@ def is_time(s: object) -> bool:
     and a time it refuses moves no clock (no window's, no detector's).
     """
     return _validity.parse(s) is not None
+
+
+def latest_valid_many(recv_us: Sequence[int], max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> list[float]:
+    """:func:`latest_valid_s` of each stamp, in C-level passes (a replay's read carries one an event)."""
+    return list(map(add, map(truediv, recv_us, repeat(1e6)), repeat(max_future_skew_s)))

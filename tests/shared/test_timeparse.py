@@ -14,6 +14,8 @@ from mercurystream.shared.timeparse import (
     fixed_seconds,
     fixed_seconds_reference,
     is_time,
+    latest_valid_many,
+    latest_valid_s,
     parse_time_us,
 )
 
@@ -270,3 +272,8 @@ def test_second_60_is_a_time_to_both_and_the_next_minute() -> None:
 @pytest.mark.parametrize("odd", [None, 12345, b"2024-05-01T12:34:56Z", 1.5])
 def test_parse_time_us_of_a_non_string_is_none(odd: object) -> None:
     assert parse_time_us(odd) is None and not is_time(odd)
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20), st.floats(0, 1e6))
+def test_the_bound_of_many_stamps_is_each_stamp_s_bound(stamps: list[int], skew: float) -> None:
+    assert latest_valid_many(stamps, skew) == [latest_valid_s(us, skew) for us in stamps]
