@@ -401,11 +401,12 @@ def test_gap_notices_backfill_results_and_backfilled_trades_are_counted(tmp_path
     [
         b'{"type":"match","product_id":"BTC-USD","price":NaN,"last_size":1,"time":"x","trade_id":1}',
         b'{"type":"match","product_id":"BTC-USD","price":' + b"9" * 401 + b',"trade_id":1}',
-        b'{"type":"match","product_id":"\xed\xa0\x80","price":1.5,"trade_id":1}',
+        b'{"type":"match","product_id":"\\ud800","price":1.5,"trade_id":1}',
     ],
 )
 def test_a_drift_sample_of_an_event_no_strict_parser_reads_is_still_one_json_line(tmp_path, raw):
-    """P2's lenient parse accepts NaN, huge numbers and CESU surrogates; embedded whole, the sample was not JSON."""
+    """P2's lenient parse accepts NaN, huge numbers and lone surrogate escapes; embedded whole, the
+    sample was not JSON. (A surrogate encoded in the bytes, CESU-style, is no UTF-8: ``invalid_json``.)"""
     from mercurystream.p2.batch import normalize
 
     consumer, _, _ = make(tmp_path)
