@@ -27,6 +27,7 @@ from mercurystream.replay.nats_source import NatsRangeReader, NatsSourceError, S
 from mercurystream.replay.protocol import AckTracker, RatePacer
 from mercurystream.replay.source import EventQueue, JsonlReader, ParquetReader
 from mercurystream.shared.clock import now_us
+from mercurystream.shared.config import check_host
 from mercurystream.shared.jetstream import DEFAULT_STREAM, DEFAULT_URL, valid_stream_name
 from mercurystream.shared.recording import is_parquet
 
@@ -81,7 +82,6 @@ MAX_SHUFFLE_WINDOW = 1_000_000
 """Events held in memory at once to shuffle."""
 MAX_SEED = 2**64 - 1
 MAX_LIMIT = 2**63 - 1
-MAX_HOST_CHARS = 253
 _SHOWN_CHARS = 40
 
 
@@ -103,16 +103,14 @@ def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expec
 
 
 def _host(text: str) -> str:
-    """A name or address the resolver can take: an empty, overlong, control-character or
-    non-encodable host would otherwise end in a resolver error deep in the event loop."""
+    """A name or address the resolver can take (``shared.config.check_host``, P1's rule for its hosts):
+    an empty, overlong, control-character or non-encodable host would otherwise end in a resolver
+    error deep in the event loop."""
     try:
-        ok = 0 < len(text) <= MAX_HOST_CHARS and text.isprintable() and " " not in text and text.encode("idna")
-    except UnicodeError:
-        ok = False
-    if not ok:
+        return check_host(text)
+    except ValueError:
         shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-        raise argparse.ArgumentTypeError(f"expected a host name or IP address, got {shown!r}")
-    return text
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address, got {shown!r}") from None
 
 
 _limit = _converter(int, lambda n: 1 <= n <= MAX_LIMIT, f"an integer from 1 to {MAX_LIMIT}")
