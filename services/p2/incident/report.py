@@ -131,12 +131,12 @@ class _Event:
             self.latency = latency_ms(obj)
 
     @property
-    def raw(self) -> str:
-        return self._data[self._start : self._end].decode("utf-8", "replace")
-
-    @property
     def raw_bytes(self) -> bytes:
         return self._data[self._start : self._end]
+
+    @property
+    def raw(self) -> str:
+        return self.raw_bytes.decode("utf-8", "replace")
 
     def get(self, key: str) -> Any:
         if key in _KEPT:
