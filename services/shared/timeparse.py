@@ -204,7 +204,7 @@ def parse_time_us(s: object) -> int | None:
     digits past the sixth dropped), except for second 60 (a leap second), which :class:`IsoTimeParser`
     reads as the next minute's second 0 and ``fromisoformat`` refuses: the same here.
     """
-    if _validity.parse(s) is None:
+    if not is_time(s):
         return None
     text: str = s  # type: ignore[assignment]
     try:
