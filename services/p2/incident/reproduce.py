@@ -23,6 +23,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.detectors import Detectors
 from mercurystream.p2.flight_recorder import MANUAL, FlightRecorder
 from mercurystream.shared.clock import now_us
+from mercurystream.shared.wire import parse_payload
 
 BATCH_LINES = 256
 """Lines per simulated read: detections do not depend on how a stream is cut (property-tested)."""
@@ -81,17 +82,21 @@ def check(lines: Sequence[bytes], meta: Mapping[str, Any]) -> Reproduction:
         )
     except (ValueError, OverflowError, MemoryError) as exc:
         return Reproduction(None, f"meta.json's config cannot be run here ({type(exc).__name__})")
-    base = 0
     for start in range(0, len(lines), BATCH_LINES):
-        batch, _ = normalize(list(lines[start : start + BATCH_LINES]), now_us())
+        chunk = list(lines[start : start + BATCH_LINES])
+        numbers: Sequence[int] = range(start + 1, start + len(chunk) + 1)
+        batch, errors = normalize(chunk, now_us())
+        if errors:
+            # Replay does not send a line P2 would not read (and P2 would not record it): the rest keep
+            # their own line numbers.
+            numbers = [n for n, line in zip(numbers, chunk, strict=True) if type(parse_payload(line)) is dict]
+            batch, _ = normalize([lines[n - 1] for n in numbers], now_us())
         if batch is None:
             continue
         result = recorder.feed(batch.lines, detectors.process(batch).triggers(), batch.recv_ts_us)
         if result.started:
             cap = result.started[0]
-            line = base + cap.anomaly.index + 1
-            return _judged(cap.type, line, lines, itype, trigger)
-        base += len(batch.lines)
+            return _judged(cap.type, numbers[cap.anomaly.index], lines, itype, trigger)
     return Reproduction(False, f"replaying events.jsonl triggers nothing: {_missing(itype)}")
 
 

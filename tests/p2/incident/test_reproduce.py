@@ -86,6 +86,14 @@ def test_another_trigger_first_in_the_replay_is_named() -> None:
     assert "first triggers duplicate on line 2" in result.why
 
 
+def test_lines_replay_would_not_send_keep_the_others_on_their_own_line_numbers() -> None:
+    cap = capture(stream(products=3, rounds=200, skip_at=40))
+    lines = [b"not json", b"", b"[1]", *cap.lines()]
+    result = check(lines, meta_of(cap) | {"trigger_line": cap.trigger_line + 3})
+    assert result.reproduced is True, result.why
+    assert result.line == cap.trigger_line + 3
+
+
 def test_nothing_to_check_for_a_manual_dump_or_a_trigger_outside_the_file() -> None:
     lines = stream(products=1, rounds=5, skip_at=99)
     assert check(lines, {"type": "manual", "trigger_line": None}).reproduced is None
