@@ -127,7 +127,7 @@ CASES = {
     "latency_spike": Case(
         lambda: LatencySpikeDetector(100.0, 7, 3, 2),
         st.tuples(latencies()),
-        lambda r: (r.count, r.samples, r.evaluations, r.run, r.above, list(r._window), list(r._evicted)),
+        lambda r: (r.count, r.samples, r.since, r.evaluations, r.run, r.above, list(r._window), list(r._evicted)),
         keyed=False,
     ),
     "trade_filter": Case(

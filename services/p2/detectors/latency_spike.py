@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from heapq import nlargest
-from itertools import accumulate, chain, islice
+from itertools import accumulate, chain, compress, islice, repeat
+from operator import and_, not_, sub
 from typing import Any
 
 
@@ -17,10 +18,14 @@ def nearest_rank(n: int, q_percent: int = 99) -> int:
 class LatencySpikeDetector:
     """``latency_spike``: rolling p99 of P1→P2 latency above the threshold at N evaluations in a row.
 
-    The window is the last ``buffer_size`` samples; an evaluation happens at every ``eval_every``-th
-    sample (over the samples so far while the window fills). p99 is the nearest-rank quantile, the
-    sample at rank ``ceil(0.99 n)``. After ``consecutive`` evaluations above the threshold in a row,
-    a spike is counted and the run restarts from zero.
+    The window is the last ``buffer_size`` samples. An evaluation happens at every ``eval_every``-th
+    sample (over the samples so far while the window fills), counted from the latest sample above
+    the threshold that arrived when the window held none: that is where a latency episode starts,
+    and where the count and the run restart. The cadence is thus set by the stream, not by how long
+    P2 has run, so a bundle replayed into a fresh P2 is evaluated at the same samples as the P2
+    that captured it, once its lines cover the episode's start and a window before the run. p99 is
+    the nearest-rank quantile, the sample at rank ``ceil(0.99 n)``. After ``consecutive``
+    evaluations above the threshold in a row, a spike is counted and the run restarts from zero.
 
     The test needs no sorted structure: the p99 exceeds the threshold exactly when at least
     ``n - rank + 1`` window samples do, so the detector keeps a count of samples above the threshold,
@@ -41,15 +46,23 @@ class LatencySpikeDetector:
         self.consecutive = consecutive
         self.count = 0
         self.samples = 0
+        self.since = 0
+        """Samples since the cadence last started, modulo ``eval_every``: 0 at an evaluation."""
         self.evaluations = 0
         self.run = 0
         self.above = 0
         self._window: deque[float] = deque(maxlen=buffer_size)
         self._evicted: deque[float] = deque(maxlen=eval_every * consecutive)
 
-    def observe(self, key: object, latency_ms: float) -> SpikeEvidence | None:
-        """The reference: add one sample; the spike (counted) if this sample's evaluation completes a run."""
+    def step(self, latency_ms: float) -> bool | None:
+        """Add one sample: ``None`` unless it is an evaluation, else whether the p99 is above the threshold.
+
+        The cadence's one definition; the chart's rolling p99 (``p2/incident/marks.py``) walks it too.
+        """
         window = self._window
+        if not self.above and latency_ms > self.threshold_ms:
+            self.since = 0
+            self.run = 0
         if len(window) == self.buffer_size:
             gone = window[0]
             self._evicted.append(gone)
@@ -59,11 +72,19 @@ class LatencySpikeDetector:
         if latency_ms > self.threshold_ms:
             self.above += 1
         self.samples += 1
-        if self.samples % self.eval_every:
+        self.since = (self.since + 1) % self.eval_every
+        if self.since:
             return None
         self.evaluations += 1
         n = len(window)
-        if self.above < n - nearest_rank(n) + 1:
+        return self.above >= n - nearest_rank(n) + 1
+
+    def observe(self, key: object, latency_ms: float) -> SpikeEvidence | None:
+        """The reference: add one sample; the spike (counted) if this sample's evaluation completes a run."""
+        above = self.step(latency_ms)
+        if above is None:
+            return None
+        if not above:
             self.run = 0
             return None
         self.run += 1
@@ -71,8 +92,9 @@ class LatencySpikeDetector:
             return None
         self.run = 0
         self.count += 1
+        window = self._window
         samples = [*self._evicted, *window]
-        return self._spike(samples, 0, n, self.samples)
+        return self._spike(samples, 0, len(window), self.samples)
 
     def try_batch(self, key: object, columns: Sequence[Sequence[float]], hits: list[tuple[int, Any]]) -> bool:
         """Add samples in order, appending ``(position, spike)`` for each spike; takes any batch.
@@ -99,7 +121,8 @@ class LatencySpikeDetector:
         """How many of the window's samples and then of ``values`` leave the window in this batch."""
         # In an overload every sample is above the threshold: the prefix counts are then the
         # positions themselves, and one short-circuiting pass finds that out.
-        if all(map(above_thr, values)):
+        all_above = all(map(above_thr, values))
+        if all_above:
             new_above: Sequence[int] = range(k + 1)
             every_above = self.above == w
         else:
@@ -109,37 +132,63 @@ class LatencySpikeDetector:
             gone_above: Sequence[int] = range(leaving + 1)
         else:
             gone_above = list(accumulate(map(above_thr, islice(chain(window, values), leaving)), initial=0))
+        if self.above > gone_above[min(leaving, w)]:
+            restarts: list[int] = []  # a sample above stays in the window throughout
+        elif all_above:
+            restarts = [] if self.above else [0]
+        else:
+            restarts = self._restarts(values, new_above, gone_above)
         out = hits
         samples: list[float] | None = None
         """The evicted samples, the window and ``values`` in one list, made at the batch's first spike
         and shared by all of them: under a sustained overload a spike comes every few evaluations."""
-        for pos in range((every - 1 - before) % every, k, every):
-            end = w + pos + 1
-            start = max(0, end - size)
-            n = end - start
-            self.evaluations += 1
-            if self.above + new_above[pos + 1] - gone_above[start] >= n - nearest_rank(n) + 1:
-                self.run += 1
-                if self.run >= self.consecutive:
+        first = (every - 1 - self.since) % every
+        for stop in (*restarts, k):
+            for pos in range(first, stop, every):
+                end = w + pos + 1
+                start = max(0, end - size)
+                n = end - start
+                self.evaluations += 1
+                if self.above + new_above[pos + 1] - gone_above[start] >= n - nearest_rank(n) + 1:
+                    self.run += 1
+                    if self.run >= self.consecutive:
+                        self.run = 0
+                        self.count += 1
+                        if samples is None:
+                            samples = [*self._evicted, *window, *values]
+                        out.append((pos, self._spike(samples, start, end, before + pos + 1)))
+                else:
                     self.run = 0
-                    self.count += 1
-                    if samples is None:
-                        samples = [*self._evicted, *window, *values]
-                    out.append((pos, self._spike(samples, start, end, before + pos + 1)))
-            else:
-                self.run = 0
+            self.run = 0 if stop < k else self.run
+            first = stop + every - 1
         if leaving:
             self._evicted.extend(islice(chain(window, values), leaving))
         window.extend(values)
         self.above += new_above[k] - gone_above[leaving]
         self.samples = before + k
+        self.since = (k - restarts[-1] if restarts else self.since + k) % every
         return True
+
+    def _restarts(self, values: Sequence[float], new_above: Sequence[int], gone_above: Sequence[int]) -> list[int]:
+        """The positions of ``values`` that start an episode: above the threshold, after a window with none.
+
+        The window's count above after each sample is the count before the batch, plus the prefix
+        of ``values`` above, minus the prefix of what has left (nothing before the window is full):
+        C-level passes, as for the evaluations.
+        """
+        k = len(values)
+        filling = min(k, max(0, self.buffer_size - len(self._window)))
+        gone_at = chain(repeat(0, filling), islice(gone_above, 1, None))
+        after = map(sub, map(self.above.__add__, islice(new_above, 1, None)), gone_at)
+        calm_before = chain((not self.above,), map(not_, after))
+        return list(compress(range(k), map(and_, calm_before, map(self.threshold_ms.__lt__, values))))
 
     def _quiet(self, values: Sequence[float]) -> bool:
         """The batch with no sample above the threshold in it or in the window, the common case.
 
-        Then every evaluation in it finds none above, which only resets the run: a ``max`` and two
-        ``extend`` calls. ``False`` (and nothing done) for any other batch.
+        Then no sample starts an episode and every evaluation in it finds none above, which only
+        resets the run: a ``max`` and two ``extend`` calls. ``False`` (and nothing done) for any
+        other batch.
         """
         if self.above or not values or max(values) > self.threshold_ms:
             return False
@@ -148,10 +197,10 @@ class LatencySpikeDetector:
         if overflow > 0:
             self._evicted.extend(islice(chain(window, values), overflow))
         window.extend(values)
-        every = self.eval_every
-        before = self.samples
-        self.samples = before + len(values)
-        evaluations = self.samples // every - before // every
+        self.samples += len(values)
+        since = self.since + len(values)
+        self.since = since % self.eval_every
+        evaluations = since // self.eval_every
         if evaluations:
             self.evaluations += evaluations
             self.run = 0

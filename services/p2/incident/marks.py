@@ -26,6 +26,7 @@ from mercurystream.p2.detectors import (
     SCHEMA_DRIFT,
     SEQUENCE_GAP,
     Detectors,
+    LatencySpikeDetector,
     nearest_rank,
 )
 
@@ -169,23 +170,28 @@ def window_p99(latencies: list[float], k: int, size: int) -> float:
 def rolling_p99(
     lines: list[int], latencies: list[float], settings: dict[str, Any], max_points: int = MAX_P99_POINTS
 ) -> tuple[list[int], list[float]]:
-    """The p99 the latency detector evaluates, at the line of each evaluation: every
-    ``LATENCY_EVAL_EVERY``-th sample, over the last ``LATENCY_BUFFER_SIZE`` samples (fewer at the
-    cold start), as :class:`~mercurystream.p2.detectors.LatencySpikeDetector` computes it; only
-    every few evaluations when there are more than ``max_points``.
+    """The p99 the latency detector evaluates, at the line of each evaluation: the samples
+    :meth:`LatencySpikeDetector.step <mercurystream.p2.detectors.LatencySpikeDetector.step>` evaluates
+    when the bundle is replayed into a fresh P2, over the last ``LATENCY_BUFFER_SIZE`` samples
+    (fewer at the cold start); only every few evaluations when there are more than ``max_points``.
 
     ``lines`` and ``latencies`` are the samples in line order, as :func:`find_marks` saw them;
     ``settings`` is :attr:`Marks.settings`.
     """
     every = settings.get("LATENCY_EVAL_EVERY")
     size = settings.get("LATENCY_BUFFER_SIZE")
+    threshold = settings.get("LATENCY_SPIKE_THRESHOLD_MS")
     if type(every) is not int or type(size) is not int or every <= 0 or size <= 0:
         return [], []
-    evaluations = len(latencies) // every
-    stride = every * max(1, math.ceil(evaluations / max(1, max_points)))
+    if type(threshold) not in (int, float):
+        return [], []
+    cadence = LatencySpikeDetector(threshold, size, every, 1)
+    step = cadence.step
+    evaluated = [k for k, v in enumerate(latencies, 1) if step(v) is not None]
+    stride = max(1, math.ceil(len(evaluated) / max(1, max_points)))
     at: list[int] = []
     p99: list[float] = []
-    for k in range(every, len(latencies) + 1, stride):
+    for k in evaluated[::stride]:
         at.append(lines[k - 1])
         p99.append(window_p99(latencies, k, size))
     return at, p99

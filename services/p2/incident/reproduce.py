@@ -4,7 +4,8 @@ The report's Reproduce command sends ``events.jsonl`` with its timestamps into a
 detectors know only the bundle's lines, so an incident whose evidence began before the bundle's
 first line is not found again: a gap whose jump came more than ``FLIGHT_PRE_EVENTS`` lines before
 its confirmation (``GAP_REORDER_WINDOW`` events *of its product*, which is many more lines when many
-products trade), or a duplicate whose first copy is older than the ring. :func:`check` runs the
+products trade), a duplicate whose first copy is older than the ring, or a latency spike whose
+episode (where the detector's evaluations are counted from) began before it. :func:`check` runs the
 same thing in process (P2's own ``normalize``, :class:`Detectors` and :class:`FlightRecorder`, with
 the configuration in ``meta.json``) and says what the replay's first capture would be, so the report
 can say whether its command reproduces the incident rather than promise it.
@@ -122,4 +123,11 @@ def _missing(itype: object) -> str:
         )
     if itype == "duplicate":
         return "the duplicate's first copy came before the bundle's first line; raise FLIGHT_PRE_EVENTS"
+    if itype == "latency_spike":
+        return (
+            "the latency episode began before the bundle's first line, or the run's evaluations had fewer "
+            "than LATENCY_BUFFER_SIZE samples before them in the bundle (the detector counts its evaluations "
+            "from the episode's first sample above the threshold); raise FLIGHT_PRE_EVENTS above "
+            "LATENCY_BUFFER_SIZE + LATENCY_EVAL_EVERY x LATENCY_SPIKE_CONSECUTIVE"
+        )
     return "the evidence came before the bundle's first line; raise FLIGHT_PRE_EVENTS"

@@ -44,7 +44,7 @@ def reference_counts(events, lru, window, thr, size, every, consec):
     latest: dict[str, int] = {}
     gap: dict[str, dict] = {}
     samples: list[float] = []
-    run = 0
+    run = episode = 0
     kinds = {
         "type": (str,),
         "product_id": (str,),
@@ -87,8 +87,10 @@ def reference_counts(events, lru, window, thr, size, every, consec):
                 counts[SEQUENCE_GAP] += len(due)
         lat = latency_ms(e)
         if lat is not None:
+            if lat > thr and all(x <= thr for x in samples[-size:]):
+                episode, run = len(samples), 0  # a late sample into a calm window starts an episode
             samples.append(lat)
-            if len(samples) % every == 0:
+            if (len(samples) - episode) % every == 0:
                 win = sorted(samples[-size:])
                 if win[nearest_rank(len(win)) - 1] > thr:
                     run += 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +29,14 @@ def test_nearest_rank():
 
 
 def test_p99_boundary_is_nearest_rank():
+    # The first sample above starts the episode, so the 100th sample is its first evaluation.
     d = LatencySpikeDetector(threshold_ms=100, buffer_size=100, eval_every=100, consecutive=1)
-    assert spikes_of(d, [1.0] * 99 + [500.0]) == []  # rank 99 of 100 is 1.0
-    assert spikes_of(d, [1.0] * 98 + [500.0, 500.0])[0][0] == 99  # two above: rank 99 is 500
+    assert spikes_of(d, [500.0] + [1.0] * 99) == []  # rank 99 of 100 is 1.0
+    d1 = LatencySpikeDetector(threshold_ms=100, buffer_size=100, eval_every=100, consecutive=1)
+    assert spikes_of(d1, [500.0, 500.0] + [1.0] * 98)[0][0] == 99  # two above: rank 99 is 500
     d2 = LatencySpikeDetector(threshold_ms=100, buffer_size=100, eval_every=100, consecutive=1)
-    assert spikes_of(d2, [1.0] * 98 + [100.0, 100.0]) == []  # equal to the threshold is not above
+    assert spikes_of(d2, [100.0, 100.0] + [1.0] * 98) == []  # equal to the threshold is not above
+    assert d2.evaluations == 1
 
 
 def test_spike_needs_consecutive_evaluations_and_the_run_restarts():
@@ -87,17 +89,21 @@ def test_detectors_latency_uses_the_shared_definition_and_event_index():
 
 
 class ReferenceSpikes:
-    """The latency detector one sample at a time, as first written."""
+    """The latency detector one sample at a time, read naively from its definition."""
 
     def __init__(self, thr: float, size: int, every: int, consec: int) -> None:
         self.thr, self.size, self.every, self.consec = thr, size, every, consec
         self.window: deque[float] = deque()
         self.evicted: deque[float] = deque(maxlen=every * consec)
         self.above = self.samples = self.evaluations = self.run = self.count = 0
+        self.episode_start = 0  # the sample number the cadence counts from
 
     def observe_many(self, values):
         out = []
         for pos, v in enumerate(values):
+            if v > self.thr and not any(x > self.thr for x in self.window):
+                self.episode_start = self.samples
+                self.run = 0
             if len(self.window) == self.size:
                 old = self.window.popleft()
                 self.above -= old > self.thr
@@ -105,7 +111,7 @@ class ReferenceSpikes:
             self.window.append(v)
             self.above += v > self.thr
             self.samples += 1
-            if self.samples % self.every == 0:
+            if (self.samples - self.episode_start) % self.every == 0:
                 n = len(self.window)
                 self.evaluations += 1
                 if self.above >= n - nearest_rank(n) + 1:
@@ -165,6 +171,7 @@ def _check_latency_batches(batches, size, every, consec):
             ref.above,
         )
         assert list(det._window) == list(ref.window) and list(det._evicted) == list(ref.evicted)
+        assert det.since == (ref.samples - ref.episode_start) % every
 
 
 # --- a bundle's replay evaluates at the same events (known open: the cadence counts from P2's start) ----
@@ -186,7 +193,6 @@ def _spike_line(payload_batches: list[list[bytes]]) -> bytes:
     return cap.lines()[cap.trigger_line - 1]
 
 
-@pytest.mark.xfail(strict=True, reason="open: LATENCY_EVAL_EVERY counts samples from P2's start, not the stream's")
 def test_a_latency_bundle_replayed_into_a_fresh_p2_triggers_on_the_same_event():
     """The reviewer's case: 1,000 calm events, then a sustained 300 ms; the bundle's first line is not
     sample 1 (mod 100) of the original P2, so the replay evaluated at other events and triggered 50 later."""

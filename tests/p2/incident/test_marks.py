@@ -156,9 +156,17 @@ def test_rolling_p99_is_what_the_spike_detector_evaluates(bundle_events):
     at, p99 = rolling_p99(lines, values, marks.settings)
 
     every, size = CONFIG["LATENCY_EVAL_EVERY"], CONFIG["LATENCY_BUFFER_SIZE"]
-    assert len(at) == len(values) // every
-    for j, (line, p) in enumerate(zip(at, p99, strict=True)):
-        k = (j + 1) * every
+    thr = CONFIG["LATENCY_SPIKE_THRESHOLD_MS"]
+    # Evaluations fall every `every` samples, counted from the latest sample above the threshold
+    # that came after `size` samples with none.
+    start, evaluated = 0, []
+    for k, v in enumerate(values, 1):
+        if v > thr and all(x <= thr for x in values[max(0, k - 1 - size) : k - 1]):
+            start = k - 1
+        if (k - start) % every == 0:
+            evaluated.append(k)
+    assert len(at) == len(evaluated) and start > 0
+    for k, line, p in zip(evaluated, at, p99, strict=True):
         window = sorted(values[max(0, k - size) : k])
         assert line == lines[k - 1] and p == window[nearest_rank(len(window)) - 1]
     above = {line for line, p in zip(at, p99, strict=True) if p > CONFIG["LATENCY_SPIKE_THRESHOLD_MS"]}

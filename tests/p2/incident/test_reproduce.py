@@ -94,6 +94,55 @@ def test_lines_replay_would_not_send_keep_the_others_on_their_own_line_numbers()
     assert result.line == cap.trigger_line + 3
 
 
+LATENCY = {"LATENCY_BUFFER_SIZE": 300, "LATENCY_EVAL_EVERY": 100, "LATENCY_SPIKE_CONSECUTIVE": 2}
+
+
+def latency_stream(calm: int, late: int) -> list[bytes]:
+    """One product's trades, ``calm`` of them 1 ms late and then ``late`` of them 300 ms late."""
+    out = []
+    for n in range(calm + late):
+        e = orjson.loads(line(n, "BTC-USD", 1000 + n))
+        e["recv_ts_us"] = e["ingest_ts_us"] + (1000 if n < calm else 300_000)
+        e["recv_ts_ms"] = e["recv_ts_us"] // 1000
+        out.append(orjson.dumps(e))
+    return out
+
+
+def latency_capture(lines: list[bytes], pre: int, post: int = POST):
+    detectors = Detectors(latency_buffer_size=300, latency_eval_every=100, latency_consecutive=2)
+    recorder = FlightRecorder(pre, post, 60.0, clock=lambda: 0.0, wall_clock=lambda: 1.7e9)
+    for i in range(0, len(lines), 64):
+        batch, _ = normalize(lines[i : i + 64], BASE_US)
+        done = recorder.feed(batch.lines, detectors.process(batch).triggers(), batch.recv_ts_us).completed
+        if done:
+            return done[0]
+    return recorder.finalize()
+
+
+def test_a_latency_spike_after_any_length_of_calm_is_reproduced_on_its_own_line() -> None:
+    """The cadence starts at the episode's first late sample, wherever the bundle begins."""
+    for calm in (1000, 1037, 1063):
+        cap = latency_capture(latency_stream(calm, 600), PRE)
+        assert cap.type == "latency_spike"
+        meta = {"type": cap.type, "trigger_line": cap.trigger_line, "config": {**LATENCY, "FLIGHT_PRE_EVENTS": PRE}}
+        got = check(cap.lines(), meta)
+        assert got.reproduced is True, (calm, got.why)
+        assert got.line == cap.trigger_line
+
+
+def test_a_latency_bundle_that_starts_inside_its_episode_is_reported_not_reproduced() -> None:
+    cap = latency_capture(latency_stream(1037, 600), 150)
+    meta = {"type": cap.type, "trigger_line": cap.trigger_line, "config": {**LATENCY, "FLIGHT_PRE_EVENTS": 150}}
+    got = check(cap.lines(), meta)
+    # The bundle starts 87 samples into the episode: the replay's cadence starts at its first line.
+    assert got.reproduced is False
+    assert (got.type, got.line) == ("latency_spike", cap.trigger_line + 50)
+    short = latency_capture(latency_stream(1037, 600), 150, post=20)
+    got = check(short.lines(), meta | {"trigger_line": short.trigger_line})
+    assert got.reproduced is False and got.type is None
+    assert "the latency episode began before the bundle's first line" in got.why
+
+
 def test_nothing_to_check_for_a_manual_dump_or_a_trigger_outside_the_file() -> None:
     lines = stream(products=1, rounds=5, skip_at=99)
     assert check(lines, {"type": "manual", "trigger_line": None}).reproduced is None
