@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks.lab import Lab, LoadGen, poll_until, proc_status_mb
+from benchmarks.lab import Lab, LoadGen, poll_until, proc_status_mb, remove_recording
 from benchmarks.loadgen import ACHIEVED_TOLERANCE, Pacer
 from benchmarks.measure import CONSUMERS, Profile, dropped, percentiles, recorded_latencies_us
 from benchmarks.stream import FrameStream, read_pool, stamps
@@ -319,7 +319,7 @@ def js_step(
     finally:
         lab.stop(*p2s)
         for p in p2s:
-            p.files["record"].unlink(missing_ok=True)
+            remove_recording(p.files["record"])
 
 
 def _publisher(lab: Lab, server: Server, rate: float, duration: float, round_s: float = 0.0) -> LoadGen:
@@ -347,7 +347,7 @@ def latency_at(lab: Lab, server: Server, rate: int, prof: Profile) -> dict[str, 
         lat = recorded_latencies_us(p2.files["record"], t0, t1)
     finally:
         lab.stop(p2)
-        p2.files["record"].unlink(missing_ok=True)
+        remove_recording(p2.files["record"])
     return {"rate": rate, "duration_s": duration, "samples": len(lat), "us": percentiles(lat), "loadgen": sent}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from mercurystream.processes import BIN, Service, ServiceError, child_env, free_port, http_ok, wait_for
+from mercurystream.shared.recording import closed_files, file_stem
 from mercurystream.shared.scrape import Sample, scrape
 
 READY_TIMEOUT_S = 60.0
@@ -253,6 +254,17 @@ class LoadGen:
             self.proc.wait(5)
         if not self._err.closed:
             self._err.close()
+
+
+def remove_recording(path: Path) -> None:
+    """A step's recording gone: the open file (P2 appends, so the next step's starts empty), the files
+    it rolled, and any Parquet file still being written."""
+    path.unlink(missing_ok=True)
+    stem = file_stem(path)
+    for entry in closed_files(stem):
+        Path(entry.path).unlink(missing_ok=True)
+    for part in path.parent.glob(f"{stem.name}.*.parquet.part"):
+        part.unlink(missing_ok=True)
 
 
 def poll_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

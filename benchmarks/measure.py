@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from benchmarks.lab import Endpoint, Lab, child_pids, cpu_seconds, is_recorder_process, poll_until
+from benchmarks.lab import Endpoint, Lab, child_pids, cpu_seconds, is_recorder_process, poll_until, remove_recording
 from benchmarks.sweep import RateSweep
 from mercurystream.processes import BIN, ServiceError
 from mercurystream.shared.clock import now_us
@@ -252,10 +252,7 @@ def p2_step(
         return step
     finally:
         lab.stop(p2)
-        record = p2.files["record"]
-        record.unlink(missing_ok=True)
-        for path in record.parent.glob(f"{record.stem}.*.parquet*"):
-            path.unlink(missing_ok=True)
+        remove_recording(p2.files["record"])
 
 
 def process_cpu(p2: Endpoint) -> dict[str, float]:
@@ -384,7 +381,7 @@ def latency_at(lab: Lab, rate: int, prof: Profile) -> dict[str, Any]:
         lat = recorded_latencies_us(p2.files["record"], t0, t1)
     finally:
         lab.stop(p2)
-        p2.files["record"].unlink(missing_ok=True)
+        remove_recording(p2.files["record"])
     return {
         "rate": rate,
         "duration_s": round(duration, 3),

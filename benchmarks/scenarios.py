@@ -27,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from benchmarks import measure
-from benchmarks.lab import Endpoint, Lab, child_pids, is_recorder_process
+from benchmarks.lab import Endpoint, Lab, child_pids, is_recorder_process, remove_recording
 from benchmarks.measure import Profile
 from benchmarks.stream import FrameStream, read_pool
 from benchmarks.sweep import RateSweep
@@ -140,7 +140,7 @@ def step(lab: Lab, p2: Endpoint, feed: Feed, prof: Profile, rate: float) -> dict
     """One step on the long-lived P2: settle, send ``step_s`` at ``rate``, judge the counters' deltas."""
     m0, waited, timed_out = settle(p2, prof)
     before = measure.p2_counts(m0)
-    p2.files["record"].unlink(missing_ok=True)  # P2 appends (O_APPEND): the file restarts empty
+    remove_recording(p2.files["record"])
     result = measure.drive(
         lab, p2, rate, prof.step_s, prof.grace_s, partial(measure.p2_verdict, before=before), **feed.options()
     )
@@ -195,7 +195,7 @@ def sweep(lab: Lab, scenario: Scenario, prof: Profile, start: float, factor: flo
             raise ServiceError(f"P2 exited during scenario {scenario.name}; see {lab.logs}")
     finally:
         lab.stop(p2)
-        p2.files["record"].unlink(missing_ok=True)
+        remove_recording(p2.files["record"])
     logger.info(
         f"scenario {scenario.name:<9} {out['events_per_s']:>11,.0f} ev/s zero-drop, P2 peak RSS "
         f"{out['peak_rss_mb']} MB over {len(out['steps'])} steps ({out['events']:,} events)"

@@ -42,6 +42,8 @@ class P2Settings(CommonSettings, NatsSettings):
     RECORD_FORMAT: Literal["jsonl", "parquet"] = "jsonl"
     RECORD_ROTATE_BYTES: int = Field(128 << 20, gt=0)
     RECORD_ROTATE_S: float = Field(300.0, gt=0)
+    RECORD_MAX_BYTES: int = Field(8 << 30, gt=0)
+    """The recording's files on disk, the open one included; the oldest closed files go first."""
     ENABLE_SLOW: bool = False
     SLOW_DELAY_MS: float = Field(50.0, ge=0)
 
@@ -88,6 +90,16 @@ class P2Settings(CommonSettings, NatsSettings):
             raise ValueError(
                 f"BUS_PAUSE_BYTES ({self.BUS_PAUSE_BYTES}) must be below BUS_QUEUE_BYTES ({self.BUS_QUEUE_BYTES}); "
                 "0 never pauses"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_for_a_closed_file(self) -> P2Settings:
+        """The open file may grow to ``RECORD_ROTATE_BYTES``; at least one closed file must fit beside it."""
+        if self.RECORD_MAX_BYTES < 2 * self.RECORD_ROTATE_BYTES:
+            raise ValueError(
+                f"RECORD_MAX_BYTES ({self.RECORD_MAX_BYTES}) must be at least twice RECORD_ROTATE_BYTES "
+                f"({self.RECORD_ROTATE_BYTES}): the open file and one closed file"
             )
         return self
 

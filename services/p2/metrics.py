@@ -290,6 +290,11 @@ class P2Metrics:
         self.recorder_errors_total = Counter(
             "mercurystream_recorder_errors", "Recorder write failures (events lost from the file)", registry=r
         )
+        self.recordings_pruned_total = Counter(
+            "mercurystream_recordings_pruned",
+            "Closed recording files removed, oldest first, to keep the recording under RECORD_MAX_BYTES",
+            registry=r,
+        )
         self.recorder_rejected_total = Counter(
             "mercurystream_recorder_rejected",
             "Events the Parquet recorder has no row for (RECORD_FORMAT=parquet), by reason",

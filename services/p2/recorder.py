@@ -1,5 +1,10 @@
 """``RECORD=true``: every event's recorded line appended to ``RECORD_FILE`` as JSONL, written off the loop.
 
+The file is rolled once it holds ``RECORD_ROTATE_BYTES``: renamed ``<stem>.<UTC time>-<n>.jsonl``, and
+the next line starts a new ``RECORD_FILE``. The oldest closed files are then removed until the
+recording, a full open file included, fits ``RECORD_MAX_BYTES`` (counted in
+``mercurystream_recordings_pruned_total``): a feed that never stops must not fill the disk.
+
 ``RECORD_FORMAT=parquet`` swaps the writer for :class:`~mercurystream.p2.recorder_parquet.ParquetRecordWriter`,
 whose thread pipes the same lines to a child process that builds the rotating Parquet files; the
 handoff below is the same for both.
@@ -32,6 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 
@@ -43,7 +49,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.recording import cut_torn_line
+from mercurystream.shared.recording import closed_name, cut_torn_line, file_stem, prune_closed
 
 MAX_PENDING_BATCHES = 8
 COALESCE_LINES = 4096
@@ -79,8 +85,21 @@ class JsonlWriter:
         path: Path,
         on_written: Callable[[int], None] | None = None,
         on_error: Callable[[int], None] | None = None,
+        rotate_bytes: int | None = None,
+        max_bytes: int | None = None,
+        on_pruned: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.base = Path(path)
+        self.path = self.base
+        self.rotate_bytes = rotate_bytes
+        """Roll the file once it holds this many bytes (``None``: never)."""
+        self.max_bytes = max_bytes
+        """Keep the recording's files, the open one included, under this many bytes (``None``: no bound)."""
+        self.pruned = 0
+        self._on_pruned = on_pruned
+        self._rolled_at: datetime | None = None
+        self._seq = 0
+        """Closed files named within the second ``_rolled_at``: the next one's number follows."""
         self.written = 0
         self.errors = 0
         self.submitted = 0
@@ -194,6 +213,45 @@ class JsonlWriter:
                 )
             return
         self._count(n)
+        if self.rotate_bytes is not None and self._size + len(data) + 1 >= self.rotate_bytes:
+            self._roll()
+
+    def _roll(self) -> None:
+        """Close the file and rename it to its closed name; the next write starts a new one at ``base``."""
+        self._close_file()
+        stem = file_stem(self.base)
+        now = datetime.now(UTC)
+        if now.replace(microsecond=0) != self._rolled_at:
+            self._rolled_at, self._seq = now.replace(microsecond=0), 0
+        while True:
+            self._seq += 1
+            target = closed_name(stem, ".jsonl", self._seq, now)
+            if not target.exists():
+                break
+        try:
+            os.rename(self.path, target)
+        except OSError as exc:
+            if self._sampler.should_log("roll"):
+                logger.error(f"recorder: rolling {self.path} to {target} failed: {exc!r}; appending to it still")
+            return
+        self.path = self.base
+        self._prune()
+
+    def _prune(self) -> None:
+        """After a roll: the oldest closed files go until the recording fits ``max_bytes`` with a full open file."""
+        if self.max_bytes is None:
+            return
+        removed = prune_closed(file_stem(self.base), self.max_bytes - (self.rotate_bytes or 0))
+        if not removed:
+            return
+        self.pruned += len(removed)
+        if self._on_pruned is not None:
+            self._on_pruned(len(removed))
+        if self._sampler.should_log("pruned"):
+            logger.info(
+                f"recorder: removed {len(removed)} oldest closed file(s) (e.g. {removed[0]}) to keep the recording "
+                f"under RECORD_MAX_BYTES={self.max_bytes}"
+            )
 
     def _count(self, n: int) -> None:
         if n:
@@ -299,6 +357,8 @@ class RecorderConsumer(Consumer):
                 self.path,
                 rotate_bytes=settings.RECORD_ROTATE_BYTES,
                 rotate_s=settings.RECORD_ROTATE_S,
+                max_bytes=settings.RECORD_MAX_BYTES,
+                on_pruned=metrics.recordings_pruned_total.inc,
                 on_written=metrics.recorded_total.inc,
                 on_error=metrics.recorder_errors_total.inc,
                 on_rejected=lambda reason, n: metrics.recorder_rejected_total.labels(reason).inc(n),
@@ -307,7 +367,12 @@ class RecorderConsumer(Consumer):
             )
         else:
             self.writer = JsonlWriter(
-                self.path, on_written=metrics.recorded_total.inc, on_error=metrics.recorder_errors_total.inc
+                self.path,
+                on_written=metrics.recorded_total.inc,
+                on_error=metrics.recorder_errors_total.inc,
+                rotate_bytes=settings.RECORD_ROTATE_BYTES,
+                max_bytes=settings.RECORD_MAX_BYTES,
+                on_pruned=metrics.recordings_pruned_total.inc,
             )
         self.coalesce_lines = max(1, min(COALESCE_LINES, settings.BUS_QUEUE_EVENTS // 4))
         """A chunk stays a small part of this consumer's backlog, which belongs in its bus queue

@@ -13,7 +13,8 @@ and writes the files (:class:`ParquetFiles`). P2 no longer loads pyarrow at all.
 Files are ``<RECORD_FILE without suffix>.<UTC start>-<n>.parquet``, written as ``….parquet.part``
 and renamed when closed: a reader globbing ``*.parquet`` never opens a file that has no footer yet.
 A file is closed (rolled) once it reaches ``RECORD_ROTATE_BYTES`` or has been open
-``RECORD_ROTATE_S``, and on stop.
+``RECORD_ROTATE_S``, and on stop. After each close P2 removes the oldest closed files beyond
+``RECORD_MAX_BYTES`` (:func:`~mercurystream.shared.recording.prune_closed`), as for JSONL.
 
 Accounting: the child reports back on its stdout, one JSON object a line, read by a thread of P2.
 A row counts as written (``mercurystream_recorded_events_total``) when its file is closed, because
@@ -62,7 +63,7 @@ from loguru import logger
 
 from mercurystream.p2.recorder import JsonlWriter
 from mercurystream.shared.logger import LogSampler, setup_logging
-from mercurystream.shared.recording import PART_SUFFIX
+from mercurystream.shared.recording import PART_SUFFIX, closed_name, file_stem
 from mercurystream.shared.runtime import tune_gc
 
 HEADER = struct.Struct("<IQ")
@@ -108,11 +109,6 @@ def send(fd: int, parts: Sequence[bytes | array], size: int) -> None:
             view = view[os.write(fd, view) :]
 
 
-def file_stem(base: Path) -> Path:
-    """``data/btcusd.jsonl`` → ``data/btcusd``: the prefix every file of the recording shares."""
-    return base.with_suffix("") if base.suffix in (".jsonl", ".parquet") else base
-
-
 class _Child:
     """One writer process and what P2 knows of it; ``finished`` once its reports are all read and its losses counted."""
 
@@ -150,11 +146,18 @@ class ParquetRecordWriter(JsonlWriter):
         on_rejected: Callable[[str, int], None] | None = None,
         log_level: str = "INFO",
         log_json: bool = False,
+        max_bytes: int | None = None,
+        on_pruned: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__(base, on_written=on_written, on_error=on_error)
-        self.base = Path(base)
+        super().__init__(
+            base,
+            on_written=on_written,
+            on_error=on_error,
+            rotate_bytes=rotate_bytes,
+            max_bytes=max_bytes,
+            on_pruned=on_pruned,
+        )
         self.stem = file_stem(self.base)
-        self.rotate_bytes = rotate_bytes
         self.rotate_s = rotate_s
         self.files = 0
         self.rejected = 0
@@ -307,6 +310,7 @@ class ParquetRecordWriter(JsonlWriter):
             child.accounted += k
             if self._on_written is not None:
                 self._on_written(k)
+            self._prune()
         acks = report.get("ack", 0)
         if acks:
             with self._lock:
@@ -454,10 +458,10 @@ class ParquetFiles:
         from mercurystream.shared.parquet import ParquetSink
 
         self.stem.parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        now = datetime.now(UTC)
         while True:
             self._seq += 1
-            path = self.stem.with_name(f"{self.stem.name}.{stamp}-{self._seq}.parquet")
+            path = closed_name(self.stem, ".parquet", self._seq, now)
             if path.exists():
                 continue
             try:

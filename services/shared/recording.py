@@ -1,10 +1,14 @@
 """Recording files: which format one is in, decided without loading pyarrow (replay imports this for every
-file), the one rule that keeps a JSONL file to whole lines, and the one that reads it back as bounded lines."""
+file), the one rule that keeps a JSONL file to whole lines, the one that reads it back as bounded lines,
+and how a recording's closed files are named and kept under a byte budget."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import BinaryIO
 
 PARQUET_MAGIC = b"PAR1"
@@ -21,6 +25,68 @@ def is_parquet(path: str | os.PathLike[str]) -> bool:
             return f.read(4) == PARQUET_MAGIC
     except OSError:
         return False
+
+
+def file_stem(base: Path) -> Path:
+    """``data/btcusd.jsonl`` → ``data/btcusd``: the prefix every file of the recording shares."""
+    return base.with_suffix("") if base.suffix in (".jsonl", ".parquet") else base
+
+
+def closed_name(stem: Path, suffix: str, seq: int, when: datetime | None = None) -> Path:
+    """``<stem>.<UTC time>-<seq><suffix>``: the name of one of the recording's closed (rolled) files."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return stem.with_name(f"{stem.name}.{stamp}-{seq}{suffix}")
+
+
+def closed_files(stem: Path) -> list[os.DirEntry[str]]:
+    """The recording's closed files (named by :func:`closed_name`, ``.jsonl`` or ``.parquet``), oldest first.
+
+    Only that exact pattern: another file that shares the stem (a backup, the open file, a ``.part``)
+    is never one of them. Age is the name's time, then its number (a writer numbers the files it
+    names within a second in order), not the modification time, which a copy changes and which a
+    coarse file-system clock gives to several files at once.
+    """
+    pattern = re.compile(re.escape(stem.name) + r"\.(\d{8}T\d{6}Z)-(\d+)\.(?:jsonl|parquet)")
+    found = []
+    try:
+        with os.scandir(stem.parent if str(stem.parent) else ".") as it:
+            for entry in it:
+                m = pattern.fullmatch(entry.name)
+                if m and entry.is_file(follow_symlinks=False):
+                    found.append(((m[1], int(m[2]), entry.name), entry))
+    except OSError:
+        return []
+    return [entry for _, entry in sorted(found, key=lambda pair: pair[0])]
+
+
+def prune_closed(stem: Path, max_bytes: int) -> list[str]:
+    """Remove the recording's oldest closed files until the rest total at most ``max_bytes``; the names removed.
+
+    The recorder calls it after each roll with ``RECORD_MAX_BYTES`` less the open file's share
+    (``RECORD_ROTATE_BYTES``), so a recording, open file included, stays within ``RECORD_MAX_BYTES``.
+    """
+    entries = closed_files(stem)
+    sizes = []
+    for entry in entries:
+        try:
+            sizes.append(entry.stat(follow_symlinks=False).st_size)
+        except OSError:
+            sizes.append(0)
+    total = sum(sizes)
+    removed: list[str] = []
+    for entry, size in zip(entries, sizes, strict=True):
+        if total <= max_bytes:
+            break
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            total -= size  # removed by someone else meanwhile
+            continue
+        except OSError:
+            continue
+        total -= size
+        removed.append(entry.name)
+    return removed
 
 
 def cut_torn_line(fd: int, truncate: Callable[[int, int], None] = os.ftruncate) -> tuple[int, int]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 import time
 from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from mercurystream.p2.batch import Batch
 from mercurystream.p2.bus import Bus
@@ -13,6 +18,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import SyncConsumers
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import JsonlWriter, RecorderConsumer
+from mercurystream.shared.recording import closed_files, file_stem
 from tests.p2.support import counted, eventually
 
 
@@ -193,6 +199,68 @@ def test_write_does_the_threads_step_on_the_callers_thread_and_close_closes(tmp_
     assert writer.written == 3
     assert writer.close(1)
     assert path.read_bytes() == b"a\nb\nc\n"
+
+
+# --- rolling and the recording's byte budget (RECORD_ROTATE_BYTES, RECORD_MAX_BYTES) ------------------
+
+ROLLED = re.compile(r"rec\.\d{8}T\d{6}Z-\d+\.jsonl")
+
+
+def recording_lines(path: Path) -> list[bytes]:
+    """Every line of the recording: its closed files oldest first, then the open file."""
+    files = [Path(e.path) for e in closed_files(file_stem(path))] + ([path] if path.exists() else [])
+    return [line for f in files for line in f.read_bytes().splitlines()]
+
+
+def test_the_file_rolls_once_it_holds_rotate_bytes_and_no_line_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "rec.jsonl"
+    writer = JsonlWriter(path, rotate_bytes=100, max_bytes=10**9)
+    lines = [b'{"i":%d}' % i for i in range(60)]
+    for i in range(0, 60, 7):
+        writer.write([lines[i : i + 7]])
+    assert writer.close(1)
+    closed = closed_files(file_stem(path))
+    assert len(closed) >= 4 and all(ROLLED.fullmatch(e.name) for e in closed)
+    assert all(100 <= os.stat(e.path).st_size < 200 for e in closed)  # a roll follows the write that reached it
+    assert recording_lines(path) == lines
+    assert writer.written == 60 and writer.pruned == 0
+
+
+def test_the_oldest_closed_files_go_so_the_recording_fits_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "rec.jsonl"
+    pruned: list[int] = []
+    writer = JsonlWriter(path, rotate_bytes=100, max_bytes=450, on_pruned=pruned.append)
+    lines = [b'{"i":%d}' % i for i in range(200)]
+    for i in range(0, 200, 10):
+        writer.write([lines[i : i + 10]])
+        size = sum(os.stat(e.path).st_size for e in closed_files(file_stem(path)))
+        assert size <= 450 - 100  # room is left for a full open file
+    assert writer.close(1)
+    kept = recording_lines(path)
+    assert kept == lines[-len(kept) :] and len(kept) >= 30  # the newest lines, in order, nothing between
+    assert sum(pruned) == writer.pruned > 0
+    assert writer.written == 200
+
+
+async def test_the_recorder_rolls_and_counts_what_it_prunes(tmp_path: Path) -> None:
+    rec, bus, metrics, path = make(tmp_path, RECORD_ROTATE_BYTES=2000, RECORD_MAX_BYTES=5000)
+    await rec.start()
+    for i in range(20):
+        bus.publish(batch(i * 50, 50))
+        await eventually(lambda i=i: rec.writer.done == i + 1 or rec.writer.written >= (i + 1) * 50)
+    await rec.stop()
+    assert counted(metrics, "mercurystream_recorded_events_total") == 1000
+    assert counted(metrics, "mercurystream_recordings_pruned_total") == rec.writer.pruned > 0
+    kept = recording_lines(path)
+    assert kept[-1] == b'{"i":999,"recv_ts_ms":1,"recv_ts_us":1000}'
+    assert sum(os.stat(e.path).st_size for e in closed_files(file_stem(path))) <= 3000
+
+
+@pytest.mark.parametrize(("rotate", "limit"), [(100, 199), (128 << 20, 200 << 20)])
+def test_a_budget_without_room_for_a_closed_file_is_a_configuration_error(rotate: int, limit: int) -> None:
+    with pytest.raises(ValidationError, match="RECORD_MAX_BYTES"):
+        P2Settings(RECORD_ROTATE_BYTES=rotate, RECORD_MAX_BYTES=limit)
+    assert 2 * rotate == P2Settings(RECORD_ROTATE_BYTES=rotate, RECORD_MAX_BYTES=2 * rotate).RECORD_MAX_BYTES
 
 
 # --- a full disk: whole lines only, counted exactly, resumed (issue 13, D4) ------------------------

@@ -22,7 +22,7 @@ from mercurystream.p2.bus import Bus
 from mercurystream.p2.config import P2Settings
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.p2.recorder import RecorderConsumer
-from mercurystream.p2.recorder_parquet import HEADER, ParquetFiles, ParquetRecordWriter, file_stem
+from mercurystream.p2.recorder_parquet import HEADER, ParquetFiles, ParquetRecordWriter
 from mercurystream.shared.framing import FrameDecoder, decode_object, encode_frames
 from mercurystream.shared.parquet import COLUMNS
 from tests.p2.support import counted, eventually, lines_batch
@@ -113,6 +113,25 @@ async def test_files_roll_by_size(tmp_path: Path) -> None:
     assert len(files) == 10 == rec.writer.files
     assert [r["trade_id"] for r in rows(folder / "*.parquet")] == [10_000 + i for i in range(1000)]
     assert not list(folder.glob("*.part"))
+
+
+async def test_the_oldest_closed_files_go_beyond_record_max_bytes(tmp_path: Path) -> None:
+    """After each close the oldest files are removed until the rest leave room for a full open file."""
+    rec, bus, metrics, folder = make(tmp_path, RECORD_ROTATE_BYTES=1, RECORD_MAX_BYTES=12_000)
+    rec.writer._row_group_rows = 50
+    await rec.start()
+    for i in range(10):
+        bus.publish(batch(i * 100, 100))
+        await eventually(lambda i=i: rec.writer.done == i + 1)
+        assert sum(f.stat().st_size for f in folder.glob("*.parquet")) <= 12_000 - 1
+    await rec.stop()
+    kept = sorted(folder.glob("*.parquet"))
+    assert 0 < len(kept) < 10 and rec.writer.pruned == 10 - len(kept)
+    assert counted(metrics, "mercurystream_recordings_pruned_total") == rec.writer.pruned
+    assert counted(metrics, "mercurystream_recorded_events_total") == 1000
+    assert [r["trade_id"] for r in rows(folder / "*.parquet")] == [
+        10_000 + i for i in range(1000 - 100 * len(kept), 1000)
+    ]
 
 
 async def test_files_roll_by_time_while_idle(tmp_path: Path) -> None:
@@ -292,12 +311,6 @@ def test_stale_part_files_are_reported_and_names_never_collide(tmp_path: Path) -
         writer.write([[recorded(i)]])
     assert writer.close(1)
     assert len(list(tmp_path.glob("r.*-*.parquet"))) == 3
-
-
-def test_file_stem_drops_a_recording_suffix_only() -> None:
-    assert file_stem(Path("data/btcusd.jsonl")) == Path("data/btcusd")
-    assert file_stem(Path("data/btcusd")) == Path("data/btcusd")
-    assert file_stem(Path("data/x.parquet")) == Path("data/x")
 
 
 async def test_the_handoff_is_bounded_in_bytes_too(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Telling a Parquet recording from a JSONL one without loading pyarrow; cutting a JSONL back to whole lines;
-reading one back as bounded lines."""
+reading one back as bounded lines; naming a recording's closed files and keeping them under a byte budget."""
 
 from __future__ import annotations
 
 import io
 import os
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -12,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercurystream.shared.recording import LineSplitter, cut_torn_line, is_parquet, read_lines
+from mercurystream.shared.recording import (
+    LineSplitter,
+    closed_files,
+    closed_name,
+    cut_torn_line,
+    file_stem,
+    is_parquet,
+    prune_closed,
+    read_lines,
+)
 
 
 def test_is_parquet_by_extension_or_magic(tmp_path: Path) -> None:
@@ -116,3 +126,41 @@ def test_read_lines_gives_each_reads_lines_and_size_then_the_unterminated_last_l
     lines = [line for _, chunk, _ in got for line in chunk]
     assert (lines, got[-1]) == ([b"a", b"", b"bb", b"cc"], (0, [b"cc"], []))
     assert [over for _, _, over in got if over] == [[0]]
+
+
+def test_file_stem_drops_a_recording_suffix_only() -> None:
+    assert file_stem(Path("data/btcusd.jsonl")) == Path("data/btcusd")
+    assert file_stem(Path("data/btcusd")) == Path("data/btcusd")
+    assert file_stem(Path("data/x.parquet")) == Path("data/x")
+
+
+def test_closed_files_are_exactly_the_rolled_names_oldest_first(tmp_path: Path) -> None:
+    stem = tmp_path / "btcusd"
+    second = datetime(2026, 12, 7, 21, 0, 5, tzinfo=UTC)
+    rolled = [closed_name(stem, ".jsonl", 2, second - timedelta(seconds=1))]
+    rolled += [
+        closed_name(stem, suffix, seq, second) for seq, suffix in ((2, ".parquet"), (3, ".jsonl"), (10, ".jsonl"))
+    ]
+    for age, path in enumerate(rolled):
+        path.write_bytes(b"x")
+        os.utime(path, ns=(10**18 - age, 10**18 - age))  # modification times say nothing of age
+    others = ["btcusd.jsonl", "btcusd.backup.jsonl", "btcusd.20261207T000000Z-1.parquet.part"]
+    for name in [*others, "eth.20261207T000000Z-1.jsonl"]:
+        (tmp_path / name).write_bytes(b"y")
+    (tmp_path / "btcusd.20261207T000000Z-9.jsonl").mkdir()
+    assert [e.name for e in closed_files(stem)] == [p.name for p in rolled]
+    assert closed_files(tmp_path / "missing" / "x") == []
+
+
+def test_prune_removes_the_oldest_closed_files_until_the_rest_fit(tmp_path: Path) -> None:
+    stem = tmp_path / "r"
+    paths = [closed_name(stem, ".jsonl", seq) for seq in range(1, 6)]
+    for age, path in enumerate(paths):
+        path.write_bytes(b"x" * 100)
+        os.utime(path, ns=(10**18 + age, 10**18 + age))
+    (tmp_path / "r.jsonl").write_bytes(b"z" * 1000)  # the open file: never a candidate
+    assert prune_closed(stem, 500) == []
+    assert prune_closed(stem, 250) == [p.name for p in paths[:3]]
+    assert [e.name for e in closed_files(stem)] == [p.name for p in paths[3:]]
+    assert (tmp_path / "r.jsonl").stat().st_size == 1000
+    assert prune_closed(stem, 0) == [p.name for p in paths[3:]]
