@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from mercurystream.shared.config import CommonSettings, Port
+from mercurystream.shared.config import CommonSettings, Host, Port
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.jetstream import NatsSettings, parse_shard
 from mercurystream.shared.timeparse import MAX_FUTURE_SKEW_S
@@ -23,7 +23,7 @@ class P2Settings(CommonSettings, NatsSettings):
     NATS_FETCH_BATCH: int = Field(64, gt=0, le=10_000)
     NATS_ACK_WAIT_S: float = Field(30.0, gt=0)
     NATS_MAX_ACK_PENDING: int = Field(1024, gt=0)
-    HOST: str = Field("127.0.0.1", min_length=1)
+    HOST: Host = "127.0.0.1"
     PORT: Port = 9001
     METRICS_PORT: Port = 9090
     P2_CONTROL_TOKEN: SecretStr | None = None

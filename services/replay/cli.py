@@ -28,7 +28,7 @@ from mercurystream.replay.protocol import AckTracker, RatePacer
 from mercurystream.replay.source import EventQueue, JsonlReader, ParquetReader
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.config import check_host
-from mercurystream.shared.jetstream import DEFAULT_STREAM, DEFAULT_URL, valid_stream_name
+from mercurystream.shared.jetstream import DEFAULT_STREAM, DEFAULT_URL, check_nats_url, valid_stream_name
 from mercurystream.shared.recording import is_parquet
 
 PROG = "replay"
@@ -102,6 +102,15 @@ def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expec
     return convert
 
 
+def _nats_url(text: str) -> str:
+    """``shared.jetstream.check_nats_url``, the rule P1's and P2's ``NATS_URL`` follow."""
+    try:
+        return check_nats_url(text)
+    except ValueError as exc:
+        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+        raise argparse.ArgumentTypeError(f"{shown!r}: {exc}") from None
+
+
 def _host(text: str) -> str:
     """A name or address the resolver can take (``shared.config.check_host``, P1's rule for its hosts):
     an empty, overlong, control-character or non-encodable host would otherwise end in a resolver
@@ -164,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--end-seq", type=_seq, help="last stream sequence (instead of --end)")
     log.add_argument("--products", type=_products, default=(), help="only these product ids, comma-separated")
     log.add_argument(
-        "--nats-url", default=os.environ.get("NATS_URL") or DEFAULT_URL, help="default $NATS_URL or %(default)s"
+        "--nats-url",
+        type=_nats_url,
+        default=os.environ.get("NATS_URL") or DEFAULT_URL,
+        help="default $NATS_URL or %(default)s",
     )
     log.add_argument(
         "--stream", type=_stream, default=os.environ.get("NATS_STREAM") or DEFAULT_STREAM, help="default %(default)s"

@@ -23,10 +23,11 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from mercurystream.shared.config import check_url
 from mercurystream.shared.framing import encode_frames
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -45,12 +46,27 @@ BATCH_MAX_BYTES = 512 * 1024
 
 _BAD_TOKEN_CHARS = re.compile(r"[.*>\s\x00-\x1f\x7f]")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NATS_URL = re.compile(r"(nats|tls)://\S+")
+
+
+def check_nats_url(value: str) -> str:
+    """A ``nats://`` or ``tls://`` URL a client can connect to, else ``ValueError`` with one line.
+
+    The scheme first, then ``shared.config.check_url``'s host and port rule: a port out of range or a
+    host no resolver takes used to surface only at the first connect, deep in the client.
+    """
+    if not _NATS_URL.fullmatch(value):
+        raise ValueError("expected nats://host[:port] or tls://host[:port]")
+    return check_url(value)
+
+
+NatsUrl = Annotated[str, AfterValidator(check_nats_url)]
 
 
 class NatsSettings(BaseModel):
     """The variables both P1 and P2 read to reach the stream (mixed into each service's settings)."""
 
-    NATS_URL: str = Field(DEFAULT_URL, pattern=r"^(nats|tls)://[^\s]+$")
+    NATS_URL: NatsUrl = DEFAULT_URL
     NATS_STREAM: str = Field(DEFAULT_STREAM, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     NATS_MAX_AGE_S: float = Field(DEFAULT_MAX_AGE_S, gt=0)
     NATS_MAX_BYTES: int = Field(DEFAULT_MAX_BYTES, gt=0)

@@ -268,6 +268,25 @@ def test_a_pause_bound_at_or_past_the_queue_bound_exits_2_with_one_line_naming_b
     assert "BUS_PAUSE_BYTES" in lines[0] and "BUS_QUEUE_BYTES" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("HOST", "foo..bar", "host name"),
+        ("NATS_URL", "nats://127.0.0.1:99999", "port 1 to 65535"),
+        ("NATS_URL", "http://127.0.0.1:4222", "nats://host"),
+        ("RECORD_MAX_BYTES", "1000", "RECORD_ROTATE_BYTES"),
+    ],
+)
+def test_a_host_or_url_no_client_can_use_exits_2_with_one_line(var: str, value: str, says: str) -> None:
+    proc = subprocess.run(
+        [str(BIN / "mercury-p2")], env=p2_env(**{var: value}), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert var in lines[0] and says in lines[0]
+
+
 STUB_MAIN = "import mercurystream.p2.app as m; m.default_consumers = lambda settings: []; m.main()"
 
 

@@ -387,6 +387,9 @@ def test_runs_on_uvloop_when_installed() -> None:
         ["--host=" + "a" * 300],
         ["--host=a\x01b"],
         ["--host=\udcff"],
+        ["--nats-url=nats://127.0.0.1:99999"],
+        ["--nats-url=http://127.0.0.1:4222"],
+        ["--nats-url=nats://foo..bar"],
     ],
 )
 async def test_out_of_range_options_are_rejected_at_parse_time(recording, capsys, bad: list[str]) -> None:

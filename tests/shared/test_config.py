@@ -75,6 +75,10 @@ def test_environment_is_read_and_normalized(monkeypatch):
         ("COINBASE_WS_URL", "ws://foo..bar:8765", "host name"),
         ("COINBASE_REST_URL", "http://127.0.0.1:99999", "port 1 to 65535"),
         ("COINBASE_REST_URL", "http://127.0.0.1:abc", "port 1 to 65535"),
+        ("NATS_URL", "nats://127.0.0.1:99999", "port 1 to 65535"),
+        ("NATS_URL", "nats://foo..bar:4222", "host name"),
+        ("NATS_URL", "http://127.0.0.1:4222", "nats://host"),
+        ("NATS_URL", "nats://127.0.0.1:4222 x", "nats://host"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(monkeypatch, var, value, says):
@@ -151,6 +155,9 @@ def test_ordinary_hosts_are_accepted(monkeypatch, host):
         ("COINBASE_WS_URL", "ws://[::1]:8765/feed"),
         ("COINBASE_REST_URL", "https://api.exchange.coinbase.com"),
         ("COINBASE_REST_URL", "http://127.0.0.1:8765/"),
+        ("NATS_URL", "nats://127.0.0.1:4222"),
+        ("NATS_URL", "tls://nats.example.com:4222"),
+        ("NATS_URL", "nats://[::1]:4222"),
     ],
 )
 def test_ordinary_urls_are_accepted(monkeypatch, var, url):
