@@ -28,6 +28,7 @@ from mercurystream.replay.protocol import AckTracker, RatePacer
 from mercurystream.replay.source import EventQueue, JsonlReader, ParquetReader
 from mercurystream.shared.clock import now_us
 from mercurystream.shared.config import check_host
+from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES
 from mercurystream.shared.jetstream import DEFAULT_STREAM, DEFAULT_URL, check_nats_url, valid_stream_name
 from mercurystream.shared.recording import is_parquet
 
@@ -53,8 +54,9 @@ order; only restamped timestamps differ.
 --start-seq N, and optionally --end TIME or --end-seq N (default: the stream's last message when
 the read begins). TIME is ISO-8601 (2026-12-05T23:50:00Z; no zone means UTC) or Unix seconds.
 
-An event larger than P2's frame limit (1 MiB) as it would be sent, restamped or aged, is not sent
-and is counted oversize in the summary (P2 would close the connection on it).
+An event larger than P2's frame limit (--max-frame-bytes, P2's MAX_FRAME_BYTES: 1 MiB unless set)
+as it would be sent, restamped or aged, is not sent and is counted oversize in the summary (P2
+would close the connection on it).
 
 exit status: 0 done; 2 bad option, unreadable file, no such stream, or no valid event to send;
 3 P2 or the NATS server not reachable, or P2 closed the connection (or sent its final ack) before
@@ -81,6 +83,7 @@ MAX_ACK_TIMEOUT_S = 86_400.0
 MAX_SHUFFLE_WINDOW = 1_000_000
 """Events held in memory at once to shuffle."""
 MAX_SEED = 2**64 - 1
+MAX_FRAME_LIMIT = 2**32 - 1
 MAX_LIMIT = 2**63 - 1
 _SHOWN_CHARS = 40
 
@@ -136,6 +139,9 @@ _rate = _converter(
 _ack_timeout = _converter(float, lambda x: 0 <= x <= MAX_ACK_TIMEOUT_S, f"seconds from 0 to {MAX_ACK_TIMEOUT_S:g}")
 _probability = _converter(float, lambda p: 0.0 <= p <= 1.0, "a probability between 0 and 1")
 _port = _converter(int, lambda n: 1 <= n <= 65535, "a port between 1 and 65535")
+_frame_bytes = _converter(
+    int, lambda n: 1 <= n <= MAX_FRAME_LIMIT, f"bytes from 1 to {MAX_FRAME_LIMIT:,} (a 4-byte length prefix)"
+)
 _seq = _converter(int, lambda n: 1 <= n <= MAX_LIMIT, f"a stream sequence from 1 to {MAX_LIMIT}")
 _stream = _converter(lambda s: s, valid_stream_name, "a stream name of letters, digits, _ and -")
 
@@ -203,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_limit, default=None, help="read at most N valid events from the file")
     p.add_argument("--host", type=_host, default="127.0.0.1", help="P2 host (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=9001, help="P2 port (default 9001)")
+    p.add_argument(
+        "--max-frame-bytes",
+        type=_frame_bytes,
+        default=os.environ.get("MAX_FRAME_BYTES") or str(DEFAULT_MAX_FRAME_BYTES),
+        help="the receiving P2's MAX_FRAME_BYTES: a larger event is not sent (default $MAX_FRAME_BYTES or %(default)s)",
+    )
     p.add_argument("--no-wait-ack", action="store_true", help="do not wait for P2 to acknowledge what was sent")
     p.add_argument(
         "--ack-timeout", type=_ack_timeout, default=10.0, help="seconds to wait for acks, up to 86400 (default 10)"
@@ -304,11 +316,13 @@ class Replay:
         elif is_parquet(args.file):
             self.reader = ParquetReader(f, parse=_parse_items(args, options), limit=args.limit)
         else:
-            self.reader = JsonlReader(f, parse=_parse_items(args, options), limit=args.limit)
+            self.reader = JsonlReader(
+                f, parse=_parse_items(args, options), limit=args.limit, max_line_bytes=args.max_frame_bytes
+            )
         self.source = args.file if log_reader is None else log_reader.name
         self.injector = Injector(options) if options.active else None
         self.queue = EventQueue(self.reader.batches(), self.injector)
-        self.encoder = PayloadEncoder(args.keep_timestamps, options.latency_ms)
+        self.encoder = PayloadEncoder(args.keep_timestamps, options.latency_ms, args.max_frame_bytes)
         self.pacer = RatePacer(args.rate, MAX_BATCH)
         self.acks = AckTracker()
         self._acks_changed = asyncio.Event()

@@ -254,6 +254,41 @@ async def test_a_line_that_restamping_takes_over_the_frame_limit_is_skipped_not_
     assert recorded == [5000 + i for i in range(300)]
 
 
+@pytest.mark.parametrize("how", ["option", "environment"])
+async def test_the_frame_limit_follows_the_receiving_p2s_max_frame_bytes(
+    tmp_path: Path, capsys, monkeypatch, how
+) -> None:
+    """A P2 run with a larger MAX_FRAME_BYTES takes the 2 MiB line, a default one would have closed on it."""
+    from mercurystream.p2.app import P2App
+    from mercurystream.p2.config import P2Settings
+    from mercurystream.p2.recorder import RecorderConsumer
+
+    head = b'{"type":"match","product_id":"BTC-USD","price":1,"last_size":1,"time":"2024-01-01T00:00:00.000000Z",'
+    head += b'"trade_id":2,"pad":"'
+    big = head + b"x" * (2 << 20) + b'"}'
+    src = tmp_path / "big.jsonl"
+    src.write_bytes(b"\n".join([recorded_line(0), big, recorded_line(1)]) + b"\n")
+    limit = 4 << 20
+    settings = P2Settings(
+        HOST="127.0.0.1", PORT=0, METRICS_PORT=0, MAX_FRAME_BYTES=limit, RECORD=True, RECORD_FILE=tmp_path / "out.jsonl"
+    )
+    app = P2App(settings, consumers=[RecorderConsumer])
+    await app.start()
+    argv = ["--file", str(src), "--port", str(app.port), "--rate=0"]
+    if how == "option":
+        argv.append(f"--max-frame-bytes={limit}")
+    else:
+        monkeypatch.setenv("MAX_FRAME_BYTES", str(limit))
+    try:
+        assert await replay(*argv) == 0
+        assert await app.wait_drained(10)
+    finally:
+        await app.stop()
+    out = capsys.readouterr().out
+    assert "sent 3 events" in out and "oversize" not in out and "acknowledged by P2: 3 of 3\n" in out
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 3
+
+
 async def test_missing_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert await replay("--file", str(tmp_path / "nope.jsonl")) == 2
     captured = capsys.readouterr()
@@ -390,6 +425,9 @@ def test_runs_on_uvloop_when_installed() -> None:
         ["--nats-url=nats://127.0.0.1:99999"],
         ["--nats-url=http://127.0.0.1:4222"],
         ["--nats-url=nats://foo..bar"],
+        ["--max-frame-bytes=0"],
+        [f"--max-frame-bytes={2**32}"],
+        ["--max-frame-bytes=1MiB"],
     ],
 )
 async def test_out_of_range_options_are_rejected_at_parse_time(recording, capsys, bad: list[str]) -> None:
