@@ -94,6 +94,17 @@ class P2Settings(CommonSettings, NatsSettings):
         return self
 
     @model_validator(mode="after")
+    def _evaluated_within_the_window(self) -> P2Settings:
+        """Evaluations further apart than the window would never look at some samples, and a late
+        sample every window could restart the cadence (``LatencySpikeDetector``) before any evaluation."""
+        if self.LATENCY_EVAL_EVERY > self.LATENCY_BUFFER_SIZE:
+            raise ValueError(
+                f"LATENCY_EVAL_EVERY ({self.LATENCY_EVAL_EVERY}) must be at most LATENCY_BUFFER_SIZE "
+                f"({self.LATENCY_BUFFER_SIZE}): every sample is in some evaluation's window"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _room_for_a_closed_file(self) -> P2Settings:
         """The open file may grow to ``RECORD_ROTATE_BYTES``; at least one closed file must fit beside it."""
         if self.RECORD_MAX_BYTES < 2 * self.RECORD_ROTATE_BYTES:

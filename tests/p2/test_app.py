@@ -275,9 +275,10 @@ def test_a_pause_bound_at_or_past_the_queue_bound_exits_2_with_one_line_naming_b
         ("NATS_URL", "nats://127.0.0.1:99999", "port 1 to 65535"),
         ("NATS_URL", "http://127.0.0.1:4222", "nats://host"),
         ("RECORD_MAX_BYTES", "1000", "RECORD_ROTATE_BYTES"),
+        ("LATENCY_EVAL_EVERY", "3001", "LATENCY_BUFFER_SIZE"),
     ],
 )
-def test_a_host_or_url_no_client_can_use_exits_2_with_one_line(var: str, value: str, says: str) -> None:
+def test_a_setting_p2_cannot_work_with_exits_2_with_one_line(var: str, value: str, says: str) -> None:
     proc = subprocess.run(
         [str(BIN / "mercury-p2")], env=p2_env(**{var: value}), capture_output=True, text=True, timeout=60
     )

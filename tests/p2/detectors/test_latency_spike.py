@@ -174,6 +174,24 @@ def _check_latency_batches(batches, size, every, consec):
         assert det.since == (ref.samples - ref.episode_start) % every
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([1.0, 1.0, 1.0, 150.0]), max_size=300),
+    st.integers(1, 20),
+    st.integers(1, 20),
+)
+def test_every_episode_is_evaluated_when_the_window_is_at_least_the_cadence(values, every, extra):
+    """With ``buffer_size >= eval_every`` (P2's settings require it) a late sample cannot restart the
+    cadence again before its episode's first evaluation, whatever the stream."""
+    size = every + extra - 1
+    d = LatencySpikeDetector(100.0, size, every, 1)
+    evaluated = {k for k, v in enumerate(values) if d.step(v) is not None}
+    starts = [k for k, v in enumerate(values) if v > 100.0 and all(x <= 100.0 for x in values[max(0, k - size) : k])]
+    for k in starts:
+        if k + every - 1 < len(values):
+            assert k + every - 1 in evaluated
+
+
 # --- a bundle's replay evaluates at the same events (known open: the cadence counts from P2's start) ----
 
 
