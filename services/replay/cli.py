@@ -88,9 +88,13 @@ MAX_LIMIT = 2**63 - 1
 _SHOWN_CHARS = 40
 
 
+def _shown(text: str) -> str:
+    """An option's text cut short for its error line, so a pasted megabyte stays one readable line."""
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
 def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """An argparse type: the parsed value, or one line naming what was expected (the text given is cut
-    short, so a pasted megabyte stays one readable line)."""
+    """An argparse type: the parsed value, or one line naming what was expected and the text given."""
 
     def convert(text: str) -> float:
         try:
@@ -98,8 +102,7 @@ def _converter(parse: Callable[[str], float], ok: Callable[[float], bool], expec
         except ValueError:
             value = None
         if value is None or not ok(value):
-            shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {_shown(text)!r}")
         return value
 
     return convert
@@ -110,8 +113,7 @@ def _nats_url(text: str) -> str:
     try:
         return check_nats_url(text)
     except ValueError as exc:
-        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-        raise argparse.ArgumentTypeError(f"{shown!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)!r}: {exc}") from None
 
 
 def _host(text: str) -> str:
@@ -121,8 +123,7 @@ def _host(text: str) -> str:
     try:
         return check_host(text)
     except ValueError:
-        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-        raise argparse.ArgumentTypeError(f"expected a host name or IP address, got {shown!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address, got {_shown(text)!r}") from None
 
 
 _limit = _converter(int, lambda n: 1 <= n <= MAX_LIMIT, f"an integer from 1 to {MAX_LIMIT}")
@@ -150,8 +151,7 @@ def _time(text: str) -> object:
     try:
         return parse_time(text)
     except ValueError as exc:
-        shown = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-        raise argparse.ArgumentTypeError(f"{exc}, got {shown!r}") from None
+        raise argparse.ArgumentTypeError(f"{exc}, got {_shown(text)!r}") from None
 
 
 def _products(text: str) -> tuple[str, ...]:

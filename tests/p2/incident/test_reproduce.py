@@ -41,12 +41,13 @@ def stream(products: int, rounds: int, skip_at: int) -> list[bytes]:
     return out
 
 
-def capture(lines: list[bytes]):
-    """The first bundle a P2 with this test's settings writes from ``lines``."""
-    detectors = Detectors(gap_reorder_window=WINDOW)
-    recorder = FlightRecorder(PRE, POST, 60.0, clock=lambda: 0.0, wall_clock=lambda: 1.7e9)
-    for i in range(0, len(lines), 100):
-        batch, _ = normalize(lines[i : i + 100], BASE_US)
+def capture(lines: list[bytes], detectors: Detectors | None = None, pre: int = PRE, post: int = POST, step: int = 100):
+    """The first bundle a P2 with this test's settings (or ``detectors``) writes from ``lines``,
+    read ``step`` lines at a time."""
+    detectors = detectors or Detectors(gap_reorder_window=WINDOW)
+    recorder = FlightRecorder(pre, post, 60.0, clock=lambda: 0.0, wall_clock=lambda: 1.7e9)
+    for i in range(0, len(lines), step):
+        batch, _ = normalize(lines[i : i + step], BASE_US)
         done = recorder.feed(batch.lines, detectors.process(batch).triggers(), batch.recv_ts_us).completed
         if done:
             return done[0]
@@ -110,13 +111,7 @@ def latency_stream(calm: int, late: int) -> list[bytes]:
 
 def latency_capture(lines: list[bytes], pre: int, post: int = POST):
     detectors = Detectors(latency_buffer_size=300, latency_eval_every=100, latency_consecutive=2)
-    recorder = FlightRecorder(pre, post, 60.0, clock=lambda: 0.0, wall_clock=lambda: 1.7e9)
-    for i in range(0, len(lines), 64):
-        batch, _ = normalize(lines[i : i + 64], BASE_US)
-        done = recorder.feed(batch.lines, detectors.process(batch).triggers(), batch.recv_ts_us).completed
-        if done:
-            return done[0]
-    return recorder.finalize()
+    return capture(lines, detectors, pre, post, step=64)
 
 
 def test_a_latency_spike_after_any_length_of_calm_is_reproduced_on_its_own_line() -> None:
