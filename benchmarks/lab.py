@@ -61,6 +61,27 @@ def is_recorder_process(pid: int) -> bool:
         return False
 
 
+BIND_ATTEMPTS = 3
+ADDRESS_IN_USE = "address already in use"
+
+
+class BindError(ServiceError):
+    """A service exited at start because another process took its port first."""
+
+    def __init__(self, message: str, service: Service) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+def _log_tail(path: Path, nbytes: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - nbytes))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class Endpoint:
     """A started service and where to reach it."""
 
@@ -115,10 +136,35 @@ class Lab:
         return svc
 
     def _ready(self, what: str, svc: Service, check: Callable[[], bool]) -> None:
-        wait_for(what, check, READY_TIMEOUT_S, [svc])
+        """Wait until ``check`` holds; :class:`BindError` if the service died because its port was taken."""
+        try:
+            wait_for(what, check, READY_TIMEOUT_S, [svc])
+        except ServiceError as exc:
+            if svc.alive() or ADDRESS_IN_USE not in _log_tail(svc.log_path).lower():
+                raise
+            raise BindError(str(exc), svc) from exc
+
+    def _bound(self, start: Callable[[], Endpoint]) -> Endpoint:
+        """``start()``, again on other ports when the last one lost its port.
+
+        A port :func:`free_port` found free can be taken before the service binds it (the load
+        generator's and P1's connections draw from the same ephemeral range): the service then
+        exits at start, and is started again, up to :data:`BIND_ATTEMPTS` times.
+        """
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                return start()
+            except BindError as exc:
+                if attempt == BIND_ATTEMPTS:
+                    raise
+                self.services.remove(exc.service)
+        raise AssertionError("unreachable")
 
     def p2(self, **settings: Any) -> Endpoint:
         """P2 with every consumer its settings turn on; ``settings`` override the environment."""
+        return self._bound(lambda: self._p2(**settings))
+
+    def _p2(self, **settings: Any) -> Endpoint:
         port, metrics_port = free_port(), free_port()
         d = self.workdir / f"p2-{self._seq + 1:03d}"
         d.mkdir()
@@ -141,6 +187,9 @@ class Lab:
         return Endpoint(svc, port, metrics_port, files)
 
     def baseline(self) -> Endpoint:
+        return self._bound(self._baseline)
+
+    def _baseline(self) -> Endpoint:
         port, metrics_port = free_port(), free_port()
         argv = [sys.executable, "-m", "benchmarks.baseline_reader", "--port", str(port)]
         svc = self._spawn("baseline", [*argv, "--metrics-port", str(metrics_port)], {})
@@ -150,6 +199,9 @@ class Lab:
 
     def exchange(self, rate: float, max_queue: int = 100_000, *, flood: bool = False) -> Endpoint:
         """``flood``: trades only as fast as the slowest subscriber reads them; ``rate`` then spaces their times."""
+        return self._bound(lambda: self._exchange(rate, max_queue, flood))
+
+    def _exchange(self, rate: float, max_queue: int, flood: bool) -> Endpoint:
         port = free_port()
         argv = [str(BIN / "mercury-exchange"), "--port", str(port), "--rate", str(rate), "--max-queue", str(max_queue)]
         if flood:
@@ -159,6 +211,9 @@ class Lab:
         return Endpoint(svc, port, port, {})
 
     def p1(self, exchange: Endpoint, p2: Endpoint, **settings: Any) -> Endpoint:
+        return self._bound(lambda: self._p1(exchange, p2, **settings))
+
+    def _p1(self, exchange: Endpoint, p2: Endpoint, **settings: Any) -> Endpoint:
         metrics_port = free_port()
         env = {
             "COINBASE_WS_URL": f"ws://127.0.0.1:{exchange.port}",
