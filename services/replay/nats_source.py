@@ -27,10 +27,9 @@ from datetime import UTC, datetime
 import orjson
 
 from mercurystream.replay.inject import Item
-from mercurystream.replay.source import MAX_REPORTED_LINES
+from mercurystream.replay.source import MAX_REPORTED_LINES, lenient_refusal
 from mercurystream.shared.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge
 from mercurystream.shared.jetstream import SUBJECT_ROOT, subject_product, subject_token
-from mercurystream.shared.wire import NOT_JSON, parse_payload
 
 FETCH_MESSAGES = 256
 FETCH_TIMEOUT_S = 1.0
@@ -353,11 +352,9 @@ class NatsRangeReader:
             try:
                 obj = orjson.loads(p)
             except orjson.JSONDecodeError:
-                obj = parse_payload(p)  # what P2 reads (NaN, 1e400, a lone surrogate) is sent as its bytes
-                if obj is NOT_JSON:
-                    self._bad("invalid_json", seq)
-                elif type(obj) is not dict:
-                    self._bad("not_object", seq)
+                reason = lenient_refusal(p)
+                if reason is not None:
+                    self._bad(reason, seq)
                 else:
                     self.lenient += 1
                     items.append(p)

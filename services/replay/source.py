@@ -35,6 +35,16 @@ DEEP_MIN_BYTES = 2 * MAX_DEPTH
 """A shorter line cannot nest deeper than :data:`MAX_DEPTH`, so only longer ones are checked."""
 
 
+def lenient_refusal(payload: bytes) -> str | None:
+    """For a payload orjson refused: why replay does not send it (``invalid_json``, ``not_object``),
+    or ``None`` when P2's lenient parse reads it as an object (``NaN``, ``1e400``, a lone surrogate),
+    and it is sent as its bytes. The file and the JetStream reader both judge by it."""
+    obj = parse_payload(payload)
+    if obj is NOT_JSON:
+        return "invalid_json"
+    return None if type(obj) is dict else "not_object"
+
+
 class JsonlReader:
     """Validated events from a JSONL stream, in batches of one chunk's lines.
 
@@ -158,11 +168,9 @@ class JsonlReader:
             try:
                 obj = loads(line)
             except bad_json:
-                obj = parse_payload(line)
-                if obj is NOT_JSON:
-                    self._bad("invalid_json", lineno)
-                elif type(obj) is not dict:
-                    self._bad("not_object", lineno)
+                reason = lenient_refusal(line)
+                if reason is not None:
+                    self._bad(reason, lineno)
                 else:
                     # Never re-serialized by orjson (it would write NaN as null), so no depth limit.
                     self.lenient += 1

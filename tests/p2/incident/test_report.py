@@ -562,18 +562,23 @@ def _meta_only_bundle(root, name: str = "b1"):
     return bundle
 
 
+def _rendered_with_peak_memory(bundle):
+    """``render_report(bundle)`` and the peak bytes Python allocated while it ran."""
+    tracemalloc.start()
+    try:
+        text = render_report(bundle)
+        return text, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_bundle_of_many_short_lines_is_read_up_to_the_line_bound_and_says_so(tmp_path, monkeypatch):
     """The reviewer's 5 MB of ``1`` lines took 558 MB when every line was kept: now the report reads
     what its bounds allow, in bounded memory, and names what it left out."""
     monkeypatch.setattr(report, "MAX_REPORT_EVENTS", 1000)
     bundle = _meta_only_bundle(tmp_path)
     (bundle / "events.jsonl").write_bytes(b"1\n" * 50_000)
-    tracemalloc.start()
-    try:
-        text = render_report(bundle)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = _rendered_with_peak_memory(bundle)
     assert peak < 2 << 20, peak
     assert (
         "> events.jsonl is larger than a report reads (1,000 lines): the evidence, the per-symbol table and "
@@ -588,12 +593,7 @@ def test_a_line_longer_than_the_byte_bound_is_not_read_past_it(tmp_path, monkeyp
     bundle = _meta_only_bundle(tmp_path)
     first = orjson.dumps(event(1)) + b"\n"
     (bundle / "events.jsonl").write_bytes(first + b"x" * 1_000_000)  # no newline: one line of 1 MB
-    tracemalloc.start()
-    try:
-        text = render_report(bundle)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = _rendered_with_peak_memory(bundle)
     assert peak < 512 << 10, peak
     size = len(first) + 1_000_000
     assert f"of its first 1 lines ({len(first):,} of {size:,} bytes)" in text
