@@ -37,7 +37,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from mercurystream.p2.config import P2Settings
 from mercurystream.p2.consumer import Consumer
 from mercurystream.p2.metrics import P2Metrics
 from mercurystream.shared.logger import LogSampler
-from mercurystream.shared.recording import closed_name, cut_torn_line, file_stem, prune_closed
+from mercurystream.shared.recording import cut_torn_line, file_stem, next_closed_name, prune_closed
 
 MAX_PENDING_BATCHES = 8
 COALESCE_LINES = 4096
@@ -97,9 +96,8 @@ class JsonlWriter:
         """Keep the recording's files, the open one included, under this many bytes (``None``: no bound)."""
         self.pruned = 0
         self._on_pruned = on_pruned
-        self._rolled_at: datetime | None = None
         self._seq = 0
-        """Closed files named within the second ``_rolled_at``: the next one's number follows."""
+        """The number of the last closed file this writer named."""
         self.written = 0
         self.errors = 0
         self.submitted = 0
@@ -219,15 +217,7 @@ class JsonlWriter:
     def _roll(self) -> None:
         """Close the file and rename it to its closed name; the next write starts a new one at ``base``."""
         self._close_file()
-        stem = file_stem(self.base)
-        now = datetime.now(UTC)
-        if now.replace(microsecond=0) != self._rolled_at:
-            self._rolled_at, self._seq = now.replace(microsecond=0), 0
-        while True:
-            self._seq += 1
-            target = closed_name(stem, ".jsonl", self._seq, now)
-            if not target.exists():
-                break
+        self._seq, target = next_closed_name(file_stem(self.base), ".jsonl", self._seq)
         try:
             os.rename(self.path, target)
         except OSError as exc:

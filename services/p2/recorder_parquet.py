@@ -63,7 +63,7 @@ from loguru import logger
 
 from mercurystream.p2.recorder import JsonlWriter
 from mercurystream.shared.logger import LogSampler, setup_logging
-from mercurystream.shared.recording import PART_SUFFIX, closed_name, file_stem
+from mercurystream.shared.recording import PART_SUFFIX, file_stem, next_closed_name
 from mercurystream.shared.runtime import tune_gc
 
 HEADER = struct.Struct("<IQ")
@@ -460,10 +460,7 @@ class ParquetFiles:
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)
         while True:
-            self._seq += 1
-            path = closed_name(self.stem, ".parquet", self._seq, now)
-            if path.exists():
-                continue
+            self._seq, path = next_closed_name(self.stem, ".parquet", self._seq, now)
             try:
                 sink = ParquetSink(path)
             except FileExistsError:

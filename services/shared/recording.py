@@ -38,6 +38,20 @@ def closed_name(stem: Path, suffix: str, seq: int, when: datetime | None = None)
     return stem.with_name(f"{stem.name}.{stamp}-{seq}{suffix}")
 
 
+def next_closed_name(stem: Path, suffix: str, seq: int, when: datetime | None = None) -> tuple[int, Path]:
+    """The first number after ``seq`` whose :func:`closed_name` no file has yet, and that name.
+
+    A writer keeps its last number, so the files it names within a second are numbered in order;
+    a name an earlier run left behind is skipped, never reused.
+    """
+    when = when or datetime.now(UTC)
+    while True:
+        seq += 1
+        path = closed_name(stem, suffix, seq, when)
+        if not path.exists():
+            return seq, path
+
+
 def closed_files(stem: Path) -> list[os.DirEntry[str]]:
     """The recording's closed files (named by :func:`closed_name`, ``.jsonl`` or ``.parquet``), oldest first.
 

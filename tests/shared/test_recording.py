@@ -20,6 +20,7 @@ from mercurystream.shared.recording import (
     cut_torn_line,
     file_stem,
     is_parquet,
+    next_closed_name,
     prune_closed,
     read_lines,
 )
@@ -164,3 +165,10 @@ def test_prune_removes_the_oldest_closed_files_until_the_rest_fit(tmp_path: Path
     assert [e.name for e in closed_files(stem)] == [p.name for p in paths[3:]]
     assert (tmp_path / "r.jsonl").stat().st_size == 1000
     assert prune_closed(stem, 0) == [p.name for p in paths[3:]]
+
+
+def test_the_next_closed_name_skips_names_an_earlier_run_left(tmp_path: Path) -> None:
+    stem, when = tmp_path / "r", datetime(2026, 12, 7, 21, 0, 5, tzinfo=UTC)
+    closed_name(stem, ".jsonl", 2, when).write_bytes(b"x")
+    assert next_closed_name(stem, ".jsonl", 0, when) == (1, closed_name(stem, ".jsonl", 1, when))
+    assert next_closed_name(stem, ".jsonl", 1, when) == (3, closed_name(stem, ".jsonl", 3, when))

@@ -159,8 +159,9 @@ class LatencySpikeDetector:
                         out.append((pos, self._spike(samples, start, end, before + pos + 1)))
                 else:
                     self.run = 0
-            self.run = 0 if stop < k else self.run
-            first = stop + every - 1
+            if stop < k:  # ``stop`` starts an episode
+                self.run = 0
+                first = stop + every - 1
         if leaving:
             self._evicted.extend(islice(chain(window, values), leaving))
         window.extend(values)
