@@ -242,6 +242,22 @@ def test_the_oldest_closed_files_go_so_the_recording_fits_max_bytes(tmp_path: Pa
     assert writer.written == 200
 
 
+def test_a_roll_that_cannot_rename_keeps_appending_to_the_same_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "rec.jsonl"
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    writer = JsonlWriter(path, rotate_bytes=50, max_bytes=10**9)
+    lines = [b'{"i":%d}' % i for i in range(40)]
+    for i in range(0, 40, 5):
+        writer.write([lines[i : i + 5]])
+    assert writer.close(1)
+    assert path.read_bytes().splitlines() == lines and closed_files(file_stem(path)) == []
+    assert (writer.written, writer.errors) == (40, 0)
+
+
 async def test_the_recorder_rolls_and_counts_what_it_prunes(tmp_path: Path) -> None:
     rec, bus, metrics, path = make(tmp_path, RECORD_ROTATE_BYTES=2000, RECORD_MAX_BYTES=5000)
     await rec.start()
